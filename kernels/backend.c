@@ -1,0 +1,304 @@
+/* backend.c: the public entry points of backend.h. Device-independent validation, then dispatch.
+ * Thread safety: as backend.h (one driving thread per backend).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend_impl.h"
+
+size_t es_dtype_size(es_dtype_t dt) { return dt == ES_DT_F32 ? 4 : 2; }
+
+const char *es_dtype_name(es_dtype_t dt) {
+  switch (dt) {
+  case ES_DT_F32: return "float32";
+  case ES_DT_BF16: return "bfloat16";
+  case ES_DT_F16: return "float16";
+  }
+  return "?";
+}
+
+int es_backend_base_init(es_backend_t *be, es_error_t *err) {
+  const es_backend_opts_t *o = &be->opts;
+  if (o->max_tokens < 1 || o->max_seqs < 1 || o->max_blocks < 1)
+    return es_fail(err, ES_EINVAL, "backend: max_tokens, max_seqs and max_blocks must be >= 1");
+  if (o->max_tokens > (1u << 24) || o->max_seqs > (1u << 16) || o->max_blocks > (1u << 20))
+    return es_fail(err, ES_ETOOBIG, "backend: batch capacity too large");
+  size_t n = (o->max_seqs + 1) + o->max_seqs + 2 * o->max_tokens + o->max_seqs * o->max_blocks;
+  be->batch_mem = calloc(n, sizeof(int32_t));
+  if (!be->batch_mem) return es_fail(err, ES_ENOMEM, "backend: cannot allocate the batch description");
+  be->healthy = 1;
+  return ES_OK;
+}
+
+void es_backend_base_free(es_backend_t *be) {
+  free(be->batch_mem);
+  be->batch_mem = NULL;
+}
+
+void es_backend_free(es_backend_t *be) {
+  if (be) be->ops->destroy(be);
+}
+
+const char *es_backend_name(const es_backend_t *be) { return be->name; }
+es_dtype_t es_backend_act_dtype(const es_backend_t *be) { return be->act_dtype; }
+int es_backend_healthy(const es_backend_t *be) { return be->healthy; }
+
+/* A failed device call leaves the backend unusable; the engine checks es_backend_healthy. */
+static int track(es_backend_t *be, int rc) {
+  if (rc == ES_EDEVICE) be->healthy = 0;
+  return rc;
+}
+
+#define CHECK_HEALTHY(be, err)                                                                                   \
+  do {                                                                                                           \
+    if (!(be)->healthy) return es_fail((err), ES_EDEVICE, "%s: backend unusable after an earlier device error", \
+                                       (be)->name);                                                              \
+  } while (0)
+
+int es_backend_alloc(es_backend_t *be, size_t bytes, void **out, es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  if (be->in_step) return es_fail(err, ES_EINTERNAL, "%s: allocation inside a step", be->name);
+  return track(be, be->ops->alloc(be, bytes, out, err));
+}
+
+int es_backend_upload_weight(es_backend_t *be, const void *host, es_dtype_t src_dtype, int64_t n0, int64_t n1,
+                             es_weight_t *out, es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  if (be->in_step) return es_fail(err, ES_EINTERNAL, "%s: weight upload inside a step", be->name);
+  if (n0 < 1 || n1 < 1) return es_fail(err, ES_EINVAL, "%s: weight shape [%lld, %lld]", be->name, (long long)n0,
+                                       (long long)n1);
+  return track(be, be->ops->upload_weight(be, host, src_dtype, n0, n1, out, err));
+}
+
+int es_backend_write(es_backend_t *be, void *dst, const void *src, size_t bytes, es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  return track(be, be->ops->write(be, dst, src, bytes, err));
+}
+int es_backend_read(es_backend_t *be, void *dst, const void *src, size_t bytes, es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  return track(be, be->ops->read(be, dst, src, bytes, err));
+}
+int es_backend_write_act(es_backend_t *be, void *dst, const float *src, size_t count, es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  return track(be, be->ops->write_act(be, dst, src, count, err));
+}
+int es_backend_read_act(es_backend_t *be, float *dst, const void *src, size_t count, es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  return track(be, be->ops->read_act(be, dst, src, count, err));
+}
+int es_backend_sync(es_backend_t *be, es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  return track(be, be->ops->sync(be, err));
+}
+
+size_t es_backend_kv_block_bytes(const es_backend_t *be, int n_layers, int n_heads, int head_dim) {
+  return (size_t)n_layers * 2 * (size_t)n_heads * ES_KV_BLOCK * (size_t)head_dim * es_dtype_size(be->act_dtype);
+}
+
+int es_backend_kv_init(es_backend_t *be, int n_layers, int n_blocks, int n_heads, int head_dim, es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  if (be->kv_blocks) return es_fail(err, ES_EINTERNAL, "%s: KV cache already initialised", be->name);
+  if (n_layers < 1 || n_blocks < 2 || n_heads < 1 || head_dim < 1)
+    return es_fail(err, ES_EINVAL, "%s: KV cache needs >= 1 layer, >= 2 blocks (block 0 is scratch), heads, dims",
+                   be->name);
+  be->kv_layers = n_layers;
+  be->kv_blocks = n_blocks;
+  be->kv_heads = n_heads;
+  be->kv_head_dim = head_dim;
+  int rc = track(be, be->ops->kv_init(be, err));
+  if (rc) be->kv_blocks = 0;
+  return rc;
+}
+
+/* The batch description is checked completely here, so backends can index with it unchecked. */
+static int validate_batch(const es_backend_t *be, const es_batch_t *b, es_error_t *err) {
+  const es_backend_opts_t *o = &be->opts;
+  if (b->n_seqs < 1 || (size_t)b->n_seqs > o->max_seqs)
+    return es_fail(err, ES_EINVAL, "batch: %d sequences (capacity %zu)", b->n_seqs, o->max_seqs);
+  if (b->n_tokens < 1 || (size_t)b->n_tokens > o->max_tokens)
+    return es_fail(err, ES_EINVAL, "batch: %d tokens (capacity %zu)", b->n_tokens, o->max_tokens);
+  if (b->max_blocks < 1 || (size_t)b->max_blocks > o->max_blocks)
+    return es_fail(err, ES_EINVAL, "batch: max_blocks %d (capacity %zu)", b->max_blocks, o->max_blocks);
+  if (b->q_start[0] != 0 || b->q_start[b->n_seqs] != b->n_tokens)
+    return es_fail(err, ES_EINVAL, "batch: q_start must run from 0 to n_tokens");
+  int64_t slots = (int64_t)be->kv_blocks * ES_KV_BLOCK;
+  for (int s = 0; s < b->n_seqs; s++) {
+    int32_t q0 = b->q_start[s], q1 = b->q_start[s + 1], ctx = b->ctx_len[s];
+    if (q1 <= q0) return es_fail(err, ES_EINVAL, "batch: sequence %d has no new tokens", s);
+    if (ctx < q1 - q0 || (int64_t)ctx > (int64_t)b->max_blocks * ES_KV_BLOCK)
+      return es_fail(err, ES_EINVAL, "batch: sequence %d context %d for %d new tokens and %d blocks", s, ctx,
+                     q1 - q0, b->max_blocks);
+    int32_t nblk = (ctx + ES_KV_BLOCK - 1) / ES_KV_BLOCK;
+    for (int32_t j = 0; j < nblk; j++) {
+      int32_t blk = b->block_table[(int64_t)s * b->max_blocks + j];
+      if (blk < 1 || blk >= be->kv_blocks)
+        return es_fail(err, ES_EINVAL, "batch: sequence %d block %d = %d outside 1..%d", s, j, blk, be->kv_blocks - 1);
+    }
+    for (int32_t i = q0; i < q1; i++) {
+      int32_t pos = ctx - (q1 - i);
+      if (b->positions[i] < 0)
+        return es_fail(err, ES_EINVAL, "batch: row %d has a negative position", i);
+      int32_t want = b->block_table[(int64_t)s * b->max_blocks + pos / ES_KV_BLOCK] * ES_KV_BLOCK + pos % ES_KV_BLOCK;
+      if (b->slot[i] != want || (int64_t)b->slot[i] >= slots)
+        return es_fail(err, ES_EINVAL, "batch: row %d (sequence %d, position %d) slot %d, block table says %d", i, s,
+                       pos, b->slot[i], want);
+    }
+  }
+  return ES_OK;
+}
+
+int es_backend_begin_step(es_backend_t *be, const es_batch_t *batch, es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  if (be->in_step) return es_fail(err, ES_EINTERNAL, "%s: begin_step inside a step", be->name);
+  if (!be->kv_blocks) return es_fail(err, ES_EINTERNAL, "%s: step before the KV cache exists", be->name);
+  int rc = validate_batch(be, batch, err);
+  if (rc) return rc;
+  /* keep a host copy, so the caller's arrays may change after this call */
+  const es_backend_opts_t *o = &be->opts;
+  int32_t *p = be->batch_mem;
+  es_batch_t *b = &be->batch;
+  *b = *batch;
+  int32_t *q_start = p, *ctx = p + o->max_seqs + 1, *pos = ctx + o->max_seqs, *slot = pos + o->max_tokens,
+          *table = slot + o->max_tokens;
+  memcpy(q_start, batch->q_start, sizeof(int32_t) * (size_t)(batch->n_seqs + 1));
+  memcpy(ctx, batch->ctx_len, sizeof(int32_t) * (size_t)batch->n_seqs);
+  memcpy(pos, batch->positions, sizeof(int32_t) * (size_t)batch->n_tokens);
+  memcpy(slot, batch->slot, sizeof(int32_t) * (size_t)batch->n_tokens);
+  memcpy(table, batch->block_table, sizeof(int32_t) * (size_t)batch->n_seqs * (size_t)batch->max_blocks);
+  b->q_start = q_start;
+  b->ctx_len = ctx;
+  b->positions = pos;
+  b->slot = slot;
+  b->block_table = table;
+  rc = track(be, be->ops->set_batch(be, b, err));
+  if (rc) return rc;
+  be->in_step = 1;
+  return ES_OK;
+}
+
+int es_backend_end_step(es_backend_t *be, es_error_t *err) {
+  if (!be->in_step) return es_fail(err, ES_EINTERNAL, "%s: end_step without begin_step", be->name);
+  be->in_step = 0;
+  return ES_OK;
+}
+
+/* ---- ops: shape checks, then dispatch ------------------------------------------------------------------ */
+
+#define NEED(cond, ...)                                       \
+  do {                                                        \
+    if (!(cond)) return es_fail(err, ES_EINVAL, __VA_ARGS__); \
+  } while (0)
+
+#define NEED_STEP(be, op) NEED((be)->in_step, "%s: %s outside a step", (be)->name, op)
+
+int es_op_linear(es_backend_t *be, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w,
+                 const es_weight_t *bias, int64_t M, es_act_t act, int accumulate, es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  NEED(M >= 1 && ldx >= w->n1 && ldy >= w->n0, "linear: M %lld, ldx %lld < K %lld or ldy %lld < N %lld",
+       (long long)M, (long long)ldx, (long long)w->n1, (long long)ldy, (long long)w->n0);
+  NEED(!bias || (bias->n0 == w->n0 && bias->n1 == 1), "linear: bias shape does not match N %lld", (long long)w->n0);
+  return track(be, be->ops->linear(be, y, ldy, x, ldx, w, bias, M, act, accumulate, err));
+}
+
+int es_op_conv1d(es_backend_t *be, void *y, const void *x, const es_weight_t *w, const es_weight_t *bias, int64_t B,
+                 int64_t T_in, int64_t C_in, int kernel, int stride, int pad, es_act_t act, es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  NEED(B >= 1 && kernel >= 1 && stride >= 1 && pad >= 0 && T_in + 2 * pad >= kernel, "conv1d: bad geometry");
+  NEED(w->n1 == C_in * kernel, "conv1d: weight [%lld, %lld] for C_in %lld x kernel %d", (long long)w->n0,
+       (long long)w->n1, (long long)C_in, kernel);
+  NEED(!bias || (bias->n0 == w->n0 && bias->n1 == 1), "conv1d: bias shape");
+  return track(be, be->ops->conv1d(be, y, x, w, bias, B, T_in, C_in, kernel, stride, pad, act, err));
+}
+
+int es_op_layer_norm(es_backend_t *be, void *y, const void *x, const es_weight_t *gamma, const es_weight_t *beta,
+                     int64_t M, int64_t C, float eps, es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  NEED(M >= 1 && gamma->n0 == C && beta->n0 == C, "layer_norm: gamma/beta length != C %lld", (long long)C);
+  return track(be, be->ops->layer_norm(be, y, x, gamma, beta, M, C, eps, err));
+}
+
+int es_op_rms_norm(es_backend_t *be, void *y, void *residual, const void *add, const es_weight_t *weight, int64_t M,
+                   int64_t C, float eps, es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  NEED(M >= 1 && weight->n0 == C, "rms_norm: weight length != C %lld", (long long)C);
+  return track(be, be->ops->rms_norm(be, y, residual, add, weight, M, C, eps, err));
+}
+
+int es_op_add_rows(es_backend_t *be, void *x, const void *rows, int64_t M, int64_t T, int64_t C, es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  NEED(T >= 1 && M >= T && M % T == 0 && C >= 1, "add_rows: M %lld is not a multiple of T %lld", (long long)M,
+       (long long)T);
+  return track(be, be->ops->add_rows(be, x, rows, M, T, C, err));
+}
+
+int es_op_rope_kv_store(es_backend_t *be, int layer, void *q, int64_t ldq, void *k, int64_t ldk, const void *v,
+                        int64_t ldv, int H, int D, float theta, es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  NEED_STEP(be, "rope_kv_store");
+  NEED(layer >= 0 && layer < be->kv_layers && H == be->kv_heads && D == be->kv_head_dim && D % 2 == 0,
+       "rope_kv_store: layer %d, H %d, D %d do not match the KV cache (%d layers, %d heads, %d dims)", layer, H, D,
+       be->kv_layers, be->kv_heads, be->kv_head_dim);
+  NEED(ldq >= (int64_t)H * D && ldk >= (int64_t)H * D && ldv >= (int64_t)H * D, "rope_kv_store: row strides");
+  return track(be, be->ops->rope_kv_store(be, layer, q, ldq, k, ldk, v, ldv, H, D, theta, err));
+}
+
+int es_op_attention_paged(es_backend_t *be, int layer, void *out, const void *q, int64_t ldq, int H, int D,
+                          float scale, es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  NEED_STEP(be, "attention_paged");
+  NEED(layer >= 0 && layer < be->kv_layers && H == be->kv_heads && D == be->kv_head_dim && ldq >= (int64_t)H * D,
+       "attention_paged: layer %d, H %d, D %d do not match the KV cache", layer, H, D);
+  return track(be, be->ops->attention_paged(be, layer, out, q, ldq, H, D, scale, err));
+}
+
+int es_op_attention_dense(es_backend_t *be, void *out, const void *q, int64_t ldq, const void *k, int64_t ldk,
+                          const void *v, int64_t ldv, int64_t B, int64_t T, int H, int D, float scale,
+                          const int32_t *valid_len, es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  NEED(B >= 1 && T >= 1 && H >= 1 && D >= 1, "attention_dense: bad shape");
+  NEED(ldq >= (int64_t)H * D && ldk >= (int64_t)H * D && ldv >= (int64_t)H * D, "attention_dense: row strides");
+  for (int64_t b = 0; b < B; b++)
+    NEED(valid_len[b] >= 1 && valid_len[b] <= T, "attention_dense: valid_len[%lld] = %d outside 1..%lld",
+         (long long)b, valid_len[b], (long long)T);
+  return track(be, be->ops->attention_dense(be, out, q, ldq, k, ldk, v, ldv, B, T, H, D, scale, valid_len, err));
+}
+
+int es_op_silu_mul(es_backend_t *be, void *y, const void *gate, const void *up, int64_t ld, int64_t M, int64_t N,
+                   es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  NEED(M >= 1 && N >= 1 && ld >= N, "silu_mul: bad shape");
+  return track(be, be->ops->silu_mul(be, y, gate, up, ld, M, N, err));
+}
+
+int es_op_avg_pool2(es_backend_t *be, void *y, const void *x, int64_t B, int64_t T, int64_t C, es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  NEED(B >= 1 && T >= 2 && T % 2 == 0 && C >= 1, "avg_pool2: T %lld must be even", (long long)T);
+  return track(be, be->ops->avg_pool2(be, y, x, B, T, C, err));
+}
+
+int es_op_embed(es_backend_t *be, void *y, const es_weight_t *table, const int32_t *ids, int64_t M,
+                es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  NEED(M >= 1, "embed: no rows");
+  return track(be, be->ops->embed(be, y, table, ids, M, err));
+}
+
+int es_op_gather_rows(es_backend_t *be, void *y, const void *x, const int32_t *idx, int64_t M, int64_t C,
+                      es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  NEED(M >= 1 && C >= 1, "gather_rows: bad shape");
+  return track(be, be->ops->gather_rows(be, y, x, idx, M, C, err));
+}
+
+int es_op_scatter_rows(es_backend_t *be, void *y, const void *x, const int32_t *idx, int64_t M, int64_t C,
+                       es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  NEED(M >= 1 && C >= 1, "scatter_rows: bad shape");
+  return track(be, be->ops->scatter_rows(be, y, x, idx, M, C, err));
+}
+
+int es_op_logits(es_backend_t *be, float *logits, const void *x, const es_weight_t *w, int64_t M, es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  NEED(M >= 1, "logits: no rows");
+  return track(be, be->ops->logits(be, logits, x, w, M, err));
+}

@@ -1,0 +1,251 @@
+/* backend.h: the one interface the model calls. Every backend (kernels/cpu/, kernels/cuda/) implements it.
+ *
+ * What a backend is: a device (the host CPU or one GPU) with its own memory, on which the Qwen2-Audio
+ * forward pass runs as a fixed sequence of the ops below. The model (model/) owns the sequence; the
+ * backend owns the memory and the arithmetic. Nothing here knows about files, tokens or HTTP.
+ *
+ * Threading: a backend is driven by one thread at a time (the engine thread). Internally a backend may use
+ * worker threads (the CPU backend does) or streams (CUDA); every op call returns when its result may be
+ * read by the next op call on the same backend. es_backend_sync() waits for everything queued.
+ *
+ * Memory (STYLE.md, "Allocate up front"):
+ *   - weights: uploaded once at load into the weight arena (es_backend_upload_weight). The CPU backend keeps
+ *     a weight in its stored dtype (bf16/fp16/fp32) and may alias the caller's memory (the checkpoint mmap)
+ *     instead of copying; the CUDA backend converts to its compute dtype on upload.
+ *   - activations and scratch: reserved at start-up with es_backend_alloc, sized for the largest batch.
+ *     Allocation is refused (ES_EINTERNAL) between es_backend_begin_step and es_backend_end_step.
+ *   - KV cache: one pool of blocks (es_backend_kv_init), layout fixed below for every backend.
+ *
+ * Dtypes: activations and the KV cache use the backend's compute dtype (es_backend_act_dtype): fp32 on the
+ * CPU; bf16 (default) or fp32 (--dtype float32) on CUDA. All accumulation is fp32.
+ *
+ * Matrix conventions: row-major. A linear layer's weight is stored as in PyTorch, W[N, K] (out, in), and
+ * computes Y[M, N] = X[M, K] · Wᵀ + b. M is the number of rows (tokens) and may be anything from 1 up to
+ * the batch capacity; no op's result for a row may depend on M or on the other rows (batch invariance:
+ * one row computed alone equals, bit for bit, the same row in any batch).
+ *
+ * Pointers passed to ops are device pointers of this backend (from es_backend_alloc / weights / KV), except
+ * where a parameter says host.
+ *
+ * Errors: every call returns 0 or a negative ES_E* code and fills the caller's es_error_t. A failed op
+ * leaves its outputs undefined; on CUDA it also marks the backend unhealthy (es_backend_healthy).
+ */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "es_error.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+  ES_DT_F32 = 0,
+  ES_DT_BF16 = 1, /* crosses the C boundary as uint16_t */
+  ES_DT_F16 = 2,  /* IEEE half, as uint16_t */
+} es_dtype_t;
+
+size_t es_dtype_size(es_dtype_t dt);
+const char *es_dtype_name(es_dtype_t dt);
+
+/* ------------------------------------------------------------------------------------------------------
+ * The paged KV cache, fixed for every backend.
+ *
+ * Tokens are stored in blocks of ES_KV_BLOCK = 16 positions. The pool holds n_blocks blocks for each of
+ * the L decoder layers; a block id names the same slot in every layer. Layout of the pool:
+ *
+ *     kv[L][n_blocks][2][H][ES_KV_BLOCK][D]       (2 = K then V; dtype = the backend's compute dtype)
+ *
+ * so that one (layer, block, K|V, head) is a contiguous [16][D] tile: a warp reading one head of one block
+ * reads 16·D contiguous elements (4 KiB at D = 128 in bf16). Block 0 is reserved as the scratch block that
+ * padded batch slots write to; allocators hand out ids 1..n_blocks-1.
+ * Change only with a measured reason, written here.
+ * ------------------------------------------------------------------------------------------------------ */
+#define ES_KV_BLOCK 16
+
+/* ------------------------------------------------------------------------------------------------------
+ * The batched, variable-length step.
+ *
+ * A step runs a flattened batch of sequences. Sequence s contributes q_len[s] = q_start[s+1] - q_start[s]
+ * new tokens (a prefill chunk, or 1 for decode); they are rows q_start[s] .. q_start[s+1]-1 of every
+ * activation matrix. Its context after the step is ctx_len[s] tokens: the new tokens occupy positions
+ * ctx_len[s] - q_len[s] .. ctx_len[s] - 1, and everything before them is already in the KV cache. So a
+ * full prefill has ctx_len = q_len, chunked prefill over a cached prefix has ctx_len > q_len, and decode
+ * has q_len = 1.
+ *
+ * Token i's K and V are written to cache slot slot[i] = block * ES_KV_BLOCK + offset, where block is the
+ * sequence's block_table entry for position / ES_KV_BLOCK. Rows of the decoder attention of a sequence
+ * attend to cache positions 0 .. (own position), causally.
+ *
+ * All arrays here are HOST arrays; es_backend_set_batch copies them to the device once per step (the CUDA
+ * backend keeps them in fixed device buffers, so a captured graph reads the new values on replay).
+ * ------------------------------------------------------------------------------------------------------ */
+typedef struct {
+  int32_t n_seqs;             /* sequences in the step, >= 1 */
+  int32_t n_tokens;           /* rows in the step = q_start[n_seqs] */
+  const int32_t *q_start;     /* [n_seqs + 1] prefix sums of q_len, q_start[0] = 0 */
+  const int32_t *ctx_len;     /* [n_seqs] context length including this step's tokens */
+  const int32_t *positions;   /* [n_tokens] RoPE position of each row */
+  const int32_t *slot;        /* [n_tokens] KV cache slot of each row */
+  const int32_t *block_table; /* [n_seqs][max_blocks] block ids; entries past a sequence's length unused */
+  int32_t max_blocks;         /* row stride of block_table */
+} es_batch_t;
+
+/* Options a backend is created with. */
+typedef struct {
+  es_dtype_t compute_dtype; /* CPU: ES_DT_F32 only. CUDA: ES_DT_BF16 or ES_DT_F32 */
+  int n_threads;            /* CPU: worker threads (0 = number of online cores) */
+  int device;               /* CUDA: device index */
+  size_t max_tokens;        /* largest n_tokens of any step */
+  size_t max_seqs;          /* largest n_seqs of any step */
+  size_t max_blocks;        /* largest max_blocks of any step */
+} es_backend_opts_t;
+
+typedef struct es_backend es_backend_t;
+
+/* A weight on the backend: a vector [n0] or a matrix [n0, n1] (PyTorch layout). */
+typedef struct {
+  const void *data; /* device pointer */
+  es_dtype_t dtype;
+  int64_t n0, n1; /* n1 = 1 for vectors */
+} es_weight_t;
+
+/* Activation function applied in an epilogue. */
+typedef enum {
+  ES_ACT_NONE = 0,
+  ES_ACT_GELU = 1, /* exact erf GELU: x * 0.5 * (1 + erf(x / sqrt(2))), as torch's nn.functional.gelu */
+} es_act_t;
+
+/* ---- life cycle ---------------------------------------------------------------------------------------- */
+
+/* Creates the CPU backend (always available). */
+int es_backend_create_cpu(const es_backend_opts_t *opts, es_backend_t **out, es_error_t *err);
+/* Creates the CUDA backend; ES_EUNSUPPORTED when built without CUDA or the device is unusable. */
+int es_backend_create_cuda(const es_backend_opts_t *opts, es_backend_t **out, es_error_t *err);
+void es_backend_free(es_backend_t *be);
+
+const char *es_backend_name(const es_backend_t *be); /* "cpu", "cuda:0 (NVIDIA H100 ...)" */
+es_dtype_t es_backend_act_dtype(const es_backend_t *be);
+int es_backend_healthy(const es_backend_t *be); /* 0 after a device fault: the engine stops using it */
+
+/* ---- memory -------------------------------------------------------------------------------------------- */
+
+/* Reserves bytes of device memory for activations or scratch (256-byte aligned), zero-filled.
+ * Start-up only: refused inside a step. Freed with the backend. */
+int es_backend_alloc(es_backend_t *be, size_t bytes, void **out, es_error_t *err);
+
+/* Uploads a weight from host memory: count = n0 * n1 elements of src_dtype. The CPU backend aliases host
+ * memory (which must outlive the backend) when it keeps the dtype; CUDA converts to its compute dtype. */
+int es_backend_upload_weight(es_backend_t *be, const void *host, es_dtype_t src_dtype, int64_t n0, int64_t n1,
+                             es_weight_t *out, es_error_t *err);
+
+/* Raw byte copies between host memory and device memory of this backend. */
+int es_backend_write(es_backend_t *be, void *dst, const void *host_src, size_t bytes, es_error_t *err);
+int es_backend_read(es_backend_t *be, void *host_dst, const void *src, size_t bytes, es_error_t *err);
+
+/* Activation copies: count fp32 values on the host <-> count values of the compute dtype on the device
+ * (converted with round-to-nearest-even when the compute dtype is narrower). */
+int es_backend_write_act(es_backend_t *be, void *dst, const float *host_src, size_t count, es_error_t *err);
+int es_backend_read_act(es_backend_t *be, float *host_dst, const void *src, size_t count, es_error_t *err);
+
+int es_backend_sync(es_backend_t *be, es_error_t *err);
+
+/* ---- KV cache ------------------------------------------------------------------------------------------ */
+
+/* Allocates the pool: kv[n_layers][n_blocks][2][n_heads][ES_KV_BLOCK][head_dim] in the compute dtype. */
+int es_backend_kv_init(es_backend_t *be, int n_layers, int n_blocks, int n_heads, int head_dim, es_error_t *err);
+/* Bytes one block takes across all layers (for sizing the pool from a memory budget). */
+size_t es_backend_kv_block_bytes(const es_backend_t *be, int n_layers, int n_heads, int head_dim);
+
+/* ---- steps --------------------------------------------------------------------------------------------- */
+
+/* Validates and uploads the step's batch description (see es_batch_t); begins the step. */
+int es_backend_begin_step(es_backend_t *be, const es_batch_t *batch, es_error_t *err);
+int es_backend_end_step(es_backend_t *be, es_error_t *err);
+
+/* ---- ops ----------------------------------------------------------------------------------------------
+ * Shapes use: M rows, K in-features, N out-features, C channels, T time, H heads, D head dim.
+ * Unless a parameter says otherwise, activations are contiguous row-major in the compute dtype.
+ * ------------------------------------------------------------------------------------------------------ */
+
+/* y[M, N] = act(x[M, K] · w[N, K]ᵀ + bias[N]) (+ y[M, N] when accumulate).
+ * bias may be NULL. accumulate adds the result to y (the residual stream), after act. ldx/ldy are the row
+ * strides of x and y in elements (>= K and >= N), so a linear can read or write a column slice. */
+int es_op_linear(es_backend_t *be, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w,
+                 const es_weight_t *bias, int64_t M, es_act_t act, int accumulate, es_error_t *err);
+
+/* Conv1d over time with zero padding, then bias and act:
+ *   y[b, t, co] = act(bias[co] + Σ_ci Σ_j w[co, ci, j] · x[b, t·stride + j - pad, ci])
+ * x: [B, T_in, C_in], y: [B, T_out, C_out] with T_out = (T_in + 2·pad - kernel) / stride + 1,
+ * w: [C_out, C_in·kernel] as stored by PyTorch ([C_out, C_in, kernel] flattened). */
+int es_op_conv1d(es_backend_t *be, void *y, const void *x, const es_weight_t *w, const es_weight_t *bias, int64_t B,
+                 int64_t T_in, int64_t C_in, int kernel, int stride, int pad, es_act_t act, es_error_t *err);
+
+/* y[M, C] = (x - mean) / sqrt(var + eps) · gamma + beta over each row (biased variance). y may alias x. */
+int es_op_layer_norm(es_backend_t *be, void *y, const void *x, const es_weight_t *gamma, const es_weight_t *beta,
+                     int64_t M, int64_t C, float eps, es_error_t *err);
+
+/* Qwen2 RMSNorm fused with the residual add:
+ *   if add != NULL: residual[M, C] += add[M, C]
+ *   y[M, C] = weight · round(residual · rsqrt(mean(residual²) + eps))
+ * where round() is the rounding to the compute dtype that transformers applies before the weight multiply
+ * (SPEC §4: two roundings in bf16; a no-op in fp32). */
+int es_op_rms_norm(es_backend_t *be, void *y, void *residual, const void *add, const es_weight_t *weight, int64_t M,
+                   int64_t C, float eps, es_error_t *err);
+
+/* x[M, C] += rows[T, C] broadcast over each of the B = M / T blocks of T rows (the encoder's stored
+ * positional table added to every audio of a batch). */
+int es_op_add_rows(es_backend_t *be, void *x, const void *rows, int64_t M, int64_t T, int64_t C, es_error_t *err);
+
+/* Decoder attention input for the current step (es_backend_begin_step):
+ * q[n_tokens, H, D], k[n_tokens, H, D] get RoPE (half-split, theta, positions from the batch; the q/k biases
+ * are already in them from es_op_linear); then k and v are written to the KV cache of layer at each row's
+ * slot. q is rotated in place. ldq/ldk/ldv are row strides in elements (a fused QKV output has 3·H·D). */
+int es_op_rope_kv_store(es_backend_t *be, int layer, void *q, int64_t ldq, void *k, int64_t ldk, const void *v,
+                        int64_t ldv, int H, int D, float theta, es_error_t *err);
+
+/* Decoder attention over the paged cache for the current step: for each row i of sequence s at position p,
+ *   out[i, h, :] = softmax_j(q[i, h, :] · K[s, j, h, :] · scale) · V[s, j, h, :],  j = 0 .. p
+ * with K, V read through s's block table from layer's cache. out: [n_tokens, H, D] contiguous.
+ * Covers prefill, chunked prefill over a cached prefix, and decode. */
+int es_op_attention_paged(es_backend_t *be, int layer, void *out, const void *q, int64_t ldq, int H, int D,
+                          float scale, es_error_t *err);
+
+/* Encoder self-attention, bidirectional with key padding, on dense inputs:
+ *   out[b, t, h, :] = softmax_{j < valid_len[b]}(q[b, t, h, :] · k[b, j, h, :] · scale) · v[b, j, h, :]
+ * q, k, v: [B, T, H, D] with row strides ldq/ldk/ldv (elements per t); out: [B, T, H, D] contiguous.
+ * valid_len: HOST array [B], 1 <= valid_len[b] <= T. Rows t >= valid_len[b] are computed too (transformers
+ * computes them; they are never used). */
+int es_op_attention_dense(es_backend_t *be, void *out, const void *q, int64_t ldq, const void *k, int64_t ldk,
+                          const void *v, int64_t ldv, int64_t B, int64_t T, int H, int D, float scale,
+                          const int32_t *valid_len, es_error_t *err);
+
+/* y[M, N] = silu(gate[M, N]) · up[M, N]; gate and up have row stride ld (a fused gate|up output has 2N). */
+int es_op_silu_mul(es_backend_t *be, void *y, const void *gate, const void *up, int64_t ld, int64_t M, int64_t N,
+                   es_error_t *err);
+
+/* AvgPool1d(kernel 2, stride 2) over time: y[b, t, c] = (x[b, 2t, c] + x[b, 2t+1, c]) / 2,
+ * x: [B, T, C], y: [B, T/2, C] (T even). */
+int es_op_avg_pool2(es_backend_t *be, void *y, const void *x, int64_t B, int64_t T, int64_t C, es_error_t *err);
+
+/* y[i, :] = table[ids[i], :] for i < M. table: [V, C] weight; ids: device int32 [M], each in [0, V). */
+int es_op_embed(es_backend_t *be, void *y, const es_weight_t *table, const int32_t *ids, int64_t M,
+                es_error_t *err);
+
+/* Row gather/scatter on activations with C columns: gather y[i] = x[idx[i]], scatter y[idx[i]] = x[i],
+ * for i < M; idx: device int32 [M]. (Audio embeddings go to their placeholder rows by scatter; the last
+ * row of each sequence goes to the logits by gather.) */
+int es_op_gather_rows(es_backend_t *be, void *y, const void *x, const int32_t *idx, int64_t M, int64_t C,
+                      es_error_t *err);
+int es_op_scatter_rows(es_backend_t *be, void *y, const void *x, const int32_t *idx, int64_t M, int64_t C,
+                       es_error_t *err);
+
+/* logits[M, V] (an fp32 device buffer; es_backend_read brings it to the host) = x[M, C] · w[V, C]ᵀ.
+ * Separate from es_op_linear because logits are always fp32, whatever the compute dtype. */
+int es_op_logits(es_backend_t *be, float *logits, const void *x, const es_weight_t *w, int64_t M, es_error_t *err);
+
+#ifdef __cplusplus
+}
+#endif
