@@ -16,7 +16,10 @@ typedef struct {
   int (*run)(int argc, char **argv); /* argv[0] is the subcommand name */
 } command_t;
 
+int cmd_inspect(int argc, char **argv);
+
 static const command_t COMMANDS[] = {
+    {"inspect", "check a model directory: files, config, tensors, problems", cmd_inspect},
     {NULL, NULL, NULL},
 };
 
