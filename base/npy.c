@@ -18,7 +18,7 @@ static const struct {
   size_t size;
 } NPY_DTYPES[] = {
     {NPY_F32, "<f4", 4}, {NPY_F64, "<f8", 8}, {NPY_F16, "<f2", 2},
-    {NPY_I32, "<i4", 4}, {NPY_I64, "<i8", 8}, {NPY_U8, "|u1", 1},
+    {NPY_I16, "<i2", 2}, {NPY_I32, "<i4", 4}, {NPY_I64, "<i8", 8}, {NPY_U8, "|u1", 1},
 };
 #define NPY_NUM_DTYPES (sizeof NPY_DTYPES / sizeof NPY_DTYPES[0])
 

@@ -22,6 +22,7 @@ typedef enum {
   NPY_F32, /* '<f4' */
   NPY_F64, /* '<f8' */
   NPY_F16, /* '<f2' (raw IEEE half bits) */
+  NPY_I16, /* '<i2' */
   NPY_I32, /* '<i4' */
   NPY_I64, /* '<i8' */
   NPY_U8,  /* '|u1' */

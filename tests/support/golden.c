@@ -75,9 +75,24 @@ int golden_read_samples(const golden_t *g, const cJSON *audio, npy_array_t *out,
   if (!rc) rc = golden_get_int(s, "count", &count, err);
   if (!rc) rc = golden_read_npy(g, rel, out, err);
   if (rc) return rc;
-  if (out->dtype != NPY_F32 || out->ndim != 1 || count < 0 || count > out->count) {
+  const cJSON *scale = cJSON_GetObjectItemCaseSensitive(s, "scale");
+  npy_dtype_t want = cJSON_IsNumber(scale) ? NPY_I16 : NPY_F32;
+  if (out->dtype != want || out->ndim != 1 || count < 0 || count > out->count) {
     npy_free(out);
-    return es_fail(err, ES_EINVAL, "%s: expected float32 [>= %lld] samples", rel, (long long)count);
+    return es_fail(err, ES_EINVAL, "%s: expected %s [>= %lld] samples", rel, npy_dtype_name(want), (long long)count);
+  }
+  if (want == NPY_I16) {
+    /* int16 * scale (2^-15) is exact in float32: the stored form of 16-bit sources */
+    float *f = malloc(sizeof(float) * (size_t)(count ? count : 1));
+    if (!f) {
+      npy_free(out);
+      return es_fail(err, ES_ENOMEM, "%s: out of memory", rel);
+    }
+    const int16_t *q = out->data;
+    for (int64_t i = 0; i < count; i++) f[i] = (float)q[i] * (float)scale->valuedouble;
+    free(out->data);
+    out->data = f;
+    out->dtype = NPY_F32;
   }
   out->shape[0] = count;
   out->count = count;
