@@ -40,8 +40,8 @@ static void print_config(const model_config_t *c) {
          c->rope_theta, c->max_position_embeddings, c->tie_word_embeddings ? "tied" : "untied");
   printf("  ids:           audio %d, bos %d, pad %d, eos", c->audio_token_index, c->bos_token_id, c->pad_token_id);
   for (int i = 0; i < c->n_eos; i++) printf("%s%d", i ? ", " : " ", c->eos_ids[i]);
-  printf("\n  generation:    %s do_sample %s, temperature %g, top_k %d, top_p %g, repetition_penalty %g",
-         c->has_generation_config ? "" : "(no generation_config.json; defaults)", c->do_sample ? "true" : "false",
+  printf("\n  generation:    %sdo_sample %s, temperature %g, top_k %d, top_p %g, repetition_penalty %g",
+         c->has_generation_config ? "" : "(no generation_config.json: defaults) ", c->do_sample ? "true" : "false",
          c->temperature, c->top_k, c->top_p, c->repetition_penalty);
   if (c->max_new_tokens > 0) printf(", max_new_tokens %d", c->max_new_tokens);
   if (c->max_length > 0) printf(", max_length %d", c->max_length);
