@@ -1,0 +1,569 @@
+/* qwen2audio: the Qwen2-Audio forward pass against kernels/backend.h. See qwen2audio.h.
+ *
+ * Dimension letters: B audio windows, T time, C encoder width (d_model), F encoder FFN width,
+ * E decoder width (hidden_size), I decoder FFN width, H heads, D head dim, V vocabulary, L layers.
+ * ref: transformers modeling_qwen2_audio.py / modeling_qwen2.py, SPEC §3-§4.
+ */
+#include "qwen2audio.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ENC_FRAMES QA_MEL_FRAMES        /* 3000 mel frames in */
+#define ENC_POS (QA_MEL_FRAMES / 2)     /* 1500 positions after conv2 */
+#define ENC_TOKENS QA_MAX_WINDOW_TOKENS /* 750 after the avg-pool */
+
+typedef struct {
+  es_weight_t ln1_g, ln1_b;     /* self_attn_layer_norm [C] */
+  es_weight_t wq, bq, wk, wv, bv; /* [C, C], [C]; k_proj has no bias */
+  es_weight_t wo, bo;           /* out_proj [C, C], [C] */
+  es_weight_t ln2_g, ln2_b;     /* final_layer_norm [C] */
+  es_weight_t w1, b1, w2, b2;   /* fc1 [F, C], fc2 [C, F] */
+} enc_layer_t;
+
+typedef struct {
+  es_weight_t in_norm;           /* input_layernorm [E] */
+  es_weight_t wq, bq, wk, bk, wv, bv; /* [E, E], [E] */
+  es_weight_t wo;                /* o_proj [E, E], no bias */
+  es_weight_t post_norm;         /* post_attention_layernorm [E] */
+  es_weight_t wg, wu, wd;        /* gate/up [I, E], down [E, I] */
+} dec_layer_t;
+
+struct qa_model {
+  model_config_t cfg;
+  qa_model_opts_t opts;
+  es_backend_t *be;
+
+  /* encoder + projector weights */
+  es_weight_t conv1_w, conv1_b, conv2_w, conv2_b; /* [C, 128*3], [C], [C, C*3], [C] */
+  es_weight_t pos;                                /* embed_positions [1500, C] (weight dtype) */
+  void *pos_act;                                  /* the same table in the activation dtype, for add_rows */
+  enc_layer_t *enc;                               /* [encoder_layers] */
+  es_weight_t ln_post_g, ln_post_b;               /* audio_tower.layer_norm [C] */
+  es_weight_t proj_w, proj_b;                     /* multi_modal_projector.linear [E, C], [E] */
+  /* decoder weights */
+  es_weight_t embed;   /* embed_tokens [V, E] */
+  dec_layer_t *dec;    /* [num_hidden_layers] */
+  es_weight_t norm;    /* model.norm [E] */
+  es_weight_t lm_head; /* [V, E] */
+
+  /* host memory the weights may alias (dummy weights, realigned checkpoint tensors); freed at close */
+  void **host_blocks;
+  int n_host_blocks, cap_host_blocks;
+
+  /* encoder activations (device), for max_audio_batch windows; owned by the backend arena */
+  void *enc_in;   /* [B*3000, 128] mel, time-major */
+  void *enc_c1;   /* [B*3000, C] conv1 output */
+  void *enc_h;    /* [B*1500, C] residual stream */
+  void *enc_a;    /* [B*1500, C] LayerNorm output */
+  void *enc_q, *enc_k, *enc_v, *enc_att; /* [B*1500, C] */
+  void *enc_f;    /* [B*1500, F] fc1 output */
+  void *enc_pool; /* [B*750, C] */
+  void *enc_proj; /* [B*750, E] */
+  int32_t *enc_idx; /* [max(B*750, 1500)] row indices: rows kept (first N_b of each window) */
+  void *audio_pool; /* [audio_pool_rows, E] projected audio embeddings */
+
+  /* decoder activations (device), for max_tokens rows */
+  void *h, *x, *q, *k, *v, *att, *o; /* [T, E] */
+  void *gate, *up, *act;             /* [T, I] */
+  void *arows;                       /* [T, E] audio rows gathered for the step */
+  int32_t *ids_dev, *asrc_dev, *adst_dev; /* [T] */
+  int32_t *lrows_dev;                /* [max_logit_rows] */
+  void *xl;                          /* [max_logit_rows, E] */
+  float *logits_dev;                 /* [max_logit_rows, V] fp32 */
+
+  /* host scratch */
+  float *mel_t;     /* [B*3000*128] transposed mel */
+  int32_t *idx_h;   /* [max(B*750, T, 1500)] */
+  int32_t *idx2_h;  /* [T] */
+};
+
+/* ---- weights ------------------------------------------------------------------------------------------- */
+
+static int keep_host_block(qa_model_t *m, void *p, es_error_t *err) {
+  if (m->n_host_blocks == m->cap_host_blocks) {
+    int cap = m->cap_host_blocks ? 2 * m->cap_host_blocks : 64;
+    void **nb = realloc(m->host_blocks, sizeof(void *) * (size_t)cap);
+    if (!nb) return es_fail(err, ES_ENOMEM, "model: out of memory");
+    m->host_blocks = nb;
+    m->cap_host_blocks = cap;
+  }
+  m->host_blocks[m->n_host_blocks++] = p;
+  return ES_OK;
+}
+
+static es_dtype_t dtype_of(st_dtype_t d) {
+  switch (d) {
+  case ST_BF16: return ES_DT_BF16;
+  case ST_F16: return ES_DT_F16;
+  default: return ES_DT_F32;
+  }
+}
+
+/* SplitMix64: the dummy weights' random stream (deterministic per seed and tensor order). */
+static uint64_t splitmix64(uint64_t *s) {
+  uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+static uint16_t f32_to_bf16(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  u += 0x7FFFu + ((u >> 16) & 1u); /* round to nearest even (no NaNs here) */
+  return (uint16_t)(u >> 16);
+}
+
+static int ends_with(const char *s, const char *suffix) {
+  size_t n = strlen(s), k = strlen(suffix);
+  return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+/* Random bf16 values for a tensor of --dummy-weights: norms 1, biases small, matrices normal(0, 0.02). */
+static int dummy_tensor(qa_model_t *m, const char *name, int64_t count, void **out, es_error_t *err) {
+  uint16_t *p = malloc(sizeof(uint16_t) * (size_t)count);
+  if (!p) return es_fail(err, ES_ENOMEM, "dummy weights: cannot allocate %s", name);
+  uint64_t s = m->opts.dummy_seed;
+  for (const char *c = name; *c; c++) s = s * 1099511628211ull ^ (uint64_t)(unsigned char)*c;
+  int is_norm = ends_with(name, "norm.weight") || ends_with(name, "layernorm.weight") ||
+                ends_with(name, "layer_norm.weight");
+  int is_bias = ends_with(name, ".bias");
+  for (int64_t i = 0; i < count; i++) {
+    float v;
+    if (is_norm) {
+      v = 1.0f;
+    } else {
+      /* Box-Muller on two uniforms in (0, 1] */
+      double u1 = ((double)(splitmix64(&s) >> 11) + 1.0) / 9007199254740992.0;
+      double u2 = (double)(splitmix64(&s) >> 11) / 9007199254740992.0;
+      double g = sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+      v = (float)(g * (is_bias ? 0.002 : 0.02));
+    }
+    p[i] = f32_to_bf16(v);
+  }
+  int rc = keep_host_block(m, p, err);
+  if (rc) {
+    free(p);
+    return rc;
+  }
+  *out = p;
+  return ES_OK;
+}
+
+/* Binds one tensor by canonical name with shape [n0] (n1 == 0) or [n0, n1...] flattened to [n0, n1]. */
+static int bind(qa_model_t *m, const ckpt_t *ck, const char *name, int64_t n0, int64_t n1, es_weight_t *w,
+                es_error_t *err) {
+  int64_t cols = n1 ? n1 : 1;
+  const void *data;
+  es_dtype_t dt;
+  if (ck) {
+    ckpt_tensor_t t;
+    int rc = ckpt_get(ck, name, &t, err);
+    if (rc) return rc;
+    if ((int64_t)t.count != n0 * cols)
+      return es_fail(err, ES_EINVAL, "%s: %s has %llu elements, the config implies %lld", ckpt_dir(ck), name,
+                     (unsigned long long)t.count, (long long)(n0 * cols));
+    dt = dtype_of(t.dtype);
+    data = t.data;
+    if ((uintptr_t)data % es_dtype_size(dt) != 0) {
+      /* safetensors does not promise alignment: realign so backends may read elements directly */
+      void *copy = malloc((size_t)t.nbytes);
+      if (!copy) return es_fail(err, ES_ENOMEM, "%s: cannot realign %s", ckpt_dir(ck), name);
+      memcpy(copy, data, (size_t)t.nbytes);
+      rc = keep_host_block(m, copy, err);
+      if (rc) {
+        free(copy);
+        return rc;
+      }
+      data = copy;
+    }
+  } else {
+    void *p = NULL;
+    int rc = dummy_tensor(m, name, n0 * cols, &p, err);
+    if (rc) return rc;
+    data = p;
+    dt = ES_DT_BF16;
+  }
+  int rc = es_backend_upload_weight(m->be, data, dt, n0, cols, w, err);
+  if (rc) es_error_prefix(err, "%s: ", name);
+  return rc;
+}
+
+static int bind_weights(qa_model_t *m, const ckpt_t *ck, es_error_t *err) {
+  const model_config_t *c = &m->cfg;
+  int64_t C = c->d_model, F = c->encoder_ffn_dim, E = c->hidden_size, I = c->intermediate_size,
+          V = c->vocab_size, M = c->num_mel_bins;
+  char n[160];
+  int rc = 0;
+#define B(name_, n0_, n1_, w_)                                   \
+  do {                                                           \
+    rc = bind(m, ck, name_, (n0_), (n1_), (w_), err);            \
+    if (rc) return rc;                                           \
+  } while (0)
+  B("audio_tower.conv1.weight", C, M * 3, &m->conv1_w);
+  B("audio_tower.conv1.bias", C, 0, &m->conv1_b);
+  B("audio_tower.conv2.weight", C, C * 3, &m->conv2_w);
+  B("audio_tower.conv2.bias", C, 0, &m->conv2_b);
+  B("audio_tower.embed_positions.weight", c->max_source_positions, C, &m->pos);
+  for (int l = 0; l < c->encoder_layers; l++) {
+    enc_layer_t *e = &m->enc[l];
+#define BE(suffix, n0_, n1_, w_)                                                  \
+  do {                                                                            \
+    snprintf(n, sizeof n, "audio_tower.layers.%d.%s", l, suffix);                 \
+    B(n, n0_, n1_, w_);                                                           \
+  } while (0)
+    BE("self_attn_layer_norm.weight", C, 0, &e->ln1_g);
+    BE("self_attn_layer_norm.bias", C, 0, &e->ln1_b);
+    BE("self_attn.q_proj.weight", C, C, &e->wq);
+    BE("self_attn.q_proj.bias", C, 0, &e->bq);
+    BE("self_attn.k_proj.weight", C, C, &e->wk);
+    BE("self_attn.v_proj.weight", C, C, &e->wv);
+    BE("self_attn.v_proj.bias", C, 0, &e->bv);
+    BE("self_attn.out_proj.weight", C, C, &e->wo);
+    BE("self_attn.out_proj.bias", C, 0, &e->bo);
+    BE("final_layer_norm.weight", C, 0, &e->ln2_g);
+    BE("final_layer_norm.bias", C, 0, &e->ln2_b);
+    BE("fc1.weight", F, C, &e->w1);
+    BE("fc1.bias", F, 0, &e->b1);
+    BE("fc2.weight", C, F, &e->w2);
+    BE("fc2.bias", C, 0, &e->b2);
+#undef BE
+  }
+  B("audio_tower.layer_norm.weight", C, 0, &m->ln_post_g);
+  B("audio_tower.layer_norm.bias", C, 0, &m->ln_post_b);
+  B("multi_modal_projector.linear.weight", E, C, &m->proj_w);
+  B("multi_modal_projector.linear.bias", E, 0, &m->proj_b);
+
+  B("language_model.model.embed_tokens.weight", V, E, &m->embed);
+  for (int l = 0; l < c->num_hidden_layers; l++) {
+    dec_layer_t *d = &m->dec[l];
+#define BD(suffix, n0_, n1_, w_)                                                  \
+  do {                                                                            \
+    snprintf(n, sizeof n, "language_model.model.layers.%d.%s", l, suffix);        \
+    B(n, n0_, n1_, w_);                                                           \
+  } while (0)
+    int64_t KV = (int64_t)c->num_key_value_heads * c->head_dim;
+    BD("input_layernorm.weight", E, 0, &d->in_norm);
+    BD("self_attn.q_proj.weight", E, E, &d->wq);
+    BD("self_attn.q_proj.bias", E, 0, &d->bq);
+    BD("self_attn.k_proj.weight", KV, E, &d->wk);
+    BD("self_attn.k_proj.bias", KV, 0, &d->bk);
+    BD("self_attn.v_proj.weight", KV, E, &d->wv);
+    BD("self_attn.v_proj.bias", KV, 0, &d->bv);
+    BD("self_attn.o_proj.weight", E, E, &d->wo);
+    BD("post_attention_layernorm.weight", E, 0, &d->post_norm);
+    BD("mlp.gate_proj.weight", I, E, &d->wg);
+    BD("mlp.up_proj.weight", I, E, &d->wu);
+    BD("mlp.down_proj.weight", E, I, &d->wd);
+#undef BD
+  }
+  B("language_model.model.norm.weight", E, 0, &m->norm);
+  if (c->tie_word_embeddings)
+    m->lm_head = m->embed;
+  else
+    B("language_model.lm_head.weight", V, E, &m->lm_head);
+#undef B
+  return ES_OK;
+}
+
+/* ---- buffers ------------------------------------------------------------------------------------------- */
+
+static int alloc_buffers(qa_model_t *m, es_error_t *err) {
+  const model_config_t *c = &m->cfg;
+  es_backend_t *be = m->be;
+  size_t a = es_dtype_size(es_backend_act_dtype(be));
+  size_t Bw = (size_t)m->opts.max_audio_batch, T = (size_t)m->opts.max_tokens, R = (size_t)m->opts.max_logit_rows;
+  size_t C = (size_t)c->d_model, F = (size_t)c->encoder_ffn_dim, E = (size_t)c->hidden_size,
+         I = (size_t)c->intermediate_size, V = (size_t)c->vocab_size, Mel = (size_t)c->num_mel_bins;
+  size_t KVW = (size_t)c->num_key_value_heads * (size_t)c->head_dim;
+  struct {
+    void **p;
+    size_t bytes;
+  } want[] = {
+      {&m->pos_act, (size_t)ENC_POS * C * a},
+      {&m->enc_in, Bw * ENC_FRAMES * Mel * a},
+      {&m->enc_c1, Bw * ENC_FRAMES * C * a},
+      {&m->enc_h, Bw * ENC_POS * C * a},
+      {&m->enc_a, Bw * ENC_POS * C * a},
+      {&m->enc_q, Bw * ENC_POS * C * a},
+      {&m->enc_k, Bw * ENC_POS * C * a},
+      {&m->enc_v, Bw * ENC_POS * C * a},
+      {&m->enc_att, Bw * ENC_POS * C * a},
+      {&m->enc_f, Bw * ENC_POS * F * a},
+      {&m->enc_pool, Bw * ENC_TOKENS * C * a},
+      {&m->enc_proj, Bw * ENC_TOKENS * E * a},
+      {(void **)&m->enc_idx, (Bw * ENC_TOKENS > ENC_POS ? Bw * ENC_TOKENS : ENC_POS) * sizeof(int32_t)},
+      {&m->audio_pool, (size_t)m->opts.audio_pool_rows * E * a},
+      {&m->h, T * E * a},
+      {&m->x, T * E * a},
+      {&m->q, T * E * a},
+      {&m->k, T * KVW * a},
+      {&m->v, T * KVW * a},
+      {&m->att, T * E * a},
+      {&m->o, T * E * a},
+      {&m->gate, T * I * a},
+      {&m->up, T * I * a},
+      {&m->act, T * I * a},
+      {&m->arows, T * E * a},
+      {(void **)&m->ids_dev, T * sizeof(int32_t)},
+      {(void **)&m->asrc_dev, T * sizeof(int32_t)},
+      {(void **)&m->adst_dev, T * sizeof(int32_t)},
+      {(void **)&m->lrows_dev, R * sizeof(int32_t)},
+      {&m->xl, R * E * a},
+      {(void **)&m->logits_dev, R * V * sizeof(float)},
+  };
+  for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+    int rc = es_backend_alloc(be, want[i].bytes ? want[i].bytes : 1, want[i].p, err);
+    if (rc) return es_error_prefix(err, "model activations: ");
+  }
+  size_t idx_n = Bw * ENC_TOKENS > T ? Bw * ENC_TOKENS : T;
+  if (idx_n < ENC_POS) idx_n = ENC_POS;
+  m->mel_t = malloc(sizeof(float) * Bw * ENC_FRAMES * Mel);
+  m->idx_h = malloc(sizeof(int32_t) * idx_n);
+  m->idx2_h = malloc(sizeof(int32_t) * T);
+  if (!m->mel_t || !m->idx_h || !m->idx2_h) return es_fail(err, ES_ENOMEM, "model: host scratch");
+  /* the positional table, widened once to the activation dtype by gathering its rows 0..1499 */
+  for (int i = 0; i < ENC_POS; i++) m->idx_h[i] = i;
+  int rc = es_backend_write(be, m->enc_idx, m->idx_h, sizeof(int32_t) * ENC_POS, err);
+  if (!rc) rc = es_op_embed(be, m->pos_act, &m->pos, m->enc_idx, ENC_POS, err);
+  if (!rc) rc = es_backend_sync(be, err);
+  return rc;
+}
+
+/* ---- open / close -------------------------------------------------------------------------------------- */
+
+int qa_model_open(es_backend_t *be, const model_config_t *cfg, const ckpt_t *ck, const qa_model_opts_t *opts,
+                  qa_model_t **out, es_error_t *err) {
+  *out = NULL;
+  if (opts->max_tokens < 1 || opts->max_seqs < 1 || opts->max_logit_rows < 1 || opts->max_audio_batch < 1 ||
+      opts->audio_pool_rows < ENC_TOKENS || opts->kv_blocks < 2 || opts->max_blocks_per_seq < 1)
+    return es_fail(err, ES_EINVAL, "model options: every capacity must be positive, the audio pool must hold one "
+                                   "window (750 rows) and the KV pool at least 2 blocks");
+  if (cfg->num_mel_bins < 1 || cfg->max_source_positions != ENC_POS)
+    return es_fail(err, ES_EUNSUPPORTED, "model: max_source_positions %d (earshot runs 30 s windows: 1500)",
+                   cfg->max_source_positions);
+  qa_model_t *m = calloc(1, sizeof *m);
+  if (!m) return es_fail(err, ES_ENOMEM, "model: out of memory");
+  m->cfg = *cfg;
+  m->opts = *opts;
+  m->be = be;
+  m->enc = calloc((size_t)cfg->encoder_layers, sizeof(enc_layer_t));
+  m->dec = calloc((size_t)cfg->num_hidden_layers, sizeof(dec_layer_t));
+  int rc;
+  if (!m->enc || !m->dec) {
+    rc = es_fail(err, ES_ENOMEM, "model: out of memory");
+    goto fail;
+  }
+  rc = bind_weights(m, ck, err);
+  if (rc) goto fail;
+  rc = alloc_buffers(m, err);
+  if (rc) goto fail;
+  rc = es_backend_kv_init(be, cfg->num_hidden_layers, opts->kv_blocks, cfg->num_key_value_heads, cfg->head_dim, err);
+  if (rc) goto fail;
+  *out = m;
+  return ES_OK;
+fail:
+  qa_model_close(m);
+  return rc;
+}
+
+void qa_model_close(qa_model_t *m) {
+  if (!m) return;
+  for (int i = 0; i < m->n_host_blocks; i++) free(m->host_blocks[i]);
+  free(m->host_blocks);
+  free(m->enc);
+  free(m->dec);
+  free(m->mel_t);
+  free(m->idx_h);
+  free(m->idx2_h);
+  free(m);
+}
+
+const model_config_t *qa_model_config(const qa_model_t *m) { return &m->cfg; }
+es_backend_t *qa_model_backend(const qa_model_t *m) { return m->be; }
+const qa_model_opts_t *qa_model_opts(const qa_model_t *m) { return &m->opts; }
+
+int qa_audio_tokens_for_frames(int frames) {
+  if (frames <= 0) return 0;
+  int t1 = (frames - 1) / 2 + 1; /* conv2 (stride 2) output length */
+  return t1 / 2;                 /* avg-pool (2, 2): floor */
+}
+
+/* ---- encoder ------------------------------------------------------------------------------------------- */
+
+int qa_encode(qa_model_t *m, const float *mel, const int *frames, int B, int pool_row, int *rows_written,
+              es_error_t *err) {
+  const model_config_t *c = &m->cfg;
+  es_backend_t *be = m->be;
+  *rows_written = 0;
+  if (B < 1 || B > m->opts.max_audio_batch)
+    return es_fail(err, ES_EINVAL, "encode: %d windows (capacity %d)", B, m->opts.max_audio_batch);
+  int32_t valid[64];
+  if (B > 64) return es_fail(err, ES_EINVAL, "encode: at most 64 windows per call");
+  int total = 0;
+  for (int b = 0; b < B; b++) {
+    if (frames[b] < 1 || frames[b] > ENC_FRAMES)
+      return es_fail(err, ES_EINVAL, "encode: window %d has %d frames (1..3000)", b, frames[b]);
+    valid[b] = (frames[b] - 1) / 2 + 1; /* T1: key positions after conv2 that hold audio (SPEC §3.3) */
+    int n = qa_audio_tokens_for_frames(frames[b]);
+    for (int i = 0; i < n; i++) m->idx_h[total + i] = b * ENC_TOKENS + i;
+    total += n;
+  }
+  if (total == 0) return es_fail(err, ES_EINVAL, "encode: the audio is too short to produce any audio token");
+  if (pool_row < 0 || pool_row + total > m->opts.audio_pool_rows)
+    return es_fail(err, ES_ETOOBIG, "encode: rows %d..%d outside the audio pool (%d rows)", pool_row,
+                   pool_row + total, m->opts.audio_pool_rows);
+
+  int64_t C = c->d_model, Mel = c->num_mel_bins, E = c->hidden_size, F = c->encoder_ffn_dim;
+  int H = c->encoder_attention_heads, D = (int)(C / H);
+  int64_t rows = (int64_t)B * ENC_POS;
+  size_t a = es_dtype_size(es_backend_act_dtype(be));
+
+  /* features [B][128][3000] -> time-major [B][3000][128], the layout conv1d reads */
+  for (int b = 0; b < B; b++)
+    for (int64_t f = 0; f < Mel; f++)
+      for (int t = 0; t < ENC_FRAMES; t++)
+        m->mel_t[((size_t)b * ENC_FRAMES + t) * Mel + f] = mel[((size_t)b * Mel + f) * ENC_FRAMES + t];
+  int rc = es_backend_write_act(be, m->enc_in, m->mel_t, (size_t)B * ENC_FRAMES * Mel, err);
+  if (rc) return rc;
+
+  /* conv1 (k3 s1 p1) + GELU, conv2 (k3 s2 p1) + GELU, + stored positions. Every one of the 3000 frames goes
+   * in, padding included: conv1 at the last valid frame reads the first padding frame (SPEC §3.2). */
+  if ((rc = es_op_conv1d(be, m->enc_c1, m->enc_in, &m->conv1_w, &m->conv1_b, B, ENC_FRAMES, Mel, 3, 1, 1,
+                         ES_ACT_GELU, err)) ||
+      (rc = es_op_conv1d(be, m->enc_h, m->enc_c1, &m->conv2_w, &m->conv2_b, B, ENC_FRAMES, C, 3, 2, 1, ES_ACT_GELU,
+                         err)) ||
+      (rc = es_op_add_rows(be, m->enc_h, m->pos_act, rows, ENC_POS, C, err)))
+    return rc;
+
+  float scale = 1.0f / sqrtf((float)D); /* 64^-0.5 = 0.125 exactly */
+  for (int l = 0; l < c->encoder_layers; l++) {
+    const enc_layer_t *e = &m->enc[l];
+    if ((rc = es_op_layer_norm(be, m->enc_a, m->enc_h, &e->ln1_g, &e->ln1_b, rows, C, 1e-5f, err)) ||
+        (rc = es_op_linear(be, m->enc_q, C, m->enc_a, C, &e->wq, &e->bq, rows, ES_ACT_NONE, 0, err)) ||
+        (rc = es_op_linear(be, m->enc_k, C, m->enc_a, C, &e->wk, NULL, rows, ES_ACT_NONE, 0, err)) ||
+        (rc = es_op_linear(be, m->enc_v, C, m->enc_a, C, &e->wv, &e->bv, rows, ES_ACT_NONE, 0, err)) ||
+        (rc = es_op_attention_dense(be, m->enc_att, m->enc_q, C, m->enc_k, C, m->enc_v, C, B, ENC_POS, H, D, scale,
+                                    valid, err)) ||
+        (rc = es_op_linear(be, m->enc_h, C, m->enc_att, C, &e->wo, &e->bo, rows, ES_ACT_NONE, 1, err)) ||
+        (rc = es_op_layer_norm(be, m->enc_a, m->enc_h, &e->ln2_g, &e->ln2_b, rows, C, 1e-5f, err)) ||
+        (rc = es_op_linear(be, m->enc_f, F, m->enc_a, C, &e->w1, &e->b1, rows, ES_ACT_GELU, 0, err)) ||
+        (rc = es_op_linear(be, m->enc_h, C, m->enc_f, F, &e->w2, &e->b2, rows, ES_ACT_NONE, 1, err)))
+      return es_error_prefix(err, "encoder layer %d: ", l);
+  }
+  int64_t prow = (int64_t)B * ENC_TOKENS;
+  if ((rc = es_op_avg_pool2(be, m->enc_pool, m->enc_h, B, ENC_POS, C, err)) ||
+      (rc = es_op_layer_norm(be, m->enc_pool, m->enc_pool, &m->ln_post_g, &m->ln_post_b, prow, C, 1e-5f, err)) ||
+      (rc = es_op_linear(be, m->enc_proj, E, m->enc_pool, C, &m->proj_w, &m->proj_b, prow, ES_ACT_NONE, 0, err)))
+    return rc;
+  /* keep the first N_b rows of each window, back to back, in the pool */
+  if ((rc = es_backend_write(be, m->enc_idx, m->idx_h, sizeof(int32_t) * (size_t)total, err)) ||
+      (rc = es_op_gather_rows(be, (char *)m->audio_pool + (size_t)pool_row * (size_t)E * a, m->enc_proj, m->enc_idx,
+                              total, E, err)))
+    return rc;
+  *rows_written = total;
+  return ES_OK;
+}
+
+int qa_read_audio_rows(qa_model_t *m, int row, int n, float *out, es_error_t *err) {
+  if (row < 0 || n < 0 || row + n > m->opts.audio_pool_rows)
+    return es_fail(err, ES_EINVAL, "audio rows %d..%d outside the pool", row, row + n);
+  size_t E = (size_t)m->cfg.hidden_size, a = es_dtype_size(es_backend_act_dtype(m->be));
+  int rc = es_backend_sync(m->be, err);
+  if (rc) return rc;
+  return es_backend_read_act(m->be, out, (const char *)m->audio_pool + (size_t)row * E * a, (size_t)n * E, err);
+}
+
+/* ---- decoder step -------------------------------------------------------------------------------------- */
+
+int qa_step(qa_model_t *m, const es_batch_t *batch, const int32_t *ids, const int32_t *audio_row,
+            const int32_t *logit_rows, int n_logits, float *logits, es_error_t *err) {
+  const model_config_t *c = &m->cfg;
+  es_backend_t *be = m->be;
+  int T = batch->n_tokens;
+  if (T < 1 || T > m->opts.max_tokens || batch->n_seqs > m->opts.max_seqs)
+    return es_fail(err, ES_EINVAL, "step: %d rows / %d sequences over the capacity (%d / %d)", T, batch->n_seqs,
+                   m->opts.max_tokens, m->opts.max_seqs);
+  if (n_logits < 0 || n_logits > m->opts.max_logit_rows)
+    return es_fail(err, ES_EINVAL, "step: %d logit rows (capacity %d)", n_logits, m->opts.max_logit_rows);
+  int n_audio = 0;
+  for (int i = 0; i < T; i++) {
+    if (ids[i] < 0 || ids[i] >= c->vocab_size)
+      return es_fail(err, ES_EINVAL, "step: token id %d outside the vocabulary (%d)", ids[i], c->vocab_size);
+    if (audio_row[i] >= 0) {
+      if (audio_row[i] >= m->opts.audio_pool_rows)
+        return es_fail(err, ES_EINVAL, "step: audio row %d outside the pool", audio_row[i]);
+      m->idx_h[n_audio] = audio_row[i];
+      m->idx2_h[n_audio] = i;
+      n_audio++;
+    } else if (ids[i] == c->audio_token_index) {
+      return es_fail(err, ES_EINVAL, "step: row %d is an audio placeholder without audio", i);
+    }
+  }
+  for (int r = 0; r < n_logits; r++)
+    if (logit_rows[r] < 0 || logit_rows[r] >= T)
+      return es_fail(err, ES_EINVAL, "step: logit row %d outside the step's %d rows", logit_rows[r], T);
+
+  int64_t E = c->hidden_size, I = c->intermediate_size, V = c->vocab_size;
+  int H = c->num_attention_heads, D = c->head_dim, KVH = c->num_key_value_heads;
+  int64_t KVW = (int64_t)KVH * D;
+  if (KVH != H) return es_fail(err, ES_EUNSUPPORTED, "step: grouped-query attention is not supported");
+  float eps = (float)c->rms_norm_eps, theta = (float)c->rope_theta;
+  float scale = 1.0f / sqrtf((float)D);
+
+  int rc = es_backend_begin_step(be, batch, err);
+  if (rc) return rc;
+  /* token embeddings, then the audio rows over the placeholders (the embedding row of <|AUDIO|> itself is
+   * never used, as in transformers' masked_scatter) */
+  if ((rc = es_backend_write(be, m->ids_dev, ids, sizeof(int32_t) * (size_t)T, err)) ||
+      (rc = es_op_embed(be, m->h, &m->embed, m->ids_dev, T, err)))
+    goto done;
+  if (n_audio) {
+    if ((rc = es_backend_write(be, m->asrc_dev, m->idx_h, sizeof(int32_t) * (size_t)n_audio, err)) ||
+        (rc = es_backend_write(be, m->adst_dev, m->idx2_h, sizeof(int32_t) * (size_t)n_audio, err)) ||
+        (rc = es_op_gather_rows(be, m->arows, m->audio_pool, m->asrc_dev, n_audio, E, err)) ||
+        (rc = es_op_scatter_rows(be, m->h, m->arows, m->adst_dev, n_audio, E, err)))
+      goto done;
+  }
+  const void *add = NULL; /* the previous layer's MLP output, added to the residual by the next norm */
+  for (int l = 0; l < c->num_hidden_layers; l++) {
+    const dec_layer_t *d = &m->dec[l];
+    if ((rc = es_op_rms_norm(be, m->x, m->h, add, &d->in_norm, T, E, eps, err)) ||
+        (rc = es_op_linear(be, m->q, E, m->x, E, &d->wq, &d->bq, T, ES_ACT_NONE, 0, err)) ||
+        (rc = es_op_linear(be, m->k, KVW, m->x, E, &d->wk, &d->bk, T, ES_ACT_NONE, 0, err)) ||
+        (rc = es_op_linear(be, m->v, KVW, m->x, E, &d->wv, &d->bv, T, ES_ACT_NONE, 0, err)) ||
+        (rc = es_op_rope_kv_store(be, l, m->q, E, m->k, KVW, m->v, KVW, H, D, theta, err)) ||
+        (rc = es_op_attention_paged(be, l, m->att, m->q, E, H, D, scale, err)) ||
+        (rc = es_op_linear(be, m->o, E, m->att, E, &d->wo, NULL, T, ES_ACT_NONE, 0, err)) ||
+        (rc = es_op_rms_norm(be, m->x, m->h, m->o, &d->post_norm, T, E, eps, err)) ||
+        (rc = es_op_linear(be, m->gate, I, m->x, E, &d->wg, NULL, T, ES_ACT_NONE, 0, err)) ||
+        (rc = es_op_linear(be, m->up, I, m->x, E, &d->wu, NULL, T, ES_ACT_NONE, 0, err)) ||
+        (rc = es_op_silu_mul(be, m->act, m->gate, m->up, I, T, I, err)) ||
+        (rc = es_op_linear(be, m->o, E, m->act, I, &d->wd, NULL, T, ES_ACT_NONE, 0, err))) {
+      es_error_prefix(err, "decoder layer %d: ", l);
+      goto done;
+    }
+    add = m->o;
+  }
+  if ((rc = es_op_rms_norm(be, m->x, m->h, add, &m->norm, T, E, eps, err)))
+    goto done;
+  if (n_logits > 0) {
+    if ((rc = es_backend_write(be, m->lrows_dev, logit_rows, sizeof(int32_t) * (size_t)n_logits, err)) ||
+        (rc = es_op_gather_rows(be, m->xl, m->x, m->lrows_dev, n_logits, E, err)) ||
+        (rc = es_op_logits(be, m->logits_dev, m->xl, &m->lm_head, n_logits, err)) ||
+        (rc = es_backend_sync(be, err)) ||
+        (rc = es_backend_read(be, logits, m->logits_dev, sizeof(float) * (size_t)n_logits * (size_t)V, err)))
+      goto done;
+  }
+done:;
+  es_error_t end_err;
+  int rc2 = es_backend_end_step(be, &end_err);
+  if (!rc && rc2) {
+    *err = end_err;
+    rc = rc2;
+  }
+  return rc;
+}

@@ -1,0 +1,79 @@
+/* qwen2audio: the Qwen2-Audio forward pass, written once against kernels/backend.h.
+ *
+ * Owns the model's weights on a backend (bound from a checkpoint, or random with --dummy-weights) and its
+ * activation buffers, sized at open for the largest step and the largest audio batch. Two entry points:
+ *   qa_encode  log-mel windows -> audio embeddings (encoder + avg-pool + LayerNorm + projector), the first
+ *              N rows of each window written to a caller-chosen range of the audio-embedding pool;
+ *   qa_step    one batched decoder step (prefill chunks and decode tokens of several sequences), with
+ *              placeholder rows taken from the audio-embedding pool, returning fp32 logits for chosen rows.
+ * The KV cache lives in the backend; which blocks a sequence uses is the caller's business (kv_alloc.h).
+ *
+ * Thread safety: a qa_model_t is driven by one thread (the engine thread), like its backend.
+ * ref: transformers modeling_qwen2_audio.py (Qwen2AudioEncoder, Qwen2AudioForConditionalGeneration) and
+ *      modeling_qwen2.py; SPEC §3 (encoder, lengths, merge) and §4 (decoder).
+ */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "checkpoint.h"
+#include "config.h"
+#include "es_error.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define QA_MEL_FRAMES 3000  /* frames of one 30 s window */
+#define QA_MAX_WINDOW_TOKENS 750 /* audio tokens of a full window */
+
+typedef struct {
+  int max_tokens;       /* largest number of rows in one qa_step (prefill chunk + decode rows) */
+  int max_seqs;         /* largest number of sequences in one qa_step */
+  int max_logit_rows;   /* largest number of logit rows one qa_step returns */
+  int max_audio_batch;  /* windows encoded together by one qa_encode */
+  int audio_pool_rows;  /* rows of the audio-embedding pool (e.g. several requests' audio) */
+  int kv_blocks;        /* blocks in the KV pool, including the scratch block 0 */
+  int max_blocks_per_seq; /* block-table row length (max context / 16, rounded up) */
+  uint64_t dummy_seed;  /* --dummy-weights: seed of the random weights */
+} qa_model_opts_t;
+
+typedef struct qa_model qa_model_t;
+
+/* Binds the weights of ck (checked against cfg by ckpt_open) to the backend, or, with ck == NULL, creates
+ * random weights from cfg (--dummy-weights: normal(0, 0.02) matrices, unit norms, small biases). Allocates
+ * every activation buffer and the KV pool. cfg is copied. */
+int qa_model_open(es_backend_t *be, const model_config_t *cfg, const ckpt_t *ck, const qa_model_opts_t *opts,
+                  qa_model_t **out, es_error_t *err);
+void qa_model_close(qa_model_t *m);
+
+const model_config_t *qa_model_config(const qa_model_t *m);
+es_backend_t *qa_model_backend(const qa_model_t *m);
+const qa_model_opts_t *qa_model_opts(const qa_model_t *m);
+
+/* Audio lengths (SPEC §3.1) for a window of F valid frames: T1 = ceil(F/2) positions after conv2, and
+ * N = floor(T1/2) audio tokens. */
+int qa_audio_tokens_for_frames(int frames);
+
+/* Encodes B windows: mel is host float32 [B][128][3000] (each window's full padded features), frames[b] its
+ * valid-frame count F (1..3000). The first N_b rows of window b's projected embeddings are written to the
+ * audio-embedding pool at rows pool_row, pool_row + N_0, ... (windows back to back). B <= max_audio_batch,
+ * and the rows must fit in the pool. *rows_written = Σ N_b. */
+int qa_encode(qa_model_t *m, const float *mel, const int *frames, int B, int pool_row, int *rows_written,
+              es_error_t *err);
+
+/* Reads rows [row, row + n) of the audio-embedding pool to host memory (fp32 [n, hidden]); for tests. */
+int qa_read_audio_rows(qa_model_t *m, int row, int n, float *out, es_error_t *err);
+
+/* One decoder step over batch (see es_batch_t). ids: host int32 [n_tokens] input ids; audio_row: host int32
+ * [n_tokens], the audio-pool row that replaces row i's embedding, or -1 for a normal token (placeholder
+ * rows must carry one). logit_rows: host int32 [n_logits] step rows whose logits are wanted (usually the
+ * last row of each sequence); logits: host float32 [n_logits, vocab]. */
+int qa_step(qa_model_t *m, const es_batch_t *batch, const int32_t *ids, const int32_t *audio_row,
+            const int32_t *logit_rows, int n_logits, float *logits, es_error_t *err);
+
+#ifdef __cplusplus
+}
+#endif
