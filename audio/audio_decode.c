@@ -300,7 +300,7 @@ int audio_decode_memory(const void *buf, size_t len, const char *name, const aud
   ret = avformat_open_input(&s.fmt, NULL, NULL, NULL); /* frees fmt itself on failure */
   if (ret < 0) {
     rc = es_fail(err, ret == AVERROR(ENOMEM) ? ES_ENOMEM : ES_EINVAL,
-                 "%s: not a recognised audio file (%s)", name,
+                 "%s: cannot open as audio: unknown format, or a truncated or corrupt header (%s)", name,
                  s.reader.over_budget ? "read budget exhausted" : av_err(ret, eb, sizeof eb));
     goto fail;
   }
@@ -320,14 +320,15 @@ int audio_decode_memory(const void *buf, size_t len, const char *name, const aud
     goto fail;
   }
   if (si == AVERROR_DECODER_NOT_FOUND || si < 0) {
-    const char *cname = "unknown";
-    for (unsigned i = 0; i < s.fmt->nb_streams; i++)
-      if (s.fmt->streams[i]->codecpar->codec_type == AVMEDIA_TYPE_AUDIO) {
-        cname = avcodec_get_name(s.fmt->streams[i]->codecpar->codec_id);
-        break;
-      }
-    rc = es_fail(err, ES_EUNSUPPORTED, "%s: unsupported audio codec '%s' in this %s file", name, cname,
-                 s.fmt->iformat->name);
+    const AVCodecParameters *par = NULL;
+    for (unsigned i = 0; i < s.fmt->nb_streams && !par; i++)
+      if (s.fmt->streams[i]->codecpar->codec_type == AVMEDIA_TYPE_AUDIO) par = s.fmt->streams[i]->codecpar;
+    if (par && par->codec_id != AV_CODEC_ID_NONE)
+      rc = es_fail(err, ES_EUNSUPPORTED, "%s: unsupported audio codec '%s' (no decoder) in this %s file", name,
+                   avcodec_get_name(par->codec_id), s.fmt->iformat->name);
+    else
+      rc = es_fail(err, ES_EUNSUPPORTED, "%s: unsupported audio codec (unknown codec tag 0x%x) in this %s file",
+                   name, par ? par->codec_tag : 0u, s.fmt->iformat->name);
     goto fail;
   }
   AVStream *st = s.fmt->streams[si];
@@ -357,7 +358,7 @@ int audio_decode_memory(const void *buf, size_t len, const char *name, const aud
   /* Every packet carries at least one byte, so this cap is never reached by honest input; it bounds the
    * loop even if a demuxer produced packets without consuming input. */
   const uint64_t max_packets = (uint64_t)len + 65536;
-  uint64_t packets = 0;
+  uint64_t packets = 0, stream_packets = 0;
   int decode_errors = 0;
   for (;;) {
     ret = av_read_frame(s.fmt, s.pkt);
@@ -382,6 +383,7 @@ int audio_decode_memory(const void *buf, size_t len, const char *name, const aud
       av_packet_unref(s.pkt);
       continue;
     }
+    stream_packets++;
     ret = avcodec_send_packet(s.dec, s.pkt);
     av_packet_unref(s.pkt);
     if (ret == AVERROR(ENOMEM)) {
@@ -402,9 +404,20 @@ int audio_decode_memory(const void *buf, size_t len, const char *name, const aud
     if (rc) goto fail;
   }
   if (s.n == 0) {
-    rc = es_fail(err, ES_EINVAL, "%s: no audio could be decoded from the %s stream (%s file%s)", name,
-                 codec->name, s.fmt->iformat->name,
-                 decode_errors ? ": every packet was corrupt" : ": empty or truncated");
+    if (stream_packets == 0)
+      rc = es_fail(err, ES_EINVAL, "%s: the %s stream of this %s file holds no audio data (empty, truncated or corrupt)",
+                   name, codec->name, s.fmt->iformat->name);
+    else
+      rc = es_fail(err, ES_EINVAL, "%s: no audio could be decoded from the %s stream of this %s file (%s)", name,
+                   codec->name, s.fmt->iformat->name,
+                   decode_errors ? "corrupt data: every packet failed to decode" : "empty or truncated");
+    goto fail;
+  }
+
+  if ((uint64_t)decode_errors * 2 > stream_packets) {
+    /* mostly garbage that happened to resync: the ffmpeg CLI would emit noise, a server should refuse */
+    rc = es_fail(err, ES_EINVAL, "%s: corrupt data: %d of %llu packets of the %s stream failed to decode", name,
+                 decode_errors, (unsigned long long)stream_packets, codec->name);
     goto fail;
   }
 

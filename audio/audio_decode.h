@@ -51,7 +51,7 @@ typedef struct {
   int source_channels;
   char codec[32];       /* FFmpeg decoder name, e.g. "mp3float" */
   char container[32];   /* FFmpeg demuxer name, e.g. "ogg" */
-  int decode_errors;    /* packets the decoder rejected but skipped, as the ffmpeg CLI does */
+  int decode_errors;    /* damaged packets skipped, as the ffmpeg CLI does (more than half fails the decode) */
 } audio_pcm_t;
 
 /* Decodes the file at path. opts may be NULL (defaults). On failure *out is zeroed. */
