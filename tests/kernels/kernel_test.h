@@ -1,0 +1,160 @@
+/* kernel_test: helpers shared by the backend op tests — a seeded RNG, bf16/fp16 rounding done
+ * independently of the backend, NaN poisoning, tolerance checks against double-precision references
+ * that print the first mismatches, and backend set-up.
+ * Header-only (static functions); include after test_util.h.
+ */
+#pragma once
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "test_util.h"
+
+static uint64_t kt_seed = 0x9e3779b97f4a7c15ull;
+
+static inline uint64_t kt_next(void) { /* splitmix64 */
+  uint64_t z = (kt_seed += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+static inline float kt_uniform(float lo, float hi) { return lo + (hi - lo) * (float)((kt_next() >> 40) * 0x1p-24); }
+static inline int kt_int(int n) { return (int)(kt_next() % (uint64_t)n); }
+
+static inline void kt_fill(float *x, int64_t n, float lo, float hi) {
+  for (int64_t i = 0; i < n; i++) x[i] = kt_uniform(lo, hi);
+}
+
+static inline void kt_poison(float *x, int64_t n) {
+  for (int64_t i = 0; i < n; i++) x[i] = NAN;
+}
+
+/* bf16 with round-to-nearest-even (finite inputs). */
+static inline uint16_t kt_to_bf16(float f, float *rounded) {
+  uint32_t b;
+  memcpy(&b, &f, 4);
+  b += 0x7fffu + ((b >> 16) & 1u);
+  uint16_t h = (uint16_t)(b >> 16);
+  uint32_t back = (uint32_t)h << 16;
+  memcpy(rounded, &back, 4);
+  return h;
+}
+
+/* IEEE half with round-to-nearest-even (|f| < 65504); the rounded value is computed from the fields. */
+static inline uint16_t kt_to_f16(float f, float *rounded) {
+  uint16_t sign = signbit(f) ? 0x8000 : 0;
+  float a = fabsf(f);
+  if (a < 0x1p-14f) { /* subnormal, quantum 2^-24; m == 1024 encodes the smallest normal */
+    uint32_t m = (uint32_t)lrintf(a * 0x1p24f);
+    *rounded = (sign ? -1.0f : 1.0f) * ldexpf((float)m, -24);
+    return (uint16_t)(sign | m);
+  }
+  int e;
+  frexpf(a, &e); /* a in [2^(e-1), 2^e) */
+  uint32_t m = (uint32_t)lrintf(ldexpf(a, 11 - e)); /* in [1024, 2048] */
+  int E = e - 1 + 15;
+  if (m == 2048) {
+    m = 1024;
+    E++;
+  }
+  *rounded = (sign ? -1.0f : 1.0f) * ldexpf((float)m, E - 15 - 10);
+  return (uint16_t)(sign | (uint32_t)E << 10 | (m - 1024));
+}
+
+/* A random weight of n values in dtype dt: host holds what is uploaded, val the same values as float. */
+typedef struct {
+  void *host;
+  float *val;
+  es_dtype_t dt;
+  int64_t n0, n1;
+} kt_weight_t;
+
+static inline kt_weight_t kt_weight(es_dtype_t dt, int64_t n0, int64_t n1, float lo, float hi) {
+  kt_weight_t w = {NULL, malloc(sizeof(float) * (size_t)(n0 * n1)), dt, n0, n1};
+  w.host = malloc(es_dtype_size(dt) * (size_t)(n0 * n1));
+  for (int64_t i = 0; i < n0 * n1; i++) {
+    float f = kt_uniform(lo, hi);
+    if (dt == ES_DT_F32)
+      ((float *)w.host)[i] = w.val[i] = f;
+    else if (dt == ES_DT_BF16)
+      ((uint16_t *)w.host)[i] = kt_to_bf16(f, &w.val[i]);
+    else
+      ((uint16_t *)w.host)[i] = kt_to_f16(f, &w.val[i]);
+  }
+  return w;
+}
+
+static inline void kt_weight_free(kt_weight_t *w) {
+  free(w->host);
+  free(w->val);
+  w->host = w->val = NULL;
+}
+
+static inline es_weight_t kt_upload(es_backend_t *be, const kt_weight_t *w) {
+  es_weight_t out = {0};
+  es_error_t err;
+  int rc = es_backend_upload_weight(be, w->host, w->dt, w->n0, w->n1, &out, &err);
+  T_CHECK(rc == 0, "upload: %s", err.msg);
+  return out;
+}
+
+/* Compares got[n] with ref[n]: |got - ref| <= atol + rtol·|ref| (+ tol[i] when tol != NULL). NaN fails.
+ * Prints the first mismatches; returns the number of mismatches and counts one check. */
+static inline int kt_close(const char *what, const float *got, const double *ref, const double *tol, int64_t n, double atol,
+                    double rtol) {
+  int bad = 0;
+  double worst = 0;
+  for (int64_t i = 0; i < n; i++) {
+    double d = fabs((double)got[i] - ref[i]), lim = atol + rtol * fabs(ref[i]) + (tol ? tol[i] : 0.0);
+    if (!(d <= lim)) {
+      if (bad < 5) fprintf(stderr, "  %s [%lld]: got %.9g, ref %.9g (|diff| %.3g > %.3g)\n", what, (long long)i,
+                           (double)got[i], ref[i], d, lim);
+      bad++;
+    }
+    if (d > worst) worst = d;
+  }
+  T_CHECK(bad == 0, "%s: %d of %lld values outside tolerance (worst |diff| %.3g)", what, bad, (long long)n, worst);
+  return bad;
+}
+
+static inline es_backend_t *kt_backend(int n_threads, size_t max_tokens, size_t max_seqs, size_t max_blocks) {
+  es_backend_opts_t o = {.compute_dtype = ES_DT_F32, .n_threads = n_threads, .max_tokens = max_tokens,
+                         .max_seqs = max_seqs, .max_blocks = max_blocks};
+  es_backend_t *be = NULL;
+  es_error_t err;
+  int rc = es_backend_create_cpu(&o, &be, &err);
+  T_CHECK(rc == 0, "create cpu backend: %s", err.msg);
+  return rc ? NULL : be;
+}
+
+/* An activation buffer on the backend holding n floats from host (or poisoned when host is NULL). */
+static inline void *kt_act(es_backend_t *be, const float *host, int64_t n) {
+  void *p = NULL;
+  es_error_t err;
+  int rc = es_backend_alloc(be, sizeof(float) * (size_t)n, &p, &err);
+  T_CHECK(rc == 0, "alloc: %s", err.msg);
+  if (rc) return NULL;
+  float *tmp = malloc(sizeof(float) * (size_t)n);
+  if (host)
+    memcpy(tmp, host, sizeof(float) * (size_t)n);
+  else
+    kt_poison(tmp, n);
+  es_backend_write_act(be, p, tmp, (size_t)n, &err);
+  free(tmp);
+  return p;
+}
+
+static inline float *kt_read(es_backend_t *be, const void *dev, int64_t n) {
+  float *h = malloc(sizeof(float) * (size_t)n);
+  es_error_t err;
+  int rc = es_backend_read_act(be, h, dev, (size_t)n, &err);
+  T_CHECK(rc == 0, "read_act: %s", err.msg);
+  return h;
+}
+
+static inline const char *kt_dt(es_dtype_t dt) { return es_dtype_name(dt); }
