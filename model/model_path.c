@@ -9,6 +9,14 @@
 #include <string.h>
 #include <sys/stat.h>
 
+/* Copies src into dst (cap bytes) when it fits; 0 when it does not (dst untouched). */
+static int copy_str(char *dst, size_t cap, const char *src) {
+  size_t n = strlen(src);
+  if (n >= cap) return 0;
+  memcpy(dst, src, n + 1);
+  return 1;
+}
+
 static int is_dir(const char *p) {
   struct stat st;
   return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
@@ -55,7 +63,7 @@ int mpath_resolve(const char *arg, model_path_t *out, es_error_t *err) {
   memset(out, 0, sizeof *out);
   if (!arg || !*arg) return es_fail(err, ES_EINVAL, "--model: empty");
   if (is_dir(arg)) {
-    if (snprintf(out->dir, sizeof out->dir, "%s", arg) >= (int)sizeof out->dir)
+    if (!copy_str(out->dir, sizeof out->dir, arg))
       return es_fail(err, ES_ETOOBIG, "--model: path too long");
     return ES_OK;
   }
@@ -80,9 +88,8 @@ int mpath_resolve(const char *arg, model_path_t *out, es_error_t *err) {
   char cand[MPATH_MAX * 2];
   if (read_ref(out->repo_dir, rev, sizeof rev)) {
     snprintf(cand, sizeof cand, "%s/%s", snaps, rev);
-    if (is_dir(cand) && strlen(cand) < sizeof out->dir) {
-      snprintf(out->dir, sizeof out->dir, "%s", cand);
-      snprintf(out->revision, sizeof out->revision, "%s", rev);
+    if (is_dir(cand) && copy_str(out->dir, sizeof out->dir, cand)) {
+      copy_str(out->revision, sizeof out->revision, rev);
       out->from_cache = out->via_ref = 1;
       return ES_OK;
     }
@@ -102,10 +109,9 @@ int mpath_resolve(const char *arg, model_path_t *out, es_error_t *err) {
                 (st.st_mtim.tv_sec == best.tv_sec && st.st_mtim.tv_nsec > best.tv_nsec) ||
                 (st.st_mtim.tv_sec == best.tv_sec && st.st_mtim.tv_nsec == best.tv_nsec &&
                  strcmp(de->d_name, out->revision) > 0); /* ties broken by name, so the choice is stable */
-    if (newer && strlen(cand) < sizeof out->dir) {
+    if (newer && copy_str(out->dir, sizeof out->dir, cand)) {
       best = st.st_mtim;
-      snprintf(out->revision, sizeof out->revision, "%s", de->d_name);
-      snprintf(out->dir, sizeof out->dir, "%s", cand);
+      copy_str(out->revision, sizeof out->revision, de->d_name); /* fits: checked at the loop's top */
       found = 1;
     }
   }
