@@ -84,8 +84,10 @@ int cmd_inspect(int argc, char **argv) {
 
   int n_problems = 0;
   char config_path[MPATH_MAX + 32], gen_path[MPATH_MAX + 32];
-  if (config) snprintf(config_path, sizeof config_path, "%s", config);
-  else snprintf(config_path, sizeof config_path, "%s/config.json", mp.dir);
+  if (config)
+    snprintf(config_path, sizeof config_path, "%s", config);
+  else
+    snprintf(config_path, sizeof config_path, "%s/config.json", mp.dir);
   snprintf(gen_path, sizeof gen_path, "%s/generation_config.json", mp.dir);
 
   model_config_t cfg;

@@ -20,10 +20,10 @@
 #define CKPT_MAX_PROBLEMS 200
 
 typedef struct {
-  char *canon;           /* canonical name (owned) */
-  const st_tensor_t *t;  /* in files[file] */
+  char *canon;          /* canonical name (owned) */
+  const st_tensor_t *t; /* in files[file] */
   int file;
-  int used;              /* matched by an expected tensor */
+  int used; /* matched by an expected tensor */
 } entry_t;
 
 typedef struct {
@@ -33,13 +33,13 @@ typedef struct {
 
 struct ckpt {
   char *dir;
-  char *index_path;       /* NULL: single file */
+  char *index_path; /* NULL: single file */
   int n_files;
-  st_file_t *files;       /* n_files; a file that failed to open is left zeroed (n_tensors 0) */
-  entry_t *entries;       /* n_entries, sorted by canon */
+  st_file_t *files; /* n_files; a file that failed to open is left zeroed (n_tensors 0) */
+  entry_t *entries; /* n_entries, sorted by canon */
   int n_entries;
-  char **problems;        /* up to CKPT_MAX_PROBLEMS kept */
-  int n_problems;         /* all found */
+  char **problems; /* up to CKPT_MAX_PROBLEMS kept */
+  int n_problems;  /* all found */
   int n_hub, n_new;
   int tie_word_embeddings;
   uint64_t params, bytes;
@@ -189,8 +189,10 @@ static entry_t *find_entry(const ckpt_t *ck, const char *canon) {
     int mid = lo + (hi - lo) / 2;
     int c = strcmp(ck->entries[mid].canon, canon);
     if (c == 0) return &ck->entries[mid];
-    if (c < 0) lo = mid + 1;
-    else hi = mid - 1;
+    if (c < 0)
+      lo = mid + 1;
+    else
+      hi = mid - 1;
   }
   return NULL;
 }
@@ -455,8 +457,8 @@ static int open_files(ckpt_t *ck, es_error_t *err) {
     for (int s = 0; s < ck->n_files; s++) {
       const st_file_t *f = &ck->files[s];
       if (f->map && strcmp(base_name(f->path), ix[i].shard) == 0 && !st_find(f, ix[i].name))
-        problem(ck, "%s: %s lists tensor '%s' here, but the file does not hold it", f->path,
-                base_name(ck->index_path), ix[i].name);
+        problem(ck, "%s: %s lists tensor '%s' here, but the file does not hold it", f->path, base_name(ck->index_path),
+                ix[i].name);
     }
   }
 
@@ -481,8 +483,7 @@ done:
 int ckpt_open(const char *dir, const model_config_t *cfg, unsigned flags, ckpt_t **out, es_error_t *err) {
   *out = NULL;
   struct stat st;
-  if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
-    return es_fail(err, ES_ENOTFOUND, "%s: not a directory", dir);
+  if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) return es_fail(err, ES_ENOTFOUND, "%s: not a directory", dir);
   ckpt_t *ck = calloc(1, sizeof *ck);
   if (!ck) return es_fail(err, ES_ENOMEM, "%s: out of memory", dir);
   ck->problems = calloc(CKPT_MAX_PROBLEMS, sizeof *ck->problems);
@@ -501,12 +502,15 @@ int ckpt_open(const char *dir, const model_config_t *cfg, unsigned flags, ckpt_t
     check_against_config(ck, cfg);
   }
   if (ck->n_problems > 0) {
-    if (ck->n_problems == 1) es_fail(err, ES_EINVAL, "%s", ck->problems[0] ? ck->problems[0] : "(out of memory)");
+    if (ck->n_problems == 1)
+      es_fail(err, ES_EINVAL, "%s", ck->problems[0] ? ck->problems[0] : "(out of memory)");
     else
       es_fail(err, ES_EINVAL, "%s (and %d more problems; `earshot inspect` lists them)",
               ck->problems[0] ? ck->problems[0] : "(out of memory)", ck->n_problems - 1);
-    if (flags & CKPT_KEEP_ON_PROBLEMS) *out = ck;
-    else ckpt_close(ck);
+    if (flags & CKPT_KEEP_ON_PROBLEMS)
+      *out = ck;
+    else
+      ckpt_close(ck);
     return ES_EINVAL;
   }
   *out = ck;
@@ -536,16 +540,24 @@ int ckpt_get(const ckpt_t *ck, const char *name, ckpt_tensor_t *out, es_error_t 
   return ES_OK;
 }
 
-int ckpt_tensor_count(const ckpt_t *ck) { return ck->n_entries; }
+int ckpt_tensor_count(const ckpt_t *ck) {
+  return ck->n_entries;
+}
 
 void ckpt_tensor_at(const ckpt_t *ck, int i, ckpt_tensor_t *out) {
   ES_ASSERT(i >= 0 && i < ck->n_entries);
   fill_view(ck, &ck->entries[i], out);
 }
 
-const char *ckpt_dir(const ckpt_t *ck) { return ck->dir; }
-const char *ckpt_index_path(const ckpt_t *ck) { return ck->index_path; }
-int ckpt_file_count(const ckpt_t *ck) { return ck->n_files; }
+const char *ckpt_dir(const ckpt_t *ck) {
+  return ck->dir;
+}
+const char *ckpt_index_path(const ckpt_t *ck) {
+  return ck->index_path;
+}
+int ckpt_file_count(const ckpt_t *ck) {
+  return ck->n_files;
+}
 const st_file_t *ckpt_file(const ckpt_t *ck, int i) {
   ES_ASSERT(i >= 0 && i < ck->n_files);
   return &ck->files[i];
@@ -568,15 +580,21 @@ const char *ckpt_layout_name(ckpt_layout_t layout) {
   return "?";
 }
 
-int ckpt_problem_count(const ckpt_t *ck) { return ck->n_problems; }
+int ckpt_problem_count(const ckpt_t *ck) {
+  return ck->n_problems;
+}
 
 const char *ckpt_problem(const ckpt_t *ck, int i) {
   if (i < 0 || i >= stored_count(ck)) return "(not kept)";
   return ck->problems[i] ? ck->problems[i] : "(out of memory)";
 }
 
-uint64_t ckpt_param_count(const ckpt_t *ck) { return ck->params; }
-uint64_t ckpt_total_bytes(const ckpt_t *ck) { return ck->bytes; }
+uint64_t ckpt_param_count(const ckpt_t *ck) {
+  return ck->params;
+}
+uint64_t ckpt_total_bytes(const ckpt_t *ck) {
+  return ck->bytes;
+}
 int ckpt_dtype_count(const ckpt_t *ck, st_dtype_t dtype) {
   return (int)dtype >= 0 && (int)dtype < 3 ? ck->dtype_counts[dtype] : 0;
 }

@@ -37,10 +37,10 @@ typedef struct {
   const char *file;        /* path of the file that holds it */
   st_dtype_t dtype;
   int ndim;
-  const int64_t *shape;    /* ndim entries, C order */
-  uint64_t count;          /* elements */
+  const int64_t *shape; /* ndim entries, C order */
+  uint64_t count;       /* elements */
   uint64_t nbytes;
-  const void *data;        /* into the read-only mapping; valid until ckpt_close; alignment not guaranteed */
+  const void *data; /* into the read-only mapping; valid until ckpt_close; alignment not guaranteed */
 } ckpt_tensor_t;
 
 typedef enum {

@@ -51,8 +51,7 @@ void cfg_defaults(model_config_t *cfg) {
 
 /* ---- typed field readers: absent or null keeps the default; a wrong type is an error naming the key ---- */
 
-static int get_int(const cJSON *obj, const char *key, const char *where, const char *name, int *out,
-                   es_error_t *err) {
+static int get_int(const cJSON *obj, const char *key, const char *where, const char *name, int *out, es_error_t *err) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
   if (!v || cJSON_IsNull(v)) return ES_OK;
   if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || fabs(v->valuedouble) > 2147483647.0)
@@ -71,8 +70,7 @@ static int get_double(const cJSON *obj, const char *key, const char *where, cons
   return ES_OK;
 }
 
-static int get_bool(const cJSON *obj, const char *key, const char *where, const char *name, int *out,
-                    es_error_t *err) {
+static int get_bool(const cJSON *obj, const char *key, const char *where, const char *name, int *out, es_error_t *err) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
   if (!v || cJSON_IsNull(v)) return ES_OK;
   if (!cJSON_IsBool(v)) return es_fail(err, ES_EINVAL, "%s: %s%s must be true or false", name, where, key);
@@ -80,8 +78,8 @@ static int get_bool(const cJSON *obj, const char *key, const char *where, const 
   return ES_OK;
 }
 
-static int get_string(const cJSON *obj, const char *key, const char *where, const char *name, char *out,
-                      size_t cap, es_error_t *err) {
+static int get_string(const cJSON *obj, const char *key, const char *where, const char *name, char *out, size_t cap,
+                      es_error_t *err) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
   if (!v || cJSON_IsNull(v)) return ES_OK;
   if (!cJSON_IsString(v)) return es_fail(err, ES_EINVAL, "%s: %s%s must be a string", name, where, key);
@@ -132,9 +130,9 @@ static cJSON *parse_object(const char *json, size_t len, const char *name, es_er
   return root;
 }
 
-#define TRY(call)                                                                                                  \
-  do {                                                                                                             \
-    if ((rc = (call)) != ES_OK) goto fail;                                                                         \
+#define TRY(call)                                                                                                      \
+  do {                                                                                                                 \
+    if ((rc = (call)) != ES_OK) goto fail;                                                                             \
   } while (0)
 
 int cfg_parse_config(const char *json, size_t len, const char *name, model_config_t *cfg, es_error_t *err) {
@@ -205,8 +203,10 @@ int cfg_parse_config(const char *json, size_t len, const char *name, model_confi
       char rope_type[CFG_NAME_MAX] = "default";
       TRY(get_string(rp, "rope_type", "text_config.rope_parameters.", name, rope_type, sizeof rope_type, err));
       if (strcmp(rope_type, "default") != 0) {
-        rc = es_fail(err, ES_EUNSUPPORTED, "%s: text_config.rope_parameters.rope_type \"%s\" is not supported "
-                     "(only \"default\")", name, rope_type);
+        rc = es_fail(err, ES_EUNSUPPORTED,
+                     "%s: text_config.rope_parameters.rope_type \"%s\" is not supported "
+                     "(only \"default\")",
+                     name, rope_type);
         goto fail;
       }
       TRY(get_double(rp, "rope_theta", "text_config.rope_parameters.", name, &cfg->rope_theta, err));
@@ -216,8 +216,8 @@ int cfg_parse_config(const char *json, size_t len, const char *name, model_confi
       const cJSON *t = cJSON_IsObject(rs) ? cJSON_GetObjectItemCaseSensitive(rs, "rope_type") : NULL;
       if (!t) t = cJSON_IsObject(rs) ? cJSON_GetObjectItemCaseSensitive(rs, "type") : NULL;
       if (!t || !cJSON_IsString(t) || strcmp(t->valuestring, "default") != 0) {
-        rc = es_fail(err, ES_EUNSUPPORTED, "%s: text_config.rope_scaling is set; only unscaled RoPE is supported",
-                     name);
+        rc =
+            es_fail(err, ES_EUNSUPPORTED, "%s: text_config.rope_scaling is set; only unscaled RoPE is supported", name);
         goto fail;
       }
     }
@@ -231,8 +231,10 @@ int cfg_parse_config(const char *json, size_t len, const char *name, model_confi
     int head_dim = 0;
     TRY(get_int(text, "head_dim", w, name, &head_dim, err));
     if (head_dim && cfg->num_attention_heads > 0 && head_dim * cfg->num_attention_heads != cfg->hidden_size) {
-      rc = es_fail(err, ES_EUNSUPPORTED, "%s: text_config.head_dim %d differs from hidden_size/num_attention_heads "
-                   "= %d/%d", name, head_dim, cfg->hidden_size, cfg->num_attention_heads);
+      rc = es_fail(err, ES_EUNSUPPORTED,
+                   "%s: text_config.head_dim %d differs from hidden_size/num_attention_heads "
+                   "= %d/%d",
+                   name, head_dim, cfg->hidden_size, cfg->num_attention_heads);
       goto fail;
     }
   }
@@ -336,9 +338,8 @@ int cfg_validate(model_config_t *cfg, const char *name, es_error_t *err) {
     return es_fail(err, ES_EINVAL, "%s: text_config.hidden_size %d is not divisible by num_attention_heads %d", name,
                    cfg->hidden_size, cfg->num_attention_heads);
   if (cfg->num_attention_heads % cfg->num_key_value_heads != 0)
-    return es_fail(err, ES_EINVAL,
-                   "%s: text_config.num_attention_heads %d is not a multiple of num_key_value_heads %d", name,
-                   cfg->num_attention_heads, cfg->num_key_value_heads);
+    return es_fail(err, ES_EINVAL, "%s: text_config.num_attention_heads %d is not a multiple of num_key_value_heads %d",
+                   name, cfg->num_attention_heads, cfg->num_key_value_heads);
   cfg->head_dim = cfg->hidden_size / cfg->num_attention_heads;
   if (cfg->head_dim % 2 != 0)
     return es_fail(err, ES_EINVAL, "%s: decoder head dim %d (hidden_size/num_attention_heads) must be even for RoPE",
@@ -432,8 +433,7 @@ long long cfg_param_count(const model_config_t *c) {
   long long H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size;
   long long kv = (long long)c->num_key_value_heads * (H / (c->num_attention_heads > 0 ? c->num_attention_heads : 1));
   long long projector = H * d + H;
-  long long dec_layer = H /* input ln */ + (H * H + H) + 2 * (kv * H + kv) + H * H /* o, no bias */ + H +
-                        3 * I * H;
+  long long dec_layer = H /* input ln */ + (H * H + H) + 2 * (kv * H + kv) + H * H /* o, no bias */ + H + 3 * I * H;
   long long lm = V * H + c->num_hidden_layers * dec_layer + H + (c->tie_word_embeddings ? 0 : V * H);
   return audio + projector + lm;
 }

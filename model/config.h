@@ -26,45 +26,45 @@ extern "C" {
 
 typedef struct {
   /* audio encoder (audio_config, Qwen2AudioEncoderConfig defaults) */
-  int num_mel_bins;                /* 128: conv1 input channels */
-  int d_model;                     /* 1280 */
-  int encoder_layers;              /* 32 */
-  int encoder_attention_heads;     /* 20; encoder head dim = d_model / heads */
-  int encoder_ffn_dim;             /* 5120 */
-  int max_source_positions;        /* 1500: embed_positions rows = frames after conv2 */
-  char activation[CFG_NAME_MAX];   /* "gelu" (exact erf) */
-  int scale_embedding;             /* 0: embed_scale 1.0; 1 would be sqrt(d_model) */
+  int num_mel_bins;              /* 128: conv1 input channels */
+  int d_model;                   /* 1280 */
+  int encoder_layers;            /* 32 */
+  int encoder_attention_heads;   /* 20; encoder head dim = d_model / heads */
+  int encoder_ffn_dim;           /* 5120 */
+  int max_source_positions;      /* 1500: embed_positions rows = frames after conv2 */
+  char activation[CFG_NAME_MAX]; /* "gelu" (exact erf) */
+  int scale_embedding;           /* 0: embed_scale 1.0; 1 would be sqrt(d_model) */
 
   /* text decoder (text_config, Qwen2Config defaults) */
-  int hidden_size;                 /* 4096 */
-  int num_hidden_layers;           /* 32 */
-  int num_attention_heads;         /* 32 */
-  int num_key_value_heads;         /* default num_attention_heads (MHA) */
-  int head_dim;                    /* hidden_size / num_attention_heads (128) */
-  int intermediate_size;           /* 11008 */
-  int vocab_size;                  /* 156032: rows of embed_tokens and lm_head */
-  int max_position_embeddings;     /* 8192 (not used by default RoPE math) */
-  double rms_norm_eps;             /* 1e-5 in the checkpoints, 1e-6 by default */
-  double rope_theta;               /* 10000 */
-  int tie_word_embeddings;         /* 0: separate lm_head */
-  char hidden_act[CFG_NAME_MAX];   /* "silu" */
+  int hidden_size;               /* 4096 */
+  int num_hidden_layers;         /* 32 */
+  int num_attention_heads;       /* 32 */
+  int num_key_value_heads;       /* default num_attention_heads (MHA) */
+  int head_dim;                  /* hidden_size / num_attention_heads (128) */
+  int intermediate_size;         /* 11008 */
+  int vocab_size;                /* 156032: rows of embed_tokens and lm_head */
+  int max_position_embeddings;   /* 8192 (not used by default RoPE math) */
+  double rms_norm_eps;           /* 1e-5 in the checkpoints, 1e-6 by default */
+  double rope_theta;             /* 10000 */
+  int tie_word_embeddings;       /* 0: separate lm_head */
+  char hidden_act[CFG_NAME_MAX]; /* "silu" */
 
   /* special ids; -1 when absent */
-  int audio_token_index;           /* 151646 <|AUDIO|> */
-  int bos_token_id;                /* generation_config, else text_config */
-  int pad_token_id;                /* generation_config, else text_config */
-  int eos_ids[CFG_MAX_EOS];        /* generation_config's eos_token_id (int or list), else text_config's */
+  int audio_token_index;    /* 151646 <|AUDIO|> */
+  int bos_token_id;         /* generation_config, else text_config */
+  int pad_token_id;         /* generation_config, else text_config */
+  int eos_ids[CFG_MAX_EOS]; /* generation_config's eos_token_id (int or list), else text_config's */
   int n_eos;
 
   /* generation defaults (generation_config.json; GenerationConfig's when absent) */
-  int has_generation_config;       /* 1 when generation_config.json was read */
-  int do_sample;                   /* 0 */
-  double temperature;              /* 1.0 */
-  int top_k;                       /* 50 */
-  double top_p;                    /* 1.0 */
-  double repetition_penalty;       /* 1.0 */
-  int max_new_tokens;              /* -1 when absent */
-  int max_length;                  /* -1 when absent (GenerationConfig's 20 is a generate() default) */
+  int has_generation_config; /* 1 when generation_config.json was read */
+  int do_sample;             /* 0 */
+  double temperature;        /* 1.0 */
+  int top_k;                 /* 50 */
+  double top_p;              /* 1.0 */
+  double repetition_penalty; /* 1.0 */
+  int max_new_tokens;        /* -1 when absent */
+  int max_length;            /* -1 when absent (GenerationConfig's 20 is a generate() default) */
 } model_config_t;
 
 /* Fills *cfg with the transformers class defaults (the values config.json overrides). */

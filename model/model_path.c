@@ -25,11 +25,17 @@ static int is_dir(const char *p) {
 int mpath_hub_cache(char *out, size_t cap, es_error_t *err) {
   const char *v;
   int n;
-  if ((v = getenv("HF_HUB_CACHE")) && *v) n = snprintf(out, cap, "%s", v);
-  else if ((v = getenv("HF_HOME")) && *v) n = snprintf(out, cap, "%s/hub", v);
-  else if ((v = getenv("XDG_CACHE_HOME")) && *v) n = snprintf(out, cap, "%s/huggingface/hub", v);
-  else if ((v = getenv("HOME")) && *v) n = snprintf(out, cap, "%s/.cache/huggingface/hub", v);
-  else return es_fail(err, ES_ENOTFOUND, "no Hugging Face cache: none of HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME, HOME is set");
+  if ((v = getenv("HF_HUB_CACHE")) && *v)
+    n = snprintf(out, cap, "%s", v);
+  else if ((v = getenv("HF_HOME")) && *v)
+    n = snprintf(out, cap, "%s/hub", v);
+  else if ((v = getenv("XDG_CACHE_HOME")) && *v)
+    n = snprintf(out, cap, "%s/huggingface/hub", v);
+  else if ((v = getenv("HOME")) && *v)
+    n = snprintf(out, cap, "%s/.cache/huggingface/hub", v);
+  else
+    return es_fail(err, ES_ENOTFOUND,
+                   "no Hugging Face cache: none of HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME, HOME is set");
   if (n < 0 || (size_t)n >= cap) return es_fail(err, ES_ETOOBIG, "Hugging Face cache path too long");
   return ES_OK;
 }
@@ -63,8 +69,7 @@ int mpath_resolve(const char *arg, model_path_t *out, es_error_t *err) {
   memset(out, 0, sizeof *out);
   if (!arg || !*arg) return es_fail(err, ES_EINVAL, "--model: empty");
   if (is_dir(arg)) {
-    if (!copy_str(out->dir, sizeof out->dir, arg))
-      return es_fail(err, ES_ETOOBIG, "--model: path too long");
+    if (!copy_str(out->dir, sizeof out->dir, arg)) return es_fail(err, ES_ETOOBIG, "--model: path too long");
     return ES_OK;
   }
   if (!is_model_id(arg))
@@ -117,8 +122,8 @@ int mpath_resolve(const char *arg, model_path_t *out, es_error_t *err) {
   }
   closedir(d);
   if (!found)
-    return es_fail(err, ES_ENOTFOUND, "--model %s: %s has no snapshot (looked in %s, refs/main %s)", arg,
-                   out->repo_dir, snaps, read_ref(out->repo_dir, rev, sizeof rev) ? "names a missing one" : "absent");
+    return es_fail(err, ES_ENOTFOUND, "--model %s: %s has no snapshot (looked in %s, refs/main %s)", arg, out->repo_dir,
+                   snaps, read_ref(out->repo_dir, rev, sizeof rev) ? "names a missing one" : "absent");
   out->from_cache = 1;
   return ES_OK;
 }

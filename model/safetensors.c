@@ -35,10 +35,14 @@ const char *st_dtype_name(st_dtype_t dtype) {
 }
 
 static int parse_dtype(const char *s, st_dtype_t *out) {
-  if (strcmp(s, "BF16") == 0) *out = ST_BF16;
-  else if (strcmp(s, "F16") == 0) *out = ST_F16;
-  else if (strcmp(s, "F32") == 0) *out = ST_F32;
-  else return 0;
+  if (strcmp(s, "BF16") == 0)
+    *out = ST_BF16;
+  else if (strcmp(s, "F16") == 0)
+    *out = ST_F16;
+  else if (strcmp(s, "F32") == 0)
+    *out = ST_F32;
+  else
+    return 0;
   return 1;
 }
 
@@ -64,18 +68,21 @@ static int cmp_by_name(const void *a, const void *b) {
 /* One header entry -> *t (name not yet set). */
 static int parse_entry(const cJSON *e, const char *file, const char *tname, uint64_t data_len, st_tensor_t *t,
                        es_error_t *err) {
-  if (!cJSON_IsObject(e)) return es_fail(err, ES_EINVAL, "%s: tensor '%.200s': header entry is not an object", file, tname);
+  if (!cJSON_IsObject(e))
+    return es_fail(err, ES_EINVAL, "%s: tensor '%.200s': header entry is not an object", file, tname);
   const cJSON *dt = cJSON_GetObjectItemCaseSensitive(e, "dtype");
   const cJSON *shape = cJSON_GetObjectItemCaseSensitive(e, "shape");
   const cJSON *offs = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");
   if (!cJSON_IsString(dt)) return es_fail(err, ES_EINVAL, "%s: tensor '%.200s': no \"dtype\" string", file, tname);
   if (!parse_dtype(dt->valuestring, &t->dtype))
-    return es_fail(err, ES_EUNSUPPORTED, "%s: tensor '%.200s': unsupported dtype \"%.20s\" (earshot reads BF16, F16, F32)",
-                   file, tname, dt->valuestring);
+    return es_fail(err, ES_EUNSUPPORTED,
+                   "%s: tensor '%.200s': unsupported dtype \"%.20s\" (earshot reads BF16, F16, F32)", file, tname,
+                   dt->valuestring);
   if (!cJSON_IsArray(shape)) return es_fail(err, ES_EINVAL, "%s: tensor '%.200s': no \"shape\" list", file, tname);
   int nd = cJSON_GetArraySize(shape);
   if (nd > ST_MAX_DIMS)
-    return es_fail(err, ES_EUNSUPPORTED, "%s: tensor '%.200s': %d dimensions (at most %d)", file, tname, nd, ST_MAX_DIMS);
+    return es_fail(err, ES_EUNSUPPORTED, "%s: tensor '%.200s': %d dimensions (at most %d)", file, tname, nd,
+                   ST_MAX_DIMS);
   t->ndim = nd;
   uint64_t count = 1;
   int overflow = 0, i = 0;
@@ -85,8 +92,10 @@ static int parse_entry(const cJSON *e, const char *file, const char *tname, uint
     if (!json_u64(it, &dim))
       return es_fail(err, ES_EINVAL, "%s: tensor '%.200s': shape[%d] is not a non-negative integer", file, tname, i);
     t->shape[i++] = (int64_t)dim;
-    if (dim != 0 && count > UINT64_MAX / dim) overflow = 1;
-    else count *= dim;
+    if (dim != 0 && count > UINT64_MAX / dim)
+      overflow = 1;
+    else
+      count *= dim;
   }
   size_t es = st_dtype_size(t->dtype);
   if (overflow || count > UINT64_MAX / es)
@@ -96,18 +105,19 @@ static int parse_entry(const cJSON *e, const char *file, const char *tname, uint
   uint64_t b, e2;
   if (!cJSON_IsArray(offs) || cJSON_GetArraySize(offs) != 2 || !json_u64(cJSON_GetArrayItem(offs, 0), &b) ||
       !json_u64(cJSON_GetArrayItem(offs, 1), &e2))
-    return es_fail(err, ES_EINVAL, "%s: tensor '%.200s': \"data_offsets\" must be two non-negative integers", file, tname);
+    return es_fail(err, ES_EINVAL, "%s: tensor '%.200s': \"data_offsets\" must be two non-negative integers", file,
+                   tname);
   if (b > e2)
     return es_fail(err, ES_EINVAL, "%s: tensor '%.200s': data_offsets [%llu, %llu] end before they begin", file, tname,
                    (unsigned long long)b, (unsigned long long)e2);
   if (e2 > data_len)
-    return es_fail(err, ES_EINVAL,
-                   "%s: tensor '%.200s': data_offsets [%llu, %llu] run past the data section (%llu bytes; truncated file?)",
-                   file, tname, (unsigned long long)b, (unsigned long long)e2, (unsigned long long)data_len);
+    return es_fail(
+        err, ES_EINVAL,
+        "%s: tensor '%.200s': data_offsets [%llu, %llu] run past the data section (%llu bytes; truncated file?)", file,
+        tname, (unsigned long long)b, (unsigned long long)e2, (unsigned long long)data_len);
   if (e2 - b != t->nbytes)
-    return es_fail(err, ES_EINVAL,
-                   "%s: tensor '%.200s': data_offsets span %llu bytes but %s x shape needs %llu", file, tname,
-                   (unsigned long long)(e2 - b), st_dtype_name(t->dtype), (unsigned long long)t->nbytes);
+    return es_fail(err, ES_EINVAL, "%s: tensor '%.200s': data_offsets span %llu bytes but %s x shape needs %llu", file,
+                   tname, (unsigned long long)(e2 - b), st_dtype_name(t->dtype), (unsigned long long)t->nbytes);
   t->offset = b;
   return ES_OK;
 }
@@ -126,8 +136,9 @@ int st_parse(const uint8_t *buf, size_t len, const char *name, st_file_t *f, es_
   if (n > len - 8)
     return es_fail(err, ES_EINVAL, "%s: header length %llu runs past the end of the file (%zu bytes; truncated?)", name,
                    (unsigned long long)n, len);
-  if (n < 2) return es_fail(err, ES_EINVAL, "%s: header length %llu is too small for a JSON object", name,
-                            (unsigned long long)n);
+  if (n < 2)
+    return es_fail(err, ES_EINVAL, "%s: header length %llu is too small for a JSON object", name,
+                   (unsigned long long)n);
 
   f->path = strdup(name);
   if (!f->path) return es_fail(err, ES_ENOMEM, "%s: out of memory", name);
@@ -172,7 +183,8 @@ int st_parse(const uint8_t *buf, size_t len, const char *name, st_file_t *f, es_
       const cJSON *m;
       cJSON_ArrayForEach(m, e) {
         if (!cJSON_IsString(m)) {
-          rc = es_fail(err, ES_EINVAL, "%s: __metadata__ value '%.200s' is not a string", name, m->string ? m->string : "");
+          rc = es_fail(err, ES_EINVAL, "%s: __metadata__ value '%.200s' is not a string", name,
+                       m->string ? m->string : "");
           goto fail;
         }
         f->n_metadata++;
@@ -237,7 +249,8 @@ fail:
 int st_open(const char *path, st_file_t *f, es_error_t *err) {
   memset(f, 0, sizeof *f);
   int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return es_fail(err, errno == ENOENT ? ES_ENOTFOUND : ES_EIO, "%s: cannot open: %s", path, strerror(errno));
+  if (fd < 0)
+    return es_fail(err, errno == ENOENT ? ES_ENOTFOUND : ES_EIO, "%s: cannot open: %s", path, strerror(errno));
   struct stat st;
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     close(fd);
@@ -252,7 +265,8 @@ int st_open(const char *path, st_file_t *f, es_error_t *err) {
   void *map = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
   int mmap_errno = errno;
   close(fd);
-  if (map == MAP_FAILED) return es_fail(err, ES_EIO, "%s: mmap of %zu bytes failed: %s", path, len, strerror(mmap_errno));
+  if (map == MAP_FAILED)
+    return es_fail(err, ES_EIO, "%s: mmap of %zu bytes failed: %s", path, len, strerror(mmap_errno));
   int rc = st_parse(map, len, path, f, err);
   if (rc) {
     munmap(map, len);
@@ -278,8 +292,10 @@ const st_tensor_t *st_find(const st_file_t *f, const char *name) {
     int mid = lo + (hi - lo) / 2;
     int c = strcmp(f->tensors[mid].name, name);
     if (c == 0) return &f->tensors[mid];
-    if (c < 0) lo = mid + 1;
-    else hi = mid - 1;
+    if (c < 0)
+      lo = mid + 1;
+    else
+      hi = mid - 1;
   }
   return NULL;
 }

@@ -37,7 +37,7 @@ typedef enum {
 } st_dtype_t;
 
 typedef struct {
-  char *name;                 /* as stored; owned by the st_file_t */
+  char *name; /* as stored; owned by the st_file_t */
   st_dtype_t dtype;
   int ndim;                   /* 0..ST_MAX_DIMS; 0 is a scalar */
   int64_t shape[ST_MAX_DIMS]; /* C order */
@@ -48,15 +48,15 @@ typedef struct {
 } st_tensor_t;
 
 typedef struct {
-  char *path;            /* label used in messages (the file path for st_open) */
-  void *map;             /* the mapping (st_open) or NULL (st_parse: the caller owns the buffer) */
-  size_t map_len;        /* file size in bytes */
-  uint64_t header_len;   /* N */
-  const uint8_t *data;   /* start of the data section */
-  uint64_t data_len;     /* bytes in the data section */
-  st_tensor_t *tensors;  /* n_tensors entries, sorted by name (st_find bisects) */
+  char *path;           /* label used in messages (the file path for st_open) */
+  void *map;            /* the mapping (st_open) or NULL (st_parse: the caller owns the buffer) */
+  size_t map_len;       /* file size in bytes */
+  uint64_t header_len;  /* N */
+  const uint8_t *data;  /* start of the data section */
+  uint64_t data_len;    /* bytes in the data section */
+  st_tensor_t *tensors; /* n_tensors entries, sorted by name (st_find bisects) */
   int n_tensors;
-  int n_metadata;        /* entries in __metadata__ */
+  int n_metadata; /* entries in __metadata__ */
 } st_file_t;
 
 /* Bytes per element of dtype. */

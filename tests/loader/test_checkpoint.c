@@ -108,7 +108,8 @@ static void test_golden(void) {
     const char *name = ck->string, *rel, *layout, *dtype;
     int64_t shards, vocab, hidden, audio_id;
     T_REQUIRE(golden_get_string(ck, "dir", &rel, &err) == 0 && golden_get_string(ck, "layout", &layout, &err) == 0 &&
-                  golden_get_string(ck, "dtype", &dtype, &err) == 0 && golden_get_int(ck, "shards", &shards, &err) == 0 &&
+                  golden_get_string(ck, "dtype", &dtype, &err) == 0 &&
+                  golden_get_int(ck, "shards", &shards, &err) == 0 &&
                   golden_get_int(ck, "vocab_size", &vocab, &err) == 0 &&
                   golden_get_int(ck, "hidden_size", &hidden, &err) == 0 &&
                   golden_get_int(ck, "audio_token_id", &audio_id, &err) == 0,
@@ -172,12 +173,12 @@ static const char *TINY_CONFIG =
 
 typedef struct {
   int new_layout;
-  const char *dtype; /* "BF16", "F16", "F32" */
-  int shards;        /* 0 or 1: model.safetensors; more: index + shards */
-  const char *drop;  /* canonical name left out */
-  const char *extra; /* stored name added, shape [2] */
-  const char *reshape; /* canonical name stored with shape [3] */
-  int omit_shard;    /* 1-based shard whose file is not written */
+  const char *dtype;    /* "BF16", "F16", "F32" */
+  int shards;           /* 0 or 1: model.safetensors; more: index + shards */
+  const char *drop;     /* canonical name left out */
+  const char *extra;    /* stored name added, shape [2] */
+  const char *reshape;  /* canonical name stored with shape [3] */
+  int omit_shard;       /* 1-based shard whose file is not written */
   const char *unlisted; /* canonical name left out of the index */
   int truncate_shard;   /* 1-based shard cut short by 3 bytes */
   int vocab;            /* vocab in config.json (tensors use 16) */
@@ -199,7 +200,9 @@ static void to_stored(const char *canon, int new_layout, char *out, size_t cap) 
   snprintf(out, cap, "%s", canon);
 }
 
-static size_t dtype_size(const char *dt) { return strcmp(dt, "F32") == 0 ? 4 : 2; }
+static size_t dtype_size(const char *dt) {
+  return strcmp(dt, "F32") == 0 ? 4 : 2;
+}
 
 /* Writes one safetensors file holding tensors t[0..n); element j of the tensor stored k-th holds the value
  * (k*7 + j) & 0xff in its first byte, so data can be traced back. */
@@ -420,7 +423,8 @@ static void test_corrupt(const char *tmp) {
   expect_problem(tmp, "shard-absent", &o, -1, "model-00002-of-00003.safetensors", "does not exist");
   o = (opts_t){.shards = 3, .unlisted = "audio_tower.conv2.bias"};
   expect_problem(tmp, "unlisted", &o, 1, "'audio_tower.conv2.bias' is not listed", "model-00001-of-00003");
-  o = (opts_t){.shards = 3, .unlisted = "audio_tower.conv2.bias", .bad_index_shard = "model-00003-of-00003.safetensors"};
+  o = (opts_t){
+      .shards = 3, .unlisted = "audio_tower.conv2.bias", .bad_index_shard = "model-00003-of-00003.safetensors"};
   expect_problem(tmp, "wrong-shard", &o, 2, "'audio_tower.conv2.bias' is here, but", "model-00003-of-00003");
   o = (opts_t){.shards = 2, .unlisted = "audio_tower.conv2.bias", .bad_index_shard = "../elsewhere.safetensors"};
   expect_problem(tmp, "escape", &o, 2, "weight_map entry 'audio_tower.conv2.bias' must name a file", NULL);
@@ -494,8 +498,7 @@ static void collect(void *ctx, const char *name, int ndim, const int64_t *shape)
 
 static void test_names(void) {
   char out[256];
-  T_CHECK(ckpt_canonical_name("model.language_model.layers.3.mlp.up_proj.weight", out, sizeof out) ==
-                  CKPT_LAYOUT_NEW &&
+  T_CHECK(ckpt_canonical_name("model.language_model.layers.3.mlp.up_proj.weight", out, sizeof out) == CKPT_LAYOUT_NEW &&
               strcmp(out, "language_model.model.layers.3.mlp.up_proj.weight") == 0,
           "%s", out);
   T_CHECK(ckpt_canonical_name("lm_head.weight", out, sizeof out) == CKPT_LAYOUT_NEW &&

@@ -69,13 +69,14 @@ static void test_v5_and_defaults(void) {
   model_config_t c;
   es_error_t err;
   es_error_clear(&err);
-  const char *v5 = "{\"model_type\": \"qwen2_audio\", \"audio_token_index\": 5,"
-                   " \"audio_config\": {\"d_model\": 16, \"encoder_attention_heads\": 2, \"encoder_ffn_dim\": 32,"
-                   "   \"encoder_layers\": 2},"
-                   " \"text_config\": {\"hidden_size\": 8, \"num_attention_heads\": 2, \"num_key_value_heads\": 1,"
-                   "   \"intermediate_size\": 32, \"num_hidden_layers\": 2, \"vocab_size\": 1024, \"pad_token_id\": null,"
-                   "   \"eos_token_id\": [1, 2], \"rope_parameters\": {\"rope_theta\": 500000.0, \"rope_type\": \"default\"},"
-                   "   \"layer_types\": [\"full_attention\", \"full_attention\"], \"dtype\": \"bfloat16\"}}";
+  const char *v5 =
+      "{\"model_type\": \"qwen2_audio\", \"audio_token_index\": 5,"
+      " \"audio_config\": {\"d_model\": 16, \"encoder_attention_heads\": 2, \"encoder_ffn_dim\": 32,"
+      "   \"encoder_layers\": 2},"
+      " \"text_config\": {\"hidden_size\": 8, \"num_attention_heads\": 2, \"num_key_value_heads\": 1,"
+      "   \"intermediate_size\": 32, \"num_hidden_layers\": 2, \"vocab_size\": 1024, \"pad_token_id\": null,"
+      "   \"eos_token_id\": [1, 2], \"rope_parameters\": {\"rope_theta\": 500000.0, \"rope_type\": \"default\"},"
+      "   \"layer_types\": [\"full_attention\", \"full_attention\"], \"dtype\": \"bfloat16\"}}";
   T_REQUIRE(parse(v5, NULL, &c, &err) == 0, "%s", err.msg);
   T_CHECK(c.rope_theta == 500000.0, "rope_parameters.rope_theta read: %g", c.rope_theta);
   T_CHECK(c.num_key_value_heads == 1 && c.head_dim == 4, "gqa kv %d hd %d", c.num_key_value_heads, c.head_dim);
@@ -98,8 +99,9 @@ static void expect_error(const char *json, const char *gen, int code, const char
   T_CHECK(strstr(err.msg, needle) != NULL, "message '%s' should mention '%s'", err.msg, needle);
 }
 
-#define TXTIN(body) "\"text_config\": {\"eos_token_id\": 2, \"vocab_size\": 64, \"hidden_size\": 8," \
-                    " \"num_attention_heads\": 2" body "}, \"audio_token_index\": 5"
+#define TXTIN(body)                                                                                                    \
+  "\"text_config\": {\"eos_token_id\": 2, \"vocab_size\": 64, \"hidden_size\": 8,"                                     \
+  " \"num_attention_heads\": 2" body "}, \"audio_token_index\": 5"
 #define TXT(body) "{" TXTIN(body) "}"
 
 static void test_errors(void) {
@@ -111,9 +113,11 @@ static void test_errors(void) {
   expect_error(TXT(", \"num_hidden_layers\": 0"), NULL, ES_EINVAL, "num_hidden_layers must be positive");
   expect_error(TXT(", \"num_key_value_heads\": 3"), NULL, ES_EINVAL, "num_key_value_heads");
   expect_error("{\"text_config\": {\"eos_token_id\": 2, \"vocab_size\": 64, \"hidden_size\": 9,"
-               " \"num_attention_heads\": 2}, \"audio_token_index\": 5}", NULL, ES_EINVAL, "not divisible");
+               " \"num_attention_heads\": 2}, \"audio_token_index\": 5}",
+               NULL, ES_EINVAL, "not divisible");
   expect_error("{\"text_config\": {\"eos_token_id\": 2, \"vocab_size\": 64, \"hidden_size\": 6,"
-               " \"num_attention_heads\": 2}, \"audio_token_index\": 5}", NULL, ES_EINVAL, "even for RoPE");
+               " \"num_attention_heads\": 2}, \"audio_token_index\": 5}",
+               NULL, ES_EINVAL, "even for RoPE");
   expect_error("{\"audio_config\": {\"d_model\": 30}," TXTIN("") "}", NULL, ES_EINVAL, "encoder_attention_heads");
   expect_error("{\"audio_config\": {\"activation_function\": \"relu\"}," TXTIN("") "}", NULL, ES_EUNSUPPORTED, "relu");
   expect_error(TXT(", \"hidden_act\": \"gelu\""), NULL, ES_EUNSUPPORTED, "hidden_act");
@@ -122,7 +126,8 @@ static void test_errors(void) {
   expect_error(TXT(", \"rope_scaling\": {\"type\": \"linear\", \"factor\": 2}"), NULL, ES_EUNSUPPORTED, "rope_scaling");
   expect_error(TXT(", \"rms_norm_eps\": 0"), NULL, ES_EINVAL, "rms_norm_eps");
   expect_error("{\"text_config\": {\"eos_token_id\": 2, \"vocab_size\": 64, \"hidden_size\": 8,"
-               " \"num_attention_heads\": 2}, \"audio_token_index\": 64}", NULL, ES_EINVAL, "audio_token_index 64");
+               " \"num_attention_heads\": 2}, \"audio_token_index\": 64}",
+               NULL, ES_EINVAL, "audio_token_index 64");
   expect_error(TXT(", \"bos_token_id\": -5"), NULL, ES_EINVAL, "bos_token_id");
   expect_error(TXT(""), "{\"eos_token_id\": [2, 99]}", ES_EINVAL, "eos_token_id 99");
   expect_error(TXT(""), "{\"eos_token_id\": [2, \"x\"]}", ES_EINVAL, "eos_token_id[1]");
@@ -131,7 +136,8 @@ static void test_errors(void) {
   expect_error(TXT(""), "{\"temperature\": -1}", ES_EINVAL, "temperature");
   expect_error(TXT(""), "{\"do_sample\": 1}", ES_EINVAL, "do_sample must be true or false");
   expect_error("{\"text_config\": {\"vocab_size\": 64, \"hidden_size\": 8, \"num_attention_heads\": 2},"
-               " \"audio_token_index\": 5}", NULL, ES_EINVAL, "no eos_token_id");
+               " \"audio_token_index\": 5}",
+               NULL, ES_EINVAL, "no eos_token_id");
   expect_error("{\"vocab_size\": 100," TXTIN("") "}", NULL, ES_EINVAL, "differs from text_config.vocab_size");
   expect_error(TXT(", \"head_dim\": 8"), NULL, ES_EUNSUPPORTED, "head_dim");
 }

@@ -14,7 +14,9 @@
 #include "model_path.h"
 #include "test_util.h"
 
-static int mk(const char *path) { return mkdir(path, 0755) == 0 || errno == EEXIST ? 0 : -1; }
+static int mk(const char *path) {
+  return mkdir(path, 0755) == 0 || errno == EEXIST ? 0 : -1;
+}
 
 static int mkdirs(const char *base, const char *rel) {
   char p[2048];
@@ -111,7 +113,8 @@ static void test_resolve(const char *tmp) {
   snprintf(home, sizeof home, "%s/home", root);
   T_REQUIRE(mkdirs(root, "home/.cache/huggingface/hub/models--x--y/snapshots/r1") == 0, "tree");
   setenv("HOME", home, 1);
-  T_CHECK(mpath_resolve("x/y", &mp, &err) == 0 && ends_with(mp.dir, "/.cache/huggingface/hub/models--x--y/snapshots/r1"),
+  T_CHECK(mpath_resolve("x/y", &mp, &err) == 0 &&
+              ends_with(mp.dir, "/.cache/huggingface/hub/models--x--y/snapshots/r1"),
           "%s", err.msg);
 
   /* a plain directory is used as it is, even when it also looks like an id */

@@ -90,8 +90,8 @@ static void test_corrupt(void) {
   expect_fail("offs-big.st", ONE("\"F32\"", "[2]", "[0, 1e300]"), 8, H, ES_EINVAL, "data_offsets");
   expect_fail("no-shape.st", "{\"w\": {\"dtype\": \"F32\", \"data_offsets\": [0, 8]}}", 8, H, ES_EINVAL, "\"shape\"");
   expect_fail("entry.st", "{\"w\": 5}", 0, H, ES_EINVAL, "not an object");
-  expect_fail("empty-name.st", "{\"\": {\"dtype\": \"F32\", \"shape\": [], \"data_offsets\": [0, 4]}}", 4, H,
-              ES_EINVAL, "empty name");
+  expect_fail("empty-name.st", "{\"\": {\"dtype\": \"F32\", \"shape\": [], \"data_offsets\": [0, 4]}}", 4, H, ES_EINVAL,
+              "empty name");
   expect_fail("meta.st", "{\"__metadata__\": {\"a\": 1}}", 0, H, ES_EINVAL, "__metadata__");
   expect_fail("overlap.st",
               "{\"a\": {\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [0, 12]},"
@@ -101,7 +101,8 @@ static void test_corrupt(void) {
               "{\"a\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]},"
               " \"b\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [8, 12]}}",
               12, H, ES_EINVAL, "gap");
-  expect_fail("extra-data.st", ONE("\"F32\"", "[1]", "[0, 4]"), 8, H, ES_EINVAL, "cover 4 bytes but the data section has 8");
+  expect_fail("extra-data.st", ONE("\"F32\"", "[1]", "[0, 4]"), 8, H, ES_EINVAL,
+              "cover 4 bytes but the data section has 8");
   expect_fail("duplicate.st",
               "{\"a\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]},"
               " \"a\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [4, 8]}}",
