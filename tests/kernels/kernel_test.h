@@ -158,3 +158,55 @@ static inline float *kt_read(es_backend_t *be, const void *dev, int64_t n) {
 }
 
 static inline const char *kt_dt(es_dtype_t dt) { return es_dtype_name(dt); }
+
+/* ---- a step's batch description, built from per-sequence lengths ----------------------------------------- */
+
+#define KT_MAX_SEQS 64
+#define KT_MAX_TOKENS 512
+#define KT_MAX_BLOCKS 64
+
+typedef struct {
+  es_batch_t b;
+  int32_t q_start[KT_MAX_SEQS + 1], ctx[KT_MAX_SEQS], pos[KT_MAX_TOKENS], slot[KT_MAX_TOKENS];
+  int32_t table[KT_MAX_SEQS * KT_MAX_BLOCKS];
+} kt_batch_t;
+
+/* Sequence s has q_len[s] new tokens and context ctx_len[s]; its blocks are the next ids of `order`
+ * (a shuffled list of pool block ids, consumed from *next). */
+static inline void kt_batch(kt_batch_t *kb, int n_seqs, const int32_t *q_len, const int32_t *ctx_len, int max_blocks,
+                            const int32_t *order, int *next) {
+  memset(kb, 0, sizeof *kb);
+  int32_t row = 0;
+  for (int s = 0; s < n_seqs; s++) {
+    kb->q_start[s] = row;
+    kb->ctx[s] = ctx_len[s];
+    for (int j = 0; j < (ctx_len[s] + ES_KV_BLOCK - 1) / ES_KV_BLOCK; j++) kb->table[s * max_blocks + j] = order[(*next)++];
+    for (int32_t i = 0; i < q_len[s]; i++, row++) {
+      int32_t p = ctx_len[s] - q_len[s] + i;
+      kb->pos[row] = p;
+      kb->slot[row] = kb->table[s * max_blocks + p / ES_KV_BLOCK] * ES_KV_BLOCK + p % ES_KV_BLOCK;
+    }
+  }
+  kb->q_start[n_seqs] = row;
+  kb->b = (es_batch_t){.n_seqs = n_seqs, .n_tokens = row, .q_start = kb->q_start, .ctx_len = kb->ctx,
+                       .positions = kb->pos, .slot = kb->slot, .block_table = kb->table, .max_blocks = max_blocks};
+}
+
+/* order[0..n-2] = a random permutation of the block ids 1..n-1 (block 0 is the scratch block). */
+static inline void kt_shuffled_blocks(int32_t *order, int n_blocks) {
+  for (int i = 0; i < n_blocks - 1; i++) order[i] = i + 1;
+  for (int i = n_blocks - 2; i > 0; i--) {
+    int j = kt_int(i + 1);
+    int32_t t = order[i];
+    order[i] = order[j];
+    order[j] = t;
+  }
+}
+
+/* Address of cache position `off` of (layer, block, kv, head) in the pool layout of backend.h:
+ * kv[L][n_blocks][2][H][16][D]. */
+static inline float *kt_kv_at(float *pool, int n_blocks, int H, int D, int layer, int32_t block, int kv, int h,
+                              int off) {
+  size_t tile = (((size_t)layer * (size_t)n_blocks + (size_t)block) * 2 + (size_t)kv) * (size_t)H + (size_t)h;
+  return pool + (tile * ES_KV_BLOCK + (size_t)off) * (size_t)D;
+}
