@@ -58,8 +58,8 @@ enum {
 };
 
 /* Opens the weights in dir. cfg, when given, must have passed cfg_validate; with cfg NULL only the files and
- * the index are checked, not the tensor names and shapes. Returns 0 when nothing is wrong; otherwise the first problem in *err, with the
- * total count, and *out is NULL unless CKPT_KEEP_ON_PROBLEMS kept it. */
+ * the index are checked, not the tensor names and shapes. Returns 0 when nothing is wrong; otherwise the first problem
+ * in *err, with the total count, and *out is NULL unless CKPT_KEEP_ON_PROBLEMS kept it. */
 int ckpt_open(const char *dir, const model_config_t *cfg, unsigned flags, ckpt_t **out, es_error_t *err);
 
 /* Unmaps and frees; ckpt_close(NULL) is a no-op. */
