@@ -171,16 +171,15 @@ typedef struct {
   int32_t table[KT_MAX_SEQS * KT_MAX_BLOCKS];
 } kt_batch_t;
 
-/* Sequence s has q_len[s] new tokens and context ctx_len[s]; its blocks are the next ids of `order`
- * (a shuffled list of pool block ids, consumed from *next). */
-static inline void kt_batch(kt_batch_t *kb, int n_seqs, const int32_t *q_len, const int32_t *ctx_len, int max_blocks,
-                            const int32_t *order, int *next) {
+/* Sequence s has q_len[s] new tokens and context ctx_len[s]; tables[s * max_blocks + j] is its j-th block. */
+static inline void kt_batch_tables(kt_batch_t *kb, int n_seqs, const int32_t *q_len, const int32_t *ctx_len,
+                                   int max_blocks, const int32_t *tables) {
   memset(kb, 0, sizeof *kb);
+  memcpy(kb->table, tables, sizeof(int32_t) * (size_t)(n_seqs * max_blocks));
   int32_t row = 0;
   for (int s = 0; s < n_seqs; s++) {
     kb->q_start[s] = row;
     kb->ctx[s] = ctx_len[s];
-    for (int j = 0; j < (ctx_len[s] + ES_KV_BLOCK - 1) / ES_KV_BLOCK; j++) kb->table[s * max_blocks + j] = order[(*next)++];
     for (int32_t i = 0; i < q_len[s]; i++, row++) {
       int32_t p = ctx_len[s] - q_len[s] + i;
       kb->pos[row] = p;
@@ -190,6 +189,16 @@ static inline void kt_batch(kt_batch_t *kb, int n_seqs, const int32_t *q_len, co
   kb->q_start[n_seqs] = row;
   kb->b = (es_batch_t){.n_seqs = n_seqs, .n_tokens = row, .q_start = kb->q_start, .ctx_len = kb->ctx,
                        .positions = kb->pos, .slot = kb->slot, .block_table = kb->table, .max_blocks = max_blocks};
+}
+
+/* As kt_batch_tables, the blocks taken in turn from `order` (a shuffled list of pool ids) from *next. */
+static inline void kt_batch(kt_batch_t *kb, int n_seqs, const int32_t *q_len, const int32_t *ctx_len, int max_blocks,
+                            const int32_t *order, int *next) {
+  static int32_t tables[KT_MAX_SEQS * KT_MAX_BLOCKS];
+  memset(tables, 0, sizeof tables);
+  for (int s = 0; s < n_seqs; s++)
+    for (int j = 0; j < (ctx_len[s] + ES_KV_BLOCK - 1) / ES_KV_BLOCK; j++) tables[s * max_blocks + j] = order[(*next)++];
+  kt_batch_tables(kb, n_seqs, q_len, ctx_len, max_blocks, tables);
 }
 
 /* order[0..n-2] = a random permutation of the block ids 1..n-1 (block 0 is the scratch block). */
