@@ -243,7 +243,8 @@ void audio_pcm_free(audio_pcm_t *pcm) {
   memset(pcm, 0, sizeof *pcm);
 }
 
-void audio_decode_quiet_logs(int quiet) {
+void audio_decode_global_init(int quiet) {
+  av_max_alloc(AUDIO_FFMPEG_MAX_ALLOC);
   av_log_set_level(quiet ? AV_LOG_QUIET : AV_LOG_ERROR);
 }
 

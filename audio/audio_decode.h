@@ -12,8 +12,8 @@
  * bytes served to the demuxer and packets read all have caps, so crafted input cannot make decoding loop or
  * run unbounded. Every failure is an ES_E* code with a message naming the input and the problem.
  *
- * Thread safety: no shared mutable state; concurrent calls on different outputs are safe. FFmpeg's log
- * output goes to its global log callback (left to the application; the CLI lowers its level).
+ * Thread safety: no shared mutable state; concurrent calls on different outputs are safe.
+ * audio_decode_global_init sets FFmpeg's process-wide limits and log level once at start-up.
  */
 #pragma once
 
@@ -65,8 +65,12 @@ int audio_decode_memory(const void *buf, size_t len, const char *name, const aud
 /* Frees pcm->samples and zeroes *pcm; NULL and already-freed are no-ops. */
 void audio_pcm_free(audio_pcm_t *pcm);
 
-/* Sets FFmpeg's global log level to errors only, or quiet (for tools and tests; process-wide). */
-void audio_decode_quiet_logs(int quiet);
+/* Process-wide FFmpeg settings; call once at start-up, before any decoding thread runs (the CLI, the server,
+ * the tests and the fuzzer do). Caps any single FFmpeg allocation at AUDIO_FFMPEG_MAX_ALLOC (FFmpeg's own
+ * default is 2 GiB: a 337-byte crafted WAV makes its demuxer allocate and zero 1.7 GB, found by the fuzzer)
+ * and sets FFmpeg's log level to errors only, or to nothing when quiet. */
+#define AUDIO_FFMPEG_MAX_ALLOC ((size_t)64 << 20)
+void audio_decode_global_init(int quiet);
 
 #ifdef __cplusplus
 }

@@ -157,12 +157,17 @@ static inline float padded_sample(const float *x, size_t n, long i) {
   return (size_t)i < n ? x[i] : 0.0f;
 }
 
-/* log10 for positive normal floats, branch-free so the compiler can vectorise it; within 2e-6 of log10f
+/* log10(max(x, 1e-10)) for x >= +0 (mel energies are sums of non-negative products), branch-free so the
+ * compiler vectorises it: the floor is an integer max on the bit pattern, which orders non-negative floats.
+ * Within 2e-6 of log10f
  * (a few float ulps; the features' tolerance against transformers is 2e-4 on log10 / 4). x = m * 2^e with
  * m in [sqrt(1/2), sqrt(2)); ln m = 2 atanh(s), s = (m - 1) / (m + 1), |s| < 0.172, five series terms. */
-static inline float fast_log10(float x) {
+#define LOG_FLOOR_BITS 0x2edbe6ffu /* 1e-10f */
+
+static inline float log10_floored(float x) {
   uint32_t u;
   memcpy(&u, &x, sizeof u);
+  u = u > LOG_FLOOR_BITS ? u : LOG_FLOOR_BITS;
   const uint32_t v = u + (0x3f800000u - 0x3f3504f3u); /* shifts the exponent boundary to sqrt(1/2) */
   const int e = (int)(v >> 23) - 127;
   const uint32_t um = (v & 0x007fffffu) + 0x3f3504f3u;
@@ -217,7 +222,7 @@ static void *mel_worker_run(void *arg) {
         /* an all-zero frame has an exactly zero spectrum; skipping the FFT changes no bit */
         for (int m = 0; m < MEL_N_MELS; m++) mel[m] = 0.0f;
       }
-      for (int m = 0; m < MEL_N_MELS; m++) mel[m] = fast_log10(mel[m] > 1e-10f ? mel[m] : 1e-10f);
+      for (int m = 0; m < MEL_N_MELS; m++) mel[m] = log10_floored(mel[m]);
       for (int m = 0; m < MEL_N_MELS; m++) mx = mel[m] > mx ? mel[m] : mx; /* apart: keeps the log vectorised */
     }
     for (int m = 0; m < MEL_N_MELS; m++) {

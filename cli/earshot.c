@@ -17,9 +17,15 @@ typedef struct {
 } command_t;
 
 int cmd_inspect(int argc, char **argv);
+int cmd_mel(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+int cmd_run(int argc, char **argv);
 
 static const command_t COMMANDS[] = {
     {"inspect", "check a model directory: files, config, tensors, problems", cmd_inspect},
+    {"mel", "decode audio and write its log-mel features (one .npy per 30 s window)", cmd_mel},
+    {"bench", "benchmarks: earshot bench mel", cmd_bench},
+    {"run", "answer one turn about audio files, streamed to stdout (--json for one object)", cmd_run},
     {NULL, NULL, NULL},
 };
 
