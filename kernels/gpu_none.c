@@ -22,11 +22,3 @@ int es_gpu_info(int idx, es_gpu_info_t *info, es_error_t *err) {
 int es_gpu_selftest(int idx, es_error_t *err) {
   return es_fail(err, ES_EUNSUPPORTED, "GPU %d: earshot was built without CUDA", idx);
 }
-
-#include "backend.h"
-
-int es_backend_create_cuda(const es_backend_opts_t *opts, es_backend_t **out, es_error_t *err) {
-  (void)opts;
-  *out = NULL;
-  return es_fail(err, ES_EUNSUPPORTED, "the CUDA backend is not compiled into this build of earshot");
-}

@@ -1,0 +1,154 @@
+/* runtime: open a model for serving, in one call. See runtime.h. */
+#include "runtime.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "es_file.h"
+#include "es_gpu.h"
+#include "model_path.h"
+
+int rt_parse_device(const char *s, rt_device_t *out, es_error_t *err) {
+  if (!strcmp(s, "auto")) *out = RT_DEVICE_AUTO;
+  else if (!strcmp(s, "cpu")) *out = RT_DEVICE_CPU;
+  else if (!strcmp(s, "cuda") || !strcmp(s, "gpu")) *out = RT_DEVICE_CUDA;
+  else return es_fail(err, ES_EINVAL, "--device '%s': expected cpu, cuda or auto", s);
+  return ES_OK;
+}
+
+int rt_parse_dtype(const char *s, es_dtype_t *out, es_error_t *err) {
+  if (!strcmp(s, "bfloat16") || !strcmp(s, "bf16")) *out = ES_DT_BF16;
+  else if (!strcmp(s, "float32") || !strcmp(s, "fp32")) *out = ES_DT_F32;
+  else return es_fail(err, ES_EINVAL, "--dtype '%s': expected bfloat16 or float32", s);
+  return ES_OK;
+}
+
+void rt_default_sampling(const rt_t *rt, smp_params_t *p) {
+  const model_config_t *c = &rt->cfg;
+  smp_params_default(p);
+  if (c->has_generation_config) {
+    p->temperature = c->do_sample ? c->temperature : 0.0;
+    p->top_k = c->do_sample ? c->top_k : 0;
+    p->top_p = c->do_sample ? c->top_p : 1.0;
+    p->repetition_penalty = c->repetition_penalty;
+  }
+  p->max_tokens = c->max_new_tokens > 0 ? c->max_new_tokens : 256;
+}
+
+/* Chooses and creates the backend. */
+static int open_backend(const rt_opts_t *o, rt_t *rt, const es_backend_opts_t *bo, es_error_t *err) {
+  rt_device_t dev = o->device;
+  if (dev == RT_DEVICE_AUTO) {
+    int n = 0;
+    char why[ES_ERROR_MSG_MAX] = "";
+    es_error_t gerr;
+    if (es_gpu_compiled() && es_gpu_count(&n, why, sizeof why, &gerr) == ES_OK && n > 0) {
+      es_backend_opts_t cuda_opts = *bo;
+      cuda_opts.compute_dtype = o->dtype;
+      if (es_backend_create_cuda(&cuda_opts, &rt->be, &gerr) == ES_OK) {
+        snprintf(rt->device_desc, sizeof rt->device_desc, "%s (auto)", es_backend_name(rt->be));
+        return ES_OK;
+      }
+      snprintf(why, sizeof why, "%s", gerr.msg);
+    } else if (!es_gpu_compiled()) {
+      snprintf(why, sizeof why, "built without CUDA");
+    }
+    es_backend_opts_t cpu_opts = *bo;
+    cpu_opts.compute_dtype = ES_DT_F32;
+    int rc = es_backend_create_cpu(&cpu_opts, &rt->be, err);
+    if (rc) return rc;
+    snprintf(rt->device_desc, sizeof rt->device_desc, "cpu (auto: no GPU: %.200s)", why[0] ? why : "none found");
+    return ES_OK;
+  }
+  es_backend_opts_t x = *bo;
+  if (dev == RT_DEVICE_CUDA) {
+    x.compute_dtype = o->dtype;
+    int rc = es_backend_create_cuda(&x, &rt->be, err);
+    if (rc) return es_error_prefix(err, "--device cuda: ");
+  } else {
+    x.compute_dtype = ES_DT_F32;
+    int rc = es_backend_create_cpu(&x, &rt->be, err);
+    if (rc) return rc;
+  }
+  snprintf(rt->device_desc, sizeof rt->device_desc, "%s", es_backend_name(rt->be));
+  return ES_OK;
+}
+
+int rt_open(const rt_opts_t *o, rt_t *rt, es_error_t *err) {
+  memset(rt, 0, sizeof *rt);
+  int rc;
+  if (o->model) {
+    model_path_t mp;
+    if ((rc = mpath_resolve(o->model, &mp, err))) return rc;
+    snprintf(rt->dir, sizeof rt->dir, "%s", mp.dir);
+  } else if (!o->dummy_weights || !o->config) {
+    return es_fail(err, ES_EINVAL, "--model is required (or --dummy-weights with --config FILE)");
+  }
+  if (o->config)
+    rc = cfg_load(o->config, NULL, &rt->cfg, err);
+  else
+    rc = cfg_load_dir(rt->dir, &rt->cfg, err);
+  if (rc) return rc;
+  if (!o->dummy_weights && (rc = ckpt_open(rt->dir, &rt->cfg, 0, &rt->ck, err))) goto fail;
+  if (rt->dir[0]) {
+    char probe[4200];
+    int has_tok = 0;
+    if (es_path_join(probe, sizeof probe, rt->dir, "tokenizer.json", err) == 0 && es_path_exists(probe)) has_tok = 1;
+    if (es_path_join(probe, sizeof probe, rt->dir, "vocab.json", err) == 0 && es_path_exists(probe)) has_tok = 1;
+    if (has_tok) {
+      if ((rc = tok_load(rt->dir, &rt->tok, err)) ||
+          (rc = prompt_special_init(&rt->special, rt->tok, rt->cfg.audio_token_index, err)))
+        goto fail;
+    }
+  }
+
+  /* sizes: context, KV pool (one sequence at a time for now, plus the scratch block), activations */
+  const model_config_t *c = &rt->cfg;
+  int is_cpu_guess = o->device == RT_DEVICE_CPU || (o->device == RT_DEVICE_AUTO && !es_gpu_compiled());
+  int ctx = o->max_model_len;
+  if (ctx <= 0) {
+    ctx = c->max_position_embeddings < 8192 ? c->max_position_embeddings : 8192;
+    if (is_cpu_guess) {
+      double kv_per_token = 2.0 * c->num_hidden_layers * c->num_key_value_heads * c->head_dim * 4.0;
+      double fit = (4.0 * 1024 * 1024 * 1024) / kv_per_token;
+      if (fit < ctx) ctx = (int)fit / ES_KV_BLOCK * ES_KV_BLOCK;
+      if (ctx < 1024) ctx = 1024;
+    }
+  }
+  if (ctx < 64) {
+    rc = es_fail(err, ES_EINVAL, "--max-model-len %d: at least 64 tokens", ctx);
+    goto fail;
+  }
+  rt->max_model_len = ctx;
+  int chunk = o->prefill_chunk > 0 ? o->prefill_chunk : 512;
+  int max_blocks = (ctx + ES_KV_BLOCK - 1) / ES_KV_BLOCK;
+  int audio_batch = o->max_audio_batch > 0 ? o->max_audio_batch : (is_cpu_guess ? 1 : 8);
+  es_backend_opts_t bo = {.compute_dtype = o->dtype, .n_threads = o->threads, .max_tokens = (size_t)chunk,
+                          .max_seqs = 1, .max_blocks = (size_t)max_blocks};
+  if ((rc = open_backend(o, rt, &bo, err))) goto fail;
+  qa_model_opts_t mo = {.max_tokens = chunk, .max_seqs = 1, .max_logit_rows = 1, .max_audio_batch = audio_batch,
+                        .audio_pool_rows = ctx > QA_MAX_WINDOW_TOKENS ? ctx : QA_MAX_WINDOW_TOKENS,
+                        .kv_blocks = max_blocks + 1, .max_blocks_per_seq = max_blocks, .dummy_seed = 1234};
+  if ((rc = qa_model_open(rt->be, &rt->cfg, rt->ck, &mo, &rt->model, err))) goto fail;
+  eng_opts_t eo = {.model = rt->model, .tok = rt->tok, .max_queue = o->max_queue, .prefill_chunk = chunk,
+                   .mel_threads = 1};
+  if ((rc = eng_start(&eo, &rt->engine, err))) goto fail;
+  if (o->verbose)
+    fprintf(stderr, "earshot: %s on %s, context %d tokens, prefill chunk %d%s\n",
+            rt->dir[0] ? rt->dir : "(config only)", rt->device_desc, ctx, chunk,
+            o->dummy_weights ? ", dummy weights" : "");
+  return ES_OK;
+fail:
+  rt_close(rt);
+  return rc;
+}
+
+void rt_close(rt_t *rt) {
+  if (!rt) return;
+  eng_stop(rt->engine);
+  qa_model_close(rt->model);
+  es_backend_free(rt->be);
+  tok_free(rt->tok);
+  ckpt_close(rt->ck);
+  memset(rt, 0, sizeof *rt);
+}
