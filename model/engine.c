@@ -31,6 +31,7 @@ typedef struct req {
   void *cb_ctx;
   double t_submit;
   int cancelled; /* under eng.mu */
+  int finished;  /* under eng.mu: the final event is being or has been delivered */
   struct req *next;
 } req_t;
 
@@ -117,6 +118,11 @@ static void finish_usage(run_t *run, int generated) {
 
 static void emit(run_t *run, int32_t token, const char *text, size_t len, eng_finish_t finish, int stop_index,
                  const char *error) {
+  if (finish != ENG_FINISH_NONE) {
+    pthread_mutex_lock(&run->e->mu);
+    run->r->finished = 1;
+    pthread_mutex_unlock(&run->e->mu);
+  }
   eng_event_t ev = {.id = run->r->id, .token = token, .text = text ? text : "", .text_len = text ? len : 0,
                     .finish = finish, .stop_index = stop_index, .error = error, .usage = run->usage};
   run->r->cb(run->r->cb_ctx, &ev);
@@ -491,7 +497,7 @@ int eng_submit(eng_t *e, const eng_request_t *q, uint64_t *id, es_error_t *err) 
 int eng_cancel(eng_t *e, uint64_t id) {
   int found = 0;
   pthread_mutex_lock(&e->mu);
-  if (e->running && e->running->id == id) {
+  if (e->running && e->running->id == id && !e->running->finished) {
     e->running->cancelled = 1;
     found = 1;
   }
