@@ -148,8 +148,8 @@ static int setup_swr(decode_state_t *s, const AVFrame *f, es_error_t *err) {
     av_channel_layout_default(&in, nch);
   }
   swr_free(&s->swr);
-  ret = swr_alloc_set_opts2(&s->swr, &mono, AV_SAMPLE_FMT_FLT, AUDIO_SAMPLE_RATE, &in, f->format, f->sample_rate,
-                            0, NULL);
+  ret = swr_alloc_set_opts2(&s->swr, &mono, AV_SAMPLE_FMT_FLT, AUDIO_SAMPLE_RATE, &in, f->format, f->sample_rate, 0,
+                            NULL);
   if (ret >= 0 && s->downmix == AUDIO_DOWNMIX_AVERAGE && in.nb_channels > 1) {
     double m[MAX_SOURCE_CHANNELS];
     for (int c = 0; c < in.nb_channels; c++) m[c] = 1.0 / in.nb_channels;
@@ -265,8 +265,7 @@ int audio_decode_memory(const void *buf, size_t len, const char *name, const aud
     return es_fail(err, ES_EINVAL, "%s: unknown downmix %d", name, (int)o.downmix);
   if (len == 0) return es_fail(err, ES_EINVAL, "%s: empty input (0 bytes)", name);
   if (len > o.max_input_bytes)
-    return es_fail(err, ES_ETOOBIG, "%s: %zu bytes is over the input limit of %zu bytes", name, len,
-                   o.max_input_bytes);
+    return es_fail(err, ES_ETOOBIG, "%s: %zu bytes is over the input limit of %zu bytes", name, len, o.max_input_bytes);
   const double max_samples_d = o.max_duration_s * AUDIO_SAMPLE_RATE;
   if (!(max_samples_d >= 1.0) || max_samples_d > (double)(SIZE_MAX / sizeof(float) / 2))
     return es_fail(err, ES_EINVAL, "%s: bad duration limit %g s", name, o.max_duration_s);
@@ -328,8 +327,8 @@ int audio_decode_memory(const void *buf, size_t len, const char *name, const aud
       rc = es_fail(err, ES_EUNSUPPORTED, "%s: unsupported audio codec '%s' (no decoder) in this %s file", name,
                    avcodec_get_name(par->codec_id), s.fmt->iformat->name);
     else
-      rc = es_fail(err, ES_EUNSUPPORTED, "%s: unsupported audio codec (unknown codec tag 0x%x) in this %s file",
-                   name, par ? par->codec_tag : 0u, s.fmt->iformat->name);
+      rc = es_fail(err, ES_EUNSUPPORTED, "%s: unsupported audio codec (unknown codec tag 0x%x) in this %s file", name,
+                   par ? par->codec_tag : 0u, s.fmt->iformat->name);
     goto fail;
   }
   AVStream *st = s.fmt->streams[si];
@@ -406,8 +405,9 @@ int audio_decode_memory(const void *buf, size_t len, const char *name, const aud
   }
   if (s.n == 0) {
     if (stream_packets == 0)
-      rc = es_fail(err, ES_EINVAL, "%s: the %s stream of this %s file holds no audio data (empty, truncated or corrupt)",
-                   name, codec->name, s.fmt->iformat->name);
+      rc =
+          es_fail(err, ES_EINVAL, "%s: the %s stream of this %s file holds no audio data (empty, truncated or corrupt)",
+                  name, codec->name, s.fmt->iformat->name);
     else
       rc = es_fail(err, ES_EINVAL, "%s: no audio could be decoded from the %s stream of this %s file (%s)", name,
                    codec->name, s.fmt->iformat->name,

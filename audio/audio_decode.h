@@ -39,19 +39,19 @@ typedef struct {
 } audio_decode_opts_t;
 
 #define AUDIO_DEFAULT_MAX_INPUT_BYTES ((size_t)256 << 20) /* 256 MiB */
-#define AUDIO_DEFAULT_MAX_DURATION_S 1200.0                /* 20 minutes */
+#define AUDIO_DEFAULT_MAX_DURATION_S 1200.0               /* 20 minutes */
 
 /* The defaults: 256 MiB, 20 minutes, ffmpeg downmix. */
 void audio_decode_opts_default(audio_decode_opts_t *opts);
 
 typedef struct {
-  float *samples;       /* n floats at 16 kHz, mono; owned (free with audio_pcm_free) */
-  size_t n;             /* >= 1 on success */
-  int source_rate;      /* the decoded stream's sample rate and channel count, for logs */
+  float *samples;  /* n floats at 16 kHz, mono; owned (free with audio_pcm_free) */
+  size_t n;        /* >= 1 on success */
+  int source_rate; /* the decoded stream's sample rate and channel count, for logs */
   int source_channels;
-  char codec[32];       /* FFmpeg decoder name, e.g. "mp3float" */
-  char container[32];   /* FFmpeg demuxer name, e.g. "ogg" */
-  int decode_errors;    /* damaged packets skipped, as the ffmpeg CLI does (more than half fails the decode) */
+  char codec[32];     /* FFmpeg decoder name, e.g. "mp3float" */
+  char container[32]; /* FFmpeg demuxer name, e.g. "ogg" */
+  int decode_errors;  /* damaged packets skipped, as the ffmpeg CLI does (more than half fails the decode) */
 } audio_pcm_t;
 
 /* Decodes the file at path. opts may be NULL (defaults). On failure *out is zeroed. */

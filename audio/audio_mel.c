@@ -42,8 +42,8 @@ typedef struct {
   const float *x;
   size_t n;
   float *out;
-  int t0, t1;  /* frames [t0, t1) */
-  float max;   /* largest log10 value this worker wrote */
+  int t0, t1; /* frames [t0, t1) */
+  float max;  /* largest log10 value this worker wrote */
 } mel_worker_t;
 
 struct mel_ctx {
@@ -210,8 +210,7 @@ static void *mel_worker_run(void *arg) {
       float *mel = blk[b];
       if (nonzero) {
         kiss_fftr(w->fft, w->frame, w->spec);
-        for (int k = 0; k < MEL_N_FREQ; k++)
-          w->power[k] = w->spec[k].r * w->spec[k].r + w->spec[k].i * w->spec[k].i;
+        for (int k = 0; k < MEL_N_FREQ; k++) w->power[k] = w->spec[k].r * w->spec[k].r + w->spec[k].i * w->spec[k].i;
         for (int m = 0; m < MEL_N_MELS; m++) {
           const float *p = w->power + c->filt_lo[m], *fw = c->filt_w[m];
           float acc = 0.0f;

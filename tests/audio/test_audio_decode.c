@@ -231,8 +231,7 @@ static void expect_fail(const char *name, const void *buf, size_t len, const aud
   memset(&p, 0x5a, sizeof p);
   int rc = audio_decode_memory(buf, len, name, o, &p, &E);
   T_CHECK(rc == code, "%s: rc %d (%s), expected %d: %s", name, rc, es_error_code_name(rc), code, E.msg);
-  T_CHECK(strstr(E.msg, name) != NULL && strstr(E.msg, word) != NULL, "%s: message lacks '%s': %s", name, word,
-          E.msg);
+  T_CHECK(strstr(E.msg, name) != NULL && strstr(E.msg, word) != NULL, "%s: message lacks '%s': %s", name, word, E.msg);
   T_CHECK(p.samples == NULL && p.n == 0, "%s: output not cleared on failure", name);
   printf("  %-22s -> %s\n", name, E.msg);
   if (rc == 0) audio_pcm_free(&p);
@@ -252,8 +251,8 @@ static void check_bad(void) {
   char *txt = read_repo_file("tests/data/qwen2-audio-tokenizer/merges.txt", &txt_len);
   char *png = read_repo_file("tests/data/bad/image.png", &png_len);
   char *mp4 = read_repo_file("tests/data/bad/video-only.mp4", &mp4_len);
-  if (!wav || !m4a || !mp3 || !flac || !txt || !png || !mp4 || wav_len < 20000 || flac_len < 60000 ||
-      m4a_len < 20000 || mp3_len < 20000)
+  if (!wav || !m4a || !mp3 || !flac || !txt || !png || !mp4 || wav_len < 20000 || flac_len < 60000 || m4a_len < 20000 ||
+      mp3_len < 20000)
     goto done;
 
   expect_fail("empty", "", 0, NULL, ES_EINVAL, "empty");
@@ -327,8 +326,7 @@ static void check_bad(void) {
   expect_fail("long.flac", flac, flac_len, &o, ES_ETOOBIG, "limit of 1 s");
   o.max_duration_s = 5.81; /* the wav is 92939 samples = 5.8087 s: just fits */
   audio_pcm_t p;
-  T_CHECK(audio_decode_memory(wav, wav_len, "fits.wav", &o, &p, &E) == 0 && p.n == 92939, "5.81 s limit: %s",
-          E.msg);
+  T_CHECK(audio_decode_memory(wav, wav_len, "fits.wav", &o, &p, &E) == 0 && p.n == 92939, "5.81 s limit: %s", E.msg);
   audio_pcm_free(&p);
 
   T_CHECK(audio_decode_file(ES_SOURCE_DIR "/tests/data/audio/no-such-file.wav", NULL, &p, &E) == ES_ENOTFOUND &&

@@ -60,8 +60,9 @@ static void check_audio(mel_ctx_t *ctx, const char *id, const cJSON *audio, floa
       golden_get_int(w, "sample_count", &cnt, &E);
       golden_get_int(w, "frames", &F, &E);
       golden_get_int(w, "audio_tokens", &N, &E);
-      T_CHECK((int64_t)win[k].offset == off && (int64_t)win[k].count == cnt, "%s/%s[%zu]: window [%zu,+%zu), golden [%lld,+%lld)",
-              id, policies[p], k, win[k].offset, win[k].count, (long long)off, (long long)cnt);
+      T_CHECK((int64_t)win[k].offset == off && (int64_t)win[k].count == cnt,
+              "%s/%s[%zu]: window [%zu,+%zu), golden [%lld,+%lld)", id, policies[p], k, win[k].offset, win[k].count,
+              (long long)off, (long long)cnt);
       T_CHECK(win[k].frames == F && win[k].audio_tokens == N, "%s/%s[%zu]: F=%d N=%d, golden F=%lld N=%lld", id,
               policies[p], k, win[k].frames, win[k].audio_tokens, (long long)F, (long long)N);
       if (off < 0 || cnt <= 0 || off + cnt > s.count) continue;
@@ -76,8 +77,8 @@ static void check_audio(mel_ctx_t *ctx, const char *id, const cJSON *audio, floa
       }
       size_t at;
       float d = max_abs_diff(ours, ref, MEL_SIZE, &at);
-      T_CHECK(d <= MEL_TOL, "%s/%s[%zu]: max |diff| %g at bin %zu frame %zu (ours %g, golden %g)", id, policies[p],
-              k, (double)d, at / MEL_N_FRAMES, at % MEL_N_FRAMES, (double)ours[at], (double)ref[at]);
+      T_CHECK(d <= MEL_TOL, "%s/%s[%zu]: max |diff| %g at bin %zu frame %zu (ours %g, golden %g)", id, policies[p], k,
+              (double)d, at / MEL_N_FRAMES, at % MEL_N_FRAMES, (double)ours[at], (double)ref[at]);
       printf("%-26s %-8s [%zu] F=%4d N=%3d  max|diff| %.3g\n", id, policies[p], k, f, n, (double)d);
     }
   }
@@ -122,16 +123,16 @@ static void check_lengths(void) {
     size_t last_count;
     int last_F, last_N;
   } cases[] = {
-      {8000, AUDIO_LONG_TRUNCATE, 1, 8000, 50, 12},          /* 0.5 s */
+      {8000, AUDIO_LONG_TRUNCATE, 1, 8000, 50, 12}, /* 0.5 s */
       {8000, AUDIO_LONG_SPLIT, 1, 8000, 50, 12},
-      {200, AUDIO_LONG_SPLIT, 1, 200, 2, 0},                 /* tiny: kept, the same under both policies */
+      {200, AUDIO_LONG_SPLIT, 1, 200, 2, 0}, /* tiny: kept, the same under both policies */
       {200, AUDIO_LONG_TRUNCATE, 1, 200, 2, 0},
-      {480000, AUDIO_LONG_TRUNCATE, 1, 480000, 3000, 750},   /* exactly 30 s */
+      {480000, AUDIO_LONG_TRUNCATE, 1, 480000, 3000, 750}, /* exactly 30 s */
       {480000, AUDIO_LONG_SPLIT, 1, 480000, 3000, 750},
-      {1039338, AUDIO_LONG_TRUNCATE, 1, 480000, 3000, 750},  /* 65 s */
+      {1039338, AUDIO_LONG_TRUNCATE, 1, 480000, 3000, 750}, /* 65 s */
       {1039338, AUDIO_LONG_SPLIT, 3, 79338, 496, 124},
-      {480320, AUDIO_LONG_SPLIT, 1, 480000, 3000, 750},      /* a 320-sample tail yields N = 0: dropped */
-      {480321, AUDIO_LONG_SPLIT, 2, 321, 3, 1},              /* 321 samples: N = 1, kept */
+      {480320, AUDIO_LONG_SPLIT, 1, 480000, 3000, 750}, /* a 320-sample tail yields N = 0: dropped */
+      {480321, AUDIO_LONG_SPLIT, 2, 321, 3, 1},         /* 321 samples: N = 1, kept */
       {960000, AUDIO_LONG_SPLIT, 2, 480000, 3000, 750},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
