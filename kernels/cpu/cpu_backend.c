@@ -202,7 +202,6 @@ const char *cpu_isa_name(cpu_isa_t isa) {
   switch (isa) {
   case CPU_ISA_GENERIC: return "generic";
   case CPU_ISA_AVX2: return "avx2";
-  case CPU_ISA_AVX512: return "avx512";
   default: return "?";
   }
 }

@@ -19,8 +19,20 @@
  * K): 32 layers × 2·1500·1280·(4·1280 + 2·5120) ≈ 1.9 TFLOP; the decoder's 7.6 B bf16 weights are 15 GB
  * read per decode step, so decode is bandwidth-bound (≈ 1–2 tokens/s on a desktop).
  *
- * Measured (this 2-core AVX-512 dev VM, shared; scripts/../tests/kernels/bench_cpu_gemm.c, GFLOP/s):
- *   see the table at cpu_gemm_default_path() below.
+ * Which path is the default (cpu_backend.c: the C kernel). tests/kernels/bench_cpu_gemm.c, bf16 weights,
+ * 2 threads on the shared 2-core AVX-512 (Zen 4) dev VM, load ≈ 4, best of 5, GFLOP/s, 2026-11-27:
+ *                      C/generic  C/avx2  OpenBLAS 0.3.21 (fixed 128 × 64 tiles)
+ *   M=1    K=1280 N=1280     8.3     8.6     0.9
+ *   M=1    K=1280 N=5120     7.5     6.2     0.5
+ *   M=1    K=4096 N=4096     3.8     2.7     0.4   (decode: widening the weight tile dominates)
+ *   M=1500 K=1280 N=1280    41     109      78
+ *   M=1500 K=1280 N=5120    23      97      78
+ *   M=1500 K=5120 N=1280    41      65      82   (no K blocking in the C kernel: 320 KB panels)
+ * The fixed sgemm shape costs OpenBLAS 128× the work at M = 1, and it is not faster at M = 1500 except
+ * for the K = 5120 product, so the C kernel is the default; the OpenBLAS path stays, tested, for
+ * comparison (cpu_backend_set_gemm_path). An AVX-512 (ymm, 8- and 12-row) build was no faster than AVX2.
+ * Blocking K (keeping the accumulators in a per-task buffer between K blocks, which keeps the order) is
+ * the known next step for the K = 5120 case.
  *
  * Thread safety: driving thread only; the tasks run on the pool.
  */
@@ -33,72 +45,73 @@
 #include <cblas.h>
 #endif
 
+typedef float v4 __attribute__((vector_size(16)));
 typedef float v8 __attribute__((vector_size(32)));
 
-#define GEMM_NR 16 /* columns of a packed panel: two v8 */
+#define GEMM_NR 16 /* columns of a packed panel */
 #define AI static inline __attribute__((always_inline))
 
 /* ---- the register-blocked kernel ------------------------------------------------------------------------
- * out[r][0..15] = Σ_k a[r][k] · p[k][0..15] for r < MR, p one packed panel ([K][16] fp32, 32-byte aligned).
- * Written once; the wrappers below compile it for each instruction set with the row block that fits its
- * registers (MR accumulators × 2 v8). */
-AI void mk_rows(const int MR, int64_t K, const float *const *a, const float *p, float *out) {
-  v8 acc0[GEMM_MR_MAX], acc1[GEMM_MR_MAX];
-  for (int r = 0; r < MR; r++) acc0[r] = acc1[r] = (v8){0};
-  for (int64_t k = 0; k < K; k++) {
-    v8 w0 = *(const v8 *)(p + k * GEMM_NR), w1 = *(const v8 *)(p + k * GEMM_NR + 8);
-    for (int r = 0; r < MR; r++) {
-      float s = a[r][k];
-      acc0[r] += w0 * s;
-      acc1[r] += w1 * s;
-    }
+ * out[r][0..15] = Σ_k a[r][k] · p[k][0..15] for r < MR, p one packed panel ([K][16] fp32, 64-byte aligned).
+ * Written once per vector width (VT of VW lanes, 16 / VW vectors per row: v4 for the SSE2/NEON baseline,
+ * where a wider generic vector would be lowered through memory, v8 for AVX); the wrappers below compile
+ * it per instruction set with the row block MR that fits its registers. Each lane does acc = acc + a·w
+ * over k in order: the same IEEE operations whatever VT and MR are. */
+#define DEFINE_MK(name, VT, VW)                                                                                 \
+  AI void name(const int MR, int64_t K, const float *const *a, const float *p, float *out) {                  \
+    enum { NV = GEMM_NR / (VW) };                                                                             \
+    VT acc[GEMM_MR_MAX][NV];                                                                                  \
+    for (int r = 0; r < MR; r++)                                                                              \
+      for (int v = 0; v < NV; v++) acc[r][v] = (VT){0};                                                       \
+    for (int64_t k = 0; k < K; k++) {                                                                         \
+      VT w[NV];                                                                                               \
+      for (int v = 0; v < NV; v++) w[v] = *(const VT *)(p + k * GEMM_NR + v * (VW));                          \
+      for (int r = 0; r < MR; r++) {                                                                          \
+        float s = a[r][k];                                                                                    \
+        for (int v = 0; v < NV; v++) acc[r][v] += w[v] * s;                                                   \
+      }                                                                                                       \
+    }                                                                                                         \
+    for (int r = 0; r < MR; r++)                                                                              \
+      for (int v = 0; v < NV; v++) *(VT *)(out + r * GEMM_NR + v * (VW)) = acc[r][v];                         \
   }
-  for (int r = 0; r < MR; r++) {
-    *(v8 *)(out + r * GEMM_NR) = acc0[r];
-    *(v8 *)(out + r * GEMM_NR + 8) = acc1[r];
-  }
-}
+DEFINE_MK(mk_rows_v4, v4, 4)
+DEFINE_MK(mk_rows_v8, v8, 8)
 
 /* rows <= GEMM_MR_MAX rows of A against one panel, in blocks of MRB rows. */
-#define TILE_BODY(MRB)                                                                                         \
+#define TILE_BODY(MK, MRB)                                                                                     \
   int64_t r = 0;                                                                                               \
-  for (; r + (MRB) <= rows; r += (MRB)) mk_rows((MRB), K, a + r, p, out + r * GEMM_NR);                        \
+  for (; r + (MRB) <= rows; r += (MRB)) MK((MRB), K, a + r, p, out + r * GEMM_NR);                             \
   switch (rows - r) {                                                                                          \
-  case 11: if ((MRB) > 11) mk_rows(11, K, a + r, p, out + r * GEMM_NR); break;                                 \
-  case 10: if ((MRB) > 10) mk_rows(10, K, a + r, p, out + r * GEMM_NR); break;                                 \
-  case 9: if ((MRB) > 9) mk_rows(9, K, a + r, p, out + r * GEMM_NR); break;                                    \
-  case 8: if ((MRB) > 8) mk_rows(8, K, a + r, p, out + r * GEMM_NR); break;                                    \
-  case 7: if ((MRB) > 7) mk_rows(7, K, a + r, p, out + r * GEMM_NR); break;                                    \
-  case 6: if ((MRB) > 6) mk_rows(6, K, a + r, p, out + r * GEMM_NR); break;                                    \
-  case 5: if ((MRB) > 5) mk_rows(5, K, a + r, p, out + r * GEMM_NR); break;                                    \
-  case 4: if ((MRB) > 4) mk_rows(4, K, a + r, p, out + r * GEMM_NR); break;                                    \
-  case 3: if ((MRB) > 3) mk_rows(3, K, a + r, p, out + r * GEMM_NR); break;                                    \
-  case 2: if ((MRB) > 2) mk_rows(2, K, a + r, p, out + r * GEMM_NR); break;                                    \
-  case 1: mk_rows(1, K, a + r, p, out + r * GEMM_NR); break;                                                   \
+  case 11: if ((MRB) > 11) MK(11, K, a + r, p, out + r * GEMM_NR); break;                                      \
+  case 10: if ((MRB) > 10) MK(10, K, a + r, p, out + r * GEMM_NR); break;                                      \
+  case 9: if ((MRB) > 9) MK(9, K, a + r, p, out + r * GEMM_NR); break;                                         \
+  case 8: if ((MRB) > 8) MK(8, K, a + r, p, out + r * GEMM_NR); break;                                         \
+  case 7: if ((MRB) > 7) MK(7, K, a + r, p, out + r * GEMM_NR); break;                                         \
+  case 6: if ((MRB) > 6) MK(6, K, a + r, p, out + r * GEMM_NR); break;                                         \
+  case 5: if ((MRB) > 5) MK(5, K, a + r, p, out + r * GEMM_NR); break;                                         \
+  case 4: if ((MRB) > 4) MK(4, K, a + r, p, out + r * GEMM_NR); break;                                         \
+  case 3: if ((MRB) > 3) MK(3, K, a + r, p, out + r * GEMM_NR); break;                                         \
+  case 2: if ((MRB) > 2) MK(2, K, a + r, p, out + r * GEMM_NR); break;                                         \
+  case 1: MK(1, K, a + r, p, out + r * GEMM_NR); break;                                                        \
   default: break;                                                                                              \
   }
 
 typedef void (*tile_fn)(int64_t K, int64_t rows, const float *const *a, const float *p, float *out);
 
 static void tile_generic(int64_t K, int64_t rows, const float *const *a, const float *p, float *out) {
-  TILE_BODY(2)
+  TILE_BODY(mk_rows_v4, 2)
 }
 
 #if defined(__x86_64__) || defined(__i386__)
 #define HAVE_X86_VARIANTS 1
 __attribute__((target("avx2"))) static void tile_avx2(int64_t K, int64_t rows, const float *const *a,
                                                       const float *p, float *out) {
-  TILE_BODY(6)
-}
-__attribute__((target("avx512f,avx512vl"))) static void tile_avx512(int64_t K, int64_t rows, const float *const *a,
-                                                                    const float *p, float *out) {
-  TILE_BODY(12)
+  TILE_BODY(mk_rows_v8, 6)
 }
 #endif
 
 static tile_fn tile_for(cpu_isa_t isa) {
 #ifdef HAVE_X86_VARIANTS
-  if (isa == CPU_ISA_AVX512) return tile_avx512;
   if (isa == CPU_ISA_AVX2) return tile_avx2;
 #endif
   (void)isa;
@@ -108,7 +121,6 @@ static tile_fn tile_for(cpu_isa_t isa) {
 cpu_isa_t cpu_gemm_best_isa(void) {
 #ifdef HAVE_X86_VARIANTS
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) return CPU_ISA_AVX512;
   if (__builtin_cpu_supports("avx2")) return CPU_ISA_AVX2;
 #endif
   return CPU_ISA_GENERIC;
@@ -210,6 +222,41 @@ static const float *a_row(const gemm_job_t *g, int64_t m, float *buf) {
   return buf;
 }
 
+/* The tile of weight rows n0 .. n0 + ncols − 1 as n_panels panels [K][16] fp32 (columns past N zero).
+ * Linear weights are widened 64 k at a time so that the 16 strided writes of a k range stay in L1;
+ * conv weights (K axis permuted) go a row at a time through tmp. */
+static void pack_tile(const gemm_job_t *g, int64_t n0, int64_t ncols, int64_t n_panels, float *pack, float *tmp) {
+  int64_t K = g->K;
+  size_t es = es_dtype_size(g->w->dtype);
+  for (int64_t p = 0; p < n_panels; p++) {
+    float *panel = pack + p * K * GEMM_NR;
+    if (g->conv && g->kernel > 1) {
+      for (int64_t c = 0; c < GEMM_NR; c++) {
+        int64_t n = p * GEMM_NR + c;
+        if (n < ncols)
+          widen_weight_row(g, n0 + n, panel + c, GEMM_NR, tmp);
+        else
+          for (int64_t k = 0; k < K; k++) panel[k * GEMM_NR + c] = 0.0f;
+      }
+      continue;
+    }
+    for (int64_t k0 = 0; k0 < K; k0 += 64) {
+      int64_t kn = K - k0 < 64 ? K - k0 : 64;
+      for (int64_t c = 0; c < GEMM_NR; c++) {
+        int64_t n = p * GEMM_NR + c;
+        float *dst = panel + k0 * GEMM_NR + c;
+        if (n >= ncols) {
+          for (int64_t k = 0; k < kn; k++) dst[k * GEMM_NR] = 0.0f;
+          continue;
+        }
+        float row[64];
+        cpu_widen(row, (const char *)g->w->data + ((size_t)(n0 + n) * (size_t)K + (size_t)k0) * es, g->w->dtype, kn);
+        for (int64_t k = 0; k < kn; k++) dst[k * GEMM_NR] = row[k];
+      }
+    }
+  }
+}
+
 static void gemm_task_c(void *ctx, int64_t task, int tid) {
   const gemm_job_t *g = ctx;
   cpu_scratch_t *s = &g->cb->scratch[tid];
@@ -217,14 +264,7 @@ static void gemm_task_c(void *ctx, int64_t task, int tid) {
   int64_t ncols = g->N - n0 < GEMM_NB ? g->N - n0 : GEMM_NB, m1 = m0 + GEMM_MC < g->M ? m0 + GEMM_MC : g->M;
   int64_t n_panels = (ncols + GEMM_NR - 1) / GEMM_NR;
   float *pack = s->buf[CPU_SCR_WPACK], *tmp = pack + GEMM_NB * K;
-  /* pack: [panel][K][16]; columns past N are zero and never stored */
-  for (int64_t c = 0; c < n_panels * GEMM_NR; c++) {
-    float *dst = pack + (c / GEMM_NR) * K * GEMM_NR + c % GEMM_NR;
-    if (c < ncols)
-      widen_weight_row(g, n0 + c, dst, GEMM_NR, tmp);
-    else
-      for (int64_t k = 0; k < K; k++) dst[k * GEMM_NR] = 0.0f;
-  }
+  pack_tile(g, n0, ncols, n_panels, pack, tmp);
   float out[GEMM_MR_MAX * GEMM_NR] __attribute__((aligned(32)));
   const float *a[GEMM_MR_MAX];
   for (int64_t r0 = m0; r0 < m1; r0 += GEMM_MR_MAX) {
