@@ -15,9 +15,10 @@
 #include <sys/random.h>
 #include <time.h>
 
-/* expf(z) is 0 in fp32 for z < -103.97 (below the smallest denormal), so ids past this are dropped
- * without changing any probability. */
-#define SMP_EXP_UNDERFLOW (-104.0f)
+/* Weights below exp(-87) ~ 1.6e-38 (relative to the most probable id) are taken as 0: even all V of them
+ * together (< 3e-33) are far below what an fp32 probability can resolve, and it keeps exp_neg in
+ * normal floats. */
+#define SMP_EXP_FLOOR (-87.0f)
 
 void smp_params_default(smp_params_t *p) {
   memset(p, 0, sizeof *p);
@@ -104,6 +105,7 @@ int smp_init(smp_state_t *st, const smp_params_t *p, int vocab, const int *eos_i
   if (vocab < 1) return es_fail(err, ES_EINVAL, "sampler: vocabulary size %d", vocab);
   if (n_eos < 0 || n_eos > SMP_MAX_EOS_IDS)
     return es_fail(err, ES_EINVAL, "sampler: %d eos ids (at most %d)", n_eos, SMP_MAX_EOS_IDS);
+  if (n_eos > 0 && !eos_ids) return es_fail(err, ES_EINVAL, "sampler: %d eos ids and no array", n_eos);
   if (n_prompt < 0 || (n_prompt > 0 && !prompt_ids))
     return es_fail(err, ES_EINVAL, "sampler: bad prompt (%d ids)", n_prompt);
   int rc = smp_params_validate(p, vocab, err);
@@ -113,7 +115,7 @@ int smp_init(smp_state_t *st, const smp_params_t *p, int vocab, const int *eos_i
       return es_fail(err, ES_EINVAL, "sampler: eos id %d is outside the vocabulary [0, %d)", eos_ids[i], vocab);
   st->p = *p;
   st->vocab = vocab;
-  memcpy(st->eos_ids, eos_ids, (size_t)n_eos * sizeof *eos_ids);
+  if (n_eos > 0) memcpy(st->eos_ids, eos_ids, (size_t)n_eos * sizeof *eos_ids);
   st->n_eos = n_eos;
   st->seed = p->has_seed ? p->seed : fresh_seed();
   st->penalties = p->repetition_penalty != 1.0 || p->presence_penalty != 0.0 || p->frequency_penalty != 0.0;
@@ -211,33 +213,75 @@ double smp_uniform(uint64_t seed, uint64_t step) {
 
 /* ---- selection helpers ---- */
 
+/* exp(x) for x <= 0, 0 below SMP_EXP_FLOOR and for NaN. Cephes' expf (range reduction by ln 2 split in
+ * two, degree-6 polynomial; within 1e-7 relative of exp), written without calls or branches so the
+ * row loop vectorises: glibc's expf is a call per id and was most of a step's time. GCC vectorises it
+ * only with -fno-trapping-math and its dynamic cost model (model/CMakeLists.txt sets both for this
+ * file; we never read FP flags, and neither changes a result). */
+static inline float exp_neg(float x) {
+  float xc = x > SMP_EXP_FLOOR ? x : SMP_EXP_FLOOR; /* NaN -> floor */
+  float k = xc * 1.44269504088896341f + 12582912.0f; /* round to nearest: 1.5 * 2^23 */
+  k -= 12582912.0f;
+  float r = xc - k * 0.693359375f - k * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  float y = p * r * r + r + 1.0f;
+  int32_t bits = ((int32_t)k + 127) << 23; /* k in [-126, 0]: a normal power of two */
+  float scale, res;
+  memcpy(&scale, &bits, sizeof scale);
+  res = y * scale;
+  uint32_t rb; /* 0 below the floor and for NaN, as a bit mask rather than a branch */
+  memcpy(&rb, &res, sizeof rb);
+  rb &= 0u - (uint32_t)(x > SMP_EXP_FLOOR);
+  memcpy(&res, &rb, sizeof res);
+  return res;
+}
+
+
 /* The k-th largest finite logit, with heap (k floats) as a min-heap; -inf when fewer than k are finite.
  * NaN and -inf never enter. */
-static float kth_largest(const float *l, int V, int k, float *heap) {
-  int h = 0;
-  for (int i = 0; i < V; i++) {
-    float x = l[i];
-    if (!(x > -INFINITY)) continue;
-    if (h < k) {
-      int j = h++;
-      while (j > 0 && heap[(j - 1) / 2] > x) {
-        heap[j] = heap[(j - 1) / 2];
-        j = (j - 1) / 2;
-      }
-      heap[j] = x;
-    } else if (x > heap[0]) {
-      int j = 0;
-      for (;;) {
-        int c = 2 * j + 1;
-        if (c >= k) break;
-        if (c + 1 < k && heap[c + 1] < heap[c]) c++;
-        if (heap[c] >= x) break;
-        heap[j] = heap[c];
-        j = c;
-      }
-      heap[j] = x;
+static inline void heap_offer(float *heap, int k, int *h, float x) {
+  if (*h < k) {
+    int j = (*h)++;
+    while (j > 0 && heap[(j - 1) / 2] > x) {
+      heap[j] = heap[(j - 1) / 2];
+      j = (j - 1) / 2;
     }
+    heap[j] = x;
+  } else if (x > heap[0]) {
+    int j = 0;
+    for (;;) {
+      int c = 2 * j + 1;
+      if (c >= k) break;
+      if (c + 1 < k && heap[c + 1] < heap[c]) c++;
+      if (heap[c] >= x) break;
+      heap[j] = heap[c];
+      j = c;
+    }
+    heap[j] = x;
   }
+}
+
+static float kth_largest(const float *l, int V, int k, float *heap) {
+  int h = 0, i = 0;
+  /* Once the heap is full, almost every block of 16 lies wholly below its minimum: a vectorised
+   * any-greater test skips it. */
+  for (; i + 16 <= V; i += 16) {
+    if (h == k) {
+      const float thr = heap[0];
+      int any = 0;
+      for (int j = 0; j < 16; j++) any |= l[i + j] > thr;
+      if (!any) continue;
+    }
+    for (int j = 0; j < 16; j++)
+      if (l[i + j] > -INFINITY) heap_offer(heap, k, &h, l[i + j]); /* NaN and -inf never enter */
+  }
+  for (; i < V; i++)
+    if (l[i] > -INFINITY) heap_offer(heap, k, &h, l[i]);
   return h < k ? -INFINITY : heap[0];
 }
 
@@ -293,6 +337,46 @@ static int nucleus(float *w, int32_t *ids, int n, double target, double *kept) {
 
 /* ---- the step ---- */
 
+/* Sum of w[0, n) in double, four independent chains (a single chain is latency-bound). */
+static double sum_weights(const float *w, int n) {
+  double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+  int i = 0;
+  for (; i + 4 <= n; i += 4) {
+    a0 += w[i];
+    a1 += w[i + 1];
+    a2 += w[i + 2];
+    a3 += w[i + 3];
+  }
+  for (; i < n; i++) a0 += w[i];
+  return (a0 + a1) + (a2 + a3);
+}
+
+/* Inverse CDF: the first j whose running sum of w[0..j] exceeds target, skipping whole blocks whose sum
+ * keeps it below; the last positive weight if rounding runs off the end; -1 if none is positive. */
+static int walk(const float *w, int n, double target) {
+  enum { BLOCK = 64 };
+  double acc = 0.0;
+  int j = 0, last = -1;
+  for (; j + BLOCK <= n; j += BLOCK) {
+    double bs = sum_weights(w + j, BLOCK);
+    if (acc + bs > target) break;
+    acc += bs;
+    if (bs > 0.0)
+      for (int q = j + BLOCK - 1; q >= j; q--)
+        if (w[q] > 0.0f) {
+          last = q;
+          break;
+        }
+  }
+  for (; j < n; j++) {
+    if (w[j] <= 0.0f) continue;
+    last = j;
+    acc += w[j];
+    if (acc > target) break;
+  }
+  return last;
+}
+
 static void apply_penalties(const smp_state_t *st, float *logits) {
   const float rep = (float)st->p.repetition_penalty;
   const float presence = (float)st->p.presence_penalty, frequency = (float)st->p.frequency_penalty;
@@ -322,10 +406,11 @@ static int is_stop_id(const smp_state_t *st, int32_t id) {
   return 0;
 }
 
-/* Steps 1-8 of the pipeline. Greedy: *greedy = the argmax. Otherwise *greedy = -1 and (ws->w, ws->ids)[0, *n)
- * hold the kept ids with their unnormalised weights, summing to *mass. */
-static int prepare(smp_state_t *st, smp_workspace_t *ws, float *logits, int32_t *greedy, int *n_out, double *mass_out,
-                   es_error_t *err) {
+/* Steps 1-8 of the pipeline. Greedy: *greedy = the argmax. Otherwise *greedy = -1 and either *dense = 0 and
+ * (ws->w, ws->ids)[0, *n) hold the kept ids with their unnormalised weights, or *dense = 1 and ws->w[0, V)
+ * is indexed by id (0 for removed ids); the weights sum to *mass. */
+static int prepare(smp_state_t *st, smp_workspace_t *ws, float *logits, int32_t *greedy, int *dense, int *n_out,
+                   double *mass_out, es_error_t *err) {
   const int V = st->vocab;
   if (st->finish != SMP_FINISH_NONE)
     return es_fail(err, ES_EINVAL, "sampler: the request already finished (%s)", smp_finish_name(st->finish));
@@ -339,17 +424,23 @@ static int prepare(smp_state_t *st, smp_workspace_t *ws, float *logits, int32_t 
     for (int i = 0; i < st->p.n_stop_ids; i++) logits[st->p.stop_ids[i]] = -INFINITY;
   }
 
-  /* argmax, first index on ties (torch.argmax and vLLM's greedy_sample agree); NaN never compares > */
-  int arg = -1;
+  /* argmax, first index on ties (torch.argmax and vLLM's greedy_sample agree); NaN never compares >.
+   * The max first (a branch-free reduction that vectorises), then the first id holding it. */
+  float m8[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+  int i8 = 0;
+  for (; i8 + 8 <= V; i8 += 8)
+    for (int j = 0; j < 8; j++) m8[j] = logits[i8 + j] > m8[j] ? logits[i8 + j] : m8[j];
   float m = -INFINITY;
-  for (int i = 0; i < V; i++)
-    if (logits[i] > m) {
-      m = logits[i];
-      arg = i;
+  for (int j = 0; j < 8; j++) m = m8[j] > m ? m8[j] : m;
+  for (; i8 < V; i8++) m = logits[i8] > m ? logits[i8] : m;
+  int arg = -1;
+  if (m > -INFINITY)
+    for (arg = 0; logits[arg] != m; arg++) {
     }
   if (arg < 0) return es_fail(err, ES_EINVAL, "sampler: no id has a finite logit (step %d)", st->n_generated);
   if (isinf(m)) return es_fail(err, ES_EINVAL, "sampler: logit of id %d is +inf (step %d)", arg, st->n_generated);
   *greedy = arg;
+  *dense = 0;
   *n_out = 0;
   *mass_out = 0.0;
   if (st->p.temperature < SMP_GREEDY_EPS) return ES_OK;
@@ -362,30 +453,65 @@ static int prepare(smp_state_t *st, smp_workspace_t *ws, float *logits, int32_t 
   int n = 0;
   double mass = 0.0;
   const int k = st->p.top_k;
+  const int top_p = st->p.top_p < 1.0;
   if (k > 0 && k < V) {
     float kth = kth_largest(logits, V, k, w);
-    for (int i = 0; i < V; i++) {
-      float x = logits[i];
-      if (x >= kth && x > -INFINITY) ids[n++] = i; /* ties at the k-th are all kept */
+    int i = 0;
+    for (; i + 16 <= V; i += 16) {
+      int any = 0;
+      for (int j = 0; j < 16; j++) any |= logits[i + j] >= kth;
+      if (!any) continue;
+      for (int j = 0; j < 16; j++)
+        if (logits[i + j] >= kth && logits[i + j] > -INFINITY) ids[n++] = i + j; /* ties at the k-th are kept */
     }
+    for (; i < V; i++)
+      if (logits[i] >= kth && logits[i] > -INFINITY) ids[n++] = i;
     for (int j = 0; j < n; j++) {
-      float z = (logits[ids[j]] - m) * inv_t;
-      w[j] = z >= SMP_EXP_UNDERFLOW ? expf(z) : 0.0f;
+      w[j] = exp_neg((logits[ids[j]] - m) * inv_t);
       mass += w[j];
     }
+    if (top_p) n = nucleus(w, ids, n, st->p.top_p * mass, &mass);
   } else {
-    for (int i = 0; i < V; i++) {
-      float z = (logits[i] - m) * inv_t;
-      if (z >= SMP_EXP_UNDERFLOW) { /* false for NaN and -inf */
-        float e = expf(z);
-        ids[n] = i;
-        w[n++] = e;
-        mass += e;
+    for (int i = 0; i < V; i++) w[i] = exp_neg((logits[i] - m) * inv_t); /* vectorised */
+    if (top_p) {
+      /* The nucleus is a prefix of the ranking, so it lies in the binades (fp32 exponents) from the top
+       * down to the one where the mass reaches the target: histogram the mass per exponent (w <= 1, so
+       * exponents 0..127; four interleaved histograms so neighbours in one binade do not serialise on
+       * one counter), then run the quickselect only on ids in or above that binade. */
+      double hist[4][128];
+      memset(hist, 0, sizeof hist);
+      for (int i = 0; i < V; i++) {
+        uint32_t bits;
+        memcpy(&bits, &w[i], sizeof bits);
+        hist[i & 3][bits >> 23] += w[i];
       }
+      double total = 0.0, acc = 0.0;
+      for (int e = 0; e < 128; e++) total += hist[0][e] + hist[1][e] + hist[2][e] + hist[3][e];
+      double target = st->p.top_p * total;
+      int b = 127;
+      while (b > 0 && (acc += hist[0][b] + hist[1][b] + hist[2][b] + hist[3][b]) < target) b--;
+      uint32_t keep_bits = (uint32_t)b << 23;
+      float keep_min;
+      memcpy(&keep_min, &keep_bits, sizeof keep_min); /* 2^(b - 127), the bottom of binade b; 0 if b = 0 */
+      for (int i = 0; i < V; i++)
+        if (w[i] >= keep_min && w[i] > 0.0f) {
+          w[n] = w[i];
+          ids[n++] = i;
+        }
+      n = nucleus(w, ids, n, target, &mass);
+    } else {
+      /* Dense: w[i] is id i's weight; no compaction. min-p alone zeroes what it removes. */
+      if (st->p.min_p > 0.0) {
+        const float thr = (float)st->p.min_p;
+        for (int i = 0; i < V; i++) w[i] = w[i] >= thr ? w[i] : 0.0f;
+      }
+      mass = sum_weights(w, V);
+      *dense = 1;
+      *n_out = V;
+      *mass_out = mass;
+      return ES_OK;
     }
   }
-
-  if (st->p.top_p < 1.0) n = nucleus(w, ids, n, st->p.top_p * mass, &mass);
 
   if (st->p.min_p > 0.0) {
     /* p_i >= min_p * p_max  <=>  w_i >= min_p, since w_max = 1 and the max always survives top-k/top-p.
@@ -409,43 +535,33 @@ static int prepare(smp_state_t *st, smp_workspace_t *ws, float *logits, int32_t 
 
 int smp_sample(smp_state_t *st, smp_workspace_t *ws, float *logits, int32_t *token, es_error_t *err) {
   int32_t greedy;
-  int n;
+  int dense, n;
   double mass;
-  int rc = prepare(st, ws, logits, &greedy, &n, &mass, err);
+  int rc = prepare(st, ws, logits, &greedy, &dense, &n, &mass, err);
   if (rc) return rc;
   if (greedy >= 0) {
     *token = greedy;
     return ES_OK;
   }
-  const float *w = ws->w;
-  double target = smp_uniform(st->seed, (uint64_t)st->n_generated) * mass;
-  double acc = 0.0;
-  int pick = -1;
-  for (int j = 0; j < n; j++) {
-    if (w[j] <= 0.0f) continue;
-    pick = j;
-    acc += w[j];
-    if (acc > target) break;
-  }
-  /* pick < 0 cannot happen (the max has w = 1 and is always kept); running off the end by rounding
-   * leaves pick at the last id with positive weight. */
+  int pick = walk(ws->w, n, smp_uniform(st->seed, (uint64_t)st->n_generated) * mass);
+  /* pick < 0 cannot happen: the max has w = 1 and every filter keeps it. */
   ES_ASSERT(pick >= 0);
-  *token = ws->ids[pick];
+  *token = dense ? pick : ws->ids[pick];
   return ES_OK;
 }
 
 int smp_distribution(smp_state_t *st, smp_workspace_t *ws, float *logits, float *probs, es_error_t *err) {
   int32_t greedy;
-  int n;
+  int dense, n;
   double mass;
-  int rc = prepare(st, ws, logits, &greedy, &n, &mass, err);
+  int rc = prepare(st, ws, logits, &greedy, &dense, &n, &mass, err);
   if (rc) return rc;
   memset(probs, 0, (size_t)st->vocab * sizeof *probs);
   if (greedy >= 0) {
     probs[greedy] = 1.0f;
     return ES_OK;
   }
-  for (int j = 0; j < n; j++) probs[ws->ids[j]] = (float)(ws->w[j] / mass);
+  for (int j = 0; j < n; j++) probs[dense ? j : ws->ids[j]] = (float)(ws->w[j] / mass);
   return ES_OK;
 }
 

@@ -26,6 +26,10 @@ typedef struct {
   float v;
   int i;
 } vi_t;
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
 static int cmp_desc(const void *a, const void *b) {
   const vi_t *x = a, *y = b;
   return x->v > y->v ? -1 : x->v < y->v;
@@ -56,6 +60,7 @@ int main(int argc, char **argv) {
   if (steps < 1) steps = 1;
   float *base = malloc(V * sizeof *base), *row = malloc(V * sizeof *row);
   vi_t *tmp = malloc(V * sizeof *tmp);
+  double *times = malloc((size_t)(steps > 21 ? steps : 21) * sizeof *times);
   uint64_t x = 42;
   for (int i = 0; i < V; i++) {
     x = x * 6364136223846793005ull + 1442695040888963407ull;
@@ -85,7 +90,7 @@ int main(int argc, char **argv) {
       {"T 1.5, top_p 0.95 (flat: large nucleus)", 1.5, 0.95, 0, 1, 0},
       {"T 1, min_p 0.05", 1, 1, 0.05, 1, 0},
   };
-  printf("bench_sampler: V = %d, %d steps per case, mean us per step\n", V, steps);
+  printf("bench_sampler: V = %d, %d steps per case, median us per step\n", V, steps);
   for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
     smp_params_t p;
     smp_params_default(&p);
@@ -99,27 +104,29 @@ int main(int argc, char **argv) {
     p.max_tokens = steps + 1;
     smp_state_t st;
     if (smp_init(&st, &p, V, NULL, 0, prompt, 800, &err)) return fprintf(stderr, "%s\n", err.msg), 1;
-    double total = 0;
     for (int t = 0; t < steps; t++) {
       memcpy(row, base, V * sizeof *row);
       int32_t tok;
       double t0 = now_us();
       if (smp_sample(&st, &ws, row, &tok, &err)) return fprintf(stderr, "%s\n", err.msg), 1;
-      total += now_us() - t0;
+      times[t] = now_us() - t0;
       smp_accept(&st, tok);
     }
-    printf("  %-52s %9.1f us\n", cases[c].name, total / steps);
+    qsort(times, (size_t)steps, sizeof *times, cmp_double);
+    printf("  %-52s %9.1f us  (min %.1f)\n", cases[c].name, times[steps / 2], times[0]);
     smp_free(&st);
   }
-  int reps = steps < 20 ? steps : 20;
-  double total = 0;
+  int reps = steps < 21 ? steps : 21;
   for (int t = 0; t < reps; t++) {
     double t0 = now_us();
     volatile int tok = naive_top_p(base, tmp, 0.9, smp_uniform(7, (uint64_t)t));
     (void)tok;
-    total += now_us() - t0;
+    times[t] = now_us() - t0;
   }
-  printf("  %-52s %9.1f us  (reference: full qsort)\n", "naive T 1, top_p 0.9", total / reps);
+  qsort(times, (size_t)reps, sizeof *times, cmp_double);
+  printf("  %-52s %9.1f us  (min %.1f; reference: glibc expf + full qsort)\n", "naive T 1, top_p 0.9",
+         times[reps / 2], times[0]);
+  free(times);
   smp_workspace_free(&ws);
   free(base);
   free(row);

@@ -568,6 +568,39 @@ static void test_sampling_frequencies(void) {
   p.min_p = 0.4;
   check_sampling("min_p 0.4", lm, 4, p, wm, 20000);
 
+  /* a row longer than the draw's 64-id blocks: 16 groups of 16 ids, the frequencies of each group
+   * against its mass (the grouping keeps expected counts large) */
+  {
+    enum { VB = 256, G = 16, N = 40000 };
+    float lb[VB];
+    double pb[VB], gw[G] = {0};
+    z = 0;
+    for (int i = 0; i < VB; i++) z += exp(lb[i] = (float)(1.5 * sin(0.37 * i) + (i % G == 3)));
+    for (int i = 0; i < VB; i++) gw[i / G] += pb[i] = exp(lb[i]) / z;
+    smp_params_default(&p);
+    p.has_seed = 1;
+    p.seed = 77;
+    p.max_tokens = N;
+    smp_state_t st;
+    smp_workspace_t ws;
+    T_REQUIRE(init_state(&st, &p, VB, NULL, 0, NULL, 0) == 0, "init");
+    T_REQUIRE(smp_workspace_init(&ws, VB, &err) == 0, "ws");
+    int hist[G] = {0};
+    for (int t = 0; t < N; t++) {
+      float row[VB];
+      memcpy(row, lb, sizeof row);
+      int32_t tok = 0;
+      if (smp_sample(&st, &ws, row, &tok, &err)) break;
+      hist[tok / G]++;
+      smp_accept(&st, tok);
+    }
+    double chi2 = 0;
+    for (int g = 0; g < G; g++) chi2 += (hist[g] - gw[g] * N) * (hist[g] - gw[g] * N) / (gw[g] * N);
+    T_CHECK(chi2 < chi2_bound(G - 1), "V 256, 16 groups: chi-square %.2f (bound %.2f)", chi2, chi2_bound(G - 1));
+    smp_workspace_free(&ws);
+    smp_free(&st);
+  }
+
   /* temperature 0.5 sharpens: probabilities proportional to exp(2 l) */
   float lt[3] = {0, 0.5f, 1.0f};
   z = 1 + exp(1.0) + exp(2.0);
