@@ -2,10 +2,11 @@
  * the references and the differences from vLLM.
  *
  * Cost per step for V = 156,032 (bench_sampler prints the numbers): the penalties touch only the
- * distinct ids seen; greedy is one pass; top-k finds the k-th largest logit with a size-k min-heap in
- * one pass and exponentiates only the survivors; top-p without top-k exponentiates the whole row once
- * and finds the nucleus with a mass-weighted quickselect (expected O(V), no sort); the draw walks the
- * kept ids once.
+ * distinct ids seen; the max is a vectorised reduction; top-k finds the k-th largest logit with a size-k
+ * min-heap, skipping 16-id blocks wholly below its minimum, and exponentiates only the survivors; without
+ * top-k the row is exponentiated once (a branch-free, vectorised exp); top-p then histograms the mass
+ * per fp32 exponent to find the binade holding the boundary and runs a mass-weighted quickselect only
+ * on the ids above it (no sort); the draw walks the kept ids, skipping 64-id blocks by their sums.
  */
 #include "sampler.h"
 
