@@ -34,8 +34,8 @@ static float dot(const float *a, const float *b, int D) {
 }
 
 /* out[D] = Σ_j softmax(s)_j · v_j for n keys; s (n scores) is overwritten with e_j. */
-static void softmax_v(float *out, float *s, int64_t n, const float *(*vrow)(const void *, int64_t),
-                      const void *vctx, int D) {
+static void softmax_v(float *out, float *s, int64_t n, const float *(*vrow)(const void *, int64_t), const void *vctx,
+                      int D) {
   float m = -INFINITY;
   for (int64_t j = 0; j < n; j++) m = s[j] > m ? s[j] : m;
   float sum = 0.0f;
@@ -154,8 +154,20 @@ int cpu_op_attention_dense(es_backend_t *be, void *out, const void *q, int64_t l
   /* grows once to the longest T seen (start-up, or the first audio of that length), then never again */
   int rc = cpu_scratch_reserve(cb, CPU_SCR_ATT, (size_t)T, err);
   if (rc) return rc;
-  dense_job_t g = {.cb = cb, .out = out, .q = q, .k = k, .v = v, .ldq = ldq, .ldk = ldk, .ldv = ldv, .B = B,
-                   .T = T, .H = H, .D = D, .scale = scale, .valid_len = valid_len};
+  dense_job_t g = {.cb = cb,
+                   .out = out,
+                   .q = q,
+                   .k = k,
+                   .v = v,
+                   .ldq = ldq,
+                   .ldk = ldk,
+                   .ldv = ldv,
+                   .B = B,
+                   .T = T,
+                   .H = H,
+                   .D = D,
+                   .scale = scale,
+                   .valid_len = valid_len};
   cpu_pool_run(cb->pool, B * H * T, dense_task, &g);
   return ES_OK;
 }

@@ -112,7 +112,9 @@ static int cpu_read_act(es_backend_t *be, float *dst, const void *src, size_t co
   memcpy(dst, src, count * sizeof(float));
   return ES_OK;
 }
-static int cpu_sync(es_backend_t *be, es_error_t *err) { return ES_OK; }
+static int cpu_sync(es_backend_t *be, es_error_t *err) {
+  return ES_OK;
+}
 
 static int cpu_kv_init(es_backend_t *be, es_error_t *err) {
   cpu_backend_t *cb = cpu_be(be);
@@ -127,7 +129,9 @@ static int cpu_kv_init(es_backend_t *be, es_error_t *err) {
 }
 
 /* The batch arrays already live on the host (backend.c's copy): nothing to upload. */
-static int cpu_set_batch(es_backend_t *be, const es_batch_t *batch, es_error_t *err) { return ES_OK; }
+static int cpu_set_batch(es_backend_t *be, const es_batch_t *batch, es_error_t *err) {
+  return ES_OK;
+}
 
 static const es_backend_ops_t cpu_ops = {
     .kind = "cpu",

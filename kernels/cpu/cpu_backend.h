@@ -37,11 +37,11 @@ typedef enum {
 
 /* Per-thread scratch buffers, each grown on the driving thread outside the pool (never inside a task). */
 enum {
-  CPU_SCR_WPACK, /* a weight tile widened to fp32: GEMM_NB * K */
-  CPU_SCR_AROW,  /* conv windows that touch the zero padding: GEMM_MR_MAX * K */
+  CPU_SCR_WPACK,  /* a weight tile widened to fp32: GEMM_NB * K */
+  CPU_SCR_AROW,   /* conv windows that touch the zero padding: GEMM_MR_MAX * K */
   CPU_SCR_BLAS_A, /* OpenBLAS path: the fixed-height A tile, GEMM_MC * K */
   CPU_SCR_BLAS_C, /* OpenBLAS path: its output tile, GEMM_MC * GEMM_NB */
-  CPU_SCR_ATT,   /* attention scores of one query row: context length */
+  CPU_SCR_ATT,    /* attention scores of one query row: context length */
   CPU_SCR_COUNT
 };
 
@@ -57,13 +57,15 @@ typedef struct {
   cpu_scratch_t *scratch; /* [n_threads], indexed by the pool's tid */
   void **allocs;          /* es_backend_alloc blocks and weight copies, freed at destroy */
   size_t n_allocs, cap_allocs;
-  float *kv;              /* (L, n_blocks, 2, H, 16, D) fp32, owned */
-  int64_t max_k;          /* largest n1 of any uploaded weight: the GEMM scratch is sized for it */
+  float *kv;     /* (L, n_blocks, 2, H, 16, D) fp32, owned */
+  int64_t max_k; /* largest n1 of any uploaded weight: the GEMM scratch is sized for it */
   cpu_gemm_path_t gemm_path;
   cpu_isa_t isa;
 } cpu_backend_t;
 
-static inline cpu_backend_t *cpu_be(es_backend_t *be) { return (cpu_backend_t *)be; }
+static inline cpu_backend_t *cpu_be(es_backend_t *be) {
+  return (cpu_backend_t *)be;
+}
 
 /* Makes every thread's scratch buffer `which` hold at least `floats` floats (driving thread only). */
 int cpu_scratch_reserve(cpu_backend_t *cb, int which, size_t floats, es_error_t *err);

@@ -16,8 +16,9 @@
  * place; only windows that touch the zero padding are copied into scratch.
  *
  * Napkin math (encoder, one 30 s audio): M = 1500, K = 1280, N = 1280 (q/k/v/o) or 5120 (fc1/fc2 as N or
- * K): 32 layers × 2·1500·1280·(4·1280 + 2·5120) ≈ 1.9 TFLOP; the decoder's 7.6 B bf16 weights are 15 GB
- * read per decode step, so decode is bandwidth-bound (≈ 1–2 tokens/s on a desktop).
+ * K): 32 layers × 2·1500·1280·(4·1280 + 2·5120) ≈ 1.9 TFLOP (≈ 20 s at the 100 GFLOP/s below). A decode
+ * step reads the decoder's ≈ 15 GB of bf16 weights once; at M = 1 the cost is widening them (≈ 4 GB/s on
+ * the 2 threads below), so the CPU backend decodes the 7B at seconds per token: it is the reference.
  *
  * Which path is the default (cpu_backend.c: the C kernel). tests/kernels/bench_cpu_gemm.c, bf16 weights,
  * 2 threads on the shared 2-core AVX-512 (Zen 4) dev VM, load ≈ 4, best of 5, GFLOP/s, 2026-11-27:
@@ -57,43 +58,40 @@ typedef float v8 __attribute__((vector_size(32)));
  * where a wider generic vector would be lowered through memory, v8 for AVX); the wrappers below compile
  * it per instruction set with the row block MR that fits its registers. Each lane does acc = acc + a·w
  * over k in order: the same IEEE operations whatever VT and MR are. */
-#define DEFINE_MK(name, VT, VW)                                                                                 \
-  AI void name(const int MR, int64_t K, const float *const *a, const float *p, float *out) {                  \
-    enum { NV = GEMM_NR / (VW) };                                                                             \
-    VT acc[GEMM_MR_MAX][NV];                                                                                  \
-    for (int r = 0; r < MR; r++)                                                                              \
-      for (int v = 0; v < NV; v++) acc[r][v] = (VT){0};                                                       \
-    for (int64_t k = 0; k < K; k++) {                                                                         \
-      VT w[NV];                                                                                               \
-      for (int v = 0; v < NV; v++) w[v] = *(const VT *)(p + k * GEMM_NR + v * (VW));                          \
-      for (int r = 0; r < MR; r++) {                                                                          \
-        float s = a[r][k];                                                                                    \
-        for (int v = 0; v < NV; v++) acc[r][v] += w[v] * s;                                                   \
-      }                                                                                                       \
-    }                                                                                                         \
-    for (int r = 0; r < MR; r++)                                                                              \
-      for (int v = 0; v < NV; v++) *(VT *)(out + r * GEMM_NR + v * (VW)) = acc[r][v];                         \
+#define DEFINE_MK(name, VT, VW)                                                                                        \
+  AI void name(const int MR, int64_t K, const float *const *a, const float *p, float *out) {                           \
+    enum { NV = GEMM_NR / (VW) };                                                                                      \
+    VT acc[GEMM_MR_MAX][NV];                                                                                           \
+    for (int r = 0; r < MR; r++)                                                                                       \
+      for (int v = 0; v < NV; v++) acc[r][v] = (VT){0};                                                                \
+    for (int64_t k = 0; k < K; k++) {                                                                                  \
+      VT w[NV];                                                                                                        \
+      for (int v = 0; v < NV; v++) w[v] = *(const VT *)(p + k * GEMM_NR + v * (VW));                                   \
+      for (int r = 0; r < MR; r++) {                                                                                   \
+        float s = a[r][k];                                                                                             \
+        for (int v = 0; v < NV; v++) acc[r][v] += w[v] * s;                                                            \
+      }                                                                                                                \
+    }                                                                                                                  \
+    for (int r = 0; r < MR; r++)                                                                                       \
+      for (int v = 0; v < NV; v++) *(VT *)(out + r * GEMM_NR + v * (VW)) = acc[r][v];                                  \
   }
 DEFINE_MK(mk_rows_v4, v4, 4)
 DEFINE_MK(mk_rows_v8, v8, 8)
 
-/* rows <= GEMM_MR_MAX rows of A against one panel, in blocks of MRB rows. */
-#define TILE_BODY(MK, MRB)                                                                                     \
-  int64_t r = 0;                                                                                               \
-  for (; r + (MRB) <= rows; r += (MRB)) MK((MRB), K, a + r, p, out + r * GEMM_NR);                             \
-  switch (rows - r) {                                                                                          \
-  case 11: if ((MRB) > 11) MK(11, K, a + r, p, out + r * GEMM_NR); break;                                      \
-  case 10: if ((MRB) > 10) MK(10, K, a + r, p, out + r * GEMM_NR); break;                                      \
-  case 9: if ((MRB) > 9) MK(9, K, a + r, p, out + r * GEMM_NR); break;                                         \
-  case 8: if ((MRB) > 8) MK(8, K, a + r, p, out + r * GEMM_NR); break;                                         \
-  case 7: if ((MRB) > 7) MK(7, K, a + r, p, out + r * GEMM_NR); break;                                         \
-  case 6: if ((MRB) > 6) MK(6, K, a + r, p, out + r * GEMM_NR); break;                                         \
-  case 5: if ((MRB) > 5) MK(5, K, a + r, p, out + r * GEMM_NR); break;                                         \
-  case 4: if ((MRB) > 4) MK(4, K, a + r, p, out + r * GEMM_NR); break;                                         \
-  case 3: if ((MRB) > 3) MK(3, K, a + r, p, out + r * GEMM_NR); break;                                         \
-  case 2: if ((MRB) > 2) MK(2, K, a + r, p, out + r * GEMM_NR); break;                                         \
-  case 1: MK(1, K, a + r, p, out + r * GEMM_NR); break;                                                        \
-  default: break;                                                                                              \
+/* rows <= GEMM_MR_MAX rows of A against one panel, in blocks of MRB (<= 6) rows, then the
+ * remainder (cases past MRB - 1 are unreachable). */
+#define TILE_BODY(MK, MRB)                                                                                             \
+  int64_t r = 0;                                                                                                       \
+  for (; r + (MRB) <= rows; r += (MRB)) MK((MRB), K, a + r, p, out + r * GEMM_NR);                                     \
+  const float *const *ar = a + r;                                                                                      \
+  float *o = out + r * GEMM_NR;                                                                                        \
+  switch (rows - r) {                                                                                                  \
+  case 5: MK(5, K, ar, p, o); break;                                                                                   \
+  case 4: MK(4, K, ar, p, o); break;                                                                                   \
+  case 3: MK(3, K, ar, p, o); break;                                                                                   \
+  case 2: MK(2, K, ar, p, o); break;                                                                                   \
+  case 1: MK(1, K, ar, p, o); break;                                                                                   \
+  default: break;                                                                                                      \
   }
 
 typedef void (*tile_fn)(int64_t K, int64_t rows, const float *const *a, const float *p, float *out);
@@ -104,8 +102,8 @@ static void tile_generic(int64_t K, int64_t rows, const float *const *a, const f
 
 #if defined(__x86_64__) || defined(__i386__)
 #define HAVE_X86_VARIANTS 1
-__attribute__((target("avx2"))) static void tile_avx2(int64_t K, int64_t rows, const float *const *a,
-                                                      const float *p, float *out) {
+__attribute__((target("avx2"))) static void tile_avx2(int64_t K, int64_t rows, const float *const *a, const float *p,
+                                                      float *out) {
   TILE_BODY(mk_rows_v8, 6)
 }
 #endif
@@ -170,7 +168,9 @@ typedef struct {
   tile_fn tile;
 } gemm_job_t;
 
-static float gelu(float v) { return v * 0.5f * (1.0f + erff(v * 0.70710678118654752440f)); }
+static float gelu(float v) {
+  return v * 0.5f * (1.0f + erff(v * 0.70710678118654752440f));
+}
 
 /* acc[r][c] (row stride ldacc) -> y rows m0.., columns n0.. */
 static void epilogue(const gemm_job_t *g, int64_t m0, int64_t rows, int64_t n0, int64_t cols, const float *acc,
@@ -336,9 +336,20 @@ int cpu_op_linear(es_backend_t *be, void *y, int64_t ldy, const void *x, int64_t
   int rc = check_scratch(cb, K, "linear", err);
   if (rc) return rc;
   size_t xbytes = (size_t)((M - 1) * ldx + K) * sizeof(float), ybytes = (size_t)((M - 1) * ldy + N) * sizeof(float);
-  if (overlaps(x, xbytes, y, ybytes)) return es_fail(err, ES_EINVAL, "linear: y overlaps x (in-place is not supported)");
-  gemm_job_t g = {.cb = cb, .y = y, .ldy = ldy, .x = x, .ldx = ldx, .w = w, .bias = bias, .act = act,
-                  .accumulate = accumulate, .M = M, .N = N, .K = K};
+  if (overlaps(x, xbytes, y, ybytes))
+    return es_fail(err, ES_EINVAL, "linear: y overlaps x (in-place is not supported)");
+  gemm_job_t g = {.cb = cb,
+                  .y = y,
+                  .ldy = ldy,
+                  .x = x,
+                  .ldx = ldx,
+                  .w = w,
+                  .bias = bias,
+                  .act = act,
+                  .accumulate = accumulate,
+                  .M = M,
+                  .N = N,
+                  .K = K};
   gemm_run(&g);
   return ES_OK;
 }
@@ -351,9 +362,23 @@ int cpu_op_conv1d(es_backend_t *be, void *y, const void *x, const es_weight_t *w
   if (rc) return rc;
   if (overlaps(x, (size_t)(B * T_in * C_in) * sizeof(float), y, (size_t)(B * T_out * N) * sizeof(float)))
     return es_fail(err, ES_EINVAL, "conv1d: y overlaps x");
-  gemm_job_t g = {.cb = cb, .y = y, .ldy = N, .x = x, .conv = 1, .T_in = T_in, .T_out = T_out, .C_in = C_in,
-                  .kernel = kernel, .stride = stride, .pad = pad, .w = w, .bias = bias, .act = act,
-                  .M = B * T_out, .N = N, .K = K};
+  gemm_job_t g = {.cb = cb,
+                  .y = y,
+                  .ldy = N,
+                  .x = x,
+                  .conv = 1,
+                  .T_in = T_in,
+                  .T_out = T_out,
+                  .C_in = C_in,
+                  .kernel = kernel,
+                  .stride = stride,
+                  .pad = pad,
+                  .w = w,
+                  .bias = bias,
+                  .act = act,
+                  .M = B * T_out,
+                  .N = N,
+                  .K = K};
   gemm_run(&g);
   return ES_OK;
 }

@@ -10,7 +10,7 @@
 /* Tile geometry. Fixed constants, so no element's arithmetic can depend on M or the thread count. */
 #define GEMM_NB 64     /* output columns per task (4 panels of 16) */
 #define GEMM_MC 128    /* rows per task; also the fixed sgemm row count of the OpenBLAS path */
-#define GEMM_MR_MAX 12 /* largest register block of rows of any instruction-set variant */
+#define GEMM_MR_MAX 12 /* rows handed to the kernel at once: a multiple of each variant's register block */
 
 /* Sizes the per-thread GEMM scratch for weights with up to K = n1 columns (called at weight upload). */
 int cpu_gemm_reserve(cpu_backend_t *cb, int64_t K, es_error_t *err);

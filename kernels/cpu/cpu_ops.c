@@ -10,7 +10,9 @@
 #include <math.h>
 
 /* Rows per task: about 16 K elements of work each. */
-static int64_t rows_per_task(int64_t C) { return C >= 16384 ? 1 : 16384 / C; }
+static int64_t rows_per_task(int64_t C) {
+  return C >= 16384 ? 1 : 16384 / C;
+}
 
 typedef struct {
   cpu_backend_t *cb;
@@ -27,7 +29,7 @@ static void run_rows(row_job_t *j, int64_t M, cpu_pool_fn fn) {
   cpu_pool_run(j->cb->pool, (M + j->rpt - 1) / j->rpt, fn, j);
 }
 
-#define FOR_ROWS(j, task, i)                                                                                       \
+#define FOR_ROWS(j, task, i)                                                                                           \
   for (int64_t i = (task) * (j)->rpt, i##_end = i + (j)->rpt < (j)->M ? i + (j)->rpt : (j)->M; i < i##_end; i++)
 
 /* ---- LayerNorm: y = (x − μ) / √(σ² + eps) · γ + β, biased σ² (SPEC §3.2) -------------------------------- */
@@ -49,8 +51,8 @@ static void layer_norm_task(void *ctx, int64_t task, int tid) {
 
 int cpu_op_layer_norm(es_backend_t *be, void *y, const void *x, const es_weight_t *gamma, const es_weight_t *beta,
                       int64_t M, int64_t C, float eps, es_error_t *err) {
-  row_job_t j = {.cb = cpu_be(be), .y = y, .x = x, .w0 = gamma, .w1 = beta, .C = C, .eps = eps,
-                 .rpt = rows_per_task(C)};
+  row_job_t j = {
+      .cb = cpu_be(be), .y = y, .x = x, .w0 = gamma, .w1 = beta, .C = C, .eps = eps, .rpt = rows_per_task(C)};
   run_rows(&j, M, layer_norm_task);
   return ES_OK;
 }
@@ -77,8 +79,8 @@ static void rms_norm_task(void *ctx, int64_t task, int tid) {
 
 int cpu_op_rms_norm(es_backend_t *be, void *y, void *residual, const void *add, const es_weight_t *weight, int64_t M,
                     int64_t C, float eps, es_error_t *err) {
-  row_job_t j = {.cb = cpu_be(be), .y = y, .res = residual, .add = add, .w0 = weight, .C = C, .eps = eps,
-                 .rpt = rows_per_task(C)};
+  row_job_t j = {
+      .cb = cpu_be(be), .y = y, .res = residual, .add = add, .w0 = weight, .C = C, .eps = eps, .rpt = rows_per_task(C)};
   run_rows(&j, M, rms_norm_task);
   return ES_OK;
 }
@@ -151,8 +153,8 @@ int cpu_op_rope_kv_store(es_backend_t *be, int layer, void *q, int64_t ldq, void
   if (D / 2 > ROPE_MAX_HALF)
     return es_fail(err, ES_EUNSUPPORTED, "rope_kv_store: head dim %d over %d", D, 2 * ROPE_MAX_HALF);
   if (!(theta > 1.0f)) return es_fail(err, ES_EINVAL, "rope_kv_store: theta %g must be > 1", (double)theta);
-  rope_job_t j = {.cb = cpu_be(be), .layer = layer, .H = H, .D = D, .q = q, .k = k, .v = v, .ldq = ldq, .ldk = ldk,
-                  .ldv = ldv};
+  rope_job_t j = {
+      .cb = cpu_be(be), .layer = layer, .H = H, .D = D, .q = q, .k = k, .v = v, .ldq = ldq, .ldk = ldk, .ldv = ldv};
   for (int f = 0; f < D / 2; f++) {
     float e = (float)(2 * f) / (float)D;
     float p = (float)pow((double)theta, (double)e); /* torch: fp32 pow, correctly rounded here */
@@ -208,8 +210,7 @@ static void embed_task(void *ctx, int64_t task, int tid) {
   }
 }
 
-int cpu_op_embed(es_backend_t *be, void *y, const es_weight_t *table, const int32_t *ids, int64_t M,
-                 es_error_t *err) {
+int cpu_op_embed(es_backend_t *be, void *y, const es_weight_t *table, const int32_t *ids, int64_t M, es_error_t *err) {
   for (int64_t i = 0; i < M; i++)
     if (ids[i] < 0 || ids[i] >= table->n0)
       return es_fail(err, ES_EINVAL, "embed: row %lld id %d outside the table's %lld rows", (long long)i, ids[i],

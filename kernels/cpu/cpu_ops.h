@@ -26,6 +26,7 @@ int cpu_op_scatter_rows(es_backend_t *be, void *y, const void *x, const int32_t 
 /* The KV cache tile of (layer, block, K|V, head): [16][D] fp32 (backend.h layout). */
 static inline float *cpu_kv_tile(const cpu_backend_t *cb, int layer, int32_t block, int kv, int h) {
   const es_backend_t *b = &cb->base;
-  size_t idx = (((size_t)layer * (size_t)b->kv_blocks + (size_t)block) * 2 + (size_t)kv) * (size_t)b->kv_heads + (size_t)h;
+  size_t idx =
+      (((size_t)layer * (size_t)b->kv_blocks + (size_t)block) * 2 + (size_t)kv) * (size_t)b->kv_heads + (size_t)h;
   return cb->kv + idx * ES_KV_BLOCK * (size_t)b->kv_head_dim;
 }

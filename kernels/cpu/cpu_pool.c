@@ -111,7 +111,9 @@ void cpu_pool_free(cpu_pool_t *p) {
   free(p);
 }
 
-int cpu_pool_threads(const cpu_pool_t *p) { return p->n_threads; }
+int cpu_pool_threads(const cpu_pool_t *p) {
+  return p->n_threads;
+}
 
 void cpu_pool_run(cpu_pool_t *p, int64_t n_tasks, cpu_pool_fn fn, void *ctx) {
   if (n_tasks <= 0) return;

@@ -16,7 +16,7 @@ static double now(void) {
 
 int main(int argc, char **argv) {
   int threads = argc > 1 ? atoi(argv[1]) : 0, reps = argc > 2 ? atoi(argv[2]) : 3;
-  static const int64_t shapes[][3] = {{1, 1280, 1280}, {1, 1280, 5120}, {1, 4096, 4096},
+  static const int64_t shapes[][3] = {{1, 1280, 1280},    {1, 1280, 5120},    {1, 4096, 4096},
                                       {1500, 1280, 1280}, {1500, 1280, 5120}, {1500, 5120, 1280}};
   es_backend_t *be = kt_backend(threads, 16, 1, 1);
   if (!be) return 1;

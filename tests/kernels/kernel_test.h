@@ -23,8 +23,12 @@ static inline uint64_t kt_next(void) { /* splitmix64 */
   return z ^ (z >> 31);
 }
 
-static inline float kt_uniform(float lo, float hi) { return lo + (hi - lo) * (float)((kt_next() >> 40) * 0x1p-24); }
-static inline int kt_int(int n) { return (int)(kt_next() % (uint64_t)n); }
+static inline float kt_uniform(float lo, float hi) {
+  return lo + (hi - lo) * (float)((kt_next() >> 40) * 0x1p-24);
+}
+static inline int kt_int(int n) {
+  return (int)(kt_next() % (uint64_t)n);
+}
 
 static inline void kt_fill(float *x, int64_t n, float lo, float hi) {
   for (int64_t i = 0; i < n; i++) x[i] = kt_uniform(lo, hi);
@@ -55,7 +59,7 @@ static inline uint16_t kt_to_f16(float f, float *rounded) {
     return (uint16_t)(sign | m);
   }
   int e;
-  frexpf(a, &e); /* a in [2^(e-1), 2^e) */
+  frexpf(a, &e);                                    /* a in [2^(e-1), 2^e) */
   uint32_t m = (uint32_t)lrintf(ldexpf(a, 11 - e)); /* in [1024, 2048] */
   int E = e - 1 + 15;
   if (m == 2048) {
@@ -105,15 +109,16 @@ static inline es_weight_t kt_upload(es_backend_t *be, const kt_weight_t *w) {
 
 /* Compares got[n] with ref[n]: |got - ref| <= atol + rtol·|ref| (+ tol[i] when tol != NULL). NaN fails.
  * Prints the first mismatches; returns the number of mismatches and counts one check. */
-static inline int kt_close(const char *what, const float *got, const double *ref, const double *tol, int64_t n, double atol,
-                    double rtol) {
+static inline int kt_close(const char *what, const float *got, const double *ref, const double *tol, int64_t n,
+                           double atol, double rtol) {
   int bad = 0;
   double worst = 0;
   for (int64_t i = 0; i < n; i++) {
     double d = fabs((double)got[i] - ref[i]), lim = atol + rtol * fabs(ref[i]) + (tol ? tol[i] : 0.0);
     if (!(d <= lim)) {
-      if (bad < 5) fprintf(stderr, "  %s [%lld]: got %.9g, ref %.9g (|diff| %.3g > %.3g)\n", what, (long long)i,
-                           (double)got[i], ref[i], d, lim);
+      if (bad < 5)
+        fprintf(stderr, "  %s [%lld]: got %.9g, ref %.9g (|diff| %.3g > %.3g)\n", what, (long long)i, (double)got[i],
+                ref[i], d, lim);
       bad++;
     }
     if (d > worst) worst = d;
@@ -123,8 +128,11 @@ static inline int kt_close(const char *what, const float *got, const double *ref
 }
 
 static inline es_backend_t *kt_backend(int n_threads, size_t max_tokens, size_t max_seqs, size_t max_blocks) {
-  es_backend_opts_t o = {.compute_dtype = ES_DT_F32, .n_threads = n_threads, .max_tokens = max_tokens,
-                         .max_seqs = max_seqs, .max_blocks = max_blocks};
+  es_backend_opts_t o = {.compute_dtype = ES_DT_F32,
+                         .n_threads = n_threads,
+                         .max_tokens = max_tokens,
+                         .max_seqs = max_seqs,
+                         .max_blocks = max_blocks};
   es_backend_t *be = NULL;
   es_error_t err;
   int rc = es_backend_create_cpu(&o, &be, &err);
@@ -157,7 +165,9 @@ static inline float *kt_read(es_backend_t *be, const void *dev, int64_t n) {
   return h;
 }
 
-static inline const char *kt_dt(es_dtype_t dt) { return es_dtype_name(dt); }
+static inline const char *kt_dt(es_dtype_t dt) {
+  return es_dtype_name(dt);
+}
 
 /* ---- a step's batch description, built from per-sequence lengths ----------------------------------------- */
 
@@ -187,8 +197,14 @@ static inline void kt_batch_tables(kt_batch_t *kb, int n_seqs, const int32_t *q_
     }
   }
   kb->q_start[n_seqs] = row;
-  kb->b = (es_batch_t){.n_seqs = n_seqs, .n_tokens = row, .q_start = kb->q_start, .ctx_len = kb->ctx,
-                       .positions = kb->pos, .slot = kb->slot, .block_table = kb->table, .max_blocks = max_blocks};
+  kb->b = (es_batch_t){.n_seqs = n_seqs,
+                       .n_tokens = row,
+                       .q_start = kb->q_start,
+                       .ctx_len = kb->ctx,
+                       .positions = kb->pos,
+                       .slot = kb->slot,
+                       .block_table = kb->table,
+                       .max_blocks = max_blocks};
 }
 
 /* As kt_batch_tables, the blocks taken in turn from `order` (a shuffled list of pool ids) from *next. */
@@ -197,7 +213,8 @@ static inline void kt_batch(kt_batch_t *kb, int n_seqs, const int32_t *q_len, co
   static int32_t tables[KT_MAX_SEQS * KT_MAX_BLOCKS];
   memset(tables, 0, sizeof tables);
   for (int s = 0; s < n_seqs; s++)
-    for (int j = 0; j < (ctx_len[s] + ES_KV_BLOCK - 1) / ES_KV_BLOCK; j++) tables[s * max_blocks + j] = order[(*next)++];
+    for (int j = 0; j < (ctx_len[s] + ES_KV_BLOCK - 1) / ES_KV_BLOCK; j++)
+      tables[s * max_blocks + j] = order[(*next)++];
   kt_batch_tables(kb, n_seqs, q_len, ctx_len, max_blocks, tables);
 }
 

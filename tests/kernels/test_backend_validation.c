@@ -7,18 +7,18 @@
 
 #include "cpu/cpu_backend.h"
 
-#define EXPECT(call, code, what)                                                                                    \
-  do {                                                                                                            \
-    es_error_t e_ = {0};                                                                                          \
-    int rc_ = (call);                                                                                             \
-    T_CHECK(rc_ == (code), "%s: rc %d, want %d (%s)", what, rc_, (int)(code), e_.msg);                              \
-    if ((code) != 0) T_CHECK(e_.msg[0] != '\0', "%s: no error message", what);                                      \
+#define EXPECT(call, code, what)                                                                                       \
+  do {                                                                                                                 \
+    es_error_t e_ = {0};                                                                                               \
+    int rc_ = (call);                                                                                                  \
+    T_CHECK(rc_ == (code), "%s: rc %d, want %d (%s)", what, rc_, (int)(code), e_.msg);                                 \
+    if ((code) != 0) T_CHECK(e_.msg[0] != '\0', "%s: no error message", what);                                         \
   } while (0)
 #define E (&e_)
 
 static es_backend_opts_t opts(void) {
-  return (es_backend_opts_t){.compute_dtype = ES_DT_F32, .n_threads = 2, .max_tokens = 32, .max_seqs = 4,
-                             .max_blocks = 4};
+  return (es_backend_opts_t){
+      .compute_dtype = ES_DT_F32, .n_threads = 2, .max_tokens = 32, .max_seqs = 4, .max_blocks = 4};
 }
 
 static void test_create(void) {
@@ -51,8 +51,14 @@ static void test_steps(void) {
   if (!be) return;
   /* a valid one-sequence batch: 3 tokens at positions 0..2 in block 1 */
   int32_t q_start[2] = {0, 3}, ctx[1] = {3}, pos[3] = {0, 1, 2}, slot[3] = {16, 17, 18}, table[4] = {1, 0, 0, 0};
-  es_batch_t b = {.n_seqs = 1, .n_tokens = 3, .q_start = q_start, .ctx_len = ctx, .positions = pos, .slot = slot,
-                  .block_table = table, .max_blocks = 4};
+  es_batch_t b = {.n_seqs = 1,
+                  .n_tokens = 3,
+                  .q_start = q_start,
+                  .ctx_len = ctx,
+                  .positions = pos,
+                  .slot = slot,
+                  .block_table = table,
+                  .max_blocks = 4};
   EXPECT(es_backend_begin_step(be, &b, E), ES_EINTERNAL, "step before the KV cache");
   EXPECT(es_backend_kv_init(be, 2, 1, 2, 8, E), ES_EINVAL, "one block (block 0 is scratch)");
   EXPECT(es_backend_kv_init(be, 2, 6, 2, 8, E), ES_OK, "kv_init");
@@ -161,8 +167,7 @@ static void test_op_shapes(void) {
   EXPECT(es_op_avg_pool2(be, y, x, 1, 5, 3, E), ES_EINVAL, "avg_pool2 odd T");
   EXPECT(es_op_silu_mul(be, y, x, x, 3, 2, 4, E), ES_EINVAL, "silu_mul ld < N");
   int32_t valid[2] = {3, 5};
-  EXPECT(es_op_attention_dense(be, y, x, 8, x, 8, x, 8, 2, 4, 2, 4, 0.5f, valid, E), ES_EINVAL,
-         "dense valid_len > T");
+  EXPECT(es_op_attention_dense(be, y, x, 8, x, 8, x, 8, 2, 4, 2, 4, 0.5f, valid, E), ES_EINVAL, "dense valid_len > T");
   valid[1] = 0;
   EXPECT(es_op_attention_dense(be, y, x, 8, x, 8, x, 8, 2, 4, 2, 4, 0.5f, valid, E), ES_EINVAL, "dense valid_len 0");
   valid[1] = 4;

@@ -47,7 +47,8 @@ static void test_paged(int H, int D, int n_seqs, const int32_t *q_len, const int
     for (int32_t p = 0; p < ctx_len[s]; p++) {
       int32_t blk = kb.table[s * max_blocks + p / ES_KV_BLOCK];
       for (int kv = 0; kv < 2; kv++)
-        for (int h = 0; h < H; h++) kt_fill(kt_kv_at(pool, n_blocks, H, D, layer, blk, kv, h, p % ES_KV_BLOCK), D, -1, 1);
+        for (int h = 0; h < H; h++)
+          kt_fill(kt_kv_at(pool, n_blocks, H, D, layer, blk, kv, h, p % ES_KV_BLOCK), D, -1, 1);
     }
   int64_t n = kb.b.n_tokens, HD = (int64_t)H * D, ldq = HD + 5;
   float *q = malloc(sizeof(float) * (size_t)(n * ldq));
@@ -59,7 +60,8 @@ static void test_paged(int H, int D, int n_seqs, const int32_t *q_len, const int
   T_CHECK(es_backend_end_step(be, &err) == 0, "end_step: %s", err.msg);
   float *out = kt_read(be, dout, n * HD);
   double *ref = calloc((size_t)(n * HD), sizeof(double));
-  const float **kr = malloc(sizeof(float *) * KT_MAX_BLOCKS * ES_KV_BLOCK), **vr = malloc(sizeof(float *) * KT_MAX_BLOCKS * ES_KV_BLOCK);
+  const float **kr = malloc(sizeof(float *) * KT_MAX_BLOCKS * ES_KV_BLOCK),
+              **vr = malloc(sizeof(float *) * KT_MAX_BLOCKS * ES_KV_BLOCK);
   for (int s = 0; s < n_seqs; s++)
     for (int32_t i = kb.q_start[s]; i < kb.q_start[s + 1]; i++) {
       int32_t p = kb.pos[i];

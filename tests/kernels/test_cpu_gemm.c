@@ -13,7 +13,9 @@
 
 static const es_dtype_t DTYPES[] = {ES_DT_F32, ES_DT_BF16, ES_DT_F16};
 
-static double gelu_d(double v) { return v * 0.5 * (1.0 + erf(v / sqrt(2.0))); }
+static double gelu_d(double v) {
+  return v * 0.5 * (1.0 + erf(v / sqrt(2.0)));
+}
 
 /* One configuration of the GEMM: path + instruction set. */
 typedef struct {
@@ -105,7 +107,8 @@ static void test_conv(es_backend_t *be, const gemm_cfg_t *cfg, es_dtype_t dt, in
   int rc = es_op_conv1d(be, dy, dx, &dw, &db, B, T_in, C_in, kernel, stride, pad, act, &err);
   T_CHECK(rc == 0, "conv1d: %s", err.msg);
   float *y = kt_read(be, dy, B * T_out * C_out);
-  double *ref = calloc((size_t)(B * T_out * C_out), sizeof(double)), *tol = calloc((size_t)(B * T_out * C_out), sizeof(double));
+  double *ref = calloc((size_t)(B * T_out * C_out), sizeof(double)),
+         *tol = calloc((size_t)(B * T_out * C_out), sizeof(double));
   for (int64_t bb = 0; bb < B; bb++)
     for (int64_t t = 0; t < T_out; t++)
       for (int64_t co = 0; co < C_out; co++) {
@@ -181,7 +184,7 @@ static void run_cases(es_backend_t *be, const gemm_cfg_t *cfg) {
       }
   test_linear(be, cfg, ES_DT_BF16, 300, 257, 200, 1, ES_ACT_GELU, 1, NULL); /* several row and column tiles */
   for (size_t d = 0; d < 3; d++) {
-    test_conv(be, cfg, DTYPES[d], 2, 31, 5, 19, 3, 1, 1, ES_ACT_GELU); /* conv1's geometry, small */
+    test_conv(be, cfg, DTYPES[d], 2, 31, 5, 19, 3, 1, 1, ES_ACT_GELU);  /* conv1's geometry, small */
     test_conv(be, cfg, DTYPES[d], 3, 30, 17, 33, 3, 2, 1, ES_ACT_GELU); /* conv2's */
     test_conv(be, cfg, DTYPES[d], 1, 9, 4, 7, 1, 1, 0, ES_ACT_NONE);
     test_conv(be, cfg, DTYPES[d], 2, 7, 3, 5, 5, 2, 3, ES_ACT_NONE); /* windows wider than the input's edge */

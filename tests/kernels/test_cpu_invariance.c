@@ -19,15 +19,17 @@ static void fill_seeded(float *x, int64_t n, uint64_t seed) {
   kt_seed = saved;
 }
 
-static int same(const float *a, const float *b, int64_t n) { return memcmp(a, b, sizeof(float) * (size_t)n) == 0; }
+static int same(const float *a, const float *b, int64_t n) {
+  return memcmp(a, b, sizeof(float) * (size_t)n) == 0;
+}
 
 /* ---- GEMM ops: rows alone vs in the batch ---------------------------------------------------------------- */
 
 typedef enum { OP_LINEAR, OP_LOGITS, OP_LAYER_NORM, OP_RMS_NORM } row_op_t;
 
 /* Runs op on M rows x (row stride K) on a backend with n_threads; returns M × N outputs. */
-static float *run_row_op(row_op_t op, int n_threads, cpu_gemm_path_t path, const kt_weight_t *w,
-                         const kt_weight_t *b, const float *x, int64_t M) {
+static float *run_row_op(row_op_t op, int n_threads, cpu_gemm_path_t path, const kt_weight_t *w, const kt_weight_t *b,
+                         const float *x, int64_t M) {
   es_backend_t *be = kt_backend(n_threads, 64, 4, 4);
   if (!be) return NULL;
   es_error_t err;
@@ -61,7 +63,8 @@ static void check_rows(const char *name, row_op_t op, cpu_gemm_path_t path, es_d
   for (int t = 0; t < N_THREADS_CASES; t++) all[t] = run_row_op(op, THREADS[t], path, &w, &b, x, M);
   if (!all[0]) goto done; /* path not built */
   for (int t = 1; t < N_THREADS_CASES; t++)
-    T_CHECK(all[t] && same(all[0], all[t], M * N), "%s M=%lld: %d threads differ from 1", name, (long long)M, THREADS[t]);
+    T_CHECK(all[t] && same(all[0], all[t], M * N), "%s M=%lld: %d threads differ from 1", name, (long long)M,
+            THREADS[t]);
   const int64_t rows[] = {0, 1, 5, M / 2, M - 1};
   for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
     int64_t r = rows[i];
@@ -125,7 +128,8 @@ static void check_dense(void) {
     outs[c] = kt_read(be, dout, nb * T * HD);
     es_backend_free(be);
   }
-  for (int c = 1; c < 3; c++) T_CHECK(same(outs[0], outs[c], B * T * HD), "attention_dense: %d threads differ", THREADS[c]);
+  for (int c = 1; c < 3; c++)
+    T_CHECK(same(outs[0], outs[c], B * T * HD), "attention_dense: %d threads differ", THREADS[c]);
   T_CHECK(same(outs[0] + T * HD, outs[3], T * HD), "attention_dense: audio 1 alone differs from the batch");
 done:
   for (int c = 0; c < 4; c++) free(outs[c]);
@@ -168,7 +172,8 @@ static float *paged_scenario(int n_threads, const seqspec_t *seqs, int n, int x_
       memcpy(tab + m * P_MAX_BLOCKS, tables + s * P_MAX_BLOCKS, sizeof(int32_t) * P_MAX_BLOCKS);
       if (s == x_index) x_row = row;
       for (int i = 0; i < q; i++, row++)
-        fill_seeded(qkv + (int64_t)row * 3 * PHD, 3 * PHD, (uint64_t)seqs[s].id * 1000003u + (uint64_t)(ctx[m] - q + i));
+        fill_seeded(qkv + (int64_t)row * 3 * PHD, 3 * PHD,
+                    (uint64_t)seqs[s].id * 1000003u + (uint64_t)(ctx[m] - q + i));
       m++;
     }
     kt_batch_t kb;
