@@ -2,8 +2,9 @@
  * receive its tokens through a callback.
  *
  * One engine thread owns the model and its backend; nothing else touches them. Requests enter a bounded
- * queue from any thread (eng_submit) and leave it in order. For now the scheduler runs one request at a
- * time; the batching issue replaces the scheduler's internals, not this API.
+ * queue from any thread (eng_submit) and leave it in order. The scheduler batches continuously: every step
+ * carries one row for each decoding sequence plus prefill chunks, over the paged KV cache with prefix
+ * reuse and preemption (engine.c says how); a request's results never depend on what it was batched with.
  *
  * A request carries its prompt already expanded (each audio's placeholder span holds N_k × <|AUDIO|>, see
  * prompt.h) and the 16 kHz samples of its audios, whose ownership passes to the engine. The engine
@@ -95,13 +96,22 @@ typedef struct {
   int max_queue;       /* waiting requests accepted before eng_submit refuses (ES_ETOOBIG) */
   int prefill_chunk;   /* rows per prefill step; 0 = the model's max_tokens */
   int mel_threads;     /* threads for log-mel features (>= 1) */
+  int max_num_seqs;    /* sequences in one batched step (0 = the model's max_seqs) */
 } eng_opts_t;
 
+#define ENG_HIST_BUCKETS 8
+
 typedef struct {
-  int running, waiting;
+  int running, waiting;              /* sequences in the batch; requests queued (incl. preempted) */
+  int max_num_seqs;
   uint64_t submitted, finished, cancelled, failed;
   uint64_t prompt_tokens, generated_tokens;
-  int kv_blocks_total, kv_blocks_free;
+  int kv_blocks_total, kv_blocks_free; /* free includes blocks kept only for the prefix cache */
+  uint64_t preemptions;              /* running sequences sent back to recompute */
+  uint64_t prefix_queries, prefix_hits; /* full prompt blocks looked up / found in the prefix cache */
+  uint64_t steps;                    /* batched steps run */
+  uint64_t decode_batch_hist[ENG_HIST_BUCKETS]; /* decode rows per step: 1, 2, 3-4, 5-8, ..., 65+ */
+  int max_decode_batch;
 } eng_stats_t;
 
 /* Starts the engine thread. The model must outlive the engine. */

@@ -63,6 +63,8 @@ struct qa_model {
   void *enc_pool; /* [B*750, C] */
   void *enc_proj; /* [B*750, E] */
   int32_t *enc_idx; /* [max(B*750, 1500)] row indices: rows kept (first N_b of each window) */
+  int32_t *enc_dst; /* [B*750] their destination rows in the audio pool */
+  void *enc_rows;   /* [B*750, E] the kept rows, compacted */
   void *audio_pool; /* [audio_pool_rows, E] projected audio embeddings */
 
   /* decoder activations (device), for max_tokens rows */
@@ -77,7 +79,7 @@ struct qa_model {
   /* host scratch */
   float *mel_t;     /* [B*3000*128] transposed mel */
   int32_t *idx_h;   /* [max(B*750, T, 1500)] */
-  int32_t *idx2_h;  /* [T] */
+  int32_t *idx2_h;  /* [max(B*750, T, 1500)] */
 };
 
 /* ---- weights ------------------------------------------------------------------------------------------- */
@@ -296,6 +298,8 @@ static int alloc_buffers(qa_model_t *m, es_error_t *err) {
       {&m->enc_pool, Bw * ENC_TOKENS * C * a},
       {&m->enc_proj, Bw * ENC_TOKENS * E * a},
       {(void **)&m->enc_idx, (Bw * ENC_TOKENS > ENC_POS ? Bw * ENC_TOKENS : ENC_POS) * sizeof(int32_t)},
+      {(void **)&m->enc_dst, Bw * ENC_TOKENS * sizeof(int32_t)},
+      {&m->enc_rows, Bw * ENC_TOKENS * E * a},
       {&m->audio_pool, (size_t)m->opts.audio_pool_rows * E * a},
       {&m->h, T * E * a},
       {&m->x, T * E * a},
@@ -323,7 +327,7 @@ static int alloc_buffers(qa_model_t *m, es_error_t *err) {
   if (idx_n < ENC_POS) idx_n = ENC_POS;
   m->mel_t = malloc(sizeof(float) * Bw * ENC_FRAMES * Mel);
   m->idx_h = malloc(sizeof(int32_t) * idx_n);
-  m->idx2_h = malloc(sizeof(int32_t) * T);
+  m->idx2_h = malloc(sizeof(int32_t) * idx_n);
   if (!m->mel_t || !m->idx_h || !m->idx2_h) return es_fail(err, ES_ENOMEM, "model: host scratch");
   /* the positional table, widened once to the activation dtype by gathering its rows 0..1499 */
   for (int i = 0; i < ENC_POS; i++) m->idx_h[i] = i;
@@ -394,7 +398,7 @@ int qa_audio_tokens_for_frames(int frames) {
 
 /* ---- encoder ------------------------------------------------------------------------------------------- */
 
-int qa_encode(qa_model_t *m, const float *mel, const int *frames, int B, int pool_row, int *rows_written,
+int qa_encode(qa_model_t *m, const float *mel, const int *frames, int B, const int *dst_row, int *rows_written,
               es_error_t *err) {
   const model_config_t *c = &m->cfg;
   es_backend_t *be = m->be;
@@ -409,18 +413,20 @@ int qa_encode(qa_model_t *m, const float *mel, const int *frames, int B, int poo
       return es_fail(err, ES_EINVAL, "encode: window %d has %d frames (1..3000)", b, frames[b]);
     valid[b] = (frames[b] - 1) / 2 + 1; /* T1: key positions after conv2 that hold audio (SPEC §3.3) */
     int n = qa_audio_tokens_for_frames(frames[b]);
-    for (int i = 0; i < n; i++) m->idx_h[total + i] = b * ENC_TOKENS + i;
+    if (n == 0) return es_fail(err, ES_EINVAL, "encode: window %d is too short to produce any audio token", b);
+    if (dst_row[b] < 0 || dst_row[b] + n > m->opts.audio_pool_rows)
+      return es_fail(err, ES_ETOOBIG, "encode: rows %d..%d outside the audio pool (%d rows)", dst_row[b],
+                     dst_row[b] + n, m->opts.audio_pool_rows);
+    for (int i = 0; i < n; i++) {
+      m->idx_h[total + i] = b * ENC_TOKENS + i; /* source row in the projector output */
+      m->idx2_h[total + i] = dst_row[b] + i;   /* destination row in the pool */
+    }
     total += n;
   }
-  if (total == 0) return es_fail(err, ES_EINVAL, "encode: the audio is too short to produce any audio token");
-  if (pool_row < 0 || pool_row + total > m->opts.audio_pool_rows)
-    return es_fail(err, ES_ETOOBIG, "encode: rows %d..%d outside the audio pool (%d rows)", pool_row,
-                   pool_row + total, m->opts.audio_pool_rows);
 
   int64_t C = c->d_model, Mel = c->num_mel_bins, E = c->hidden_size, F = c->encoder_ffn_dim;
   int H = c->encoder_attention_heads, D = (int)(C / H);
   int64_t rows = (int64_t)B * ENC_POS;
-  size_t a = es_dtype_size(es_backend_act_dtype(be));
 
   /* features [B][128][3000] -> time-major [B][3000][128], the layout conv1d reads */
   for (int b = 0; b < B; b++)
@@ -459,10 +465,11 @@ int qa_encode(qa_model_t *m, const float *mel, const int *frames, int B, int poo
       (rc = es_op_layer_norm(be, m->enc_pool, m->enc_pool, &m->ln_post_g, &m->ln_post_b, prow, C, 1e-5f, err)) ||
       (rc = es_op_linear(be, m->enc_proj, E, m->enc_pool, C, &m->proj_w, &m->proj_b, prow, ES_ACT_NONE, 0, err)))
     return rc;
-  /* keep the first N_b rows of each window, back to back, in the pool */
+  /* keep the first N_b rows of each window: gather them compactly, then scatter them to their pool rows */
   if ((rc = es_backend_write(be, m->enc_idx, m->idx_h, sizeof(int32_t) * (size_t)total, err)) ||
-      (rc = es_op_gather_rows(be, (char *)m->audio_pool + (size_t)pool_row * (size_t)E * a, m->enc_proj, m->enc_idx,
-                              total, E, err)))
+      (rc = es_backend_write(be, m->enc_dst, m->idx2_h, sizeof(int32_t) * (size_t)total, err)) ||
+      (rc = es_op_gather_rows(be, m->enc_rows, m->enc_proj, m->enc_idx, total, E, err)) ||
+      (rc = es_op_scatter_rows(be, m->audio_pool, m->enc_rows, m->enc_dst, total, E, err)))
     return rc;
   *rows_written = total;
   return ES_OK;

@@ -59,9 +59,10 @@ int qa_audio_tokens_for_frames(int frames);
 
 /* Encodes B windows: mel is host float32 [B][128][3000] (each window's full padded features), frames[b] its
  * valid-frame count F (1..3000). The first N_b rows of window b's projected embeddings are written to the
- * audio-embedding pool at rows pool_row, pool_row + N_0, ... (windows back to back). B <= max_audio_batch,
- * and the rows must fit in the pool. *rows_written = Σ N_b. */
-int qa_encode(qa_model_t *m, const float *mel, const int *frames, int B, int pool_row, int *rows_written,
+ * audio-embedding pool at rows dst_row[b] .. dst_row[b] + N_b - 1 (windows of several requests may be
+ * encoded together, each to its own rows). B <= max_audio_batch; the rows must lie in the pool.
+ * *rows_written = Σ N_b. */
+int qa_encode(qa_model_t *m, const float *mel, const int *frames, int B, const int *dst_row, int *rows_written,
               es_error_t *err);
 
 /* Reads rows [row, row + n) of the audio-embedding pool to host memory (fp32 [n, hidden]); for tests. */

@@ -102,14 +102,15 @@ int rt_open(const rt_opts_t *o, rt_t *rt, es_error_t *err) {
     }
   }
 
-  /* sizes: context, KV pool (one sequence at a time for now, plus the scratch block), activations */
+  /* sizes: context, batch, KV pool, activations */
   const model_config_t *c = &rt->cfg;
   int is_cpu_guess = o->device == RT_DEVICE_CPU || (o->device == RT_DEVICE_AUTO && !es_gpu_compiled());
+  double kv_per_token = 2.0 * c->num_hidden_layers * c->num_key_value_heads * c->head_dim *
+                        (is_cpu_guess ? 4.0 : (double)es_dtype_size(o->dtype));
   int ctx = o->max_model_len;
   if (ctx <= 0) {
     ctx = c->max_position_embeddings < 8192 ? c->max_position_embeddings : 8192;
     if (is_cpu_guess) {
-      double kv_per_token = 2.0 * c->num_hidden_layers * c->num_key_value_heads * c->head_dim * 4.0;
       double fit = (4.0 * 1024 * 1024 * 1024) / kv_per_token;
       if (fit < ctx) ctx = (int)fit / ES_KV_BLOCK * ES_KV_BLOCK;
       if (ctx < 1024) ctx = 1024;
@@ -120,23 +121,54 @@ int rt_open(const rt_opts_t *o, rt_t *rt, es_error_t *err) {
     goto fail;
   }
   rt->max_model_len = ctx;
+  int seqs = o->max_num_seqs > 0 ? o->max_num_seqs : (is_cpu_guess ? 16 : 64);
+  if (seqs > 256) seqs = 256;
   int chunk = o->prefill_chunk > 0 ? o->prefill_chunk : 512;
   int max_blocks = (ctx + ES_KV_BLOCK - 1) / ES_KV_BLOCK;
   int audio_batch = o->max_audio_batch > 0 ? o->max_audio_batch : (is_cpu_guess ? 1 : 8);
-  es_backend_opts_t bo = {.compute_dtype = o->dtype, .n_threads = o->threads, .max_tokens = (size_t)chunk,
-                          .max_seqs = 1, .max_blocks = (size_t)max_blocks};
+  double kv_gb = o->kv_cache_gb > 0 ? o->kv_cache_gb : 4.0;
+  if (!is_cpu_guess && o->kv_cache_gb <= 0) {
+    int n = 0;
+    es_gpu_info_t gi;
+    char why[128];
+    es_error_t gerr;
+    if (es_gpu_count(&n, why, sizeof why, &gerr) == 0 && n > 0 && es_gpu_info(0, &gi, &gerr) == 0) {
+      /* what is free now, less the weights (stored size in the compute dtype) and ~3 GiB of activations */
+      double weights = (double)cfg_param_count(c) * (double)es_dtype_size(o->dtype);
+      double avail = (double)gi.mem_free_bytes - weights - 3.0 * 1024 * 1024 * 1024;
+      if (avail > 0) kv_gb = 0.9 * avail / (1024.0 * 1024 * 1024);
+    }
+  }
+  long long kv_blocks = (long long)(kv_gb * 1024 * 1024 * 1024 / (kv_per_token * ES_KV_BLOCK));
+  if (kv_blocks > 1 << 22) kv_blocks = 1 << 22;
+  if (kv_blocks < max_blocks + 1) {
+    if (o->kv_cache_gb > 0) {
+      rc = es_fail(err, ES_ETOOBIG, "--kv-cache-gb %.3g holds %lld blocks; one full context of %d tokens needs %d",
+                   o->kv_cache_gb, kv_blocks, ctx, max_blocks);
+      goto fail;
+    }
+    kv_blocks = max_blocks + 1;
+  }
+  es_backend_opts_t bo = {.compute_dtype = o->dtype, .n_threads = o->threads, .max_tokens = (size_t)(chunk + seqs),
+                          .max_seqs = (size_t)seqs, .max_blocks = (size_t)max_blocks};
   if ((rc = open_backend(o, rt, &bo, err))) goto fail;
-  qa_model_opts_t mo = {.max_tokens = chunk, .max_seqs = 1, .max_logit_rows = 1, .max_audio_batch = audio_batch,
-                        .audio_pool_rows = ctx > QA_MAX_WINDOW_TOKENS ? ctx : QA_MAX_WINDOW_TOKENS,
-                        .kv_blocks = max_blocks + 1, .max_blocks_per_seq = max_blocks, .dummy_seed = 1234};
+  qa_model_opts_t mo = {.max_tokens = chunk + seqs, .max_seqs = seqs, .max_logit_rows = seqs,
+                        .max_audio_batch = audio_batch,
+                        .audio_pool_rows = 2 * (ctx > QA_MAX_WINDOW_TOKENS ? ctx : QA_MAX_WINDOW_TOKENS),
+                        .kv_blocks = (int)kv_blocks, .max_blocks_per_seq = max_blocks, .dummy_seed = 1234};
   if ((rc = qa_model_open(rt->be, &rt->cfg, rt->ck, &mo, &rt->model, err))) goto fail;
   eng_opts_t eo = {.model = rt->model, .tok = rt->tok, .max_queue = o->max_queue, .prefill_chunk = chunk,
-                   .mel_threads = 1};
+                   .mel_threads = 1, .max_num_seqs = seqs};
   if ((rc = eng_start(&eo, &rt->engine, err))) goto fail;
+  rt->kv_blocks = (int)kv_blocks;
+  rt->max_num_seqs = seqs;
   if (o->verbose)
-    fprintf(stderr, "earshot: %s on %s, context %d tokens, prefill chunk %d%s\n",
-            rt->dir[0] ? rt->dir : "(config only)", rt->device_desc, ctx, chunk,
-            o->dummy_weights ? ", dummy weights" : "");
+    fprintf(stderr,
+            "earshot: %s on %s, context %d tokens, KV cache %d blocks (%.2f GiB, %d full contexts), "
+            "max %d sequences per step, prefill chunk %d%s\n",
+            rt->dir[0] ? rt->dir : "(config only)", rt->device_desc, ctx, rt->kv_blocks - 1,
+            (double)(rt->kv_blocks - 1) * kv_per_token * ES_KV_BLOCK / (1024.0 * 1024 * 1024),
+            (rt->kv_blocks - 1) / max_blocks, seqs, chunk, o->dummy_weights ? ", dummy weights" : "");
   return ES_OK;
 fail:
   rt_close(rt);

@@ -33,6 +33,9 @@ typedef struct {
   int prefill_chunk;         /* rows per prefill step (0 = 512) */
   int max_audio_batch;       /* windows encoded together (0 = 1 on the CPU, 8 on a GPU) */
   int max_queue;             /* engine queue length (0 = 64) */
+  int max_num_seqs;          /* sequences batched in one step (0 = 16 on the CPU, 64 on a GPU) */
+  double kv_cache_gb;        /* KV cache size (0 = 4 GiB on the CPU; on a GPU 90% of what is free after the
+                                weights and activations) */
   int verbose;               /* 1: say on stderr which device and sizes were chosen */
 } rt_opts_t;
 
@@ -46,6 +49,8 @@ typedef struct {
   qa_model_t *model;
   eng_t *engine;
   int max_model_len;
+  int kv_blocks;             /* KV pool blocks, including the scratch block */
+  int max_num_seqs;
   char device_desc[256];     /* what was chosen, for logs and /version */
 } rt_t;
 

@@ -71,7 +71,8 @@ static inline int mh_encode_case(mh_model_t *h, const golden_t *g, const cJSON *
       int written = 0;
       if ((rc = golden_get_int(w, "frames", &frames, err)) || (rc = golden_read_mel(g, w, mel, err))) break;
       int f = (int)frames;
-      if ((rc = qa_encode(h->m, mel, &f, 1, *rows, &written, err))) break;
+      int dst = *rows;
+      if ((rc = qa_encode(h->m, mel, &f, 1, &dst, &written, err))) break;
       *rows += written;
     }
     if (rc) break;

@@ -95,7 +95,7 @@ int main(void) {
     return 1;
   }
   rt_opts_t ro = {.model = ES_SOURCE_DIR "/tests/golden/checkpoints/tiny-b", .device = RT_DEVICE_CPU,
-                  .max_model_len = 1024, .prefill_chunk = 64, .max_queue = 2};
+                  .max_model_len = 1024, .prefill_chunk = 64, .max_queue = 2, .max_num_seqs = 1};
   rt_t rt;
   int rc = rt_open(&ro, &rt, &err);
   T_CHECK(rc == 0, "rt_open: %s", err.msg);
