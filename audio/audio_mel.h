@@ -7,9 +7,9 @@
  * over 0-8000 Hz, log10 with a 1e-10 floor, clamped to (max - 8) with the max over the whole [128, 3000] matrix
  * (padding frames included), then (x + 4) / 4. The last STFT frame is dropped: 3000 frames.
  *
- * Pure C (KissFFT float for the FFT); no FFmpeg, so it builds on a bare GPU machine.
+ * Pure C (its own SIMD real DFT, mel_kernel.c); no FFmpeg or FFT library, so it builds on a bare GPU machine.
  *
- * Thread safety: a mel_ctx_t holds scratch memory (KissFFT configs have their own) and is used by one calling
+ * Thread safety: a mel_ctx_t holds per-call worker state and is used by one calling
  * thread at a time; create one per thread. The functions without a context keep no state.
  */
 #pragma once

@@ -3,15 +3,20 @@
  * For every audio of tests/golden/fixtures/manifest.json and both policies: the windows audio_windows cuts
  * equal the recorded ones (offset, count, F, N), and mel_compute on the recorded 16 kHz samples gives the
  * transformers features to max |diff| <= 2e-4 over all [128, 3000] values (padding frames included).
+ * Every kernel variant this CPU runs (generic, AVX2, AVX-512, forced one by one) gives the same bits on
+ * every golden window, and its DFT is within one float ulp (plus a 1e-12 relative floor) of a naive
+ * double-precision DFT on random and adversarial frames.
  * Plus the length formulas at their edges (< 1 s, exactly 30 s, > 30 s), policy parsing, bad arguments,
- * and two threads computing features at once. Pure C: runs on a bare GPU machine too (no FFmpeg).
+ * and threads computing features at once. Pure C: runs on a bare GPU machine too (no FFmpeg).
  */
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "audio_mel.h"
 #include "golden.h"
+#include "mel_kernel.h"
 #include "test_util.h"
 
 #define MEL_TOL 2e-4f
@@ -19,6 +24,8 @@
 
 static golden_t G;
 static es_error_t E;
+static const mel_isa_t ISAS[] = {MEL_ISA_GENERIC, MEL_ISA_AVX2, MEL_ISA_AVX512};
+#define N_ISAS (sizeof ISAS / sizeof ISAS[0])
 
 static float max_abs_diff(const float *a, const float *b, size_t n, size_t *at) {
   float m = 0.0f;
@@ -32,6 +39,21 @@ static float max_abs_diff(const float *a, const float *b, size_t n, size_t *at) 
     }
   }
   return m;
+}
+
+/* The features of every other supported kernel variant equal ctx's bit for bit. */
+static void check_isas_agree(const float *x, size_t n, const float *ours, float *alt, const char *id) {
+  for (size_t i = 0; i < N_ISAS; i++) {
+    if (!mel_isa_supported(ISAS[i])) continue;
+    mel_ctx_t *c = NULL;
+    int rc = mel_ctx_init(&c, 1, &E);
+    if (!rc) rc = mel_ctx_set_isa(c, ISAS[i], &E);
+    if (!rc) rc = mel_compute(c, x, n, alt, NULL, NULL, &E);
+    T_CHECK(rc == 0, "%s/%s: %s", id, mel_isa_name(ISAS[i]), E.msg);
+    T_CHECK(rc || memcmp(ours, alt, MEL_SIZE * sizeof(float)) == 0, "%s: kernel %s differs from %s", id,
+            mel_isa_name(ISAS[i]), mel_isa_name(mel_ctx_isa(c)));
+    mel_ctx_free(&c);
+  }
 }
 
 static void check_audio(mel_ctx_t *ctx, const char *id, const cJSON *audio, float *ours, float *ref) {
@@ -80,6 +102,7 @@ static void check_audio(mel_ctx_t *ctx, const char *id, const cJSON *audio, floa
       T_CHECK(d <= MEL_TOL, "%s/%s[%zu]: max |diff| %g at bin %zu frame %zu (ours %g, golden %g)", id, policies[p], k,
               (double)d, at / MEL_N_FRAMES, at % MEL_N_FRAMES, (double)ours[at], (double)ref[at]);
       printf("%-26s %-8s [%zu] F=%4d N=%3d  max|diff| %.3g\n", id, policies[p], k, f, n, (double)d);
+      check_isas_agree((const float *)s.data + off, (size_t)cnt, ours, ref, id); /* ref is free again */
     }
   }
   npy_free(&s);
@@ -91,6 +114,7 @@ static void check_golden(void) {
   mel_ctx_t *ctx = NULL;
   float *ours = malloc(MEL_SIZE * sizeof(float)), *ref = malloc(MEL_SIZE * sizeof(float));
   if (mel_ctx_init(&ctx, 1, &E) == 0 && ours && ref) {
+    printf("kernel: %s (default); compared with every supported variant\n", mel_isa_name(mel_ctx_isa(ctx)));
     const cJSON *audios = cJSON_GetObjectItemCaseSensitive(G.manifest, "audios"), *a;
     T_CHECK(cJSON_GetArraySize(audios) >= 8, "manifest: expected >= 8 audios");
     cJSON_ArrayForEach(a, audios) check_audio(ctx, a->string, a, ours, ref);
@@ -184,8 +208,8 @@ static void check_args(void) {
   mel_ctx_free(NULL);
 }
 
-/* Two threads, each with its own context (one of them itself splitting frames over 3 threads), on
- * different inputs: the results equal single-threaded ones bit for bit. */
+/* Two threads, each with its own context (one of them itself splitting frames over 7 threads: ranges
+ * that are not whole SIMD blocks), on different inputs: the results equal single-threaded ones bit for bit. */
 typedef struct {
   const float *x;
   size_t n;
@@ -221,7 +245,7 @@ static void check_threads(void) {
   }
   pthread_t th[2];
   for (int k = 0; k < 2; k++) {
-    jobs[k] = (job_t){x + k * n, n, par + k * MEL_SIZE, k == 0 ? 3 : 1, -1};
+    jobs[k] = (job_t){x + k * n, n, par + k * MEL_SIZE, k == 0 ? 7 : 1, -1};
     T_CHECK(pthread_create(&th[k], NULL, run_job, &jobs[k]) == 0, "pthread_create");
   }
   for (int k = 0; k < 2; k++) pthread_join(th[k], NULL);
@@ -232,10 +256,97 @@ static void check_threads(void) {
   free(par);
 }
 
+/* The kernel's real DFT against a naive one in double (exact twiddles by index reduction mod 400): each
+ * bin within one float ulp of the exact value plus 1e-12 of sum |x| (the kernel runs in double and rounds
+ * the spectrum once; a float FFT misses this on quiet bins by orders of magnitude). Frames: random, a
+ * loud tone with a 1e-6 one beside it, an impulse, a constant, the Nyquist alternation, silence. */
+static void check_dft(void) {
+  enum { NF = 13 }; /* not a multiple of any lane count */
+  mel_tables_t *tb = malloc(sizeof *tb);
+  float *x = malloc(sizeof(float) * NF * MEL_N_FFT), *re = malloc(sizeof(float) * NF * MEL_N_FREQ),
+        *im = malloc(sizeof(float) * NF * MEL_N_FREQ), *re0 = malloc(sizeof(float) * NF * MEL_N_FREQ),
+        *im0 = malloc(sizeof(float) * NF * MEL_N_FREQ);
+  double *ref = malloc(sizeof(double) * NF * MEL_N_FREQ * 2);
+  T_REQUIRE(tb && x && re && im && re0 && im0 && ref, "out of memory");
+  mel_tables_init_fft(tb);
+  uint32_t s = 777;
+  for (int f = 0; f < NF; f++) {
+    for (int j = 0; j < MEL_N_FFT; j++) {
+      s = s * 1664525u + 1013904223u;
+      const double u = (double)(s >> 8) / 16777216.0 - 0.5, t = 2.0 * 3.14159265358979323846 * j / MEL_N_FFT;
+      float v;
+      switch (f) {
+      case 1: v = (float)(0.9 * cos(37 * t) + 1e-6 * sin(113 * t)); break;
+      case 2: v = j == 123 ? 1.0f : 0.0f; break;
+      case 3: v = 0.25f; break;
+      case 4: v = (j & 1) ? -1.0f : 1.0f; break;
+      case 5: v = 0.0f; break;
+      default: v = (float)(u * (f == 6 ? 1e-4 : 1.0)); break;
+      }
+      x[f * MEL_N_FFT + j] = v;
+    }
+    for (int k = 0; k < MEL_N_FREQ; k++) {
+      double sr = 0, si = 0;
+      for (int j = 0; j < MEL_N_FFT; j++) {
+        const double a = -2.0 * 3.14159265358979323846 * (double)((j * k) % MEL_N_FFT) / MEL_N_FFT;
+        sr += x[f * MEL_N_FFT + j] * cos(a);
+        si += x[f * MEL_N_FFT + j] * sin(a);
+      }
+      ref[2 * (f * MEL_N_FREQ + k)] = sr;
+      ref[2 * (f * MEL_N_FREQ + k) + 1] = si;
+    }
+  }
+  int first = 1;
+  for (size_t i = 0; i < N_ISAS; i++) {
+    if (!mel_isa_supported(ISAS[i])) {
+      printf("dft: kernel %s not supported here, skipped\n", mel_isa_name(ISAS[i]));
+      continue;
+    }
+    mel_kernel_rdft(ISAS[i], tb, x, NF, re, im);
+    double worst = 0; /* in units of the allowed error */
+    for (int f = 0; f < NF; f++) {
+      double l1 = 0;
+      for (int j = 0; j < MEL_N_FFT; j++) l1 += fabs(x[f * MEL_N_FFT + j]);
+      for (int k = 0; k < MEL_N_FREQ; k++) {
+        const size_t at = (size_t)f * MEL_N_FREQ + k;
+        const double rr = ref[2 * at], ri = ref[2 * at + 1];
+        const double er = fabs(re[at] - rr) / (fabs(rr) * 0x1p-23 + 1e-12 * l1 + 1e-30);
+        const double ei = fabs(im[at] - ri) / (fabs(ri) * 0x1p-23 + 1e-12 * l1 + 1e-30);
+        worst = fmax(worst, fmax(er, ei));
+      }
+    }
+    T_CHECK(worst <= 1.0, "dft %s: error %.3g times the allowed", mel_isa_name(ISAS[i]), worst);
+    printf("dft: kernel %-8s worst error %.3f of (1 float ulp + 1e-12 sum|x|)\n", mel_isa_name(ISAS[i]), worst);
+    if (first) {
+      memcpy(re0, re, sizeof(float) * NF * MEL_N_FREQ);
+      memcpy(im0, im, sizeof(float) * NF * MEL_N_FREQ);
+      first = 0;
+    } else {
+      T_CHECK(memcmp(re0, re, sizeof(float) * NF * MEL_N_FREQ) == 0 &&
+                  memcmp(im0, im, sizeof(float) * NF * MEL_N_FREQ) == 0,
+              "dft: kernel %s differs from generic", mel_isa_name(ISAS[i]));
+    }
+  }
+  /* a variant this build does not know is refused */
+  mel_ctx_t *ctx = NULL;
+  T_REQUIRE(mel_ctx_init(&ctx, 1, &E) == 0, "%s", E.msg);
+  T_CHECK(mel_ctx_set_isa(ctx, (mel_isa_t)99, &E) == ES_EINVAL, "unknown kernel variant accepted");
+  T_CHECK(mel_ctx_set_isa(ctx, MEL_ISA_AUTO, &E) == 0 && mel_ctx_isa(ctx) != MEL_ISA_AUTO, "auto resolves");
+  mel_ctx_free(&ctx);
+  free(tb);
+  free(x);
+  free(re);
+  free(im);
+  free(re0);
+  free(im0);
+  free(ref);
+}
+
 int main(void) {
   check_lengths();
   check_args();
   check_threads();
+  check_dft();
   check_golden();
   return t_finish();
 }
