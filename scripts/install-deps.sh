@@ -13,8 +13,6 @@ PACKAGES=(
   libcjson-dev libpcre2-dev libutf8proc-dev
   # kernels/cpu: BLAS (optional at build time; a blocked C GEMM is the fallback)
   libopenblas-dev
-  # audio_mel: FFT (BSD-licensed)
-  libkissfft-dev
   # server: HTTP and WebSocket framing
   libmicrohttpd-dev libwslay-dev
   # tests and tools: fuzzing and sanitizers (clang + compiler-rt), HTTP client, Python venv
