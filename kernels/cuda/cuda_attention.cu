@@ -1,0 +1,212 @@
+// cuda_attention: the simple, obviously correct attention of the CUDA backend. See cuda_attention.h.
+//
+// One block (128 threads, 4 warps) per (query row, head). The block keeps q and all n scores of its row in
+// shared memory: (1) warp w computes the scores of keys w, w + 4, …, each a dot product over D split across
+// the 32 lanes and reduced by shuffles; (2) a block reduction gives the row max m, then e_j = exp(s_j − m)
+// and their sum; p_j = e_j / Σ; (3) thread d accumulates out[d] = Σ_j p_j · v_j[d] over j in order. Every
+// reduction has a fixed order, so a row's result does not depend on the rest of the batch. No tiling, no
+// online softmax: the fast kernels of part 2 (flash prefill, split-KV decode) are tested against this one.
+//
+// bf16 rounding points as transformers' eager attention (SPEC §3.2, §4): the q·kᵀ product rounded, then
+// times the scale rounded; softmax in fp32, probabilities rounded; p·v accumulated in fp32, rounded once.
+// In fp32 mode all of these are identities.
+//
+// Shared memory: (D + n) floats per block, n = keys of the row: 8192 positions ≈ 33 KB; the limit is the
+// device's opt-in maximum (227 KB on H100/H200: ≈ 58 K positions), checked at create and per call.
+//
+// Napkin math: the 30 s encoder, 20 heads × 1500 × 1500 × 64 × 2 (q·k and p·v) ≈ 5.8 GFLOP per layer, 184
+// GFLOP for 32 layers, on CUDA cores at maybe 10–20 TFLOP/s effective: ≈ 10–20 ms; decode at context P reads
+// 2·P·4096 bf16 per layer once (16 KB per position), ≈ 1.4 ms per token at P = 8192 on 3 TB/s — but this
+// kernel uses only n_tokens × H blocks, so decode at batch 1 is latency-bound, not bandwidth-bound.
+#include <math.h>
+
+#include "cuda_attention.h"
+#include "cuda_common.cuh"
+
+#define ATT_THREADS 128
+#define ATT_MAX_D 256       // head dims the shared-memory budget is sized for at create
+#define ATT_LENS 256        // key lengths passed by value per dense launch
+
+// The row's attention. q (D) T; key j's K row at kr(j) and V row at vr(j); out (D) T. sm: (D + n) floats.
+template <typename T, typename Rows>
+__device__ void attend(T *out, const T *q, int D, int64_t n, float scale, const Rows &rows, float *sm) {
+  __shared__ float red[32];
+  float *qs = sm, *s = sm + D;
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) qs[d] = to_f(q[d]);
+  __syncthreads();
+  for (int64_t j = warp; j < n; j += nw) {
+    const T *kr = rows.k(j);
+    float acc = 0.0f;
+    for (int d = lane; d < D; d += 32) acc = fmaf(qs[d], to_f(kr[d]), acc);
+    acc = warp_sum(acc);
+    if (lane == 0) s[j] = rnd<T>(rnd<T>(acc) * scale);
+  }
+  __syncthreads();
+  float m = -INFINITY;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) m = fmaxf(m, s[j]);
+  m = block_reduce(m, red, 1);
+  float sum = 0.0f;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+    float e = expf(s[j] - m);
+    s[j] = e;
+    sum += e;
+  }
+  sum = block_reduce(sum, red, 0); // its barriers also publish every s[j] written above
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) s[j] = rnd<T>(s[j] / sum);
+  __syncthreads();
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float acc = 0.0f;
+    for (int64_t j = 0; j < n; j++) acc = fmaf(s[j], to_f(rows.v(j)[d]), acc);
+    out[d] = from_f<T>(acc);
+  }
+}
+
+// ---- paged: decoder rows over the KV pool ---------------------------------------------------------------
+
+template <typename T> struct paged_rows_t {
+  const T *kv;               // (L, n_blocks, 2, H, 16, D)
+  const int32_t *table;      // this sequence's block-table row
+  int64_t layer, n_blocks, H, h, D;
+  __device__ const T *row(int64_t j, int which) const {
+    int64_t blk = table[j / ES_KV_BLOCK]; // 64-bit before the strides (vLLM: int32 can overflow)
+    int64_t tile = ((layer * n_blocks + blk) * 2 + which) * H + h;
+    return kv + (tile * ES_KV_BLOCK + j % ES_KV_BLOCK) * D;
+  }
+  __device__ const T *k(int64_t j) const { return row(j, 0); }
+  __device__ const T *v(int64_t j) const { return row(j, 1); }
+};
+
+// Grid (n_tokens, H). q (n_tokens, ldq) T; out (n_tokens, H, D) T; batch arrays on the device.
+template <typename T>
+__global__ void attention_paged_kernel(T *out, const T *q, int64_t ldq, const T *kv, int layer, int n_blocks, int H,
+                                       int D, float scale, int n_seqs, const int32_t *q_start, const int32_t *ctx_len,
+                                       const int32_t *block_table, int max_blocks) {
+  extern __shared__ float sm[];
+  int64_t i = blockIdx.x;
+  int h = blockIdx.y;
+  int lo = 0, hi = n_seqs - 1; // the sequence s with q_start[s] <= i < q_start[s + 1]
+  while (lo < hi) {
+    int mid = (lo + hi + 1) / 2;
+    if (q_start[mid] <= i)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  int64_t pos = ctx_len[lo] - (q_start[lo + 1] - i); // causal: keys 0 .. pos
+  paged_rows_t<T> rows = {kv, block_table + (int64_t)lo * max_blocks, layer, n_blocks, H, h, D};
+  attend(out + (i * H + h) * D, q + i * ldq + (int64_t)h * D, D, pos + 1, scale, rows, sm);
+}
+
+// ---- dense: encoder rows with key padding ------------------------------------------------------------------
+
+template <typename T> struct dense_kv_t {
+  const T *kb, *vb;
+  int64_t ldk, ldv;
+  __device__ const T *k(int64_t j) const { return kb + j * ldk; }
+  __device__ const T *v(int64_t j) const { return vb + j * ldv; }
+};
+
+struct att_lens_t {
+  int32_t n[ATT_LENS];
+};
+
+// Grid (T, H, nb) for batches b0 .. b0 + nb − 1. q/k/v (B, T, ld*) T; out (B, T, H, D) T.
+template <typename T>
+__global__ void attention_dense_kernel(T *out, const T *q, int64_t ldq, const T *k, int64_t ldk, const T *v,
+                                       int64_t ldv, int64_t T_len, int H, int D, float scale, int64_t b0,
+                                       att_lens_t lens) {
+  extern __shared__ float sm[];
+  int64_t t = blockIdx.x, b = b0 + blockIdx.z;
+  int h = blockIdx.y;
+  int64_t row0 = b * T_len, hd = (int64_t)h * D;
+  dense_kv_t<T> rows = {k + row0 * ldk + hd, v + row0 * ldv + hd, ldk, ldv};
+  attend(out + ((row0 + t) * H + h) * D, q + (row0 + t) * ldq + hd, D, (int64_t)lens.n[blockIdx.z], scale, rows, sm);
+}
+
+// ---- shared-memory budget ------------------------------------------------------------------------------------
+
+static int set_smem(cuda_backend_t *cb, size_t bytes, es_error_t *err) {
+  int b = (int)bytes;
+  ES_CUDA_TRY(err, cudaFuncSetAttribute(attention_paged_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize, b));
+  ES_CUDA_TRY(err, cudaFuncSetAttribute(attention_paged_kernel<bf16>, cudaFuncAttributeMaxDynamicSharedMemorySize, b));
+  ES_CUDA_TRY(err, cudaFuncSetAttribute(attention_dense_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize, b));
+  ES_CUDA_TRY(err, cudaFuncSetAttribute(attention_dense_kernel<bf16>, cudaFuncAttributeMaxDynamicSharedMemorySize, b));
+  cb->attn_smem_max = bytes;
+  return ES_OK;
+}
+
+// Makes sure rows of n keys at head dim D fit; raises the kernels' limit when needed (host-side only).
+static int need_smem(cuda_backend_t *cb, int64_t n, int D, const char *op, es_error_t *err) {
+  size_t bytes = (size_t)(D + n) * sizeof(float);
+  if (bytes <= cb->attn_smem_max) return ES_OK;
+  size_t limit = cb->smem_optin > 256 ? cb->smem_optin - 256 : 0; // the static reduction scratch
+  if (bytes > limit)
+    return es_fail(err, ES_EUNSUPPORTED, "%s: %lld keys at head dim %d need %zu bytes of shared memory (device: %zu)",
+                   op, (long long)n, D, bytes, limit);
+  return set_smem(cb, bytes, err);
+}
+
+extern "C" int cuda_attention_init(cuda_backend_t *cb, int64_t max_ctx, es_error_t *err) {
+  cb->attn_smem_max = 48 * 1024; // the default every kernel may use without opting in
+  return need_smem(cb, max_ctx, ATT_MAX_D, "attention", err);
+}
+
+// ---- launchers --------------------------------------------------------------------------------------------
+
+template <typename T>
+static int paged(cuda_backend_t *cb, int layer, void *out, const void *q, int64_t ldq, int H, int D, float scale,
+                 int64_t max_ctx, es_error_t *err) {
+  const es_backend_t *be = &cb->base;
+  const es_batch_t *b = &be->batch;
+  dim3 grid((unsigned)b->n_tokens, (unsigned)H);
+  attention_paged_kernel<T><<<grid, ATT_THREADS, (size_t)(D + max_ctx) * sizeof(float), cb->stream>>>(
+      (T *)out, (const T *)q, ldq, (const T *)cb->kv, layer, be->kv_blocks, H, D, scale, b->n_seqs, cb->d_q_start,
+      cb->d_ctx_len, cb->d_block_table, b->max_blocks);
+  ES_CUDA_LAUNCHED(err);
+  return ES_OK;
+}
+
+extern "C" int cuda_op_attention_paged(es_backend_t *be, int layer, void *out, const void *q, int64_t ldq, int H,
+                                       int D, float scale, es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  if (H > 65535) return es_fail(err, ES_EUNSUPPORTED, "attention_paged: %d heads", H);
+  int64_t max_ctx = 0;
+  for (int s = 0; s < be->batch.n_seqs; s++) max_ctx = be->batch.ctx_len[s] > max_ctx ? be->batch.ctx_len[s] : max_ctx;
+  if ((rc = need_smem(cb, max_ctx, D, "attention_paged", err))) return rc;
+  return CUDA_DISPATCH(cb, paged, cb, layer, out, q, ldq, H, D, scale, max_ctx, err);
+}
+
+template <typename T>
+static int dense(cuda_backend_t *cb, void *out, const void *q, int64_t ldq, const void *k, int64_t ldk, const void *v,
+                 int64_t ldv, int64_t B, int64_t T_len, int H, int D, float scale, const int32_t *valid_len,
+                 es_error_t *err) {
+  for (int64_t b0 = 0; b0 < B; b0 += ATT_LENS) {
+    int64_t nb = B - b0 < ATT_LENS ? B - b0 : ATT_LENS;
+    att_lens_t lens;
+    int64_t max_n = 1;
+    for (int64_t i = 0; i < ATT_LENS; i++) {
+      lens.n[i] = i < nb ? valid_len[b0 + i] : 0;
+      max_n = lens.n[i] > max_n ? lens.n[i] : max_n;
+    }
+    dim3 grid((unsigned)T_len, (unsigned)H, (unsigned)nb);
+    attention_dense_kernel<T><<<grid, ATT_THREADS, (size_t)(D + max_n) * sizeof(float), cb->stream>>>(
+        (T *)out, (const T *)q, ldq, (const T *)k, ldk, (const T *)v, ldv, T_len, H, D, scale, b0, lens);
+    ES_CUDA_LAUNCHED(err);
+  }
+  return ES_OK;
+}
+
+extern "C" int cuda_op_attention_dense(es_backend_t *be, void *out, const void *q, int64_t ldq, const void *k,
+                                       int64_t ldk, const void *v, int64_t ldv, int64_t B, int64_t T, int H, int D,
+                                       float scale, const int32_t *valid_len, es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  if (T > 0x7fffffff || H > 65535)
+    return es_fail(err, ES_EUNSUPPORTED, "attention_dense: T %lld, %d heads", (long long)T, H);
+  if ((rc = need_smem(cb, T, D, "attention_dense", err))) return rc;
+  return CUDA_DISPATCH(cb, dense, cb, out, q, ldq, k, ldk, v, ldv, B, T, H, D, scale, valid_len, err);
+}

@@ -1,0 +1,357 @@
+// cuda_backend: es_backend_create_cuda, the backend's memory and copies, the weight upload and the step's
+// batch. See cuda_backend.h for what it owns; the ops live in cuda_gemm.cu, cuda_ops.cu, cuda_attention.cu.
+//
+// Weight upload (es_backend_upload_weight gets host pointers into the checkpoint mmap, in the stored dtype):
+// the bytes go through two pinned staging buffers in CUDA_STAGE_BYTES chunks. Chunk i is read from the mmap
+// into pinned buffer i % 2 on the host while chunk i - 1 is in flight on copy stream (i - 1) % 2; each chunk
+// is copied to the device and, when the stored dtype is not the compute dtype, converted there by a kernel
+// (fp16/fp32/bf16 -> bf16 or fp32). An event per buffer says when it may be refilled, and the compute stream
+// waits on both events, so no op can read a weight before it is complete.
+// Napkin math: 16.8 GB of bf16 weights at ~25 GB/s (PCIe 5 x16, pinned) ≈ 0.7 s when the mmap's pages are
+// cached; reading the pages from disk is usually the bound.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_attention.h"
+#include "cuda_check.h"
+#include "cuda_convert.h"
+#include "cuda_gemm.h"
+#include "cuda_ops.h"
+#include "es_gpu.h"
+
+extern "C" int cuda_enter(cuda_backend_t *cb, es_error_t *err) {
+  ES_CUDA_TRY(err, cudaSetDevice(cb->device));
+  return ES_OK;
+}
+
+// Records p for release at destroy (p already allocated; freed here when the list cannot grow).
+static int track(cuda_backend_t *cb, void *p, es_error_t *err) {
+  if (cb->n_allocs == cb->cap_allocs) {
+    size_t cap = cb->cap_allocs ? 2 * cb->cap_allocs : 256;
+    void **a = (void **)realloc(cb->allocs, cap * sizeof *a);
+    if (!a) {
+      cudaFree(p);
+      return es_fail(err, ES_ENOMEM, "%s: out of host memory tracking allocations", cb->base.name);
+    }
+    cb->allocs = a;
+    cb->cap_allocs = cap;
+  }
+  cb->allocs[cb->n_allocs++] = p;
+  return ES_OK;
+}
+
+// cudaMalloc of bytes (rounded up to 256), tracked. Running out of device memory is ES_ENOMEM with the
+// numbers (not a device fault: the backend stays healthy); other failures are ES_EDEVICE.
+static int dev_alloc(cuda_backend_t *cb, size_t bytes, const char *what, void **out, es_error_t *err) {
+  *out = NULL;
+  size_t n = bytes ? (bytes + 255) / 256 * 256 : 256;
+  void *p = NULL;
+  cudaError_t e = cudaMalloc(&p, n);
+  if (e == cudaErrorMemoryAllocation) {
+    cudaGetLastError();
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    return es_fail(err, ES_ENOMEM,
+                   "%s: out of GPU memory allocating %.1f MiB for %s (%.1f MiB free of %.1f MiB; weights so far "
+                   "%.1f MiB): the model does not fit this card at this dtype and size — try --dtype bfloat16 "
+                   "or a smaller --max-model-len",
+                   cb->base.name, (double)n / 1048576.0, what, (double)free_b / 1048576.0,
+                   (double)total_b / 1048576.0, (double)cb->weight_bytes / 1048576.0);
+  }
+  if (e != cudaSuccess) return es_cuda_fail(err, e, "cudaMalloc", __FILE__, __LINE__);
+  int rc = track(cb, p, err);
+  if (rc) return rc;
+  *out = p;
+  return ES_OK;
+}
+
+static void cuda_destroy(es_backend_t *be) {
+  cuda_backend_t *cb = cuda_be(be);
+  if (cb->device >= 0) cudaSetDevice(cb->device);
+  if (cb->stream) cudaStreamSynchronize(cb->stream);
+  for (int i = 0; i < 2; i++)
+    if (cb->copy[i]) cudaStreamSynchronize(cb->copy[i]);
+  cuda_gemm_free_plans(cb);
+  if (cb->lt) cublasLtDestroy(cb->lt);
+  for (size_t i = 0; i < cb->n_allocs; i++) cudaFree(cb->allocs[i]);
+  free(cb->allocs);
+  for (int i = 0; i < 2; i++) {
+    if (cb->stage_host[i]) cudaFreeHost(cb->stage_host[i]);
+    if (cb->copy_done[i]) cudaEventDestroy(cb->copy_done[i]);
+    if (cb->copy[i]) cudaStreamDestroy(cb->copy[i]);
+  }
+  if (cb->batch_host) cudaFreeHost(cb->batch_host);
+  if (cb->batch_done) cudaEventDestroy(cb->batch_done);
+  if (cb->stream) cudaStreamDestroy(cb->stream);
+  cudaGetLastError(); // nothing above may leave an error for the next backend on this thread
+  es_backend_base_free(be);
+  free(cb);
+}
+
+static int cuda_alloc(es_backend_t *be, size_t bytes, void **out, es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  if (bytes > ((size_t)1 << 46)) return es_fail(err, ES_ETOOBIG, "%s: allocation of %zu bytes", be->name, bytes);
+  rc = dev_alloc(cb, bytes, "activations", out, err);
+  if (rc) return rc;
+  ES_CUDA_TRY(err, cudaMemsetAsync(*out, 0, bytes ? (bytes + 255) / 256 * 256 : 256, cb->stream));
+  ES_CUDA_TRY(err, cudaStreamSynchronize(cb->stream));
+  return ES_OK;
+}
+
+// Copies n elements of src_dt from host memory to dst (dst_dt) on the device through the staging buffers,
+// converting on the device when the dtypes differ. Returns when the host memory has been read; the compute
+// stream is made to wait for the copies.
+static int upload(cuda_backend_t *cb, void *dst, es_dtype_t dst_dt, const void *host, es_dtype_t src_dt, int64_t n,
+                  es_error_t *err) {
+  size_t es = es_dtype_size(src_dt), ed = es_dtype_size(dst_dt);
+  int64_t chunk = (int64_t)(CUDA_STAGE_BYTES / es);
+  for (int64_t off = 0, i = 0; off < n; off += chunk, i++) {
+    int b = (int)(i % 2);
+    int64_t cnt = n - off < chunk ? n - off : chunk;
+    ES_CUDA_TRY(err, cudaEventSynchronize(cb->copy_done[b])); // buffer b's previous chunk is done
+    memcpy(cb->stage_host[b], (const char *)host + (size_t)off * es, (size_t)cnt * es);
+    char *d = (char *)dst + (size_t)off * ed;
+    if (src_dt == dst_dt) {
+      ES_CUDA_TRY(err, cudaMemcpyAsync(d, cb->stage_host[b], (size_t)cnt * es, cudaMemcpyHostToDevice, cb->copy[b]));
+    } else {
+      ES_CUDA_TRY(err, cudaMemcpyAsync(cb->stage_dev[b], cb->stage_host[b], (size_t)cnt * es,
+                                       cudaMemcpyHostToDevice, cb->copy[b]));
+      int rc = cuda_convert(d, dst_dt, cb->stage_dev[b], src_dt, cnt, cb->copy[b], err);
+      if (rc) return rc;
+    }
+    ES_CUDA_TRY(err, cudaEventRecord(cb->copy_done[b], cb->copy[b]));
+  }
+  for (int b = 0; b < 2; b++) ES_CUDA_TRY(err, cudaStreamWaitEvent(cb->stream, cb->copy_done[b], 0));
+  return ES_OK;
+}
+
+static int cuda_upload_weight(es_backend_t *be, const void *host, es_dtype_t dt, int64_t n0, int64_t n1,
+                              es_weight_t *out, es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  if (dt != ES_DT_F32 && dt != ES_DT_BF16 && dt != ES_DT_F16)
+    return es_fail(err, ES_EINVAL, "%s: weight dtype %d unknown", be->name, (int)dt);
+  if (!host) return es_fail(err, ES_EINVAL, "%s: weight [%lld, %lld] has no data", be->name, (long long)n0,
+                            (long long)n1);
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  int64_t n = n0 * n1;
+  size_t bytes = (size_t)n * cuda_act_size(cb);
+  void *d = NULL;
+  if ((rc = dev_alloc(cb, bytes, "a weight", &d, err))) return rc;
+  cb->weight_bytes += bytes;
+  if ((rc = upload(cb, d, be->act_dtype, host, dt, n, err))) return rc;
+  out->data = d;
+  out->dtype = be->act_dtype;
+  out->n0 = n0;
+  out->n1 = n1;
+  return ES_OK;
+}
+
+static int cuda_write(es_backend_t *be, void *dst, const void *src, size_t bytes, es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  // From pageable memory: returns once src has been staged, so the caller may reuse it; ordered on the stream.
+  ES_CUDA_TRY(err, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cb->stream));
+  return ES_OK;
+}
+
+static int cuda_read(es_backend_t *be, void *dst, const void *src, size_t bytes, es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  ES_CUDA_TRY(err, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cb->stream));
+  ES_CUDA_TRY(err, cudaStreamSynchronize(cb->stream));
+  return ES_OK;
+}
+
+static int cuda_write_act(es_backend_t *be, void *dst, const float *src, size_t count, es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  if (be->act_dtype == ES_DT_F32) return cuda_write(be, dst, src, count * sizeof(float), err);
+  // fp32 -> bf16 through the staging buffers; the stream waits for the copies (upload orders them)
+  ES_CUDA_TRY(err, cudaStreamSynchronize(cb->stream)); // the copy streams are not ordered after earlier ops
+  return upload(cb, dst, be->act_dtype, src, ES_DT_F32, (int64_t)count, err);
+}
+
+static int cuda_read_act(es_backend_t *be, float *dst, const void *src, size_t count, es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  if (be->act_dtype == ES_DT_F32) return cuda_read(be, dst, src, count * sizeof(float), err);
+  size_t chunk = CUDA_STAGE_BYTES / sizeof(float);
+  for (size_t off = 0; off < count; off += chunk) {
+    size_t cnt = count - off < chunk ? count - off : chunk;
+    if ((rc = cuda_convert(cb->stage_dev[0], ES_DT_F32, (const uint16_t *)src + off, ES_DT_BF16, (int64_t)cnt,
+                           cb->stream, err)))
+      return rc;
+    ES_CUDA_TRY(err, cudaMemcpyAsync(cb->stage_host[0], cb->stage_dev[0], cnt * sizeof(float),
+                                     cudaMemcpyDeviceToHost, cb->stream));
+    ES_CUDA_TRY(err, cudaStreamSynchronize(cb->stream));
+    memcpy(dst + off, cb->stage_host[0], cnt * sizeof(float));
+  }
+  return ES_OK;
+}
+
+static int cuda_sync(es_backend_t *be, es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  ES_CUDA_TRY(err, cudaStreamSynchronize(cb->stream));
+  return ES_OK;
+}
+
+static int cuda_kv_init(es_backend_t *be, es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  size_t per_block = es_backend_kv_block_bytes(be, be->kv_layers, be->kv_heads, be->kv_head_dim);
+  if ((size_t)be->kv_blocks > ((size_t)1 << 46) / per_block)
+    return es_fail(err, ES_ETOOBIG, "%s: KV cache of %d blocks x %zu bytes", be->name, be->kv_blocks, per_block);
+  size_t bytes = (size_t)be->kv_blocks * per_block;
+  if ((rc = dev_alloc(cb, bytes, "the KV cache", &cb->kv, err))) return rc;
+  ES_CUDA_TRY(err, cudaMemsetAsync(cb->kv, 0, bytes, cb->stream));
+  ES_CUDA_TRY(err, cudaStreamSynchronize(cb->stream));
+  return ES_OK;
+}
+
+// The batch arrays go to fixed device buffers (a captured graph reads them on replay), through one pinned
+// host buffer; the previous step's copy must be done before that buffer is refilled.
+static int cuda_set_batch(es_backend_t *be, const es_batch_t *b, es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  const es_backend_opts_t *o = &be->opts;
+  ES_CUDA_TRY(err, cudaEventSynchronize(cb->batch_done));
+  int32_t *h = cb->batch_host;
+  size_t n_q = (size_t)b->n_seqs + 1, n_s = (size_t)b->n_seqs, n_t = (size_t)b->n_tokens,
+         n_tab = (size_t)b->n_seqs * (size_t)b->max_blocks;
+  int32_t *hq = h, *hc = hq + o->max_seqs + 1, *hp = hc + o->max_seqs, *hs = hp + o->max_tokens,
+          *ht = hs + o->max_tokens;
+  memcpy(hq, b->q_start, n_q * sizeof(int32_t));
+  memcpy(hc, b->ctx_len, n_s * sizeof(int32_t));
+  memcpy(hp, b->positions, n_t * sizeof(int32_t));
+  memcpy(hs, b->slot, n_t * sizeof(int32_t));
+  memcpy(ht, b->block_table, n_tab * sizeof(int32_t));
+  ES_CUDA_TRY(err, cudaMemcpyAsync(cb->d_q_start, hq, n_q * sizeof(int32_t), cudaMemcpyHostToDevice, cb->stream));
+  ES_CUDA_TRY(err, cudaMemcpyAsync(cb->d_ctx_len, hc, n_s * sizeof(int32_t), cudaMemcpyHostToDevice, cb->stream));
+  ES_CUDA_TRY(err, cudaMemcpyAsync(cb->d_positions, hp, n_t * sizeof(int32_t), cudaMemcpyHostToDevice, cb->stream));
+  ES_CUDA_TRY(err, cudaMemcpyAsync(cb->d_slot, hs, n_t * sizeof(int32_t), cudaMemcpyHostToDevice, cb->stream));
+  ES_CUDA_TRY(err, cudaMemcpyAsync(cb->d_block_table, ht, n_tab * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                   cb->stream));
+  ES_CUDA_TRY(err, cudaEventRecord(cb->batch_done, cb->stream));
+  return ES_OK;
+}
+
+static const es_backend_ops_t cuda_ops = {
+    "cuda",
+    cuda_destroy,
+    cuda_alloc,
+    cuda_upload_weight,
+    cuda_write,
+    cuda_read,
+    cuda_write_act,
+    cuda_read_act,
+    cuda_sync,
+    cuda_kv_init,
+    cuda_set_batch,
+    cuda_op_linear,
+    cuda_op_conv1d,
+    cuda_op_layer_norm,
+    cuda_op_rms_norm,
+    cuda_op_add_rows,
+    cuda_op_rope_kv_store,
+    cuda_op_attention_paged,
+    cuda_op_attention_dense,
+    cuda_op_silu_mul,
+    cuda_op_avg_pool2,
+    cuda_op_embed,
+    cuda_op_gather_rows,
+    cuda_op_scatter_rows,
+    cuda_op_logits,
+};
+
+static int create_resources(cuda_backend_t *cb, es_error_t *err) {
+  es_backend_t *be = &cb->base;
+  const es_backend_opts_t *o = &be->opts;
+  ES_CUDA_TRY(err, cudaStreamCreateWithFlags(&cb->stream, cudaStreamNonBlocking));
+  for (int i = 0; i < 2; i++) {
+    ES_CUDA_TRY(err, cudaStreamCreateWithFlags(&cb->copy[i], cudaStreamNonBlocking));
+    ES_CUDA_TRY(err, cudaEventCreateWithFlags(&cb->copy_done[i], cudaEventDisableTiming));
+    ES_CUDA_TRY(err, cudaEventRecord(cb->copy_done[i], cb->copy[i])); // "done" before the first use
+    ES_CUDA_TRY(err, cudaHostAlloc(&cb->stage_host[i], CUDA_STAGE_BYTES, cudaHostAllocDefault));
+  }
+  ES_CUDA_TRY(err, cudaEventCreateWithFlags(&cb->batch_done, cudaEventDisableTiming));
+  ES_CUDA_TRY(err, cudaEventRecord(cb->batch_done, cb->stream));
+  int rc;
+  for (int i = 0; i < 2; i++)
+    if ((rc = dev_alloc(cb, CUDA_STAGE_BYTES, "staging buffers", &cb->stage_dev[i], err))) return rc;
+  if ((rc = dev_alloc(cb, CUDA_IM2COL_BYTES, "the conv1d scratch", &cb->im2col, err))) return rc;
+  ES_CUBLAS_TRY(err, cublasLtCreate(&cb->lt));
+  if ((rc = dev_alloc(cb, CUDA_LT_WORKSPACE, "the cuBLASLt workspace", &cb->lt_ws, err))) return rc;
+  size_t n_batch = (o->max_seqs + 1) + o->max_seqs + 2 * o->max_tokens + o->max_seqs * o->max_blocks;
+  ES_CUDA_TRY(err, cudaHostAlloc((void **)&cb->batch_host, n_batch * sizeof(int32_t), cudaHostAllocDefault));
+  void *p;
+  if ((rc = dev_alloc(cb, n_batch * sizeof(int32_t), "the batch description", &p, err))) return rc;
+  cb->d_q_start = (int32_t *)p;
+  cb->d_ctx_len = cb->d_q_start + o->max_seqs + 1;
+  cb->d_positions = cb->d_ctx_len + o->max_seqs;
+  cb->d_slot = cb->d_positions + o->max_tokens;
+  cb->d_block_table = cb->d_slot + o->max_tokens;
+  return cuda_attention_init(cb, (int64_t)o->max_blocks * ES_KV_BLOCK, err);
+}
+
+extern "C" int es_backend_create_cuda(const es_backend_opts_t *opts, es_backend_t **out, es_error_t *err) {
+  *out = NULL;
+  if (opts->compute_dtype != ES_DT_BF16 && opts->compute_dtype != ES_DT_F32)
+    return es_fail(err, ES_EUNSUPPORTED, "cuda backend: compute dtype %s (bfloat16 or float32)",
+                   es_dtype_name(opts->compute_dtype));
+  int count = 0;
+  char why[128] = "";
+  int rc = es_gpu_count(&count, why, sizeof why, err);
+  if (rc) return rc;
+  if (count == 0) return es_fail(err, ES_EUNSUPPORTED, "cuda backend: no GPU available (%s)", why);
+  if (opts->device < 0 || opts->device >= count)
+    return es_fail(err, ES_ENOTFOUND, "cuda backend: device %d does not exist (%d GPU%s)", opts->device, count,
+                   count == 1 ? "" : "s");
+  es_gpu_info_t info;
+  if ((rc = es_gpu_info(opts->device, &info, err))) return rc;
+  if (info.cc_major < 8)
+    return es_fail(err, ES_EUNSUPPORTED, "cuda backend: %s is sm_%d%d; earshot needs sm_80 or newer (bf16)",
+                   info.name, info.cc_major, info.cc_minor);
+  cuda_backend_t *cb = (cuda_backend_t *)calloc(1, sizeof *cb);
+  if (!cb) return es_fail(err, ES_ENOMEM, "cuda backend: out of memory");
+  es_backend_t *be = &cb->base;
+  be->ops = &cuda_ops;
+  be->act_dtype = opts->compute_dtype;
+  be->opts = *opts;
+  cb->device = opts->device;
+  cb->cc_major = info.cc_major;
+  cb->cc_minor = info.cc_minor;
+  cb->sm_count = info.sm_count;
+  snprintf(be->name, sizeof be->name, "cuda:%d (%.120s, sm_%d%d, %s)", opts->device, info.name, info.cc_major,
+           info.cc_minor, es_dtype_name(opts->compute_dtype));
+  if ((rc = es_backend_base_init(be, err))) goto fail;
+  if ((rc = cuda_enter(cb, err))) goto fail;
+  {
+    int optin = 0;
+    cudaError_t e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, cb->device);
+    if (e != cudaSuccess) {
+      rc = es_cuda_fail(err, e, "cudaDeviceGetAttribute", __FILE__, __LINE__);
+      goto fail;
+    }
+    cb->smem_optin = (size_t)optin;
+  }
+  if ((rc = create_resources(cb, err))) goto fail;
+  if ((rc = es_gpu_selftest(cb->device, err))) goto fail; // the fatbinary has code for this card
+  *out = be;
+  return ES_OK;
+fail:
+  es_error_prefix(err, "cuda backend: ");
+  cuda_destroy(be);
+  return rc;
+}

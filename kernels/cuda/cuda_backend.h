@@ -1,0 +1,95 @@
+/* cuda_backend: the CUDA backend's state — device, streams, cuBLASLt handle, every device allocation, the
+ * staging buffers of the weight upload, the step's batch on the device — shared by the kernels/cuda .cu
+ * files. Internal: included only from .cu files (the model sees backend.h; tests see cuda_hooks.h).
+ *
+ * Ownership: everything here is created by es_backend_create_cuda and released by its destroy. Device memory
+ * comes from cudaMalloc at start-up only (es_backend_alloc, weight upload, kv_init, create): ops never
+ * allocate, so a step is free of allocations (part 3 captures steps as graphs).
+ *
+ * Streams: all ops run in order on `stream`; the weight upload copies on copy[0..1] and makes `stream` wait
+ * for them. Host-visible results (es_backend_read, read_act, sync) synchronise `stream`.
+ *
+ * Thread safety: as backend.h, one driving thread at a time; every entry point first makes the backend's
+ * device current on the calling thread (the engine thread is not the thread that created the backend).
+ */
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "backend_impl.h"
+#include "cuda_hooks.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CUDA_GEMM_CACHE 256                 /* cached cuBLASLt plans (exact problem shapes) */
+#define CUDA_LT_WORKSPACE (32u << 20)       /* cuBLASLt workspace: llm.c notes "only Hopper needs 32 MiB" */
+#define CUDA_STAGE_BYTES (32u << 20)        /* each of the two pinned/device staging buffers */
+#define CUDA_IM2COL_BYTES (64u << 20)       /* conv1d im2col scratch; convs run in row chunks that fit */
+
+/* One cached GEMM problem: the cuBLASLt descriptors and the algorithm the heuristic picked for it, or
+ * have_algo = 0 when the heuristic found none (the plain kernel runs instead). */
+typedef struct {
+  int used;
+  /* key */
+  int64_t M, N, K, ldx, ldy;
+  int in_dt, out_dt, has_bias, beta;
+  int align; /* the smallest power-of-two alignment (<= 256 bytes) of x, w, y and bias */
+  /* value */
+  cublasLtMatmulDesc_t op;
+  cublasLtMatrixLayout_t lw, lx, ly;
+  cublasLtMatmulAlgo_t algo;
+  int have_algo;
+} cuda_gemm_plan_t;
+
+typedef struct {
+  es_backend_t base; /* first: the es_backend_t * handed out is this struct */
+  int device;
+  int cc_major, cc_minor, sm_count;
+  size_t smem_optin; /* largest dynamic shared memory a block may opt in to */
+  cudaStream_t stream;
+  cudaStream_t copy[2];
+  cudaEvent_t copy_done[2]; /* the last use of stage_host[i] / stage_dev[i] finished */
+  cudaEvent_t batch_done;   /* the last batch upload from batch_host finished */
+
+  /* every cudaMalloc'ed block (es_backend_alloc, weights, KV, internal buffers), freed at destroy */
+  void **allocs;
+  size_t n_allocs, cap_allocs;
+  size_t weight_bytes; /* device bytes held by weights */
+
+  void *stage_host[2]; /* pinned, CUDA_STAGE_BYTES each */
+  void *stage_dev[2];  /* device, CUDA_STAGE_BYTES each: raw bytes before conversion */
+  void *im2col;        /* device, CUDA_IM2COL_BYTES */
+
+  cublasLtHandle_t lt;
+  void *lt_ws; /* CUDA_LT_WORKSPACE bytes */
+  cuda_gemm_plan_t plans[CUDA_GEMM_CACHE];
+  int next_evict;
+  cuda_gemm_path_t gemm_path;
+
+  void *kv; /* (L, n_blocks, 2, H, 16, D) in the compute dtype */
+
+  /* the step's batch on the device (fixed buffers, sized from opts), and its pinned host staging */
+  int32_t *d_q_start;     /* [max_seqs + 1] */
+  int32_t *d_ctx_len;     /* [max_seqs] */
+  int32_t *d_positions;   /* [max_tokens] */
+  int32_t *d_slot;        /* [max_tokens] */
+  int32_t *d_block_table; /* [max_seqs * max_blocks] */
+  int32_t *batch_host;    /* pinned, the same arrays back to back */
+  size_t attn_smem_max;   /* dynamic shared memory the attention kernels are allowed (bytes) */
+} cuda_backend_t;
+
+static inline cuda_backend_t *cuda_be(es_backend_t *be) { return (cuda_backend_t *)be; }
+
+/* Makes the backend's device current on this thread. */
+int cuda_enter(cuda_backend_t *cb, es_error_t *err);
+
+/* Bytes of one element of the compute dtype. */
+static inline size_t cuda_act_size(const cuda_backend_t *cb) { return es_dtype_size(cb->base.act_dtype); }
+
+#ifdef __cplusplus
+}
+#endif

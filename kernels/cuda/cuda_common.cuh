@@ -1,0 +1,65 @@
+// cuda_common: device-side helpers shared by the kernels/cuda .cu files — the two activation types, their
+// conversions and rounding, fixed-order block reductions, launch sizes and the dtype dispatch.
+//
+// Numerics: every kernel computes in fp32 and stores in the activation type T (float or bf16). rnd<T>(x)
+// is "round x to T and widen it back": the places where transformers' bf16 eager forward rounds an
+// intermediate to bf16 (SPEC §7) call it, and in fp32 mode it is the identity, so one kernel serves both
+// modes. Reductions use a fixed tree (warp shuffles by xor, then warp 0 over the per-warp partials), so a
+// row's result never depends on other rows or on the launch size (batch invariance, backend.h).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "cuda_backend.h"
+#include "cuda_check.h"
+
+typedef __nv_bfloat16 bf16;
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ bf16 from_f<bf16>(float x) { return __float2bfloat16_rn(x); }
+
+// x rounded to T (round to nearest even) and widened back to fp32.
+template <typename T> __device__ __forceinline__ float rnd(float x) { return to_f(from_f<T>(x)); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Sum (is_max = 0) or max (is_max = 1) of v over the block; every thread gets the result. red: >= 32 floats
+// of shared memory. blockDim.x must be a multiple of 32. Contains __syncthreads: call from all threads.
+__device__ __forceinline__ float block_reduce(float v, float *red, int is_max) {
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = is_max ? warp_max(v) : warp_sum(v);
+  __syncthreads(); // red may still be read by an earlier reduction
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float r = lane < nw ? red[lane] : (is_max ? -INFINITY : 0.0f);
+  r = is_max ? warp_max(r) : warp_sum(r);
+  return r;
+}
+
+// Grid for n independent elements with 256-thread blocks, capped (kernels loop with a grid stride).
+static inline unsigned cuda_grid_1d(int64_t n) {
+  int64_t b = (n + 255) / 256;
+  if (b < 1) b = 1;
+  return (unsigned)(b > 65535 * 16 ? 65535 * 16 : b);
+}
+
+#define GRID_STRIDE(i, n) \
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
+
+// Calls FN<float>(args) or FN<bf16>(args) for the backend's compute dtype.
+#define CUDA_DISPATCH(cb, FN, ...) \
+  ((cb)->base.act_dtype == ES_DT_BF16 ? FN<bf16>(__VA_ARGS__) : FN<float>(__VA_ARGS__))

@@ -1,0 +1,25 @@
+/* cuda_gemm: the CUDA backend's matrix products — es_op_linear, es_op_conv1d (im2col + GEMM) and
+ * es_op_logits — through cuBLASLt (bf16 or fp32 in, fp32 accumulate, bias in the epilogue), with the plans
+ * cached per problem shape, and a plain tiled kernel for shapes the heuristic has no algorithm for.
+ * Thread safety: the driving thread (backend.h).
+ */
+#pragma once
+
+#include "cuda_backend.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+int cuda_op_linear(es_backend_t *be, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w,
+                   const es_weight_t *bias, int64_t M, es_act_t act, int accumulate, es_error_t *err);
+int cuda_op_conv1d(es_backend_t *be, void *y, const void *x, const es_weight_t *w, const es_weight_t *bias, int64_t B,
+                   int64_t T_in, int64_t C_in, int kernel, int stride, int pad, es_act_t act, es_error_t *err);
+int cuda_op_logits(es_backend_t *be, float *logits, const void *x, const es_weight_t *w, int64_t M, es_error_t *err);
+
+/* Destroys the cached cuBLASLt plans (at backend destroy). */
+void cuda_gemm_free_plans(cuda_backend_t *cb);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,330 @@
+// cuda_ops: row-wise and data-movement ops of the CUDA backend. See cuda_ops.h.
+//
+// Each kernel computes in fp32 and rounds where transformers' bf16 eager forward rounds (SPEC §7; rnd<T> is
+// the identity in fp32 mode):
+//   LayerNorm      fp32 statistics, one rounding of the output            (torch's layer_norm on bf16)
+//   RMSNorm        residual = round(residual + add); y = round(w · round(r · rsqrt(mean r² + eps)))  (SPEC §4)
+//   RoPE           cos/sin computed in fp32 then rounded; round(round(q·cos) + round(rot(q)·sin))    (SPEC §4)
+//   SiLU·mul       round(round(silu(g)) · u)                                (act_fn(gate) * up)
+//   GELU           round(gelu(x)) on the rounded linear output
+//   avg-pool       round((a + b) / 2)
+//   add_rows       round(x + row)
+// Row statistics are fixed-order block reductions (cuda_common.cuh): a row's bits do not depend on M.
+//
+// Napkin math: all memory-bound. Decode at batch 1 touches a few 4096-wide rows per op (launch-bound, ~5 µs
+// each, ~13 launches per layer: ≈ 2 ms/token of launch overhead before graphs, part 3); the encoder's
+// 1500 × 1280 rows are 3.8 MB bf16 per pass, ≈ 2–3 µs each at 3 TB/s.
+#include <math.h>
+
+#include "cuda_common.cuh"
+#include "cuda_ops.h"
+
+#define ROW_THREADS 256
+
+// ---- LayerNorm: y = (x − μ) / √(σ² + eps) · γ + β, biased σ² -------------------------------------------------
+
+// One block per row. x, y (M, C) T (y may alias x); gamma, beta (C) T.
+template <typename T>
+__global__ void layer_norm_kernel(T *y, const T *x, const T *gamma, const T *beta, int64_t C, float eps) {
+  __shared__ float red[32];
+  const T *xr = x + (int64_t)blockIdx.x * C;
+  T *yr = y + (int64_t)blockIdx.x * C;
+  float s = 0.0f;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) s += to_f(xr[c]);
+  float mean = block_reduce(s, red, 0) / (float)C;
+  float ss = 0.0f;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    float d = to_f(xr[c]) - mean;
+    ss += d * d;
+  }
+  float rstd = rsqrtf(block_reduce(ss, red, 0) / (float)C + eps);
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x)
+    yr[c] = from_f<T>((to_f(xr[c]) - mean) * rstd * to_f(gamma[c]) + to_f(beta[c]));
+}
+
+template <typename T>
+static int layer_norm(cuda_backend_t *cb, void *y, const void *x, const void *g, const void *b, int64_t M, int64_t C,
+                      float eps, es_error_t *err) {
+  layer_norm_kernel<T><<<(unsigned)M, ROW_THREADS, 0, cb->stream>>>((T *)y, (const T *)x, (const T *)g, (const T *)b,
+                                                                    C, eps);
+  ES_CUDA_LAUNCHED(err);
+  return ES_OK;
+}
+
+extern "C" int cuda_op_layer_norm(es_backend_t *be, void *y, const void *x, const es_weight_t *gamma,
+                                  const es_weight_t *beta, int64_t M, int64_t C, float eps, es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  if (M > 0x7fffffff) return es_fail(err, ES_EUNSUPPORTED, "layer_norm: %lld rows", (long long)M);
+  return CUDA_DISPATCH(cb, layer_norm, cb, y, x, gamma->data, beta->data, M, C, eps, err);
+}
+
+// ---- Qwen2 RMSNorm with the residual add -------------------------------------------------------------------
+
+// One block per row. residual (M, C) T, updated in place; add (M, C) T or NULL; y (M, C) T; w (C) T.
+template <typename T>
+__global__ void rms_norm_kernel(T *y, T *residual, const T *add, const T *w, int64_t C, float eps) {
+  __shared__ float red[32];
+  T *r = residual + (int64_t)blockIdx.x * C;
+  const T *a = add ? add + (int64_t)blockIdx.x * C : nullptr;
+  T *yr = y + (int64_t)blockIdx.x * C;
+  float ss = 0.0f;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    float h = to_f(r[c]);
+    if (a) {
+      h = rnd<T>(h + to_f(a[c])); // transformers: hidden = residual + hidden, in the model dtype
+      r[c] = from_f<T>(h);
+    }
+    ss += h * h;
+  }
+  float inv = 1.0f / sqrtf(block_reduce(ss, red, 0) / (float)C + eps); // as the CPU reference
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x)               // each thread rereads its own r[c]
+    yr[c] = from_f<T>(to_f(w[c]) * rnd<T>(to_f(r[c]) * inv));
+}
+
+template <typename T>
+static int rms_norm(cuda_backend_t *cb, void *y, void *res, const void *add, const void *w, int64_t M, int64_t C,
+                    float eps, es_error_t *err) {
+  rms_norm_kernel<T><<<(unsigned)M, ROW_THREADS, 0, cb->stream>>>((T *)y, (T *)res, (const T *)add, (const T *)w, C,
+                                                                  eps);
+  ES_CUDA_LAUNCHED(err);
+  return ES_OK;
+}
+
+extern "C" int cuda_op_rms_norm(es_backend_t *be, void *y, void *residual, const void *add, const es_weight_t *weight,
+                                int64_t M, int64_t C, float eps, es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  if (M > 0x7fffffff) return es_fail(err, ES_EUNSUPPORTED, "rms_norm: %lld rows", (long long)M);
+  return CUDA_DISPATCH(cb, rms_norm, cb, y, residual, add, weight->data, M, C, eps, err);
+}
+
+// ---- elementwise ----------------------------------------------------------------------------------------
+
+// x (M, C) T += rows (T_rows, C) T broadcast over blocks of T_rows rows.
+template <typename T> __global__ void add_rows_kernel(T *x, const T *rows, int64_t M, int64_t Tr, int64_t C) {
+  GRID_STRIDE(i, M * C) {
+    int64_t m = i / C, c = i % C;
+    x[i] = from_f<T>(to_f(x[i]) + to_f(rows[(m % Tr) * C + c]));
+  }
+}
+
+template <typename T>
+static int add_rows(cuda_backend_t *cb, void *x, const void *rows, int64_t M, int64_t Tr, int64_t C, es_error_t *err) {
+  add_rows_kernel<T><<<cuda_grid_1d(M * C), 256, 0, cb->stream>>>((T *)x, (const T *)rows, M, Tr, C);
+  ES_CUDA_LAUNCHED(err);
+  return ES_OK;
+}
+
+extern "C" int cuda_op_add_rows(es_backend_t *be, void *x, const void *rows, int64_t M, int64_t T, int64_t C,
+                                es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  return CUDA_DISPATCH(cb, add_rows, cb, x, rows, M, T, C, err);
+}
+
+// y (M, N) T = round(round(silu(gate)) · up); gate, up rows of stride ld. silu(g) = g / (1 + e^−g) as torch.
+template <typename T> __global__ void silu_mul_kernel(T *y, const T *gate, const T *up, int64_t ld, int64_t M, int64_t N) {
+  GRID_STRIDE(i, M * N) {
+    int64_t m = i / N, n = i % N;
+    float g = to_f(gate[m * ld + n]);
+    y[i] = from_f<T>(rnd<T>(g / (1.0f + expf(-g))) * to_f(up[m * ld + n]));
+  }
+}
+
+template <typename T>
+static int silu_mul(cuda_backend_t *cb, void *y, const void *g, const void *u, int64_t ld, int64_t M, int64_t N,
+                    es_error_t *err) {
+  silu_mul_kernel<T><<<cuda_grid_1d(M * N), 256, 0, cb->stream>>>((T *)y, (const T *)g, (const T *)u, ld, M, N);
+  ES_CUDA_LAUNCHED(err);
+  return ES_OK;
+}
+
+extern "C" int cuda_op_silu_mul(es_backend_t *be, void *y, const void *gate, const void *up, int64_t ld, int64_t M,
+                                int64_t N, es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  return CUDA_DISPATCH(cb, silu_mul, cb, y, gate, up, ld, M, N, err);
+}
+
+// y (B, T/2, C) T = round((x[b, 2t] + x[b, 2t+1]) / 2), x (B, T, C) T (T even: rows 2i, 2i+1 of x for row i).
+template <typename T> __global__ void avg_pool2_kernel(T *y, const T *x, int64_t rows, int64_t C) {
+  GRID_STRIDE(i, rows * C) {
+    int64_t r = i / C, c = i % C;
+    y[i] = from_f<T>((to_f(x[2 * r * C + c]) + to_f(x[(2 * r + 1) * C + c])) / 2.0f);
+  }
+}
+
+template <typename T>
+static int avg_pool2(cuda_backend_t *cb, void *y, const void *x, int64_t rows, int64_t C, es_error_t *err) {
+  avg_pool2_kernel<T><<<cuda_grid_1d(rows * C), 256, 0, cb->stream>>>((T *)y, (const T *)x, rows, C);
+  ES_CUDA_LAUNCHED(err);
+  return ES_OK;
+}
+
+extern "C" int cuda_op_avg_pool2(es_backend_t *be, void *y, const void *x, int64_t B, int64_t T, int64_t C,
+                                 es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  return CUDA_DISPATCH(cb, avg_pool2, cb, y, x, B * (T / 2), C, err);
+}
+
+// y (M, N) T, row stride ldy: y = round(gelu(y)), exact erf GELU.
+template <typename T> __global__ void gelu_kernel(T *y, int64_t ldy, int64_t M, int64_t N) {
+  GRID_STRIDE(i, M * N) {
+    T *p = y + (i / N) * ldy + i % N;
+    float v = to_f(*p);
+    *p = from_f<T>(v * 0.5f * (1.0f + erff(v * 0.70710678118654752440f)));
+  }
+}
+
+template <typename T> static int gelu(cuda_backend_t *cb, void *y, int64_t ldy, int64_t M, int64_t N, es_error_t *err) {
+  gelu_kernel<T><<<cuda_grid_1d(M * N), 256, 0, cb->stream>>>((T *)y, ldy, M, N);
+  ES_CUDA_LAUNCHED(err);
+  return ES_OK;
+}
+
+extern "C" int cuda_gelu_inplace(cuda_backend_t *cb, void *y, int64_t ldy, int64_t M, int64_t N, es_error_t *err) {
+  return CUDA_DISPATCH(cb, gelu, cb, y, ldy, M, N, err);
+}
+
+// ---- rows: embed, gather, scatter ----------------------------------------------------------------------------
+// Indices are device data the host cannot check without a round trip; the model validates ids before
+// writing them. An index outside [0, n_rows) writes NaN rows (gather/embed) or is skipped (scatter), so a
+// bad index shows up in the outputs instead of reading or writing outside a buffer.
+
+// y (M, C) T = src[idx[i]] rows (n_rows, C) T.
+template <typename T>
+__global__ void gather_kernel(T *y, const T *src, const int32_t *idx, int64_t M, int64_t C, int64_t n_rows) {
+  GRID_STRIDE(i, M * C) {
+    int64_t r = idx[i / C];
+    y[i] = (r >= 0 && r < n_rows) ? src[r * C + i % C] : from_f<T>(NAN);
+  }
+}
+
+// y[idx[i]] (rows of C) = x[i], i < M.
+template <typename T> __global__ void scatter_kernel(T *y, const T *x, const int32_t *idx, int64_t M, int64_t C) {
+  GRID_STRIDE(i, M * C) {
+    int64_t r = idx[i / C];
+    if (r >= 0) y[r * C + i % C] = x[i];
+  }
+}
+
+template <typename T>
+static int gather(cuda_backend_t *cb, void *y, const void *x, const int32_t *idx, int64_t M, int64_t C, int64_t n_rows,
+                  es_error_t *err) {
+  gather_kernel<T><<<cuda_grid_1d(M * C), 256, 0, cb->stream>>>((T *)y, (const T *)x, idx, M, C, n_rows);
+  ES_CUDA_LAUNCHED(err);
+  return ES_OK;
+}
+
+template <typename T>
+static int scatter(cuda_backend_t *cb, void *y, const void *x, const int32_t *idx, int64_t M, int64_t C,
+                   es_error_t *err) {
+  scatter_kernel<T><<<cuda_grid_1d(M * C), 256, 0, cb->stream>>>((T *)y, (const T *)x, idx, M, C);
+  ES_CUDA_LAUNCHED(err);
+  return ES_OK;
+}
+
+extern "C" int cuda_op_embed(es_backend_t *be, void *y, const es_weight_t *table, const int32_t *ids, int64_t M,
+                             es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  return CUDA_DISPATCH(cb, gather, cb, y, table->data, ids, M, table->n1, table->n0, err);
+}
+
+extern "C" int cuda_op_gather_rows(es_backend_t *be, void *y, const void *x, const int32_t *idx, int64_t M, int64_t C,
+                                   es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  return CUDA_DISPATCH(cb, gather, cb, y, x, idx, M, C, (int64_t)INT32_MAX + 1, err);
+}
+
+extern "C" int cuda_op_scatter_rows(es_backend_t *be, void *y, const void *x, const int32_t *idx, int64_t M,
+                                    int64_t C, es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  return CUDA_DISPATCH(cb, scatter, cb, y, x, idx, M, C, err);
+}
+
+// ---- RoPE (half-split, SPEC §4) and the KV store ------------------------------------------------------------
+// As transformers computes it: inv_freq[i] = 1 / theta^(2i/D) (fp32 exponent, the power rounded to fp32, the
+// fp32 reciprocal — as the CPU reference, with the power taken in double), freq = (float)pos · inv_freq[i] in
+// fp32, cos/sin of that fp32 value (taken in double and rounded: as close to correctly rounded as the CPU's
+// libm), then rounded to the model dtype before use.
+
+// One block per row i of the step. q (n_tokens, ldq), k (n_tokens, ldk) T rotated in place; v (n_tokens, ldv)
+// T; kv pool (L, n_blocks, 2, H, 16, D) T; positions, slot [n_tokens] int32. Dynamic shared: D floats.
+template <typename T>
+__global__ void rope_kv_kernel(T *q, int64_t ldq, T *k, int64_t ldk, const T *v, int64_t ldv, T *kv, int layer,
+                               int n_blocks, int H, int D, float theta, const int32_t *positions, const int32_t *slot) {
+  extern __shared__ float cs[]; // [half] cos, then [half] sin
+  int half = D / 2;
+  int64_t i = blockIdx.x;
+  float pos = (float)positions[i];
+  for (int f = threadIdx.x; f < half; f += blockDim.x) {
+    float e = (float)(2 * f) / (float)D;
+    float inv = 1.0f / (float)pow((double)theta, (double)e);
+    float a = pos * inv;
+    double sn, cn;
+    sincos((double)a, &sn, &cn);
+    cs[f] = rnd<T>((float)cn);
+    cs[half + f] = rnd<T>((float)sn);
+  }
+  __syncthreads();
+  int32_t s = slot[i], blk = s / ES_KV_BLOCK, off = s % ES_KV_BLOCK;
+  for (int j = threadIdx.x; j < H * half; j += blockDim.x) {
+    int h = j / half, f = j % half;
+    float c = cs[f], sn = cs[half + f];
+    T *qh = q + i * ldq + (int64_t)h * D, *kh = k + i * ldk + (int64_t)h * D;
+    float a = to_f(qh[f]), b = to_f(qh[f + half]);
+    // out[f] = a·cos − b·sin; out[f + half] = b·cos + a·sin, each product and the sum rounded (bf16 eager)
+    // (__fmul_rn/__fadd_rn: no contraction into FMA, so fp32 mode does the CPU reference's IEEE operations)
+    qh[f] = from_f<T>(__fadd_rn(rnd<T>(__fmul_rn(a, c)), rnd<T>(-__fmul_rn(b, sn))));
+    qh[f + half] = from_f<T>(__fadd_rn(rnd<T>(__fmul_rn(b, c)), rnd<T>(__fmul_rn(a, sn))));
+    a = to_f(kh[f]);
+    b = to_f(kh[f + half]);
+    T k0 = from_f<T>(__fadd_rn(rnd<T>(__fmul_rn(a, c)), rnd<T>(-__fmul_rn(b, sn))));
+    T k1 = from_f<T>(__fadd_rn(rnd<T>(__fmul_rn(b, c)), rnd<T>(__fmul_rn(a, sn))));
+    kh[f] = k0;
+    kh[f + half] = k1;
+    size_t tile = (((size_t)layer * (size_t)n_blocks + (size_t)blk) * 2) * (size_t)H + (size_t)h;
+    T *kc = kv + (tile * ES_KV_BLOCK + (size_t)off) * (size_t)D;                          // K of (blk, h)
+    T *vc = kv + ((tile + (size_t)H) * ES_KV_BLOCK + (size_t)off) * (size_t)D;            // V of (blk, h)
+    const T *vh = v + i * ldv + (int64_t)h * D;
+    kc[f] = k0;
+    kc[f + half] = k1;
+    vc[f] = vh[f];
+    vc[f + half] = vh[f + half];
+  }
+}
+
+template <typename T>
+static int rope_kv(cuda_backend_t *cb, int layer, void *q, int64_t ldq, void *k, int64_t ldk, const void *v,
+                   int64_t ldv, int H, int D, float theta, es_error_t *err) {
+  const es_backend_t *be = &cb->base;
+  rope_kv_kernel<T><<<(unsigned)be->batch.n_tokens, 128, (size_t)D * sizeof(float), cb->stream>>>(
+      (T *)q, ldq, (T *)k, ldk, (const T *)v, ldv, (T *)cb->kv, layer, be->kv_blocks, H, D, theta, cb->d_positions,
+      cb->d_slot);
+  ES_CUDA_LAUNCHED(err);
+  return ES_OK;
+}
+
+extern "C" int cuda_op_rope_kv_store(es_backend_t *be, int layer, void *q, int64_t ldq, void *k, int64_t ldk,
+                                     const void *v, int64_t ldv, int H, int D, float theta, es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  if (!(theta > 1.0f)) return es_fail(err, ES_EINVAL, "rope_kv_store: theta %g must be > 1", (double)theta);
+  if ((size_t)D * sizeof(float) > 48 * 1024)
+    return es_fail(err, ES_EUNSUPPORTED, "rope_kv_store: head dim %d too large", D);
+  return CUDA_DISPATCH(cb, rope_kv, cb, layer, q, ldq, k, ldk, v, ldv, H, D, theta, err);
+}
