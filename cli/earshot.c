@@ -20,12 +20,16 @@ int cmd_inspect(int argc, char **argv);
 int cmd_mel(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_run(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_detokenize(int argc, char **argv);
 
 static const command_t COMMANDS[] = {
     {"inspect", "check a model directory: files, config, tensors, problems", cmd_inspect},
     {"mel", "decode audio and write its log-mel features (one .npy per 30 s window)", cmd_mel},
     {"bench", "benchmarks: earshot bench mel", cmd_bench},
     {"run", "answer one turn about audio files, streamed to stdout (--json for one object)", cmd_run},
+    {"tokenize", "text or a chat file (--chat) -> token ids, as a JSON array", cmd_tokenize},
+    {"detokenize", "token ids -> text", cmd_detokenize},
     {NULL, NULL, NULL},
 };
 
