@@ -6,7 +6,7 @@
  * in double, power, the sparse mel projection with the float32 weights summed in double, one rounding to
  * float, a vectorised log10 within a few float ulps) is close to an exact float64 computation, so what is
  * left against the golden features is transformers' own float32 error: max |diff| 1.5e-4 over all fixtures
- * (alarm-clock-48k-stereo; 6.5e-5 or less elsewhere), where transformers' float32 result is 1.5e-4 from an
+ * (alarm-clock-48k-stereo; 3.7e-5 or less elsewhere), where transformers' float32 result is 1.5e-4 from an
  * exact float64 computation. The float32 KissFFT used before gave 1.6e-4, and a float32 version of the
  * SIMD DFT 2.3e-4 (over the 2e-4 tolerance): quiet bins of loud frames carry float32 FFT noise.
  * The max for the (max - 8) clamp runs over every one of the 128 x 3000 values, padding frames included:
