@@ -20,6 +20,9 @@ int cmd_inspect(int argc, char **argv);
 int cmd_mel(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_run(int argc, char **argv);
+#ifdef EARSHOT_HAVE_SERVER
+int cmd_serve(int argc, char **argv);
+#endif
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 
@@ -28,6 +31,9 @@ static const command_t COMMANDS[] = {
     {"mel", "decode audio and write its log-mel features (one .npy per 30 s window)", cmd_mel},
     {"bench", "benchmarks: earshot bench mel", cmd_bench},
     {"run", "answer one turn about audio files, streamed to stdout (--json for one object)", cmd_run},
+#ifdef EARSHOT_HAVE_SERVER
+    {"serve", "the OpenAI-compatible HTTP server (chat completions, audio analysis, transcriptions)", cmd_serve},
+#endif
     {"tokenize", "text or a chat file (--chat) -> token ids, as a JSON array", cmd_tokenize},
     {"detokenize", "token ids -> text", cmd_detokenize},
     {NULL, NULL, NULL},
