@@ -64,6 +64,7 @@ static int make_request(eng_request_t *q, npy_array_t *prompt, sink_t *sink, es_
     if (!strcmp(cJSON_GetObjectItemCaseSensitive(x, "name")->valuestring, "b-speech")) c = x;
   }
   if (!c) return es_fail(err, ES_ENOTFOUND, "case b-speech");
+  npy_free(prompt); /* the previous request's copy: eng_submit copied it */
   int rc = golden_read_npy(&G, cJSON_GetObjectItemCaseSensitive(c, "prompt_ids")->valuestring, prompt, err);
   if (rc) return rc;
   const char *aid = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(c, "audios"), 0)->valuestring;
