@@ -2,8 +2,8 @@
  *
  * A table of targets, each a function that measures one thing and prints a human line plus, with --json,
  * one JSON object a script can turn into ratios against a reference measured in the same run
- * (scripts/bench-*.sh). Targets: mel (decode + log-mel features of a 30 s clip). Model benchmarks join
- * the table in later issues.
+ * (scripts/bench-*.sh). Targets: mel (decode + log-mel features of a 30 s clip), model (time to first token
+ * and decode step of the whole model on a backend, against the weight-streaming limit measured in the same run).
  * Exit codes: 0 ok, 1 failure, 2 usage. Thread safety: single-threaded command (a target may start threads).
  */
 #include <math.h>
@@ -14,9 +14,20 @@
 #include <time.h>
 
 #include "audio_mel.h"
+#include "backend.h"
+#include "checkpoint.h"
+#include "config.h"
 #include "es_error.h"
+#include "es_gpu.h"
+#include "kv_alloc.h"
+#include "model_path.h"
+#include "qwen2audio.h"
+#include "runtime.h"
 #ifdef EARSHOT_HAVE_AUDIO_DECODE
 #include "audio_decode.h"
+#endif
+#ifdef ES_HAVE_CUDA_BACKEND
+#include "cuda/cuda_hooks.h"
 #endif
 
 int cmd_bench(int argc, char **argv);
@@ -162,10 +173,325 @@ done:
   return rc;
 }
 
+/* ---- model ----------------------------------------------------------------------------------------- */
+/* The whole model on one backend: time to first token from 16 kHz samples in memory (log-mel on the host,
+ * encoder, one prefill step of every sequence, logits to the host, argmax) and the decode step time at batch
+ * B, against the weight-streaming limit: the bytes of the decoder weights a decode step must read, over the
+ * device's copy bandwidth measured in the same run (read + write bytes; CUDA: cudaMemcpy device to device;
+ * CPU: the backend's own row copy). Prompt per sequence: P text tokens around <|audio_bos|> N x <|AUDIO|>
+ * <|audio_eos|> (N from the clip length, 750 for 30 s); ids are synthetic (the numbers do not depend on them). */
+
+static void model_usage(FILE *out) {
+  fprintf(out,
+          "usage: earshot bench model (--model DIR | --dummy-weights --config FILE) [options]\n"
+          "\n"
+          "  --device auto|cpu|cuda   (default auto)      --dtype bfloat16|float32 (CUDA; default bfloat16)\n"
+          "  --audio-seconds S        clip length, <= 30 (default 30)\n"
+          "  --prompt-tokens P        text tokens around the audio (default 32)\n"
+          "  --output-tokens N        decode steps per run, eos ignored (default 64)\n"
+          "  --batch B                sequences per step (default 1)\n"
+          "  --warmup W --repeats R   runs before / timed (default 1 / 3); medians are reported\n"
+          "  --copy-mib M             buffer for the copy-bandwidth measurement (default 1024)\n"
+          "  --threads N              CPU threads (default all)   --json   one JSON object last\n");
+}
+
+typedef struct {
+  es_backend_t *be;
+  qa_model_t *m;
+  kv_pool_t *kv;
+  mel_ctx_t *mel;
+  model_config_t cfg;
+  ckpt_t *ck;
+} bench_model_t;
+
+/* Copy bandwidth of the backend's memory, bytes read + written per second. */
+static int copy_bandwidth(es_backend_t *be, size_t bytes, double *bw, es_error_t *err) {
+#ifdef ES_HAVE_CUDA_BACKEND
+  if (strncmp(es_backend_name(be), "cuda", 4) == 0)
+    return cuda_backend_copy_bandwidth(be, bytes, 10, bw, err);
+#endif
+  /* CPU: rows of 1 MiB through es_op_gather_rows (the backend's threaded memcpy) */
+  int64_t C = (1 << 20) / 4, M = (int64_t)(bytes / (1 << 20));
+  if (M < 1) M = 1;
+  void *a, *b, *idx;
+  int rc;
+  if ((rc = es_backend_alloc(be, (size_t)M << 20, &a, err)) || (rc = es_backend_alloc(be, (size_t)M << 20, &b, err)) ||
+      (rc = es_backend_alloc(be, sizeof(int32_t) * (size_t)M, &idx, err)))
+    return rc;
+  int32_t *h = malloc(sizeof(int32_t) * (size_t)M);
+  if (!h) return es_fail(err, ES_ENOMEM, "out of memory");
+  for (int64_t i = 0; i < M; i++) h[i] = (int32_t)i;
+  rc = es_backend_write(be, idx, h, sizeof(int32_t) * (size_t)M, err);
+  free(h);
+  double best = 0;
+  for (int r = 0; !rc && r < 4; r++) {
+    double t0 = now_s();
+    if ((rc = es_op_gather_rows(be, b, a, idx, M, C, err)) || (rc = es_backend_sync(be, err))) break;
+    double t = now_s() - t0;
+    if (r > 0 && (best == 0 || t < best)) best = t;
+  }
+  *bw = best > 0 ? 2.0 * (double)((size_t)M << 20) / best : 0;
+  return rc;
+}
+
+/* Bytes one decode step must read: every decoder weight and the lm_head, in the compute dtype. */
+static double decoder_bytes(const model_config_t *c, es_dtype_t dt) {
+  double E = c->hidden_size, I = c->intermediate_size, V = c->vocab_size,
+         KVW = (double)c->num_key_value_heads * c->head_dim;
+  double per_layer = E * E * 2 + 2 * KVW * E + 3 * E * I + E + 2 * KVW + 2 * E;
+  return (double)es_dtype_size(dt) * (c->num_hidden_layers * per_layer + E + V * E);
+}
+
+static int argmax_f(const float *x, int n) {
+  int b = 0;
+  for (int i = 1; i < n; i++)
+    if (x[i] > x[b]) b = i;
+  return b;
+}
+
+static int bench_model(int argc, char **argv) {
+  const char *model = NULL, *config = NULL, *device = "auto", *dtype = "bfloat16";
+  int dummy = 0, P = 32, n_out = 64, B = 1, warmup = 1, repeats = 3, copy_mib = 1024, threads = 0, json = 0;
+  double seconds = 30.0;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    int more = i + 1 < argc;
+    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+      model_usage(stdout);
+      return 0;
+    } else if (!strcmp(a, "--model") && more) model = argv[++i];
+    else if (!strcmp(a, "--config") && more) config = argv[++i];
+    else if (!strcmp(a, "--dummy-weights")) dummy = 1;
+    else if (!strcmp(a, "--device") && more) device = argv[++i];
+    else if (!strcmp(a, "--dtype") && more) dtype = argv[++i];
+    else if (!strcmp(a, "--audio-seconds") && more) seconds = atof(argv[++i]);
+    else if (!strcmp(a, "--prompt-tokens") && more) P = atoi(argv[++i]);
+    else if (!strcmp(a, "--output-tokens") && more) n_out = atoi(argv[++i]);
+    else if (!strcmp(a, "--batch") && more) B = atoi(argv[++i]);
+    else if (!strcmp(a, "--warmup") && more) warmup = atoi(argv[++i]);
+    else if (!strcmp(a, "--repeats") && more) repeats = atoi(argv[++i]);
+    else if (!strcmp(a, "--copy-mib") && more) copy_mib = atoi(argv[++i]);
+    else if (!strcmp(a, "--threads") && more) threads = atoi(argv[++i]);
+    else if (!strcmp(a, "--json")) json = 1;
+    else {
+      fprintf(stderr, "earshot bench model: unknown or incomplete option '%s'\n", a);
+      model_usage(stderr);
+      return 2;
+    }
+  }
+  if ((!model && !(dummy && config)) || !(seconds > 0.02 && seconds <= 30.0) || P < 4 || P > 4096 || n_out < 1 ||
+      n_out > 4096 || B < 1 || B > 64 || warmup < 0 || repeats < 1 || repeats > 1000 || copy_mib < 1 || threads < 0) {
+    fprintf(stderr, "earshot bench model: need --model DIR or --dummy-weights --config FILE; 0.02 < S <= 30, "
+                    "4 <= P <= 4096, 1 <= N <= 4096, 1 <= B <= 64, R >= 1\n");
+    return 2;
+  }
+  es_error_t err;
+  es_error_clear(&err);
+  bench_model_t bm;
+  memset(&bm, 0, sizeof bm);
+  rt_device_t dev;
+  es_dtype_t dt;
+  int rc = 1;
+  size_t n_samples = (size_t)(seconds * MEL_SAMPLE_RATE);
+  float *x = NULL, *mel = NULL, *logits = NULL;
+  int32_t *ids = NULL, *arow = NULL, *pos = NULL, *slot = NULL, *table = NULL, *lrows = NULL, *q_start = NULL,
+          *ctx = NULL;
+  double *t_ttft = NULL, *t_step = NULL;
+  kv_seq_t *seqs = NULL;
+  char dir[4096] = "";
+  if (rt_parse_device(device, &dev, &err) || rt_parse_dtype(dtype, &dt, &err)) goto done;
+
+  /* config and checkpoint */
+  if (model) {
+    model_path_t mp;
+    if (mpath_resolve(model, &mp, &err)) goto done;
+    snprintf(dir, sizeof dir, "%s", mp.dir);
+  }
+  if (config ? cfg_load(config, NULL, &bm.cfg, &err) : cfg_load_dir(dir, &bm.cfg, &err)) goto done;
+  if (!dummy && ckpt_open(dir, &bm.cfg, 0, &bm.ck, &err)) goto done;
+  const model_config_t *c = &bm.cfg;
+  int frames = 0, N = 0;
+  if (mel_ctx_init(&bm.mel, 1, &err)) goto done;
+
+  /* the clip: a chirp plus noise, every frame non-silent */
+  x = malloc(sizeof(float) * n_samples);
+  mel = malloc(sizeof(float) * (size_t)B * MEL_N_MELS * MEL_N_FRAMES);
+  if (!x || !mel) {
+    es_fail(&err, ES_ENOMEM, "out of memory");
+    goto done;
+  }
+  uint32_t s = 7;
+  for (size_t i = 0; i < n_samples; i++) {
+    s = s * 1664525u + 1013904223u;
+    const double t = (double)i / MEL_SAMPLE_RATE;
+    x[i] = (float)(0.3 * sin(2 * 3.141592653589793 * (100 + 120 * t) * t) + 0.01 * ((double)(s >> 8) / 16777216.0 - 0.5));
+  }
+  if (mel_compute(bm.mel, x, n_samples, mel, &frames, &N, &err)) goto done;
+  if (N < 1) {
+    es_fail(&err, ES_EINVAL, "%.3f s of audio gives no audio token", seconds);
+    goto done;
+  }
+  int T = P + N, ctx_max = T + n_out;
+  int max_blocks = (ctx_max + ES_KV_BLOCK - 1) / ES_KV_BLOCK;
+
+  /* backend and model */
+  es_backend_opts_t bo = {.compute_dtype = dt, .n_threads = threads, .device = 0,
+                          .max_tokens = (size_t)(B * T), .max_seqs = (size_t)B, .max_blocks = (size_t)max_blocks};
+  if (dev == RT_DEVICE_AUTO) {
+    int n_gpu = 0;
+    char why[128] = "";
+    es_error_t gerr;
+    dev = es_gpu_compiled() && es_gpu_count(&n_gpu, why, sizeof why, &gerr) == 0 && n_gpu > 0 ? RT_DEVICE_CUDA
+                                                                                               : RT_DEVICE_CPU;
+  }
+  if (dev == RT_DEVICE_CPU) bo.compute_dtype = ES_DT_F32;
+  if (dev == RT_DEVICE_CUDA ? es_backend_create_cuda(&bo, &bm.be, &err) : es_backend_create_cpu(&bo, &bm.be, &err))
+    goto done;
+  double bw = 0;
+  if (copy_bandwidth(bm.be, (size_t)copy_mib << 20, &bw, &err)) goto done;
+  double t_load0 = now_s();
+  qa_model_opts_t mo = {.max_tokens = B * T, .max_seqs = B, .max_logit_rows = B, .max_audio_batch = B,
+                        .audio_pool_rows = B * QA_MAX_WINDOW_TOKENS, .kv_blocks = B * max_blocks + 1,
+                        .max_blocks_per_seq = max_blocks, .dummy_seed = 1234};
+  if (qa_model_open(bm.be, c, bm.ck, &mo, &bm.m, &err) || kv_pool_init(mo.kv_blocks, &bm.kv, &err)) goto done;
+  double load_s = now_s() - t_load0;
+  fprintf(stderr, "earshot bench model: %s, %s weights loaded in %.1f s\n", es_backend_name(bm.be),
+          dummy ? "dummy" : "checkpoint", load_s);
+
+  /* prompts: P text ids around <|audio_bos|> N x <|AUDIO|> <|audio_eos|>, the same for every sequence */
+  int V = c->vocab_size, audio = c->audio_token_index;
+  ids = malloc(sizeof(int32_t) * (size_t)(B * T));
+  arow = malloc(sizeof(int32_t) * (size_t)(B * T));
+  pos = malloc(sizeof(int32_t) * (size_t)(B * T));
+  slot = malloc(sizeof(int32_t) * (size_t)(B * T));
+  table = calloc((size_t)(B * max_blocks), sizeof(int32_t));
+  lrows = malloc(sizeof(int32_t) * (size_t)B);
+  q_start = malloc(sizeof(int32_t) * (size_t)(B + 1));
+  ctx = malloc(sizeof(int32_t) * (size_t)B);
+  logits = malloc(sizeof(float) * (size_t)B * (size_t)V);
+  seqs = calloc((size_t)B, sizeof(kv_seq_t));
+  t_ttft = calloc((size_t)(warmup + repeats), sizeof(double));
+  t_step = calloc((size_t)repeats * (size_t)n_out, sizeof(double));
+  if (!ids || !arow || !pos || !slot || !table || !lrows || !q_start || !ctx || !logits || !seqs || !t_ttft ||
+      !t_step) {
+    es_fail(&err, ES_ENOMEM, "out of memory");
+    goto done;
+  }
+  int pre = P / 2 - 1;
+  int32_t bos = audio + 1 < V ? audio + 1 : 1, eos = audio + 2 < V ? audio + 2 : 2;
+  for (int b = 0; b < B; b++)
+    for (int i = 0; i < T; i++) {
+      int32_t id = (int32_t)((1000 + 7919 * i) % (V > 151000 ? 151000 : V));
+      if (id == audio) id = 0;
+      int r = b * T + i, a = i - pre - 1;
+      ids[r] = i == pre ? bos : (a >= 0 && a < N) ? audio : (a == N) ? eos : id;
+      arow[r] = (a >= 0 && a < N) ? b * N + a : -1;
+    }
+
+  int n_step = 0;
+  for (int run = 0; run < warmup + repeats; run++) {
+    int timed = run >= warmup;
+    /* time to first token: samples -> features -> encoder -> prefill -> logits -> ids on the host */
+    double t0 = now_s();
+    int fr[64], dst[64], written = 0, bad = 0;
+    for (int b = 0; b < B && !bad; b++) {
+      bad = mel_compute(bm.mel, x, n_samples, mel + (size_t)b * MEL_N_MELS * MEL_N_FRAMES, &fr[b], NULL, &err);
+      dst[b] = b * N; /* sequence b's placeholders read pool rows b·N .. b·N + N − 1 */
+    }
+    if (bad || qa_encode(bm.m, mel, fr, B, dst, &written, &err)) goto done;
+    q_start[0] = 0;
+    for (int b = 0; b < B; b++) {
+      if (kv_seq_reserve(bm.kv, &seqs[b], ctx_max, max_blocks, &err)) goto done;
+      memcpy(table + (size_t)b * max_blocks, seqs[b].blocks, sizeof(int32_t) * (size_t)seqs[b].n_blocks);
+      for (int i = 0; i < T; i++) {
+        pos[b * T + i] = i;
+        slot[b * T + i] = kv_seq_slot(&seqs[b], i);
+      }
+      q_start[b + 1] = (b + 1) * T;
+      ctx[b] = T;
+      lrows[b] = b * T + T - 1;
+    }
+    es_batch_t batch = {.n_seqs = B, .n_tokens = B * T, .q_start = q_start, .ctx_len = ctx, .positions = pos,
+                        .slot = slot, .block_table = table, .max_blocks = max_blocks};
+    if (qa_step(bm.m, &batch, ids, arow, lrows, B, logits, &err)) goto done;
+    int32_t next[64];
+    for (int b = 0; b < B; b++) next[b] = argmax_f(logits + (size_t)b * V, V);
+    double ttft = now_s() - t0;
+    t_ttft[run] = ttft;
+    /* decode: B sequences, one token each per step, greedy, eos ignored */
+    int32_t none[64];
+    for (int b = 0; b < B; b++) none[b] = -1;
+    for (int k = 0; k < n_out; k++) {
+      for (int b = 0; b < B; b++) {
+        int p = T + k;
+        pos[b] = p;
+        slot[b] = kv_seq_slot(&seqs[b], p);
+        q_start[b + 1] = b + 1;
+        ctx[b] = p + 1;
+        lrows[b] = b;
+      }
+      es_batch_t db = {.n_seqs = B, .n_tokens = B, .q_start = q_start, .ctx_len = ctx, .positions = pos,
+                       .slot = slot, .block_table = table, .max_blocks = max_blocks};
+      double s0 = now_s();
+      if (qa_step(bm.m, &db, next, none, lrows, B, logits, &err)) goto done;
+      for (int b = 0; b < B; b++) next[b] = argmax_f(logits + (size_t)b * V, V);
+      if (timed) t_step[n_step++] = now_s() - s0;
+    }
+    for (int b = 0; b < B; b++) kv_seq_release(bm.kv, &seqs[b]);
+    fprintf(stderr, "  run %d%s: time to first token %.1f ms\n", run, timed ? "" : " (warm-up)", 1e3 * ttft);
+  }
+  double ttft_ms = 1e3 * median(t_ttft + warmup, repeats), step_ms = 1e3 * median(t_step, n_step);
+  double mbytes = decoder_bytes(c, es_backend_act_dtype(bm.be)), limit_ms = bw > 0 ? 1e3 * mbytes / bw : 0;
+  printf("bench model: %s, %s, batch %d, %.1f s audio (%d audio tokens) + %d text tokens, %d output tokens, "
+         "%d repeats (median)\n",
+         es_backend_name(bm.be), dummy ? "dummy weights" : dir, B, seconds, N, P, n_out, repeats);
+  printf("  time to first token (samples -> id on host)  %10.2f ms\n", ttft_ms);
+  printf("  decode step (batch %d)                       %10.3f ms  (%.1f tokens/s)\n", B, step_ms,
+         B * 1e3 / step_ms);
+  printf("  weight-streaming limit                        %10.3f ms  (%.2f GB of decoder weights / %.0f GB/s copy)\n",
+         limit_ms, mbytes / 1e9, bw / 1e9);
+  printf("  decode at %.1f%% of the weight-streaming limit\n", step_ms > 0 ? 100.0 * limit_ms / step_ms : 0.0);
+  if (json)
+    printf("{\"bench\": \"model\", \"backend\": \"%s\", \"dtype\": \"%s\", \"dummy_weights\": %s, \"batch\": %d, "
+           "\"audio_seconds\": %.3f, \"audio_tokens\": %d, \"prompt_tokens\": %d, \"output_tokens\": %d, "
+           "\"warmup\": %d, \"repeats\": %d, \"load_s\": %.3f, \"ttft_ms\": %.4f, \"decode_ms_per_step\": %.4f, "
+           "\"decode_tokens_per_s\": %.3f, \"decoder_weight_bytes\": %.0f, \"copy_bytes_per_s\": %.0f, "
+           "\"limit_ms_per_step\": %.4f, \"fraction_of_limit\": %.4f}\n",
+           es_backend_name(bm.be), es_dtype_name(es_backend_act_dtype(bm.be)), dummy ? "true" : "false", B, seconds,
+           N, P, n_out, warmup, repeats, load_s, ttft_ms, step_ms, B * 1e3 / step_ms, mbytes, bw, limit_ms,
+           step_ms > 0 ? limit_ms / step_ms : 0.0);
+  rc = 0;
+done:
+  if (rc) fprintf(stderr, "earshot bench model: %s\n", err.msg);
+  if (seqs && bm.kv)
+    for (int b = 0; b < B; b++) kv_seq_release(bm.kv, &seqs[b]);
+  free(seqs);
+  kv_pool_free(bm.kv);
+  qa_model_close(bm.m);
+  es_backend_free(bm.be);
+  ckpt_close(bm.ck);
+  mel_ctx_free(&bm.mel);
+  free(x);
+  free(mel);
+  free(logits);
+  free(ids);
+  free(arow);
+  free(pos);
+  free(slot);
+  free(table);
+  free(lrows);
+  free(q_start);
+  free(ctx);
+  free(t_ttft);
+  free(t_step);
+  return rc;
+}
+
 /* ---- dispatcher ------------------------------------------------------------------------------------ */
 
 static const bench_target_t TARGETS[] = {
     {"mel", "decode + log-mel features of a 30 s clip", bench_mel},
+    {"model", "time to first token and decode step vs the weight-streaming limit", bench_model},
     {NULL, NULL, NULL},
 };
 

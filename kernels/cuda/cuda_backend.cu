@@ -355,3 +355,46 @@ fail:
   cuda_destroy(be);
   return rc;
 }
+
+// ---- hooks ------------------------------------------------------------------------------------------------
+
+static int copy_bw(cuda_backend_t *cb, void *a, void *b, size_t bytes, int repeats, cudaEvent_t e0, cudaEvent_t e1,
+                   double *bytes_per_s, es_error_t *err) {
+  ES_CUDA_TRY(err, cudaMemsetAsync(a, 0x5a, bytes, cb->stream)); // not zeros (METHOD.md); the copy is blind anyway
+  ES_CUDA_TRY(err, cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, cb->stream)); // warm-up
+  ES_CUDA_TRY(err, cudaEventRecord(e0, cb->stream));
+  for (int i = 0; i < repeats; i++)
+    ES_CUDA_TRY(err, cudaMemcpyAsync(i % 2 ? a : b, i % 2 ? b : a, bytes, cudaMemcpyDeviceToDevice, cb->stream));
+  ES_CUDA_TRY(err, cudaEventRecord(e1, cb->stream));
+  ES_CUDA_TRY(err, cudaEventSynchronize(e1));
+  float ms = 0.0f;
+  ES_CUDA_TRY(err, cudaEventElapsedTime(&ms, e0, e1));
+  *bytes_per_s = ms > 0 ? 2.0 * (double)bytes * repeats / (ms * 1e-3) : 0.0;
+  return ES_OK;
+}
+
+extern "C" int cuda_backend_copy_bandwidth(es_backend_t *be, size_t bytes, int repeats, double *bytes_per_s,
+                                           es_error_t *err) {
+  *bytes_per_s = 0.0;
+  if (strcmp(be->ops->kind, "cuda") != 0) return es_fail(err, ES_EINVAL, "%s is not the CUDA backend", be->name);
+  if (be->in_step) return es_fail(err, ES_EINTERNAL, "%s: copy bandwidth inside a step", be->name);
+  cuda_backend_t *cb = cuda_be(be);
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  void *a = NULL, *b = NULL;
+  cudaEvent_t e0 = NULL, e1 = NULL;
+  cudaError_t e = cudaMalloc(&a, bytes);
+  if (e == cudaSuccess) e = cudaMalloc(&b, bytes);
+  if (e == cudaSuccess) e = cudaEventCreate(&e0);
+  if (e == cudaSuccess) e = cudaEventCreate(&e1);
+  if (e != cudaSuccess)
+    rc = es_cuda_fail(err, e, "copy bandwidth buffers", __FILE__, __LINE__);
+  else
+    rc = copy_bw(cb, a, b, bytes, repeats < 1 ? 1 : repeats, e0, e1, bytes_per_s, err);
+  cudaStreamSynchronize(cb->stream);
+  cudaFree(a);
+  cudaFree(b);
+  if (e0) cudaEventDestroy(e0);
+  if (e1) cudaEventDestroy(e1);
+  return rc;
+}

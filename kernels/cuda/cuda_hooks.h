@@ -21,6 +21,11 @@ int cuda_backend_set_gemm_path(es_backend_t *be, cuda_gemm_path_t path, es_error
 /* Number of cached cuBLASLt plans, and how many of them fell back to the plain kernel (no algorithm). */
 void cuda_backend_gemm_stats(const es_backend_t *be, int *plans, int *fallbacks);
 
+/* Device-to-device copy bandwidth (cudaMemcpyAsync of `bytes`, `repeats` times after a warm-up, timed with
+ * events), counting bytes read plus bytes written, in *bytes_per_s. Allocates and frees its own two buffers
+ * (benchmarks only, never inside a step). */
+int cuda_backend_copy_bandwidth(es_backend_t *be, size_t bytes, int repeats, double *bytes_per_s, es_error_t *err);
+
 #ifdef __cplusplus
 }
 #endif
