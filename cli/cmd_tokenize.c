@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "audio_mel.h"
 #include "config.h"
@@ -45,6 +46,8 @@ static void tokenize_usage(FILE *out) {
                "  --no-generation-prompt   leave out the trailing \"<|im_start|>assistant\\n\"\n"
                "  --long-audio truncate|split   audio over 30 s: the first 30 s (default) or every window\n"
                "  --print-prompt           print the rendered prompt text (before expansion) instead of ids\n"
+               "  --bench RUNS             time RUNS encodes of TEXT on one thread and print a JSON summary\n"
+               "                           instead of the ids (scripts/bench-tokenizer.sh)\n"
                "\n"
                "Prints the ids as one JSON array.\n");
 }
@@ -173,15 +176,17 @@ static int audio_part(const cJSON *part, const char *type, const char *base_dir,
   const char *p = src->valuestring;
   if (strncmp(p, "file://", 7) == 0) p += 7;
   char path[4096];
-  if (p[0] == '/' || !base_dir[0]) snprintf(path, sizeof path, "%s", p);
-  else if (es_path_join(path, sizeof path, base_dir, p, err)) return err->code;
+  if (p[0] == '/' || !base_dir[0])
+    snprintf(path, sizeof path, "%s", p);
+  else if (es_path_join(path, sizeof path, base_dir, p, err))
+    return err->code;
   return audio_file_tokens(path, policy, windows, n_windows, err);
 }
 
-static int parse_chat(const cJSON *root, const char *base_dir, audio_long_policy_t policy, chat_t *c,
-                      es_error_t *err) {
+static int parse_chat(const cJSON *root, const char *base_dir, audio_long_policy_t policy, chat_t *c, es_error_t *err) {
   const cJSON *msgs = cJSON_IsArray(root) ? root : cJSON_GetObjectItemCaseSensitive(root, "messages");
-  if (!cJSON_IsArray(msgs)) return es_fail(err, ES_EINVAL, "expected a JSON array of messages (or {\"messages\": [...]})");
+  if (!cJSON_IsArray(msgs))
+    return es_fail(err, ES_EINVAL, "expected a JSON array of messages (or {\"messages\": [...]})");
   size_t n = (size_t)cJSON_GetArraySize(msgs), n_parts = 0;
   for (const cJSON *m = msgs->child; m; m = m->next) {
     const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
@@ -195,7 +200,8 @@ static int parse_chat(const cJSON *root, const char *base_dir, audio_long_policy
   size_t i = 0, p = 0;
   for (const cJSON *m = msgs->child; m; m = m->next, i++) {
     prompt_message_t *pm = &c->msgs[i];
-    const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role"), *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+    const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role"),
+                *content = cJSON_GetObjectItemCaseSensitive(m, "content");
     pm->role = cJSON_IsString(role) ? role->valuestring : NULL;
     if (cJSON_IsString(content)) {
       pm->content = content->valuestring;
@@ -238,8 +244,8 @@ static int audio_token_id(const char *dir, const tok_t *tok, int32_t *id, es_err
   if (rc) return rc;
   if (!es_path_exists(path)) {
     *id = tok_token_id(tok, "<|AUDIO|>");
-    fprintf(stderr, "earshot: %s has no config.json; using the tokenizer's <|AUDIO|> (id %d) as the audio token\n",
-            dir, (int)*id);
+    fprintf(stderr, "earshot: %s has no config.json; using the tokenizer's <|AUDIO|> (id %d) as the audio token\n", dir,
+            (int)*id);
     return ES_OK;
   }
   char *buf = NULL;
@@ -273,8 +279,10 @@ static int tokenize_chat(const tok_t *tok, const char *dir, const char *chat_pat
   }
   snprintf(base_dir, sizeof base_dir, "%s", chat_path);
   char *slash = strrchr(base_dir, '/');
-  if (slash) *slash = '\0';
-  else base_dir[0] = '\0';
+  if (slash)
+    *slash = '\0';
+  else
+    base_dir[0] = '\0';
   if ((rc = parse_chat(root, base_dir, policy, &chat, &err))) {
     es_error_prefix(&err, "%s: ", chat_path);
     goto done;
@@ -302,9 +310,57 @@ done:
   return rc ? 1 : 0;
 }
 
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* Median seconds per encode of text, cold (a new encoder, so an empty word cache, per run: what one request
+ * sees) and warm (one encoder reused: a long-lived worker thread). */
+static int bench_encode(const tok_t *tok, const char *text, size_t len, int runs) {
+  es_error_t err;
+  double *cold = calloc((size_t)runs, sizeof *cold), *warm = calloc((size_t)runs, sizeof *warm);
+  tok_encoder_t *enc = NULL;
+  tok_ids_t ids = {0};
+  int rc = cold && warm ? tok_encoder_new(tok, &enc, &err) : es_fail(&err, ES_ENOMEM, "out of memory");
+  for (int r = 0; r < runs && rc == ES_OK; r++) {
+    ids.n = 0;
+    double t0 = now_s();
+    rc = tok_encode(tok, text, len, &ids, &err);
+    cold[r] = now_s() - t0;
+  }
+  for (int r = 0; r < runs && rc == ES_OK; r++) {
+    ids.n = 0;
+    double t0 = now_s();
+    rc = tok_encoder_encode(enc, text, len, &ids, &err);
+    warm[r] = now_s() - t0;
+  }
+  if (rc == ES_OK) {
+    qsort(cold, (size_t)runs, sizeof *cold, cmp_double);
+    qsort(warm, (size_t)runs, sizeof *warm, cmp_double);
+    double c = cold[runs / 2], w = warm[runs / 2];
+    printf("{\"bytes\": %zu, \"ids\": %zu, \"runs\": %d, \"cold_s\": %.6f, \"warm_s\": %.6f, "
+           "\"cold_mb_s\": %.2f, \"warm_mb_s\": %.2f}\n",
+           len, ids.n, runs, c, w, (double)len / c / 1e6, (double)len / w / 1e6);
+  } else {
+    fprintf(stderr, "earshot: %s\n", err.msg);
+  }
+  tok_encoder_free(enc);
+  tok_ids_free(&ids);
+  free(cold);
+  free(warm);
+  return rc ? 1 : 0;
+}
+
 int cmd_tokenize(int argc, char **argv) {
   const char *model = NULL, *chat = NULL, *text = NULL;
-  int add_gen = 1, print_prompt = 0;
+  int add_gen = 1, print_prompt = 0, bench_runs = 0;
   audio_long_policy_t policy = AUDIO_LONG_TRUNCATE;
   es_error_t err;
   for (int i = 1; i < argc; i++) {
@@ -325,6 +381,12 @@ int cmd_tokenize(int argc, char **argv) {
       add_gen = 0;
     } else if (strcmp(a, "--print-prompt") == 0) {
       print_prompt = 1;
+    } else if (strcmp(a, "--bench") == 0 && i + 1 < argc) {
+      bench_runs = atoi(argv[++i]);
+      if (bench_runs < 1 || bench_runs > 10000) {
+        fprintf(stderr, "earshot tokenize: --bench takes a number of runs (1..10000)\n");
+        return 2;
+      }
     } else if ((a[0] != '-' || strcmp(a, "-") == 0 || strcmp(a, "--") == 0) && !text) {
       text = strcmp(a, "--") == 0 && i + 1 < argc ? argv[++i] : a;
     } else {
@@ -333,7 +395,7 @@ int cmd_tokenize(int argc, char **argv) {
       return 2;
     }
   }
-  if (!model || (!chat == !text)) {
+  if (!model || (!chat == !text) || (bench_runs && chat)) {
     tokenize_usage(stderr);
     return 2;
   }
@@ -352,7 +414,9 @@ int cmd_tokenize(int argc, char **argv) {
       return 1;
     }
     tok_ids_t ids = {0};
-    if (tok_encode(tok, owned ? owned : text, len, &ids, &err) != ES_OK) {
+    if (bench_runs) {
+      rc = bench_encode(tok, owned ? owned : text, len, bench_runs);
+    } else if (tok_encode(tok, owned ? owned : text, len, &ids, &err) != ES_OK) {
       fprintf(stderr, "earshot: %s\n", err.msg);
       rc = 1;
     } else {
@@ -373,8 +437,7 @@ static int parse_ids(const char *s, tok_ids_t *out, es_error_t *err) {
     if (!*p) return ES_OK;
     char *end = NULL;
     long v = strtol(p, &end, 10);
-    if (end == p || v < -2147483647L || v > 2147483647L)
-      return es_fail(err, ES_EINVAL, "not a token id: \"%.20s\"", p);
+    if (end == p || v < -2147483647L || v > 2147483647L) return es_fail(err, ES_EINVAL, "not a token id: \"%.20s\"", p);
     int rc = tok_ids_push(out, (int32_t)v, err);
     if (rc) return rc;
     p = end;
@@ -416,7 +479,8 @@ int cmd_detokenize(int argc, char **argv) {
   }
   tok_text_t text = {0};
   int rc = tok_decode(tok, ids.ids, ids.n, skip, &text, &err);
-  if (rc) fprintf(stderr, "earshot: %s\n", err.msg);
+  if (rc)
+    fprintf(stderr, "earshot: %s\n", err.msg);
   else {
     fwrite(text.data, 1, text.len, stdout);
     fputc('\n', stdout);

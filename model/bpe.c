@@ -8,6 +8,13 @@
 #define BPE_CACHE_MAX_WORD 128
 #define BPE_CACHE_MAX_WORDS 65536
 
+/* A candidate merge of the symbols at pos and its right neighbour. It is stale once either symbol has
+ * changed, which comparing the two ids detects without another merge-table lookup. */
+struct bpe_cand {
+  uint64_t key; /* rank << 32 | pos: heap order, leftmost first on equal ranks */
+  int32_t left, right, merged;
+};
+
 int bpe_add_merge(bpe_t *m, int32_t left, int32_t right, uint32_t rank, int32_t merged, es_error_t *err) {
   uint64_t key = (uint64_t)(uint32_t)left << 32 | (uint32_t)right, old;
   if (tok_u64map_get(&m->merges, key, &old)) return ES_OK;
@@ -41,7 +48,7 @@ static int work_reserve(bpe_work_t *w, size_t n, es_error_t *err) {
   if (nx) w->sym_next = nx;
   int32_t *pv = realloc(w->sym_prev, cap * sizeof *pv);
   if (pv) w->sym_prev = pv;
-  uint64_t *heap = realloc(w->heap, 3 * cap * sizeof *heap);
+  struct bpe_cand *heap = realloc(w->heap, 3 * cap * sizeof *heap);
   if (heap) w->heap = heap;
   int32_t *out = realloc(w->out, cap * sizeof *out);
   if (out) w->out = out;
@@ -51,25 +58,25 @@ static int work_reserve(bpe_work_t *w, size_t n, es_error_t *err) {
   return ES_OK;
 }
 
-static void heap_push(uint64_t *h, size_t *n, uint64_t v) {
+static void heap_push(struct bpe_cand *h, size_t *n, struct bpe_cand v) {
   size_t i = (*n)++;
   while (i > 0) {
     size_t p = (i - 1) / 2;
-    if (h[p] <= v) break;
+    if (h[p].key <= v.key) break;
     h[i] = h[p];
     i = p;
   }
   h[i] = v;
 }
 
-static uint64_t heap_pop(uint64_t *h, size_t *n) {
-  uint64_t top = h[0], v = h[--(*n)];
+static struct bpe_cand heap_pop(struct bpe_cand *h, size_t *n) {
+  struct bpe_cand top = h[0], v = h[--(*n)];
   size_t i = 0, m = *n;
   for (;;) {
     size_t c = 2 * i + 1;
     if (c >= m) break;
-    if (c + 1 < m && h[c + 1] < h[c]) c++;
-    if (v <= h[c]) break;
+    if (c + 1 < m && h[c + 1].key < h[c].key) c++;
+    if (v.key <= h[c].key) break;
     h[i] = h[c];
     i = c;
   }
@@ -77,14 +84,14 @@ static uint64_t heap_pop(uint64_t *h, size_t *n) {
   return top;
 }
 
-static inline int merge_of(const bpe_t *m, int32_t left, int32_t right, uint64_t *rank_merged) {
-  return tok_u64map_get(&m->merges, (uint64_t)(uint32_t)left << 32 | (uint32_t)right, rank_merged);
-}
-
 static void push_pair(const bpe_t *m, bpe_work_t *w, size_t *hn, int32_t pos) {
   int32_t nx = w->sym_next[pos];
+  if (nx < 0) return;
+  int32_t l = w->sym[pos], r = w->sym[nx];
   uint64_t rm;
-  if (nx >= 0 && merge_of(m, w->sym[pos], w->sym[nx], &rm)) heap_push(w->heap, hn, (rm & ~0xFFFFFFFFull) | (uint32_t)pos);
+  if (!tok_u64map_get(&m->merges, (uint64_t)(uint32_t)l << 32 | (uint32_t)r, &rm)) return;
+  struct bpe_cand c = {(rm & ~0xFFFFFFFFull) | (uint32_t)pos, l, r, (int32_t)(uint32_t)rm};
+  heap_push(w->heap, hn, c);
 }
 
 static size_t merge_word(const bpe_t *m, bpe_work_t *w, const uint8_t *word, size_t len) {
@@ -97,15 +104,11 @@ static size_t merge_word(const bpe_t *m, bpe_work_t *w, const uint8_t *word, siz
   size_t hn = 0;
   for (int32_t i = 0; i + 1 < n; i++) push_pair(m, w, &hn, i);
   while (hn) {
-    uint64_t top = heap_pop(w->heap, &hn);
-    int32_t pos = (int32_t)(uint32_t)top;
-    uint32_t rank = (uint32_t)(top >> 32);
-    if (w->sym[pos] < 0) continue; /* merged into its left neighbour */
-    int32_t nx = w->sym_next[pos];
-    uint64_t rm;
-    /* stale entry: the pair at pos changed since it was pushed */
-    if (nx < 0 || !merge_of(m, w->sym[pos], w->sym[nx], &rm) || (uint32_t)(rm >> 32) != rank) continue;
-    w->sym[pos] = (int32_t)(uint32_t)rm;
+    struct bpe_cand c = heap_pop(w->heap, &hn);
+    int32_t pos = (int32_t)(uint32_t)c.key, nx = w->sym_next[pos];
+    /* stale: the left symbol was merged away or changed, or its right neighbour did */
+    if (w->sym[pos] != c.left || nx < 0 || w->sym[nx] != c.right) continue;
+    w->sym[pos] = c.merged;
     w->sym[nx] = -1;
     int32_t nn = w->sym_next[nx];
     w->sym_next[pos] = nn;
@@ -118,8 +121,8 @@ static size_t merge_word(const bpe_t *m, bpe_work_t *w, const uint8_t *word, siz
   return k;
 }
 
-int bpe_encode_word(const bpe_t *m, bpe_work_t *w, const uint8_t *word, size_t len, const int32_t **ids,
-                    size_t *n_ids, es_error_t *err) {
+int bpe_encode_word(const bpe_t *m, bpe_work_t *w, const uint8_t *word, size_t len, const int32_t **ids, size_t *n_ids,
+                    es_error_t *err) {
   ES_ASSERT(len >= 1);
   if (len > INT32_MAX) return es_fail(err, ES_ETOOBIG, "BPE: a word of %zu bytes", len);
   int rc = work_reserve(w, len, err);

@@ -18,17 +18,17 @@
 #include "tok_hash.h"
 
 typedef struct {
-  tok_u64map_t merges; /* (left id << 32 | right id) -> (rank << 32 | merged id) */
+  tok_u64map_t merges;   /* (left id << 32 | right id) -> (rank << 32 | merged id) */
   int32_t byte_ids[256]; /* vocabulary id of each single byte */
 } bpe_t;
 
 typedef struct {
-  int32_t *sym;  /* [cap] symbol id; sym_next/sym_prev link the live symbols */
+  int32_t *sym; /* [cap] symbol id; sym_next/sym_prev link the live symbols */
   int32_t *sym_next, *sym_prev;
-  uint64_t *heap; /* [3 * cap] (rank << 32 | left position) */
-  int32_t *out;   /* [cap] the result of the last word */
+  struct bpe_cand *heap; /* [3 * cap] candidate merges, a min-heap on (rank, left position) */
+  int32_t *out;          /* [cap] the result of the last word */
   size_t cap;
-  tok_strmap_t cache;  /* word bytes -> (offset << 32 | count) into cache_ids */
+  tok_strmap_t cache; /* word bytes -> (offset << 32 | count) into cache_ids */
   int32_t *cache_ids;
   size_t cache_len, cache_cap;
 } bpe_work_t;
@@ -39,6 +39,6 @@ int bpe_add_merge(bpe_t *m, int32_t left, int32_t right, uint32_t rank, int32_t 
 void bpe_free(bpe_t *m);
 
 /* Merges word (len >= 1 bytes). *ids points into w (valid until the next call on w); *n_ids is its length. */
-int bpe_encode_word(const bpe_t *m, bpe_work_t *w, const uint8_t *word, size_t len, const int32_t **ids,
-                    size_t *n_ids, es_error_t *err);
+int bpe_encode_word(const bpe_t *m, bpe_work_t *w, const uint8_t *word, size_t len, const int32_t **ids, size_t *n_ids,
+                    es_error_t *err);
 void bpe_work_free(bpe_work_t *w);

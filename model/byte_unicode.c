@@ -1,7 +1,9 @@
 /* byte_unicode: GPT-2's byte <-> unicode map. See byte_unicode.h. */
 #include "byte_unicode.h"
 
-static int is_self_mapped(uint32_t b) { return (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE; }
+static int is_self_mapped(uint32_t b) {
+  return (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+}
 
 uint32_t bu_byte_to_cp(uint8_t b) {
   if (is_self_mapped(b)) return b;

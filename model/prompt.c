@@ -29,7 +29,9 @@ int prompt_special_init(prompt_special_t *sp, const tok_t *tok, int32_t audio_to
   return ES_OK;
 }
 
-static int add(tok_text_t *out, const char *s, es_error_t *err) { return tok_text_append(out, s, strlen(s), err); }
+static int add(tok_text_t *out, const char *s, es_error_t *err) {
+  return tok_text_append(out, s, strlen(s), err);
+}
 
 int prompt_render_chat(const prompt_message_t *msgs, size_t n, int add_generation_prompt, tok_text_t *out,
                        size_t *n_audios, es_error_t *err) {

@@ -52,9 +52,9 @@ typedef struct {
 } prompt_part_t;
 
 typedef struct {
-  const char *role;            /* "system", "user" or "assistant" */
-  const char *content;         /* string content; NULL when the content is a list of parts */
-  const prompt_part_t *parts;  /* list content (used when content is NULL) */
+  const char *role;           /* "system", "user" or "assistant" */
+  const char *content;        /* string content; NULL when the content is a list of parts */
+  const prompt_part_t *parts; /* list content (used when content is NULL) */
   size_t n_parts;
 } prompt_message_t;
 

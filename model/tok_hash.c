@@ -26,15 +26,6 @@ uint64_t tok_hash_bytes(const void *data, size_t len) {
   return h;
 }
 
-static uint64_t mix64(uint64_t x) {
-  x ^= x >> 33;
-  x *= 0xFF51AFD7ED558CCDull;
-  x ^= x >> 33;
-  x *= 0xC4CEB9FE1A85EC53ull;
-  x ^= x >> 33;
-  return x;
-}
-
 /* --- string map --------------------------------------------------------------------------- */
 
 static int strmap_grow_slots(tok_strmap_t *m, es_error_t *err) {
@@ -130,24 +121,17 @@ void tok_strmap_free(tok_strmap_t *m) {
 
 static int u64map_grow(tok_u64map_t *m, es_error_t *err) {
   size_t cap = m->cap ? m->cap * 2 : 64;
-  uint64_t *keys = malloc(cap * sizeof *keys), *values = malloc(cap * sizeof *values);
-  if (!keys || !values) {
-    free(keys);
-    free(values);
-    return es_fail(err, ES_ENOMEM, "tokenizer hash map: out of memory (%zu slots)", cap);
-  }
-  memset(keys, 0xFF, cap * sizeof *keys);
+  tok_u64map_slot_t *slots = malloc(cap * sizeof *slots);
+  if (!slots) return es_fail(err, ES_ENOMEM, "tokenizer hash map: out of memory (%zu slots)", cap);
+  for (size_t i = 0; i < cap; i++) slots[i].key = UINT64_MAX;
   for (size_t j = 0; j < m->cap; j++) {
-    if (m->keys[j] == UINT64_MAX) continue;
-    size_t i = (size_t)mix64(m->keys[j]) & (cap - 1);
-    while (keys[i] != UINT64_MAX) i = (i + 1) & (cap - 1);
-    keys[i] = m->keys[j];
-    values[i] = m->values[j];
+    if (m->slots[j].key == UINT64_MAX) continue;
+    size_t i = (size_t)tok_mix64(m->slots[j].key) & (cap - 1);
+    while (slots[i].key != UINT64_MAX) i = (i + 1) & (cap - 1);
+    slots[i] = m->slots[j];
   }
-  free(m->keys);
-  free(m->values);
-  m->keys = keys;
-  m->values = values;
+  free(m->slots);
+  m->slots = slots;
   m->cap = cap;
   return ES_OK;
 }
@@ -158,33 +142,18 @@ int tok_u64map_put(tok_u64map_t *m, uint64_t key, uint64_t value, es_error_t *er
     int rc = u64map_grow(m, err);
     if (rc) return rc;
   }
-  size_t mask = m->cap - 1, i = (size_t)mix64(key) & mask;
-  while (m->keys[i] != UINT64_MAX && m->keys[i] != key) i = (i + 1) & mask;
-  if (m->keys[i] == UINT64_MAX) {
-    m->keys[i] = key;
+  size_t mask = m->cap - 1, i = (size_t)tok_mix64(key) & mask;
+  while (m->slots[i].key != UINT64_MAX && m->slots[i].key != key) i = (i + 1) & mask;
+  if (m->slots[i].key == UINT64_MAX) {
+    m->slots[i].key = key;
     m->count++;
   }
-  m->values[i] = value;
+  m->slots[i].value = value;
   return ES_OK;
-}
-
-int tok_u64map_get(const tok_u64map_t *m, uint64_t key, uint64_t *value) {
-  if (!m->count) return 0;
-  size_t mask = m->cap - 1, i = (size_t)mix64(key) & mask;
-  for (;;) {
-    uint64_t k = m->keys[i];
-    if (k == key) {
-      *value = m->values[i];
-      return 1;
-    }
-    if (k == UINT64_MAX) return 0;
-    i = (i + 1) & mask;
-  }
 }
 
 void tok_u64map_free(tok_u64map_t *m) {
   if (!m) return;
-  free(m->keys);
-  free(m->values);
+  free(m->slots);
   memset(m, 0, sizeof *m);
 }

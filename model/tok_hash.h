@@ -37,8 +37,12 @@ typedef struct {
 } tok_strmap_t;
 
 typedef struct {
-  uint64_t *keys; /* [cap]; UINT64_MAX = empty */
-  uint64_t *values;
+  uint64_t key; /* UINT64_MAX = empty */
+  uint64_t value;
+} tok_u64map_slot_t;
+
+typedef struct {
+  tok_u64map_slot_t *slots; /* [cap]; key and value side by side: one cache miss per probe */
   size_t cap, count;
 } tok_u64map_t;
 
@@ -57,5 +61,28 @@ void tok_strmap_clear(tok_strmap_t *m); /* keeps the memory */
 void tok_strmap_free(tok_strmap_t *m);
 
 int tok_u64map_put(tok_u64map_t *m, uint64_t key, uint64_t value, es_error_t *err);
-int tok_u64map_get(const tok_u64map_t *m, uint64_t key, uint64_t *value);
+
+static inline uint64_t tok_mix64(uint64_t x) {
+  x ^= x >> 33;
+  x *= 0xFF51AFD7ED558CCDull;
+  x ^= x >> 33;
+  x *= 0xC4CEB9FE1A85EC53ull;
+  x ^= x >> 33;
+  return x;
+}
+
+/* 1 and *value when key is present, else 0. Inline: BPE calls it for every adjacent pair. */
+static inline int tok_u64map_get(const tok_u64map_t *m, uint64_t key, uint64_t *value) {
+  if (!m->count) return 0;
+  size_t mask = m->cap - 1, i = (size_t)tok_mix64(key) & mask;
+  for (;;) {
+    const tok_u64map_slot_t *s = &m->slots[i];
+    if (s->key == key) {
+      *value = s->value;
+      return 1;
+    }
+    if (s->key == UINT64_MAX) return 0;
+    i = (i + 1) & mask;
+  }
+}
 void tok_u64map_free(tok_u64map_t *m);

@@ -36,10 +36,10 @@ struct tok {
   tok_strmap_t vocab; /* raw bytes -> id, the BPE vocabulary (added tokens not included) */
   int ignore_merges;  /* tokenizers' BPE option: a piece that is itself in the vocabulary is one token */
 
-  int32_t n_ids;      /* one past the largest id with a string */
-  uint64_t *id_off;   /* [n_ids] offset of the id's decoded bytes in id_bytes */
-  uint32_t *id_len;   /* [n_ids] */
-  uint8_t *id_flags;  /* [n_ids] TOK_ID_* */
+  int32_t n_ids;     /* one past the largest id with a string */
+  uint64_t *id_off;  /* [n_ids] offset of the id's decoded bytes in id_bytes */
+  uint32_t *id_len;  /* [n_ids] */
+  uint8_t *id_flags; /* [n_ids] TOK_ID_* */
   char *id_bytes;
 
   tok_added_t *added; /* [n_added] in id order */
@@ -47,7 +47,7 @@ struct tok {
   tok_matcher_t match_raw;  /* added tokens with normalized=false: matched on the input text */
   tok_matcher_t match_norm; /* normalized=true: matched on the NFC text between the others */
 
-  int nfc;                /* the normalizer is NFC (else none) */
+  int nfc;                 /* the normalizer is NFC (else none) */
   uint8_t *nfc_may_change; /* bitmap over [0, TOK_NFC_TABLE_CPS): 1 = NFC may change text holding this cp */
   pcre2_code *re;          /* the pre-tokenisation pattern, JIT-compiled when the platform allows */
   char *pattern;           /* as given by the files (Oniguruma syntax), for messages */
@@ -67,7 +67,7 @@ typedef struct {
   tok_added_t *added;
   size_t n_added, added_cap;
   int nfc, ignore_merges;
-  char *pattern; /* Oniguruma-syntax regex; NULL = Qwen2's */
+  char *pattern;      /* Oniguruma-syntax regex; NULL = Qwen2's */
   const char *source; /* file name for messages */
 } tok_builder_t;
 

@@ -206,8 +206,8 @@ static int parse_pre_tokenizer(tok_builder_t *b, const cJSON *p, es_error_t *err
   if (!split || !is_type(split, "Split") || !is_type(bl, "ByteLevel")) {
     char *s = p ? cJSON_PrintUnformatted(p) : NULL;
     int rc = es_fail(err, ES_EUNSUPPORTED,
-                     "%s: pre_tokenizer %.200s is not supported (expected Qwen2's Split regex + ByteLevel)",
-                     b->source, s ? s : "null");
+                     "%s: pre_tokenizer %.200s is not supported (expected Qwen2's Split regex + ByteLevel)", b->source,
+                     s ? s : "null");
     free(s);
     return rc;
   }
@@ -229,8 +229,7 @@ static int parse_model(tok_builder_t *b, const cJSON *m, es_error_t *err) {
   if (!cJSON_IsObject(m)) return es_fail(err, ES_EINVAL, "%s: no \"model\" object", b->source);
   const cJSON *type = cJSON_GetObjectItemCaseSensitive(m, "type");
   if (cJSON_IsString(type) && strcmp(type->valuestring, "BPE") != 0)
-    return es_fail(err, ES_EUNSUPPORTED, "%s: model type %s is not supported (only BPE)", b->source,
-                   type->valuestring);
+    return es_fail(err, ES_EUNSUPPORTED, "%s: model type %s is not supported (only BPE)", b->source, type->valuestring);
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(m, "dropout");
   if (v && !cJSON_IsNull(v) && !(cJSON_IsNumber(v) && v->valuedouble == 0.0))
     return es_fail(err, ES_EUNSUPPORTED, "%s: BPE dropout is not supported", b->source);

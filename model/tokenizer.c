@@ -8,13 +8,17 @@
 #include "byte_unicode.h"
 #include "tok_internal.h"
 
-const char TOK_QWEN2_PATTERN[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+"
-                                 "[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+const char TOK_QWEN2_PATTERN[] =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+"
+    "[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
 struct tok_encoder {
   const tok_t *tok;
   pcre2_match_data *md;
   bpe_work_t bpe;
+  tok_text_t norm;           /* the NFC text of the current segment, when it differs */
+  utf8proc_int32_t *nfc_buf; /* [nfc_cap] utf8proc's code point buffer */
+  size_t nfc_cap;
 };
 
 /* --- small vectors ------------------------------------------------------------------------- */
@@ -33,7 +37,9 @@ int tok_ids_append(tok_ids_t *v, const int32_t *ids, size_t n, es_error_t *err) 
   return ES_OK;
 }
 
-int tok_ids_push(tok_ids_t *v, int32_t id, es_error_t *err) { return tok_ids_append(v, &id, 1, err); }
+int tok_ids_push(tok_ids_t *v, int32_t id, es_error_t *err) {
+  return tok_ids_append(v, &id, 1, err);
+}
 
 void tok_ids_free(tok_ids_t *v) {
   if (!v) return;
@@ -206,7 +212,8 @@ static int is_word_char(uint32_t c) {
  * PCRE2_UCP is not: it leaves out U+0085 and takes U+180E (a space before Unicode 6.3). So \s and \S are
  * rewritten as the explicit White_Space set, which Unicode keeps stable (checked against tokenizers on every
  * White_Space character, U+180E, U+200B, U+FEFF and U+001C-U+001F). */
-#define TOK_WHITE_SPACE "\\t-\\r\\x{20}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
+#define TOK_WHITE_SPACE                                                                                                \
+  "\\t-\\r\\x{20}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
 
 static int translate_pattern(const char *src, char **out, es_error_t *err) {
   size_t n = strlen(src);
@@ -315,8 +322,8 @@ static int build_matcher(tok_t *t, tok_matcher_t *m, int normalized, es_error_t 
     if (normalized && t->nfc) {
       /* tokenizers matches a normalized token by its normalized content */
       utf8proc_uint8_t *nfc = NULL;
-      utf8proc_ssize_t nl = utf8proc_map((const utf8proc_uint8_t *)key, (utf8proc_ssize_t)len, &nfc,
-                                         UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+      utf8proc_ssize_t nl =
+          utf8proc_map((const utf8proc_uint8_t *)key, (utf8proc_ssize_t)len, &nfc, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
       if (nl < 0) return es_fail(err, ES_EINVAL, "added token %d: content is not valid UTF-8", (int)a->id);
       norm = (char *)nfc;
       key = norm;
@@ -332,7 +339,8 @@ static int build_matcher(tok_t *t, tok_matcher_t *m, int normalized, es_error_t 
       while (j < m->n_lens && m->lens[j] != len) j++;
       if (j == m->n_lens) {
         uint32_t *nl = realloc(m->lens, (m->n_lens + 1) * sizeof *nl);
-        if (!nl) rc = es_fail(err, ES_ENOMEM, "tokenizer: out of memory");
+        if (!nl)
+          rc = es_fail(err, ES_ENOMEM, "tokenizer: out of memory");
         else {
           m->lens = nl;
           m->lens[m->n_lens++] = (uint32_t)len;
@@ -544,9 +552,13 @@ void tok_free(tok_t *t) {
 
 /* --- queries ------------------------------------------------------------------------------- */
 
-int32_t tok_n_ids(const tok_t *t) { return t->n_ids; }
+int32_t tok_n_ids(const tok_t *t) {
+  return t->n_ids;
+}
 
-unsigned tok_id_flags(const tok_t *t, int32_t id) { return id >= 0 && id < t->n_ids ? t->id_flags[id] : 0; }
+unsigned tok_id_flags(const tok_t *t, int32_t id) {
+  return id >= 0 && id < t->n_ids ? t->id_flags[id] : 0;
+}
 
 const char *tok_id_bytes(const tok_t *t, int32_t id, size_t *len) {
   if (!tok_id_flags(t, id)) {
@@ -569,7 +581,9 @@ int32_t tok_token_id(const tok_t *t, const char *token) {
   return -1;
 }
 
-size_t tok_n_added(const tok_t *t) { return t->n_added; }
+size_t tok_n_added(const tok_t *t) {
+  return t->n_added;
+}
 
 const char *tok_added_content(const tok_t *t, size_t i, int32_t *id) {
   if (i >= t->n_added) return NULL;
@@ -596,6 +610,8 @@ void tok_encoder_free(tok_encoder_t *e) {
   if (!e) return;
   pcre2_match_data_free(e->md);
   bpe_work_free(&e->bpe);
+  tok_text_free(&e->norm);
+  free(e->nfc_buf);
   free(e);
 }
 
@@ -688,37 +704,89 @@ static int next_added(const tok_t *t, const tok_matcher_t *m, const char *s, siz
   return 0;
 }
 
-static int needs_nfc(const tok_t *t, const char *s, size_t len) {
+/* 1 when NFC leaves any text holding c, and text around it, unchanged: then a normalisation boundary lies
+ * before c (c has NFC_Quick_Check=Yes and combining class 0), so the text can be normalised piecewise. */
+static inline int nfc_inert(const tok_t *t, uint32_t c) {
+  if (c < 0x300) return 1;
+  if (c < TOK_NFC_TABLE_CPS) return !((t->nfc_may_change[c >> 3] >> (c & 7)) & 1);
+  return utf8proc_get_property((utf8proc_int32_t)c)->combining_class == 0;
+}
+
+/* Appends NFC(s[0..len)) to e->norm, through e->nfc_buf (utf8proc_map would malloc per call). */
+static int nfc_append(tok_encoder_t *e, const char *s, size_t len, es_error_t *err) {
+  const utf8proc_option_t opt = UTF8PROC_STABLE | UTF8PROC_COMPOSE;
+  for (;;) {
+    utf8proc_ssize_t n = utf8proc_decompose((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)len, e->nfc_buf,
+                                            (utf8proc_ssize_t)e->nfc_cap, opt);
+    if (n < 0) return es_fail(err, ES_EINVAL, "tokenizer: NFC failed: %s", utf8proc_errmsg(n));
+    if ((size_t)n <= e->nfc_cap) {
+      n = utf8proc_reencode(e->nfc_buf, n, opt); /* composes, then writes UTF-8 over the buffer */
+      if (n < 0) return es_fail(err, ES_EINVAL, "tokenizer: NFC failed: %s", utf8proc_errmsg(n));
+      return tok_text_append(&e->norm, (const char *)e->nfc_buf, (size_t)n, err);
+    }
+    size_t cap = e->nfc_cap ? e->nfc_cap : 256;
+    while (cap < (size_t)n) cap *= 2;
+    utf8proc_int32_t *nb = realloc(e->nfc_buf, cap * sizeof *nb);
+    if (!nb) return es_fail(err, ES_ENOMEM, "tokenizer: out of memory for NFC");
+    e->nfc_buf = nb;
+    e->nfc_cap = cap;
+  }
+}
+
+/* NFC of s, normalising only the stretches that can change: from the last inert code point before a
+ * non-inert one to the next inert one. *out is s itself when nothing can change, else e->norm's data. */
+static int normalize(tok_encoder_t *e, const char *s, size_t len, const char **out, size_t *out_len, es_error_t *err) {
+  const tok_t *t = e->tok;
   const uint8_t *u = (const uint8_t *)s;
-  size_t i = 0;
-  while (i < len) {
-    if (u[i] < 0xCC) { /* below U+0300: every code point is NFC-stable and composes with nothing before it */
-      i++;
+  size_t i = 0, seg = 0, copied = 0, region = 0;
+  int in_region = 0, changed = 0, rc = ES_OK;
+  e->norm.len = 0;
+  while (i < len && rc == ES_OK) {
+    if (u[i] < 0x80 && !in_region) { /* ASCII: inert; only the last one can start a region */
+      while (i < len && u[i] < 0x80) i++;
+      seg = i - 1;
       continue;
     }
-    while (i < len && (u[i] & 0xC0) == 0x80) i++; /* landed inside a sequence: resync */
-    if (i >= len) break;
-    if (u[i] < 0xCC) continue;
+    size_t at = i;
     uint32_t c = utf8_next(u, &i);
-    if (c < TOK_NFC_TABLE_CPS ? (t->nfc_may_change[c >> 3] >> (c & 7)) & 1
-                              : utf8proc_get_property((utf8proc_int32_t)c)->combining_class != 0)
-      return 1;
+    if (!nfc_inert(t, c)) {
+      if (!in_region) region = seg;
+      in_region = 1;
+      continue;
+    }
+    if (in_region) {
+      rc = tok_text_append(&e->norm, s + copied, region - copied, err);
+      if (rc == ES_OK) rc = nfc_append(e, s + region, at - region, err);
+      copied = at;
+      in_region = 0;
+      changed = 1;
+    }
+    seg = at;
   }
-  return 0;
+  if (rc == ES_OK && in_region) {
+    rc = tok_text_append(&e->norm, s + copied, region - copied, err);
+    if (rc == ES_OK) rc = nfc_append(e, s + region, len - region, err);
+    copied = len;
+    changed = 1;
+  }
+  if (rc) return rc;
+  if (!changed) {
+    *out = s;
+    *out_len = len;
+    return ES_OK;
+  }
+  rc = tok_text_append(&e->norm, s + copied, len - copied, err);
+  *out = e->norm.data;
+  *out_len = e->norm.len;
+  return rc;
 }
 
 static int encode_text(tok_encoder_t *e, const char *s, size_t len, tok_ids_t *out, es_error_t *err) {
   const tok_t *t = e->tok;
   if (!len) return ES_OK;
-  char *norm = NULL;
-  if (t->nfc && needs_nfc(t, s, len)) {
-    utf8proc_uint8_t *nfc = NULL;
-    utf8proc_ssize_t n = utf8proc_map((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)len, &nfc,
-                                      UTF8PROC_STABLE | UTF8PROC_COMPOSE);
-    if (n < 0) return es_fail(err, ES_EINVAL, "tokenizer: NFC failed: %s", utf8proc_errmsg(n));
-    norm = (char *)nfc;
-    s = norm;
-    len = (size_t)n;
+  if (t->nfc) {
+    int rc = normalize(e, s, len, &s, &len, err);
+    if (rc) return rc;
   }
   int rc = ES_OK;
   if (!t->match_norm.n_lens) {
@@ -733,7 +801,6 @@ static int encode_text(tok_encoder_t *e, const char *s, size_t len, tok_ids_t *o
     }
     if (rc == ES_OK && pos < len) rc = encode_normalized(e, s + pos, len - pos, out, err);
   }
-  free(norm);
   return rc;
 }
 

@@ -23,12 +23,12 @@ static const char SPEC_TEXT[] =
     "one?<|im_end|>\n<|im_start|>assistant\n";
 
 /* The expected ids with the two audio runs written as (-N): 101 and 73 copies of <|AUDIO|>. */
-static const int32_t SPEC_IDS[] = {
-    151644, 8948, 198, 2610,  525,    264, 10950, 17847, 13,  151645, 198,  151644, 872, 198,  14755, 220,
-    16,     25,   220, 151647, -101,   151648, 198, 3838, 594, 429,    5112, 30,     151645, 198, 151644, 77091,
-    198,    2132, 374, 279,    5112,   315,  8991, 557,  30336, 13,   151645, 198,  151644, 872,  198,   14755,
-    220,    17,   25,  220,    151647, -73,  151648, 198, 4340, 911,  419,  825,    30,     151645, 198, 151644,
-    77091,  198};
+static const int32_t SPEC_IDS[] = {151644, 8948, 198, 2610,  525,  264,  10950,  17847, 13,     151645, 198,
+                                   151644, 872,  198, 14755, 220,  16,   25,     220,   151647, -101,   151648,
+                                   198,    3838, 594, 429,   5112, 30,   151645, 198,   151644, 77091,  198,
+                                   2132,   374,  279, 5112,  315,  8991, 557,    30336, 13,     151645, 198,
+                                   151644, 872,  198, 14755, 220,  17,   25,     220,   151647, -73,    151648,
+                                   198,    4340, 911, 419,   825,  30,   151645, 198,   151644, 77091,  198};
 
 static void test_spec_vector(const tok_t *t, const prompt_special_t *sp) {
   es_error_t err;
@@ -80,8 +80,10 @@ static int messages_from_json(const cJSON *arr, prompt_message_t *msgs, prompt_p
     for (const cJSON *x = c->child; x; x = x->next) {
       if (p >= cap) return -1;
       const char *type = cJSON_GetObjectItem(x, "type")->valuestring;
-      if (strcmp(type, "audio") == 0) parts[p++] = (prompt_part_t){PROMPT_PART_AUDIO, NULL};
-      else parts[p++] = (prompt_part_t){PROMPT_PART_TEXT, cJSON_GetObjectItem(x, "text")->valuestring};
+      if (strcmp(type, "audio") == 0)
+        parts[p++] = (prompt_part_t){PROMPT_PART_AUDIO, NULL};
+      else
+        parts[p++] = (prompt_part_t){PROMPT_PART_TEXT, cJSON_GetObjectItem(x, "text")->valuestring};
       msgs[m].n_parts++;
     }
   }
@@ -122,9 +124,8 @@ static void test_golden_cases(const tok_t *t, const prompt_special_t *sp, const 
     prompt_audio_t pa[16];
     size_t k = 0;
     for (const cJSON *a = cJSON_GetObjectItem(c, "audios")->child; a && k < 16; a = a->next, k++) {
-      const cJSON *ws = cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(audios_json, a->valuestring),
-                                                                "windows"),
-                                            policy);
+      const cJSON *ws =
+          cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(audios_json, a->valuestring), "windows"), policy);
       pa[k] = (prompt_audio_t){windows[k], 0};
       for (const cJSON *w = ws ? ws->child : NULL; w && pa[k].n_windows < 8; w = w->next)
         windows[k][pa[k].n_windows++] = (int32_t)cJSON_GetObjectItem(w, "audio_tokens")->valuedouble;
@@ -184,8 +185,8 @@ static void test_template_rules(void) {
               strstr(err.msg, "empty"),
           "empty string: %s", err.msg);
   prompt_message_t no_parts[] = {{"user", NULL, NULL, 0}};
-  T_CHECK(prompt_render_chat(no_parts, 1, 1, &s, NULL, &err) == ES_EINVAL && strstr(err.msg, "empty"),
-          "no parts: %s", err.msg);
+  T_CHECK(prompt_render_chat(no_parts, 1, 1, &s, NULL, &err) == ES_EINVAL && strstr(err.msg, "empty"), "no parts: %s",
+          err.msg);
   T_CHECK(prompt_render_chat(no_parts, 0, 1, &s, NULL, &err) == ES_EINVAL, "no messages");
   tok_text_free(&s);
 }
@@ -214,8 +215,7 @@ static void test_expansion(const tok_t *t, const prompt_special_t *sp) {
   ids.n = 0;
   int32_t zero[] = {0};
   prompt_audio_t z = {zero, 1};
-  T_CHECK(prompt_encode(t, sp, text, strlen(text), &z, 1, &ids, &err) == ES_OK && ids.n == 3, "N = 0: %zu ids",
-          ids.n);
+  T_CHECK(prompt_encode(t, sp, text, strlen(text), &z, 1, &ids, &err) == ES_OK && ids.n == 3, "N = 0: %zu ids", ids.n);
   /* count mismatches: a stray placeholder in user text, or too many audios */
   ids.n = 0;
   const char *two = "<|audio_bos|><|AUDIO|><|audio_eos|> and <|AUDIO|>";

@@ -199,8 +199,10 @@ static int write_string_merges(const char *src, const char *dst) {
   }
   cJSON_ReplaceItemInObject(model, "merges", strings);
   char *out = rc == 0 ? cJSON_PrintUnformatted(root) : NULL;
-  if (out) rc = es_write_file(dst, out, strlen(out), &err);
-  else rc = -1;
+  if (out)
+    rc = es_write_file(dst, out, strlen(out), &err);
+  else
+    rc = -1;
   free(out);
   cJSON_Delete(root);
   return rc;
@@ -208,8 +210,8 @@ static int write_string_merges(const char *src, const char *dst) {
 
 static void nfc(const char *s, size_t len, char **out, size_t *olen) {
   utf8proc_uint8_t *d = NULL;
-  utf8proc_ssize_t n = utf8proc_map((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)len, &d,
-                                    UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+  utf8proc_ssize_t n =
+      utf8proc_map((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)len, &d, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
   *out = (char *)d;
   *olen = n < 0 ? 0 : (size_t)n;
 }
@@ -293,7 +295,8 @@ static void test_partial_utf8(const tok_t *t) {
   /* what transformers decodes: a truncated sequence is one U+FFFD, a surrogate's bytes three */
   tok_text_t d = {0};
   int32_t bad1[3] = {f0, x9f, a};
-  T_CHECK(tok_decode(t, bad1, 3, 0, &d, &err) == ES_OK && strcmp(d.data, "\xEF\xBF\xBD" "A") == 0,
+  T_CHECK(tok_decode(t, bad1, 3, 0, &d, &err) == ES_OK && strcmp(d.data, "\xEF\xBF\xBD"
+                                                                         "A") == 0,
           "decode(F0 9F 'A') = \"%s\"", d.data);
   int32_t ed = tok_token_id(t, "í"), a0 = tok_token_id(t, "ł");
   int32_t bad2[3] = {ed, a0, x80};
@@ -347,8 +350,8 @@ static void test_ids_without_string(const tok_t *t) {
 
 static void test_invalid_utf8(const tok_t *t) {
   /* A Python str cannot hold invalid UTF-8, so transformers has no behaviour to copy: we reject it. */
-  static const char *const bad[] = {"\xFF", "ab\xC3", "\xC0\xAF", "\xED\xA0\x80", "\xF4\x90\x80\x80", "ok\x80ok",
-                                    "\xE4\xBD"};
+  static const char *const bad[] = {"\xFF",     "ab\xC3",  "\xC0\xAF", "\xED\xA0\x80", "\xF4\x90\x80\x80",
+                                    "ok\x80ok", "\xE4\xBD"};
   for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
     es_error_t err;
     es_error_clear(&err);
