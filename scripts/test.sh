@@ -2,7 +2,7 @@
 # The test command (README): installs dependencies, builds every configuration and runs the tests.
 #
 #   scripts/test.sh            all stages
-#   STAGES="cpu asan" scripts/test.sh     a subset (deps cpu cuda asan fuzz)
+#   STAGES="cpu asan" scripts/test.sh     a subset (deps venv cpu cuda asan fuzz)
 #
 # Stages: deps (Debian packages), cpu (CUDA off, warnings are errors, ctest), cuda (CUDA on; must compile
 # with no GPU present; GPU tests skip), asan (AddressSanitizer + UBSan, CUDA off, ctest), fuzz (libFuzzer
@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-STAGES=${STAGES:-"deps cpu cuda asan fuzz"}
+STAGES=${STAGES:-"deps venv cpu cuda asan fuzz"}
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 JOBS=${JOBS:-$(nproc)}
 export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/earshot-ccache}
@@ -50,6 +50,12 @@ for stage in $STAGES; do
     begin deps
     scripts/install-deps.sh
     end deps ok
+    ;;
+  venv)
+    # build/test-venv with the pinned openai client (scripts/test-venv.sh); test_server needs it
+    begin venv
+    scripts/test-venv.sh
+    end venv ok
     ;;
   cpu)
     begin cpu
