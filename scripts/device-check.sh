@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# device-check.sh OUTDIR — build, test and benchmark earshot on a bare GPU machine, in one go (< 8 minutes).
+#
+# The machine has the CUDA toolkit, CMake, a C compiler, python3 with torch and transformers, and nothing
+# else: no Debian packages, no network. So:
+#   1. the small libraries earshot needs (cJSON, PCRE2, utf8proc) come from the .deb files committed under
+#      scripts/device-debs/ (~1.2 MB), unpacked into a private prefix (dpkg-deb when present, else python3's
+#      stdlib: the ar archive, then data.tar.*); CMake finds them through CMAKE_PREFIX_PATH=<prefix>/usr and
+#      the script checks that it did;
+#   2. configure with -DEARSHOT_DEVICE=ON (no FFmpeg, no libmicrohttpd, no OpenBLAS), CUDA for the card's own
+#      architecture, Release; build with JOBS (16) jobs;
+#   3. ctest -L 'cuda|golden' (the CUDA op tests, the golden cases on the GPU in float32 and bfloat16, and the
+#      CPU golden tests);
+#   4. scripts/bench_transformers.py on the card (bf16, sdpa, the 7B model built on the device, init skipped);
+#   5. `earshot bench model` at full size with the same shapes (--dummy-weights with
+#      tests/data/configs/qwen2-audio-7b.json, 30 s clip, batch 1, bf16): time to first token, decode
+#      ms/token, the weight-streaming limit;
+#   6. a short table, printed last and written to OUTDIR/table.md.
+# Every step runs under a timeout from what is left of the budget (BUDGET seconds, default 470), and a step
+# that fails or times out leaves "n/a" in the table instead of stopping the script. Logs go to OUTDIR (7 files:
+# summary.log, configure.log, build.log, ctest.log, bench-earshot.log, bench-transformers.log, table.md).
+#
+# Environment: JOBS (16), BUDGET (470 s), PYTHON (python3), BUILD_DIR (build/device),
+#   DEVICE_CHECK_NO_GPU=1: build and test without a GPU (the GPU tests skip, the benchmarks are n/a) — how the
+#   script is checked on a development machine; it also hides the system's copies of the three libraries by
+#   requiring that CMake found the prefix's.
+# Exit status: 0 when the build and the tests passed (benchmarks may be n/a), 1 otherwise.
+set -uo pipefail
+
+OUT=${1:?usage: scripts/device-check.sh OUTDIR}
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+START=$(date +%s)
+BUDGET=${BUDGET:-470}
+JOBS=${JOBS:-16}
+PY=${PYTHON:-python3}
+NO_GPU=${DEVICE_CHECK_NO_GPU:-0}
+BUILD=${BUILD_DIR:-$ROOT/build/device}
+PREFIX=$BUILD/prefix
+CONFIG7B=$ROOT/tests/data/configs/qwen2-audio-7b.json
+: >"$OUT/summary.log"
+
+elapsed() { echo $(($(date +%s) - START)); }
+left() { echo $((BUDGET - $(elapsed))); }
+log() { echo "[device-check $(printf '%3d' "$(elapsed)")s] $*" | tee -a "$OUT/summary.log"; }
+# run_limited SECONDS LOGFILE CMD...: the command under a timeout, output appended to LOGFILE; its status.
+run_limited() {
+  local secs=$1 logf=$2
+  shift 2
+  if ((secs < 5)); then
+    echo "skipped: no time left in the budget" >>"$logf"
+    return 124
+  fi
+  timeout --kill-after=10 "$secs" "$@" >>"$logf" 2>&1
+}
+
+STATUS=0
+BUILD_OK=0
+TESTS="n/a"
+log "earshot device check: $ROOT -> $OUT (budget ${BUDGET}s, ${JOBS} jobs, no-GPU mode ${NO_GPU})"
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "commit: $(git -C "$ROOT" describe --always --dirty --abbrev=12 2>/dev/null || echo unknown)"
+  uname -a
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv
+  command -v nvcc >/dev/null && nvcc --version | tail -2
+  cmake --version | head -1
+  "$PY" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)' \
+    2>/dev/null || echo "python3: torch/transformers not importable"
+  echo "dpkg-deb: $(command -v dpkg-deb || echo absent); ninja: $(command -v ninja || echo absent)"
+} >>"$OUT/summary.log" 2>&1
+
+# ---- 1. the libraries from scripts/device-debs into a private prefix ----------------------------------
+unpack_deb() { # DEB DEST
+  if command -v dpkg-deb >/dev/null 2>&1; then
+    dpkg-deb -x "$1" "$2"
+  else
+    "$PY" - "$1" "$2" <<'EOF'
+import io, sys, tarfile
+deb, dest = sys.argv[1], sys.argv[2]
+data = open(deb, "rb").read()
+assert data[:8] == b"!<arch>\n", deb + ": not an ar archive"
+pos = 8
+while pos + 60 <= len(data):
+    hdr = data[pos:pos + 60]
+    name, size = hdr[:16].decode().strip().rstrip("/"), int(hdr[48:58].decode().strip())
+    body = data[pos + 60:pos + 60 + size]
+    if name.startswith("data.tar"):
+        with tarfile.open(fileobj=io.BytesIO(body)) as t:  # gz / xz / bz2 by content
+            kw = {"filter": "tar"} if hasattr(tarfile, "data_filter") else {}
+            t.extractall(dest, **kw)
+        break
+    pos += 60 + size + (size & 1)
+else:
+    sys.exit(deb + ": no data.tar member")
+EOF
+  fi
+}
+rm -rf "$PREFIX" && mkdir -p "$PREFIX"
+DEPS_OK=1
+for deb in "$ROOT"/scripts/device-debs/*.deb; do
+  if ! unpack_deb "$deb" "$PREFIX" >>"$OUT/configure.log" 2>&1; then
+    log "FAILED to unpack $(basename "$deb")"
+    DEPS_OK=0
+  fi
+done
+LIBDIR=$(dirname "$(find "$PREFIX/usr/lib" -name 'libcjson.so*' | head -1)" 2>/dev/null)
+export LD_LIBRARY_PATH=${LIBDIR:-$PREFIX/usr/lib}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+log "libraries unpacked into $PREFIX ($(du -sh "$PREFIX" | cut -f1)); runtime path $LIBDIR"
+
+# ---- 2. configure and build -------------------------------------------------------------------------------
+ARCH=""
+if [ "$NO_GPU" != 1 ] && command -v nvidia-smi >/dev/null; then
+  ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')
+fi
+ARCH=${ARCH:-"80;90"}
+GEN=()
+command -v ninja >/dev/null && GEN=(-G Ninja)
+rm -f "$BUILD/CMakeCache.txt" # a fresh configure: the prefix may have moved
+if [ $DEPS_OK = 1 ] && run_limited "$(($(left) - 300))" "$OUT/configure.log" cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" \
+  -DCMAKE_BUILD_TYPE=Release -DEARSHOT_DEVICE=ON -DEARSHOT_CUDA=ON -DEARSHOT_BLAS=OFF \
+  -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DCMAKE_PREFIX_PATH="$PREFIX/usr"; then
+  # the three libraries must come from the prefix, not from anything the machine happens to have
+  FOUND_OK=1
+  for v in CJSON PCRE2 UTF8PROC; do
+    for k in INCLUDE_DIR LIBRARY; do
+      p=$(grep "^EARSHOT_${v}_${k}:" "$BUILD/CMakeCache.txt" | cut -d= -f2-)
+      echo "found ${v} ${k}: $p" >>"$OUT/summary.log"
+      case "$p" in "$PREFIX"/*) ;; *) FOUND_OK=0 ;; esac
+    done
+  done
+  if [ $FOUND_OK = 1 ]; then
+    log "configured (CUDA architectures $ARCH; cJSON, PCRE2, utf8proc from the prefix)"
+    if run_limited "$(($(left) - 240))" "$OUT/build.log" cmake --build "$BUILD" -j "$JOBS"; then
+      BUILD_OK=1
+      log "built"
+    else
+      log "BUILD FAILED (see build.log)"
+    fi
+  else
+    log "CONFIGURE used libraries outside the prefix (see summary.log)"
+  fi
+else
+  log "CONFIGURE FAILED (see configure.log)"
+fi
+[ $BUILD_OK = 1 ] || STATUS=1
+
+# ---- 3. tests -------------------------------------------------------------------------------------------
+if [ $BUILD_OK = 1 ]; then
+  if run_limited "$(($(left) - 200))" "$OUT/ctest.log" ctest --test-dir "$BUILD" -L 'cuda|golden' -j 4 \
+    --timeout 150 --output-on-failure; then
+    TESTS="passed"
+  else
+    TESTS="FAILED"
+    STATUS=1
+  fi
+  log "tests (ctest -L 'cuda|golden'): $TESTS — $(grep -E 'tests passed|tests failed' "$OUT/ctest.log" | tail -1)"
+  grep -E '^\s*[0-9]+/[0-9]+ Test' "$OUT/ctest.log" >>"$OUT/summary.log"
+fi
+
+# ---- 4./5. benchmarks --------------------------------------------------------------------------------------
+SHAPE=(--audio-seconds 30 --prompt-tokens 32 --output-tokens 32 --batch 1 --warmup 1 --repeats 3 --json)
+export PYTHONUNBUFFERED=1
+# transformers first: it is quick and predictable; earshot's --dummy-weights load then gets what is left
+if [ "$NO_GPU" != 1 ]; then
+  run_limited "$(($(left) - 150))" "$OUT/bench-transformers.log" "$PY" "$ROOT/scripts/bench_transformers.py" \
+    --config "$CONFIG7B" --device cuda --dtype bfloat16 "${SHAPE[@]}"
+  log "transformers bench: exit $? (see bench-transformers.log)"
+else
+  echo "skipped (no GPU)" >>"$OUT/bench-transformers.log"
+fi
+if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ]; then
+  run_limited "$(($(left) - 5))" "$OUT/bench-earshot.log" "$BUILD/cli/earshot" bench model --device cuda \
+    --dtype bfloat16 --dummy-weights --config "$CONFIG7B" "${SHAPE[@]}"
+  log "earshot bench model: exit $? (see bench-earshot.log)"
+else
+  echo "skipped (no build or no GPU)" >>"$OUT/bench-earshot.log"
+fi
+
+# ---- 6. the table -------------------------------------------------------------------------------------------
+"$PY" - "$OUT" "$TESTS" <<'EOF' >"$OUT/table.md" 2>>"$OUT/summary.log" || echo "table: could not be made" >"$OUT/table.md"
+import json, os, subprocess, sys
+out, tests = sys.argv[1], sys.argv[2]
+def last_json(name):
+    try:
+        lines = [l for l in open(os.path.join(out, name)) if l.startswith("{\"bench\"")]
+        return json.loads(lines[-1]) if lines else {}
+    except OSError:
+        return {}
+ours, ref = last_json("bench-earshot.log"), last_json("bench-transformers.log")
+def card():
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                              text=True, timeout=20).stdout.strip().splitlines()[0]
+    except Exception:
+        return "no GPU"
+def f(v, fmt="{:.2f}"):
+    return fmt.format(v) if isinstance(v, (int, float)) and v == v and v > 0 else "n/a"
+def ratio(a, b):
+    return f"{a / b:.2f}x" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a > 0 and b > 0 else "n/a"
+o_t, r_t = ours.get("ttft_ms"), ref.get("ttft_ms")
+o_d, r_d, lim = ours.get("decode_ms_per_step"), ref.get("decode_ms_per_step"), ours.get("limit_ms_per_step")
+bw = ours.get("copy_bytes_per_s")
+print(f"earshot device check — {card()}, {os.popen('date -u +%Y-%m-%d').read().strip()}, tests: {tests}")
+print(f"(30 s clip, 32 text tokens, batch 1, bf16; limit = {f(ours.get('decoder_weight_bytes', 0) / 1e9)} GB of "
+      f"decoder weights / {f((bw or 0) / 1e9, '{:.0f}')} GB/s measured copy bandwidth; "
+      f"transformers {ref.get('transformers', 'n/a')} sdpa)")
+print()
+print("| metric | earshot | transformers | limit | transformers / earshot | limit / earshot |")
+print("|---|---|---|---|---|---|")
+print(f"| time to first token (ms) | {f(o_t)} | {f(r_t)} | — | {ratio(r_t, o_t)} | — |")
+print(f"| decode, batch 1 (ms/token) | {f(o_d, '{:.3f}')} | {f(r_d, '{:.3f}')} | {f(lim, '{:.3f}')} | "
+      f"{ratio(r_d, o_d)} | {ratio(lim, o_d)} |")
+EOF
+log "done in $(elapsed)s (status $STATUS)"
+echo
+cat "$OUT/table.md"
+exit $STATUS
