@@ -182,17 +182,16 @@ done:
  * <|audio_eos|> (N from the clip length, 750 for 30 s); ids are synthetic (the numbers do not depend on them). */
 
 static void model_usage(FILE *out) {
-  fprintf(out,
-          "usage: earshot bench model (--model DIR | --dummy-weights --config FILE) [options]\n"
-          "\n"
-          "  --device auto|cpu|cuda   (default auto)      --dtype bfloat16|float32 (CUDA; default bfloat16)\n"
-          "  --audio-seconds S        clip length, <= 30 (default 30)\n"
-          "  --prompt-tokens P        text tokens around the audio (default 32)\n"
-          "  --output-tokens N        decode steps per run, eos ignored (default 64)\n"
-          "  --batch B                sequences per step (default 1)\n"
-          "  --warmup W --repeats R   runs before / timed (default 1 / 3); medians are reported\n"
-          "  --copy-mib M             buffer for the copy-bandwidth measurement (default 1024)\n"
-          "  --threads N              CPU threads (default all)   --json   one JSON object last\n");
+  fprintf(out, "usage: earshot bench model (--model DIR | --dummy-weights --config FILE) [options]\n"
+               "\n"
+               "  --device auto|cpu|cuda   (default auto)      --dtype bfloat16|float32 (CUDA; default bfloat16)\n"
+               "  --audio-seconds S        clip length, <= 30 (default 30)\n"
+               "  --prompt-tokens P        text tokens around the audio (default 32)\n"
+               "  --output-tokens N        decode steps per run, eos ignored (default 64)\n"
+               "  --batch B                sequences per step (default 1)\n"
+               "  --warmup W --repeats R   runs before / timed (default 1 / 3); medians are reported\n"
+               "  --copy-mib M             buffer for the copy-bandwidth measurement (default 1024)\n"
+               "  --threads N              CPU threads (default all)   --json   one JSON object last\n");
 }
 
 typedef struct {
@@ -207,8 +206,7 @@ typedef struct {
 /* Copy bandwidth of the backend's memory, bytes read + written per second. */
 static int copy_bandwidth(es_backend_t *be, size_t bytes, double *bw, es_error_t *err) {
 #ifdef ES_HAVE_CUDA_BACKEND
-  if (strncmp(es_backend_name(be), "cuda", 4) == 0)
-    return cuda_backend_copy_bandwidth(be, bytes, 10, bw, err);
+  if (strncmp(es_backend_name(be), "cuda", 4) == 0) return cuda_backend_copy_bandwidth(be, bytes, 10, bw, err);
 #endif
   /* CPU: rows of 1 MiB through es_op_gather_rows (the backend's threaded memcpy) */
   int64_t C = (1 << 20) / 4, M = (int64_t)(bytes / (1 << 20));
@@ -259,20 +257,34 @@ static int bench_model(int argc, char **argv) {
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
       model_usage(stdout);
       return 0;
-    } else if (!strcmp(a, "--model") && more) model = argv[++i];
-    else if (!strcmp(a, "--config") && more) config = argv[++i];
-    else if (!strcmp(a, "--dummy-weights")) dummy = 1;
-    else if (!strcmp(a, "--device") && more) device = argv[++i];
-    else if (!strcmp(a, "--dtype") && more) dtype = argv[++i];
-    else if (!strcmp(a, "--audio-seconds") && more) seconds = atof(argv[++i]);
-    else if (!strcmp(a, "--prompt-tokens") && more) P = atoi(argv[++i]);
-    else if (!strcmp(a, "--output-tokens") && more) n_out = atoi(argv[++i]);
-    else if (!strcmp(a, "--batch") && more) B = atoi(argv[++i]);
-    else if (!strcmp(a, "--warmup") && more) warmup = atoi(argv[++i]);
-    else if (!strcmp(a, "--repeats") && more) repeats = atoi(argv[++i]);
-    else if (!strcmp(a, "--copy-mib") && more) copy_mib = atoi(argv[++i]);
-    else if (!strcmp(a, "--threads") && more) threads = atoi(argv[++i]);
-    else if (!strcmp(a, "--json")) json = 1;
+    } else if (!strcmp(a, "--model") && more)
+      model = argv[++i];
+    else if (!strcmp(a, "--config") && more)
+      config = argv[++i];
+    else if (!strcmp(a, "--dummy-weights"))
+      dummy = 1;
+    else if (!strcmp(a, "--device") && more)
+      device = argv[++i];
+    else if (!strcmp(a, "--dtype") && more)
+      dtype = argv[++i];
+    else if (!strcmp(a, "--audio-seconds") && more)
+      seconds = atof(argv[++i]);
+    else if (!strcmp(a, "--prompt-tokens") && more)
+      P = atoi(argv[++i]);
+    else if (!strcmp(a, "--output-tokens") && more)
+      n_out = atoi(argv[++i]);
+    else if (!strcmp(a, "--batch") && more)
+      B = atoi(argv[++i]);
+    else if (!strcmp(a, "--warmup") && more)
+      warmup = atoi(argv[++i]);
+    else if (!strcmp(a, "--repeats") && more)
+      repeats = atoi(argv[++i]);
+    else if (!strcmp(a, "--copy-mib") && more)
+      copy_mib = atoi(argv[++i]);
+    else if (!strcmp(a, "--threads") && more)
+      threads = atoi(argv[++i]);
+    else if (!strcmp(a, "--json"))
+      json = 1;
     else {
       fprintf(stderr, "earshot bench model: unknown or incomplete option '%s'\n", a);
       model_usage(stderr);
@@ -324,7 +336,8 @@ static int bench_model(int argc, char **argv) {
   for (size_t i = 0; i < n_samples; i++) {
     s = s * 1664525u + 1013904223u;
     const double t = (double)i / MEL_SAMPLE_RATE;
-    x[i] = (float)(0.3 * sin(2 * 3.141592653589793 * (100 + 120 * t) * t) + 0.01 * ((double)(s >> 8) / 16777216.0 - 0.5));
+    x[i] =
+        (float)(0.3 * sin(2 * 3.141592653589793 * (100 + 120 * t) * t) + 0.01 * ((double)(s >> 8) / 16777216.0 - 0.5));
   }
   if (mel_compute(bm.mel, x, n_samples, mel, &frames, &N, &err)) goto done;
   if (N < 1) {
@@ -335,14 +348,18 @@ static int bench_model(int argc, char **argv) {
   int max_blocks = (ctx_max + ES_KV_BLOCK - 1) / ES_KV_BLOCK;
 
   /* backend and model */
-  es_backend_opts_t bo = {.compute_dtype = dt, .n_threads = threads, .device = 0,
-                          .max_tokens = (size_t)(B * T), .max_seqs = (size_t)B, .max_blocks = (size_t)max_blocks};
+  es_backend_opts_t bo = {.compute_dtype = dt,
+                          .n_threads = threads,
+                          .device = 0,
+                          .max_tokens = (size_t)(B * T),
+                          .max_seqs = (size_t)B,
+                          .max_blocks = (size_t)max_blocks};
   if (dev == RT_DEVICE_AUTO) {
     int n_gpu = 0;
     char why[128] = "";
     es_error_t gerr;
     dev = es_gpu_compiled() && es_gpu_count(&n_gpu, why, sizeof why, &gerr) == 0 && n_gpu > 0 ? RT_DEVICE_CUDA
-                                                                                               : RT_DEVICE_CPU;
+                                                                                              : RT_DEVICE_CPU;
   }
   if (dev == RT_DEVICE_CPU) bo.compute_dtype = ES_DT_F32;
   if (dev == RT_DEVICE_CUDA ? es_backend_create_cuda(&bo, &bm.be, &err) : es_backend_create_cpu(&bo, &bm.be, &err))
@@ -350,9 +367,14 @@ static int bench_model(int argc, char **argv) {
   double bw = 0;
   if (copy_bandwidth(bm.be, (size_t)copy_mib << 20, &bw, &err)) goto done;
   double t_load0 = now_s();
-  qa_model_opts_t mo = {.max_tokens = B * T, .max_seqs = B, .max_logit_rows = B, .max_audio_batch = B,
-                        .audio_pool_rows = B * QA_MAX_WINDOW_TOKENS, .kv_blocks = B * max_blocks + 1,
-                        .max_blocks_per_seq = max_blocks, .dummy_seed = 1234};
+  qa_model_opts_t mo = {.max_tokens = B * T,
+                        .max_seqs = B,
+                        .max_logit_rows = B,
+                        .max_audio_batch = B,
+                        .audio_pool_rows = B * QA_MAX_WINDOW_TOKENS,
+                        .kv_blocks = B * max_blocks + 1,
+                        .max_blocks_per_seq = max_blocks,
+                        .dummy_seed = 1234};
   if (qa_model_open(bm.be, c, bm.ck, &mo, &bm.m, &err) || kv_pool_init(mo.kv_blocks, &bm.kv, &err)) goto done;
   double load_s = now_s() - t_load0;
   fprintf(stderr, "earshot bench model: %s, %s weights loaded in %.1f s\n", es_backend_name(bm.be),
@@ -411,8 +433,14 @@ static int bench_model(int argc, char **argv) {
       ctx[b] = T;
       lrows[b] = b * T + T - 1;
     }
-    es_batch_t batch = {.n_seqs = B, .n_tokens = B * T, .q_start = q_start, .ctx_len = ctx, .positions = pos,
-                        .slot = slot, .block_table = table, .max_blocks = max_blocks};
+    es_batch_t batch = {.n_seqs = B,
+                        .n_tokens = B * T,
+                        .q_start = q_start,
+                        .ctx_len = ctx,
+                        .positions = pos,
+                        .slot = slot,
+                        .block_table = table,
+                        .max_blocks = max_blocks};
     if (qa_step(bm.m, &batch, ids, arow, lrows, B, logits, &err)) goto done;
     int32_t next[64];
     for (int b = 0; b < B; b++) next[b] = argmax_f(logits + (size_t)b * V, V);
@@ -430,8 +458,14 @@ static int bench_model(int argc, char **argv) {
         ctx[b] = p + 1;
         lrows[b] = b;
       }
-      es_batch_t db = {.n_seqs = B, .n_tokens = B, .q_start = q_start, .ctx_len = ctx, .positions = pos,
-                       .slot = slot, .block_table = table, .max_blocks = max_blocks};
+      es_batch_t db = {.n_seqs = B,
+                       .n_tokens = B,
+                       .q_start = q_start,
+                       .ctx_len = ctx,
+                       .positions = pos,
+                       .slot = slot,
+                       .block_table = table,
+                       .max_blocks = max_blocks};
       double s0 = now_s();
       if (qa_step(bm.m, &db, next, none, lrows, B, logits, &err)) goto done;
       for (int b = 0; b < B; b++) next[b] = argmax_f(logits + (size_t)b * V, V);
@@ -446,8 +480,7 @@ static int bench_model(int argc, char **argv) {
          "%d repeats (median)\n",
          es_backend_name(bm.be), dummy ? "dummy weights" : dir, B, seconds, N, P, n_out, repeats);
   printf("  time to first token (samples -> id on host)  %10.2f ms\n", ttft_ms);
-  printf("  decode step (batch %d)                       %10.3f ms  (%.1f tokens/s)\n", B, step_ms,
-         B * 1e3 / step_ms);
+  printf("  decode step (batch %d)                       %10.3f ms  (%.1f tokens/s)\n", B, step_ms, B * 1e3 / step_ms);
   printf("  weight-streaming limit                        %10.3f ms  (%.2f GB of decoder weights / %.0f GB/s copy)\n",
          limit_ms, mbytes / 1e9, bw / 1e9);
   printf("  decode at %.1f%% of the weight-streaming limit\n", step_ms > 0 ? 100.0 * limit_ms / step_ms : 0.0);
@@ -457,8 +490,8 @@ static int bench_model(int argc, char **argv) {
            "\"warmup\": %d, \"repeats\": %d, \"load_s\": %.3f, \"ttft_ms\": %.4f, \"decode_ms_per_step\": %.4f, "
            "\"decode_tokens_per_s\": %.3f, \"decoder_weight_bytes\": %.0f, \"copy_bytes_per_s\": %.0f, "
            "\"limit_ms_per_step\": %.4f, \"fraction_of_limit\": %.4f}\n",
-           es_backend_name(bm.be), es_dtype_name(es_backend_act_dtype(bm.be)), dummy ? "true" : "false", B, seconds,
-           N, P, n_out, warmup, repeats, load_s, ttft_ms, step_ms, B * 1e3 / step_ms, mbytes, bw, limit_ms,
+           es_backend_name(bm.be), es_dtype_name(es_backend_act_dtype(bm.be)), dummy ? "true" : "false", B, seconds, N,
+           P, n_out, warmup, repeats, load_s, ttft_ms, step_ms, B * 1e3 / step_ms, mbytes, bw, limit_ms,
            step_ms > 0 ? limit_ms / step_ms : 0.0);
   rc = 0;
 done:

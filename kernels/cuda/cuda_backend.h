@@ -25,10 +25,10 @@
 extern "C" {
 #endif
 
-#define CUDA_GEMM_CACHE 256                 /* cached cuBLASLt plans (exact problem shapes) */
-#define CUDA_LT_WORKSPACE (32u << 20)       /* cuBLASLt workspace: llm.c notes "only Hopper needs 32 MiB" */
-#define CUDA_STAGE_BYTES (32u << 20)        /* each of the two pinned/device staging buffers */
-#define CUDA_IM2COL_BYTES (64u << 20)       /* conv1d im2col scratch; convs run in row chunks that fit */
+#define CUDA_GEMM_CACHE 256           /* cached cuBLASLt plans (exact problem shapes) */
+#define CUDA_LT_WORKSPACE (32u << 20) /* cuBLASLt workspace: llm.c notes "only Hopper needs 32 MiB" */
+#define CUDA_STAGE_BYTES (32u << 20)  /* each of the two pinned/device staging buffers */
+#define CUDA_IM2COL_BYTES (64u << 20) /* conv1d im2col scratch; convs run in row chunks that fit */
 
 /* One cached GEMM problem: the cuBLASLt descriptors and the algorithm the heuristic picked for it, or
  * have_algo = 0 when the heuristic found none (the plain kernel runs instead). */
@@ -82,13 +82,17 @@ typedef struct {
   size_t attn_smem_max;   /* dynamic shared memory the attention kernels are allowed (bytes) */
 } cuda_backend_t;
 
-static inline cuda_backend_t *cuda_be(es_backend_t *be) { return (cuda_backend_t *)be; }
+static inline cuda_backend_t *cuda_be(es_backend_t *be) {
+  return (cuda_backend_t *)be;
+}
 
 /* Makes the backend's device current on this thread. */
 int cuda_enter(cuda_backend_t *cb, es_error_t *err);
 
 /* Bytes of one element of the compute dtype. */
-static inline size_t cuda_act_size(const cuda_backend_t *cb) { return es_dtype_size(cb->base.act_dtype); }
+static inline size_t cuda_act_size(const cuda_backend_t *cb) {
+  return es_dtype_size(cb->base.act_dtype);
+}
 
 #ifdef __cplusplus
 }

@@ -19,10 +19,10 @@ static inline int es_cuda_fail(es_error_t *err, cudaError_t e, const char *call,
                  cudaGetErrorString(e), cudaGetErrorName(e));
 }
 
-#define ES_CUDA_TRY(err, call)                                                                     \
-  do {                                                                                             \
-    cudaError_t es_cuda_e_ = (call);                                                               \
-    if (es_cuda_e_ != cudaSuccess) return es_cuda_fail((err), es_cuda_e_, #call, __FILE__, __LINE__); \
+#define ES_CUDA_TRY(err, call)                                                                                         \
+  do {                                                                                                                 \
+    cudaError_t es_cuda_e_ = (call);                                                                                   \
+    if (es_cuda_e_ != cudaSuccess) return es_cuda_fail((err), es_cuda_e_, #call, __FILE__, __LINE__);                  \
   } while (0)
 
 static inline int es_cublas_fail(es_error_t *err, cublasStatus_t st, const char *call, const char *file, int line) {
@@ -32,10 +32,10 @@ static inline int es_cublas_fail(es_error_t *err, cublasStatus_t st, const char 
                  cublasLtGetStatusString(st), (int)st);
 }
 
-#define ES_CUBLAS_TRY(err, call)                                                                            \
-  do {                                                                                                     \
-    cublasStatus_t es_cublas_s_ = (call);                                                                  \
-    if (es_cublas_s_ != CUBLAS_STATUS_SUCCESS) return es_cublas_fail((err), es_cublas_s_, #call, __FILE__, __LINE__); \
+#define ES_CUBLAS_TRY(err, call)                                                                                       \
+  do {                                                                                                                 \
+    cublasStatus_t es_cublas_s_ = (call);                                                                              \
+    if (es_cublas_s_ != CUBLAS_STATUS_SUCCESS) return es_cublas_fail((err), es_cublas_s_, #call, __FILE__, __LINE__);  \
   } while (0)
 
 #define ES_CUDA_LAUNCHED(err) ES_CUDA_TRY(err, cudaGetLastError())

@@ -41,8 +41,8 @@ static void run_case(const cJSON *c) {
   es_error_clear(&err);
   const char *name = cJSON_GetObjectItemCaseSensitive(c, "name")->valuestring;
   const char *ck_name = cJSON_GetObjectItemCaseSensitive(c, "checkpoint")->valuestring;
-  const cJSON *ckj = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(G.manifest, "checkpoints"),
-                                                      ck_name);
+  const cJSON *ckj =
+      cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(G.manifest, "checkpoints"), ck_name);
   char dir[1400];
   golden_path(&G, cJSON_GetObjectItemCaseSensitive(ckj, "dir")->valuestring, dir, sizeof dir, &err);
   int f32 = DT == ES_DT_F32;

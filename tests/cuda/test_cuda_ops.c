@@ -100,8 +100,7 @@ static void test_linear(const duo_t *d, int64_t M, int64_t K, int64_t N, int wit
       py[1] = kt_act(d->be[1], NULL, M * ldy); /* poisoned rows; the gaps between rows are not compared */
     }
     for (int i = 0; i < 2; i++)
-      T_CHECK(es_op_linear(d->be[i], py[i], ldy, px[i], ldx, &dw[i], with_bias ? &db[i] : NULL, M, act, acc,
-                           &err) == 0,
+      T_CHECK(es_op_linear(d->be[i], py[i], ldy, px[i], ldx, &dw[i], with_bias ? &db[i] : NULL, M, act, acc, &err) == 0,
               "%s: %s", what, err.msg);
     float *r = kt_read(d->be[0], py[0], M * ldy), *g = kt_read(d->be[1], py[1], M * ldy);
     double *ref = malloc(sizeof(double) * (size_t)(M * N));
@@ -171,8 +170,7 @@ static void test_logits(const duo_t *d, int64_t M, int64_t C, int64_t V) {
     T_CHECK(es_op_logits(d->be[i], pl[i], px[i], &dw[i], M, &err) == 0, "logits: %s", err.msg);
     out[i] = malloc(sizeof(float) * (size_t)(M * V));
     es_backend_sync(d->be[i], &err);
-    T_CHECK(es_backend_read(d->be[i], out[i], pl[i], sizeof(float) * (size_t)(M * V), &err) == 0, "read: %s",
-            err.msg);
+    T_CHECK(es_backend_read(d->be[i], out[i], pl[i], sizeof(float) * (size_t)(M * V), &err) == 0, "read: %s", err.msg);
   }
   double *ref = malloc(sizeof(double) * (size_t)(M * V));
   for (int64_t i = 0; i < M * V; i++) ref[i] = out[0][i];
@@ -358,8 +356,7 @@ static void run_step(const duo_t *d, const kt_batch_t *kb, int H, int D, int lay
   for (int i = 0; i < 2; i++) {
     char *q = pqkv[i], *k = q + (size_t)HD * e[i], *v = q + (size_t)(2 * HD) * e[i];
     T_CHECK(es_backend_begin_step(d->be[i], &kb->b, &err) == 0, "begin_step: %s", err.msg);
-    T_CHECK(es_op_rope_kv_store(d->be[i], layer, q, ld, k, ld, v, ld, H, D, 10000.0f, &err) == 0, "rope: %s",
-            err.msg);
+    T_CHECK(es_op_rope_kv_store(d->be[i], layer, q, ld, k, ld, v, ld, H, D, 10000.0f, &err) == 0, "rope: %s", err.msg);
     T_CHECK(es_op_attention_paged(d->be[i], layer, pout[i], q, ld, H, D, scale, &err) == 0, "attention: %s", err.msg);
     T_CHECK(es_backend_end_step(d->be[i], &err) == 0, "end_step: %s", err.msg);
   }
@@ -402,8 +399,8 @@ static void test_dense(const duo_t *d, int64_t B, int64_t T, int H, int D, const
   size_t e[2] = {sizeof(float), es_dtype_size(d->dt)};
   for (int i = 0; i < 2; i++) {
     char *q = p[i];
-    T_CHECK(es_op_attention_dense(d->be[i], pout[i], q, ld, q + (size_t)HD * e[i], ld, q + (size_t)(2 * HD) * e[i],
-                                  ld, B, T, H, D, 1.0f / sqrtf((float)D), valid, &err) == 0,
+    T_CHECK(es_op_attention_dense(d->be[i], pout[i], q, ld, q + (size_t)HD * e[i], ld, q + (size_t)(2 * HD) * e[i], ld,
+                                  B, T, H, D, 1.0f / sqrtf((float)D), valid, &err) == 0,
             "attention_dense: %s", err.msg);
   }
   char what[96];
@@ -418,8 +415,8 @@ static int open_duo(duo_t *d, es_dtype_t dt) {
   memset(d, 0, sizeof *d);
   d->dt = dt;
   d->name = es_dtype_name(dt);
-  es_backend_opts_t o = {.compute_dtype = ES_DT_F32, .n_threads = 2, .max_tokens = KT_MAX_TOKENS, .max_seqs = 8,
-                         .max_blocks = P_MAXB};
+  es_backend_opts_t o = {
+      .compute_dtype = ES_DT_F32, .n_threads = 2, .max_tokens = KT_MAX_TOKENS, .max_seqs = 8, .max_blocks = P_MAXB};
   es_error_t err;
   int rc = es_backend_create_cpu(&o, &d->be[0], &err);
   T_CHECK(rc == 0, "cpu backend: %s", err.msg);
