@@ -459,6 +459,8 @@ int cmd_detokenize(int argc, char **argv) {
       model = argv[++i];
     } else if (strcmp(a, "--skip-special") == 0) {
       skip = 1;
+    } else if (strcmp(a, "--") == 0) {
+      continue;
     } else if (parse_ids(a, &ids, &err) != ES_OK) {
       fprintf(stderr, "earshot detokenize: %s\n\n", err.msg);
       detokenize_usage(stderr);

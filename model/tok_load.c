@@ -323,12 +323,18 @@ static int parse_merges_txt(tok_builder_t *b, const char *path, es_error_t *err)
   return rc;
 }
 
+static int cmp_added_file_id(const void *a, const void *b) {
+  int32_t x = ((const tok_added_t *)a)->id, y = ((const tok_added_t *)b)->id;
+  return x < y ? -1 : x > y;
+}
+
 /* tokenizer_config.json: added_tokens_decoder {"<id>": {content, special, lstrip, rstrip, ...}} */
 static int parse_tokenizer_config(tok_builder_t *b, const char *path, es_error_t *err) {
   cJSON *root = NULL;
   int rc = read_json(path, &root, err);
   if (rc) return rc;
   const char *saved = b->source;
+  size_t first = b->n_added;
   b->source = path;
   const cJSON *dec = cJSON_GetObjectItemCaseSensitive(root, "added_tokens_decoder");
   for (const cJSON *e = cJSON_IsObject(dec) ? dec->child : NULL; e && rc == ES_OK; e = e->next) {
@@ -339,6 +345,9 @@ static int parse_tokenizer_config(tok_builder_t *b, const char *path, es_error_t
     else
       rc = parse_added(b, e, (int32_t)id, err);
   }
+  /* in id order, as transformers adds them (ids are then assigned in this order, see tok_build) */
+  if (rc == ES_OK && b->n_added > first)
+    qsort(b->added + first, b->n_added - first, sizeof *b->added, cmp_added_file_id);
   b->source = saved;
   cJSON_Delete(root);
   return rc;

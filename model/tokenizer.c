@@ -369,10 +369,68 @@ int tok_build(const tok_builder_t *b, tok_t **out, es_error_t *err) {
   *out = NULL;
   int rc = ES_OK;
   uint8_t *raw = NULL;
+  int32_t *aid = NULL; /* [n_added] the id each added token gets */
   tok_t *t = calloc(1, sizeof *t);
   if (!t) return es_fail(err, ES_ENOMEM, "%s: out of memory", b->source);
   t->nfc = b->nfc;
   t->ignore_merges = b->ignore_merges;
+
+  raw = malloc(4096);
+  aid = malloc((b->n_added ? b->n_added : 1) * sizeof *aid);
+  if (!raw || !aid) {
+    rc = es_fail(err, ES_ENOMEM, "%s: out of memory", b->source);
+    goto fail;
+  }
+  size_t raw_cap = 4096;
+  /* the BPE vocabulary, raw bytes -> id */
+  for (size_t i = 0; i < b->n_vocab; i++) {
+    const char *s = b->strs + (b->vocab_off[i] >> 32);
+    size_t len = (uint32_t)b->vocab_off[i];
+    if (len > raw_cap) {
+      uint8_t *nr = realloc(raw, len);
+      if (!nr) {
+        rc = es_fail(err, ES_ENOMEM, "%s: out of memory", b->source);
+        goto fail;
+      }
+      raw = nr;
+      raw_cap = len;
+    }
+    long n = bu_decode_token(s, len, raw);
+    if (n > 0 && (rc = tok_strmap_put(&t->vocab, raw, (size_t)n, (uint64_t)b->vocab_id[i], err))) goto fail;
+  }
+
+  /* Added token ids as tokenizers assigns them (AddedVocabulary::add_tokens; transformers agrees): in file
+   * order, a content that is already a vocabulary entry takes that entry's id, any other the next id from
+   * max(vocabulary size, largest added id so far + 1). The "id" written in the file is not consulted; for
+   * files tokenizers wrote itself the two agree. A repeated content is skipped (aid = -1). */
+  int32_t next = (int32_t)b->n_vocab;
+  for (size_t i = 0; i < b->n_added; i++) {
+    const tok_added_t *a = &b->added[i];
+    aid[i] = -1;
+    int dup = 0;
+    for (size_t j = 0; j < i && !dup; j++)
+      dup = aid[j] >= 0 && b->added[j].content_len == a->content_len &&
+            memcmp(b->added[j].content, a->content, a->content_len) == 0;
+    if (dup) continue;
+    uint64_t vid;
+    if (a->content_len > raw_cap) {
+      uint8_t *nr = realloc(raw, a->content_len);
+      if (!nr) {
+        rc = es_fail(err, ES_ENOMEM, "%s: out of memory", b->source);
+        goto fail;
+      }
+      raw = nr;
+      raw_cap = a->content_len;
+    }
+    long n = bu_decode_token(a->content, a->content_len, raw);
+    if (n > 0 && tok_strmap_get(&t->vocab, raw, (size_t)n, &vid)) {
+      aid[i] = (int32_t)vid;
+    } else {
+      aid[i] = next;
+      next++;
+    }
+    if (aid[i] >= next) next = aid[i] + 1;
+  }
 
   /* ids: the larger of the vocabulary's and the added tokens' */
   int32_t max_id = -1;
@@ -382,7 +440,7 @@ int tok_build(const tok_builder_t *b, tok_t **out, es_error_t *err) {
     bytes_total += (uint32_t)b->vocab_off[i];
   }
   for (size_t i = 0; i < b->n_added; i++) {
-    if (b->added[i].id > max_id) max_id = b->added[i].id;
+    if (aid[i] > max_id) max_id = aid[i];
     bytes_total += b->added[i].content_len;
   }
   if (max_id < 0) {
@@ -394,12 +452,11 @@ int tok_build(const tok_builder_t *b, tok_t **out, es_error_t *err) {
   t->id_len = calloc((size_t)t->n_ids, sizeof *t->id_len);
   t->id_flags = calloc((size_t)t->n_ids, 1);
   t->id_bytes = malloc(bytes_total + 1);
-  raw = malloc(4096);
-  if (!t->id_off || !t->id_len || !t->id_flags || !t->id_bytes || !raw) {
+  if (!t->id_off || !t->id_len || !t->id_flags || !t->id_bytes) {
     rc = es_fail(err, ES_ENOMEM, "%s: out of memory for %d ids", b->source, (int)t->n_ids);
     goto fail;
   }
-  size_t bytes_len = 0, raw_cap = 4096;
+  size_t bytes_len = 0;
 
   /* vocabulary: byte-level strings -> raw bytes. A string with code points outside the byte map cannot come
    * out of BPE on bytes; it keeps its UTF-8 for decoding, as the ByteLevel decoder does. */
@@ -419,10 +476,6 @@ int tok_build(const tok_builder_t *b, tok_t **out, es_error_t *err) {
     long n = bu_decode_token(s, len, raw);
     const char *bytes = n >= 0 ? (const char *)raw : s;
     size_t blen = n >= 0 ? (size_t)n : len;
-    if (n >= 0 && n > 0) {
-      rc = tok_strmap_put(&t->vocab, raw, (size_t)n, (uint64_t)id, err);
-      if (rc) goto fail;
-    }
     memcpy(t->id_bytes + bytes_len, bytes, blen);
     t->id_off[id] = bytes_len;
     t->id_len[id] = (uint32_t)blen;
@@ -481,7 +534,9 @@ int tok_build(const tok_builder_t *b, tok_t **out, es_error_t *err) {
     goto fail;
   }
   for (size_t i = 0; i < b->n_added; i++) {
+    if (aid[i] < 0) continue;
     tok_added_t a = b->added[i];
+    a.id = aid[i];
     a.content = malloc(a.content_len + 1);
     if (!a.content) {
       rc = es_fail(err, ES_ENOMEM, "%s: out of memory", b->source);
@@ -524,10 +579,12 @@ int tok_build(const tok_builder_t *b, tok_t **out, es_error_t *err) {
     goto fail;
   }
   free(raw);
+  free(aid);
   *out = t;
   return ES_OK;
 fail:
   free(raw);
+  free(aid);
   tok_free(t);
   return rc;
 }

@@ -10,7 +10,10 @@
  * Files: either tokenizer.json (merges as "a b" strings or ["a","b"] pairs, added_tokens, normalizer,
  * pre_tokenizer regex), or vocab.json + merges.txt + tokenizer_config.json (added_tokens_decoder) with an
  * optional added_tokens.json; that layout has no regex or normalizer in it, so it gets Qwen2's (NFC and the
- * §5.1 pattern), as transformers' Qwen2Tokenizer does. Every added token comes from the files.
+ * §5.1 pattern), as transformers' Qwen2Tokenizer does. Every added token comes from the files; its id is
+ * assigned the way tokenizers does (a content that is already a vocabulary entry keeps that entry's id, the
+ * others are numbered on from the vocabulary in file order), which equals the id written in any file that
+ * tokenizers or transformers produced. Added tokens honour lstrip, rstrip, single_word and normalized.
  *
  * Input text must be valid UTF-8: a Python str (what transformers tokenizes) cannot hold invalid UTF-8, so
  * there is no reference behaviour to copy, and tok_encode rejects it with ES_EINVAL naming the byte offset.
