@@ -48,6 +48,7 @@ typedef struct req {
   char *stop[ENG_MAX_STOPS]; /* owned copies */
   int n_stop;
   int skip_special;
+  int logprobs, top_logprobs;
   eng_callback_t cb;
   void *cb_ctx;
   double t_submit;
@@ -183,8 +184,8 @@ static void finish_usage(req_t *r) {
     r->usage.decode_tokens_per_s = (r->usage.completion_tokens - 1) / (t - r->t_first);
 }
 
-static void emit(eng_t *e, req_t *r, int32_t token, const char *text, size_t len, eng_finish_t finish,
-                 int stop_index, const char *error) {
+static void emit(eng_t *e, req_t *r, int32_t token, const eng_logprobs_t *lp, const char *text, size_t len,
+                 eng_finish_t finish, int stop_index, const char *error) {
   if (finish != ENG_FINISH_NONE) {
     pthread_mutex_lock(&e->mu);
     r->finished = 1;
@@ -193,8 +194,9 @@ static void emit(eng_t *e, req_t *r, int32_t token, const char *text, size_t len
   } else {
     r->usage.completion_tokens = r->st.n_generated;
   }
-  eng_event_t ev = {.id = r->id, .token = token, .text = text ? text : "", .text_len = text ? len : 0,
-                    .finish = finish, .stop_index = stop_index, .error = error, .usage = r->usage};
+  eng_event_t ev = {.id = r->id, .token = token, .logprobs = lp, .text = text ? text : "",
+                    .text_len = text ? len : 0, .finish = finish, .stop_index = stop_index, .error = error,
+                    .usage = r->usage};
   r->cb(r->cb_ctx, &ev);
 }
 
@@ -215,7 +217,7 @@ static void remove_running(eng_t *e, req_t *r) {
 
 /* Delivers the final event (unless already done by the caller), frees everything, forgets the request. */
 static void retire(eng_t *e, req_t *r, eng_finish_t finish, const char *error, int emit_final) {
-  if (emit_final) emit(e, r, -1, NULL, 0, finish, -1, error);
+  if (emit_final) emit(e, r, -1, NULL, NULL, 0, finish, -1, error);
   release_resources(e, r);
   remove_running(e, r);
   pthread_mutex_lock(&e->mu);
@@ -366,6 +368,34 @@ static req_t *preempt_latest(eng_t *e) {
 
 /* ---- one step ----------------------------------------------------------------------------------------- */
 
+/* Log-softmax of a processed logits row at token, and the n_top most likely ids (ties: lower id first).
+ * O(V * n_top); only for requests that ask. */
+static void compute_logprobs(const float *logits, int V, int32_t token, int n_top, eng_logprobs_t *lp) {
+  float m = -INFINITY;
+  for (int i = 0; i < V; i++) m = logits[i] > m ? logits[i] : m;
+  double sum = 0.0;
+  for (int i = 0; i < V; i++)
+    if (logits[i] > -INFINITY) sum += exp((double)logits[i] - m);
+  double lse = (double)m + log(sum);
+  lp->logprob = (float)((double)logits[token] - lse);
+  lp->n_top = 0;
+  for (int i = 0; i < V && n_top > 0; i++) {
+    float l = logits[i];
+    if (!(l > -INFINITY)) continue;
+    int n = lp->n_top;
+    if (n == n_top && l <= lp->top_logprobs[n - 1]) continue; /* no better than the last kept */
+    int j = n < n_top ? n++ : n - 1;                           /* insertion into the sorted kept list */
+    for (; j > 0 && lp->top_logprobs[j - 1] < l; j--) {
+      lp->top_logprobs[j] = lp->top_logprobs[j - 1];
+      lp->top_ids[j] = lp->top_ids[j - 1];
+    }
+    lp->top_logprobs[j] = l;
+    lp->top_ids[j] = i;
+    lp->n_top = n;
+  }
+  for (int j = 0; j < lp->n_top; j++) lp->top_logprobs[j] = (float)((double)lp->top_logprobs[j] - lse);
+}
+
 /* Samples the next token of r from logits and delivers its event. Returns 1 when r finished. */
 static int take_token(eng_t *e, req_t *r, float *logits) {
   es_error_t err;
@@ -373,6 +403,11 @@ static int take_token(eng_t *e, req_t *r, float *logits) {
   if (smp_sample(&r->st, &e->ws, logits, &token, &err) != ES_OK) {
     retire(e, r, ENG_FINISH_ERROR, err.msg, 1);
     return 1;
+  }
+  eng_logprobs_t lp_buf, *lp = NULL;
+  if (r->logprobs) { /* logits now hold the processed row: penalties and masks applied by smp_sample */
+    compute_logprobs(logits, r->st.vocab, token, r->top_logprobs, &lp_buf);
+    lp = &lp_buf;
   }
   if (r->t_first == 0) {
     r->t_first = now_s();
@@ -414,11 +449,11 @@ static int take_token(eng_t *e, req_t *r, float *logits) {
   }
   if (sf != SMP_FINISH_NONE) {
     eng_finish_t f = sf == SMP_FINISH_STOP ? ENG_FINISH_STOP : ENG_FINISH_LENGTH;
-    emit(e, r, token, e->evtext.data, e->evtext.len, f, stop_index, NULL);
+    emit(e, r, token, lp, e->evtext.data, e->evtext.len, f, stop_index, NULL);
     retire(e, r, f, NULL, 0);
     return 1;
   }
-  emit(e, r, token, e->evtext.data, e->evtext.len, ENG_FINISH_NONE, -1, NULL);
+  emit(e, r, token, lp, e->evtext.data, e->evtext.len, ENG_FINISH_NONE, -1, NULL);
   r->phase = PH_DECODE;
   return 0;
 }
@@ -758,6 +793,9 @@ static int validate(eng_t *e, const eng_request_t *q, int *audio_tokens, es_erro
   if (total > mo->audio_pool_rows)
     return es_fail(err, ES_ETOOBIG, "request: %d audio tokens, the engine holds at most %d per request", total,
                    mo->audio_pool_rows);
+  if (q->top_logprobs < 0 || q->top_logprobs > ENG_MAX_TOP_LOGPROBS || (q->top_logprobs && !q->logprobs))
+    return es_fail(err, ES_EINVAL, "request: top_logprobs %d: expected 0..%d, and only with logprobs",
+                   q->top_logprobs, ENG_MAX_TOP_LOGPROBS);
   int rc = smp_params_validate(&q->sampling, cfg->vocab_size, err);
   if (rc) return rc;
   long long ctx = (long long)mo->max_blocks_per_seq * ES_KV_BLOCK;
@@ -791,6 +829,8 @@ int eng_submit(eng_t *e, const eng_request_t *q, uint64_t *id, es_error_t *err) 
   r->policy = q->long_audio;
   r->sampling = q->sampling;
   r->skip_special = q->skip_special;
+  r->logprobs = q->logprobs != 0;
+  r->top_logprobs = q->top_logprobs;
   r->cb = q->callback;
   r->cb_ctx = q->callback_ctx;
   /* identities for the prefix cache: a placeholder is its audio's content hash and its index in that audio */

@@ -55,9 +55,23 @@ typedef struct {
   double decode_tokens_per_s; /* (completion_tokens - 1) / (final - first token); 0 if < 2 tokens */
 } eng_usage_t;
 
+#define ENG_MAX_TOP_LOGPROBS 20
+
+/* Log-probabilities of one generated token (OpenAI logprobs / top_logprobs): the log-softmax of the logits
+ * the sampler processed — repetition/presence/frequency penalties and min_tokens masks applied, before
+ * temperature, top-k, top-p and min-p. (vLLM's default reports the raw logits' log-softmax; the two agree
+ * when no penalty and no min_tokens mask is active, e.g. greedy with repetition_penalty 1.) */
+typedef struct {
+  float logprob;                         /* of the generated id */
+  int n_top;                             /* the request's top_logprobs (fewer when fewer ids are finite) */
+  int32_t top_ids[ENG_MAX_TOP_LOGPROBS]; /* most likely first; ties: lower id first */
+  float top_logprobs[ENG_MAX_TOP_LOGPROBS];
+} eng_logprobs_t;
+
 typedef struct {
   uint64_t id;
   int32_t token;          /* the generated id, or -1 on a final event that carries no token */
+  const eng_logprobs_t *logprobs; /* with a token, when the request asked for logprobs; else NULL */
   const char *text;       /* released text (stop strings held back and cut; eos/stop ids emit none) */
   size_t text_len;
   eng_finish_t finish;
@@ -86,6 +100,8 @@ typedef struct {
   const char *stop[ENG_MAX_STOPS]; /* stop strings (copied) */
   int n_stop;
   int skip_special;          /* 1: special tokens produce no text (the default for chat) */
+  int logprobs;              /* 1: token events carry eng_logprobs_t */
+  int top_logprobs;          /* 0..ENG_MAX_TOP_LOGPROBS alternatives per token (needs logprobs) */
   eng_callback_t callback;
   void *callback_ctx;
 } eng_request_t;
