@@ -69,6 +69,7 @@ void gen_unref(srv_gen_t *g) {
   for (int i = 0; i < g->n_stops; i++) free(g->stops[i]);
   free(g->buf);
   tok_text_free(&g->text);
+  cJSON_Delete(g->lp_all);
   pthread_mutex_destroy(&g->mu);
   free(g);
 }
@@ -197,8 +198,38 @@ static cJSON *usage_obj(const eng_usage_t *u) {
   return o;
 }
 
-/* One content chunk; finish != NONE makes it the finishing chunk. */
-static void append_chunk(srv_gen_t *g, const char *text, size_t len, int role, int final) {
+/* {"token", "logprob", "bytes"}: the id decoded alone (lossy UTF-8, special tokens as their text), as vLLM
+ * reports it; -inf becomes -9999.0 (vLLM's stand-in, JSON has no infinity). */
+static cJSON *lp_item(const tok_t *tok, int32_t id, float logprob) {
+  cJSON *o = cJSON_CreateObject();
+  tok_text_t t = {0};
+  es_error_t e;
+  if (tok_decode(tok, &id, 1, 0, &t, &e) != ES_OK) t.len = 0;
+  char *s = malloc(t.len + 1);
+  if (s) {
+    if (t.len) memcpy(s, t.data, t.len);
+    s[t.len] = '\0';
+  }
+  cJSON_AddStringToObject(o, "token", s ? s : "");
+  cJSON_AddNumberToObject(o, "logprob", logprob > -9999.0f ? (double)logprob : -9999.0);
+  cJSON *b = cJSON_AddArrayToObject(o, "bytes");
+  for (size_t i = 0; s && i < t.len; i++) cJSON_AddItemToArray(b, cJSON_CreateNumber((unsigned char)s[i]));
+  free(s);
+  tok_text_free(&t);
+  return o;
+}
+
+/* The OpenAI ChatCompletionTokenLogprob of one event's token. */
+static cJSON *lp_entry(const srv_gen_t *g, const eng_event_t *ev) {
+  cJSON *o = lp_item(g->tok, ev->token, ev->logprobs->logprob);
+  cJSON *top = cJSON_AddArrayToObject(o, "top_logprobs");
+  for (int i = 0; i < ev->logprobs->n_top; i++)
+    cJSON_AddItemToArray(top, lp_item(g->tok, ev->logprobs->top_ids[i], ev->logprobs->top_logprobs[i]));
+  return o;
+}
+
+/* One content chunk; final makes it the finishing chunk; lp (taken) is its logprobs content list or NULL. */
+static void append_chunk(srv_gen_t *g, const char *text, size_t len, int role, int final, cJSON *lp) {
   cJSON *o = chunk_head(g);
   cJSON *choices = cJSON_AddArrayToObject(o, "choices"), *c = cJSON_CreateObject();
   cJSON_AddItemToArray(choices, c);
@@ -212,7 +243,8 @@ static void append_chunk(srv_gen_t *g, const char *text, size_t len, int role, i
   }
   cJSON_AddStringToObject(d, "content", t ? t : "");
   free(t);
-  if (g->kind != SRV_KIND_TRANSCRIBE) cJSON_AddNullToObject(c, "logprobs");
+  if (lp) cJSON_AddItemToObject(cJSON_AddObjectToObject(c, "logprobs"), "content", lp);
+  else if (g->kind != SRV_KIND_TRANSCRIBE) cJSON_AddNullToObject(c, "logprobs");
   if (final) {
     cJSON_AddStringToObject(c, "finish_reason", finish_reason(g->finish));
     add_stop_reason(c, g);
@@ -275,17 +307,22 @@ static void stream_event(srv_gen_t *g, const eng_event_t *ev, int final) {
     text = tmp;
   }
   if (g->kind != SRV_KIND_TRANSCRIBE && !g->role_sent) {
-    append_chunk(g, "", 0, 1, 0);
+    append_chunk(g, "", 0, 1, 0, NULL);
     g->role_sent = 1;
   }
+  cJSON *lp = NULL;
+  if (g->logprobs && ev->logprobs && ev->token >= 0) {
+    lp = cJSON_CreateArray();
+    cJSON_AddItemToArray(lp, lp_entry(g, ev));
+  }
   if (!final) {
-    if (len) append_chunk(g, text, len, 0, 0);
+    if (len || lp) append_chunk(g, text, len, 0, 0, lp);
   } else if (ev->finish == ENG_FINISH_ERROR) {
-    if (len) append_chunk(g, text, len, 0, 0);
+    if (len || lp) append_chunk(g, text, len, 0, 0, lp);
     append_error(g, 500, ev->error ? ev->error : "the request failed");
     append_done(g);
   } else {
-    append_chunk(g, text, len, 0, 1);
+    append_chunk(g, text, len, 0, 1, lp);
     if (g->include_usage) append_usage(g);
     append_done(g);
   }
@@ -313,9 +350,13 @@ void gen_on_event(void *ctx, const eng_event_t *ev) {
   if (ev->token >= 0) g->last_token = ev->token;
   if (g->stream) {
     if (!g->client_gone && !g->eof && !g->abandoned) stream_event(g, ev, final);
-  } else if (ev->text_len && !g->abandoned) {
+  } else if (!g->abandoned) {
     es_error_t e;
-    if (tok_text_append(&g->text, ev->text, ev->text_len, &e)) g->oom = 1;
+    if (ev->text_len && tok_text_append(&g->text, ev->text, ev->text_len, &e)) g->oom = 1;
+    if (g->logprobs && ev->logprobs && ev->token >= 0) {
+      if (!g->lp_all) g->lp_all = cJSON_CreateArray();
+      cJSON_AddItemToArray(g->lp_all, lp_entry(g, ev));
+    }
   }
   gen_wake_locked(g);
   pthread_mutex_unlock(&g->mu);
@@ -458,7 +499,13 @@ int gen_final_body(srv_gen_t *g, char **body, size_t *len, const char **content_
     cJSON_AddStringToObject(m, "role", "assistant");
     cJSON_AddStringToObject(m, "content", g->text.data ? g->text.data : "");
     cJSON_AddArrayToObject(m, "tool_calls");
-    cJSON_AddNullToObject(c, "logprobs");
+    if (g->logprobs) {
+      cJSON_AddItemToObject(cJSON_AddObjectToObject(c, "logprobs"), "content",
+                            g->lp_all ? g->lp_all : cJSON_CreateArray());
+      g->lp_all = NULL;
+    } else {
+      cJSON_AddNullToObject(c, "logprobs");
+    }
     cJSON_AddStringToObject(c, "finish_reason", finish_reason(g->finish));
     add_stop_reason(c, g);
     cJSON_AddItemToObject(o, "usage", usage_obj(&g->usage));

@@ -18,6 +18,7 @@
  */
 #pragma once
 
+#include <cjson/cJSON.h>
 #include <microhttpd.h>
 #include <pthread.h>
 #include <stddef.h>
@@ -46,6 +47,8 @@ typedef struct srv_gen {
 
   /* set by the worker before eng_submit */
   int stream, include_usage;
+  int logprobs;              /* chat: OpenAI logprobs requested (entries per token) */
+  const tok_t *tok;          /* decodes the logprobs' token strings */
   srv_fmt_t fmt;
   double audio_seconds;
   char language[32];    /* requested, or detected from the first language tag */
@@ -71,6 +74,7 @@ typedef struct srv_gen {
   double last_out;           /* when bytes last left (keep-alive timing) */
   int role_sent;
   tok_text_t text;           /* non-stream: the whole text */
+  cJSON *lp_all;             /* non-stream with logprobs: every token's entry */
   char carry[16];            /* transcription stream: a language tag that may be arriving */
   size_t n_carry;
   eng_finish_t finish;

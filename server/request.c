@@ -588,6 +588,8 @@ int srv_req_build(srv_req_t *r, const srv_req_ctx_t *ctx, eng_request_t *q, tok_
   for (int i = 0; i < r->n_stop; i++) q->stop[i] = r->stop[i];
   q->n_stop = r->n_stop;
   q->skip_special = 1;
+  q->logprobs = r->logprobs;
+  q->top_logprobs = r->logprobs ? r->top_logprobs : 0;
   free(wt);
   tok_text_free(&text);
   tok_text_free(&task);

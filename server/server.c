@@ -182,6 +182,8 @@ static void prepare(srv_t *s, srv_gen_t *g) {
   if (!rc) {
     g->stream = r->stream;
     g->include_usage = r->include_usage;
+    g->logprobs = r->logprobs && g->kind != SRV_KIND_TRANSCRIBE;
+    g->tok = ctx.rt->tok;
     g->fmt = r->fmt;
     g->audio_seconds = r->audio_seconds;
     snprintf(g->language, sizeof g->language, "%s", r->language);
@@ -202,8 +204,10 @@ static void prepare(srv_t *s, srv_gen_t *g) {
     if (src) {
       gen_unref(g);
       for (size_t k = 0; k < q.n_audios; k++) free(q.audios[k].samples);
-      if (src == ES_ETOOBIG)
+      if (src == ES_ETOOBIG && strstr(e.msg, "queue is full"))
         rc = srv_fail(&f, 429, "", "the server is busy: %s; retry later", e.msg);
+      else if (src == ES_ETOOBIG)
+        rc = srv_fail(&f, 400, "", "%s", e.msg);
       else if (strstr(e.msg, "shutting down"))
         rc = srv_fail(&f, 503, "", "the server is shutting down");
       else if (src == ES_ENOMEM || src == ES_EINTERNAL)

@@ -17,6 +17,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -28,6 +29,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "golden.h"
+#include "npy.h"
 #include "test_util.h"
 
 #define KEY "test-key-7d1f"
@@ -347,6 +350,91 @@ static void test_chat(const server_t *s) {
   free(o), free(b), free(h), free(expect);
 }
 
+static float f32(const npy_array_t *a, size_t i) { return ((const float *)a->data)[i]; }
+static int32_t i32(const npy_array_t *a, size_t i) { return ((const int32_t *)a->data)[i]; }
+
+/* logprobs against the transformers oracle (case a-analysis-sound: greedy ids, top-8 logits per step, the
+ * first step's full logits): each step's top-1 is the greedy id, the chosen token's logprob at step 0 is
+ * log_softmax(last_logits), and logprob differences within the top 8 equal the golden logit differences. */
+static void test_logprobs(const server_t *s) {
+  golden_t G;
+  es_error_t err;
+  T_REQUIRE(golden_open(&G, ES_SOURCE_DIR, &err) == 0, "%s", err.msg);
+  npy_array_t last = {0}, ids = {0}, lg = {0}, greedy = {0};
+  const char *dir = "tests/golden/fixtures/cases/a-analysis-sound/";
+  char rel[256];
+  int ok = 1;
+  snprintf(rel, sizeof rel, "%slast_logits.npy", dir);
+  ok &= golden_read_npy(&G, rel, &last, &err) == 0;
+  snprintf(rel, sizeof rel, "%stop8_ids.npy", dir);
+  ok &= golden_read_npy(&G, rel, &ids, &err) == 0;
+  snprintf(rel, sizeof rel, "%stop8_logits.npy", dir);
+  ok &= golden_read_npy(&G, rel, &lg, &err) == 0;
+  snprintf(rel, sizeof rel, "%sgreedy_ids.npy", dir);
+  ok &= golden_read_npy(&G, rel, &greedy, &err) == 0;
+  T_CHECK(ok, "golden fixtures: %s", err.msg);
+  char p[1200], args[1400], *b = NULL;
+  snprintf(p, sizeof p, "%s/chat-lp.json", SCRATCH);
+  const char *alarm[] = {DATA "/alarm-clock-48k-stereo.oga"};
+  write_chat(p, alarm, 1, "input_audio", "What's that sound?", ",\"logprobs\":true,\"top_logprobs\":8");
+  snprintf(args, sizeof args, AUTH "-d @%s", p);
+  T_CHECK(http(s, "/v1/chat/completions", args, &b, NULL) == 200, "logprobs request: %s", b);
+  cJSON *j = cJSON_Parse(b ? b : "");
+  const cJSON *content = cJSON_GetObjectItemCaseSensitive(
+      cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "choices"), 0),
+                                       "logprobs"),
+      "content");
+  T_CHECK(cJSON_GetArraySize(content) == 20, "logprobs: %d entries for 20 tokens", cJSON_GetArraySize(content));
+  if (ok && cJSON_GetArraySize(content) == 20) {
+    double m = -INFINITY, sum = 0, worst = 0;
+    for (int64_t i = 0; i < last.count; i++) m = f32(&last, (size_t)i) > m ? f32(&last, (size_t)i) : m;
+    for (int64_t i = 0; i < last.count; i++) sum += exp(f32(&last, (size_t)i) - m);
+    double lse = m + log(sum);
+    int top1_bad = 0, missing = 0;
+    for (int step = 0; step < 20; step++) {
+      const cJSON *e = cJSON_GetArrayItem(content, step);
+      const cJSON *top = cJSON_GetObjectItemCaseSensitive(e, "top_logprobs");
+      double chosen = cJSON_GetObjectItemCaseSensitive(e, "logprob")->valuedouble;
+      if (cJSON_GetArraySize(top) != 8) {
+        missing++;
+        continue;
+      }
+      const cJSON *t0 = cJSON_GetArrayItem(top, 0);
+      /* top-1 = the chosen (greedy) token: the same string and logprob */
+      if (strcmp(cJSON_GetObjectItemCaseSensitive(t0, "token")->valuestring,
+                 cJSON_GetObjectItemCaseSensitive(e, "token")->valuestring) != 0 ||
+          cJSON_GetObjectItemCaseSensitive(t0, "logprob")->valuedouble != chosen)
+        top1_bad++;
+      if (step == 0) {
+        double want = f32(&last, (size_t)i32(&greedy, 0)) - lse;
+        T_CHECK(fabs(chosen - want) <= 1e-3 + 1e-4 * fabs(want), "step 0 logprob %.6f, transformers %.6f", chosen,
+                want);
+      }
+      /* differences within the top 8 (LSE cancels): rank k vs rank 0 */
+      for (int k = 1; k < 8; k++) {
+        double want = f32(&lg, (size_t)step * 8 + k) - f32(&lg, (size_t)step * 8);
+        double got = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(top, k), "logprob")->valuedouble - chosen;
+        double d = fabs(got - want) / (1.0 + fabs(want));
+        worst = d > worst ? d : worst;
+      }
+    }
+    T_CHECK(missing == 0, "%d steps without 8 top_logprobs", missing);
+    T_CHECK(top1_bad == 0, "%d steps whose top-1 is not the generated token", top1_bad);
+    T_CHECK(worst <= 1e-3, "top-8 logprob differences vs transformers' logits: worst rel err %.3g", worst);
+  }
+  cJSON_Delete(j);
+  free(b);
+  /* streamed: one entry per token chunk, and the same numbers */
+  write_chat(p, alarm, 1, "input_audio", "What's that sound?", ",\"logprobs\":true,\"stream\":true");
+  T_CHECK(http(s, "/v1/chat/completions", args, &b, NULL) == 200, "logprobs stream");
+  int entries = 0;
+  for (const char *q = b; q && (q = strstr(q, "\"logprobs\":{\"content\":[{\"token\":")); q++) entries++;
+  T_CHECK(entries == 20, "logprobs stream: %d entries for 20 tokens", entries);
+  free(b);
+  npy_free(&last), npy_free(&ids), npy_free(&lg), npy_free(&greedy);
+  golden_close(&G);
+}
+
 static void test_forms(const server_t *s) {
   /* two files + prompt on the multipart route: the same as earshot run with two --audio */
   char *expect = run_text("--audio " DATA "/bell-44k-stereo.oga --audio " DATA "/speech-espeak.mp3 --prompt "
@@ -434,6 +522,8 @@ static void test_errors(const server_t *s) {
   check_error(s, "image part", chat, AUTH "-d '{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
                                    "\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,AAAA\"}}]}]}'",
               400, "image_url");
+  check_error(s, "top_logprobs without logprobs", chat,
+              AUTH "-d '{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"top_logprobs\":3}'", 400, "logprobs");
   check_error(s, "n=2", chat, AUTH "-d '{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"n\":2}'", 400,
               "n must be 1");
   check_error(s, "max_tokens over the context", chat,
@@ -687,6 +777,7 @@ int main(int argc, char **argv) {
   }
   test_routes(&s);
   test_chat(&s);
+  test_logprobs(&s);
   test_forms(&s);
   test_errors(&s);
   test_openai_client(&s);
