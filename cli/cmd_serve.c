@@ -20,26 +20,25 @@
 int cmd_serve(int argc, char **argv);
 
 static void usage(FILE *out) {
-  fprintf(out,
-          "usage: earshot serve --model DIR|ORG/NAME [options]\n"
-          "\n"
-          "  --model DIR|ORG/NAME        model directory or Hugging Face cache name\n"
-          "  --host ADDR                 bind address (default 127.0.0.1: this machine only)\n"
-          "  --port N                    (default 8080; 0 = any free port)\n"
-          "  --api-key KEY               require 'Authorization: Bearer KEY' on /v1/* (default: none;\n"
-          "                              also read from EARSHOT_API_KEY)\n"
-          "  --served-model-name NAME    the model name clients use (default: the --model argument)\n"
-          "  --prompt-format chat|raw    chat template (Instruct, default) or the base model's raw form\n"
-          "  --max-model-len N           context limit in tokens (default 8192, lower on the CPU)\n"
-          "  --max-audio-seconds S       longest decoded audio accepted (default 1200)\n"
-          "  --max-body-mb MB            largest request body (default 25)\n"
-          "  --long-audio truncate|split audio over 30 s: keep the first 30 s (default) or every window\n"
-          "  --allowed-local-media-path DIR   audio_url file:// may read files under DIR (default: refused)\n"
-          "  --max-queue N               requests waiting for the engine before 429 (default 64)\n"
-          "  --device cpu|cuda|auto   --dtype bfloat16|float32   --threads N (CPU)\n"
-          "  --keepalive S               SSE keep-alive comment after S seconds of silence (default 5)\n"
-          "  --shutdown-grace S          on SIGINT/SIGTERM, let streams finish for S seconds (default 10)\n"
-          "  --quiet                     no per-request log lines\n");
+  fprintf(out, "usage: earshot serve --model DIR|ORG/NAME [options]\n"
+               "\n"
+               "  --model DIR|ORG/NAME        model directory or Hugging Face cache name\n"
+               "  --host ADDR                 bind address (default 127.0.0.1: this machine only)\n"
+               "  --port N                    (default 8080; 0 = any free port)\n"
+               "  --api-key KEY               require 'Authorization: Bearer KEY' on /v1/* (default: none;\n"
+               "                              also read from EARSHOT_API_KEY)\n"
+               "  --served-model-name NAME    the model name clients use (default: the --model argument)\n"
+               "  --prompt-format chat|raw    chat template (Instruct, default) or the base model's raw form\n"
+               "  --max-model-len N           context limit in tokens (default 8192, lower on the CPU)\n"
+               "  --max-audio-seconds S       longest decoded audio accepted (default 1200)\n"
+               "  --max-body-mb MB            largest request body (default 25)\n"
+               "  --long-audio truncate|split audio over 30 s: keep the first 30 s (default) or every window\n"
+               "  --allowed-local-media-path DIR   audio_url file:// may read files under DIR (default: refused)\n"
+               "  --max-queue N               requests waiting for the engine before 429 (default 64)\n"
+               "  --device cpu|cuda|auto   --dtype bfloat16|float32   --threads N (CPU)\n"
+               "  --keepalive S               SSE keep-alive comment after S seconds of silence (default 5)\n"
+               "  --shutdown-grace S          on SIGINT/SIGTERM, let streams finish for S seconds (default 10)\n"
+               "  --quiet                     no per-request log lines\n");
 }
 
 static int num(const char *flag, const char *v, double lo, double hi, double *out) {
@@ -77,13 +76,17 @@ int cmd_serve(int argc, char **argv) {
       return 2;
     }
     i++;
-    if (!strcmp(a, "--model")) ro.model = v;
-    else if (!strcmp(a, "--host")) so.host = v;
+    if (!strcmp(a, "--model"))
+      ro.model = v;
+    else if (!strcmp(a, "--host"))
+      so.host = v;
     else if (!strcmp(a, "--port")) {
       if (num(a, v, 0, 65535, &d)) return 2;
       so.port = (int)d;
-    } else if (!strcmp(a, "--api-key")) so.api_key = v;
-    else if (!strcmp(a, "--served-model-name")) so.served_model_name = v;
+    } else if (!strcmp(a, "--api-key"))
+      so.api_key = v;
+    else if (!strcmp(a, "--served-model-name"))
+      so.served_model_name = v;
     else if (!strcmp(a, "--prompt-format")) {
       if (strcmp(v, "chat") && strcmp(v, "raw")) {
         fprintf(stderr, "earshot serve: --prompt-format '%s': expected chat or raw\n", v);
@@ -103,7 +106,8 @@ int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "earshot serve: %s\n", err.msg);
         return 2;
       }
-    } else if (!strcmp(a, "--allowed-local-media-path")) so.allowed_media_path = v;
+    } else if (!strcmp(a, "--allowed-local-media-path"))
+      so.allowed_media_path = v;
     else if (!strcmp(a, "--max-queue")) {
       if (num(a, v, 1, 1 << 20, &d)) return 2;
       ro.max_queue = (int)d;

@@ -13,7 +13,9 @@ static int b64_value(unsigned char c) {
   return -1;
 }
 
-static int is_space(unsigned char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
+static int is_space(unsigned char c) {
+  return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
 
 int b64_decode(const char *in, size_t len, const char *what, unsigned char **out, size_t *out_len, es_error_t *err) {
   *out = NULL;
@@ -33,8 +35,7 @@ int b64_decode(const char *in, size_t len, const char *what, unsigned char **out
     int v = b64_value(c);
     if (v < 0 || pad) {
       free(buf);
-      if (v < 0)
-        return es_fail(err, ES_EINVAL, "%s is not valid base64: character 0x%02x at offset %zu", what, c, i);
+      if (v < 0) return es_fail(err, ES_EINVAL, "%s is not valid base64: character 0x%02x at offset %zu", what, c, i);
       return es_fail(err, ES_EINVAL, "%s is not valid base64: data after '=' padding at offset %zu", what, i);
     }
     acc = acc << 6 | (unsigned)v;

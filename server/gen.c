@@ -1,7 +1,8 @@
 /* gen: the generation object, the engine callback and the wire formats (OpenAI / vLLM). See gen.h.
  *
  * Chat (and /v1/audio/analyze) streams, as vLLM's chat_completion_stream_generator sends them (SERVING.md §1.6):
- *   data: {"id","object":"chat.completion.chunk","created","model","choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}
+ *   data:
+ * {"id","object":"chat.completion.chunk","created","model","choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}
  *   data: {... "delta":{"content":"<text>"},"logprobs":null,"finish_reason":null}]}      (one per token with text)
  *   data: {... "delta":{"content":"<last text>"},"logprobs":null,"finish_reason":"stop","stop_reason":null}]}
  *   data: {... "choices":[],"usage":{"prompt_tokens","total_tokens","completion_tokens"}}   (include_usage)
@@ -150,8 +151,10 @@ char *gen_error_json(int status, const char *message, const char *param) {
   cJSON *o = cJSON_CreateObject(), *e = cJSON_AddObjectToObject(o, "error");
   cJSON_AddStringToObject(e, "message", message);
   cJSON_AddStringToObject(e, "type", type);
-  if (param && param[0]) cJSON_AddStringToObject(e, "param", param);
-  else cJSON_AddNullToObject(e, "param");
+  if (param && param[0])
+    cJSON_AddStringToObject(e, "param", param);
+  else
+    cJSON_AddNullToObject(e, "param");
   cJSON_AddNumberToObject(e, "code", status);
   char *s = cJSON_PrintUnformatted(o);
   cJSON_Delete(o);
@@ -161,7 +164,8 @@ char *gen_error_json(int status, const char *message, const char *param) {
 static cJSON *chunk_head(const srv_gen_t *g) {
   cJSON *o = cJSON_CreateObject();
   cJSON_AddStringToObject(o, "id", g->id);
-  cJSON_AddStringToObject(o, "object", g->kind == SRV_KIND_TRANSCRIBE ? "transcription.chunk" : "chat.completion.chunk");
+  cJSON_AddStringToObject(o, "object",
+                          g->kind == SRV_KIND_TRANSCRIBE ? "transcription.chunk" : "chat.completion.chunk");
   cJSON_AddNumberToObject(o, "created", (double)g->created);
   cJSON_AddStringToObject(o, "model", g->model);
   return o;
@@ -243,8 +247,10 @@ static void append_chunk(srv_gen_t *g, const char *text, size_t len, int role, i
   }
   cJSON_AddStringToObject(d, "content", t ? t : "");
   free(t);
-  if (lp) cJSON_AddItemToObject(cJSON_AddObjectToObject(c, "logprobs"), "content", lp);
-  else if (g->kind != SRV_KIND_TRANSCRIBE) cJSON_AddNullToObject(c, "logprobs");
+  if (lp)
+    cJSON_AddItemToObject(cJSON_AddObjectToObject(c, "logprobs"), "content", lp);
+  else if (g->kind != SRV_KIND_TRANSCRIBE)
+    cJSON_AddNullToObject(c, "logprobs");
   if (final) {
     cJSON_AddStringToObject(c, "finish_reason", finish_reason(g->finish));
     add_stop_reason(c, g);
@@ -334,8 +340,10 @@ void gen_on_event(void *ctx, const eng_event_t *ev) {
   double now = gen_now();
   int final = ev->finish != ENG_FINISH_NONE;
   if (ev->token >= 0) { /* engine-thread-only fields */
-    if (g->n_tokens == 0) met_observe(g->met, MET_TTFT, now - g->t_arrival);
-    else met_observe(g->met, MET_ITL, now - g->t_last_token);
+    if (g->n_tokens == 0)
+      met_observe(g->met, MET_TTFT, now - g->t_arrival);
+    else
+      met_observe(g->met, MET_ITL, now - g->t_last_token);
     g->n_tokens++;
     g->t_last_token = now;
   }

@@ -35,23 +35,23 @@ typedef struct srv_gen {
 
   /* set at creation, on the HTTP thread */
   srv_kind_t kind;
-  char id[48];          /* "chatcmpl-…" / "trsc-…" */
-  long long created;    /* unix seconds */
-  const char *model;    /* the served model name (the server outlives every gen) */
-  double t_arrival;     /* monotonic seconds when the request's headers arrived */
+  char id[48];       /* "chatcmpl-…" / "trsc-…" */
+  long long created; /* unix seconds */
+  const char *model; /* the served model name (the server outlives every gen) */
+  double t_arrival;  /* monotonic seconds when the request's headers arrived */
   met_t *met;
   eng_t *eng;
-  char *body;           /* chat: the JSON body (worker input; freed by the worker) */
+  char *body; /* chat: the JSON body (worker input; freed by the worker) */
   size_t body_len;
-  srv_req_t *req;       /* the parsed request (worker input; freed by the worker) */
+  srv_req_t *req; /* the parsed request (worker input; freed by the worker) */
 
   /* set by the worker before eng_submit */
   int stream, include_usage;
-  int logprobs;              /* chat: OpenAI logprobs requested (entries per token) */
-  const tok_t *tok;          /* decodes the logprobs' token strings */
+  int logprobs;     /* chat: OpenAI logprobs requested (entries per token) */
+  const tok_t *tok; /* decodes the logprobs' token strings */
   srv_fmt_t fmt;
   double audio_seconds;
-  char language[32];    /* requested, or detected from the first language tag */
+  char language[32]; /* requested, or detected from the first language tag */
   int stop_ids[SMP_MAX_STOP_IDS];
   int n_stop_ids;
   char *stops[ENG_MAX_STOPS]; /* owned copies, for stop_reason */
@@ -60,22 +60,22 @@ typedef struct srv_gen {
   /* (mu) */
   struct MHD_Connection *mc; /* NULL once libmicrohttpd completed the request */
   int suspended;
-  int prepared;              /* the worker finished: fail.status != 0, or submitted */
+  int prepared; /* the worker finished: fail.status != 0, or submitted */
   srv_fail_t fail;
   int submitted;
   uint64_t eng_id;
-  int response_queued;       /* a streamed response is on the wire */
-  int client_gone;           /* the response ended early (disconnect, error) */
-  int done;                  /* the engine's final event arrived */
-  int eof;                   /* the stream's last byte ("data: [DONE]") is in buf */
-  int abandoned;             /* shutdown gave up waiting for the engine */
-  char *buf;                 /* stream bytes not yet sent: [off, len) */
+  int response_queued; /* a streamed response is on the wire */
+  int client_gone;     /* the response ended early (disconnect, error) */
+  int done;            /* the engine's final event arrived */
+  int eof;             /* the stream's last byte ("data: [DONE]") is in buf */
+  int abandoned;       /* shutdown gave up waiting for the engine */
+  char *buf;           /* stream bytes not yet sent: [off, len) */
   size_t len, off, cap;
-  double last_out;           /* when bytes last left (keep-alive timing) */
+  double last_out; /* when bytes last left (keep-alive timing) */
   int role_sent;
-  tok_text_t text;           /* non-stream: the whole text */
-  cJSON *lp_all;             /* non-stream with logprobs: every token's entry */
-  char carry[16];            /* transcription stream: a language tag that may be arriving */
+  tok_text_t text; /* non-stream: the whole text */
+  cJSON *lp_all;   /* non-stream with logprobs: every token's entry */
+  char carry[16];  /* transcription stream: a language tag that may be arriving */
   size_t n_carry;
   eng_finish_t finish;
   int stop_index;

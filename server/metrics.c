@@ -8,11 +8,11 @@
 #include <string.h>
 
 /* vLLM's bucket boundaries (vllm/v1/metrics/loggers.py) */
-static const double B_TTFT[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
+static const double B_TTFT[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,  0.25,  0.5,   0.75,
                                 1.0,   2.5,   5.0,  7.5,  10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0};
 static const double B_ITL[] = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,  0.3,  0.4, 0.5,
                                0.75, 1.0,   2.5,  5.0,   7.5, 10.0, 20.0, 40.0, 80.0};
-static const double B_E2E[] = {0.3,  0.5,  0.8,  1.0,  1.5,  2.0,   2.5,   5.0,   10.0,   15.0,  20.0,
+static const double B_E2E[] = {0.3,  0.5,  0.8,  1.0,  1.5,   2.0,   2.5,   5.0,   10.0,   15.0,  20.0,
                                30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
 static const double B_TOK[] = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000};
 
@@ -98,7 +98,8 @@ typedef struct {
 #if defined(__GNUC__)
 __attribute__((format(printf, 2, 3)))
 #endif
-static void bprintf(buf_t *b, const char *fmt, ...) {
+static void
+bprintf(buf_t *b, const char *fmt, ...) {
   for (;;) {
     va_list ap;
     va_start(ap, fmt);
@@ -159,13 +160,12 @@ int met_render(met_t *m, const char *model_name, const eng_stats_t *st, char **o
   gauge(&b, "vllm:kv_cache_usage_perc", "KV-cache usage: 1 = every block in use.", "gauge", label, usage);
   gauge(&b, "vllm:prompt_tokens_total", "Prompt tokens processed.", "counter", label, (double)s.prompt_tokens);
   gauge(&b, "vllm:generation_tokens_total", "Tokens generated.", "counter", label, (double)s.generated_tokens);
-  gauge(&b, "earshot:kv_blocks_total", "KV-cache blocks the engine can hand out.", "gauge", label,
-        s.kv_blocks_total);
+  gauge(&b, "earshot:kv_blocks_total", "KV-cache blocks the engine can hand out.", "gauge", label, s.kv_blocks_total);
   gauge(&b, "earshot:kv_blocks_free", "KV-cache blocks not held by any sequence.", "gauge", label, s.kv_blocks_free);
   gauge(&b, "earshot:engine_requests_submitted_total", "Requests the engine accepted.", "counter", label,
         (double)s.submitted);
-  gauge(&b, "earshot:engine_requests_cancelled_total", "Requests cancelled (client gone, shutdown).", "counter",
-        label, (double)s.cancelled);
+  gauge(&b, "earshot:engine_requests_cancelled_total", "Requests cancelled (client gone, shutdown).", "counter", label,
+        (double)s.cancelled);
   gauge(&b, "earshot:engine_requests_failed_total", "Requests that failed in the engine.", "counter", label,
         (double)s.failed);
 
@@ -173,8 +173,7 @@ int met_render(met_t *m, const char *model_name, const eng_stats_t *st, char **o
   bprintf(&b, "# HELP vllm:request_success_total Requests finished with stop or length.\n"
               "# TYPE vllm:request_success_total counter\n");
   for (int i = 0; i < 2; i++)
-    bprintf(&b, "vllm:request_success_total{%s,finished_reason=\"%s\"} %llu\n", label, FINISH_NAMES[i],
-            m->finished[i]);
+    bprintf(&b, "vllm:request_success_total{%s,finished_reason=\"%s\"} %llu\n", label, FINISH_NAMES[i], m->finished[i]);
   bprintf(&b, "# HELP earshot:requests_finished_total Requests finished, by reason.\n"
               "# TYPE earshot:requests_finished_total counter\n");
   for (int i = 0; i < N_FINISH; i++)

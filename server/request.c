@@ -60,16 +60,22 @@ static int set_number(srv_req_t *r, const char *key, double v, srv_fail_t *f) {
   smp_params_t *p = &r->sampling;
   if (!isfinite(v)) return srv_fail(f, 400, key, "'%s' must be a finite number", key);
   int integral = v == floor(v);
-#define NEED_INT(lo, hi)                                                                                        \
-  if (!integral || v < (lo) || v > (hi))                                                                        \
-  return srv_fail(f, 400, key, "'%s' must be an integer in [%lld, %lld], got %g", key, (long long)(lo),          \
+#define NEED_INT(lo, hi)                                                                                               \
+  if (!integral || v < (lo) || v > (hi))                                                                               \
+  return srv_fail(f, 400, key, "'%s' must be an integer in [%lld, %lld], got %g", key, (long long)(lo),                \
                   (long long)(hi), v)
-  if (!strcmp(key, "temperature")) p->temperature = v;
-  else if (!strcmp(key, "top_p")) p->top_p = v;
-  else if (!strcmp(key, "min_p")) p->min_p = v;
-  else if (!strcmp(key, "repetition_penalty")) p->repetition_penalty = v;
-  else if (!strcmp(key, "presence_penalty")) p->presence_penalty = v;
-  else if (!strcmp(key, "frequency_penalty")) p->frequency_penalty = v;
+  if (!strcmp(key, "temperature"))
+    p->temperature = v;
+  else if (!strcmp(key, "top_p"))
+    p->top_p = v;
+  else if (!strcmp(key, "min_p"))
+    p->min_p = v;
+  else if (!strcmp(key, "repetition_penalty"))
+    p->repetition_penalty = v;
+  else if (!strcmp(key, "presence_penalty"))
+    p->presence_penalty = v;
+  else if (!strcmp(key, "frequency_penalty"))
+    p->frequency_penalty = v;
   else if (!strcmp(key, "top_k")) {
     NEED_INT(-1, INT_MAX);
     p->top_k = (int)v;
@@ -105,15 +111,31 @@ static int set_number(srv_req_t *r, const char *key, double v, srv_fail_t *f) {
   return ES_OK;
 }
 
-static const char *const NUMBER_FIELDS[] = {"temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty",
-                                            "frequency_penalty", "top_k", "max_tokens", "max_completion_tokens",
-                                            "min_tokens", "seed", "n", "best_of", "top_logprobs", NULL};
+static const char *const NUMBER_FIELDS[] = {"temperature",
+                                            "top_p",
+                                            "min_p",
+                                            "repetition_penalty",
+                                            "presence_penalty",
+                                            "frequency_penalty",
+                                            "top_k",
+                                            "max_tokens",
+                                            "max_completion_tokens",
+                                            "min_tokens",
+                                            "seed",
+                                            "n",
+                                            "best_of",
+                                            "top_logprobs",
+                                            NULL};
 
 static int set_bool(srv_req_t *r, const char *key, int v, srv_fail_t *f) {
-  if (!strcmp(key, "stream")) r->stream = v;
-  else if (!strcmp(key, "ignore_eos")) r->sampling.ignore_eos = v;
-  else if (!strcmp(key, "logprobs")) r->logprobs = v;
-  else if (!strcmp(key, "stream_include_usage")) r->include_usage = v;
+  if (!strcmp(key, "stream"))
+    r->stream = v;
+  else if (!strcmp(key, "ignore_eos"))
+    r->sampling.ignore_eos = v;
+  else if (!strcmp(key, "logprobs"))
+    r->logprobs = v;
+  else if (!strcmp(key, "stream_include_usage"))
+    r->include_usage = v;
   else if (!strcmp(key, "use_beam_search")) {
     if (v) return srv_fail(f, 400, key, "beam search is not supported");
   } else if (!strcmp(key, "echo")) {
@@ -126,8 +148,9 @@ static int set_bool(srv_req_t *r, const char *key, int v, srv_fail_t *f) {
   return ES_OK;
 }
 
-static const char *const BOOL_FIELDS[] = {"stream", "ignore_eos", "logprobs", "use_beam_search", "echo",
-                                          "include_stop_str_in_output", "skip_special_tokens", NULL};
+static const char *const BOOL_FIELDS[] = {
+    "stream", "ignore_eos", "logprobs", "use_beam_search", "echo", "include_stop_str_in_output", "skip_special_tokens",
+    NULL};
 
 static int add_stop(srv_req_t *r, const char *s, const char *param, srv_fail_t *f) {
   if (r->n_stop == ENG_MAX_STOPS) return srv_fail(f, 400, param, "at most %d stop strings", ENG_MAX_STOPS);
@@ -228,9 +251,12 @@ static int chat_message(srv_req_t *r, const srv_req_ctx_t *ctx, const cJSON *m, 
   if (!cJSON_IsString(role)) return srv_fail(f, 400, param, "%s.role must be a string", param);
   prompt_message_t *pm = &r->msgs[r->n_msgs];
   const char *rs = role->valuestring;
-  if (!strcmp(rs, "system") || !strcmp(rs, "developer")) pm->role = "system";
-  else if (!strcmp(rs, "user")) pm->role = "user";
-  else if (!strcmp(rs, "assistant")) pm->role = "assistant";
+  if (!strcmp(rs, "system") || !strcmp(rs, "developer"))
+    pm->role = "system";
+  else if (!strcmp(rs, "user"))
+    pm->role = "user";
+  else if (!strcmp(rs, "assistant"))
+    pm->role = "assistant";
   else
     return srv_fail(f, 400, param, "%s.role '%.40s' is not supported (system, developer, user, assistant)", param, rs);
   if (cJSON_IsString(content)) {
@@ -257,8 +283,10 @@ static int chat_message(srv_req_t *r, const srv_req_ctx_t *ctx, const cJSON *m, 
         if (rc) return rc;
         *pt = (prompt_part_t){.type = PROMPT_PART_AUDIO};
       } else {
-        return srv_fail(f, 400, pp, "%s: content part type '%.40s' is not supported: this model takes text, "
-                                    "input_audio and audio_url parts", pp, t);
+        return srv_fail(f, 400, pp,
+                        "%s: content part type '%.40s' is not supported: this model takes text, "
+                        "input_audio and audio_url parts",
+                        pp, t);
       }
       r->n_parts++;
       pm->n_parts++;
@@ -319,8 +347,7 @@ int srv_req_parse_chat(srv_req_t *r, const srv_req_ctx_t *ctx, const char *body,
   }
   if ((v = field(root, "stream_options"))) {
     if (!cJSON_IsObject(v)) return srv_fail(f, 400, "stream_options", "'stream_options' must be an object");
-    if (!r->stream)
-      return srv_fail(f, 400, "stream_options", "Stream options can only be defined when `stream=True`.");
+    if (!r->stream) return srv_fail(f, 400, "stream_options", "Stream options can only be defined when `stream=True`.");
     const cJSON *iu = field(v, "include_usage");
     if (iu && !cJSON_IsBool(iu))
       return srv_fail(f, 400, "stream_options.include_usage", "'include_usage' must be true or false");
@@ -396,9 +423,12 @@ int srv_req_form_field(srv_req_t *r, const srv_req_ctx_t *ctx, const char *key, 
   for (const char *const *k = BOOL_FIELDS; *k; k++)
     if (!strcmp(key, *k) || (!strcmp(key, "stream_include_usage") && !strcmp(*k, "stream"))) {
       int b;
-      if (!strcmp(value, "true") || !strcmp(value, "True") || !strcmp(value, "1")) b = 1;
-      else if (!strcmp(value, "false") || !strcmp(value, "False") || !strcmp(value, "0")) b = 0;
-      else return srv_fail(f, 400, key, "'%s' must be true or false, got '%.40s'", key, value);
+      if (!strcmp(value, "true") || !strcmp(value, "True") || !strcmp(value, "1"))
+        b = 1;
+      else if (!strcmp(value, "false") || !strcmp(value, "False") || !strcmp(value, "0"))
+        b = 0;
+      else
+        return srv_fail(f, 400, key, "'%s' must be true or false, got '%.40s'", key, value);
       return set_bool(r, key, b, f);
     }
   if (!strcmp(key, "model")) {
@@ -414,8 +444,10 @@ int srv_req_form_field(srv_req_t *r, const srv_req_ctx_t *ctx, const char *key, 
       char *c = own(r, value);
       if (!c) return srv_fail(f, 400, key, "too many text fields");
       /* remembered in msgs[0] (system) and msgs[1] (prompt) until srv_req_form_finish builds the turn */
-      if (!strcmp(key, "system")) r->msgs[0].content = c;
-      else r->msgs[1].content = c;
+      if (!strcmp(key, "system"))
+        r->msgs[0].content = c;
+      else
+        r->msgs[1].content = c;
     }
     /* transcription: OpenAI's `prompt` (style hint / previous text) has no slot in Qwen2-Audio's fixed
      * speech-recognition prompt; it is accepted and not used */
@@ -423,9 +455,12 @@ int srv_req_form_field(srv_req_t *r, const srv_req_ctx_t *ctx, const char *key, 
     if (strlen(value) >= sizeof r->language) return srv_fail(f, 400, key, "'language' is too long");
     snprintf(r->language, sizeof r->language, "%s", value);
   } else if (!strcmp(key, "response_format")) {
-    if (!strcmp(value, "json")) r->fmt = SRV_FMT_JSON;
-    else if (!strcmp(value, "text")) r->fmt = SRV_FMT_TEXT;
-    else if (!strcmp(value, "verbose_json")) r->fmt = SRV_FMT_VERBOSE_JSON;
+    if (!strcmp(value, "json"))
+      r->fmt = SRV_FMT_JSON;
+    else if (!strcmp(value, "text"))
+      r->fmt = SRV_FMT_TEXT;
+    else if (!strcmp(value, "verbose_json"))
+      r->fmt = SRV_FMT_VERBOSE_JSON;
     else
       return srv_fail(f, 400, key, "response_format '%.40s' is not supported (json, text, verbose_json)", value);
   }
@@ -510,9 +545,12 @@ int srv_req_build(srv_req_t *r, const srv_req_ctx_t *ctx, eng_request_t *q, tok_
   for (size_t k = 0; k < r->n_audio; k++) {
     audio_pcm_t pcm;
     if ((rc = audio_decode_memory(r->audio[k].data, r->audio[k].len, r->audio[k].label, &dopts, &pcm, &e))) {
-      if (rc == ES_ETOOBIG) rc = srv_fail(f, 413, audio_param, "%s", e.msg);
-      else if (rc == ES_ENOMEM) rc = srv_fail(f, 500, audio_param, "%s", e.msg);
-      else rc = srv_fail(f, 415, audio_param, "%s", e.msg);
+      if (rc == ES_ETOOBIG)
+        rc = srv_fail(f, 413, audio_param, "%s", e.msg);
+      else if (rc == ES_ENOMEM)
+        rc = srv_fail(f, 500, audio_param, "%s", e.msg);
+      else
+        rc = srv_fail(f, 415, audio_param, "%s", e.msg);
       goto fail;
     }
     free(r->audio[k].data); /* the encoded bytes are no longer needed */
@@ -605,7 +643,9 @@ fail:
 
 /* ---- language tags ------------------------------------------------------------------------------------------- */
 
-static int is_lower(char c) { return c >= 'a' && c <= 'z'; }
+static int is_lower(char c) {
+  return c >= 'a' && c <= 'z';
+}
 
 /* Length of a complete tag at s (0 if none). */
 static size_t tag_at(const char *s, size_t n) {
@@ -642,7 +682,7 @@ size_t srv_lang_tag_tail(const char *text, size_t len) {
     size_t i = 2;
     while (i < k && is_lower(s[i])) i++;
     if (i - 2 > 8) continue;
-    if (i == k) return k;                                   /* "<|en" */
+    if (i == k) return k;                                  /* "<|en" */
     if (s[i] == '|' && i + 1 == k && i - 2 >= 2) return k; /* "<|en|" */
   }
   return 0;

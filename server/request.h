@@ -31,9 +31,9 @@ typedef enum { SRV_KIND_CHAT = 0, SRV_KIND_ANALYZE, SRV_KIND_TRANSCRIBE } srv_ki
 typedef enum { SRV_FMT_JSON = 0, SRV_FMT_TEXT, SRV_FMT_VERBOSE_JSON } srv_fmt_t;
 
 typedef struct {
-  int status;          /* HTTP status: 400, 404, 413, 415, 429, 500, 503 */
-  char param[64];      /* the request field concerned, "" when none */
-  es_error_t err;      /* the message */
+  int status;     /* HTTP status: 400, 404, 413, 415, 429, 500, 503 */
+  char param[64]; /* the request field concerned, "" when none */
+  es_error_t err; /* the message */
 } srv_fail_t;
 
 /* Records a failure; returns the matching ES_E* code (ES_EINVAL for 4xx, ES_EINTERNAL for 5xx). */
@@ -45,19 +45,19 @@ int srv_fail(srv_fail_t *f, int status, const char *param, const char *fmt, ...)
 
 /* What the server was started with that shapes requests. */
 typedef struct {
-  const rt_t *rt;                /* model, tokenizer, special ids, context length */
-  const char *served_model_name; /* a request naming another model gets 404 */
-  int raw_prompt;                /* --prompt-format raw: the base model's form for chat and analyze */
-  double max_audio_seconds;      /* decoded audio longer than this: 413 */
-  size_t max_audio_bytes;        /* per audio input (base64-decoded, or a file://): 413 */
-  audio_long_policy_t long_audio;/* the server's default */
-  const char *allowed_media_dir; /* realpath of --allowed-local-media-path, or NULL: file:// refused */
+  const rt_t *rt;                 /* model, tokenizer, special ids, context length */
+  const char *served_model_name;  /* a request naming another model gets 404 */
+  int raw_prompt;                 /* --prompt-format raw: the base model's form for chat and analyze */
+  double max_audio_seconds;       /* decoded audio longer than this: 413 */
+  size_t max_audio_bytes;         /* per audio input (base64-decoded, or a file://): 413 */
+  audio_long_policy_t long_audio; /* the server's default */
+  const char *allowed_media_dir;  /* realpath of --allowed-local-media-path, or NULL: file:// refused */
 } srv_req_ctx_t;
 
 typedef struct {
   unsigned char *data; /* owned */
   size_t len;
-  char label[112];     /* names it in errors: "messages[0].content[1] (input_audio)", "file 2 (x.wav)" */
+  char label[112]; /* names it in errors: "messages[0].content[1] (input_audio)", "file 2 (x.wav)" */
 } srv_blob_t;
 
 #define SRV_MAX_MESSAGES 256
@@ -65,25 +65,25 @@ typedef struct {
 
 typedef struct {
   srv_kind_t kind;
-  cJSON *json;                     /* the parsed body; message strings point into it */
+  cJSON *json; /* the parsed body; message strings point into it */
   prompt_message_t msgs[SRV_MAX_MESSAGES];
   size_t n_msgs;
   prompt_part_t parts[SRV_MAX_PARTS];
   size_t n_parts;
-  char *owned[8];                  /* strings the request owns (form fields) */
+  char *owned[8]; /* strings the request owns (form fields) */
   size_t n_owned;
-  srv_blob_t audio[ENG_MAX_AUDIOS];/* in order of appearance */
+  srv_blob_t audio[ENG_MAX_AUDIOS]; /* in order of appearance */
   size_t n_audio;
-  smp_params_t sampling;           /* defaults, then the request's values */
+  smp_params_t sampling; /* defaults, then the request's values */
   int max_tokens_given;
-  char *stop[ENG_MAX_STOPS];       /* owned */
+  char *stop[ENG_MAX_STOPS]; /* owned */
   int n_stop;
   int stream, include_usage;
   int logprobs, top_logprobs;
   audio_long_policy_t long_audio;
-  char language[32];               /* transcription: "" = detect */
-  srv_fmt_t fmt;                   /* transcription response_format */
-  double audio_seconds;            /* set by srv_req_build: total decoded duration */
+  char language[32];    /* transcription: "" = detect */
+  srv_fmt_t fmt;        /* transcription response_format */
+  double audio_seconds; /* set by srv_req_build: total decoded duration */
 } srv_req_t;
 
 /* Zeroes r and sets the defaults (generation_config sampling, the server's long-audio policy). */

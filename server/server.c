@@ -47,8 +47,8 @@ struct srv {
   pthread_cond_t cv;  /* workers: a job or stop; shutdown: the live list changed */
   rt_t *rt;           /* NULL until srv_set_runtime */
   srv_req_ctx_t ctx;
-  int stopping;       /* no new generation requests */
-  srv_gen_t *live;    /* every gen the server still tracks (listed until its connection completes) */
+  int stopping;    /* no new generation requests */
+  srv_gen_t *live; /* every gen the server still tracks (listed until its connection completes) */
   int n_live;
   srv_gen_t *jobs, *jobs_tail; /* waiting for a decode worker */
   int n_jobs;
@@ -75,9 +75,12 @@ static const struct {
   route_t route;
   int post; /* 1: POST, 0: GET (and HEAD) */
 } ROUTES[] = {
-    {"/v1/chat/completions", R_CHAT, 1},   {"/v1/audio/analyze", R_ANALYZE, 1},
-    {"/v1/audio/transcriptions", R_TRANSCRIBE, 1}, {"/v1/models", R_MODELS, 0},
-    {"/health", R_HEALTH, 0},              {"/version", R_VERSION, 0},
+    {"/v1/chat/completions", R_CHAT, 1},
+    {"/v1/audio/analyze", R_ANALYZE, 1},
+    {"/v1/audio/transcriptions", R_TRANSCRIBE, 1},
+    {"/v1/models", R_MODELS, 0},
+    {"/health", R_HEALTH, 0},
+    {"/version", R_VERSION, 0},
     {"/metrics", R_METRICS, 0},
 };
 
@@ -86,12 +89,12 @@ typedef struct {
   srv_t *s;
   route_t route;
   double t_arrival;
-  int handed_off;       /* the gen went to a worker */
-  srv_fail_t early;     /* a failure found while receiving (sent once the body is in) */
-  char *body;           /* chat JSON */
+  int handed_off;   /* the gen went to a worker */
+  srv_fail_t early; /* a failure found while receiving (sent once the body is in) */
+  char *body;       /* chat JSON */
   size_t len, cap, received;
   struct MHD_PostProcessor *pp;
-  srv_req_t *req;       /* forms: fields and files as they arrive */
+  srv_req_t *req; /* forms: fields and files as they arrive */
   /* the multipart part being received */
   char part_key[64], part_file[96];
   int part_open, part_is_file;
@@ -149,8 +152,10 @@ static void live_add(srv_t *s, srv_gen_t *g) { /* caller holds s->mu */
 
 static void live_remove(srv_t *s, srv_gen_t *g) { /* caller holds s->mu */
   if (!g->listed) return;
-  if (g->prev) g->prev->next = g->next;
-  else s->live = g->next;
+  if (g->prev)
+    g->prev->next = g->next;
+  else
+    s->live = g->next;
   if (g->next) g->next->prev = g->prev;
   g->listed = 0;
   s->n_live--;
@@ -231,8 +236,7 @@ static void prepare(srv_t *s, srv_gen_t *g) {
   g->last_out = gen_now();
   gen_wake_locked(g);
   pthread_mutex_unlock(&g->mu);
-  if (s->o.verbose && f.status)
-    fprintf(stderr, "earshot serve: %s: %d %s\n", g->id, f.status, f.err.msg);
+  if (s->o.verbose && f.status) fprintf(stderr, "earshot serve: %s: %d %s\n", g->id, f.status, f.err.msg);
 }
 
 static void *worker_main(void *arg) {
@@ -433,7 +437,9 @@ static enum MHD_Result route_post(srv_t *s, struct MHD_Connection *mc, conn_t *c
     if (stopping) return send_error(s, mc, 503, "the server is shutting down", NULL);
     if (!ready) return send_error(s, mc, 503, "the model is loading; retry shortly", NULL);
     if (full) return send_error(s, mc, 429, "the server is busy (too many requests being decoded); retry later", NULL);
-    srv_kind_t kind = c->route == R_CHAT ? SRV_KIND_CHAT : c->route == R_ANALYZE ? SRV_KIND_ANALYZE : SRV_KIND_TRANSCRIBE;
+    srv_kind_t kind = c->route == R_CHAT      ? SRV_KIND_CHAT
+                      : c->route == R_ANALYZE ? SRV_KIND_ANALYZE
+                                              : SRV_KIND_TRANSCRIBE;
     g = gen_new(kind, s->model_name, s->met, c->t_arrival);
     if (!g) return send_error(s, mc, 500, "out of memory", NULL);
     pthread_mutex_lock(&s->mu);
@@ -467,8 +473,10 @@ static enum MHD_Result route_post(srv_t *s, struct MHD_Connection *mc, conn_t *c
     pthread_mutex_lock(&s->mu);
     live_add(s, g);
     g->job_next = NULL;
-    if (s->jobs_tail) s->jobs_tail->job_next = g;
-    else s->jobs = g;
+    if (s->jobs_tail)
+      s->jobs_tail->job_next = g;
+    else
+      s->jobs = g;
     s->jobs_tail = g;
     s->n_jobs++;
     pthread_cond_broadcast(&s->cv);
@@ -558,7 +566,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
       } else {
         c->req = calloc(1, sizeof *c->req);
         c->pp = c->req ? MHD_create_post_processor(mc, 64 * 1024, post_iter, c) : NULL;
-        if (!c->pp) srv_fail(&c->early, 400, "", "cannot parse this multipart/form-data body (no boundary?)");
+        if (!c->pp)
+          srv_fail(&c->early, 400, "", "cannot parse this multipart/form-data body (no boundary?)");
         else {
           pthread_mutex_lock(&s->mu);
           if (s->rt) srv_req_init(c->req, route == R_ANALYZE ? SRV_KIND_ANALYZE : SRV_KIND_TRANSCRIBE, &s->ctx);
@@ -643,8 +652,10 @@ int srv_start(const srv_opts_t *opts, srv_t **out, es_error_t *err) {
       goto fail;
     }
   }
-  s->ctx = (srv_req_ctx_t){.served_model_name = s->model_name, .raw_prompt = s->o.raw_prompt,
-                           .max_audio_seconds = s->o.max_audio_seconds, .max_audio_bytes = s->o.max_body_bytes,
+  s->ctx = (srv_req_ctx_t){.served_model_name = s->model_name,
+                           .raw_prompt = s->o.raw_prompt,
+                           .max_audio_seconds = s->o.max_audio_seconds,
+                           .max_audio_bytes = s->o.max_body_bytes,
                            .long_audio = s->o.long_audio,
                            .allowed_media_dir = s->allowed_dir[0] ? s->allowed_dir : NULL};
 
@@ -659,13 +670,13 @@ int srv_start(const srv_opts_t *opts, srv_t **out, es_error_t *err) {
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_ALLOW_SUSPEND_RESUME;
   if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
   s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-                          MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_CONNECTION_TIMEOUT,
-                          (unsigned)120, MHD_OPTION_CONNECTION_LIMIT, (unsigned)512,
-                          MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(256 * 1024), MHD_OPTION_END);
+                          MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+                          MHD_OPTION_CONNECTION_LIMIT, (unsigned)512, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+                          (size_t)(256 * 1024), MHD_OPTION_END);
   freeaddrinfo(ai);
   if (!s->d) {
-    rc = es_fail(err, ES_EIO, "cannot listen on %s:%d (in use, or not an address of this machine?)", s->host,
-                 s->o.port);
+    rc =
+        es_fail(err, ES_EIO, "cannot listen on %s:%d (in use, or not an address of this machine?)", s->host, s->o.port);
     goto fail;
   }
   const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
@@ -690,7 +701,9 @@ fail:
   return rc;
 }
 
-int srv_port(const srv_t *s) { return s->port; }
+int srv_port(const srv_t *s) {
+  return s->port;
+}
 
 int srv_set_runtime(srv_t *s, rt_t *rt, es_error_t *err) {
   if (!rt->tok) return es_fail(err, ES_EINVAL, "%s has no tokenizer: the server needs one", rt->dir);

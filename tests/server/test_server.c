@@ -73,7 +73,8 @@ static int sh(const char *cmd, char *out, size_t cap) {
   FILE *p = popen(cmd, "r");
   if (!p) return -1;
   size_t n = out ? fread(out, 1, cap - 1, p) : 0;
-  if (out) out[n] = '\0';
+  if (out)
+    out[n] = '\0';
   else {
     char tmp[4096];
     while (fread(tmp, 1, sizeof tmp, p) > 0) {
@@ -200,8 +201,10 @@ static void write_chat(const char *path, const char *const *audio, int n_audio, 
     free(bytes);
     free(enc);
   }
-  fprintf(f, "{\"type\":\"text\",\"text\":\"%s\"}]}],\"temperature\":0,\"repetition_penalty\":1,"
-             "\"max_tokens\":20,\"ignore_eos\":true%s}", text, extra);
+  fprintf(f,
+          "{\"type\":\"text\",\"text\":\"%s\"}]}],\"temperature\":0,\"repetition_penalty\":1,"
+          "\"max_tokens\":20,\"ignore_eos\":true%s}",
+          text, extra);
   fclose(f);
 }
 
@@ -277,18 +280,21 @@ static char chat_ia[1200], chat_url[1200], chat_url_stream[1200];
 static void test_routes(const server_t *s) {
   char *b = NULL, *h = NULL;
   T_CHECK(http(s, "/health", "", NULL, NULL) == 200, "/health");
-  T_CHECK(http(s, "/v1/models", AUTH, &b, NULL) == 200 && b && strstr(b, "\"id\":\"" MODEL "\""), "/v1/models: %s",
-          b);
+  T_CHECK(http(s, "/v1/models", AUTH, &b, NULL) == 200 && b && strstr(b, "\"id\":\"" MODEL "\""), "/v1/models: %s", b);
   free(b);
   T_CHECK(http(s, "/version", "", &b, NULL) == 200 && b && strstr(b, "\"version\""), "/version: %s", b);
   free(b);
   /* one request first so the histograms have data */
   T_CHECK(http(s, "/v1/chat/completions", AUTH "-d @", NULL, NULL) != 200, "empty -d");
   T_CHECK(http(s, "/metrics", "", &b, &h) == 200, "/metrics");
-  const char *names[] = {"vllm:time_to_first_token_seconds_bucket", "vllm:inter_token_latency_seconds_bucket",
-                         "vllm:e2e_request_latency_seconds_count",  "vllm:num_requests_running{",
-                         "vllm:num_requests_waiting{",              "vllm:prompt_tokens_total{",
-                         "vllm:generation_tokens_total{",           "vllm:kv_cache_usage_perc{",
+  const char *names[] = {"vllm:time_to_first_token_seconds_bucket",
+                         "vllm:inter_token_latency_seconds_bucket",
+                         "vllm:e2e_request_latency_seconds_count",
+                         "vllm:num_requests_running{",
+                         "vllm:num_requests_waiting{",
+                         "vllm:prompt_tokens_total{",
+                         "vllm:generation_tokens_total{",
+                         "vllm:kv_cache_usage_perc{",
                          "# TYPE vllm:time_to_first_token_seconds histogram"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
     T_CHECK(b && strstr(b, names[i]), "/metrics lacks %s", names[i]);
@@ -317,8 +323,7 @@ static void test_chat(const server_t *s) {
   char *fin = json_str(b, "choices", "finish_reason", NULL);
   T_CHECK(text && !strcmp(text, expect), "chat input_audio: '%s' != earshot run '%s'", text, expect);
   T_CHECK(fin && !strcmp(fin, "length"), "chat finish_reason %s", fin);
-  T_CHECK(b && strstr(b, "\"object\":\"chat.completion\"") && strstr(b, "\"completion_tokens\":20"), "chat body %s",
-          b);
+  T_CHECK(b && strstr(b, "\"object\":\"chat.completion\"") && strstr(b, "\"completion_tokens\":20"), "chat body %s", b);
   T_CHECK(h && strstr(h, "application/json"), "chat content type");
   free(text), free(fin), free(b), free(h);
   /* non-streamed, audio_url */
@@ -350,8 +355,12 @@ static void test_chat(const server_t *s) {
   free(o), free(b), free(h), free(expect);
 }
 
-static float f32(const npy_array_t *a, size_t i) { return ((const float *)a->data)[i]; }
-static int32_t i32(const npy_array_t *a, size_t i) { return ((const int32_t *)a->data)[i]; }
+static float f32(const npy_array_t *a, size_t i) {
+  return ((const float *)a->data)[i];
+}
+static int32_t i32(const npy_array_t *a, size_t i) {
+  return ((const int32_t *)a->data)[i];
+}
 
 /* logprobs against the transformers oracle (case a-analysis-sound: greedy ids, top-8 logits per step, the
  * first step's full logits): each step's top-1 is the greedy id, the chosen token's logprob at step 0 is
@@ -502,25 +511,31 @@ static void test_errors(const server_t *s) {
   char args[4096], p[1200];
   const char *chat = "/v1/chat/completions";
   check_error(s, "malformed JSON", chat, AUTH "-d '{\"messages\": ['", 400, "JSON");
-  check_error(s, "bad field type", chat, AUTH "-d '{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
-                                      "\"temperature\":\"hot\"}'", 400, "temperature");
+  check_error(s, "bad field type", chat,
+              AUTH "-d '{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
+                   "\"temperature\":\"hot\"}'",
+              400, "temperature");
   check_error(s, "bad top_p", chat, AUTH "-d '{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"top_p\":2}'",
               400, "top_p");
-  check_error(s, "bad base64", chat, AUTH "-d '{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
-                                   "\"input_audio\",\"input_audio\":{\"data\":\"@@not base64@@\",\"format\":\"wav\"}}]}]}'",
+  check_error(s, "bad base64", chat,
+              AUTH "-d '{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+                   "\"input_audio\",\"input_audio\":{\"data\":\"@@not base64@@\",\"format\":\"wav\"}}]}]}'",
               400, "base64");
-  check_error(s, "remote URL", chat, AUTH "-d '{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
-                                   "\"audio_url\",\"audio_url\":{\"url\":\"https://example.com/a.wav\"}}]}]}'",
+  check_error(s, "remote URL", chat,
+              AUTH "-d '{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+                   "\"audio_url\",\"audio_url\":{\"url\":\"https://example.com/a.wav\"}}]}]}'",
               400, "remote URLs are not fetched");
-  check_error(s, "file:// outside", chat, AUTH "-d '{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
-                                        "\"audio_url\",\"audio_url\":{\"url\":\"file:///etc/passwd\"}}]}]}'",
+  check_error(s, "file:// outside", chat,
+              AUTH "-d '{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+                   "\"audio_url\",\"audio_url\":{\"url\":\"file:///etc/passwd\"}}]}]}'",
               400, "outside");
   check_error(s, "file:// escaping with ..", chat,
               AUTH "-d '{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"audio_url\",\"audio_url\":"
                    "{\"url\":\"file://" DATA "/../bad/image.png\"}}]}]}'",
               400, "outside");
-  check_error(s, "image part", chat, AUTH "-d '{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
-                                   "\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,AAAA\"}}]}]}'",
+  check_error(s, "image part", chat,
+              AUTH "-d '{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+                   "\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,AAAA\"}}]}]}'",
               400, "image_url");
   check_error(s, "top_logprobs without logprobs", chat,
               AUTH "-d '{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"top_logprobs\":3}'", 400, "logprobs");
@@ -539,8 +554,10 @@ static void test_errors(const server_t *s) {
   check_error(s, "wrong key", "/v1/models", "-H 'Authorization: Bearer " KEY "x'", 401, NULL);
   check_error(s, "short key", "/v1/models", "-H 'Authorization: Bearer test'", 401, NULL);
   check_error(s, "unknown route", "/v1/nothing", AUTH, 404, NULL);
-  check_error(s, "unknown model", chat, AUTH "-d '{\"model\":\"gpt-4\",\"messages\":[{\"role\":\"user\",\"content\":"
-                                   "\"hi\"}]}'", 404, "does not exist");
+  check_error(s, "unknown model", chat,
+              AUTH "-d '{\"model\":\"gpt-4\",\"messages\":[{\"role\":\"user\",\"content\":"
+                   "\"hi\"}]}'",
+              404, "does not exist");
   check_error(s, "GET on a POST route", chat, AUTH, 405, NULL);
   check_error(s, "POST on a GET route", "/v1/models", AUTH "-d x", 405, NULL);
   /* 413: a 3 MiB body against --max-body-mb 2; audio longer than --max-audio-seconds 40 */
@@ -642,8 +659,10 @@ static int concurrent(const server_t *s, int n, double stagger_s, const char *bo
       if (retry_after && strcasestr(h, "Retry-After: ")) (*retry_after)++;
     } else if (h && strstr(h, " 200 ")) {
       parse_sse(b, o);
-      if (o->done && (!expect || !strcmp(o->text, expect))) good++;
-      else fprintf(stderr, "stream %s-%d: done %d text '%s'\n", tag, i, o->done, o->text);
+      if (o->done && (!expect || !strcmp(o->text, expect)))
+        good++;
+      else
+        fprintf(stderr, "stream %s-%d: done %d text '%s'\n", tag, i, o->done, o->text);
       if (keepalives) *keepalives += o->comments;
     }
     free(h), free(b);
@@ -703,8 +722,8 @@ static void test_openai_client(const server_t *s) {
   }
   static char out[1 << 16];
   char cmd[2048];
-  snprintf(cmd, sizeof cmd, "%s " ES_SOURCE_DIR "/tests/server/openai_client.py http://127.0.0.1:%d/v1 " KEY
-                            " " MODEL " " DATA " 2>&1",
+  snprintf(cmd, sizeof cmd,
+           "%s " ES_SOURCE_DIR "/tests/server/openai_client.py http://127.0.0.1:%d/v1 " KEY " " MODEL " " DATA " 2>&1",
            py, s->port);
   int st = sh(cmd, out, sizeof out);
   T_CHECK(st == 0, "openai client: exit %d: %s", st, out);
@@ -747,7 +766,8 @@ static void test_shutdown(server_t *s) {
   char *b = slurp(out_path, NULL);
   sse_t *o = malloc(sizeof *o);
   parse_sse(b, o);
-  T_CHECK(o->done, "the in-flight stream did not end with [DONE]: ...%s", b ? b + (strlen(b) > 300 ? strlen(b) - 300 : 0) : "");
+  T_CHECK(o->done, "the in-flight stream did not end with [DONE]: ...%s",
+          b ? b + (strlen(b) > 300 ? strlen(b) - 300 : 0) : "");
   free(o), free(b);
   char *log = slurp(s->log, NULL);
   T_CHECK(log && strstr(log, "stopped"), "server log lacks 'stopped'");
@@ -767,8 +787,9 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
 
   server_t s;
-  if (server_start(&s, "serve", "--max-model-len 1024 --max-body-mb 2 --max-audio-seconds 40 --shutdown-grace 1 "
-                               "--allowed-local-media-path " DATA) != 0) {
+  if (server_start(&s, "serve",
+                   "--max-model-len 1024 --max-body-mb 2 --max-audio-seconds 40 --shutdown-grace 1 "
+                   "--allowed-local-media-path " DATA) != 0) {
     char *log = slurp(s.log, NULL);
     T_CHECK(0, "the server did not start: %s", log ? log : "(no log)");
     free(log);
