@@ -571,6 +571,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
         else {
           pthread_mutex_lock(&s->mu);
           if (s->rt) srv_req_init(c->req, route == R_ANALYZE ? SRV_KIND_ANALYZE : SRV_KIND_TRANSCRIBE, &s->ctx);
+          else srv_fail(&c->early, 503, "", "the model is loading; retry shortly"); /* no defaults to start from */
           pthread_mutex_unlock(&s->mu);
         }
       }
@@ -743,8 +744,10 @@ void srv_shutdown(srv_t *s) {
   wait_live(s, gen_now() + s->o.shutdown_grace_s);
   for (srv_gen_t *g = s->live; g; g = g->next) {
     pthread_mutex_lock(&g->mu);
-    if (g->submitted && !g->done) eng_cancel(g->eng, g->eng_id);
+    int cancel = g->submitted && !g->done;
+    uint64_t id = g->eng_id;
     pthread_mutex_unlock(&g->mu);
+    if (cancel) eng_cancel(g->eng, id); /* not under g->mu: the engine may be inside g's callback */
   }
   wait_live(s, gen_now() + 2.0);
   s->workers_stop = 1;
