@@ -692,7 +692,7 @@ static void test_concurrency(const server_t *s) {
   T_CHECK(http(s, "/health", "", NULL, NULL) == 200, "healthy after the concurrent streams");
 }
 
-/* 40 long streams, started 10 ms apart, against a 4-slot queue: whatever the engine batches runs, 4 wait (and
+/* 40 streams of 300 tokens, started 10 ms apart, against a 4-slot queue: whatever the engine batches runs, 4 wait (and
  * get keep-alive comments while they do), the rest are refused with 429 + Retry-After. */
 static void test_queue_full(void) {
   server_t q;
@@ -701,7 +701,7 @@ static void test_queue_full(void) {
   char p[1200], cmd[2048];
   snprintf(p, sizeof p, "%s/q.json", SCRATCH);
   snprintf(cmd, sizeof cmd,
-           "printf '{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"stream\":true,\"max_tokens\":600,"
+           "printf '{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"stream\":true,\"max_tokens\":300,"
            "\"ignore_eos\":true}' > %s",
            p);
   sh(cmd, NULL, 0);
