@@ -38,7 +38,7 @@ static void usage(FILE *out) {
                "  --device cpu|cuda|auto   --dtype bfloat16|float32   --threads N (CPU)\n"
                "  --keepalive S               SSE keep-alive comment after S seconds of silence (default 5)\n"
                "  --shutdown-grace S          on SIGINT/SIGTERM, let streams finish for S seconds (default 10)\n"
-               "  --quiet                     no per-request log lines\n");
+               "  --quiet                     no log line per request\n");
 }
 
 static int num(const char *flag, const char *v, double lo, double hi, double *out) {

@@ -534,7 +534,7 @@ int srv_req_build(srv_req_t *r, const srv_req_ctx_t *ctx, eng_request_t *q, tok_
   audio_decode_opts_default(&dopts);
   if (ctx->max_audio_bytes) dopts.max_input_bytes = ctx->max_audio_bytes;
   if (ctx->max_audio_seconds > 0) dopts.max_duration_s = ctx->max_audio_seconds;
-  static int32_t no_windows[1];
+  static const int32_t no_windows[1];
   int32_t(*wt)[MAX_WINDOWS] = calloc(ENG_MAX_AUDIOS, sizeof *wt);
   prompt_audio_t pa[ENG_MAX_AUDIOS];
   if (!wt) {

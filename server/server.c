@@ -570,8 +570,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
           srv_fail(&c->early, 400, "", "cannot parse this multipart/form-data body (no boundary?)");
         else {
           pthread_mutex_lock(&s->mu);
-          if (s->rt) srv_req_init(c->req, route == R_ANALYZE ? SRV_KIND_ANALYZE : SRV_KIND_TRANSCRIBE, &s->ctx);
-          else srv_fail(&c->early, 503, "", "the model is loading; retry shortly"); /* no defaults to start from */
+          if (s->rt)
+            srv_req_init(c->req, route == R_ANALYZE ? SRV_KIND_ANALYZE : SRV_KIND_TRANSCRIBE, &s->ctx);
+          else
+            srv_fail(&c->early, 503, "", "the model is loading; retry shortly"); /* no defaults to start from */
           pthread_mutex_unlock(&s->mu);
         }
       }
@@ -610,6 +612,17 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls, e
     uint64_t id = g->eng_id;
     pthread_mutex_unlock(&g->mu);
     if (cancel) eng_cancel(g->eng, id);
+    if (s->o.verbose && g->submitted) {
+      pthread_mutex_lock(&g->mu);
+      fprintf(stderr, "earshot serve: %s %s: %d prompt + %d completion tokens, %s, %.3f s%s\n", g->id,
+              g->kind == SRV_KIND_CHAT      ? "chat"
+              : g->kind == SRV_KIND_ANALYZE ? "analyze"
+                                            : "transcription",
+              g->usage.prompt_tokens, g->usage.completion_tokens,
+              g->done ? (eng_finish_name(g->finish) ? eng_finish_name(g->finish) : "?") : "client gone",
+              gen_now() - g->t_arrival, g->stream ? ", streamed" : "");
+      pthread_mutex_unlock(&g->mu);
+    }
     pthread_mutex_lock(&s->mu);
     live_remove(s, g);
     pthread_mutex_unlock(&s->mu);
