@@ -42,7 +42,8 @@ static void usage(FILE *out) {
           "  --stop STR               stop string (repeatable)   --ignore-eos   do not stop at eos\n"
           "  --long-audio truncate|split   audio over 30 s: keep the first 30 s (default) or every window\n"
           "  --device cpu|cuda|auto   (default auto)   --dtype bfloat16|float32 (CUDA)   --threads N (CPU)\n"
-          "  --max-model-len N        context limit   --dummy-weights [--config FILE]   random weights\n"
+          "  --max-model-len N        context limit   --kv-cache-gb G   KV cache size\n"
+          "  --dummy-weights [--config FILE]   random weights from the config (benchmarks)\n"
           "  --json                   print one JSON object (text, token_ids, counts, finish_reason, timings)\n");
 }
 
@@ -292,6 +293,13 @@ int cmd_run(int argc, char **argv) {
     } else if (!strcmp(a, "--max-model-len")) {
       NEXT();
       if (parse_int(a, v, 64, 1 << 20, &max_len)) return 2;
+    } else if (!strcmp(a, "--kv-cache-gb")) {
+      NEXT();
+      if (parse_double(a, v, &ro.kv_cache_gb)) return 2;
+      if (ro.kv_cache_gb <= 0) {
+        fprintf(stderr, "earshot run: --kv-cache-gb must be positive\n");
+        return 2;
+      }
     } else {
       fprintf(stderr, "earshot run: unknown argument '%s'\n\n", a);
       usage(stderr);

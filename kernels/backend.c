@@ -42,6 +42,7 @@ void es_backend_free(es_backend_t *be) {
 const char *es_backend_name(const es_backend_t *be) { return be->name; }
 es_dtype_t es_backend_act_dtype(const es_backend_t *be) { return be->act_dtype; }
 int es_backend_healthy(const es_backend_t *be) { return be->healthy; }
+int es_backend_aliases_host(const es_backend_t *be) { return strcmp(be->ops->kind, "cpu") == 0; }
 
 /* A failed device call leaves the backend unusable; the engine checks es_backend_healthy. */
 static int track(es_backend_t *be, int rc) {

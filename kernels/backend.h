@@ -129,6 +129,9 @@ void es_backend_free(es_backend_t *be);
 const char *es_backend_name(const es_backend_t *be); /* "cpu", "cuda:0 (NVIDIA H100 ...)" */
 es_dtype_t es_backend_act_dtype(const es_backend_t *be);
 int es_backend_healthy(const es_backend_t *be); /* 0 after a device fault: the engine stops using it */
+/* 1 when uploaded weights may alias the caller's host memory (which must then outlive the backend), as the
+ * CPU backend's do; 0 when the backend copies them (CUDA). */
+int es_backend_aliases_host(const es_backend_t *be);
 
 /* ---- memory -------------------------------------------------------------------------------------------- */
 

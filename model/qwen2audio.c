@@ -7,9 +7,11 @@
 #include "qwen2audio.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define ENC_FRAMES QA_MEL_FRAMES        /* 3000 mel frames in */
 #define ENC_POS (QA_MEL_FRAMES / 2)     /* 1500 positions after conv2 */
@@ -104,9 +106,7 @@ static es_dtype_t dtype_of(st_dtype_t d) {
   }
 }
 
-/* SplitMix64: the dummy weights' random stream (deterministic per seed and tensor order). */
-static uint64_t splitmix64(uint64_t *s) {
-  uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+static uint64_t mix64(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
@@ -124,33 +124,57 @@ static int ends_with(const char *s, const char *suffix) {
   return n >= k && strcmp(s + n - k, suffix) == 0;
 }
 
-/* Random bf16 values for a tensor of --dummy-weights: norms 1, biases small, matrices normal(0, 0.02). */
+/* --dummy-weights: element i of a tensor is a pure function of (seed, tensor name, i) — a counter-based
+ * hash, uniform in [-a, a) with a = std·√3 (std 0.02 for matrices, 0.002 for biases), norms 1 — so the
+ * values do not depend on how many threads draw them. Filled by up to 16 threads: the 7B model has 8.4 G
+ * parameters. */
+typedef struct {
+  uint16_t *dst;
+  int64_t begin, end;
+  uint64_t key;
+  float amp; /* 0: constant 1 (norm weights) */
+} dummy_job_t;
+
+static void *dummy_fill(void *arg) {
+  const dummy_job_t *j = arg;
+  const uint16_t one = f32_to_bf16(1.0f);
+  for (int64_t i = j->begin; i < j->end; i++) {
+    if (j->amp == 0.0f) {
+      j->dst[i] = one;
+      continue;
+    }
+    uint64_t z = mix64(j->key + (uint64_t)i * 0x9E3779B97F4A7C15ull);
+    float u = (float)(z >> 40) * (1.0f / 8388608.0f) - 1.0f; /* 24 bits -> [-1, 1) */
+    j->dst[i] = f32_to_bf16(u * j->amp);
+  }
+  return NULL;
+}
+
 static int dummy_tensor(qa_model_t *m, const char *name, int64_t count, void **out, es_error_t *err) {
   uint16_t *p = malloc(sizeof(uint16_t) * (size_t)count);
-  if (!p) return es_fail(err, ES_ENOMEM, "dummy weights: cannot allocate %s", name);
-  uint64_t s = m->opts.dummy_seed;
-  for (const char *c = name; *c; c++) s = s * 1099511628211ull ^ (uint64_t)(unsigned char)*c;
+  if (!p) return es_fail(err, ES_ENOMEM, "dummy weights: cannot allocate %s (%lld values)", name, (long long)count);
+  uint64_t key = m->opts.dummy_seed;
+  for (const char *c = name; *c; c++) key = (key ^ (uint64_t)(unsigned char)*c) * 1099511628211ull;
+  key = mix64(key);
   int is_norm = ends_with(name, "norm.weight") || ends_with(name, "layernorm.weight") ||
                 ends_with(name, "layer_norm.weight");
-  int is_bias = ends_with(name, ".bias");
-  for (int64_t i = 0; i < count; i++) {
-    float v;
-    if (is_norm) {
-      v = 1.0f;
-    } else {
-      /* Box-Muller on two uniforms in (0, 1] */
-      double u1 = ((double)(splitmix64(&s) >> 11) + 1.0) / 9007199254740992.0;
-      double u2 = (double)(splitmix64(&s) >> 11) / 9007199254740992.0;
-      double g = sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
-      v = (float)(g * (is_bias ? 0.002 : 0.02));
-    }
-    p[i] = f32_to_bf16(v);
+  float amp = is_norm ? 0.0f : (ends_with(name, ".bias") ? 0.002f : 0.02f) * 1.7320508f;
+  enum { MAX_THREADS = 16 };
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  int n = count < (1 << 20) ? 1 : (int)(cores < 1 ? 1 : cores > MAX_THREADS ? MAX_THREADS : cores);
+  dummy_job_t jobs[MAX_THREADS];
+  pthread_t th[MAX_THREADS];
+  int started = 0;
+  for (int t = 0; t < n; t++) {
+    jobs[t] = (dummy_job_t){p, count * t / n, count * (t + 1) / n, key, amp};
+    if (t > 0 && pthread_create(&th[t], NULL, dummy_fill, &jobs[t]) == 0)
+      started |= 1 << t;
+    else if (t > 0)
+      dummy_fill(&jobs[t]); /* no thread: do it here */
   }
-  int rc = keep_host_block(m, p, err);
-  if (rc) {
-    free(p);
-    return rc;
-  }
+  dummy_fill(&jobs[0]);
+  for (int t = 1; t < n; t++)
+    if (started & (1 << t)) pthread_join(th[t], NULL);
   *out = p;
   return ES_OK;
 }
@@ -186,8 +210,12 @@ static int bind(qa_model_t *m, const ckpt_t *ck, const char *name, int64_t n0, i
     void *p = NULL;
     int rc = dummy_tensor(m, name, n0 * cols, &p, err);
     if (rc) return rc;
-    data = p;
-    dt = ES_DT_BF16;
+    rc = es_backend_upload_weight(m->be, p, ES_DT_BF16, n0, cols, w, err);
+    /* a backend that keeps host memory (the CPU one aliases it) needs the values for its lifetime */
+    if (!rc && es_backend_aliases_host(m->be)) rc = keep_host_block(m, p, err);
+    else free(p);
+    if (rc) es_error_prefix(err, "%s: ", name);
+    return rc;
   }
   int rc = es_backend_upload_weight(m->be, data, dt, n0, cols, w, err);
   if (rc) es_error_prefix(err, "%s: ", name);
