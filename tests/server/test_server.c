@@ -352,7 +352,32 @@ static void test_chat(const server_t *s) {
           "chat stream shape: role %d done %d finish %s usage %d", o->role_first, o->done, o->finish, o->usage);
   T_CHECK(h && strstr(h, "text/event-stream"), "stream content type");
   T_CHECK(b && strstr(b, "\"choices\":[],\"usage\":{\"prompt_tokens\":"), "usage chunk with empty choices");
-  free(o), free(b), free(h), free(expect);
+  free(b);
+  /* a stop string: the text before its first occurrence, finish "stop", stop_reason the string; the stream
+   * never shows any part of it (held back until decided) */
+  const char *q = expect;
+  while (*q && !(q[0] >= 'a' && q[0] <= 'z' && q[1] >= 'a' && q[1] <= 'z' && q[2] >= 'a' && q[2] <= 'z')) q++;
+  if (*q) {
+    char stop[4] = {q[0], q[1], q[2], 0}, extra[160];
+    size_t keep = (size_t)(strstr(expect, stop) - expect);
+    snprintf(extra, sizeof extra, ",\"stop\":[\"%s\"],\"stream\":true", stop);
+    char sp[1200];
+    snprintf(sp, sizeof sp, "%s/chat-stop.json", SCRATCH);
+    write_chat(sp, alarm, 1, "input_audio", "What's that sound?", extra);
+    snprintf(args, sizeof args, AUTH "-d @%s", sp);
+    T_CHECK(http(s, "/v1/chat/completions", args, &b, NULL) == 200, "stop string");
+    parse_sse(b, o);
+    T_CHECK(strlen(o->text) == keep && !strncmp(o->text, expect, keep) && !strcmp(o->finish, "stop"),
+            "stop '%s': streamed '%s' (finish %s), expected the first %zu bytes of '%s'", stop, o->text, o->finish,
+            keep, expect);
+    char want[64];
+    snprintf(want, sizeof want, "\"stop_reason\":\"%s\"", stop);
+    T_CHECK(b && strstr(b, want), "stop_reason is not the stop string");
+    free(b);
+  } else {
+    T_CHECK(0, "no three lowercase letters in '%s' to use as a stop string", expect);
+  }
+  free(o), free(h), free(expect);
 }
 
 static float f32(const npy_array_t *a, size_t i) {
@@ -440,6 +465,22 @@ static void test_logprobs(const server_t *s) {
   for (const char *q = b; q && (q = strstr(q, "\"logprobs\":{\"content\":[{\"token\":")); q++) entries++;
   T_CHECK(entries == 20, "logprobs stream: %d entries for 20 tokens", entries);
   free(b);
+  /* stop_token_ids: the 6th greedy id stops the request there, and is vLLM's stop_reason */
+  if (ok) {
+    int32_t stop_id = i32(&greedy, 5);
+    int first = 0;
+    while (i32(&greedy, (size_t)first) != stop_id) first++;
+    char extra[128];
+    snprintf(extra, sizeof extra, ",\"stop_token_ids\":[%d]", stop_id);
+    write_chat(p, alarm, 1, "input_audio", "What's that sound?", extra);
+    T_CHECK(http(s, "/v1/chat/completions", args, &b, NULL) == 200, "stop_token_ids: %s", b);
+    char want[160];
+    snprintf(want, sizeof want, "\"finish_reason\":\"stop\",\"stop_reason\":%d}", stop_id);
+    char used[64];
+    snprintf(used, sizeof used, "\"completion_tokens\":%d}", first + 1);
+    T_CHECK(b && strstr(b, want) && strstr(b, used), "stop_token_ids %d (first at %d): %s", stop_id, first, b);
+    free(b);
+  }
   npy_free(&last), npy_free(&ids), npy_free(&lg), npy_free(&greedy);
   golden_close(&G);
 }
