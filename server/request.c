@@ -30,6 +30,9 @@ void srv_req_init(srv_req_t *r, srv_kind_t kind, const srv_req_ctx_t *ctx) {
   memset(r, 0, sizeof *r);
   r->kind = kind;
   rt_default_sampling(ctx->rt, &r->sampling);
+  /* vLLM: without max_tokens a request may fill the context, unless generation_config sets max_new_tokens
+   * (rt_default_sampling's 256 is the CLI's choice); srv_req_build clamps to what the context leaves */
+  if (ctx->rt->cfg.max_new_tokens <= 0) r->sampling.max_tokens = INT_MAX;
   if (kind == SRV_KIND_TRANSCRIBE) r->sampling.temperature = 0.0; /* OpenAI's transcription default */
   r->long_audio = ctx->long_audio;
 }
