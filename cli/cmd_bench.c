@@ -31,6 +31,7 @@
 #endif
 
 int cmd_bench(int argc, char **argv);
+int bench_engine(int argc, char **argv); /* bench_engine.c */
 
 typedef struct {
   const char *name;
@@ -525,6 +526,7 @@ done:
 static const bench_target_t TARGETS[] = {
     {"mel", "decode + log-mel features of a 30 s clip", bench_mel},
     {"model", "time to first token and decode step vs the weight-streaming limit", bench_model},
+    {"engine", "N concurrent requests through the engine: tokens/s, time-to-first-token percentiles", bench_engine},
     {NULL, NULL, NULL},
 };
 
@@ -544,6 +546,8 @@ int cmd_bench(int argc, char **argv) {
   }
   for (const bench_target_t *t = TARGETS; t->name; t++)
     if (strcmp(argv[1], t->name) == 0) return t->run(argc - 1, argv + 1);
+  /* `earshot bench --concurrency N ...` is the engine benchmark */
+  if (strcmp(argv[1], "--concurrency") == 0) return bench_engine(argc, argv);
   fprintf(stderr, "earshot bench: unknown target '%s'\n\n", argv[1]);
   usage(stderr);
   return 2;

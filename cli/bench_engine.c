@@ -1,0 +1,234 @@
+/* bench_engine: `earshot bench engine --concurrency N` (also `earshot bench --concurrency N`) — drives the
+ * engine with N requests in flight at once and reports aggregate generated tokens/s and time-to-first-token
+ * percentiles, plus what the scheduler did (decode batch sizes, preemptions, prefix hits).
+ *
+ * Requests are synthetic and need no tokenizer: a deterministic S-second clip per request (different per
+ * request, so no two share audio blocks), P text ids, the audio span, greedy decoding of exactly
+ * --output-tokens with eos ignored. Time to first token is measured by the engine from submission (samples
+ * in memory) to the first token id, mel and queueing included.
+ * Exit codes: 0 ok, 1 failure, 2 usage.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "runtime.h"
+
+int bench_engine(int argc, char **argv);
+
+static void usage(FILE *out) {
+  fprintf(out,
+          "usage: earshot bench engine --concurrency N (--model DIR | --dummy-weights --config FILE) [options]\n"
+          "  --concurrency N     requests in flight at once (default 8)\n"
+          "  --requests R        requests in all (default 4 x N)\n"
+          "  --audio-seconds S   clip per request, <= 30 (default 30)\n"
+          "  --prompt-tokens P   text tokens per request (default 32)\n"
+          "  --output-tokens T   generated tokens per request, eos ignored (default 64)\n"
+          "  --device auto|cpu|cuda  --dtype bfloat16|float32  --threads N  --max-num-seqs N  --kv-cache-gb G\n"
+          "  --max-model-len N   --json\n");
+}
+
+typedef struct {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int in_flight, done, failed, total_tokens;
+  double *ttft; /* [requests] */
+  char error[ES_ERROR_MSG_MAX];
+} bench_state_t;
+
+typedef struct {
+  bench_state_t *st;
+  int index;
+} req_ctx_t;
+
+static void on_event(void *ctx, const eng_event_t *ev) {
+  req_ctx_t *rc = ctx;
+  bench_state_t *st = rc->st;
+  if (ev->finish == ENG_FINISH_NONE) return;
+  pthread_mutex_lock(&st->mu);
+  if (ev->finish == ENG_FINISH_ERROR || ev->finish == ENG_FINISH_CANCELLED) {
+    st->failed++;
+    if (ev->error) snprintf(st->error, sizeof st->error, "%s", ev->error);
+  }
+  st->ttft[rc->index] = ev->usage.first_token_s;
+  st->total_tokens += ev->usage.completion_tokens;
+  st->in_flight--;
+  st->done++;
+  pthread_cond_broadcast(&st->cv);
+  pthread_mutex_unlock(&st->mu);
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+static double percentile(const double *sorted, int n, double p) {
+  int i = (int)ceil(p / 100.0 * n) - 1;
+  return sorted[i < 0 ? 0 : i >= n ? n - 1 : i];
+}
+
+static double now_s(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+int bench_engine(int argc, char **argv) {
+  rt_opts_t ro = {.device = RT_DEVICE_AUTO, .dtype = ES_DT_BF16, .verbose = 1, .max_queue = 1 << 20};
+  int conc = 8, requests = 0, prompt_tokens = 32, output_tokens = 64, json = 0;
+  double seconds = 30;
+  es_error_t err;
+  es_error_clear(&err);
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    int more = i + 1 < argc;
+    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+      usage(stdout);
+      return 0;
+    } else if (!strcmp(a, "--concurrency") && more) conc = atoi(argv[++i]);
+    else if (!strcmp(a, "--requests") && more) requests = atoi(argv[++i]);
+    else if (!strcmp(a, "--audio-seconds") && more) seconds = atof(argv[++i]);
+    else if (!strcmp(a, "--prompt-tokens") && more) prompt_tokens = atoi(argv[++i]);
+    else if (!strcmp(a, "--output-tokens") && more) output_tokens = atoi(argv[++i]);
+    else if (!strcmp(a, "--model") && more) ro.model = argv[++i];
+    else if (!strcmp(a, "--config") && more) ro.config = argv[++i];
+    else if (!strcmp(a, "--dummy-weights")) ro.dummy_weights = 1;
+    else if (!strcmp(a, "--threads") && more) ro.threads = atoi(argv[++i]);
+    else if (!strcmp(a, "--max-num-seqs") && more) ro.max_num_seqs = atoi(argv[++i]);
+    else if (!strcmp(a, "--kv-cache-gb") && more) ro.kv_cache_gb = atof(argv[++i]);
+    else if (!strcmp(a, "--max-model-len") && more) ro.max_model_len = atoi(argv[++i]);
+    else if (!strcmp(a, "--json")) json = 1;
+    else if (!strcmp(a, "--device") && more) {
+      if (rt_parse_device(argv[++i], &ro.device, &err)) {
+        fprintf(stderr, "earshot bench engine: %s\n", err.msg);
+        return 2;
+      }
+    } else if (!strcmp(a, "--dtype") && more) {
+      if (rt_parse_dtype(argv[++i], &ro.dtype, &err)) {
+        fprintf(stderr, "earshot bench engine: %s\n", err.msg);
+        return 2;
+      }
+    } else {
+      fprintf(stderr, "earshot bench engine: unknown or incomplete argument '%s'\n\n", a);
+      usage(stderr);
+      return 2;
+    }
+  }
+  if (requests <= 0) requests = 4 * conc;
+  if (conc < 1 || conc > 4096 || requests < 1 || seconds <= 0.02 || seconds > 30 || prompt_tokens < 1 ||
+      output_tokens < 1 || (!ro.model && !(ro.dummy_weights && ro.config))) {
+    fprintf(stderr, "earshot bench engine: need --model DIR or --dummy-weights --config FILE; concurrency >= 1, "
+                    "0.02 < audio seconds <= 30, positive token counts\n");
+    return 2;
+  }
+  if (ro.max_num_seqs <= 0) ro.max_num_seqs = conc > 256 ? 256 : conc;
+
+  rt_t rt;
+  if (rt_open(&ro, &rt, &err)) {
+    fprintf(stderr, "earshot bench engine: %s\n", err.msg);
+    return 1;
+  }
+  const model_config_t *cfg = &rt.cfg;
+  size_t n_samples = (size_t)(seconds * 16000);
+  int n_audio = eng_audio_tokens(n_samples, AUDIO_LONG_TRUNCATE);
+  int n_prompt = prompt_tokens + n_audio;
+  int32_t *prompt = malloc(sizeof(int32_t) * (size_t)n_prompt);
+  bench_state_t st = {.ttft = calloc((size_t)requests, sizeof(double))};
+  req_ctx_t *ctxs = calloc((size_t)requests, sizeof(req_ctx_t));
+  int status = 1;
+  if (!prompt || !st.ttft || !ctxs) {
+    fprintf(stderr, "earshot bench engine: out of memory\n");
+    goto out;
+  }
+  pthread_mutex_init(&st.mu, NULL);
+  pthread_cond_init(&st.cv, NULL);
+  /* text ids away from the special ids at both ends of the vocabulary; the audio span in the middle */
+  for (int i = 0; i < n_prompt; i++) {
+    int t = i < prompt_tokens / 2 ? i : i - n_audio;
+    prompt[i] = (i >= prompt_tokens / 2 && i < prompt_tokens / 2 + n_audio) ? cfg->audio_token_index
+                                                                           : 10 + (t * 7919) % (cfg->vocab_size / 2);
+  }
+  double t0 = now_s();
+  int submitted = 0;
+  while (submitted < requests) {
+    pthread_mutex_lock(&st.mu);
+    while (st.in_flight >= conc) pthread_cond_wait(&st.cv, &st.mu);
+    st.in_flight++;
+    pthread_mutex_unlock(&st.mu);
+    eng_request_t q;
+    memset(&q, 0, sizeof q);
+    float *x = malloc(sizeof(float) * n_samples);
+    if (!x) {
+      fprintf(stderr, "earshot bench engine: out of memory\n");
+      goto out;
+    }
+    /* a different tone + noise per request */
+    uint32_t s = 2463534242u + (uint32_t)submitted * 747796405u;
+    for (size_t k = 0; k < n_samples; k++) {
+      s ^= s << 13, s ^= s >> 17, s ^= s << 5;
+      x[k] = 0.3f * sinf(6.2831853f * (200.0f + 10.0f * (float)submitted) * (float)k / 16000.0f) +
+             0.05f * ((float)(s >> 8) / 16777216.0f - 0.5f);
+    }
+    q.audios[0] = (eng_audio_t){x, n_samples};
+    q.n_audios = 1;
+    q.prompt_ids = prompt;
+    q.n_prompt = (size_t)n_prompt;
+    smp_params_default(&q.sampling);
+    q.sampling.temperature = 0;
+    q.sampling.max_tokens = output_tokens;
+    q.sampling.ignore_eos = 1;
+    ctxs[submitted] = (req_ctx_t){&st, submitted};
+    q.callback = on_event;
+    q.callback_ctx = &ctxs[submitted];
+    uint64_t id;
+    if (eng_submit(rt.engine, &q, &id, &err)) {
+      free(x);
+      fprintf(stderr, "earshot bench engine: %s\n", err.msg);
+      pthread_mutex_lock(&st.mu);
+      st.in_flight--;
+      pthread_mutex_unlock(&st.mu);
+      goto wait;
+    }
+    submitted++;
+  }
+wait:
+  pthread_mutex_lock(&st.mu);
+  while (st.done < submitted) pthread_cond_wait(&st.cv, &st.mu);
+  pthread_mutex_unlock(&st.mu);
+  double wall = now_s() - t0;
+  if (st.failed || submitted < requests) {
+    fprintf(stderr, "earshot bench engine: %d of %d requests failed: %s\n", st.failed + requests - submitted,
+            requests, st.error);
+    goto out;
+  }
+  eng_stats_t es;
+  eng_get_stats(rt.engine, &es);
+  qsort(st.ttft, (size_t)requests, sizeof(double), cmp_double);
+  double tps = st.total_tokens / wall, p50 = percentile(st.ttft, requests, 50),
+         p90 = percentile(st.ttft, requests, 90), p99 = percentile(st.ttft, requests, 99);
+  printf("engine on %s: %d requests, %d in flight, %.1f s audio + %d text tokens each, %d output tokens\n",
+         rt.device_desc, requests, conc, seconds, prompt_tokens, output_tokens);
+  printf("  aggregate %.1f generated tokens/s over %.2f s; time to first token p50 %.1f ms, p90 %.1f ms, "
+         "p99 %.1f ms\n",
+         tps, wall, 1e3 * p50, 1e3 * p90, 1e3 * p99);
+  printf("  %llu steps, largest decode batch %d, preemptions %llu, decode batch histogram (1, 2, 3-4, 5-8, ..., 65+):",
+         (unsigned long long)es.steps, es.max_decode_batch, (unsigned long long)es.preemptions);
+  for (int b = 0; b < ENG_HIST_BUCKETS; b++) printf(" %llu", (unsigned long long)es.decode_batch_hist[b]);
+  printf("\n");
+  if (json)
+    printf("{\"device\":\"%s\",\"concurrency\":%d,\"requests\":%d,\"tokens_per_s\":%.3f,\"ttft_p50_ms\":%.3f,"
+           "\"ttft_p90_ms\":%.3f,\"ttft_p99_ms\":%.3f,\"max_decode_batch\":%d,\"preemptions\":%llu}\n",
+           rt.device_desc, conc, requests, tps, 1e3 * p50, 1e3 * p90, 1e3 * p99, es.max_decode_batch,
+           (unsigned long long)es.preemptions);
+  status = 0;
+out:
+  rt_close(&rt); /* stops the engine first: callbacks stop before the state below goes */
+  free(prompt);
+  free(st.ttft);
+  free(ctxs);
+  return status;
+}
