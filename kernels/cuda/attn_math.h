@@ -1,0 +1,203 @@
+/* attn_math: the index arithmetic and the softmax-state algebra of the fast attention kernels
+ * (attn_flash.cu, attn_decode.cu), written once for the host and the device so that CI tests it on the CPU
+ * (tests/kernels/test_attn_math.c) where no GPU exists.
+ *
+ * Compiled by nvcc every function is __host__ __device__; compiled as C11 it is plain static inline. Pure
+ * functions of their arguments: no state, thread-safe.
+ *
+ * Softmax state (API-NOTES §B4, FlashAttention-2; flashinfer's "attention state"): a set of keys seen so far is
+ * summarised per query row by (m, l, o) — m the largest score, l = Σ 2^(s_j − m), o = Σ 2^(s_j − m)·v_j
+ * (unnormalised) — and the output is o / l. Scores here are in log2 units, s = (q·k)·scale·log2(e), so every
+ * exponential is one exp2f (the hardware's ex2); softmax is the same in any base. An empty state is
+ * (−inf, 0, 0). Two states of disjoint key sets merge exactly: M = max(m_a, m_b), l = l_a·2^(m_a−M) +
+ * l_b·2^(m_b−M), o likewise. The trap is −inf − (−inf) = NaN when a state or a whole tile is empty (a fully
+ * masked row, an empty split): attn_safe_max() replaces a −inf running max by 0 before it is subtracted, so an
+ * empty state gets weight 2^(−inf) = 0 instead of NaN, and a masked score (−inf) gets weight 0.
+ *
+ * Paged KV layout (backend.h): kv[L][n_blocks][2][H][16][D]; position j of a sequence lives in block
+ * table[j / 16] at offset j % 16. Offsets are computed in 64-bit before any multiply by a stride (vLLM:
+ * "int32 can lead to overflow").
+ */
+#pragma once
+
+#include <math.h>
+#include <stdint.h>
+
+#include "backend.h" /* ES_KV_BLOCK */
+
+#ifdef __CUDACC__
+#define ATTN_HD static __host__ __device__ __forceinline__
+#else
+#define ATTN_HD static inline
+#endif
+
+#define ATTN_LOG2E 1.4426950408889634f
+
+/* ---- split-KV decode: partition and split count ------------------------------------------------------ */
+
+#define ATTN_DECODE_MAX_Q 4         /* sequences with at most this many new tokens take the split-KV decode path */
+#define ATTN_SPLIT_ALIGN 64         /* a split's length is a multiple of this many keys */
+#define ATTN_SPLIT_MIN_KEYS 256     /* no more splits than leave each at least this many keys (of the longest) */
+#define ATTN_MAX_SPLITS 128         /* hard cap on splits per row */
+#define ATTN_TARGET_BLOCKS_PER_SM 8 /* decode blocks (4 warps each) wanted per SM to keep enough loads in flight */
+
+typedef struct {
+  int n_splits; /* splits of the longest context (grid z); shorter contexts use fewer (attn_split_count) */
+  int chunk;    /* keys per split, a multiple of ATTN_SPLIT_ALIGN */
+} attn_split_t;
+
+ATTN_HD int attn_ceil_div(int64_t a, int64_t b) {
+  return (int)((a + b - 1) / b);
+}
+
+/* The split plan for one decode launch: `units` independent (row, head) pairs, the longest context max_ctx,
+ * sm_count multiprocessors, at most max_splits splits (the partial-result scratch); want > 0 forces that many
+ * splits (tests), 0 lets the heuristic choose.
+ * Heuristic (after Dao-AILab flash_api.cpp num_splits_heuristic, simplified): split until the grid has about
+ * ATTN_TARGET_BLOCKS_PER_SM blocks per SM, but never into pieces shorter than ATTN_SPLIT_MIN_KEYS keys of the
+ * longest context. Then the chunk is rounded up to ATTN_SPLIT_ALIGN and the count recomputed, so the longest
+ * context's last split is never empty. Results: 1 <= n_splits <= max(1, max_splits); n_splits · chunk >=
+ * max_ctx > (n_splits − 1) · chunk; units · n_splits < target + units. */
+ATTN_HD attn_split_t attn_split_plan(int64_t units, int64_t max_ctx, int sm_count, int max_splits, int want) {
+  attn_split_t p = {1, ATTN_SPLIT_ALIGN};
+  if (max_ctx < 1) return p;
+  if (units < 1) units = 1;
+  int64_t s;
+  if (want > 0) {
+    s = want;
+  } else {
+    int64_t target = (int64_t)ATTN_TARGET_BLOCKS_PER_SM * (sm_count > 0 ? sm_count : 1);
+    s = (target + units - 1) / units; /* ceil: the fewest splits that reach the target */
+    int64_t by_len = (max_ctx + ATTN_SPLIT_MIN_KEYS - 1) / ATTN_SPLIT_MIN_KEYS;
+    if (s > by_len) s = by_len;
+  }
+  if (s > ATTN_MAX_SPLITS) s = ATTN_MAX_SPLITS;
+  if (s > max_splits) s = max_splits;
+  if (s > max_ctx) s = max_ctx;
+  if (s < 1) s = 1;
+  int64_t chunk = (max_ctx + s - 1) / s;
+  chunk = (chunk + ATTN_SPLIT_ALIGN - 1) / ATTN_SPLIT_ALIGN * ATTN_SPLIT_ALIGN;
+  p.chunk = (int)chunk;
+  p.n_splits = attn_ceil_div(max_ctx, chunk);
+  return p;
+}
+
+/* Splits a row with n >= 1 visible keys uses under a plan of `chunk` keys per split (>= 1). */
+ATTN_HD int attn_split_count(int64_t n, int chunk) {
+  return n < 1 ? 1 : attn_ceil_div(n, chunk);
+}
+
+/* Keys [*k0, *k1) of split `split` (< attn_split_count(n, chunk)); never empty. */
+ATTN_HD void attn_split_range(int64_t n, int chunk, int split, int64_t *k0, int64_t *k1) {
+  *k0 = (int64_t)split * chunk;
+  *k1 = *k0 + chunk < n ? *k0 + chunk : n;
+}
+
+/* ---- rows, positions, causal limits ------------------------------------------------------------------- */
+
+/* The sequence s with q_start[s] <= row < q_start[s + 1] (q_start ascending, n_seqs >= 1). */
+ATTN_HD int attn_seq_of_row(const int32_t *q_start, int n_seqs, int64_t row) {
+  int lo = 0, hi = n_seqs - 1;
+  while (lo < hi) {
+    int mid = (lo + hi + 1) / 2;
+    if (q_start[mid] <= row)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  return lo;
+}
+
+/* Keys visible to the r-th new token (0-based) of a sequence with q_len new tokens and context ctx_len: its
+ * position ctx_len − q_len + r, plus one (causal, itself included). */
+ATTN_HD int64_t attn_causal_keys(int64_t ctx_len, int64_t q_len, int64_t r) {
+  return ctx_len - q_len + r + 1;
+}
+
+/* ---- paged KV addressing ------------------------------------------------------------------------------- */
+
+/* Element offset of row `off` (< ES_KV_BLOCK) of the [16][D] tile (layer, block, which: 0 = K, 1 = V, head h). */
+ATTN_HD int64_t attn_kv_offset(int64_t layer, int64_t n_blocks, int64_t block, int which, int64_t H, int64_t h,
+                               int64_t D, int64_t off) {
+  return ((((layer * n_blocks + block) * 2 + which) * H + h) * ES_KV_BLOCK + off) * D;
+}
+
+/* Element offset of position j's K (which = 0) or V (which = 1) row, through a sequence's block-table row. */
+ATTN_HD int64_t attn_kv_pos_offset(const int32_t *table_row, int64_t j, int64_t layer, int64_t n_blocks, int which,
+                                   int64_t H, int64_t h, int64_t D) {
+  return attn_kv_offset(layer, n_blocks, (int64_t)table_row[j / ES_KV_BLOCK], which, H, h, D, j % ES_KV_BLOCK);
+}
+
+/* Cache slot (block · 16 + offset) of position j (backend.h, es_batch_t.slot). */
+ATTN_HD int64_t attn_slot(const int32_t *table_row, int64_t j) {
+  return (int64_t)table_row[j / ES_KV_BLOCK] * ES_KV_BLOCK + j % ES_KV_BLOCK;
+}
+
+/* ---- softmax state --------------------------------------------------------------------------------------- */
+
+/* The running max as it may be subtracted: 0 for an empty state (−inf), so 2^(x − it) is 0, not NaN, for x = −inf. */
+ATTN_HD float attn_safe_max(float m) {
+  return m == -INFINITY ? 0.0f : m;
+}
+
+/* 2^(x − M): the weight of a state or score x (log2 units) under a running max M >= x; 0 when x = −inf. */
+ATTN_HD float attn_weight(float x, float M) {
+  return exp2f(x - attn_safe_max(M));
+}
+
+/* One online-softmax step: the running max after a tile whose largest raw score (q·k, before scale) is
+ * tile_max_raw (−inf for a tile with every key masked), with scale_log2 = scale·log2(e) > 0. *alpha is the
+ * factor the old l and o are multiplied by (0 when the old state was empty, 1 when the max did not move). */
+ATTN_HD float attn_online_max(float m, float tile_max_raw, float scale_log2, float *alpha) {
+  float m_new = fmaxf(m, tile_max_raw * scale_log2);
+  *alpha = attn_weight(m, m_new);
+  return m_new;
+}
+
+/* The weight 2^(s·scale_log2 − mu) of raw score s under mu = attn_safe_max(running max); 0 for s = −inf. */
+ATTN_HD float attn_p(float s_raw, float scale_log2, float mu) {
+  return exp2f(fmaf(s_raw, scale_log2, -mu));
+}
+
+/* Merging two states of disjoint key sets: returns M and sets the weights w_a, w_b that l and o of each are
+ * multiplied by before adding (l = l_a·w_a + l_b·w_b, o = o_a·w_a + o_b·w_b). Empty states get weight 0. */
+ATTN_HD float attn_merge_max(float m_a, float m_b, float *w_a, float *w_b) {
+  float M = fmaxf(m_a, m_b);
+  *w_a = attn_weight(m_a, M);
+  *w_b = attn_weight(m_b, M);
+  return M;
+}
+
+/* The normalisation 1 / l, 0 for an empty state (its o is 0: the output of a row with no key is 0). */
+ATTN_HD float attn_inv_l(float l) {
+  return l > 0.0f ? 1.0f / l : 0.0f;
+}
+
+/* Host/device reference forms over whole arrays, as the kernels apply the scalar helpers above element by
+ * element (used by the CPU tests; cheap enough for the combine kernel's loop too). */
+
+/* (m, l, o[D]) absorbs n keys: raw scores s[j] (−inf = masked), value rows v + j·ldv. */
+ATTN_HD void attn_state_absorb(float *m, float *l, float *o, int D, const float *s, const float *v, int64_t ldv,
+                               int64_t n, float scale_log2) {
+  float tmax = -INFINITY;
+  for (int64_t j = 0; j < n; j++) tmax = fmaxf(tmax, s[j]);
+  float alpha;
+  float m_new = attn_online_max(*m, tmax, scale_log2, &alpha);
+  float mu = attn_safe_max(m_new);
+  *l *= alpha;
+  for (int d = 0; d < D; d++) o[d] *= alpha;
+  for (int64_t j = 0; j < n; j++) {
+    float p = attn_p(s[j], scale_log2, mu);
+    *l += p;
+    for (int d = 0; d < D; d++) o[d] = fmaf(p, v[j * ldv + d], o[d]);
+  }
+  *m = m_new;
+}
+
+/* (m_a, l_a, o_a) absorbs the disjoint state (m_b, l_b, o_b). */
+ATTN_HD void attn_state_merge(float *m_a, float *l_a, float *o_a, float m_b, float l_b, const float *o_b, int D) {
+  float wa, wb;
+  *m_a = attn_merge_max(*m_a, m_b, &wa, &wb);
+  *l_a = *l_a * wa + l_b * wb;
+  for (int d = 0; d < D; d++) o_a[d] = o_a[d] * wa + o_b[d] * wb;
+}
