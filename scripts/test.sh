@@ -27,6 +27,7 @@ finish() {
   echo
   echo "==== summary ===="
   for line in "${SUMMARY[@]}"; do echo "$line"; done
+  echo "tests: ${TOTAL_PASSED} passed, ${TOTAL_FAILED} failed, ${TOTAL_SKIPPED} skipped"
 }
 trap finish EXIT
 
@@ -37,11 +38,25 @@ find_nvcc() {
   done
 }
 
+TOTAL_PASSED=0 TOTAL_FAILED=0 TOTAL_SKIPPED=0
 configure_build_test() { # name, cmake args...
   local name=$1; shift
   cmake -S "$ROOT" -B "build/$name" -DEARSHOT_WERROR=ON "$@"
   cmake --build "build/$name" -j "$JOBS"
-  ctest --test-dir "build/$name" -j "$JOBS"
+  local log="build/$name/ctest-output.log" rc=0
+  ctest --test-dir "build/$name" -j "$JOBS" 2>&1 | tee "$log" || rc=$?
+  # count for the closing line: ctest reports skipped tests as passed and lists them as "(Skipped)"
+  local line total failed skipped
+  line=$(grep -E '[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" | tail -n 1 || true)
+  if [ -n "$line" ]; then
+    failed=$(echo "$line" | sed -E 's/.* ([0-9]+) tests? failed out of ([0-9]+).*/\1/')
+    total=$(echo "$line" | sed -E 's/.* failed out of ([0-9]+).*/\1/')
+    skipped=$(grep -c '(Skipped)' "$log" || true)
+    TOTAL_FAILED=$((TOTAL_FAILED + failed))
+    TOTAL_SKIPPED=$((TOTAL_SKIPPED + skipped))
+    TOTAL_PASSED=$((TOTAL_PASSED + total - failed - skipped))
+  fi
+  return $rc
 }
 
 for stage in $STAGES; do
