@@ -32,6 +32,7 @@
 
 int cmd_bench(int argc, char **argv);
 int bench_engine(int argc, char **argv); /* bench_engine.c */
+int bench_attention(int argc, char **argv); /* bench_attention.c */
 
 typedef struct {
   const char *name;
@@ -527,6 +528,7 @@ static const bench_target_t TARGETS[] = {
     {"mel", "decode + log-mel features of a 30 s clip", bench_mel},
     {"model", "time to first token and decode step vs the weight-streaming limit", bench_model},
     {"engine", "N concurrent requests through the engine: tokens/s, time-to-first-token percentiles", bench_engine},
+    {"attention", "CUDA attention (encoder, prefill, decode) vs copy bandwidth and GEMM rate", bench_attention},
     {NULL, NULL, NULL},
 };
 

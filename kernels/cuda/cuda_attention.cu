@@ -18,8 +18,16 @@
 // GFLOP for 32 layers, on CUDA cores at maybe 10–20 TFLOP/s effective: ≈ 10–20 ms; decode at context P reads
 // 2·P·4096 bf16 per layer once (16 KB per position), ≈ 1.4 ms per token at P = 8192 on 3 TB/s — but this
 // kernel uses only n_tokens × H blocks, so decode at batch 1 is latency-bound, not bandwidth-bound.
+//
+// Dispatch (part 2): each op call runs the fast kernels (attn_fast.h: flash prefill/encoder, split-KV decode)
+// when cb->attn_path is CUDA_ATTN_FAST and they support the call (bf16, head dim 64 or 128, aligned rows), and
+// this kernel otherwise — always in fp32 mode. The path comes from EARSHOT_ATTENTION=simple|fast at create
+// (default fast) or cuda_backend_set_attention_path, so tests and device-check compare the two on one card.
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
+#include "attn_fast.h"
 #include "cuda_attention.h"
 #include "cuda_common.cuh"
 
@@ -149,7 +157,15 @@ static int need_smem(cuda_backend_t *cb, int64_t n, int D, const char *op, es_er
 
 extern "C" int cuda_attention_init(cuda_backend_t *cb, int64_t max_ctx, es_error_t *err) {
   cb->attn_smem_max = 48 * 1024; // the default every kernel may use without opting in
-  return need_smem(cb, max_ctx, ATT_MAX_D, "attention", err);
+  const char *env = getenv("EARSHOT_ATTENTION");
+  if (!env || !*env || strcmp(env, "fast") == 0)
+    cb->attn_path = CUDA_ATTN_FAST;
+  else if (strcmp(env, "simple") == 0)
+    cb->attn_path = CUDA_ATTN_SIMPLE;
+  else
+    return es_fail(err, ES_EINVAL, "EARSHOT_ATTENTION=%.40s: expected simple or fast", env);
+  int rc = attn_fast_init(cb, err);
+  return rc ? rc : need_smem(cb, max_ctx, ATT_MAX_D, "attention", err);
 }
 
 // ---- launchers --------------------------------------------------------------------------------------------
@@ -173,6 +189,11 @@ extern "C" int cuda_op_attention_paged(es_backend_t *be, int layer, void *out, c
   int rc = cuda_enter(cb, err);
   if (rc) return rc;
   if (H > 65535) return es_fail(err, ES_EUNSUPPORTED, "attention_paged: %d heads", H);
+  if (attn_fast_paged_ok(cb, out, q, ldq, H, D, scale)) {
+    cb->attn_fast_calls++;
+    return attn_fast_paged(cb, layer, out, q, ldq, H, D, scale, err);
+  }
+  cb->attn_simple_calls++;
   int64_t max_ctx = 0;
   for (int s = 0; s < be->batch.n_seqs; s++) max_ctx = be->batch.ctx_len[s] > max_ctx ? be->batch.ctx_len[s] : max_ctx;
   if ((rc = need_smem(cb, max_ctx, D, "attention_paged", err))) return rc;
@@ -207,6 +228,49 @@ extern "C" int cuda_op_attention_dense(es_backend_t *be, void *out, const void *
   if (rc) return rc;
   if (T > 0x7fffffff || H > 65535)
     return es_fail(err, ES_EUNSUPPORTED, "attention_dense: T %lld, %d heads", (long long)T, H);
+  if (attn_fast_dense_ok(cb, out, q, ldq, k, ldk, v, ldv, B, H, D, scale)) {
+    cb->attn_fast_calls++;
+    return attn_flash_dense(cb, out, q, ldq, k, ldk, v, ldv, B, T, H, D, scale, valid_len, err);
+  }
+  cb->attn_simple_calls++;
   if ((rc = need_smem(cb, T, D, "attention_dense", err))) return rc;
   return CUDA_DISPATCH(cb, dense, cb, out, q, ldq, k, ldk, v, ldv, B, T, H, D, scale, valid_len, err);
+}
+
+// ---- hooks (cuda_hooks.h) -------------------------------------------------------------------------------------
+
+static cuda_backend_t *hook_be(es_backend_t *be, const char *what, es_error_t *err) {
+  if (strcmp(be->ops->kind, "cuda") != 0) {
+    es_fail(err, ES_EINVAL, "%s: %s is not the CUDA backend", what, be->name);
+    return NULL;
+  }
+  return cuda_be(be);
+}
+
+extern "C" int cuda_backend_set_attention_path(es_backend_t *be, cuda_attn_path_t path, es_error_t *err) {
+  cuda_backend_t *cb = hook_be(be, "attention path", err);
+  if (!cb) return ES_EINVAL;
+  if (path != CUDA_ATTN_FAST && path != CUDA_ATTN_SIMPLE)
+    return es_fail(err, ES_EINVAL, "attention path %d unknown", (int)path);
+  cb->attn_path = path;
+  return ES_OK;
+}
+
+extern "C" int cuda_backend_set_attention_splits(es_backend_t *be, int n_splits, es_error_t *err) {
+  cuda_backend_t *cb = hook_be(be, "attention splits", err);
+  if (!cb) return ES_EINVAL;
+  if (n_splits < 0) return es_fail(err, ES_EINVAL, "attention splits %d < 0", n_splits);
+  cb->attn_splits = n_splits;
+  return ES_OK;
+}
+
+extern "C" void cuda_backend_attention_calls(const es_backend_t *be, int64_t *fast, int64_t *simple) {
+  const cuda_backend_t *cb = (const cuda_backend_t *)be;
+  int cuda = strcmp(be->ops->kind, "cuda") == 0;
+  *fast = cuda ? cb->attn_fast_calls : 0;
+  *simple = cuda ? cb->attn_simple_calls : 0;
+}
+
+extern "C" void *cuda_backend_kv_pool(es_backend_t *be) {
+  return strcmp(be->ops->kind, "cuda") == 0 ? cuda_be(be)->kv : NULL;
 }

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attn_fast.h"
 #include "cuda_attention.h"
 #include "cuda_check.h"
 #include "cuda_convert.h"
@@ -214,6 +215,9 @@ static int cuda_kv_init(es_backend_t *be, es_error_t *err) {
     return es_fail(err, ES_ETOOBIG, "%s: KV cache of %d blocks x %zu bytes", be->name, be->kv_blocks, per_block);
   size_t bytes = (size_t)be->kv_blocks * per_block;
   if ((rc = dev_alloc(cb, bytes, "the KV cache", &cb->kv, err))) return rc;
+  size_t part = attn_fast_part_bytes(&be->opts, be->kv_heads, be->kv_head_dim); // split-KV decode scratch
+  if (part && (rc = dev_alloc(cb, part, "the attention split scratch", (void **)&cb->attn_part, err))) return rc;
+  cb->attn_part_bytes = part;
   ES_CUDA_TRY(err, cudaMemsetAsync(cb->kv, 0, bytes, cb->stream));
   ES_CUDA_TRY(err, cudaStreamSynchronize(cb->stream));
   return ES_OK;

@@ -80,6 +80,13 @@ typedef struct {
   int32_t *d_block_table; /* [max_seqs * max_blocks] */
   int32_t *batch_host;    /* pinned, the same arrays back to back */
   size_t attn_smem_max;   /* dynamic shared memory the attention kernels are allowed (bytes) */
+
+  /* the fast attention kernels (attn_fast.h): which path runs, test hooks, split-KV scratch */
+  int attn_path;                              /* cuda_attn_path_t, from EARSHOT_ATTENTION at create */
+  int attn_splits;                            /* decode split count forced by a test, 0 = the heuristic */
+  int64_t attn_fast_calls, attn_simple_calls; /* attention op calls that ran each path */
+  float *attn_part;                           /* device, attn_part_bytes: partial (o, m, l) of split rows */
+  size_t attn_part_bytes;                     /* allocated with the KV pool (attn_fast_part_bytes) */
 } cuda_backend_t;
 
 static inline cuda_backend_t *cuda_be(es_backend_t *be) {

@@ -21,6 +21,28 @@ int cuda_backend_set_gemm_path(es_backend_t *be, cuda_gemm_path_t path, es_error
 /* Number of cached cuBLASLt plans, and how many of them fell back to the plain kernel (no algorithm). */
 void cuda_backend_gemm_stats(const es_backend_t *be, int *plans, int *fallbacks);
 
+/* Which attention kernels run es_op_attention_paged / es_op_attention_dense (the default comes from the
+ * environment at create: EARSHOT_ATTENTION=simple|fast, unset = fast). FAST applies where the fast kernels
+ * support the call (bf16, head dim 64 or 128, aligned rows: kernels/cuda/attn_fast.h) and falls back to the
+ * simple kernel elsewhere. */
+typedef enum {
+  CUDA_ATTN_FAST = 0,   /* flash prefill / encoder, split-KV decode (attn_flash.cu, attn_decode.cu) */
+  CUDA_ATTN_SIMPLE = 1, /* the reference kernel of part 1 (cuda_attention.cu) */
+} cuda_attn_path_t;
+
+int cuda_backend_set_attention_path(es_backend_t *be, cuda_attn_path_t path, es_error_t *err);
+
+/* Forces the split-KV decode kernel to split the longest context n_splits ways (capped by its scratch);
+ * 0 restores the heuristic. For tests. */
+int cuda_backend_set_attention_splits(es_backend_t *be, int n_splits, es_error_t *err);
+
+/* How many attention op calls ran the fast kernels and the simple kernel since create. */
+void cuda_backend_attention_calls(const es_backend_t *be, int64_t *fast, int64_t *simple);
+
+/* The KV pool (es_backend_kv_init), a device pointer in the compute dtype, layout as backend.h; NULL before
+ * kv_init. Tests fill it with es_backend_write_act. */
+void *cuda_backend_kv_pool(es_backend_t *be);
+
 /* Device-to-device copy bandwidth (cudaMemcpyAsync of `bytes`, `repeats` times after a warm-up, timed with
  * events), counting bytes read plus bytes written, in *bytes_per_s. Allocates and frees its own two buffers
  * (benchmarks only, never inside a step). */

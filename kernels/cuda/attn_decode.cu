@@ -1,0 +1,219 @@
+// attn_decode: split-KV decode attention over the paged cache (Flash-Decoding) — es_op_attention_paged for the
+// sequences of a step with at most ATTN_DECODE_MAX_Q new tokens, any mix of context lengths. See attn_fast.h.
+//
+// Napkin math (Qwen2-7B: H = 32, D = 128, bf16): every visible cache position is read once per row, K and V:
+// 2·H·D·2 B = 16 KB per position per layer, 4·H·D = 16 KFLOP (1 FLOP per byte: memory-bound, the tensor cores
+// are of no use). Batch 8 at context 2k: 16,384 positions = 268 MB per layer: 80 µs at 3.35 TB/s (H100 SXM),
+// 56 µs at 4.8 TB/s (H200); batch 1 at 8k: 134 MB, 40 µs / 28 µs. The partial results are (D + 2) floats per
+// split, negligible. Issue target: >= 70% of the copy bandwidth measured in the same run, batch >= 8, ctx >= 2k.
+//
+// Work split: block (slot, head, split), slot = sequence · ATTN_DECODE_MAX_Q + its r-th new token; a row with n
+// visible keys uses attn_split_count(n, chunk) splits of `chunk` keys (attn_split_plan chose chunk so the grid
+// has about ATTN_TARGET_BLOCKS_PER_SM blocks per SM: few long rows are split many ways, many rows not at all);
+// blocks past a row's last split, or on slots with no row, return at once.
+// In a block: 4 warps; a warp reads KPW = 256 / D keys at a time (G = D / 8 lanes per key, 16 bytes of the key
+// per lane, so the warp's loads are 512 contiguous bytes within a cache block), DEC_U such groups of keys
+// issued before the first is used (8 independent 16-byte loads per lane in flight). Key j of the split goes to
+// warp, step, unroll slot and lane group by j − k0 = ((step · 4 + warp) · DEC_U + u) · KPW + group: every key
+// exactly once. Each lane group keeps its own softmax state (m, l, o[8] for its 8 columns) with q in registers;
+// at the end the states merge — across the groups of a warp by shuffles, across the 4 warps in shared memory, in
+// a fixed order — with attn_math.h's merge. A row with one split writes its output directly; otherwise each
+// split writes its unnormalised (o, m, l) to cb->attn_part and dec_combine_kernel merges the splits in order.
+// All arithmetic is fp32 on bf16 inputs (no intermediate rounding); the output is rounded once.
+//
+// The split count depends on the whole batch (how many rows share the GPU), so unlike the simple kernel a
+// row's bits may depend on the other rows (backend.h's batch invariance; cuBLASLt has the same exception).
+#include <math.h>
+
+#include "attn_fast.h"
+#include "attn_math.h"
+#include "cuda_common.cuh"
+
+#define DEC_WARPS 4
+#define DEC_THREADS (DEC_WARPS * 32)
+#define DEC_U 4 // key groups per lane loaded before use
+
+// 8 bf16 (16 bytes) -> 8 floats; bf16 is the high half of an fp32.
+__device__ __forceinline__ void bf16x8_to_f32(const uint4 &u, float *f) {
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    f[2 * i] = __uint_as_float(w[i] << 16);
+    f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
+}
+
+// Grid (n_seqs · ATTN_DECODE_MAX_Q, H, n_splits). out (n_tokens, H, D) bf16; part_o (slots, H, n_splits, D) and
+// part_ml (slots, H, n_splits, 2) fp32 (written only for rows with more than one split); q (n_tokens, ldq) bf16;
+// kv (L, n_blocks, 2, H, 16, D) bf16; the batch arrays on the device.
+template <int D>
+__global__ void __launch_bounds__(DEC_THREADS)
+    dec_split_kernel(bf16 *out, float *part_o, float *part_ml, const bf16 *q, int64_t ldq, const bf16 *kv, int layer,
+                     int n_blocks, int H, float sl, const int32_t *q_start, const int32_t *ctx_len,
+                     const int32_t *block_table, int max_blocks, int chunk, int n_splits) {
+  constexpr int G = D / 8, KPW = 32 / G, STEP = DEC_WARPS * KPW * DEC_U;
+  __shared__ float sm_o[DEC_WARPS][D];
+  __shared__ float sm_m[DEC_WARPS], sm_l[DEC_WARPS];
+  const int slot = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
+  const int s = slot / ATTN_DECODE_MAX_Q, qi = slot % ATTN_DECODE_MAX_Q;
+  const int q0 = q_start[s], q_len = q_start[s + 1] - q0;
+  if (q_len > ATTN_DECODE_MAX_Q || qi >= q_len) return; // block-uniform
+  const int64_t n = attn_causal_keys(ctx_len[s], q_len, qi);
+  const int n_used = attn_split_count(n, chunk);
+  if (split >= n_used) return;
+  int64_t k0, k1;
+  attn_split_range(n, chunk, split, &k0, &k1);
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, grp = lane / G, gl = lane % G;
+  const int64_t i = q0 + qi;
+  const int32_t *table = block_table + (int64_t)s * max_blocks;
+  float qv[8];
+  bf16x8_to_f32(*reinterpret_cast<const uint4 *>(q + i * ldq + (int64_t)h * D + gl * 8), qv);
+
+  float m = -INFINITY, l = 0.0f, o[8];
+#pragma unroll
+  for (int e = 0; e < 8; e++) o[e] = 0.0f;
+  for (int64_t j0 = k0 + (int64_t)warp * KPW * DEC_U; j0 < k1; j0 += STEP) { // warp-uniform
+    uint4 kr[DEC_U], vr[DEC_U];
+#pragma unroll
+    for (int u = 0; u < DEC_U; u++) {
+      const int64_t j = j0 + u * KPW + grp;
+      if (j < k1) {
+        kr[u] =
+            *reinterpret_cast<const uint4 *>(kv + attn_kv_pos_offset(table, j, layer, n_blocks, 0, H, h, D) + gl * 8);
+        vr[u] =
+            *reinterpret_cast<const uint4 *>(kv + attn_kv_pos_offset(table, j, layer, n_blocks, 1, H, h, D) + gl * 8);
+      } else {
+        kr[u] = vr[u] = make_uint4(0u, 0u, 0u, 0u);
+      }
+    }
+    float sc[DEC_U], mx = -INFINITY;
+#pragma unroll
+    for (int u = 0; u < DEC_U; u++) {
+      float kf[8], d = 0.0f;
+      bf16x8_to_f32(kr[u], kf);
+#pragma unroll
+      for (int e = 0; e < 8; e++) d = fmaf(qv[e], kf[e], d);
+#pragma unroll
+      for (int off = G / 2; off > 0; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off); // within the group
+      sc[u] = j0 + u * KPW + grp < k1 ? d : -INFINITY;
+      mx = fmaxf(mx, sc[u]);
+    }
+    float alpha;
+    const float mn = attn_online_max(m, mx, sl, &alpha), mu = attn_safe_max(mn);
+    l *= alpha;
+#pragma unroll
+    for (int e = 0; e < 8; e++) o[e] *= alpha;
+#pragma unroll
+    for (int u = 0; u < DEC_U; u++) {
+      const float p = attn_p(sc[u], sl, mu);
+      float vf[8];
+      bf16x8_to_f32(vr[u], vf);
+      l += p;
+#pragma unroll
+      for (int e = 0; e < 8; e++) o[e] = fmaf(p, vf[e], o[e]);
+    }
+    m = mn;
+  }
+
+  // the groups of the warp (lanes gl, gl + G, ... hold the same columns): merge by shuffles
+#pragma unroll
+  for (int off = G; off < 32; off <<= 1) {
+    const float mb = __shfl_xor_sync(0xffffffffu, m, off), lb = __shfl_xor_sync(0xffffffffu, l, off);
+    float wa, wb;
+    const float M = attn_merge_max(m, mb, &wa, &wb);
+    l = l * wa + lb * wb;
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+      const float ob = __shfl_xor_sync(0xffffffffu, o[e], off);
+      o[e] = o[e] * wa + ob * wb;
+    }
+    m = M;
+  }
+  // the 4 warps: through shared memory, merged in warp order
+  if (lane < G) {
+#pragma unroll
+    for (int e = 0; e < 8; e++) sm_o[warp][gl * 8 + e] = o[e];
+  }
+  if (lane == 0) {
+    sm_m[warp] = m;
+    sm_l[warp] = l;
+  }
+  __syncthreads();
+  for (int d = threadIdx.x; d < D; d += DEC_THREADS) {
+    float M = sm_m[0], L = sm_l[0], O = sm_o[0][d];
+#pragma unroll
+    for (int w = 1; w < DEC_WARPS; w++) {
+      float wa, wb;
+      M = attn_merge_max(M, sm_m[w], &wa, &wb);
+      L = L * wa + sm_l[w] * wb;
+      O = O * wa + sm_o[w][d] * wb;
+    }
+    if (n_used == 1) {
+      out[(i * H + h) * D + d] = __float2bfloat16_rn(O * attn_inv_l(L));
+    } else {
+      const int64_t idx = ((int64_t)slot * H + h) * n_splits + split;
+      part_o[idx * D + d] = O;
+      if (d == 0) {
+        part_ml[2 * idx] = M;
+        part_ml[2 * idx + 1] = L;
+      }
+    }
+  }
+}
+
+// Grid (n_seqs · ATTN_DECODE_MAX_Q, H): merges the splits of rows that have more than one, in split order.
+__global__ void __launch_bounds__(DEC_THREADS)
+    dec_combine_kernel(bf16 *out, const float *part_o, const float *part_ml, int H, int D, const int32_t *q_start,
+                       const int32_t *ctx_len, int chunk, int n_splits) {
+  const int slot = blockIdx.x, h = blockIdx.y;
+  const int s = slot / ATTN_DECODE_MAX_Q, qi = slot % ATTN_DECODE_MAX_Q;
+  const int q0 = q_start[s], q_len = q_start[s + 1] - q0;
+  if (q_len > ATTN_DECODE_MAX_Q || qi >= q_len) return;
+  const int n_used = attn_split_count(attn_causal_keys(ctx_len[s], q_len, qi), chunk);
+  if (n_used <= 1) return; // written by dec_split_kernel
+  const int64_t base = ((int64_t)slot * H + h) * n_splits, i = q0 + qi;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float M = -INFINITY, L = 0.0f, O = 0.0f;
+    for (int sp = 0; sp < n_used; sp++) {
+      float wa, wb;
+      M = attn_merge_max(M, part_ml[2 * (base + sp)], &wa, &wb);
+      L = L * wa + part_ml[2 * (base + sp) + 1] * wb;
+      O = O * wa + part_o[(base + sp) * D + d] * wb;
+    }
+    out[(i * H + h) * D + d] = __float2bfloat16_rn(O * attn_inv_l(L));
+  }
+}
+
+template <int D>
+static int dec_launch(cuda_backend_t *cb, int layer, void *out, const void *q, int64_t ldq, int H, float sl,
+                      attn_split_t p, es_error_t *err) {
+  const es_backend_t *be = &cb->base;
+  const int64_t slots = (int64_t)be->batch.n_seqs * ATTN_DECODE_MAX_Q;
+  // one split: every row writes its output directly and the scratch (possibly absent) is not touched
+  float *part_o = p.n_splits > 1 ? cb->attn_part : NULL;
+  float *part_ml = p.n_splits > 1 ? part_o + slots * H * p.n_splits * D : NULL;
+  dim3 grid((unsigned)slots, (unsigned)H, (unsigned)p.n_splits);
+  dec_split_kernel<D><<<grid, DEC_THREADS, 0, cb->stream>>>(
+      (bf16 *)out, part_o, part_ml, (const bf16 *)q, ldq, (const bf16 *)cb->kv, layer, be->kv_blocks, H, sl,
+      cb->d_q_start, cb->d_ctx_len, cb->d_block_table, be->batch.max_blocks, p.chunk, p.n_splits);
+  ES_CUDA_LAUNCHED(err);
+  if (p.n_splits > 1) {
+    dec_combine_kernel<<<dim3((unsigned)slots, (unsigned)H), DEC_THREADS, 0, cb->stream>>>(
+        (bf16 *)out, part_o, part_ml, H, D, cb->d_q_start, cb->d_ctx_len, p.chunk, p.n_splits);
+    ES_CUDA_LAUNCHED(err);
+  }
+  return ES_OK;
+}
+
+extern "C" int attn_decode(cuda_backend_t *cb, int layer, void *out, const void *q, int64_t ldq, int H, int D,
+                           float scale, int64_t n_rows, int64_t max_ctx, es_error_t *err) {
+  const int64_t slots = (int64_t)cb->base.batch.n_seqs * ATTN_DECODE_MAX_Q;
+  const size_t per_split = (size_t)slots * (size_t)H * (size_t)(D + 2) * sizeof(float);
+  const size_t fit = cb->attn_part ? cb->attn_part_bytes / per_split : 0; // splits the scratch can hold
+  const int cap = fit > ATTN_MAX_SPLITS ? ATTN_MAX_SPLITS : (int)fit;     // 0 or 1: no split (no scratch used)
+  const attn_split_t p = attn_split_plan(n_rows * H, max_ctx, cb->sm_count, cap, cb->attn_splits);
+  const float sl = scale * ATTN_LOG2E;
+  return D == 64 ? dec_launch<64>(cb, layer, out, q, ldq, H, sl, p, err)
+                 : dec_launch<128>(cb, layer, out, q, ldq, H, sl, p, err);
+}

@@ -1,0 +1,62 @@
+// attn_fast: which calls the fast attention kernels take, the split-KV scratch size, and the paged dispatch
+// between the decode kernel (attn_decode.cu) and the flash prefill kernel (attn_flash.cu). See attn_fast.h.
+#include <math.h>
+#include <stdint.h>
+
+#include "attn_fast.h"
+#include "attn_math.h"
+#include "cuda_common.cuh"
+
+#define ATTN_PART_BUDGET ((size_t)64 << 20) // split-KV partial results: at most 64 MiB of device memory
+
+static int aligned16(const void *p) {
+  return ((uintptr_t)p & 15u) == 0;
+}
+
+static int fast_common(const cuda_backend_t *cb, int H, int D, float scale) {
+  return cb->attn_path == CUDA_ATTN_FAST && cb->base.act_dtype == ES_DT_BF16 && (D == 64 || D == 128) && H >= 1 &&
+         H <= 65535 && scale > 0.0f && isfinite(scale);
+}
+
+extern "C" size_t attn_fast_part_bytes(const es_backend_opts_t *o, int H, int D) {
+  if (D != 64 && D != 128) return 0;
+  const size_t per_split = o->max_seqs * ATTN_DECODE_MAX_Q * (size_t)H * (size_t)(D + 2) * sizeof(float);
+  const size_t want = per_split * ATTN_MAX_SPLITS;
+  return want < ATTN_PART_BUDGET ? want : ATTN_PART_BUDGET;
+}
+
+extern "C" int attn_fast_paged_ok(const cuda_backend_t *cb, const void *out, const void *q, int64_t ldq, int H, int D,
+                                  float scale) {
+  return fast_common(cb, H, D, scale) && aligned16(out) && aligned16(q) && ldq % 8 == 0 &&
+         cb->base.batch.n_seqs <= 65535;
+}
+
+extern "C" int attn_fast_dense_ok(const cuda_backend_t *cb, const void *out, const void *q, int64_t ldq, const void *k,
+                                  int64_t ldk, const void *v, int64_t ldv, int64_t B, int H, int D, float scale) {
+  (void)B;
+  return fast_common(cb, H, D, scale) && aligned16(out) && aligned16(q) && aligned16(k) && aligned16(v) &&
+         ldq % 8 == 0 && ldk % 8 == 0 && ldv % 8 == 0;
+}
+
+extern "C" int attn_fast_paged(cuda_backend_t *cb, int layer, void *out, const void *q, int64_t ldq, int H, int D,
+                               float scale, es_error_t *err) {
+  const es_batch_t *b = &cb->base.batch; // the host copy of the step's batch
+  const int br = attn_flash_q_tile(D);
+  int64_t dec_rows = 0, dec_max_ctx = 0;
+  int max_q_tiles = 0;
+  for (int s = 0; s < b->n_seqs; s++) {
+    const int q_len = b->q_start[s + 1] - b->q_start[s];
+    if (q_len <= ATTN_DECODE_MAX_Q) {
+      dec_rows += q_len;
+      if (b->ctx_len[s] > dec_max_ctx) dec_max_ctx = b->ctx_len[s];
+    } else {
+      const int tiles = (q_len + br - 1) / br;
+      if (tiles > max_q_tiles) max_q_tiles = tiles;
+    }
+  }
+  int rc = ES_OK;
+  if (dec_rows) rc = attn_decode(cb, layer, out, q, ldq, H, D, scale, dec_rows, dec_max_ctx, err);
+  if (!rc && max_q_tiles)
+    rc = attn_flash_prefill(cb, layer, out, q, ldq, H, D, scale, ATTN_DECODE_MAX_Q + 1, max_q_tiles, err);
+  return rc;
+}

@@ -1,0 +1,370 @@
+// attn_flash: FlashAttention-2-style attention on bf16 tensor cores — the encoder's bidirectional attention
+// with key padding (es_op_attention_dense) and the decoder's causal prefill over the paged cache, cached prefix
+// included (es_op_attention_paged for sequences with more than ATTN_DECODE_MAX_Q new tokens). See attn_fast.h.
+//
+// Napkin math (H100 SXM: 989 TFLOP/s dense bf16 by the datasheet, ~750-800 measured through cuBLASLt, 3.35 TB/s
+// HBM3; H200: the same tensor cores, 4.8 TB/s; mma.sync, which this file uses, tops out well below the wgmma
+// rate on Hopper):
+//   encoder, 30 s clip: T = 1500, H = 20, D = 64: 4·T²·H·D = 11.5 GFLOP per layer, 369 GFLOP for 32 layers;
+//     q, k, v, out = 4·T·H·D·2 B = 15.4 MB per layer (0.49 GB for 32: 0.15 ms at 3.35 TB/s) — compute-bound.
+//     Floor at 800 TFLOP/s: 0.46 ms for 32 layers. Issue target: <= 1.5 ms, i.e. >= 246 TFLOP/s (~31%).
+//   prefill at 2k tokens (Qwen2-7B: H = 32, D = 128), causal: 4·D·H·T(T+1)/2 = 34.4 GFLOP per layer; q, k, v,
+//     out = 67 MB per layer (20 µs at 3.35 TB/s) against 43 µs of FLOPs at 800 TFLOP/s — compute-bound.
+//     Issue target: >= 50% of the measured bf16 GEMM rate, i.e. <= ~86 µs per layer.
+//
+// Structure (API-NOTES §B4, FA2 loop order): one block of 4 warps per (query tile, head, sequence). Each warp
+// owns 16·MT query rows (MT = 2 at D = 64, 1 at D = 128: 128 or 64 rows per block), holds their Q fragments
+// and the fp32 output accumulators in registers for the whole kernel and loops over KV tiles of 64 keys. K and
+// V tiles are staged in shared memory by cp.async, double-buffered (tile t + 1 loads while tile t computes),
+// rows zero-filled past the last key. Per tile: S = Q·Kᵀ (mma m16n8k16, fp32), mask, online softmax per row
+// (row max over the 4 lanes sharing a row by shuffles; attn_math.h's helpers, −inf safe), P rounded to bf16 and
+// fed from registers straight into O += P·V (the C fragment of S is the A fragment of P). l is summed per lane
+// and reduced across the 4 lanes at the end; O / l is written as bf16. The score matrix never leaves registers.
+// Shared memory: K and V, 2 buffers, 64 rows of D + 8 bf16 (the 16-byte pad makes every ldmatrix phase hit 8
+// distinct 16-byte bank groups): 36 KB at D = 64, 68 KB at D = 128 (opt-in above 48 KB, attn_fast_init).
+//
+// Masking: row r may see keys j < lim(r) — causal: lim(r) = its position + 1; encoder: lim = valid_len[b] for
+// every row. A tile entirely below the block's smallest lim needs no mask; the loop stops at the block's largest
+// lim. Rows of the tile past the end of the sequence (padding) read zero Q, see the last valid row's keys and
+// are not written. A tile fully masked for a row is an exact no-op for it (alpha = 2^0 = 1, p = 0), so a row's
+// result does not depend on which other rows share its tile.
+//
+// Numerics, against the simple kernel (cuda_attention.cu, transformers' eager rounding points): scores stay
+// fp32 (not rounded to bf16 before and after the scale), the scale is applied inside exp2 (one FFMA), and the
+// probabilities are rounded to bf16 unnormalised (P·V on tensor cores) while l sums them in fp32 — as
+// FlashAttention does; the output is rounded once. Closer to the fp32 reference than the simple kernel.
+#include <math.h>
+
+#include "attn_fast.h"
+#include "attn_math.h"
+#include "attn_mma.cuh"
+#include "cuda_common.cuh"
+
+#define FA_WARPS 4
+#define FA_THREADS (FA_WARPS * 32)
+#define FA_BC 64    // keys per KV tile
+#define FA_PAD 8    // bf16 of padding per shared-memory row (16 bytes)
+#define FA_LENS 256 // encoder batch entries whose valid_len is passed by value per launch
+
+template <int D> struct fa_cfg {
+  static constexpr int MT = D == 64 ? 2 : 1;                      // 16-row m-tiles per warp
+  static constexpr int BR = FA_WARPS * 16 * MT;                   // query rows per block
+  static constexpr int LDS = D + FA_PAD;                          // shared-memory row stride (elements)
+  static constexpr int TILE = FA_BC * LDS;                        // elements of one K or V tile buffer
+  static constexpr size_t SMEM = 4 * (size_t)TILE * sizeof(bf16); // K, V × 2 buffers
+  static_assert(D % 32 == 0 && (FA_BC * D / 8) % FA_THREADS == 0, "tile loads must divide evenly");
+};
+
+// One block's query tile.
+struct fa_rows_t {
+  const bf16 *q; // row 0 of the tile at this head's columns; row stride ldq (elements)
+  bf16 *out;     // row 0 of the tile's output at this head's columns; row stride ldo
+  int64_t ldq, ldo;
+  int n_rows; // valid rows (1 .. BR)
+  int lim0;   // keys row 0 may see (>= 1)
+  int causal; // 1: row r sees lim0 + r keys; 0: every row sees lim0
+};
+
+// Keys and values of the encoder: rows j of k and v, at this head's columns.
+struct fa_dense_kv_t {
+  const bf16 *k, *v;
+  int64_t ldk, ldv;
+  __device__ const bf16 *krow(int j) const { return k + (int64_t)j * ldk; }
+  __device__ const bf16 *vrow(int j) const { return v + (int64_t)j * ldv; }
+};
+
+// Keys and values of one sequence and head in the paged pool, through its block-table row.
+struct fa_paged_kv_t {
+  const bf16 *kv;       // (L, n_blocks, 2, H, 16, D)
+  const int32_t *table; // this sequence's block-table row
+  int64_t layer, n_blocks, H, h, D;
+  __device__ const bf16 *krow(int j) const { return kv + attn_kv_pos_offset(table, j, layer, n_blocks, 0, H, h, D); }
+  __device__ const bf16 *vrow(int j) const { return kv + attn_kv_pos_offset(table, j, layer, n_blocks, 1, H, h, D); }
+};
+
+// Issues the copies of keys j0 .. j0 + 63 into ks / vs (row stride LDS); rows j >= kv_end are zero-filled.
+template <int D, class KV>
+__device__ __forceinline__ void fa_load_tile(bf16 *ks, bf16 *vs, const KV &src, int j0, int kv_end) {
+  constexpr int CH = D / 8, LDS = fa_cfg<D>::LDS; // 16-byte chunks per row
+#pragma unroll
+  for (int i = 0; i < FA_BC * CH / FA_THREADS; i++) {
+    int c = threadIdx.x + i * FA_THREADS, r = c / CH, col = (c % CH) * 8, j = j0 + r;
+    bool ok = j < kv_end;
+    int js = ok ? j : 0; // a valid address; nothing is read from it when !ok
+    cp_async_16(ks + r * LDS + col, src.krow(js) + col, ok);
+    cp_async_16(vs + r * LDS + col, src.vrow(js) + col, ok);
+  }
+}
+
+// The block's attention for its query tile t over keys from src. sl = scale·log2(e) > 0.
+template <int D, class KV> __device__ __forceinline__ void fa_tile(const fa_rows_t &t, const KV &src, float sl) {
+  using C = fa_cfg<D>;
+  constexpr int MT = C::MT, LDS = C::LDS, KS = D / 16, NT = FA_BC / 8, DT = D / 8;
+  extern __shared__ __align__(16) unsigned char fa_smem[];
+  bf16 *ks = reinterpret_cast<bf16 *>(fa_smem), *vs = ks + 2 * C::TILE;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
+  const int kv_end = t.causal ? t.lim0 + t.n_rows - 1 : t.lim0; // the largest lim of the tile
+
+  // Q fragments (A layout, attn_mma.cuh) straight from global memory, zeros for padding rows; each row's lim.
+  uint32_t qf[MT][KS][4];
+  int lim[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+      int r = warp * 16 * MT + mt * 16 + g + 8 * hf;
+      int rc = r < t.n_rows ? r : t.n_rows - 1;
+      lim[mt][hf] = t.causal ? t.lim0 + rc : t.lim0;
+      const bf16 *qrow = t.q + (int64_t)rc * t.ldq;
+#pragma unroll
+      for (int kk = 0; kk < KS; kk++)
+#pragma unroll
+        for (int c2 = 0; c2 < 2; c2++)
+          qf[mt][kk][hf + 2 * c2] =
+              r < t.n_rows ? *reinterpret_cast<const uint32_t *>(qrow + kk * 16 + c2 * 8 + 2 * tq) : 0u;
+    }
+
+  float o[MT][DT][4], m[MT][2], l[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++) o[mt][dt][0] = o[mt][dt][1] = o[mt][dt][2] = o[mt][dt][3] = 0.0f;
+    m[mt][0] = m[mt][1] = -INFINITY;
+    l[mt][0] = l[mt][1] = 0.0f;
+  }
+
+  const int n_tiles = (kv_end + FA_BC - 1) / FA_BC;
+  fa_load_tile<D>(ks, vs, src, 0, kv_end);
+  cp_async_commit();
+  for (int it = 0; it < n_tiles; it++) {
+    const int cur = it & 1;
+    if (it + 1 < n_tiles) { // the next tile goes to the other buffer, last read in iteration it − 1
+      fa_load_tile<D>(ks + (cur ^ 1) * C::TILE, vs + (cur ^ 1) * C::TILE, src, (it + 1) * FA_BC, kv_end);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads(); // tile it is in shared memory for every thread
+    const bf16 *kb = ks + cur * C::TILE, *vb = vs + cur * C::TILE;
+
+    // S = Q·Kᵀ: ldmatrix x4 gives the B fragments of two k-steps (kk, kk + 1) of one 8-key n-tile.
+    float s[MT][NT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+      for (int nt = 0; nt < NT; nt++) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < KS; kk += 2)
+#pragma unroll
+      for (int nt = 0; nt < NT; nt++) {
+        uint32_t b[4];
+        ldmatrix_x4(b, kb + (nt * 8 + (lane & 7)) * LDS + kk * 16 + (lane >> 3) * 8);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          mma_bf16_16816(s[mt][nt], qf[mt][kk], b[0], b[1]);
+          mma_bf16_16816(s[mt][nt], qf[mt][kk + 1], b[2], b[3]);
+        }
+      }
+
+    // mask, online softmax; s becomes p
+    const int j0 = it * FA_BC;
+    const bool need_mask = j0 + FA_BC > t.lim0;
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+      for (int hf = 0; hf < 2; hf++) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+          for (int e = 0; e < 2; e++) {
+            float &x = s[mt][nt][2 * hf + e];
+            if (need_mask && j0 + nt * 8 + 2 * tq + e >= lim[mt][hf]) x = -INFINITY;
+            mx = fmaxf(mx, x);
+          }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1)); // the 4 lanes of a row
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        float alpha;
+        const float mn = attn_online_max(m[mt][hf], mx, sl, &alpha), mu = attn_safe_max(mn);
+        m[mt][hf] = mn;
+        float ls = l[mt][hf] * alpha;
+#pragma unroll
+        for (int dt = 0; dt < DT; dt++) {
+          o[mt][dt][2 * hf] *= alpha;
+          o[mt][dt][2 * hf + 1] *= alpha;
+        }
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+          for (int e = 0; e < 2; e++) {
+            float p = attn_p(s[mt][nt][2 * hf + e], sl, mu);
+            s[mt][nt][2 * hf + e] = p;
+            ls += p;
+          }
+        l[mt][hf] = ls;
+      }
+
+      // O += P·V: the C fragments of n-tiles 2kc, 2kc + 1 of S are the A fragment of k-step kc of P; ldmatrix
+      // x4.trans gives the B fragments of two 8-column n-tiles (2dp, 2dp + 1) of V.
+#pragma unroll
+    for (int kc = 0; kc < FA_BC / 16; kc++) {
+      uint32_t pa[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++) {
+        pa[mt][0] = pack_bf16(s[mt][2 * kc][0], s[mt][2 * kc][1]);
+        pa[mt][1] = pack_bf16(s[mt][2 * kc][2], s[mt][2 * kc][3]);
+        pa[mt][2] = pack_bf16(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1]);
+        pa[mt][3] = pack_bf16(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3]);
+      }
+#pragma unroll
+      for (int dp = 0; dp < D / 16; dp++) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, vb + (kc * 16 + (lane & 15)) * LDS + dp * 16 + (lane >> 4) * 8);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          mma_bf16_16816(o[mt][2 * dp], pa[mt], b[0], b[1]);
+          mma_bf16_16816(o[mt][2 * dp + 1], pa[mt], b[2], b[3]);
+        }
+      }
+    }
+    __syncthreads(); // every warp is done with buffer cur before iteration it + 1 refills it
+  }
+
+  // l over the 4 lanes of each row, then O / l as bf16 pairs (columns 2tq, 2tq + 1 of each 8-column n-tile)
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+      float L = l[mt][hf];
+      L += __shfl_xor_sync(0xffffffffu, L, 1);
+      L += __shfl_xor_sync(0xffffffffu, L, 2);
+      const float inv = attn_inv_l(L);
+      const int r = warp * 16 * MT + mt * 16 + g + 8 * hf;
+      if (r < t.n_rows) {
+        bf16 *orow = t.out + (int64_t)r * t.ldo;
+#pragma unroll
+        for (int dt = 0; dt < DT; dt++)
+          *reinterpret_cast<uint32_t *>(orow + dt * 8 + 2 * tq) =
+              pack_bf16(o[mt][dt][2 * hf] * inv, o[mt][dt][2 * hf + 1] * inv);
+      }
+    }
+}
+
+// ---- kernels ---------------------------------------------------------------------------------------------------
+
+// Grid (max query tiles, H, n_seqs); the highest tile index first (the longest causal rows start earliest).
+// Sequences with fewer than min_q new tokens belong to the decode kernel. out (n_tokens, H, D); q (n_tokens, ldq);
+// kv (L, n_blocks, 2, H, 16, D); the batch arrays on the device. All bf16.
+template <int D>
+__global__ void __launch_bounds__(FA_THREADS)
+    fa_prefill_kernel(bf16 *out, const bf16 *q, int64_t ldq, const bf16 *kv, int layer, int n_blocks, int H, float sl,
+                      const int32_t *q_start, const int32_t *ctx_len, const int32_t *block_table, int max_blocks,
+                      int min_q) {
+  constexpr int BR = fa_cfg<D>::BR;
+  const int s = blockIdx.z, h = blockIdx.y, qt = gridDim.x - 1 - blockIdx.x;
+  const int q0 = q_start[s], q_len = q_start[s + 1] - q0;
+  if (q_len < min_q || qt * BR >= q_len) return; // block-uniform: no barrier is skipped by part of the block
+  const int r0 = qt * BR;
+  fa_rows_t t;
+  t.q = q + (int64_t)(q0 + r0) * ldq + (int64_t)h * D;
+  t.ldq = ldq;
+  t.out = out + ((int64_t)(q0 + r0) * H + h) * D;
+  t.ldo = (int64_t)H * D;
+  t.n_rows = q_len - r0 < BR ? q_len - r0 : BR;
+  t.lim0 = (int)attn_causal_keys(ctx_len[s], q_len, r0);
+  t.causal = 1;
+  fa_paged_kv_t src = {kv, block_table + (int64_t)s * max_blocks, layer, n_blocks, H, h, D};
+  fa_tile<D>(t, src, sl);
+}
+
+struct fa_lens_t {
+  int32_t n[FA_LENS];
+};
+
+// Grid (ceil(T / BR), H, nb) for batch entries b0 .. b0 + nb − 1. q/k/v (B, T, ld*); out (B, T, H, D). bf16.
+template <int D>
+__global__ void __launch_bounds__(FA_THREADS)
+    fa_dense_kernel(bf16 *out, const bf16 *q, int64_t ldq, const bf16 *k, int64_t ldk, const bf16 *v, int64_t ldv,
+                    int64_t T, int H, float sl, int64_t b0, fa_lens_t lens) {
+  constexpr int BR = fa_cfg<D>::BR;
+  const int64_t b = b0 + blockIdx.z, r0 = (int64_t)blockIdx.x * BR, row0 = b * T + r0;
+  const int h = blockIdx.y;
+  fa_rows_t t;
+  t.q = q + row0 * ldq + (int64_t)h * D;
+  t.ldq = ldq;
+  t.out = out + (row0 * H + h) * D;
+  t.ldo = (int64_t)H * D;
+  t.n_rows = (int)(T - r0 < BR ? T - r0 : BR);
+  t.lim0 = lens.n[blockIdx.z];
+  t.causal = 0;
+  fa_dense_kv_t src = {k + b * T * ldk + (int64_t)h * D, v + b * T * ldv + (int64_t)h * D, ldk, ldv};
+  fa_tile<D>(t, src, sl);
+}
+
+// ---- launchers ----------------------------------------------------------------------------------------------------
+
+template <int D> static int fa_set_smem(es_error_t *err) {
+  const int bytes = (int)fa_cfg<D>::SMEM;
+  ES_CUDA_TRY(err, cudaFuncSetAttribute(fa_prefill_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  ES_CUDA_TRY(err, cudaFuncSetAttribute(fa_dense_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  return ES_OK;
+}
+
+extern "C" int attn_fast_init(cuda_backend_t *cb, es_error_t *err) {
+  if (cb->smem_optin < fa_cfg<128>::SMEM)
+    return es_fail(err, ES_EUNSUPPORTED,
+                   "attention: the flash kernel needs %zu bytes of shared memory per block "
+                   "(device: %zu)",
+                   fa_cfg<128>::SMEM, cb->smem_optin);
+  int rc = fa_set_smem<64>(err);
+  return rc ? rc : fa_set_smem<128>(err);
+}
+
+extern "C" int attn_flash_q_tile(int D) {
+  return D == 64 ? fa_cfg<64>::BR : fa_cfg<128>::BR;
+}
+
+template <int D>
+static int fa_prefill(cuda_backend_t *cb, int layer, void *out, const void *q, int64_t ldq, int H, float sl, int min_q,
+                      int max_q_tiles, es_error_t *err) {
+  const es_backend_t *be = &cb->base;
+  dim3 grid((unsigned)max_q_tiles, (unsigned)H, (unsigned)be->batch.n_seqs);
+  fa_prefill_kernel<D><<<grid, FA_THREADS, fa_cfg<D>::SMEM, cb->stream>>>(
+      (bf16 *)out, (const bf16 *)q, ldq, (const bf16 *)cb->kv, layer, be->kv_blocks, H, sl, cb->d_q_start,
+      cb->d_ctx_len, cb->d_block_table, be->batch.max_blocks, min_q);
+  ES_CUDA_LAUNCHED(err);
+  return ES_OK;
+}
+
+extern "C" int attn_flash_prefill(cuda_backend_t *cb, int layer, void *out, const void *q, int64_t ldq, int H, int D,
+                                  float scale, int min_q, int max_q_tiles, es_error_t *err) {
+  const float sl = scale * ATTN_LOG2E;
+  return D == 64 ? fa_prefill<64>(cb, layer, out, q, ldq, H, sl, min_q, max_q_tiles, err)
+                 : fa_prefill<128>(cb, layer, out, q, ldq, H, sl, min_q, max_q_tiles, err);
+}
+
+template <int D>
+static int fa_dense(cuda_backend_t *cb, void *out, const void *q, int64_t ldq, const void *k, int64_t ldk,
+                    const void *v, int64_t ldv, int64_t B, int64_t T, int H, float sl, const int32_t *valid_len,
+                    es_error_t *err) {
+  constexpr int BR = fa_cfg<D>::BR;
+  for (int64_t b0 = 0; b0 < B; b0 += FA_LENS) {
+    const int64_t nb = B - b0 < FA_LENS ? B - b0 : FA_LENS;
+    fa_lens_t lens;
+    for (int64_t i = 0; i < FA_LENS; i++) lens.n[i] = i < nb ? valid_len[b0 + i] : 0;
+    dim3 grid((unsigned)((T + BR - 1) / BR), (unsigned)H, (unsigned)nb);
+    fa_dense_kernel<D><<<grid, FA_THREADS, fa_cfg<D>::SMEM, cb->stream>>>(
+        (bf16 *)out, (const bf16 *)q, ldq, (const bf16 *)k, ldk, (const bf16 *)v, ldv, T, H, sl, b0, lens);
+    ES_CUDA_LAUNCHED(err);
+  }
+  return ES_OK;
+}
+
+extern "C" int attn_flash_dense(cuda_backend_t *cb, void *out, const void *q, int64_t ldq, const void *k, int64_t ldk,
+                                const void *v, int64_t ldv, int64_t B, int64_t T, int H, int D, float scale,
+                                const int32_t *valid_len, es_error_t *err) {
+  const float sl = scale * ATTN_LOG2E;
+  return D == 64 ? fa_dense<64>(cb, out, q, ldq, k, ldk, v, ldv, B, T, H, sl, valid_len, err)
+                 : fa_dense<128>(cb, out, q, ldq, k, ldk, v, ldv, B, T, H, sl, valid_len, err);
+}
