@@ -9,16 +9,20 @@
 #      the script checks that it did;
 #   2. configure with -DEARSHOT_DEVICE=ON (no FFmpeg, no libmicrohttpd, no OpenBLAS), CUDA for the card's own
 #      architecture, Release; build with JOBS (16) jobs;
-#   3. ctest -L 'cuda|golden' (the CUDA op tests, the golden cases on the GPU in float32 and bfloat16, and the
-#      CPU golden tests);
-#   4. scripts/bench_transformers.py on the card (bf16, sdpa, the 7B model built on the device, init skipped);
+#   3. ctest -L 'cuda|golden' (the CUDA op tests, the attention kernels against the CPU and the simple kernel,
+#      the golden cases on the GPU in float32 and bfloat16 — bf16 with the fast and with the simple attention
+#      (EARSHOT_ATTENTION=simple) — and the CPU golden tests);
+#   4. scripts/bench_transformers.py on the card (bf16, sdpa, the 7B model built on the device, init skipped),
+#      then `earshot bench attention --json` (encoder, prefill and decode attention against the copy bandwidth
+#      and bf16 GEMM rate measured in the same run; at most 75 s);
 #   5. `earshot bench model` at full size with the same shapes (--dummy-weights with
 #      tests/data/configs/qwen2-audio-7b.json, 30 s clip, batch 1, bf16): time to first token, decode
 #      ms/token, the weight-streaming limit;
-#   6. a short table, printed last and written to OUTDIR/table.md.
+#   6. two short tables (the model, the attention kernels), printed last and written to OUTDIR/table.md.
 # Every step runs under a timeout from what is left of the budget (BUDGET seconds, default 470), and a step
-# that fails or times out leaves "n/a" in the table instead of stopping the script. Logs go to OUTDIR (7 files:
-# summary.log, configure.log, build.log, ctest.log, bench-earshot.log, bench-transformers.log, table.md).
+# that fails or times out leaves "n/a" in the table instead of stopping the script. Logs go to OUTDIR (8 files:
+# summary.log, configure.log, build.log, ctest.log, bench-earshot.log, bench-transformers.log,
+# bench-attention.log, table.md).
 #
 # Environment: JOBS (16), BUDGET (470 s), PYTHON (python3), BUILD_DIR (build/device),
 #   DEVICE_CHECK_NO_GPU=1: build and test without a GPU (the GPU tests skip, the benchmarks are n/a) — how the
@@ -170,6 +174,14 @@ else
   echo "skipped (no GPU)" >>"$OUT/bench-transformers.log"
 fi
 if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ]; then
+  ATT_SECS=$(($(left) - 120))
+  ((ATT_SECS > 75)) && ATT_SECS=75
+  run_limited "$ATT_SECS" "$OUT/bench-attention.log" "$BUILD/cli/earshot" bench attention --json
+  log "earshot bench attention: exit $? (see bench-attention.log)"
+else
+  echo "skipped (no build or no GPU)" >>"$OUT/bench-attention.log"
+fi
+if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ]; then
   run_limited "$(($(left) - 5))" "$OUT/bench-earshot.log" "$BUILD/cli/earshot" bench model --device cuda \
     --dtype bfloat16 --dummy-weights --config "$CONFIG7B" "${SHAPE[@]}"
   log "earshot bench model: exit $? (see bench-earshot.log)"
@@ -211,6 +223,29 @@ print("|---|---|---|---|---|---|")
 print(f"| time to first token (ms) | {f(o_t)} | {f(r_t)} | — | {ratio(r_t, o_t)} | — |")
 print(f"| decode, batch 1 (ms/token) | {f(o_d, '{:.3f}')} | {f(r_d, '{:.3f}')} | {f(lim, '{:.3f}')} | "
       f"{ratio(r_d, o_d)} | {ratio(lim, o_d)} |")
+att = last_json("bench-attention.log")
+print()
+print(f"attention kernels (`earshot bench attention`, bf16; floors measured in the same run: copy "
+      f"{f((att.get('copy_bytes_per_s') or 0) / 1e9, '{:.0f}')} GB/s, bf16 GEMM "
+      f"{f((att.get('gemm_flops_per_s') or 0) / 1e12, '{:.0f}')} TFLOP/s)")
+print()
+print("| use | shape | fast (ms) | simple (ms) | achieved | fraction of floor | target |")
+print("|---|---|---|---|---|---|---|")
+for c in att.get("cases", []) or [{"use": "n/a", "shape": "n/a"}]:
+    tb = c.get("bytes_per_s")
+    tf = c.get("flops_per_s")
+    got = f"{tb / 1e9:.0f} GB/s" if tb else f"{tf / 1e12:.0f} TFLOP/s" if tf else "n/a"
+    fast = f(c.get("fast_ms"), "{:.4f}")
+    if c.get("use") == "encoder":
+        fast += f" (32 layers {f(att.get('encoder_32_layers_ms'), '{:.3f}')})"
+        tgt = "32 layers <= 1.5 ms"
+    elif c.get("target"):
+        tgt = f">= {c['target']:.2f} of the {c.get('floor', '')}"
+    else:
+        tgt = "—"
+    met = " " + ("met" if c.get("met") else "NOT met") if tgt != "—" and "met" in c else ""
+    print(f"| {c.get('use')} | {c.get('shape')} | {fast} | {f(c.get('simple_ms'), '{:.4f}')} | {got} | "
+          f"{f(c.get('fraction_of_floor'), '{:.2f}')} | {tgt}{met} |")
 EOF
 log "done in $(elapsed)s (status $STATUS)"
 echo
