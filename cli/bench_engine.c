@@ -220,7 +220,7 @@ wait:
   for (int b = 0; b < ENG_HIST_BUCKETS; b++) printf(" %llu", (unsigned long long)es.decode_batch_hist[b]);
   printf("\n");
   if (json)
-    printf("{\"device\":\"%s\",\"concurrency\":%d,\"requests\":%d,\"tokens_per_s\":%.3f,\"ttft_p50_ms\":%.3f,"
+    printf("{\"bench\":\"engine\",\"device\":\"%s\",\"concurrency\":%d,\"requests\":%d,\"tokens_per_s\":%.3f,\"ttft_p50_ms\":%.3f,"
            "\"ttft_p90_ms\":%.3f,\"ttft_p99_ms\":%.3f,\"max_decode_batch\":%d,\"preemptions\":%llu}\n",
            rt.device_desc, conc, requests, tps, 1e3 * p50, 1e3 * p90, 1e3 * p99, es.max_decode_batch,
            (unsigned long long)es.preemptions);

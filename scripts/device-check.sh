@@ -22,7 +22,7 @@
 # Every step runs under a timeout from what is left of the budget (BUDGET seconds, default 470), and a step
 # that fails or times out leaves "n/a" in the table instead of stopping the script. Logs go to OUTDIR (8 files:
 # summary.log, configure.log, build.log, ctest.log, bench-earshot.log, bench-transformers.log,
-# bench-attention.log, table.md).
+# bench-attention.log, bench-engine.log, table.md).
 #
 # Environment: JOBS (16), BUDGET (470 s), PYTHON (python3), BUILD_DIR (build/device),
 #   DEVICE_CHECK_NO_GPU=1: build and test without a GPU (the GPU tests skip, the benchmarks are n/a) — how the
@@ -182,11 +182,20 @@ else
   echo "skipped (no build or no GPU)" >>"$OUT/bench-attention.log"
 fi
 if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ]; then
-  run_limited "$(($(left) - 5))" "$OUT/bench-earshot.log" "$BUILD/cli/earshot" bench model --device cuda \
+  run_limited "$(($(left) - 70))" "$OUT/bench-earshot.log" "$BUILD/cli/earshot" bench model --device cuda \
     --dtype bfloat16 --dummy-weights --config "$CONFIG7B" "${SHAPE[@]}"
   log "earshot bench model: exit $? (see bench-earshot.log)"
 else
   echo "skipped (no build or no GPU)" >>"$OUT/bench-earshot.log"
+fi
+# the continuous-batching engine at 64 concurrent 30 s-clip requests (the batching issue's target figure)
+if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ]; then
+  run_limited "$(($(left) - 5))" "$OUT/bench-engine.log" "$BUILD/cli/earshot" bench engine --device cuda \
+    --dtype bfloat16 --dummy-weights --config "$CONFIG7B" --concurrency 64 --requests 64 --audio-seconds 30 \
+    --prompt-tokens 32 --output-tokens 64 --json
+  log "earshot bench engine: exit $? (see bench-engine.log)"
+else
+  echo "skipped (no build or no GPU)" >>"$OUT/bench-engine.log"
 fi
 
 # ---- 6. the table -------------------------------------------------------------------------------------------
@@ -223,6 +232,11 @@ print("|---|---|---|---|---|---|")
 print(f"| time to first token (ms) | {f(o_t)} | {f(r_t)} | — | {ratio(r_t, o_t)} | — |")
 print(f"| decode, batch 1 (ms/token) | {f(o_d, '{:.3f}')} | {f(r_d, '{:.3f}')} | {f(lim, '{:.3f}')} | "
       f"{ratio(r_d, o_d)} | {ratio(lim, o_d)} |")
+eng = last_json("bench-engine.log")
+print()
+print(f"engine, 64 concurrent 30 s-clip requests, 64 output tokens each: {f(eng.get('tokens_per_s'), '{:.0f}')} "
+      f"generated tokens/s (target >= 4000 on an H100), time to first token p50 {f(eng.get('ttft_p50_ms'), '{:.0f}')} ms, "
+      f"p99 {f(eng.get('ttft_p99_ms'), '{:.0f}')} ms, largest decode batch {eng.get('max_decode_batch', 'n/a')}")
 att = last_json("bench-attention.log")
 print()
 print(f"attention kernels (`earshot bench attention`, bf16; floors measured in the same run: copy "

@@ -194,10 +194,10 @@ static void to_stored(const char *canon, int new_layout, char *out, size_t cap) 
   if (new_layout)
     for (int i = 0; i < 4; i++)
       if (strncmp(canon, MAP[i][0], strlen(MAP[i][0])) == 0) {
-        snprintf(out, cap, "%s%s", MAP[i][1], canon + strlen(MAP[i][0]));
+        if (snprintf(out, cap, "%s%s", MAP[i][1], canon + strlen(MAP[i][0])) >= (int)cap) out[0] = '\0';
         return;
       }
-  snprintf(out, cap, "%s", canon);
+  if (snprintf(out, cap, "%s", canon) >= (int)cap) out[0] = '\0'; /* never with the names used here */
 }
 
 static size_t dtype_size(const char *dt) {
