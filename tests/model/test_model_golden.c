@@ -1,33 +1,58 @@
-/* test_model_golden: the CPU forward pass against transformers on every golden checkpoint and case.
+/* test_model_golden: the forward pass against transformers on every golden checkpoint and case (tests/golden),
+ * on either backend:
  *
- * For each case: the projected audio embeddings and the last-position logits within relative error 1e-4
- * (max |Δ| / max |ref|); every recorded greedy token identical; and a teacher-forced pass over the recorded
- * continuation (prompt + greedy tokens as one sequence, prefilled in chunks of 128 rows so chunked prefill
- * over a cached prefix is exercised) whose top-8 logits match at every step within the same tolerance.
- * Inputs are the golden features, so this tests the model alone (audio_mel has its own golden test).
+ *   test_model_golden cpu  float32    the CPU reference backend
+ *   test_model_golden cuda float32    the CUDA backend in fp32 (TF32 off)
+ *   test_model_golden cuda bfloat16   the CUDA backend in bf16
+ *
+ * float32 is held to D2's thresholds: audio embeddings, last-position logits and the teacher-forced top-8
+ * logits within relative error 1e-4 (max |Δ| / max |ref|), every greedy token identical, the same top-1 at
+ * every teacher-forced step. bfloat16 is held to agreement, not bits: cosine similarity of the last-position
+ * logits >= 0.999 in every case, and top-1 agreement >= 95% pooled over all teacher-forced steps (>= 128).
+ * The teacher-forced pass prefills prompt + recorded continuation in chunks of 128 rows, so chunked prefill
+ * over a cached prefix is exercised. Inputs are the golden features, so this tests the model alone (audio_mel
+ * has its own golden test). The cuda runs skip (exit 77) without the CUDA backend or without a GPU.
  */
 #include <math.h>
 #include <stdio.h>
 
+#include "es_gpu.h"
 #include "model_harness.h"
 #include "test_util.h"
 
 #define REL_TOL 1e-4
+#define BF16_COSINE 0.999
+#define BF16_TOP1 0.95
+#define BF16_MIN_STEPS 128
 
 static golden_t G;
+static es_dtype_t DT;
+static int (*CREATE)(const es_backend_opts_t *, es_backend_t **, es_error_t *);
+static int pooled_steps, pooled_top1;
+
+static double cosine(const float *a, const float *b, size_t n) {
+  double ab = 0, aa = 0, bb = 0;
+  for (size_t i = 0; i < n; i++) {
+    ab += (double)a[i] * b[i];
+    aa += (double)a[i] * a[i];
+    bb += (double)b[i] * b[i];
+  }
+  return aa > 0 && bb > 0 ? ab / sqrt(aa * bb) : 0.0;
+}
 
 static void run_case(const cJSON *c) {
   es_error_t err;
   es_error_clear(&err);
   const char *name = cJSON_GetObjectItemCaseSensitive(c, "name")->valuestring;
   const char *ck_name = cJSON_GetObjectItemCaseSensitive(c, "checkpoint")->valuestring;
-  const cJSON *ckj = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(G.manifest, "checkpoints"),
-                                                      ck_name);
+  const cJSON *ckj =
+      cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(G.manifest, "checkpoints"), ck_name);
   char dir[1400];
   golden_path(&G, cJSON_GetObjectItemCaseSensitive(ckj, "dir")->valuestring, dir, sizeof dir, &err);
+  int f32 = DT == ES_DT_F32;
 
   mh_model_t h;
-  int rc = mh_open(&h, dir, es_backend_create_cpu, ES_DT_F32, &err);
+  int rc = mh_open(&h, dir, CREATE, DT, &err);
   T_CHECK(rc == 0, "%s: open %s: %s", name, dir, err.msg);
   if (rc) {
     mh_close(&h);
@@ -35,6 +60,7 @@ static void run_case(const cJSON *c) {
   }
   npy_array_t ids = {0}, emb = {0}, last = {0}, greedy = {0}, t8i = {0}, t8l = {0};
   float *got_emb = NULL, *logits = NULL;
+  int32_t *tf = NULL;
   int V = h.cfg.vocab_size, E = h.cfg.hidden_size;
   if (golden_read_npy(&G, cJSON_GetObjectItemCaseSensitive(c, "prompt_ids")->valuestring, &ids, &err) ||
       golden_read_npy(&G, cJSON_GetObjectItemCaseSensitive(c, "audio_embeds")->valuestring, &emb, &err) ||
@@ -63,7 +89,8 @@ static void run_case(const cJSON *c) {
   rc = qa_read_audio_rows(h.m, 0, rows, got_emb, &err);
   T_CHECK(rc == 0, "%s: %s", name, err.msg);
   double e_emb = mh_rel_err(got_emb, emb.data, (size_t)rows * (size_t)E);
-  T_CHECK(e_emb <= REL_TOL, "%s: audio embeddings rel err %.3g", name, e_emb);
+  double c_emb = cosine(got_emb, emb.data, (size_t)rows * (size_t)E);
+  if (f32) T_CHECK(e_emb <= REL_TOL, "%s: audio embeddings rel err %.3g", name, e_emb);
 
   /* 2. last-position logits, 3. greedy continuation */
   kv_seq_t seq = {0};
@@ -74,21 +101,24 @@ static void run_case(const cJSON *c) {
     kv_seq_release(h.kv, &seq);
     goto done;
   }
-  double e_last = mh_rel_err(logits, last.data, (size_t)V);
-  T_CHECK(e_last <= REL_TOL, "%s: last-position logits rel err %.3g", name, e_last);
+  double e_last = mh_rel_err(logits, last.data, (size_t)V), c_last = cosine(logits, last.data, (size_t)V);
+  if (f32)
+    T_CHECK(e_last <= REL_TOL, "%s: last-position logits rel err %.3g", name, e_last);
+  else
+    T_CHECK(c_last >= BF16_COSINE, "%s: last-position logits cosine %.6f < %.3f", name, c_last, BF16_COSINE);
   const int32_t *g = greedy.data;
   int mismatch = -1;
   for (int s = 0; s < S && !rc; s++) {
     int next = mh_argmax(logits, V);
     if (next != g[s] && mismatch < 0) mismatch = s;
-    if (s + 1 < S) rc = mh_decode(&h, &seq, T + s, g[s], logits, &err);
+    if (s + 1 < S) rc = mh_decode(&h, &seq, T + s, g[s], logits, &err); /* teacher-forced by the golden ids */
   }
   T_CHECK(rc == 0, "%s: decode: %s", name, err.msg);
-  T_CHECK(mismatch < 0, "%s: greedy token %d differs from transformers", name, mismatch);
+  if (f32) T_CHECK(mismatch < 0, "%s: greedy token %d differs from transformers", name, mismatch);
   kv_seq_release(h.kv, &seq);
 
   /* 4. teacher-forced pass, chunked prefill over the cached prefix */
-  int32_t *tf = malloc(sizeof(int32_t) * (size_t)(T + S));
+  tf = malloc(sizeof(int32_t) * (size_t)(T + S));
   int want[64];
   if (!tf) goto done;
   memcpy(tf, ids.data, sizeof(int32_t) * (size_t)T);
@@ -109,15 +139,21 @@ static void run_case(const cJSON *c) {
     if (e > worst) worst = e;
     if (mh_argmax(row, V) != ti[0]) top1_bad++;
   }
-  T_CHECK(worst <= REL_TOL, "%s: teacher-forced top-8 logits rel err %.3g", name, worst);
-  T_CHECK(top1_bad == 0, "%s: %d teacher-forced steps with a different top-1", name, top1_bad);
+  if (!rc) {
+    pooled_steps += S;
+    pooled_top1 += S - top1_bad;
+  }
+  if (f32) {
+    T_CHECK(worst <= REL_TOL, "%s: teacher-forced top-8 logits rel err %.3g", name, worst);
+    T_CHECK(top1_bad == 0, "%s: %d teacher-forced steps with a different top-1", name, top1_bad);
+  }
   kv_seq_release(h.kv, &seq2);
   T_CHECK(kv_pool_free_count(h.kv) == kv_pool_total(h.kv), "%s: KV blocks leaked", name);
-  free(tf);
-  printf("%-18s T=%4d audio rows %4d  emb %.2e  logits %.2e  teacher-forced %.2e\n", name, T, rows, e_emb, e_last,
-         worst);
+  printf("%-18s T=%4d audio %4d  emb rel %.2e cos %.6f  last rel %.2e cos %.6f  greedy %s  tf rel %.2e top1 %d/%d\n",
+         name, T, rows, e_emb, c_emb, e_last, c_last, mismatch < 0 ? "same" : "differs", worst, S - top1_bad, S);
 
 done:
+  free(tf);
   free(logits);
   free(got_emb);
   npy_free(&ids);
@@ -131,11 +167,33 @@ done:
 
 int main(int argc, char **argv) {
   es_error_t err;
+  if (argc < 3 || (strcmp(argv[1], "cpu") && strcmp(argv[1], "cuda")) ||
+      (strcmp(argv[2], "float32") && strcmp(argv[2], "bfloat16"))) {
+    fprintf(stderr, "usage: test_model_golden cpu|cuda float32|bfloat16 [CASE]\n");
+    return 2;
+  }
+  int cuda = strcmp(argv[1], "cuda") == 0;
+  DT = strcmp(argv[2], "float32") == 0 ? ES_DT_F32 : ES_DT_BF16;
+  if (!cuda && DT != ES_DT_F32) {
+    fprintf(stderr, "test_model_golden: the CPU backend computes in float32 only\n");
+    return 2;
+  }
+  CREATE = cuda ? es_backend_create_cuda : es_backend_create_cpu;
+  if (cuda) {
+    if (!es_gpu_compiled()) return t_skip("built without CUDA");
+    int count = 0;
+    char why[128] = "";
+    if (es_gpu_count(&count, why, sizeof why, &err) != 0 || count == 0) {
+      char reason[200];
+      snprintf(reason, sizeof reason, "no GPU here (%.150s)", count == 0 && why[0] ? why : err.msg);
+      return t_skip(reason);
+    }
+  }
   if (golden_open(&G, ES_SOURCE_DIR, &err) != 0) {
     fprintf(stderr, "%s\n", err.msg);
     return 1;
   }
-  const char *only = argc > 1 ? argv[1] : NULL;
+  const char *only = argc > 3 ? argv[3] : NULL;
   const cJSON *c;
   cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(G.manifest, "cases")) {
     const char *name = cJSON_GetObjectItemCaseSensitive(c, "name")->valuestring;
@@ -143,5 +201,12 @@ int main(int argc, char **argv) {
     run_case(c);
   }
   golden_close(&G);
+  if (DT == ES_DT_BF16 && !only) {
+    double agree = pooled_steps ? (double)pooled_top1 / pooled_steps : 0.0;
+    printf("bf16: top-1 agreement %d/%d = %.4f over the teacher-forced steps\n", pooled_top1, pooled_steps, agree);
+    T_CHECK(pooled_steps >= BF16_MIN_STEPS, "only %d teacher-forced steps pooled (need >= %d)", pooled_steps,
+            BF16_MIN_STEPS);
+    T_CHECK(agree >= BF16_TOP1, "bf16 top-1 agreement %.4f < %.2f", agree, BF16_TOP1);
+  }
   return t_finish();
 }
