@@ -838,20 +838,22 @@ int eng_submit(eng_t *e, const eng_request_t *q, uint64_t *id, es_error_t *err) 
     uint64_t h = hash_bytes(1469598103934665603ull, &q->long_audio, sizeof q->long_audio);
     r->audio_hash[a] = mix64(hash_bytes(h, q->audios[a].samples, sizeof(float) * q->audios[a].n_samples));
   }
+  /* the p-th placeholder (in prompt order) belongs to the audio whose tokens cover p — the same mapping the
+   * audio rows use — so adjacent audios without separator tokens still get their own identities */
   size_t audio = 0;
-  int in_audio = 0, k = 0;
+  int k = 0, left = q->n_audios ? eng_audio_tokens(q->audios[0].n_samples, q->long_audio) : 0;
   r->last_placeholder = -1;
   for (int i = 0; i < r->n_tokens; i++) {
     if (r->tokens[i] == cfg->audio_token_index) {
-      if (!in_audio && i > 0 && k > 0) { /* a new span: the next audio */
+      while (left == 0 && audio + 1 < q->n_audios) {
         audio++;
         k = 0;
+        left = eng_audio_tokens(q->audios[audio].n_samples, q->long_audio);
       }
-      in_audio = 1;
-      r->ident[i] = mix64(r->audio_hash[audio < q->n_audios ? audio : 0] + (uint64_t)k++);
+      left--;
+      r->ident[i] = mix64(r->audio_hash[audio] + (uint64_t)k++);
       r->last_placeholder = i;
     } else {
-      in_audio = 0;
       r->ident[i] = (uint64_t)(uint32_t)r->tokens[i];
     }
   }

@@ -288,6 +288,68 @@ static void test_prefix(void) {
   T_CHECK(!same(&a, &b), "two different audios gave the same answer (suspicious: shared blocks?)");
 }
 
+/* Two audios back to back with no separator tokens: [bos, 31 text ids, audio A, audio B]. */
+static int submit_adjacent(eng_t *e, int a, int b, sink_t *s, es_error_t *err) {
+  static int32_t ids[4096];
+  int n = 0;
+  ids[n++] = 251;
+  for (int i = 0; i < 31; i++) ids[n++] = 20 + i;
+  eng_request_t q;
+  memset(&q, 0, sizeof q);
+  int which[2] = {a, b};
+  for (int k = 0; k < 2; k++) {
+    npy_array_t *x = &SAMPLES[which[k]];
+    int N = eng_audio_tokens((size_t)x->count, AUDIO_LONG_TRUNCATE);
+    for (int i = 0; i < N; i++) ids[n++] = 250;
+    q.audios[k].samples = malloc(sizeof(float) * (size_t)x->count);
+    memcpy(q.audios[k].samples, x->data, sizeof(float) * (size_t)x->count);
+    q.audios[k].n_samples = (size_t)x->count;
+  }
+  q.n_audios = 2;
+  ids[n++] = 40;
+  q.prompt_ids = ids;
+  q.n_prompt = (size_t)n;
+  smp_params_default(&q.sampling);
+  q.sampling.temperature = 0;
+  q.sampling.max_tokens = 6;
+  q.sampling.ignore_eos = 1;
+  q.callback = on_event;
+  q.callback_ctx = s;
+  uint64_t id;
+  int rc = eng_submit(e, &q, &id, err);
+  if (rc) {
+    free(q.audios[0].samples);
+    free(q.audios[1].samples);
+  }
+  return rc;
+}
+
+/* The prefix cache tells adjacent audios apart by their content, not by separator tokens. */
+static void test_adjacent_audios(void) {
+  rt_t rt;
+  es_error_t err;
+  T_REQUIRE(open_engine(&rt, 4, 0, &err) == 0, "%s", err.msg);
+  sink_t a, b;
+  memset(&a, 0, sizeof a);
+  memset(&b, 0, sizeof b);
+  pthread_mutex_init(&a.mu, NULL);
+  pthread_cond_init(&a.cv, NULL);
+  pthread_mutex_init(&b.mu, NULL);
+  pthread_cond_init(&b.cv, NULL);
+  eng_stats_t s1, s2;
+  /* bell (3 tokens) then espeak wav, and bell then espeak mp3 (both 145 tokens): only the text and the bell
+   * may be shared, i.e. the 2 text blocks (the third block mixes the bell with the second audio) */
+  T_CHECK(submit_adjacent(rt.engine, 0, 2, &a, &err) == 0, "%s", err.msg);
+  sink_wait(&a);
+  eng_get_stats(rt.engine, &s1);
+  T_CHECK(submit_adjacent(rt.engine, 0, 3, &b, &err) == 0, "%s", err.msg);
+  sink_wait(&b);
+  eng_get_stats(rt.engine, &s2);
+  T_CHECK(s2.prefix_hits - s1.prefix_hits == 2, "adjacent audios: %llu blocks shared (2 expected)",
+          (unsigned long long)(s2.prefix_hits - s1.prefix_hits));
+  rt_close(&rt);
+}
+
 int main(void) {
   es_error_t err;
   if (golden_open(&G, ES_SOURCE_DIR, &err)) {
@@ -301,6 +363,7 @@ int main(void) {
   test_cancel();
   test_preemption();
   test_prefix();
+  test_adjacent_audios();
   for (int i = 0; i < N_AUDIO_IDS; i++) npy_free(&SAMPLES[i]);
   golden_close(&G);
   return t_finish();
