@@ -258,8 +258,9 @@ static uint64_t block_hash(const req_t *r, int j, uint64_t prev) {
   return mix64(hash_bytes(h, r->ident + (size_t)j * ES_KV_BLOCK, sizeof(uint64_t) * ES_KV_BLOCK));
 }
 
-/* Shares the cached full blocks of r's known tokens (keeping at least the last token to compute). */
-static void match_prefix(eng_t *e, req_t *r) {
+/* Shares the cached full blocks of r's known tokens (keeping at least the last token to compute); returns
+ * how many full blocks were looked up (*hits of them found). */
+static int match_prefix(eng_t *e, req_t *r, int *hits_out) {
   int max_hit = (r->n_tokens - 1) / ES_KV_BLOCK;
   uint64_t h = 0;
   int hits = 0;
@@ -274,10 +275,8 @@ static void match_prefix(eng_t *e, req_t *r) {
   r->n_computed = hits * ES_KV_BLOCK;
   r->published = hits;
   r->chain = h;
-  pthread_mutex_lock(&e->mu);
-  e->stats.prefix_queries += (uint64_t)max_hit;
-  e->stats.prefix_hits += (uint64_t)hits;
-  pthread_mutex_unlock(&e->mu);
+  *hits_out = hits;
+  return max_hit;
 }
 
 /* Encodes the audio of the requests in list (all admitted, rows allocated), several windows per call. */
@@ -319,7 +318,7 @@ static void admit(eng_t *e) {
   int n_adm = 0;
   while (e->waiting && e->n_running < e->max_seqs && n_adm < 64) {
     req_t *r = e->waiting;
-    match_prefix(e, r);
+    int hits = 0, queried = match_prefix(e, r, &hits);
     int need_audio = r->audio_tokens > 0 && r->n_computed <= r->last_placeholder;
     int blocks = kv_seq_blocks_needed(&r->seq, r->n_tokens);
     int row = need_audio ? pool_alloc(e, r->audio_tokens) : 0;
@@ -332,6 +331,10 @@ static void admit(eng_t *e) {
     }
     e->waiting = r->next;
     r->next = NULL;
+    pthread_mutex_lock(&e->mu); /* counted once per admission, not per attempt */
+    e->stats.prefix_queries += (uint64_t)queried;
+    e->stats.prefix_hits += (uint64_t)hits;
+    pthread_mutex_unlock(&e->mu);
     r->pool_row = row;
     r->pool_rows = need_audio ? r->audio_tokens : 0;
     r->phase = PH_PREFILL;
