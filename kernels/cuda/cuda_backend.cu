@@ -391,9 +391,12 @@ extern "C" int cuda_backend_copy_bandwidth(es_backend_t *be, size_t bytes, int r
   if (e == cudaSuccess) e = cudaMalloc(&b, bytes);
   if (e == cudaSuccess) e = cudaEventCreate(&e0);
   if (e == cudaSuccess) e = cudaEventCreate(&e1);
-  if (e != cudaSuccess)
+  if (e != cudaSuccess) {
     rc = es_cuda_fail(err, e, "copy bandwidth buffers", __FILE__, __LINE__);
-  else
+    // a failed cudaMalloc/cudaEventCreate stays in the thread's last-error state: clear it, or the next op's
+    // ES_CUDA_LAUNCHED (cudaGetLastError) reports it as that op's launch failure (as dev_alloc does)
+    cudaGetLastError();
+  } else
     rc = copy_bw(cb, a, b, bytes, repeats < 1 ? 1 : repeats, e0, e1, bytes_per_s, err);
   cudaStreamSynchronize(cb->stream);
   cudaFree(a);
