@@ -678,6 +678,50 @@ static void test_disconnect(const server_t *s) {
   T_CHECK(metric(s, "vllm:kv_cache_usage_perc") == 0, "KV usage is not 0 after the cancelled request");
 }
 
+/* A NON-streamed request whose client sends it and hangs up after delay_ms: the server notices (socket peek on
+ * its suspended connection) and cancels it; its KV blocks come back. */
+static void test_disconnect_non_stream(const server_t *s) {
+  char p[1200], cmd[2048];
+  snprintf(p, sizeof p, "%s/long-plain.json", SCRATCH);
+  snprintf(cmd, sizeof cmd,
+           "printf '{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":990,"
+           "\"ignore_eos\":true}' > %s",
+           p);
+  sh(cmd, NULL, 0);
+  double cancelled0 = metric(s, "earshot:engine_requests_cancelled_total");
+  size_t blen = 0;
+  char *body = slurp(p, &blen);
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)s->port)};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  int ok = body && fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+  if (ok) {
+    char head[512];
+    int n = snprintf(head, sizeof head,
+                     "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " KEY
+                     "\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
+                     blen);
+    ok = write(fd, head, (size_t)n) == n && write(fd, body, blen) == (ssize_t)blen;
+  }
+  T_CHECK(ok, "could not send the non-streamed request");
+  /* wait until the engine runs it, then hang up without reading anything */
+  for (double t0 = now_s(); now_s() - t0 < 30 && metric(s, "vllm:num_requests_running") < 1; usleep(20000)) {
+  }
+  if (fd >= 0) close(fd);
+  free(body);
+  int freed = 0;
+  double cancelled = -1, running = -1, total = -1, free_blocks = -2;
+  for (double t0 = now_s(); now_s() - t0 < 60 && !freed; usleep(100000)) {
+    cancelled = metric(s, "earshot:engine_requests_cancelled_total");
+    running = metric(s, "vllm:num_requests_running");
+    total = metric(s, "earshot:kv_blocks_total");
+    free_blocks = metric(s, "earshot:kv_blocks_free");
+    freed = cancelled == cancelled0 + 1 && running == 0 && free_blocks == total;
+  }
+  T_CHECK(freed, "after the non-streamed hang-up: cancelled %g (was %g), running %g, KV free %g of %g", cancelled,
+          cancelled0, running, free_blocks, total);
+}
+
 /* n streaming requests at once (background curls); returns how many ended with [DONE] and the expected text. */
 static int concurrent(const server_t *s, int n, double stagger_s, const char *body_path, const char *tag,
                       const char *expect, int *n429, int *retry_after, int *keepalives) {
@@ -844,6 +888,7 @@ int main(int argc, char **argv) {
   test_errors(&s);
   test_openai_client(&s);
   test_disconnect(&s);
+  test_disconnect_non_stream(&s);
   test_concurrency(&s);
   T_CHECK(http(&s, "/health", "", NULL, NULL) == 200, "still healthy after everything");
   T_CHECK(metric(&s, "vllm:num_requests_running") == 0 && metric(&s, "vllm:kv_cache_usage_perc") == 0,
