@@ -42,6 +42,12 @@ static void on_event(void *ctx, const eng_event_t *ev) {
   pthread_mutex_unlock(&s->mu);
 }
 
+static void sink_init(sink_t *s) {
+  memset(s, 0, sizeof *s);
+  pthread_mutex_init(&s->mu, NULL);
+  pthread_cond_init(&s->cv, NULL);
+}
+
 static void sink_reset(sink_t *s) {
   pthread_mutex_lock(&s->mu);
   s->done = s->n = 0;
@@ -137,10 +143,8 @@ static void make_recipes(void) {
     if (r->audio < 0 && r->n_prompt_text == 0) r->n_prompt_text = 3;
   }
   for (int i = 0; i < N_REQ; i++) {
-    pthread_mutex_init(&ALONE[i].mu, NULL);
-    pthread_cond_init(&ALONE[i].cv, NULL);
-    pthread_mutex_init(&BATCH[i].mu, NULL);
-    pthread_cond_init(&BATCH[i].cv, NULL);
+    sink_init(&ALONE[i]);
+    sink_init(&BATCH[i]);
   }
 }
 
@@ -233,12 +237,8 @@ static void test_prefix(void) {
   es_error_t err;
   T_REQUIRE(open_engine(&rt, 4, 0, &err) == 0, "%s", err.msg);
   sink_t a, b;
-  memset(&a, 0, sizeof a);
-  memset(&b, 0, sizeof b);
-  pthread_mutex_init(&a.mu, NULL);
-  pthread_cond_init(&a.cv, NULL);
-  pthread_mutex_init(&b.mu, NULL);
-  pthread_cond_init(&b.cv, NULL);
+  sink_init(&a);
+  sink_init(&b);
   uint64_t id;
   /* the same request twice: the second hits the cache, and answers the same */
   recipe_t r = R[1];
@@ -274,12 +274,8 @@ static void test_prefix(void) {
   rt_close(&rt);
   /* the same two alone on fresh engines (misses) give the same tokens */
   sink_t a2, b2;
-  memset(&a2, 0, sizeof a2);
-  memset(&b2, 0, sizeof b2);
-  pthread_mutex_init(&a2.mu, NULL);
-  pthread_cond_init(&a2.cv, NULL);
-  pthread_mutex_init(&b2.mu, NULL);
-  pthread_cond_init(&b2.cv, NULL);
+  sink_init(&a2);
+  sink_init(&b2);
   T_REQUIRE(open_engine(&rt, 4, 0, &err) == 0, "%s", err.msg);
   T_CHECK(submit(rt.engine, &m, &b2, &id, &err) == 0, "%s", err.msg);
   sink_wait(&b2);
@@ -330,12 +326,8 @@ static void test_adjacent_audios(void) {
   es_error_t err;
   T_REQUIRE(open_engine(&rt, 4, 0, &err) == 0, "%s", err.msg);
   sink_t a, b;
-  memset(&a, 0, sizeof a);
-  memset(&b, 0, sizeof b);
-  pthread_mutex_init(&a.mu, NULL);
-  pthread_cond_init(&a.cv, NULL);
-  pthread_mutex_init(&b.mu, NULL);
-  pthread_cond_init(&b.cv, NULL);
+  sink_init(&a);
+  sink_init(&b);
   eng_stats_t s1, s2;
   /* bell (3 tokens) then espeak wav, and bell then espeak mp3 (both 145 tokens): only the text and the bell
    * may be shared, i.e. the 2 text blocks (the third block mixes the bell with the second audio) */

@@ -621,22 +621,47 @@ static void test_errors(const server_t *s) {
               AUTH "-F file=@" DATA "/speech-espeak.mp3 -F response_format=srt", 400, "response_format");
 }
 
-/* Opens a streaming request on a raw socket, reads until the first content chunk, then hangs up. */
-static int stream_and_hang_up(const server_t *s, const char *body_path) {
+/* Sends the chat request in body_path on a raw socket (so the test controls when it hangs up). Returns the
+ * socket, or -1 (*ok = 0) when it could not be sent. */
+static int send_raw_chat(const server_t *s, const char *body_path, int *ok) {
   size_t blen = 0;
   char *body = slurp(body_path, &blen);
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)s->port)};
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  int ok = body && fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
-  if (ok) {
+  *ok = body && fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+  if (*ok) {
     char head[512];
     int n = snprintf(head, sizeof head,
                      "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " KEY
                      "\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
                      blen);
-    ok = write(fd, head, (size_t)n) == n && write(fd, body, blen) == (ssize_t)blen;
+    *ok = write(fd, head, (size_t)n) == n && write(fd, body, blen) == (ssize_t)blen;
   }
+  free(body);
+  return fd;
+}
+
+/* After a hang-up: waits (<= 60 s) until the engine has cancelled one more request than cancelled0, runs
+ * nothing and has every KV block free again. */
+static void check_cancelled_and_freed(const server_t *s, double cancelled0, const char *what) {
+  int freed = 0;
+  double cancelled = -1, running = -1, total = -1, free_blocks = -2;
+  for (double t0 = now_s(); now_s() - t0 < 60 && !freed; usleep(100000)) {
+    cancelled = metric(s, "earshot:engine_requests_cancelled_total");
+    running = metric(s, "vllm:num_requests_running");
+    total = metric(s, "earshot:kv_blocks_total");
+    free_blocks = metric(s, "earshot:kv_blocks_free");
+    freed = cancelled == cancelled0 + 1 && running == 0 && free_blocks == total;
+  }
+  T_CHECK(freed, "after the %s: cancelled %g (was %g), running %g, KV free %g of %g", what, cancelled, cancelled0,
+          running, free_blocks, total);
+}
+
+/* Opens a streaming request on a raw socket, reads until the first content chunk, then hangs up. */
+static int stream_and_hang_up(const server_t *s, const char *body_path) {
+  int ok;
+  int fd = send_raw_chat(s, body_path, &ok);
   char buf[4096];
   size_t got = 0;
   char *acc = calloc(1, 1 << 16);
@@ -649,7 +674,6 @@ static int stream_and_hang_up(const server_t *s, const char *body_path) {
   }
   int saw = acc && strstr(acc, "\"delta\":{\"content\"") != NULL;
   free(acc);
-  free(body);
   if (fd >= 0) close(fd);
   return ok && saw;
 }
@@ -664,17 +688,7 @@ static void test_disconnect(const server_t *s) {
   sh(cmd, NULL, 0);
   double cancelled0 = metric(s, "earshot:engine_requests_cancelled_total");
   T_CHECK(stream_and_hang_up(s, p), "the stream never produced a token before the hang-up");
-  int freed = 0;
-  double cancelled = -1, running = -1, total = -1, free_blocks = -2;
-  for (double t0 = now_s(); now_s() - t0 < 60 && !freed; usleep(100000)) {
-    cancelled = metric(s, "earshot:engine_requests_cancelled_total");
-    running = metric(s, "vllm:num_requests_running");
-    total = metric(s, "earshot:kv_blocks_total");
-    free_blocks = metric(s, "earshot:kv_blocks_free");
-    freed = cancelled == cancelled0 + 1 && running == 0 && free_blocks == total;
-  }
-  T_CHECK(freed, "after the hang-up: cancelled %g (was %g), running %g, KV free %g of %g", cancelled, cancelled0,
-          running, free_blocks, total);
+  check_cancelled_and_freed(s, cancelled0, "hang-up");
   T_CHECK(metric(s, "vllm:kv_cache_usage_perc") == 0, "KV usage is not 0 after the cancelled request");
 }
 
@@ -689,37 +703,14 @@ static void test_disconnect_non_stream(const server_t *s) {
            p);
   sh(cmd, NULL, 0);
   double cancelled0 = metric(s, "earshot:engine_requests_cancelled_total");
-  size_t blen = 0;
-  char *body = slurp(p, &blen);
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)s->port)};
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  int ok = body && fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
-  if (ok) {
-    char head[512];
-    int n = snprintf(head, sizeof head,
-                     "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " KEY
-                     "\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
-                     blen);
-    ok = write(fd, head, (size_t)n) == n && write(fd, body, blen) == (ssize_t)blen;
-  }
+  int ok;
+  int fd = send_raw_chat(s, p, &ok);
   T_CHECK(ok, "could not send the non-streamed request");
   /* wait until the engine runs it, then hang up without reading anything */
   for (double t0 = now_s(); now_s() - t0 < 30 && metric(s, "vllm:num_requests_running") < 1; usleep(20000)) {
   }
   if (fd >= 0) close(fd);
-  free(body);
-  int freed = 0;
-  double cancelled = -1, running = -1, total = -1, free_blocks = -2;
-  for (double t0 = now_s(); now_s() - t0 < 60 && !freed; usleep(100000)) {
-    cancelled = metric(s, "earshot:engine_requests_cancelled_total");
-    running = metric(s, "vllm:num_requests_running");
-    total = metric(s, "earshot:kv_blocks_total");
-    free_blocks = metric(s, "earshot:kv_blocks_free");
-    freed = cancelled == cancelled0 + 1 && running == 0 && free_blocks == total;
-  }
-  T_CHECK(freed, "after the non-streamed hang-up: cancelled %g (was %g), running %g, KV free %g of %g", cancelled,
-          cancelled0, running, free_blocks, total);
+  check_cancelled_and_freed(s, cancelled0, "non-streamed hang-up");
 }
 
 /* n streaming requests at once (background curls); returns how many ended with [DONE] and the expected text. */
