@@ -763,7 +763,8 @@ void eng_stop(eng_t *e) {
   free(e);
 }
 
-static int validate(eng_t *e, const eng_request_t *q, int *audio_tokens, es_error_t *err) {
+/* Checks a request; *audio_tokens gets the total and per_audio[a] each audio's tokens. */
+static int validate(eng_t *e, const eng_request_t *q, int *audio_tokens, int *per_audio, es_error_t *err) {
   const model_config_t *cfg = qa_model_config(e->opts.model);
   const qa_model_opts_t *mo = qa_model_opts(e->opts.model);
   if (!q->callback) return es_fail(err, ES_EINVAL, "request: no callback");
@@ -782,7 +783,7 @@ static int validate(eng_t *e, const eng_request_t *q, int *audio_tokens, es_erro
   for (size_t a = 0; a < q->n_audios; a++) {
     if (!q->audios[a].samples || q->audios[a].n_samples == 0)
       return es_fail(err, ES_EINVAL, "audio %zu: no samples", a + 1);
-    int n = eng_audio_tokens(q->audios[a].n_samples, q->long_audio);
+    int n = per_audio[a] = eng_audio_tokens(q->audios[a].n_samples, q->long_audio);
     if (n == 0)
       return es_fail(err, ES_EINVAL,
                      "audio %zu is too short: %zu samples (%.1f ms) give no audio token; at least 321 samples "
@@ -813,8 +814,8 @@ static int validate(eng_t *e, const eng_request_t *q, int *audio_tokens, es_erro
 }
 
 int eng_submit(eng_t *e, const eng_request_t *q, uint64_t *id, es_error_t *err) {
-  int audio_tokens = 0;
-  int rc = validate(e, q, &audio_tokens, err);
+  int audio_tokens = 0, per_audio[ENG_MAX_AUDIOS];
+  int rc = validate(e, q, &audio_tokens, per_audio, err);
   if (rc) return rc;
   const model_config_t *cfg = qa_model_config(e->opts.model);
   req_t *r = calloc(1, sizeof *r);
@@ -844,14 +845,14 @@ int eng_submit(eng_t *e, const eng_request_t *q, uint64_t *id, es_error_t *err) 
   /* the p-th placeholder (in prompt order) belongs to the audio whose tokens cover p — the same mapping the
    * audio rows use — so adjacent audios without separator tokens still get their own identities */
   size_t audio = 0;
-  int k = 0, left = q->n_audios ? eng_audio_tokens(q->audios[0].n_samples, q->long_audio) : 0;
+  int k = 0, left = q->n_audios ? per_audio[0] : 0;
   r->last_placeholder = -1;
   for (int i = 0; i < r->n_tokens; i++) {
     if (r->tokens[i] == cfg->audio_token_index) {
       while (left == 0 && audio + 1 < q->n_audios) {
         audio++;
         k = 0;
-        left = eng_audio_tokens(q->audios[audio].n_samples, q->long_audio);
+        left = per_audio[audio];
       }
       left--;
       r->ident[i] = mix64(r->audio_hash[audio] + (uint64_t)k++);
