@@ -492,15 +492,20 @@ static int bench_model(int argc, char **argv) {
   printf("  weight-streaming limit                        %10.3f ms  (%.2f GB of decoder weights / %.0f GB/s copy)\n",
          limit_ms, mbytes / 1e9, bw / 1e9);
   printf("  decode at %.1f%% of the weight-streaming limit\n", step_ms > 0 ? 100.0 * limit_ms / step_ms : 0.0);
+  qa_graph_stats_t gs;
+  qa_model_graph_stats(bm.m, &gs);
+  printf("  steps: %lld graph replays (%lld recorded), %lld padded op by op, %lld unpadded%s\n", (long long)gs.replays,
+         (long long)gs.records, (long long)gs.padded_eager, (long long)gs.eager,
+         es_backend_graphs_supported(bm.be) ? "" : " (no step graphs on this backend)");
   if (json)
     printf("{\"bench\": \"model\", \"backend\": \"%s\", \"dtype\": \"%s\", \"dummy_weights\": %s, \"batch\": %d, "
            "\"audio_seconds\": %.3f, \"audio_tokens\": %d, \"prompt_tokens\": %d, \"output_tokens\": %d, "
            "\"warmup\": %d, \"repeats\": %d, \"load_s\": %.3f, \"ttft_ms\": %.4f, \"decode_ms_per_step\": %.4f, "
            "\"decode_tokens_per_s\": %.3f, \"decoder_weight_bytes\": %.0f, \"copy_bytes_per_s\": %.0f, "
-           "\"limit_ms_per_step\": %.4f, \"fraction_of_limit\": %.4f}\n",
+           "\"limit_ms_per_step\": %.4f, \"fraction_of_limit\": %.4f, \"graph_replays\": %lld}\n",
            es_backend_name(bm.be), es_dtype_name(es_backend_act_dtype(bm.be)), ro.dummy_weights ? "true" : "false", B, seconds, N,
            P, n_out, warmup, repeats, load_s, ttft_ms, step_ms, B * 1e3 / step_ms, mbytes, bw, limit_ms,
-           step_ms > 0 ? limit_ms / step_ms : 0.0);
+           step_ms > 0 ? limit_ms / step_ms : 0.0, (long long)gs.replays);
   rc = 0;
 done:
   if (rc) fprintf(stderr, "earshot bench model: %s\n", err.msg);

@@ -56,8 +56,15 @@ static int track(es_backend_t *be, int rc) {
                                        (be)->name);                                                              \
   } while (0)
 
+/* Host transfers, allocation and sync would not be part of a recorded graph: refused while recording. */
+#define NOT_RECORDING(be, what, err)                                                                            \
+  do {                                                                                                          \
+    if ((be)->recording) return es_fail((err), ES_EINTERNAL, "%s: %s while recording a graph", (be)->name, what); \
+  } while (0)
+
 int es_backend_alloc(es_backend_t *be, size_t bytes, void **out, es_error_t *err) {
   CHECK_HEALTHY(be, err);
+  NOT_RECORDING(be, "allocation", err);
   if (be->in_step) return es_fail(err, ES_EINTERNAL, "%s: allocation inside a step", be->name);
   return track(be, be->ops->alloc(be, bytes, out, err));
 }
@@ -65,6 +72,7 @@ int es_backend_alloc(es_backend_t *be, size_t bytes, void **out, es_error_t *err
 int es_backend_upload_weight(es_backend_t *be, const void *host, es_dtype_t src_dtype, int64_t n0, int64_t n1,
                              es_weight_t *out, es_error_t *err) {
   CHECK_HEALTHY(be, err);
+  NOT_RECORDING(be, "weight upload", err);
   if (be->in_step) return es_fail(err, ES_EINTERNAL, "%s: weight upload inside a step", be->name);
   if (n0 < 1 || n1 < 1) return es_fail(err, ES_EINVAL, "%s: weight shape [%lld, %lld]", be->name, (long long)n0,
                                        (long long)n1);
@@ -73,22 +81,27 @@ int es_backend_upload_weight(es_backend_t *be, const void *host, es_dtype_t src_
 
 int es_backend_write(es_backend_t *be, void *dst, const void *src, size_t bytes, es_error_t *err) {
   CHECK_HEALTHY(be, err);
+  NOT_RECORDING(be, "es_backend_write", err);
   return track(be, be->ops->write(be, dst, src, bytes, err));
 }
 int es_backend_read(es_backend_t *be, void *dst, const void *src, size_t bytes, es_error_t *err) {
   CHECK_HEALTHY(be, err);
+  NOT_RECORDING(be, "es_backend_read", err);
   return track(be, be->ops->read(be, dst, src, bytes, err));
 }
 int es_backend_write_act(es_backend_t *be, void *dst, const float *src, size_t count, es_error_t *err) {
   CHECK_HEALTHY(be, err);
+  NOT_RECORDING(be, "es_backend_write_act", err);
   return track(be, be->ops->write_act(be, dst, src, count, err));
 }
 int es_backend_read_act(es_backend_t *be, float *dst, const void *src, size_t count, es_error_t *err) {
   CHECK_HEALTHY(be, err);
+  NOT_RECORDING(be, "es_backend_read_act", err);
   return track(be, be->ops->read_act(be, dst, src, count, err));
 }
 int es_backend_sync(es_backend_t *be, es_error_t *err) {
   CHECK_HEALTHY(be, err);
+  NOT_RECORDING(be, "es_backend_sync", err);
   return track(be, be->ops->sync(be, err));
 }
 
@@ -123,7 +136,17 @@ static int validate_batch(const es_backend_t *be, const es_batch_t *b, es_error_
   if (b->q_start[0] != 0 || b->q_start[b->n_seqs] != b->n_tokens)
     return es_fail(err, ES_EINVAL, "batch: q_start must run from 0 to n_tokens");
   int64_t slots = (int64_t)be->kv_blocks * ES_KV_BLOCK;
-  for (int s = 0; s < b->n_seqs; s++) {
+  if (b->n_pad < 0 || b->n_pad >= b->n_seqs)
+    return es_fail(err, ES_EINVAL, "batch: %d padding sequences of %d", b->n_pad, b->n_seqs);
+  for (int s = b->n_seqs - b->n_pad; s < b->n_seqs; s++) {
+    int32_t q0 = b->q_start[s];
+    if (b->q_start[s + 1] != q0 + 1 || b->ctx_len[s] != 1 || b->positions[q0] != 0 || b->slot[q0] != 0)
+      return es_fail(err, ES_EINVAL, "batch: padding sequence %d must be one token at position 0 in slot 0", s);
+    for (int32_t j = 0; j < b->max_blocks; j++)
+      if (b->block_table[(int64_t)s * b->max_blocks + j] != 0)
+        return es_fail(err, ES_EINVAL, "batch: padding sequence %d must use only the scratch block 0", s);
+  }
+  for (int s = 0; s < b->n_seqs - b->n_pad; s++) {
     int32_t q0 = b->q_start[s], q1 = b->q_start[s + 1], ctx = b->ctx_len[s];
     if (q1 <= q0) return es_fail(err, ES_EINVAL, "batch: sequence %d has no new tokens", s);
     if (ctx < q1 - q0 || (int64_t)ctx > (int64_t)b->max_blocks * ES_KV_BLOCK)
@@ -150,6 +173,7 @@ static int validate_batch(const es_backend_t *be, const es_batch_t *b, es_error_
 
 int es_backend_begin_step(es_backend_t *be, const es_batch_t *batch, es_error_t *err) {
   CHECK_HEALTHY(be, err);
+  NOT_RECORDING(be, "begin_step", err);
   if (be->in_step) return es_fail(err, ES_EINTERNAL, "%s: begin_step inside a step", be->name);
   if (!be->kv_blocks) return es_fail(err, ES_EINTERNAL, "%s: step before the KV cache exists", be->name);
   int rc = validate_batch(be, batch, err);
@@ -179,6 +203,10 @@ int es_backend_begin_step(es_backend_t *be, const es_batch_t *batch, es_error_t 
 
 int es_backend_end_step(es_backend_t *be, es_error_t *err) {
   if (!be->in_step) return es_fail(err, ES_EINTERNAL, "%s: end_step without begin_step", be->name);
+  if (be->recording) {
+    es_backend_graph_abort(be);
+    return es_fail(err, ES_EINTERNAL, "%s: end_step while recording a graph (discarded)", be->name);
+  }
   be->in_step = 0;
   return ES_OK;
 }
@@ -302,4 +330,49 @@ int es_op_logits(es_backend_t *be, float *logits, const void *x, const es_weight
   CHECK_HEALTHY(be, err);
   NEED(M >= 1, "logits: no rows");
   return track(be, be->ops->logits(be, logits, x, w, M, err));
+}
+
+/* ---- step graphs --------------------------------------------------------------------------------------- */
+
+int es_backend_graphs_supported(const es_backend_t *be) {
+  return be->healthy && be->ops->graphs_supported && be->ops->graphs_supported(be);
+}
+
+int es_backend_graph_begin(es_backend_t *be, es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  if (!es_backend_graphs_supported(be)) return es_fail(err, ES_EUNSUPPORTED, "%s: no step graphs", be->name);
+  NEED_STEP(be, "graph_begin");
+  NOT_RECORDING(be, "graph_begin", err);
+  int rc = track(be, be->ops->graph_begin(be, err));
+  if (!rc) be->recording = 1;
+  return rc;
+}
+
+int es_backend_graph_end(es_backend_t *be, int key, es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  if (!be->recording) return es_fail(err, ES_EINTERNAL, "%s: graph_end without graph_begin", be->name);
+  if (key < 0 || key >= ES_GRAPH_MAX_KEYS) {
+    es_backend_graph_abort(be);
+    return es_fail(err, ES_EINVAL, "%s: graph key %d outside [0, %d)", be->name, key, ES_GRAPH_MAX_KEYS);
+  }
+  be->recording = 0;
+  return track(be, be->ops->graph_end(be, key, err));
+}
+
+void es_backend_graph_abort(es_backend_t *be) {
+  if (!be->recording) return;
+  be->recording = 0;
+  if (be->ops->graph_abort) be->ops->graph_abort(be);
+}
+
+int es_backend_graph_has(const es_backend_t *be, int key) {
+  return key >= 0 && key < ES_GRAPH_MAX_KEYS && es_backend_graphs_supported(be) && be->ops->graph_has(be, key);
+}
+
+int es_backend_graph_launch(es_backend_t *be, int key, es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  NEED_STEP(be, "graph_launch");
+  NOT_RECORDING(be, "graph_launch", err);
+  if (!es_backend_graph_has(be, key)) return es_fail(err, ES_EINVAL, "%s: no graph %d recorded", be->name, key);
+  return track(be, be->ops->graph_launch(be, key, err));
 }

@@ -91,6 +91,9 @@ typedef struct {
   const int32_t *slot;        /* [n_tokens] KV cache slot of each row */
   const int32_t *block_table; /* [n_seqs][max_blocks] block ids; entries past a sequence's length unused */
   int32_t max_blocks;         /* row stride of block_table */
+  int32_t n_pad;              /* the last n_pad sequences are padding (a recorded graph's fixed batch size):
+                                 one token each, position 0, ctx_len 1, slot 0 and block-table row all 0 (the
+                                 scratch block); their outputs are garbage and never read */
 } es_batch_t;
 
 /* Options a backend is created with. */
@@ -248,6 +251,36 @@ int es_op_scatter_rows(es_backend_t *be, void *y, const void *x, const int32_t *
 /* logits[M, V] (an fp32 device buffer; es_backend_read brings it to the host) = x[M, C] · w[V, C]ᵀ.
  * Separate from es_op_linear because logits are always fp32, whatever the compute dtype. */
 int es_op_logits(es_backend_t *be, float *logits, const void *x, const es_weight_t *w, int64_t M, es_error_t *err);
+
+/* ---- step graphs (CUDA part 3) --------------------------------------------------------------------------
+ * A backend that can (CUDA) records the ops of a step into a graph once and replays it on later steps, so a
+ * decode step costs one launch instead of hundreds. The model records one graph per decode batch-size bucket
+ * (1, 2, 4 ... 64 sequences, padded: see qwen2audio.c) under a small integer key.
+ *
+ * The contract that makes a replay correct: every op of a recorded step must be called at replay time with
+ * the same host-side arguments (pointers, M, shapes) — the model pads the batch to the bucket so they are —
+ * and everything that changes between steps (positions, slots, context lengths, block tables, token ids,
+ * logit rows) lives in device buffers written BEFORE the replay (es_backend_begin_step's batch arrays,
+ * es_backend_write). A backend reports support only when every op it would record reads its lengths on the
+ * device and chooses its grids from the host arguments alone.
+ *
+ * Between es_backend_graph_begin and es_backend_graph_end nothing runs on the device; host transfers,
+ * allocation and sync are refused. A failed op while recording must be followed by es_backend_graph_abort.
+ * Recording and replay happen inside a step (between begin_step and end_step).
+ * EARSHOT_CUDA_GRAPHS=0 in the environment turns graphs off (for bisecting and for measuring their gain).
+ * ------------------------------------------------------------------------------------------------------ */
+#define ES_GRAPH_MAX_KEYS 16
+
+/* 1 when the backend records and replays graphs (CUDA, bf16 with the fast attention, not disabled). */
+int es_backend_graphs_supported(const es_backend_t *be);
+int es_backend_graph_begin(es_backend_t *be, es_error_t *err);
+/* Ends the recording and keeps it as graph key (0 <= key < ES_GRAPH_MAX_KEYS), replacing an older one. */
+int es_backend_graph_end(es_backend_t *be, int key, es_error_t *err);
+/* Ends a recording without keeping it (after a failed op); safe to call when not recording. */
+void es_backend_graph_abort(es_backend_t *be);
+int es_backend_graph_has(const es_backend_t *be, int key);
+/* Replays graph key on the device, in order after everything queued before. */
+int es_backend_graph_launch(es_backend_t *be, int key, es_error_t *err);
 
 #ifdef __cplusplus
 }

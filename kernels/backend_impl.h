@@ -52,6 +52,13 @@ typedef struct {
   int (*scatter_rows)(es_backend_t *be, void *y, const void *x, const int32_t *idx, int64_t M, int64_t C,
                       es_error_t *err);
   int (*logits)(es_backend_t *be, float *logits, const void *x, const es_weight_t *w, int64_t M, es_error_t *err);
+  /* step graphs: NULL when the backend has none (the CPU) */
+  int (*graphs_supported)(const es_backend_t *be);
+  int (*graph_begin)(es_backend_t *be, es_error_t *err);
+  int (*graph_end)(es_backend_t *be, int key, es_error_t *err);
+  void (*graph_abort)(es_backend_t *be);
+  int (*graph_has)(const es_backend_t *be, int key);
+  int (*graph_launch)(es_backend_t *be, int key, es_error_t *err);
 } es_backend_ops_t;
 
 /* The common part of every backend; implementations embed it as their first member. */
@@ -66,6 +73,7 @@ struct es_backend {
   int32_t *batch_mem; /* host storage for the arrays of batch, sized from opts */
   /* KV pool geometry, set by es_backend_kv_init */
   int kv_layers, kv_blocks, kv_heads, kv_head_dim;
+  int recording; /* between es_backend_graph_begin and graph_end / graph_abort */
 };
 
 /* Called by implementations' create functions after filling ops/name/act_dtype/opts. */

@@ -82,6 +82,15 @@ struct qa_model {
   float *mel_t;     /* [B*3000*128] transposed mel */
   int32_t *idx_h;   /* [max(B*750, T, 1500)] */
   int32_t *idx2_h;  /* [max(B*750, T, 1500)] */
+
+  /* decode buckets (see "decode steps as graphs" below): the padded batch, host copies; pad_cap = 0 when
+   * decode steps are never padded */
+  int pad_cap;                                        /* the largest bucket */
+  int32_t *pad_q_start, *pad_ctx, *pad_pos, *pad_slot; /* [pad_cap + 1], [pad_cap] ... */
+  int32_t *pad_ids, *pad_lrows;                       /* [pad_cap] */
+  int32_t *pad_table;                                 /* [pad_cap][max_blocks_per_seq] */
+  unsigned char warm[ES_GRAPH_MAX_KEYS];              /* bucket ran once eagerly: its GEMM plans exist */
+  qa_graph_stats_t gstats;
 };
 
 /* ---- weights ------------------------------------------------------------------------------------------- */
@@ -357,6 +366,22 @@ static int alloc_buffers(qa_model_t *m, es_error_t *err) {
   m->idx_h = malloc(sizeof(int32_t) * idx_n);
   m->idx2_h = malloc(sizeof(int32_t) * idx_n);
   if (!m->mel_t || !m->idx_h || !m->idx2_h) return es_fail(err, ES_ENOMEM, "model: host scratch");
+  if (es_backend_graphs_supported(be) || m->opts.decode_buckets) {
+    int cap = QA_MAX_BUCKET;
+    while (cap > m->opts.max_seqs || cap > m->opts.max_tokens || cap > m->opts.max_logit_rows) cap /= 2;
+    size_t n = (size_t)cap;
+    m->pad_cap = cap;
+    m->pad_q_start = malloc(sizeof(int32_t) * (n + 1));
+    m->pad_ctx = malloc(sizeof(int32_t) * n);
+    m->pad_pos = malloc(sizeof(int32_t) * n);
+    m->pad_slot = malloc(sizeof(int32_t) * n);
+    m->pad_ids = malloc(sizeof(int32_t) * n);
+    m->pad_lrows = malloc(sizeof(int32_t) * n);
+    m->pad_table = malloc(sizeof(int32_t) * n * (size_t)m->opts.max_blocks_per_seq);
+    if (!m->pad_q_start || !m->pad_ctx || !m->pad_pos || !m->pad_slot || !m->pad_ids || !m->pad_lrows ||
+        !m->pad_table)
+      return es_fail(err, ES_ENOMEM, "model: host scratch");
+  }
   /* the positional table, widened once to the activation dtype by gathering its rows 0..1499 */
   for (int i = 0; i < ENC_POS; i++) m->idx_h[i] = i;
   int rc = es_backend_write(be, m->enc_idx, m->idx_h, sizeof(int32_t) * ENC_POS, err);
@@ -382,6 +407,8 @@ int qa_model_open(es_backend_t *be, const model_config_t *cfg, const ckpt_t *ck,
   m->cfg = *cfg;
   m->opts = *opts;
   m->be = be;
+  const char *buckets = getenv("EARSHOT_DECODE_BUCKETS"); /* "1": as opts.decode_buckets (tests of the padding) */
+  if (buckets && strcmp(buckets, "1") == 0) m->opts.decode_buckets = 1;
   m->enc = calloc((size_t)cfg->encoder_layers, sizeof(enc_layer_t));
   m->dec = calloc((size_t)cfg->num_hidden_layers, sizeof(dec_layer_t));
   int rc;
@@ -411,12 +438,20 @@ void qa_model_close(qa_model_t *m) {
   free(m->mel_t);
   free(m->idx_h);
   free(m->idx2_h);
+  free(m->pad_q_start);
+  free(m->pad_ctx);
+  free(m->pad_pos);
+  free(m->pad_slot);
+  free(m->pad_ids);
+  free(m->pad_lrows);
+  free(m->pad_table);
   free(m);
 }
 
 const model_config_t *qa_model_config(const qa_model_t *m) { return &m->cfg; }
 es_backend_t *qa_model_backend(const qa_model_t *m) { return m->be; }
 const qa_model_opts_t *qa_model_opts(const qa_model_t *m) { return &m->opts; }
+void qa_model_graph_stats(const qa_model_t *m, qa_graph_stats_t *out) { *out = m->gstats; }
 
 int qa_audio_tokens_for_frames(int frames) {
   if (frames <= 0) return 0;
@@ -514,6 +549,138 @@ int qa_read_audio_rows(qa_model_t *m, int row, int n, float *out, es_error_t *er
 
 /* ---- decoder step -------------------------------------------------------------------------------------- */
 
+/* ---- the decoder step ----------------------------------------------------------------------------------- */
+
+/* The decoder ops of one step, from ids already on the device (ids_dev; audio rows in asrc_dev/adst_dev,
+ * logit rows in lrows_dev) to fp32 logits in logits_dev. Host arguments depend only on (T, n_audio,
+ * n_logits): a recorded graph of this function stays valid for every step with the same three. */
+static int decoder_forward(qa_model_t *m, int T, int n_audio, int n_logits, es_error_t *err) {
+  const model_config_t *c = &m->cfg;
+  es_backend_t *be = m->be;
+  int64_t E = c->hidden_size, I = c->intermediate_size;
+  int H = c->num_attention_heads, D = c->head_dim, KVH = c->num_key_value_heads;
+  int64_t KVW = (int64_t)KVH * D;
+  float eps = (float)c->rms_norm_eps, theta = (float)c->rope_theta;
+  float scale = 1.0f / sqrtf((float)D);
+  int rc;
+  /* token embeddings, then the audio rows over the placeholders (the embedding row of <|AUDIO|> itself is
+   * never used, as in transformers' masked_scatter) */
+  if ((rc = es_op_embed(be, m->h, &m->embed, m->ids_dev, T, err))) return rc;
+  if (n_audio) {
+    if ((rc = es_op_gather_rows(be, m->arows, m->audio_pool, m->asrc_dev, n_audio, E, err)) ||
+        (rc = es_op_scatter_rows(be, m->h, m->arows, m->adst_dev, n_audio, E, err)))
+      return rc;
+  }
+  const void *add = NULL; /* the previous layer's MLP output, added to the residual by the next norm */
+  for (int l = 0; l < c->num_hidden_layers; l++) {
+    const dec_layer_t *d = &m->dec[l];
+    if ((rc = es_op_rms_norm(be, m->x, m->h, add, &d->in_norm, T, E, eps, err)) ||
+        (rc = es_op_linear(be, m->q, E, m->x, E, &d->wq, &d->bq, T, ES_ACT_NONE, 0, err)) ||
+        (rc = es_op_linear(be, m->k, KVW, m->x, E, &d->wk, &d->bk, T, ES_ACT_NONE, 0, err)) ||
+        (rc = es_op_linear(be, m->v, KVW, m->x, E, &d->wv, &d->bv, T, ES_ACT_NONE, 0, err)) ||
+        (rc = es_op_rope_kv_store(be, l, m->q, E, m->k, KVW, m->v, KVW, H, D, theta, err)) ||
+        (rc = es_op_attention_paged(be, l, m->att, m->q, E, H, D, scale, err)) ||
+        (rc = es_op_linear(be, m->o, E, m->att, E, &d->wo, NULL, T, ES_ACT_NONE, 0, err)) ||
+        (rc = es_op_rms_norm(be, m->x, m->h, m->o, &d->post_norm, T, E, eps, err)) ||
+        (rc = es_op_linear(be, m->gate, I, m->x, E, &d->wg, NULL, T, ES_ACT_NONE, 0, err)) ||
+        (rc = es_op_linear(be, m->up, I, m->x, E, &d->wu, NULL, T, ES_ACT_NONE, 0, err)) ||
+        (rc = es_op_silu_mul(be, m->act, m->gate, m->up, I, T, I, err)) ||
+        (rc = es_op_linear(be, m->o, E, m->act, I, &d->wd, NULL, T, ES_ACT_NONE, 0, err)))
+      return es_error_prefix(err, "decoder layer %d: ", l);
+    add = m->o;
+  }
+  if ((rc = es_op_rms_norm(be, m->x, m->h, add, &m->norm, T, E, eps, err))) return rc;
+  if (n_logits > 0 && ((rc = es_op_gather_rows(be, m->xl, m->x, m->lrows_dev, n_logits, E, err)) ||
+                       (rc = es_op_logits(be, m->logits_dev, m->xl, &m->lm_head, n_logits, err))))
+    return rc;
+  return ES_OK;
+}
+
+/* ---- decode steps as graphs -----------------------------------------------------------------------------
+ * A step in which every sequence decodes one token, with no audio rows and one logit row per sequence in
+ * order, is padded to the next bucket (1, 2, 4 ... QA_MAX_BUCKET sequences): the padding sequences decode
+ * token 0 at position 0 into the scratch block (es_batch_t.n_pad) and their logits are never read. Every op
+ * of a padded step then has the same host arguments for every step of its bucket, so on a backend with step
+ * graphs the bucket's ops are recorded once and replayed (backend.h). The first step of a bucket runs
+ * eagerly (creating the GEMM plans the recording needs), the second records and replays, later ones replay.
+ * The block-table stride of a padded step is always max_blocks_per_seq (a recorded kernel's argument).
+ * With opts.decode_buckets and no graph support the padding alone runs (tests: padding must not change a
+ * real row's result, bit for bit on the batch-invariant CPU backend). */
+
+static int bucket_of(const qa_model_t *m, const es_batch_t *b, int n_audio, const int32_t *logit_rows, int n_logits) {
+  if (!m->pad_cap || n_audio || b->n_pad || b->n_tokens != b->n_seqs || n_logits != b->n_seqs ||
+      b->n_seqs > m->pad_cap || b->max_blocks > m->opts.max_blocks_per_seq)
+    return 0;
+  for (int i = 0; i < n_logits; i++)
+    if (logit_rows[i] != i) return 0;
+  int B = 1;
+  while (B < b->n_seqs) B *= 2;
+  return B;
+}
+
+static int key_of_bucket(int B) {
+  int k = 0;
+  while ((1 << k) < B) k++;
+  return k;
+}
+
+/* The padded copy of a decode step's batch, in the model's pad_* arrays. */
+static es_batch_t pad_batch(qa_model_t *m, const es_batch_t *b, const int32_t *ids, int B) {
+  const int n = b->n_seqs, stride = m->opts.max_blocks_per_seq;
+  for (int s = 0; s < B; s++) {
+    const int real = s < n;
+    m->pad_q_start[s] = s;
+    m->pad_ctx[s] = real ? b->ctx_len[s] : 1;
+    m->pad_pos[s] = real ? b->positions[s] : 0;
+    m->pad_slot[s] = real ? b->slot[s] : 0;
+    m->pad_ids[s] = real ? ids[s] : 0;
+    m->pad_lrows[s] = s;
+    int32_t *row = m->pad_table + (size_t)s * (size_t)stride;
+    memset(row, 0, sizeof(int32_t) * (size_t)stride);
+    if (real) memcpy(row, b->block_table + (size_t)s * (size_t)b->max_blocks, sizeof(int32_t) * (size_t)b->max_blocks);
+  }
+  m->pad_q_start[B] = B;
+  es_batch_t p = {.n_seqs = B,
+                  .n_tokens = B,
+                  .q_start = m->pad_q_start,
+                  .ctx_len = m->pad_ctx,
+                  .positions = m->pad_pos,
+                  .slot = m->pad_slot,
+                  .block_table = m->pad_table,
+                  .max_blocks = stride,
+                  .n_pad = B - n};
+  return p;
+}
+
+/* Runs decoder_forward for a padded bucket of B rows: replayed, recorded, or eagerly (see above). */
+static int forward_bucket(qa_model_t *m, int B, es_error_t *err) {
+  es_backend_t *be = m->be;
+  const int key = key_of_bucket(B);
+  int rc;
+  if (!es_backend_graphs_supported(be) || key >= ES_GRAPH_MAX_KEYS) {
+    m->gstats.padded_eager++;
+    return decoder_forward(m, B, 0, B, err);
+  }
+  if (es_backend_graph_has(be, key)) {
+    m->gstats.replays++;
+    return es_backend_graph_launch(be, key, err);
+  }
+  if (!m->warm[key]) {
+    m->warm[key] = 1;
+    m->gstats.padded_eager++;
+    return decoder_forward(m, B, 0, B, err);
+  }
+  if ((rc = es_backend_graph_begin(be, err))) return rc;
+  if ((rc = decoder_forward(m, B, 0, B, err))) {
+    es_backend_graph_abort(be);
+    return es_error_prefix(err, "recording the decode graph of %d sequences: ", B);
+  }
+  if ((rc = es_backend_graph_end(be, key, err))) return rc;
+  m->gstats.records++;
+  m->gstats.replays++;
+  return es_backend_graph_launch(be, key, err);
+}
+
 int qa_step(qa_model_t *m, const es_batch_t *batch, const int32_t *ids, const int32_t *audio_row,
             const int32_t *logit_rows, int n_logits, float *logits, es_error_t *err) {
   const model_config_t *c = &m->cfg;
@@ -542,58 +709,33 @@ int qa_step(qa_model_t *m, const es_batch_t *batch, const int32_t *ids, const in
     if (logit_rows[r] < 0 || logit_rows[r] >= T)
       return es_fail(err, ES_EINVAL, "step: logit row %d outside the step's %d rows", logit_rows[r], T);
 
-  int64_t E = c->hidden_size, I = c->intermediate_size, V = c->vocab_size;
-  int H = c->num_attention_heads, D = c->head_dim, KVH = c->num_key_value_heads;
-  int64_t KVW = (int64_t)KVH * D;
-  if (KVH != H) return es_fail(err, ES_EUNSUPPORTED, "step: grouped-query attention is not supported");
-  float eps = (float)c->rms_norm_eps, theta = (float)c->rope_theta;
-  float scale = 1.0f / sqrtf((float)D);
+  const int64_t V = c->vocab_size;
+  if (c->num_key_value_heads != c->num_attention_heads)
+    return es_fail(err, ES_EUNSUPPORTED, "step: grouped-query attention is not supported");
 
-  int rc = es_backend_begin_step(be, batch, err);
-  if (rc) return rc;
-  /* token embeddings, then the audio rows over the placeholders (the embedding row of <|AUDIO|> itself is
-   * never used, as in transformers' masked_scatter) */
-  if ((rc = es_backend_write(be, m->ids_dev, ids, sizeof(int32_t) * (size_t)T, err)) ||
-      (rc = es_op_embed(be, m->h, &m->embed, m->ids_dev, T, err)))
-    goto done;
-  if (n_audio) {
-    if ((rc = es_backend_write(be, m->asrc_dev, m->idx_h, sizeof(int32_t) * (size_t)n_audio, err)) ||
-        (rc = es_backend_write(be, m->adst_dev, m->idx2_h, sizeof(int32_t) * (size_t)n_audio, err)) ||
-        (rc = es_op_gather_rows(be, m->arows, m->audio_pool, m->asrc_dev, n_audio, E, err)) ||
-        (rc = es_op_scatter_rows(be, m->h, m->arows, m->adst_dev, n_audio, E, err)))
-      goto done;
+  int B = bucket_of(m, batch, n_audio, logit_rows, n_logits);
+  int rc;
+  if (B) {
+    es_batch_t padded = pad_batch(m, batch, ids, B);
+    rc = es_backend_begin_step(be, &padded, err);
+    if (rc) return rc;
+    if (!(rc = es_backend_write(be, m->ids_dev, m->pad_ids, sizeof(int32_t) * (size_t)B, err)) &&
+        !(rc = es_backend_write(be, m->lrows_dev, m->pad_lrows, sizeof(int32_t) * (size_t)B, err)))
+      rc = forward_bucket(m, B, err);
+  } else {
+    rc = es_backend_begin_step(be, batch, err);
+    if (rc) return rc;
+    m->gstats.eager++;
+    if (!(rc = es_backend_write(be, m->ids_dev, ids, sizeof(int32_t) * (size_t)T, err)) && n_audio)
+      if (!(rc = es_backend_write(be, m->asrc_dev, m->idx_h, sizeof(int32_t) * (size_t)n_audio, err)))
+        rc = es_backend_write(be, m->adst_dev, m->idx2_h, sizeof(int32_t) * (size_t)n_audio, err);
+    if (!rc && n_logits > 0)
+      rc = es_backend_write(be, m->lrows_dev, logit_rows, sizeof(int32_t) * (size_t)n_logits, err);
+    if (!rc) rc = decoder_forward(m, T, n_audio, n_logits, err);
   }
-  const void *add = NULL; /* the previous layer's MLP output, added to the residual by the next norm */
-  for (int l = 0; l < c->num_hidden_layers; l++) {
-    const dec_layer_t *d = &m->dec[l];
-    if ((rc = es_op_rms_norm(be, m->x, m->h, add, &d->in_norm, T, E, eps, err)) ||
-        (rc = es_op_linear(be, m->q, E, m->x, E, &d->wq, &d->bq, T, ES_ACT_NONE, 0, err)) ||
-        (rc = es_op_linear(be, m->k, KVW, m->x, E, &d->wk, &d->bk, T, ES_ACT_NONE, 0, err)) ||
-        (rc = es_op_linear(be, m->v, KVW, m->x, E, &d->wv, &d->bv, T, ES_ACT_NONE, 0, err)) ||
-        (rc = es_op_rope_kv_store(be, l, m->q, E, m->k, KVW, m->v, KVW, H, D, theta, err)) ||
-        (rc = es_op_attention_paged(be, l, m->att, m->q, E, H, D, scale, err)) ||
-        (rc = es_op_linear(be, m->o, E, m->att, E, &d->wo, NULL, T, ES_ACT_NONE, 0, err)) ||
-        (rc = es_op_rms_norm(be, m->x, m->h, m->o, &d->post_norm, T, E, eps, err)) ||
-        (rc = es_op_linear(be, m->gate, I, m->x, E, &d->wg, NULL, T, ES_ACT_NONE, 0, err)) ||
-        (rc = es_op_linear(be, m->up, I, m->x, E, &d->wu, NULL, T, ES_ACT_NONE, 0, err)) ||
-        (rc = es_op_silu_mul(be, m->act, m->gate, m->up, I, T, I, err)) ||
-        (rc = es_op_linear(be, m->o, E, m->act, I, &d->wd, NULL, T, ES_ACT_NONE, 0, err))) {
-      es_error_prefix(err, "decoder layer %d: ", l);
-      goto done;
-    }
-    add = m->o;
-  }
-  if ((rc = es_op_rms_norm(be, m->x, m->h, add, &m->norm, T, E, eps, err)))
-    goto done;
-  if (n_logits > 0) {
-    if ((rc = es_backend_write(be, m->lrows_dev, logit_rows, sizeof(int32_t) * (size_t)n_logits, err)) ||
-        (rc = es_op_gather_rows(be, m->xl, m->x, m->lrows_dev, n_logits, E, err)) ||
-        (rc = es_op_logits(be, m->logits_dev, m->xl, &m->lm_head, n_logits, err)) ||
-        (rc = es_backend_sync(be, err)) ||
-        (rc = es_backend_read(be, logits, m->logits_dev, sizeof(float) * (size_t)n_logits * (size_t)V, err)))
-      goto done;
-  }
-done:;
+  /* the first n_logits rows of logits_dev are the wanted ones either way (a padded step's real rows come first) */
+  if (!rc && n_logits > 0 && !(rc = es_backend_sync(be, err)))
+    rc = es_backend_read(be, logits, m->logits_dev, sizeof(float) * (size_t)n_logits * (size_t)V, err);
   es_error_t end_err;
   int rc2 = es_backend_end_step(be, &end_err);
   if (!rc && rc2) {

@@ -38,7 +38,21 @@ typedef struct {
   int kv_blocks;        /* blocks in the KV pool, including the scratch block 0 */
   int max_blocks_per_seq; /* block-table row length (max context / 16, rounded up) */
   uint64_t dummy_seed;  /* --dummy-weights: seed of the random weights */
+  int decode_buckets;   /* 1: pad pure decode steps to power-of-two buckets even where the backend has no step
+                           graphs (tests; with graphs they are always padded; EARSHOT_DECODE_BUCKETS=1 in
+                           the environment sets it too). max_blocks_per_seq must then not exceed the
+                           backend's max_blocks. */
 } qa_model_opts_t;
+
+#define QA_MAX_BUCKET 64 /* the largest padded decode bucket (and recorded graph) */
+
+/* How qa_step ran its steps (graphs: backend.h "step graphs"). */
+typedef struct {
+  int64_t eager;        /* unpadded steps (prefill, mixed, or more sequences than the largest bucket) */
+  int64_t padded_eager; /* padded decode steps run op by op (no graphs, or a bucket's warm-up step) */
+  int64_t records;      /* graphs recorded */
+  int64_t replays;      /* padded decode steps run as a graph replay */
+} qa_graph_stats_t;
 
 typedef struct qa_model qa_model_t;
 
@@ -52,6 +66,7 @@ void qa_model_close(qa_model_t *m);
 const model_config_t *qa_model_config(const qa_model_t *m);
 es_backend_t *qa_model_backend(const qa_model_t *m);
 const qa_model_opts_t *qa_model_opts(const qa_model_t *m);
+void qa_model_graph_stats(const qa_model_t *m, qa_graph_stats_t *out);
 
 /* Audio lengths (SPEC §3.1) for a window of F valid frames: T1 = ceil(F/2) positions after conv2, and
  * N = floor(T1/2) audio tokens. */

@@ -14,6 +14,10 @@
 
 #include "cuda_backend.h"
 
+/* 1 once attn_decode reads its split plan from device memory (so a recorded step graph stays valid when the
+ * contexts grow); until then the CUDA backend reports no step graphs. */
+#define ATTN_DECODE_GRAPH_SAFE 0
+
 #ifdef __cplusplus
 extern "C" {
 #endif

@@ -73,6 +73,7 @@ static void cuda_destroy(es_backend_t *be) {
   if (cb->stream) cudaStreamSynchronize(cb->stream);
   for (int i = 0; i < 2; i++)
     if (cb->copy[i]) cudaStreamSynchronize(cb->copy[i]);
+  cuda_graphs_free(cb);
   cuda_gemm_free_plans(cb);
   if (cb->lt) cublasLtDestroy(cb->lt);
   for (size_t i = 0; i < cb->n_allocs; i++) cudaFree(cb->allocs[i]);
@@ -277,6 +278,12 @@ static const es_backend_ops_t cuda_ops = {
     cuda_op_gather_rows,
     cuda_op_scatter_rows,
     cuda_op_logits,
+    cuda_graphs_supported,
+    cuda_graph_begin,
+    cuda_graph_end,
+    cuda_graph_abort,
+    cuda_graph_has,
+    cuda_graph_launch,
 };
 
 static int create_resources(cuda_backend_t *cb, es_error_t *err) {
@@ -337,6 +344,10 @@ extern "C" int es_backend_create_cuda(const es_backend_opts_t *opts, es_backend_
   cb->cc_major = info.cc_major;
   cb->cc_minor = info.cc_minor;
   cb->sm_count = info.sm_count;
+  {
+    const char *g = getenv("EARSHOT_CUDA_GRAPHS"); // "0" turns step graphs off (backend.h)
+    cb->graphs_off = g && strcmp(g, "0") == 0;
+  }
   snprintf(be->name, sizeof be->name, "cuda:%d (%.120s, sm_%d%d, %s)", opts->device, info.name, info.cc_major,
            info.cc_minor, es_dtype_name(opts->compute_dtype));
   if ((rc = es_backend_base_init(be, err))) goto fail;

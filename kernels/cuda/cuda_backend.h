@@ -87,6 +87,10 @@ typedef struct {
   int64_t attn_fast_calls, attn_simple_calls; /* attention op calls that ran each path */
   float *attn_part;                           /* device, attn_part_bytes: partial (o, m, l) of split rows */
   size_t attn_part_bytes;                     /* allocated with the KV pool (attn_fast_part_bytes) */
+
+  /* step graphs (cuda_graph.cu): the instantiated graph of each key, NULL when none */
+  cudaGraphExec_t graphs[ES_GRAPH_MAX_KEYS];
+  int graphs_off; /* EARSHOT_CUDA_GRAPHS=0 at create */
 } cuda_backend_t;
 
 static inline cuda_backend_t *cuda_be(es_backend_t *be) {
@@ -95,6 +99,15 @@ static inline cuda_backend_t *cuda_be(es_backend_t *be) {
 
 /* Makes the backend's device current on this thread. */
 int cuda_enter(cuda_backend_t *cb, es_error_t *err);
+
+/* Step graphs (cuda_graph.cu): the es_backend_ops_t entries, and the release at destroy. */
+int cuda_graphs_supported(const es_backend_t *be);
+int cuda_graph_begin(es_backend_t *be, es_error_t *err);
+int cuda_graph_end(es_backend_t *be, int key, es_error_t *err);
+void cuda_graph_abort(es_backend_t *be);
+int cuda_graph_has(const es_backend_t *be, int key);
+int cuda_graph_launch(es_backend_t *be, int key, es_error_t *err);
+void cuda_graphs_free(cuda_backend_t *cb);
 
 /* Bytes of one element of the compute dtype. */
 static inline size_t cuda_act_size(const cuda_backend_t *cb) {

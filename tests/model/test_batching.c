@@ -187,6 +187,14 @@ static void run_batched(int max_num_seqs, double kv_gb, int cancel, eng_stats_t 
           st->waiting);
   T_CHECK(st->kv_blocks_free == st->kv_blocks_total, "idle engine: %d of %d blocks free", st->kv_blocks_free,
           st->kv_blocks_total);
+  /* registered a second time with EARSHOT_DECODE_BUCKETS=1: the padded decode path must really have run */
+  const char *buckets = getenv("EARSHOT_DECODE_BUCKETS");
+  if (buckets && !strcmp(buckets, "1")) {
+    qa_graph_stats_t gs;
+    qa_model_graph_stats(rt.model, &gs);
+    T_CHECK(gs.padded_eager > 0 && gs.eager > 0, "decode buckets: %lld padded steps, %lld unpadded",
+            (long long)gs.padded_eager, (long long)gs.eager);
+  }
   rt_close(&rt);
 }
 

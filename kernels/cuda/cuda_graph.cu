@@ -1,0 +1,88 @@
+// cuda_graph: step graphs for the CUDA backend — stream capture of a step's ops into a cudaGraph, instantiated
+// once per key and replayed with one cudaGraphLaunch (backend.h, "step graphs").
+//
+// Why: a Qwen2-7B decode step is ~28 layers x ~14 kernels + the cuBLASLt GEMMs, about 400 launches; at ~3-5 us
+// of launch overhead each that is 1.2-2 ms of CPU time per token against a 3.3-4.7 ms weight-streaming floor,
+// and the GPU idles between launches whenever the CPU falls behind. One graph launch costs ~10 us.
+//
+// Capture mode: cudaStreamCaptureModeThreadLocal — only this thread's unsafe calls (cudaMalloc, synchronous
+// copies) are refused while capturing; other threads (the HTTP server's, the upload copies) are unaffected.
+// What may be recorded is the backend's ops: kernels and cuBLASLt matmuls on cb->stream. cuBLASLt plans are
+// created by the warm-up step the model runs eagerly before the first recording of a key (qwen2audio.c), and
+// its workspace is the fixed cb->lt_ws, so a recorded matmul never allocates.
+//
+// Supported only with bf16 and the fast attention: the simple attention kernel sizes its shared memory from
+// the step's longest context (a host value), which a replay could not follow.
+//
+// ref: CUDA C++ Programming Guide, "CUDA Graphs" (stream capture, cudaGraphInstantiate, cudaGraphLaunch).
+#include <stdlib.h>
+#include <string.h>
+
+#include "attn_fast.h"
+#include "cuda_backend.h"
+#include "cuda_check.h"
+
+extern "C" int cuda_graphs_supported(const es_backend_t *be) {
+  const cuda_backend_t *cb = (const cuda_backend_t *)be;
+  return ATTN_DECODE_GRAPH_SAFE && !cb->graphs_off && be->act_dtype == ES_DT_BF16 && cb->attn_path == CUDA_ATTN_FAST;
+}
+
+extern "C" int cuda_graph_begin(es_backend_t *be, es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  // an error left by an earlier call would be reported by the first launch check inside the capture
+  ES_CUDA_TRY(err, cudaGetLastError());
+  ES_CUDA_TRY(err, cudaStreamBeginCapture(cb->stream, cudaStreamCaptureModeThreadLocal));
+  return ES_OK;
+}
+
+extern "C" void cuda_graph_abort(es_backend_t *be) {
+  cuda_backend_t *cb = cuda_be(be);
+  cudaGraph_t g = NULL;
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(cb->stream, &st) == cudaSuccess && st != cudaStreamCaptureStatusNone) {
+    if (cudaStreamEndCapture(cb->stream, &g) == cudaSuccess && g) cudaGraphDestroy(g);
+  }
+  cudaGetLastError(); // an invalidated capture leaves an error; the next op must not see it
+}
+
+extern "C" int cuda_graph_end(es_backend_t *be, int key, es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  cudaGraph_t g = NULL;
+  cudaError_t e = cudaStreamEndCapture(cb->stream, &g);
+  if (e != cudaSuccess || !g) {
+    cudaGetLastError();
+    if (g) cudaGraphDestroy(g);
+    return es_cuda_fail(err, e != cudaSuccess ? e : cudaErrorStreamCaptureInvalidated, "cudaStreamEndCapture",
+                        __FILE__, __LINE__);
+  }
+  cudaGraphExec_t exec = NULL;
+  e = cudaGraphInstantiate(&exec, g, 0);
+  cudaGraphDestroy(g); // the executable graph keeps what it needs
+  if (e != cudaSuccess) return es_cuda_fail(err, e, "cudaGraphInstantiate", __FILE__, __LINE__);
+  if (cb->graphs[key]) cudaGraphExecDestroy(cb->graphs[key]);
+  cb->graphs[key] = exec;
+  return ES_OK;
+}
+
+extern "C" int cuda_graph_has(const es_backend_t *be, int key) {
+  return ((const cuda_backend_t *)be)->graphs[key] != NULL;
+}
+
+extern "C" int cuda_graph_launch(es_backend_t *be, int key, es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  ES_CUDA_TRY(err, cudaGraphLaunch(cb->graphs[key], cb->stream));
+  return ES_OK;
+}
+
+extern "C" void cuda_graphs_free(cuda_backend_t *cb) {
+  for (int k = 0; k < ES_GRAPH_MAX_KEYS; k++) {
+    if (cb->graphs[k]) cudaGraphExecDestroy(cb->graphs[k]);
+    cb->graphs[k] = NULL;
+  }
+}
