@@ -131,8 +131,47 @@ static void test_steps(void) {
   EXPECT(es_op_rope_kv_store(be, 0, dx, 48, (float *)dx + 16, 48, (float *)dx + 32, 48, 2, 8, 1e4f, E), ES_OK, "rope");
   EXPECT(es_op_attention_paged(be, 0, buf, dx, 48, 2, 7, 0.3f, E), ES_EINVAL, "attention with D 7, cache has 8");
   EXPECT(es_op_attention_paged(be, 0, buf, dx, 48, 2, 8, 0.3f, E), ES_OK, "attention");
+  /* step graphs: the CPU has none, and says so */
+  T_CHECK(!es_backend_graphs_supported(be), "the CPU backend reports step graphs");
+  EXPECT(es_backend_graph_begin(be, E), ES_EUNSUPPORTED, "graph_begin on the CPU");
+  EXPECT(es_backend_graph_launch(be, 0, E), ES_EINVAL, "graph_launch without a graph");
+  T_CHECK(!es_backend_graph_has(be, 0) && !es_backend_graph_has(be, -1), "graph_has");
+  es_backend_graph_abort(be); /* no recording: a no-op */
   EXPECT(es_backend_end_step(be, E), ES_OK, "end_step");
   EXPECT(es_backend_alloc(be, 64, &buf2, E), ES_OK, "alloc after the step");
+  EXPECT(es_backend_graph_begin(be, E), ES_EUNSUPPORTED, "graph_begin outside a step");
+
+  /* padding sequences (a graph's fixed batch size): one token at position 0 in the scratch slot 0 */
+  int32_t pq[3] = {0, 3, 4}, pctx[2] = {3, 1}, ppos[4] = {0, 1, 2, 0}, pslot[4] = {16, 17, 18, 0};
+  int32_t ptable[8] = {1, 0, 0, 0, 0, 0, 0, 0};
+  es_batch_t pb = {.n_seqs = 2,
+                   .n_tokens = 4,
+                   .q_start = pq,
+                   .ctx_len = pctx,
+                   .positions = ppos,
+                   .slot = pslot,
+                   .block_table = ptable,
+                   .max_blocks = 4,
+                   .n_pad = 1};
+  EXPECT(es_backend_begin_step(be, &pb, E), ES_OK, "a padded batch");
+  EXPECT(es_backend_end_step(be, E), ES_OK, "end_step");
+  es_batch_t pbad = pb;
+  pbad.n_pad = 2;
+  EXPECT(es_backend_begin_step(be, &pbad, E), ES_EINVAL, "every sequence padding");
+  pbad.n_pad = -1;
+  EXPECT(es_backend_begin_step(be, &pbad, E), ES_EINVAL, "negative padding");
+  pbad = pb;
+  pslot[3] = 1;
+  EXPECT(es_backend_begin_step(be, &pbad, E), ES_EINVAL, "padding outside slot 0");
+  pslot[3] = 0;
+  ptable[5] = 2;
+  EXPECT(es_backend_begin_step(be, &pbad, E), ES_EINVAL, "padding with a real block");
+  ptable[5] = 0;
+  pctx[1] = 2;
+  EXPECT(es_backend_begin_step(be, &pbad, E), ES_EINVAL, "padding with a longer context");
+  pctx[1] = 1;
+  pbad.n_pad = 0;
+  EXPECT(es_backend_begin_step(be, &pbad, E), ES_EINVAL, "block 0 in an unpadded sequence");
   es_backend_free(be);
 }
 
