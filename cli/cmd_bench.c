@@ -317,7 +317,7 @@ static int bench_model(int argc, char **argv) {
   float *x = NULL, *mel = NULL, *logits = NULL;
   int32_t *ids = NULL, *arow = NULL, *pos = NULL, *slot = NULL, *table = NULL, *lrows = NULL, *q_start = NULL,
           *ctx = NULL;
-  double *t_ttft = NULL, *t_step = NULL;
+  double *t_ttft = NULL, *t_step = NULL, *t_eager = NULL;
   kv_seq_t *seqs = NULL;
   char dir[4096] = "";
 
@@ -402,8 +402,9 @@ static int bench_model(int argc, char **argv) {
   seqs = calloc((size_t)B, sizeof(kv_seq_t));
   t_ttft = calloc((size_t)(warmup + repeats), sizeof(double));
   t_step = calloc((size_t)repeats * (size_t)n_out, sizeof(double));
+  t_eager = calloc((size_t)n_out, sizeof(double));
   if (!ids || !arow || !pos || !slot || !table || !lrows || !q_start || !ctx || !logits || !seqs || !t_ttft ||
-      !t_step) {
+      !t_step || !t_eager) {
     es_fail(&err, ES_ENOMEM, "out of memory");
     goto done;
   }
@@ -418,9 +419,15 @@ static int bench_model(int argc, char **argv) {
       arow[r] = (a >= 0 && a < N) ? b * N + a : -1;
     }
 
-  int n_step = 0;
-  for (int run = 0; run < warmup + repeats; run++) {
-    int timed = run >= warmup;
+  /* With step graphs, one more run after the timed ones with graphs off measures what they save, side by side
+   * on the same weights and card. */
+  const int compare = es_backend_graphs_supported(bm.be);
+  int n_step = 0, n_eager = 0;
+  for (int run = 0; run < warmup + repeats + compare; run++) {
+    const int eager_run = run == warmup + repeats, timed = run >= warmup && !eager_run;
+#ifdef ES_HAVE_CUDA_BACKEND
+    if (eager_run && cuda_backend_set_graphs(bm.be, 0, &err)) goto done;
+#endif
     /* time to first token: samples -> features -> encoder -> prefill -> logits -> ids on the host */
     double t0 = now_s();
     int fr[64], dst[64], written = 0, bad = 0;
@@ -453,7 +460,7 @@ static int bench_model(int argc, char **argv) {
     int32_t next[64];
     for (int b = 0; b < B; b++) next[b] = argmax_f(logits + (size_t)b * V, V);
     double ttft = now_s() - t0;
-    t_ttft[run] = ttft;
+    if (!eager_run) t_ttft[run] = ttft;
     /* decode: B sequences, one token each per step, greedy, eos ignored */
     int32_t none[64];
     for (int b = 0; b < B; b++) none[b] = -1;
@@ -478,9 +485,11 @@ static int bench_model(int argc, char **argv) {
       if (qa_step(bm.m, &db, next, none, lrows, B, logits, &err)) goto done;
       for (int b = 0; b < B; b++) next[b] = argmax_f(logits + (size_t)b * V, V);
       if (timed) t_step[n_step++] = now_s() - s0;
+      if (eager_run) t_eager[n_eager++] = now_s() - s0;
     }
     for (int b = 0; b < B; b++) kv_seq_release(bm.kv, &seqs[b]);
-    fprintf(stderr, "  run %d%s: time to first token %.1f ms\n", run, timed ? "" : " (warm-up)", 1e3 * ttft);
+    fprintf(stderr, "  run %d%s: time to first token %.1f ms\n", run,
+            timed ? "" : eager_run ? " (graphs off)" : " (warm-up)", 1e3 * ttft);
   }
   double ttft_ms = 1e3 * median(t_ttft + warmup, repeats), step_ms = 1e3 * median(t_step, n_step);
   double mbytes = decoder_bytes(c, es_backend_act_dtype(bm.be)), limit_ms = bw > 0 ? 1e3 * mbytes / bw : 0;
@@ -494,6 +503,10 @@ static int bench_model(int argc, char **argv) {
   printf("  decode at %.1f%% of the weight-streaming limit\n", step_ms > 0 ? 100.0 * limit_ms / step_ms : 0.0);
   qa_graph_stats_t gs;
   qa_model_graph_stats(bm.m, &gs);
+  double eager_ms = n_eager ? 1e3 * median(t_eager, n_eager) : 0;
+  if (n_eager)
+    printf("  decode step without graphs (batch %d)         %10.3f ms  (graphs: %.2fx faster)\n", B, eager_ms,
+           eager_ms / step_ms);
   printf("  steps: %lld graph replays (%lld recorded), %lld padded op by op, %lld unpadded%s\n", (long long)gs.replays,
          (long long)gs.records, (long long)gs.padded_eager, (long long)gs.eager,
          es_backend_graphs_supported(bm.be) ? "" : " (no step graphs on this backend)");
@@ -502,10 +515,11 @@ static int bench_model(int argc, char **argv) {
            "\"audio_seconds\": %.3f, \"audio_tokens\": %d, \"prompt_tokens\": %d, \"output_tokens\": %d, "
            "\"warmup\": %d, \"repeats\": %d, \"load_s\": %.3f, \"ttft_ms\": %.4f, \"decode_ms_per_step\": %.4f, "
            "\"decode_tokens_per_s\": %.3f, \"decoder_weight_bytes\": %.0f, \"copy_bytes_per_s\": %.0f, "
-           "\"limit_ms_per_step\": %.4f, \"fraction_of_limit\": %.4f, \"graph_replays\": %lld}\n",
+           "\"limit_ms_per_step\": %.4f, \"fraction_of_limit\": %.4f, \"graph_replays\": %lld, "
+           "\"decode_ms_per_step_no_graphs\": %.4f}\n",
            es_backend_name(bm.be), es_dtype_name(es_backend_act_dtype(bm.be)), ro.dummy_weights ? "true" : "false", B, seconds, N,
            P, n_out, warmup, repeats, load_s, ttft_ms, step_ms, B * 1e3 / step_ms, mbytes, bw, limit_ms,
-           step_ms > 0 ? limit_ms / step_ms : 0.0, (long long)gs.replays);
+           step_ms > 0 ? limit_ms / step_ms : 0.0, (long long)gs.replays, eager_ms);
   rc = 0;
 done:
   if (rc) fprintf(stderr, "earshot bench model: %s\n", err.msg);
@@ -530,6 +544,7 @@ done:
   free(ctx);
   free(t_ttft);
   free(t_step);
+  free(t_eager);
   return rc;
 }
 

@@ -86,3 +86,10 @@ extern "C" void cuda_graphs_free(cuda_backend_t *cb) {
     cb->graphs[k] = NULL;
   }
 }
+
+extern "C" int cuda_backend_set_graphs(es_backend_t *be, int on, es_error_t *err) {
+  if (!be || strcmp(be->ops->kind, "cuda") != 0) return es_fail(err, ES_EINVAL, "step graphs: not a CUDA backend");
+  if (be->recording) return es_fail(err, ES_EINTERNAL, "step graphs: switched while recording");
+  cuda_be(be)->graphs_off = !on;
+  return ES_OK;
+}

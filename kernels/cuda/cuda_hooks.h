@@ -39,6 +39,10 @@ int cuda_backend_set_attention_splits(es_backend_t *be, int n_splits, es_error_t
 /* How many attention op calls ran the fast kernels and the simple kernel since create. */
 void cuda_backend_attention_calls(const es_backend_t *be, int64_t *fast, int64_t *simple);
 
+/* Step graphs on (the default unless EARSHOT_CUDA_GRAPHS=0 at create) or off; recorded graphs are kept and
+ * replayed again once turned back on. For benchmarks measuring what graphs save, in one process. */
+int cuda_backend_set_graphs(es_backend_t *be, int on, es_error_t *err);
+
 /* The KV pool (es_backend_kv_init), a device pointer in the compute dtype, layout as backend.h; NULL before
  * kv_init. Tests fill it with es_backend_write_act. */
 void *cuda_backend_kv_pool(es_backend_t *be);
