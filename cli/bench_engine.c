@@ -213,8 +213,9 @@ wait:
   qsort(st.ttft, (size_t)requests, sizeof(double), cmp_double);
   double tps = st.total_tokens / wall, p50 = percentile(st.ttft, requests, 50),
          p90 = percentile(st.ttft, requests, 90), p99 = percentile(st.ttft, requests, 99);
-  printf("engine on %s: %d requests, %d in flight, %.1f s audio + %d text tokens each, %d output tokens\n",
-         rt.device_desc, requests, conc, seconds, prompt_tokens, output_tokens);
+  printf("engine on %s: %d requests, %d in flight, %.1f s audio + %d text tokens each, %d output tokens, "
+         "deterministic %s\n",
+         rt.device_desc, requests, conc, seconds, prompt_tokens, output_tokens, ro.deterministic ? "on" : "off");
   printf("  aggregate %.1f generated tokens/s over %.2f s; time to first token p50 %.1f ms, p90 %.1f ms, "
          "p99 %.1f ms\n",
          tps, wall, 1e3 * p50, 1e3 * p90, 1e3 * p99);
@@ -224,9 +225,10 @@ wait:
   printf("\n");
   if (json)
     printf("{\"bench\":\"engine\",\"device\":\"%s\",\"concurrency\":%d,\"requests\":%d,\"tokens_per_s\":%.3f,\"ttft_p50_ms\":%.3f,"
-           "\"ttft_p90_ms\":%.3f,\"ttft_p99_ms\":%.3f,\"max_decode_batch\":%d,\"preemptions\":%llu}\n",
+           "\"ttft_p90_ms\":%.3f,\"ttft_p99_ms\":%.3f,\"max_decode_batch\":%d,\"preemptions\":%llu,"
+           "\"deterministic\":%s}\n",
            rt.device_desc, conc, requests, tps, 1e3 * p50, 1e3 * p90, 1e3 * p99, es.max_decode_batch,
-           (unsigned long long)es.preemptions);
+           (unsigned long long)es.preemptions, ro.deterministic ? "true" : "false");
   status = 0;
 out:
   rt_close(&rt); /* stops the engine first: callbacks stop before the state below goes */

@@ -361,7 +361,8 @@ static int bench_model(int argc, char **argv) {
                           .device = 0,
                           .max_tokens = (size_t)(B * T),
                           .max_seqs = (size_t)B,
-                          .max_blocks = (size_t)max_blocks};
+                          .max_blocks = (size_t)max_blocks,
+                          .deterministic = ro.deterministic};
   if (dev == RT_DEVICE_AUTO) {
     int n_gpu = 0;
     char why[128] = "";
@@ -494,8 +495,9 @@ static int bench_model(int argc, char **argv) {
   double ttft_ms = 1e3 * median(t_ttft + warmup, repeats), step_ms = 1e3 * median(t_step, n_step);
   double mbytes = decoder_bytes(c, es_backend_act_dtype(bm.be)), limit_ms = bw > 0 ? 1e3 * mbytes / bw : 0;
   printf("bench model: %s, %s, batch %d, %.1f s audio (%d audio tokens) + %d text tokens, %d output tokens, "
-         "%d repeats (median)\n",
-         es_backend_name(bm.be), ro.dummy_weights ? "dummy weights" : dir, B, seconds, N, P, n_out, repeats);
+         "%d repeats (median), deterministic %s\n",
+         es_backend_name(bm.be), ro.dummy_weights ? "dummy weights" : dir, B, seconds, N, P, n_out, repeats,
+         ro.deterministic ? "on" : "off");
   printf("  time to first token (samples -> id on host)  %10.2f ms\n", ttft_ms);
   printf("  decode step (batch %d)                       %10.3f ms  (%.1f tokens/s)\n", B, step_ms, B * 1e3 / step_ms);
   printf("  weight-streaming limit                        %10.3f ms  (%.2f GB of decoder weights / %.0f GB/s copy)\n",
@@ -516,10 +518,10 @@ static int bench_model(int argc, char **argv) {
            "\"warmup\": %d, \"repeats\": %d, \"load_s\": %.3f, \"ttft_ms\": %.4f, \"decode_ms_per_step\": %.4f, "
            "\"decode_tokens_per_s\": %.3f, \"decoder_weight_bytes\": %.0f, \"copy_bytes_per_s\": %.0f, "
            "\"limit_ms_per_step\": %.4f, \"fraction_of_limit\": %.4f, \"graph_replays\": %lld, "
-           "\"decode_ms_per_step_no_graphs\": %.4f}\n",
+           "\"decode_ms_per_step_no_graphs\": %.4f, \"deterministic\": %s}\n",
            es_backend_name(bm.be), es_dtype_name(es_backend_act_dtype(bm.be)), ro.dummy_weights ? "true" : "false", B, seconds, N,
            P, n_out, warmup, repeats, load_s, ttft_ms, step_ms, B * 1e3 / step_ms, mbytes, bw, limit_ms,
-           step_ms > 0 ? limit_ms / step_ms : 0.0, (long long)gs.replays, eager_ms);
+           step_ms > 0 ? limit_ms / step_ms : 0.0, (long long)gs.replays, eager_ms, ro.deterministic ? "true" : "false");
   rc = 0;
 done:
   if (rc) fprintf(stderr, "earshot bench model: %s\n", err.msg);

@@ -35,6 +35,10 @@ static int parse_switch(int groups, const char *a, rt_opts_t *ro) {
     ro->dummy_weights = 1;
     return 1;
   }
+  if ((groups & MF_OPEN) && !strcmp(a, "--deterministic")) {
+    ro->deterministic = 1;
+    return 1;
+  }
   return 0;
 }
 
@@ -129,7 +133,9 @@ void mf_usage(FILE *out, int groups) {
                  "  --dummy-weights --config FILE   random weights from a config.json (benchmarks)\n"
                  "  --device auto|cpu|cuda   (default auto: the GPU when there is one)\n"
                  "  --dtype bfloat16|float32 CUDA compute dtype (default bfloat16; the CPU computes in float32)\n"
-                 "  --threads N              CPU threads (default: every core)\n");
+                 "  --threads N              CPU threads (default: every core)\n"
+                 "  --deterministic          a request's answer is bit-identical alone or in any batch (GPU: fixed\n"
+                 "                           GEMM algorithms and attention splits; slower. The CPU always is)\n");
   if (groups & MF_SIZING)
     fprintf(out, "  --max-model-len N        context limit in tokens (default min(8192, the model's); lower on "
                  "the CPU)\n"

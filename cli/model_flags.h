@@ -16,8 +16,8 @@ extern "C" {
 
 /* Which groups of flags a command accepts. */
 enum {
-  MF_OPEN = 1,   /* --model --config --dummy-weights --device --dtype --threads (and every flag that changes
-                    how the weights and kernels run) */
+  MF_OPEN = 1,   /* --model --config --dummy-weights --device --dtype --threads --deterministic (and every flag
+                    that changes how the weights and kernels run) */
   MF_SIZING = 2, /* --max-model-len --max-num-seqs --kv-cache-gb --prefill-chunk --max-audio-batch */
 };
 

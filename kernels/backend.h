@@ -104,6 +104,11 @@ typedef struct {
   size_t max_tokens;        /* largest n_tokens of any step */
   size_t max_seqs;          /* largest n_seqs of any step */
   size_t max_blocks;        /* largest max_blocks of any step */
+  /* ---- deterministic mode (issue 9) ---- */
+  int deterministic; /* 1: every op's reduction order is independent of the batch (size and composition), so a
+                        row is bit-identical alone or in any batch. The CPU backend always is; CUDA then fixes
+                        one GEMM algorithm per weight shape (no split-K) and a fixed decode split size
+                        (docs/ARCHITECTURE.md, "Deterministic mode"). 0: CUDA picks per batch, faster. */
 } es_backend_opts_t;
 
 typedef struct es_backend es_backend_t;

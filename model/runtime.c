@@ -150,7 +150,8 @@ int rt_open(const rt_opts_t *o, rt_t *rt, es_error_t *err) {
     kv_blocks = max_blocks + 1;
   }
   es_backend_opts_t bo = {.compute_dtype = o->dtype, .n_threads = o->threads, .max_tokens = (size_t)(chunk + seqs),
-                          .max_seqs = (size_t)seqs, .max_blocks = (size_t)max_blocks};
+                          .max_seqs = (size_t)seqs, .max_blocks = (size_t)max_blocks,
+                          .deterministic = o->deterministic};
   if ((rc = open_backend(o, rt, &bo, err))) goto fail;
   qa_model_opts_t mo = {.max_tokens = chunk + seqs, .max_seqs = seqs, .max_logit_rows = seqs,
                         .max_audio_batch = audio_batch,
@@ -165,10 +166,11 @@ int rt_open(const rt_opts_t *o, rt_t *rt, es_error_t *err) {
   if (o->verbose)
     fprintf(stderr,
             "earshot: %s on %s, context %d tokens, KV cache %d blocks (%.2f GiB, %d full contexts), "
-            "max %d sequences per step, prefill chunk %d%s\n",
+            "max %d sequences per step, prefill chunk %d%s%s\n",
             rt->dir[0] ? rt->dir : "(config only)", rt->device_desc, ctx, rt->kv_blocks - 1,
             (double)(rt->kv_blocks - 1) * kv_per_token * ES_KV_BLOCK / (1024.0 * 1024 * 1024),
-            (rt->kv_blocks - 1) / max_blocks, seqs, chunk, o->dummy_weights ? ", dummy weights" : "");
+            (rt->kv_blocks - 1) / max_blocks, seqs, chunk, o->dummy_weights ? ", dummy weights" : "",
+            o->deterministic ? ", deterministic (batch-invariant kernels)" : "");
   return ES_OK;
 fail:
   rt_close(rt);

@@ -37,6 +37,8 @@ typedef struct {
   double kv_cache_gb;        /* KV cache size (0 = 4 GiB on the CPU; on a GPU 90% of what is free after the
                                 weights and activations) */
   int verbose;               /* 1: say on stderr which device and sizes were chosen */
+  /* ---- deterministic mode (issue 9) ---- */
+  int deterministic;         /* es_backend_opts_t.deterministic: answers bit-identical alone or in any batch */
 } rt_opts_t;
 
 typedef struct {

@@ -23,6 +23,16 @@
 //
 // The split count depends on the whole batch (how many rows share the GPU), so unlike the simple kernel a
 // row's bits may depend on the other rows (backend.h's batch invariance; cuBLASLt has the same exception).
+//
+// Deterministic mode (es_backend_opts_t.deterministic, attn_decode_det): the same two kernels in "row mode" run
+// EVERY row of the step — decode and prefill — with a fixed chunk of cb->attn_det_chunk keys per split
+// (attn_math.h, attn_det_chunk), in launches of as many rows as the scratch holds. A row's splits, the key
+// order inside each (a function of the split's [k0, k1) only) and the combine order then depend on nothing but
+// its own number of keys, so its bits do not depend on the batch, nor on how the engine chunked its prompt (a
+// prefix-cache hit or a recomputation after preemption can leave 1..4 tokens of a prompt for a step, which in
+// default mode go to this kernel while the same rows computed alone would go to the flash prefill kernel, whose
+// bf16 probabilities round differently). The price: prefill rows read their keys once per row instead of once
+// per 64-row tile, on CUDA cores (measured by `earshot bench model --deterministic`).
 #include <math.h>
 
 #include "attn_fast.h"
@@ -43,21 +53,42 @@ __device__ __forceinline__ void bf16x8_to_f32(const uint4 &u, float *f) {
   }
 }
 
-// Grid (n_seqs · ATTN_DECODE_MAX_Q, H, n_splits). out (n_tokens, H, D) bf16; part_o (slots, H, n_splits, D) and
-// part_ml (slots, H, n_splits, 2) fp32 (written only for rows with more than one split); q (n_tokens, ldq) bf16;
+// The row block x of a launch works on: its sequence *s, its index *qi among the sequence's new tokens, and the
+// sequence's first row *q0 and *q_len; false when x has no row (the block returns: block-uniform).
+// Slot mode (row0 < 0, the default mode's decode launch): x = s · ATTN_DECODE_MAX_Q + qi over the sequences
+// with at most ATTN_DECODE_MAX_Q new tokens. Row mode (row0 >= 0, deterministic mode): row row0 + x of the step,
+// any sequence (the launcher covers rows < n_tokens only).
+__device__ __forceinline__ bool dec_locate(int64_t x, int64_t row0, int n_seqs, const int32_t *q_start, int *s,
+                                           int *qi, int *q0, int *q_len) {
+  if (row0 < 0) {
+    *s = (int)(x / ATTN_DECODE_MAX_Q);
+    *qi = (int)(x % ATTN_DECODE_MAX_Q);
+    *q0 = q_start[*s];
+    *q_len = q_start[*s + 1] - *q0;
+    return *q_len <= ATTN_DECODE_MAX_Q && *qi < *q_len;
+  }
+  const int64_t row = row0 + x;
+  *s = attn_seq_of_row(q_start, n_seqs, row);
+  *q0 = q_start[*s];
+  *q_len = q_start[*s + 1] - *q0;
+  *qi = (int)(row - *q0);
+  return true;
+}
+
+// Grid (n_x, H, n_splits), block x as dec_locate. out (n_tokens, H, D) bf16; part_o (n_x, H, n_splits, D) and
+// part_ml (n_x, H, n_splits, 2) fp32 (written only for rows with more than one split); q (n_tokens, ldq) bf16;
 // kv (L, n_blocks, 2, H, 16, D) bf16; the batch arrays on the device.
 template <int D>
 __global__ void __launch_bounds__(DEC_THREADS)
     dec_split_kernel(bf16 *out, float *part_o, float *part_ml, const bf16 *q, int64_t ldq, const bf16 *kv, int layer,
                      int n_blocks, int H, float sl, const int32_t *q_start, const int32_t *ctx_len,
-                     const int32_t *block_table, int max_blocks, int chunk, int n_splits) {
+                     const int32_t *block_table, int max_blocks, int chunk, int n_splits, int64_t row0, int n_seqs) {
   constexpr int G = D / 8, KPW = 32 / G, STEP = DEC_WARPS * KPW * DEC_U;
   __shared__ float sm_o[DEC_WARPS][D];
   __shared__ float sm_m[DEC_WARPS], sm_l[DEC_WARPS];
   const int slot = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
-  const int s = slot / ATTN_DECODE_MAX_Q, qi = slot % ATTN_DECODE_MAX_Q;
-  const int q0 = q_start[s], q_len = q_start[s + 1] - q0;
-  if (q_len > ATTN_DECODE_MAX_Q || qi >= q_len) return; // block-uniform
+  int s, qi, q0, q_len;
+  if (!dec_locate(slot, row0, n_seqs, q_start, &s, &qi, &q0, &q_len)) return; // block-uniform
   const int64_t n = attn_causal_keys(ctx_len[s], q_len, qi);
   const int n_used = attn_split_count(n, chunk);
   if (split >= n_used) return;
@@ -162,14 +193,13 @@ __global__ void __launch_bounds__(DEC_THREADS)
   }
 }
 
-// Grid (n_seqs · ATTN_DECODE_MAX_Q, H): merges the splits of rows that have more than one, in split order.
+// Grid (n_x, H), block x as dec_locate: merges the splits of rows that have more than one, in split order.
 __global__ void __launch_bounds__(DEC_THREADS)
     dec_combine_kernel(bf16 *out, const float *part_o, const float *part_ml, int H, int D, const int32_t *q_start,
-                       const int32_t *ctx_len, int chunk, int n_splits) {
+                       const int32_t *ctx_len, int chunk, int n_splits, int64_t row0, int n_seqs) {
   const int slot = blockIdx.x, h = blockIdx.y;
-  const int s = slot / ATTN_DECODE_MAX_Q, qi = slot % ATTN_DECODE_MAX_Q;
-  const int q0 = q_start[s], q_len = q_start[s + 1] - q0;
-  if (q_len > ATTN_DECODE_MAX_Q || qi >= q_len) return;
+  int s, qi, q0, q_len;
+  if (!dec_locate(slot, row0, n_seqs, q_start, &s, &qi, &q0, &q_len)) return;
   const int n_used = attn_split_count(attn_causal_keys(ctx_len[s], q_len, qi), chunk);
   if (n_used <= 1) return; // written by dec_split_kernel
   const int64_t base = ((int64_t)slot * H + h) * n_splits, i = q0 + qi;
@@ -185,22 +215,25 @@ __global__ void __launch_bounds__(DEC_THREADS)
   }
 }
 
+// One launch of n_x blocks in x (slot mode: row0 = -1, n_x = n_seqs · ATTN_DECODE_MAX_Q; row mode: rows
+// row0 .. row0 + n_x − 1), then the combine when rows may have several splits.
 template <int D>
 static int dec_launch(cuda_backend_t *cb, int layer, void *out, const void *q, int64_t ldq, int H, float sl,
-                      attn_split_t p, es_error_t *err) {
+                      attn_split_t p, int64_t row0, int64_t n_x, es_error_t *err) {
   const es_backend_t *be = &cb->base;
-  const int64_t slots = (int64_t)be->batch.n_seqs * ATTN_DECODE_MAX_Q;
   // one split: every row writes its output directly and the scratch (possibly absent) is not touched
   float *part_o = p.n_splits > 1 ? cb->attn_part : NULL;
-  float *part_ml = p.n_splits > 1 ? part_o + slots * H * p.n_splits * D : NULL;
-  dim3 grid((unsigned)slots, (unsigned)H, (unsigned)p.n_splits);
+  float *part_ml = p.n_splits > 1 ? part_o + n_x * H * p.n_splits * D : NULL;
+  dim3 grid((unsigned)n_x, (unsigned)H, (unsigned)p.n_splits);
   dec_split_kernel<D><<<grid, DEC_THREADS, 0, cb->stream>>>(
       (bf16 *)out, part_o, part_ml, (const bf16 *)q, ldq, (const bf16 *)cb->kv, layer, be->kv_blocks, H, sl,
-      cb->d_q_start, cb->d_ctx_len, cb->d_block_table, be->batch.max_blocks, p.chunk, p.n_splits);
+      cb->d_q_start, cb->d_ctx_len, cb->d_block_table, be->batch.max_blocks, p.chunk, p.n_splits, row0,
+      be->batch.n_seqs);
   ES_CUDA_LAUNCHED(err);
   if (p.n_splits > 1) {
-    dec_combine_kernel<<<dim3((unsigned)slots, (unsigned)H), DEC_THREADS, 0, cb->stream>>>(
-        (bf16 *)out, part_o, part_ml, H, D, cb->d_q_start, cb->d_ctx_len, p.chunk, p.n_splits);
+    dec_combine_kernel<<<dim3((unsigned)n_x, (unsigned)H), DEC_THREADS, 0, cb->stream>>>(
+        (bf16 *)out, part_o, part_ml, H, D, cb->d_q_start, cb->d_ctx_len, p.chunk, p.n_splits, row0,
+        be->batch.n_seqs);
     ES_CUDA_LAUNCHED(err);
   }
   return ES_OK;
@@ -214,6 +247,30 @@ extern "C" int attn_decode(cuda_backend_t *cb, int layer, void *out, const void 
   const int cap = fit > ATTN_MAX_SPLITS ? ATTN_MAX_SPLITS : (int)fit;     // 0 or 1: no split (no scratch used)
   const attn_split_t p = attn_split_plan(n_rows * H, max_ctx, cb->sm_count, cap, cb->attn_splits);
   const float sl = scale * ATTN_LOG2E;
-  return D == 64 ? dec_launch<64>(cb, layer, out, q, ldq, H, sl, p, err)
-                 : dec_launch<128>(cb, layer, out, q, ldq, H, sl, p, err);
+  return D == 64 ? dec_launch<64>(cb, layer, out, q, ldq, H, sl, p, -1, slots, err)
+                 : dec_launch<128>(cb, layer, out, q, ldq, H, sl, p, -1, slots, err);
+}
+
+extern "C" int attn_decode_det(cuda_backend_t *cb, int layer, void *out, const void *q, int64_t ldq, int H, int D,
+                               float scale, es_error_t *err) {
+  const es_batch_t *b = &cb->base.batch; // the host copy of the step's batch
+  int64_t max_ctx = 0;
+  for (int s = 0; s < b->n_seqs; s++)
+    if (b->ctx_len[s] > max_ctx) max_ctx = b->ctx_len[s];
+  if (cb->attn_det_chunk <= 0)
+    return es_fail(err, ES_EINTERNAL, "%s: deterministic attention before the KV pool exists", cb->base.name);
+  const attn_split_t p = attn_det_split_plan(max_ctx, cb->attn_det_chunk);
+  const int64_t rows = b->n_tokens;
+  const int64_t g = attn_det_rows_per_launch(rows, cb->attn_part ? cb->attn_part_bytes : 0, H, D, p.n_splits);
+  if (g < 1) // attn_fast_det_chunk sized the chunk so that one row of the longest context fits
+    return es_fail(err, ES_EINTERNAL, "%s: the attention scratch (%zu bytes) cannot hold %d splits of one row",
+                   cb->base.name, cb->attn_part_bytes, p.n_splits);
+  const float sl = scale * ATTN_LOG2E;
+  for (int64_t r0 = 0; r0 < rows; r0 += g) { // launches in stream order share the scratch
+    const int64_t n_x = rows - r0 < g ? rows - r0 : g;
+    int rc = D == 64 ? dec_launch<64>(cb, layer, out, q, ldq, H, sl, p, r0, n_x, err)
+                     : dec_launch<128>(cb, layer, out, q, ldq, H, sl, p, r0, n_x, err);
+    if (rc) return rc;
+  }
+  return ES_OK;
 }

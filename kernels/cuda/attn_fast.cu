@@ -18,8 +18,21 @@ static int fast_common(const cuda_backend_t *cb, int H, int D, float scale) {
          H <= 65535 && scale > 0.0f && isfinite(scale);
 }
 
+extern "C" int attn_fast_det_chunk(const es_backend_opts_t *o, int H, int D) {
+  const size_t per_split = (size_t)H * (size_t)(D + 2) * sizeof(float); // one row, one split
+  return attn_det_chunk((int64_t)o->max_blocks * ES_KV_BLOCK, (int64_t)(ATTN_PART_BUDGET / per_split));
+}
+
 extern "C" size_t attn_fast_part_bytes(const es_backend_opts_t *o, int H, int D) {
   if (D != 64 && D != 128) return 0;
+  if (o->deterministic) { // rows of the longest context, as many as a step has, within the budget
+    const int64_t max_ctx = (int64_t)o->max_blocks * ES_KV_BLOCK;
+    const attn_split_t p = attn_det_split_plan(max_ctx, attn_fast_det_chunk(o, H, D));
+    if (p.n_splits <= 1) return 0; // every row writes its output directly
+    const size_t per_row = (size_t)H * (size_t)p.n_splits * (size_t)(D + 2) * sizeof(float);
+    const size_t want = per_row * o->max_tokens;
+    return want < ATTN_PART_BUDGET ? want : ATTN_PART_BUDGET;
+  }
   const size_t per_split = o->max_seqs * ATTN_DECODE_MAX_Q * (size_t)H * (size_t)(D + 2) * sizeof(float);
   const size_t want = per_split * ATTN_MAX_SPLITS;
   return want < ATTN_PART_BUDGET ? want : ATTN_PART_BUDGET;
@@ -54,6 +67,7 @@ extern "C" int attn_fast_paged(cuda_backend_t *cb, int layer, void *out, const v
       if (tiles > max_q_tiles) max_q_tiles = tiles;
     }
   }
+  if (cb->base.opts.deterministic) return attn_decode_det(cb, layer, out, q, ldq, H, D, scale, err);
   int rc = ES_OK;
   if (dec_rows) rc = attn_decode(cb, layer, out, q, ldq, H, D, scale, dec_rows, dec_max_ctx, err);
   if (!rc && max_q_tiles)

@@ -57,6 +57,17 @@ int attn_flash_q_tile(int D);
 int attn_decode(cuda_backend_t *cb, int layer, void *out, const void *q, int64_t ldq, int H, int D, float scale,
                 int64_t n_rows, int64_t max_ctx, es_error_t *err);
 
+/* ---- deterministic mode (issue 9) ---- */
+
+/* Keys per split of the deterministic decode attention for a backend with these options and an H × D pool:
+ * attn_det_chunk over the longest context (max_blocks · ES_KV_BLOCK) with the scratch's room for one row. */
+int attn_fast_det_chunk(const es_backend_opts_t *o, int H, int D);
+
+/* es_op_attention_paged in deterministic mode: every row of the step through the split-KV kernels in row mode,
+ * cb->attn_det_chunk keys per split (attn_decode.cu). */
+int attn_decode_det(cuda_backend_t *cb, int layer, void *out, const void *q, int64_t ldq, int H, int D, float scale,
+                    es_error_t *err);
+
 #ifdef __cplusplus
 }
 #endif

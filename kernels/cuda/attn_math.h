@@ -93,6 +93,46 @@ ATTN_HD void attn_split_range(int64_t n, int chunk, int split, int64_t *k0, int6
   *k1 = *k0 + chunk < n ? *k0 + chunk : n;
 }
 
+/* ---- deterministic mode: a fixed split size (issue 9) ------------------------------------------------------
+ * Under es_backend_opts_t.deterministic every paged-attention row — decode and prefill alike — runs the split-KV
+ * kernel with `chunk` keys per split, chunk fixed for the backend's life (never chosen from a batch), so a row's
+ * splits, the key order inside each split and the merge order of the splits depend only on its own number of
+ * visible keys. The heuristic above (attn_split_plan) stays for the default mode. */
+
+#define ATTN_DET_CHUNK 512 /* keys per split in deterministic mode (a multiple of ATTN_SPLIT_ALIGN), as vLLM's
+                              PagedAttention v2 partition */
+
+/* Keys per split for a backend whose contexts reach max_ctx keys and whose scratch holds at most max_splits
+ * splits of one row (>= 1; less is read as 1): ATTN_DET_CHUNK, or the smallest multiple of it that keeps
+ * ceil(max_ctx / chunk) <= max_splits. A function of the backend's options only. */
+ATTN_HD int attn_det_chunk(int64_t max_ctx, int64_t max_splits) {
+  if (max_splits < 1) max_splits = 1;
+  if (max_ctx < 1) max_ctx = 1;
+  int64_t per = (max_ctx + max_splits - 1) / max_splits; /* the fewest keys per split that fit */
+  int64_t k = (per + ATTN_DET_CHUNK - 1) / ATTN_DET_CHUNK;
+  if (k < 1) k = 1;
+  return (int)(k * ATTN_DET_CHUNK);
+}
+
+/* The launch plan for a step whose longest context is max_ctx under the fixed chunk: grid z = the splits of
+ * the longest row; each row uses attn_split_count(n, chunk) of them, whatever else is in the step. */
+ATTN_HD attn_split_t attn_det_split_plan(int64_t max_ctx, int chunk) {
+  attn_split_t p;
+  p.chunk = chunk;
+  p.n_splits = max_ctx < 1 ? 1 : attn_ceil_div(max_ctx, chunk);
+  return p;
+}
+
+/* Rows one launch may cover when each row of H heads writes n_splits partial states of D + 2 floats into a
+ * scratch of part_bytes (rows with one split write their output directly: no limit, returned as `rows`).
+ * At least 1 when the scratch holds one row; 0 when it does not (attn_det_chunk prevents that). */
+ATTN_HD int64_t attn_det_rows_per_launch(int64_t rows, size_t part_bytes, int H, int D, int n_splits) {
+  if (n_splits <= 1) return rows;
+  size_t per_row = (size_t)H * (size_t)n_splits * (size_t)(D + 2) * sizeof(float);
+  int64_t fit = (int64_t)(part_bytes / per_row);
+  return fit < rows ? fit : rows;
+}
+
 /* ---- rows, positions, causal limits ------------------------------------------------------------------- */
 
 /* The sequence s with q_start[s] <= row < q_start[s + 1] (q_start ascending, n_seqs >= 1). */

@@ -219,6 +219,7 @@ static int cuda_kv_init(es_backend_t *be, es_error_t *err) {
   size_t part = attn_fast_part_bytes(&be->opts, be->kv_heads, be->kv_head_dim); // split-KV decode scratch
   if (part && (rc = dev_alloc(cb, part, "the attention split scratch", (void **)&cb->attn_part, err))) return rc;
   cb->attn_part_bytes = part;
+  if (be->opts.deterministic) cb->attn_det_chunk = attn_fast_det_chunk(&be->opts, be->kv_heads, be->kv_head_dim);
   ES_CUDA_TRY(err, cudaMemsetAsync(cb->kv, 0, bytes, cb->stream));
   ES_CUDA_TRY(err, cudaStreamSynchronize(cb->stream));
   return ES_OK;
@@ -415,4 +416,8 @@ extern "C" int cuda_backend_copy_bandwidth(es_backend_t *be, size_t bytes, int r
   if (e0) cudaEventDestroy(e0);
   if (e1) cudaEventDestroy(e1);
   return rc;
+}
+
+extern "C" int cuda_backend_det_attn_chunk(const es_backend_t *be) {
+  return ((const cuda_backend_t *)be)->attn_det_chunk;
 }

@@ -43,7 +43,21 @@ typedef struct {
   cublasLtMatrixLayout_t lw, lx, ly;
   cublasLtMatmulAlgo_t algo;
   int have_algo;
+  int det_idx; /* deterministic mode: index of the shape's entry in det_shapes, -1 when it has none */
 } cuda_gemm_plan_t;
+
+/* ---- deterministic mode (issue 9) ---- */
+#define CUDA_DET_SHAPES 128 /* GEMM shapes (M excluded) whose one algorithm is fixed; more run the plain kernel */
+#define CUDA_DET_REP_M 256  /* the M the heuristic chooses a shape's one algorithm for */
+
+/* Deterministic mode: the one cuBLASLt algorithm of a GEMM shape, used for every M (cuda_gemm.cu), or
+ * have_algo = 0: the plain kernel runs that shape at every M. */
+typedef struct {
+  int64_t N, K, ldx, ldy;
+  int in_dt, out_dt, has_bias, beta, align;
+  cublasLtMatmulAlgo_t algo;
+  int have_algo;
+} cuda_gemm_det_t;
 
 typedef struct {
   es_backend_t base; /* first: the es_backend_t * handed out is this struct */
@@ -91,6 +105,12 @@ typedef struct {
   /* step graphs (cuda_graph.cu): the instantiated graph of each key, NULL when none */
   cudaGraphExec_t graphs[ES_GRAPH_MAX_KEYS];
   int graphs_off; /* EARSHOT_CUDA_GRAPHS=0 at create */
+
+  /* ---- deterministic mode (issue 9), when base.opts.deterministic ---- */
+  cuda_gemm_det_t det_shapes[CUDA_DET_SHAPES]; /* chosen at a shape's first use, never evicted */
+  int n_det_shapes;
+  int64_t det_switched; /* shapes moved to the plain kernel after their algorithm failed the check at a new M */
+  int attn_det_chunk;   /* keys per decode split (attn_det_chunk), fixed at kv_init */
 } cuda_backend_t;
 
 static inline cuda_backend_t *cuda_be(es_backend_t *be) {

@@ -16,7 +16,8 @@
 // dtypes, bias, beta, pointer alignment) and cached (CUDA_GEMM_CACHE entries, evicted round-robin); a call
 // only sets the bias pointer. Bucketing M (and CUDA-graph-fixed shapes) is part 3. cuBLASLt may pick a
 // different algorithm for a different M, so its rows are not guaranteed bit-identical across batch sizes
-// (backend.h's batch invariance); the plain kernel's are (its k loop is the same for every row).
+// (backend.h's batch invariance); the plain kernel's are (its k loop is the same for every row). Deterministic
+// mode fixes one algorithm per shape for every M (see "deterministic mode" below).
 //
 // The plain kernel: 16×16 output tiles through shared memory, fp32 accumulation over k in order, the
 // transformers rounding points in its epilogue (round(x·wᵀ + b), round(gelu(.)), round(y + .)). It runs for
@@ -102,8 +103,8 @@ extern "C" void cuda_gemm_free_plans(cuda_backend_t *cb) {
   for (int i = 0; i < CUDA_GEMM_CACHE; i++) plan_free(&cb->plans[i]);
 }
 
-// Builds the descriptors of p (key fields already set) and asks the heuristic for one algorithm.
-static int plan_build(cuda_backend_t *cb, cuda_gemm_plan_t *p, es_error_t *err) {
+// Builds the descriptors of p (key fields already set).
+static int desc_build(cuda_gemm_plan_t *p, es_error_t *err) {
   cudaDataType_t ti = lt_type((es_dtype_t)p->in_dt), to = lt_type((es_dtype_t)p->out_dt);
   ES_CUBLAS_TRY(err, cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
@@ -116,6 +117,14 @@ static int plan_build(cuda_backend_t *cb, cuda_gemm_plan_t *p, es_error_t *err) 
   ES_CUBLAS_TRY(err, cublasLtMatrixLayoutCreate(&p->lw, ti, (uint64_t)p->K, (uint64_t)p->N, p->K));
   ES_CUBLAS_TRY(err, cublasLtMatrixLayoutCreate(&p->lx, ti, (uint64_t)p->K, (uint64_t)p->M, p->ldx));
   ES_CUBLAS_TRY(err, cublasLtMatrixLayoutCreate(&p->ly, to, (uint64_t)p->N, (uint64_t)p->M, p->ldy));
+  return ES_OK;
+}
+
+// Asks the heuristic for up to n_req algorithms for p's descriptors (workspace CUDA_LT_WORKSPACE, p's pointer
+// alignment); *found = 0 when it has none ("no algorithm" comes back as NOT_SUPPORTED or as zero results).
+static int heuristic(cuda_backend_t *cb, const cuda_gemm_plan_t *p, int n_req, cublasLtMatmulHeuristicResult_t *res,
+                     int *found, es_error_t *err) {
+  *found = 0;
   cublasLtMatmulPreference_t pref = NULL;
   ES_CUBLAS_TRY(err, cublasLtMatmulPreferenceCreate(&pref));
   uint64_t ws = CUDA_LT_WORKSPACE;
@@ -127,17 +136,157 @@ static int plan_build(cuda_backend_t *cb, cuda_gemm_plan_t *p, es_error_t *err) 
       CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
   for (int i = 0; i < 4 && st == CUBLAS_STATUS_SUCCESS; i++)
     st = cublasLtMatmulPreferenceSetAttribute(pref, al_attrs[i], &al, sizeof al);
-  cublasLtMatmulHeuristicResult_t res;
-  memset(&res, 0, sizeof res);
-  int found = 0;
+  memset(res, 0, sizeof *res * (size_t)n_req);
+  int n = 0;
   if (st == CUBLAS_STATUS_SUCCESS)
-    st = cublasLtMatmulAlgoGetHeuristic(cb->lt, p->op, p->lw, p->lx, p->ly, p->ly, pref, 1, &res, &found);
+    st = cublasLtMatmulAlgoGetHeuristic(cb->lt, p->op, p->lw, p->lx, p->ly, p->ly, pref, n_req, res, &n);
   cublasLtMatmulPreferenceDestroy(pref);
-  // "no algorithm" comes back as NOT_SUPPORTED or as zero results: the plain kernel takes the shape
   if (st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED)
     return es_cublas_fail(err, st, "cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__);
-  p->have_algo = st == CUBLAS_STATUS_SUCCESS && found > 0 && res.state == CUBLAS_STATUS_SUCCESS;
+  *found = st == CUBLAS_STATUS_SUCCESS ? n : 0;
+  return ES_OK;
+}
+
+static int det_plan_algo(cuda_backend_t *cb, cuda_gemm_plan_t *p, es_error_t *err);
+
+// Builds the descriptors of p and picks its algorithm: the heuristic's first for this exact problem, or in
+// deterministic mode the shape's one algorithm (det_plan_algo). have_algo = 0: the plain kernel runs it.
+static int plan_build(cuda_backend_t *cb, cuda_gemm_plan_t *p, es_error_t *err) {
+  p->det_idx = -1;
+  int rc = desc_build(p, err);
+  if (rc) return rc;
+  if (cb->base.opts.deterministic) return det_plan_algo(cb, p, err);
+  cublasLtMatmulHeuristicResult_t res;
+  int found = 0;
+  if ((rc = heuristic(cb, p, 1, &res, &found, err))) return rc;
+  p->have_algo = found > 0 && res.state == CUBLAS_STATUS_SUCCESS;
   if (p->have_algo) p->algo = res.algo;
+  return ES_OK;
+}
+
+// ---- deterministic mode: one algorithm per shape, for every M ----------------------------------------------------
+//
+// Batch invariance (backend.h) asks that row i of Y = X·Wᵀ come out bit-identical whatever M is. In default
+// mode it does not: a plan is cached per exact M and the heuristic may pick a different algorithm (another
+// tile shape, hence another order of the k loop, or split-K, whose partial sums are added in another order)
+// for M = 1 than for M = 64. Deterministic mode (es_backend_opts_t.deterministic) removes the M dependence:
+//   - for each shape — N, K, strides, dtypes, bias, beta, pointer alignment: everything but M — ONE algorithm is
+//     chosen, at the shape's first use: the heuristic's best for M = CUDA_DET_REP_M (a constant, so the choice
+//     does not depend on the server's sizing either) among the algorithms whose CUBLASLT_ALGO_CONFIG_SPLITK_NUM
+//     is 1 (the dot product of each output runs "in one sequence", cublasLt.h's CUBLASLT_REDUCTION_SCHEME_NONE),
+//     and that cublasLtMatmulAlgoCheck accepts at every M of det_check_m;
+//   - every M then runs that algorithm (the full config: id, tile, stages, split-K 1, swizzle, custom option,
+//     cluster shape). With the tile fixed, an output element is computed by one CTA looping over k in the
+//     tile's fixed order; M changes only how many CTAs there are and where each sits in the grid, not what one
+//     computes (a CTA's k loop reads one row of X and one column of Wᵀ; rows do not interact). With split-K 1
+//     no partial sums of other CTAs are added in. What NVIDIA documents (cuBLAS docs, "Results
+//     reproducibility": bit-wise identical results from run to run for a given toolkit, architecture and SM
+//     count; "GEMM Algorithms Numerical Behavior": the algorithms that "split the computation along the
+//     dimension K" sum the splits deterministically — i.e. in an order that depends on the split, which is why
+//     split-K is excluded) is run-to-run reproducibility of one call, not invariance across M; invariance across
+//     M rests on the argument above and is checked on the GPU by tests/cuda/test_cuda_deterministic.c (every row
+//     of M in {1, 2, 3, 7, 16, 64, 300} against the same row alone, memcmp). A kernel that reduces across CTAs
+//     behind a split-K of 1 (stream-K) would break it; that test is what would catch it.
+//   - a shape for which no such algorithm exists runs the plain kernel at every M (its k loop is in order and
+//     the same for every row). If the algorithm is later refused at an M outside det_check_m, the shape moves to
+//     the plain kernel from then on and det_switched counts it (the test requires 0): rows computed before and
+//     after would differ, which the checks at start-up are there to make unlikely.
+// Choice at first use, not at upload: the shape's strides, bias and alignment are only known at the call. Today
+// no step is captured as a CUDA graph, so the first use is always an ordinary call; a capture (part 3) must run
+// a warm-up step first, which it needs anyway for the per-M plans.
+
+static const int64_t det_check_m[] = {1,    2,    3,    4,    5,    6,     7,     8,     9,     12,   15,  16,
+                                      17,   24,   31,   32,   33,   48,    63,    64,    65,    96,   127, 128,
+                                      129,  192,  255,  256,  257,  300,   383,   384,   511,   512,  513, 767,
+                                      768,  1000, 1023, 1024, 1025, 1500,  2047,  2048,  2049,  3000, 4096,
+                                      6000, 8192, 12000, 16384, 24000, 32768, 48000, 65536};
+
+// *ok = 1 when algo is valid for shape d at M rows (cublasLtMatmulAlgoCheck) within the workspace.
+static int det_check(cuda_backend_t *cb, const cuda_gemm_plan_t *shape, int64_t M, const cublasLtMatmulAlgo_t *algo,
+                     int *ok, es_error_t *err) {
+  cuda_gemm_plan_t t = *shape;
+  t.M = M;
+  t.op = NULL;
+  t.lw = t.lx = t.ly = NULL;
+  t.used = 1;
+  int rc = desc_build(&t, err);
+  *ok = 0;
+  if (!rc) {
+    cublasLtMatmulHeuristicResult_t r;
+    memset(&r, 0, sizeof r);
+    cublasStatus_t st = cublasLtMatmulAlgoCheck(cb->lt, t.op, t.lw, t.lx, t.ly, t.ly, algo, &r);
+    *ok = st == CUBLAS_STATUS_SUCCESS && r.state == CUBLAS_STATUS_SUCCESS && r.workspaceSize <= CUDA_LT_WORKSPACE;
+  }
+  plan_free(&t);
+  return rc;
+}
+
+// The shape's entry (chosen now if new); -1 when the table is full (the caller runs the plain kernel).
+static int det_shape(cuda_backend_t *cb, const cuda_gemm_plan_t *p, int *idx, es_error_t *err) {
+  *idx = -1;
+  for (int i = 0; i < cb->n_det_shapes; i++) {
+    const cuda_gemm_det_t *d = &cb->det_shapes[i];
+    if (d->N == p->N && d->K == p->K && d->ldx == p->ldx && d->ldy == p->ldy && d->in_dt == p->in_dt &&
+        d->out_dt == p->out_dt && d->has_bias == p->has_bias && d->beta == p->beta && d->align == p->align) {
+      *idx = i;
+      return ES_OK;
+    }
+  }
+  if (cb->n_det_shapes == CUDA_DET_SHAPES) return ES_OK;
+  cuda_gemm_det_t d;
+  memset(&d, 0, sizeof d);
+  d.N = p->N, d.K = p->K, d.ldx = p->ldx, d.ldy = p->ldy, d.in_dt = p->in_dt, d.out_dt = p->out_dt;
+  d.has_bias = p->has_bias, d.beta = p->beta, d.align = p->align;
+  // the heuristic's candidates at the representative M, best first
+  cuda_gemm_plan_t rep = *p;
+  rep.M = CUDA_DET_REP_M;
+  rep.op = NULL;
+  rep.lw = rep.lx = rep.ly = NULL;
+  rep.used = 1;
+  enum { N_REQ = 16 };
+  cublasLtMatmulHeuristicResult_t res[N_REQ];
+  int found = 0, rc = desc_build(&rep, err);
+  if (!rc) rc = heuristic(cb, &rep, N_REQ, res, &found, err);
+  plan_free(&rep);
+  for (int i = 0; i < found && !rc && !d.have_algo; i++) {
+    if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
+    int32_t splitk = 0;
+    size_t got = 0;
+    if (cublasLtMatmulAlgoConfigGetAttribute(&res[i].algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk, sizeof splitk,
+                                             &got) != CUBLAS_STATUS_SUCCESS ||
+        splitk > 1)
+      continue;
+    int all = 1;
+    for (size_t k = 0; k < sizeof det_check_m / sizeof *det_check_m && all && !rc; k++)
+      rc = det_check(cb, p, det_check_m[k], &res[i].algo, &all, err);
+    if (!rc && all) {
+      d.algo = res[i].algo;
+      d.have_algo = 1;
+    }
+  }
+  if (rc) return rc;
+  cb->det_shapes[cb->n_det_shapes] = d;
+  *idx = cb->n_det_shapes++;
+  return ES_OK;
+}
+
+// p's algorithm in deterministic mode: its shape's, after checking it at p's M.
+static int det_plan_algo(cuda_backend_t *cb, cuda_gemm_plan_t *p, es_error_t *err) {
+  p->have_algo = 0;
+  int idx = -1, rc = det_shape(cb, p, &idx, err);
+  if (rc || idx < 0) return rc;
+  p->det_idx = idx;
+  cuda_gemm_det_t *d = &cb->det_shapes[idx];
+  if (!d->have_algo) return ES_OK;
+  int ok = 0;
+  if ((rc = det_check(cb, p, p->M, &d->algo, &ok, err))) return rc;
+  if (!ok) { // refused at this M: the whole shape goes to the plain kernel from now on
+    d->have_algo = 0;
+    cb->det_switched++;
+    return ES_OK;
+  }
+  p->algo = d->algo;
+  p->have_algo = 1;
   return ES_OK;
 }
 
@@ -196,7 +345,8 @@ static int gemm(cuda_backend_t *cb, void *y, int64_t ldy, es_dtype_t out_dt, con
     cuda_gemm_plan_t *p = NULL;
     int rc = plan_get(cb, &key, &p, err);
     if (rc) return rc;
-    if (p->have_algo) {
+    // deterministic mode: the shape's algorithm, unless the shape has moved to the plain kernel since
+    if (p->have_algo && (p->det_idx < 0 || cb->det_shapes[p->det_idx].have_algo)) {
       if (bias)
         ES_CUBLAS_TRY(err, cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
                                                           sizeof bias));
@@ -310,4 +460,12 @@ extern "C" void cuda_backend_gemm_stats(const es_backend_t *be, int *plans, int 
       (*plans)++;
       if (!cb->plans[i].have_algo) (*fallbacks)++;
     }
+}
+
+extern "C" void cuda_backend_det_stats(const es_backend_t *be, int *shapes, int *plain_shapes, int64_t *switched) {
+  const cuda_backend_t *cb = (const cuda_backend_t *)be;
+  *shapes = cb->n_det_shapes;
+  *plain_shapes = 0;
+  for (int i = 0; i < cb->n_det_shapes; i++) *plain_shapes += !cb->det_shapes[i].have_algo;
+  *switched = cb->det_switched;
 }

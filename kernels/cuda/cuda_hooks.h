@@ -52,6 +52,16 @@ void *cuda_backend_kv_pool(es_backend_t *be);
  * (benchmarks only, never inside a step). */
 int cuda_backend_copy_bandwidth(es_backend_t *be, size_t bytes, int repeats, double *bytes_per_s, es_error_t *err);
 
+/* ---- deterministic mode (issue 9) ---- */
+
+/* GEMM shapes given their one algorithm so far (es_backend_opts_t.deterministic), how many of them run the
+ * plain kernel (no split-K-free algorithm valid at every checked M), and how many shapes moved to the plain
+ * kernel after their algorithm was refused at a new M (rows before and after may differ: should stay 0). */
+void cuda_backend_det_stats(const es_backend_t *be, int *shapes, int *plain_shapes, int64_t *switched);
+
+/* Keys per split of the deterministic decode attention (0 before es_backend_kv_init or outside the mode). */
+int cuda_backend_det_attn_chunk(const es_backend_t *be);
+
 #ifdef __cplusplus
 }
 #endif

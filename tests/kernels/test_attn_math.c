@@ -7,6 +7,9 @@
  *   - empty and fully masked states and tiles are exact no-ops (bit for bit) and never make NaN;
  *   - the split plan's ranges over many (units, context, SM count, scratch cap, forced count) combinations,
  *     and the split ranges partition [0, n) exactly;
+ *   - deterministic mode's fixed split size: the chunk fits the scratch and is minimal, a row's split ranges
+ *     are the same under the plan of any step that contains it (and the heuristic's are not), and the
+ *     rows one launch covers fit the scratch;
  *   - paged addressing through shuffled block tables at lengths 1, 15, 16, 17, 8191 against the test's own
  *     implementation of backend.h's layout (kernel_test.h: kt_kv_at), slots, rows -> sequences, causal limits.
  */
@@ -237,6 +240,102 @@ static void test_split_plan(void) {
   T_CHECK(d.n_splits == 1 && d.chunk >= 100, "batch 1 at 100: %d splits of %d", d.n_splits, d.chunk);
 }
 
+/* ---- deterministic mode: the fixed split size --------------------------------------------------------------- */
+
+/* The splits of a row with n visible keys under a launch plan, as the kernels derive them: count and ranges. */
+static int row_splits(int64_t n, attn_split_t p, int64_t *k0s, int64_t *k1s, int cap) {
+  int cnt = attn_split_count(n, p.chunk);
+  for (int sp = 0; sp < cnt && sp < cap; sp++) attn_split_range(n, p.chunk, sp, &k0s[sp], &k1s[sp]);
+  return cnt;
+}
+
+static void test_det_split(void) {
+  /* the chunk: a multiple of ATTN_DET_CHUNK, the smallest that fits the scratch */
+  static const int64_t ctxs[] = {1, 15, 16, 511, 512, 513, 1000, 2048, 8191, 8192, 8193, 32768, 131072};
+  static const int64_t caps[] = {-3, 0, 1, 2, 3, 7, 15, 16, 17, 128, 100000};
+  int bad = 0, n_cases = 0;
+  for (size_t ci = 0; ci < sizeof ctxs / sizeof *ctxs; ci++)
+    for (size_t ki = 0; ki < sizeof caps / sizeof *caps; ki++) {
+      int64_t ctx = ctxs[ci], cap = caps[ki] < 1 ? 1 : caps[ki];
+      int c = attn_det_chunk(ctx, caps[ki]);
+      int64_t splits = (ctx + c - 1) / c;
+      int ok = c >= ATTN_DET_CHUNK && c % ATTN_DET_CHUNK == 0 && c % ATTN_SPLIT_ALIGN == 0 && splits <= cap;
+      /* minimal: one ATTN_DET_CHUNK less would not fit */
+      if (c > ATTN_DET_CHUNK) ok = ok && (ctx + (c - ATTN_DET_CHUNK) - 1) / (c - ATTN_DET_CHUNK) > cap;
+      if (!ok && bad++ < 5) fprintf(stderr, "  det chunk ctx=%lld cap=%lld -> %d\n", (long long)ctx, (long long)cap, c);
+      n_cases++;
+    }
+  T_CHECK(bad == 0, "det chunk: %d of %d combinations break its contract", bad, n_cases);
+  T_CHECK(attn_det_chunk(8192, 128) == 512 && attn_det_chunk(8192, 16) == 512 && attn_det_chunk(8192, 15) == 1024 &&
+              attn_det_chunk(8192, 1) == 8192 && attn_det_chunk(8193, 1) == 8704,
+          "det chunk examples: %d %d %d %d %d", attn_det_chunk(8192, 128), attn_det_chunk(8192, 16),
+          attn_det_chunk(8192, 15), attn_det_chunk(8192, 1), attn_det_chunk(8193, 1));
+
+  /* a row's splits depend only on its own length: the same ranges under the plan of any step whose longest
+   * context is >= its own (the batch's composition), for several chunks */
+  static const int chunks[] = {512, 1024, 8704};
+  static const int64_t ns[] = {1, 2, 63, 64, 65, 511, 512, 513, 1023, 1024, 1025, 4000, 8191, 8192};
+  static const int64_t maxes[] = {8192, 8193, 9000, 20000};
+  bad = 0;
+  n_cases = 0;
+  for (size_t ci = 0; ci < sizeof chunks / sizeof *chunks; ci++)
+    for (size_t ni = 0; ni < sizeof ns / sizeof *ns; ni++) {
+      int64_t n = ns[ni];
+      int64_t a0[64], a1[64], b0[64], b1[64];
+      attn_split_t alone = attn_det_split_plan(n, chunks[ci]);
+      int ca = row_splits(n, alone, a0, a1, 64);
+      int ok = ca == alone.n_splits && ca <= 64; /* alone, the row is the longest: it uses every split */
+      int64_t next = 0;
+      for (int sp = 0; sp < ca && ok; sp++) {
+        ok = a0[sp] == next && a1[sp] > a0[sp] && a0[sp] == (int64_t)sp * chunks[ci] &&
+             (a1[sp] == n || a1[sp] - a0[sp] == chunks[ci]);
+        next = a1[sp];
+      }
+      ok = ok && next == n;
+      for (size_t mi = 0; mi < sizeof maxes / sizeof *maxes && ok; mi++) {
+        attn_split_t in_batch = attn_det_split_plan(maxes[mi], chunks[ci]);
+        int cb = row_splits(n, in_batch, b0, b1, 64);
+        ok = in_batch.chunk == alone.chunk && cb == ca && cb <= in_batch.n_splits &&
+             !memcmp(a0, b0, sizeof(int64_t) * (size_t)ca) && !memcmp(a1, b1, sizeof(int64_t) * (size_t)ca);
+      }
+      if (!ok && bad++ < 5) fprintf(stderr, "  det splits n=%lld chunk=%d differ with the batch\n", (long long)n, chunks[ci]);
+      n_cases++;
+    }
+  T_CHECK(bad == 0, "det splits: %d of %d rows change with the batch", bad, n_cases);
+  attn_split_t z = attn_det_split_plan(0, 512);
+  T_CHECK(z.n_splits == 1 && z.chunk == 512, "det plan of an empty step: %d splits of %d", z.n_splits, z.chunk);
+
+  /* the heuristic (default mode) does change a row's splits with the batch: what deterministic mode fixes */
+  attn_split_t h1 = attn_split_plan(32, 8192, 132, 128, 0), h64 = attn_split_plan(64 * 32, 8192, 132, 128, 0);
+  T_CHECK(h1.chunk != h64.chunk, "heuristic: batch 1 and batch 64 at 8k split alike (%d / %d keys)", h1.chunk,
+          h64.chunk);
+
+  /* rows per launch through a fixed scratch */
+  static const int64_t rows[] = {1, 7, 64, 1000};
+  static const size_t parts[] = {0, 1000, (size_t)1 << 20, (size_t)64 << 20};
+  static const int splitss[] = {1, 2, 16, 300};
+  bad = 0;
+  n_cases = 0;
+  for (size_t ri = 0; ri < sizeof rows / sizeof *rows; ri++)
+    for (size_t pi = 0; pi < sizeof parts / sizeof *parts; pi++)
+      for (size_t si = 0; si < sizeof splitss / sizeof *splitss; si++)
+        for (int D = 64; D <= 128; D += 64) {
+          int H = 32, ns_ = splitss[si];
+          int64_t g = attn_det_rows_per_launch(rows[ri], parts[pi], H, D, ns_);
+          size_t per_row = (size_t)H * (size_t)ns_ * (size_t)(D + 2) * sizeof(float);
+          int ok = g >= 0 && g <= rows[ri];
+          if (ns_ == 1)
+            ok = ok && g == rows[ri];
+          else
+            ok = ok && (size_t)g * per_row <= parts[pi] && (g == rows[ri] || (size_t)(g + 1) * per_row > parts[pi]);
+          if (!ok && bad++ < 5)
+            fprintf(stderr, "  rows per launch rows=%lld part=%zu splits=%d D=%d -> %lld\n", (long long)rows[ri],
+                    parts[pi], ns_, D, (long long)g);
+          n_cases++;
+        }
+  T_CHECK(bad == 0, "rows per launch: %d of %d combinations wrong", bad, n_cases);
+}
+
 /* ---- paged addressing ------------------------------------------------------------------------------------------ */
 
 static void test_addressing(void) {
@@ -303,6 +402,7 @@ int main(void) {
   printf("merge over random splits: worst error %.3g relative to the weighted mean |v|\n", worst_merge);
   test_empty();
   test_split_plan();
+  test_det_split();
   test_addressing();
   return t_finish();
 }
