@@ -82,13 +82,15 @@ template <int D>
 __global__ void __launch_bounds__(DEC_THREADS)
     dec_split_kernel(bf16 *out, float *part_o, float *part_ml, const bf16 *q, int64_t ldq, const bf16 *kv, int layer,
                      int n_blocks, int H, float sl, const int32_t *q_start, const int32_t *ctx_len,
-                     const int32_t *block_table, int max_blocks, int chunk, int n_splits, int64_t row0, int n_seqs) {
+                     const int32_t *block_table, int max_blocks, const int32_t *chunk_dev, int n_splits, int64_t row0,
+                     int n_seqs) {
   constexpr int G = D / 8, KPW = 32 / G, STEP = DEC_WARPS * KPW * DEC_U;
   __shared__ float sm_o[DEC_WARPS][D];
   __shared__ float sm_m[DEC_WARPS], sm_l[DEC_WARPS];
   const int slot = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
   int s, qi, q0, q_len;
   if (!dec_locate(slot, row0, n_seqs, q_start, &s, &qi, &q0, &q_len)) return; // block-uniform
+  const int chunk = *chunk_dev; // the step's plan, written with the batch (cuda_set_batch): graph replays follow it
   const int64_t n = attn_causal_keys(ctx_len[s], q_len, qi);
   const int n_used = attn_split_count(n, chunk);
   if (split >= n_used) return;
@@ -196,10 +198,11 @@ __global__ void __launch_bounds__(DEC_THREADS)
 // Grid (n_x, H), block x as dec_locate: merges the splits of rows that have more than one, in split order.
 __global__ void __launch_bounds__(DEC_THREADS)
     dec_combine_kernel(bf16 *out, const float *part_o, const float *part_ml, int H, int D, const int32_t *q_start,
-                       const int32_t *ctx_len, int chunk, int n_splits, int64_t row0, int n_seqs) {
+                       const int32_t *ctx_len, const int32_t *chunk_dev, int n_splits, int64_t row0, int n_seqs) {
   const int slot = blockIdx.x, h = blockIdx.y;
   int s, qi, q0, q_len;
   if (!dec_locate(slot, row0, n_seqs, q_start, &s, &qi, &q0, &q_len)) return;
+  const int chunk = *chunk_dev;
   const int n_used = attn_split_count(attn_causal_keys(ctx_len[s], q_len, qi), chunk);
   if (n_used <= 1) return; // written by dec_split_kernel
   const int64_t base = ((int64_t)slot * H + h) * n_splits, i = q0 + qi;
@@ -227,25 +230,39 @@ static int dec_launch(cuda_backend_t *cb, int layer, void *out, const void *q, i
   dim3 grid((unsigned)n_x, (unsigned)H, (unsigned)p.n_splits);
   dec_split_kernel<D><<<grid, DEC_THREADS, 0, cb->stream>>>(
       (bf16 *)out, part_o, part_ml, (const bf16 *)q, ldq, (const bf16 *)cb->kv, layer, be->kv_blocks, H, sl,
-      cb->d_q_start, cb->d_ctx_len, cb->d_block_table, be->batch.max_blocks, p.chunk, p.n_splits, row0,
+      cb->d_q_start, cb->d_ctx_len, cb->d_block_table, be->batch.max_blocks, cb->d_dec_chunk, p.n_splits, row0,
       be->batch.n_seqs);
   ES_CUDA_LAUNCHED(err);
   if (p.n_splits > 1) {
     dec_combine_kernel<<<dim3((unsigned)n_x, (unsigned)H), DEC_THREADS, 0, cb->stream>>>(
-        (bf16 *)out, part_o, part_ml, H, D, cb->d_q_start, cb->d_ctx_len, p.chunk, p.n_splits, row0,
+        (bf16 *)out, part_o, part_ml, H, D, cb->d_q_start, cb->d_ctx_len, cb->d_dec_chunk, p.n_splits, row0,
         be->batch.n_seqs);
     ES_CUDA_LAUNCHED(err);
   }
   return ES_OK;
 }
 
+extern "C" int attn_decode_split_cap(const cuda_backend_t *cb, int n_seqs, int H, int D) {
+  const int64_t slots = (int64_t)n_seqs * ATTN_DECODE_MAX_Q;
+  const size_t per_split = (size_t)slots * (size_t)H * (size_t)(D + 2) * sizeof(float);
+  const size_t fit = cb->attn_part ? cb->attn_part_bytes / per_split : 0; // splits the scratch can hold
+  return fit > ATTN_MAX_SPLITS ? ATTN_MAX_SPLITS : (int)fit;              // 0 or 1: no split (no scratch used)
+}
+
 extern "C" int attn_decode(cuda_backend_t *cb, int layer, void *out, const void *q, int64_t ldq, int H, int D,
                            float scale, int64_t n_rows, int64_t max_ctx, es_error_t *err) {
   const int64_t slots = (int64_t)cb->base.batch.n_seqs * ATTN_DECODE_MAX_Q;
-  const size_t per_split = (size_t)slots * (size_t)H * (size_t)(D + 2) * sizeof(float);
-  const size_t fit = cb->attn_part ? cb->attn_part_bytes / per_split : 0; // splits the scratch can hold
-  const int cap = fit > ATTN_MAX_SPLITS ? ATTN_MAX_SPLITS : (int)fit;     // 0 or 1: no split (no scratch used)
-  const attn_split_t p = attn_split_plan(n_rows * H, max_ctx, cb->sm_count, cap, cb->attn_splits);
+  const int cap = attn_decode_split_cap(cb, cb->base.batch.n_seqs, H, D);
+  attn_split_t p = attn_split_plan(n_rows * H, max_ctx, cb->sm_count, cap, cb->attn_splits);
+  if (p.chunk != cb->dec_chunk) // cuda_set_batch planned the same step from the same numbers
+    return es_fail(err, ES_EINTERNAL, "%s: decode split plan %d keys, the step's %d", cb->base.name, p.chunk,
+                   cb->dec_chunk);
+  // While recording a step graph the grid must hold every later replay of this bucket: as many splits as the
+  // longest context the backend allows could need (attn_split_bound); the kernels read the step's chunk from
+  // d_dec_chunk and the blocks past a row's last split return at once.
+  if (cb->base.recording)
+    p.n_splits = attn_split_bound(n_rows * H, (int64_t)cb->base.opts.max_blocks * ES_KV_BLOCK, cb->sm_count, cap,
+                                  cb->attn_splits);
   const float sl = scale * ATTN_LOG2E;
   return D == 64 ? dec_launch<64>(cb, layer, out, q, ldq, H, sl, p, -1, slots, err)
                  : dec_launch<128>(cb, layer, out, q, ldq, H, sl, p, -1, slots, err);
@@ -259,6 +276,8 @@ extern "C" int attn_decode_det(cuda_backend_t *cb, int layer, void *out, const v
     if (b->ctx_len[s] > max_ctx) max_ctx = b->ctx_len[s];
   if (cb->attn_det_chunk <= 0)
     return es_fail(err, ES_EINTERNAL, "%s: deterministic attention before the KV pool exists", cb->base.name);
+  // recording a step graph: the grid of the longest context allowed (the chunk is fixed in this mode)
+  if (cb->base.recording) max_ctx = (int64_t)cb->base.opts.max_blocks * ES_KV_BLOCK;
   const attn_split_t p = attn_det_split_plan(max_ctx, cb->attn_det_chunk);
   const int64_t rows = b->n_tokens;
   const int64_t g = attn_det_rows_per_launch(rows, cb->attn_part ? cb->attn_part_bytes : 0, H, D, p.n_splits);

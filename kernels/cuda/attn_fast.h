@@ -14,9 +14,9 @@
 
 #include "cuda_backend.h"
 
-/* 1 once attn_decode reads its split plan from device memory (so a recorded step graph stays valid when the
- * contexts grow); until then the CUDA backend reports no step graphs. */
-#define ATTN_DECODE_GRAPH_SAFE 0
+/* 1: attn_decode reads its split plan from device memory (so a recorded step graph stays valid when the
+ * contexts grow) and sizes its grid for the longest context while recording. */
+#define ATTN_DECODE_GRAPH_SAFE 1
 
 #ifdef __cplusplus
 extern "C" {
@@ -56,6 +56,9 @@ int attn_flash_q_tile(int D);
  * combine kernel; n_rows = their new tokens, max_ctx = their longest context. */
 int attn_decode(cuda_backend_t *cb, int layer, void *out, const void *q, int64_t ldq, int H, int D, float scale,
                 int64_t n_rows, int64_t max_ctx, es_error_t *err);
+
+/* Splits the decode scratch holds for a step of n_seqs sequences (0 or 1: no split). */
+int attn_decode_split_cap(const cuda_backend_t *cb, int n_seqs, int H, int D);
 
 /* ---- deterministic mode (issue 9) ---- */
 

@@ -50,17 +50,11 @@ ATTN_HD int attn_ceil_div(int64_t a, int64_t b) {
   return (int)((a + b - 1) / b);
 }
 
-/* The split plan for one decode launch: `units` independent (row, head) pairs, the longest context max_ctx,
- * sm_count multiprocessors, at most max_splits splits (the partial-result scratch); want > 0 forces that many
- * splits (tests), 0 lets the heuristic choose.
- * Heuristic (after Dao-AILab flash_api.cpp num_splits_heuristic, simplified): split until the grid has about
- * ATTN_TARGET_BLOCKS_PER_SM blocks per SM, but never into pieces shorter than ATTN_SPLIT_MIN_KEYS keys of the
- * longest context. Then the chunk is rounded up to ATTN_SPLIT_ALIGN and the count recomputed, so the longest
- * context's last split is never empty. Results: 1 <= n_splits <= max(1, max_splits); n_splits · chunk >=
- * max_ctx > (n_splits − 1) · chunk; units · n_splits < target + units. */
-ATTN_HD attn_split_t attn_split_plan(int64_t units, int64_t max_ctx, int sm_count, int max_splits, int want) {
-  attn_split_t p = {1, ATTN_SPLIT_ALIGN};
-  if (max_ctx < 1) return p;
+/* The split count attn_split_plan starts from (before the chunk is rounded): never decreasing in max_ctx,
+ * and never below the plan's n_splits — so attn_split_bound over the longest context a backend allows bounds
+ * the n_splits of every step of the same `units`, which a recorded step graph needs as its fixed grid. */
+ATTN_HD int attn_split_bound(int64_t units, int64_t max_ctx, int sm_count, int max_splits, int want) {
+  if (max_ctx < 1) return 1;
   if (units < 1) units = 1;
   int64_t s;
   if (want > 0) {
@@ -75,6 +69,22 @@ ATTN_HD attn_split_t attn_split_plan(int64_t units, int64_t max_ctx, int sm_coun
   if (s > max_splits) s = max_splits;
   if (s > max_ctx) s = max_ctx;
   if (s < 1) s = 1;
+  return (int)s;
+}
+
+/* The split plan for one decode launch: `units` independent (row, head) pairs, the longest context max_ctx,
+ * sm_count multiprocessors, at most max_splits splits (the partial-result scratch); want > 0 forces that many
+ * splits (tests), 0 lets the heuristic choose.
+ * Heuristic (after Dao-AILab flash_api.cpp num_splits_heuristic, simplified): split until the grid has about
+ * ATTN_TARGET_BLOCKS_PER_SM blocks per SM, but never into pieces shorter than ATTN_SPLIT_MIN_KEYS keys of the
+ * longest context. Then the chunk is rounded up to ATTN_SPLIT_ALIGN and the count recomputed, so the longest
+ * context's last split is never empty. Results: 1 <= n_splits <= max(1, max_splits); n_splits · chunk >=
+ * max_ctx > (n_splits − 1) · chunk; units · n_splits < target + units. */
+ATTN_HD attn_split_t attn_split_plan(int64_t units, int64_t max_ctx, int sm_count, int max_splits, int want) {
+  attn_split_t p = {1, ATTN_SPLIT_ALIGN};
+  if (max_ctx < 1) return p;
+  if (units < 1) units = 1;
+  int64_t s = attn_split_bound(units, max_ctx, sm_count, max_splits, want);
   int64_t chunk = (max_ctx + s - 1) / s;
   chunk = (chunk + ATTN_SPLIT_ALIGN - 1) / ATTN_SPLIT_ALIGN * ATTN_SPLIT_ALIGN;
   p.chunk = (int)chunk;

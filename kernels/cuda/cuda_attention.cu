@@ -260,7 +260,15 @@ extern "C" int cuda_backend_set_attention_splits(es_backend_t *be, int n_splits,
   cuda_backend_t *cb = hook_be(be, "attention splits", err);
   if (!cb) return ES_EINVAL;
   if (n_splits < 0) return es_fail(err, ES_EINVAL, "attention splits %d < 0", n_splits);
+  if (be->recording) return es_fail(err, ES_EINTERNAL, "attention splits: changed while recording a step graph");
   cb->attn_splits = n_splits;
+  if (!be->in_step) return ES_OK;
+  // inside a step (tests): the step's decode plan, already on the device, is made again with the new count
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  ES_CUDA_TRY(err, cudaEventSynchronize(cb->batch_done));
+  if ((rc = cuda_plan_decode(cb, err))) return rc;
+  ES_CUDA_TRY(err, cudaEventRecord(cb->batch_done, cb->stream));
   return ES_OK;
 }
 

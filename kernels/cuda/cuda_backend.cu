@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "attn_fast.h"
+#include "attn_math.h"
 #include "cuda_attention.h"
 #include "cuda_check.h"
 #include "cuda_convert.h"
@@ -225,6 +226,34 @@ static int cuda_kv_init(es_backend_t *be, es_error_t *err) {
   return ES_OK;
 }
 
+// The decode attention's keys per split for the step in cb->base.batch (attn_decode.cu checks that it plans the
+// same), sent to d_dec_chunk in stream order so that the kernels of a recorded step graph follow every replay's
+// contexts. The caller has waited for batch_done (the pinned slot may be refilled) and records it after.
+extern "C" int cuda_plan_decode(cuda_backend_t *cb, es_error_t *err) {
+  const es_backend_t *be = &cb->base;
+  const es_batch_t *b = &be->batch;
+  const es_backend_opts_t *o = &be->opts;
+  int chunk;
+  if (o->deterministic) {
+    chunk = cb->attn_det_chunk > 0 ? cb->attn_det_chunk : ATTN_SPLIT_ALIGN;
+  } else {
+    int64_t dec_rows = 0, dec_max_ctx = 0;
+    for (int s = 0; s < b->n_seqs; s++) {
+      const int q_len = b->q_start[s + 1] - b->q_start[s];
+      if (q_len > ATTN_DECODE_MAX_Q) continue;
+      dec_rows += q_len;
+      if (b->ctx_len[s] > dec_max_ctx) dec_max_ctx = b->ctx_len[s];
+    }
+    const int cap = attn_decode_split_cap(cb, b->n_seqs, be->kv_heads, be->kv_head_dim);
+    chunk = attn_split_plan(dec_rows * be->kv_heads, dec_max_ctx, cb->sm_count, cap, cb->attn_splits).chunk;
+  }
+  int32_t *hk = cb->batch_host + (o->max_seqs + 1) + o->max_seqs + 2 * o->max_tokens + o->max_seqs * o->max_blocks;
+  *hk = chunk;
+  cb->dec_chunk = chunk;
+  ES_CUDA_TRY(err, cudaMemcpyAsync(cb->d_dec_chunk, hk, sizeof(int32_t), cudaMemcpyHostToDevice, cb->stream));
+  return ES_OK;
+}
+
 // The batch arrays go to fixed device buffers (a captured graph reads them on replay), through one pinned
 // host buffer; the previous step's copy must be done before that buffer is refilled.
 static int cuda_set_batch(es_backend_t *be, const es_batch_t *b, es_error_t *err) {
@@ -249,6 +278,7 @@ static int cuda_set_batch(es_backend_t *be, const es_batch_t *b, es_error_t *err
   ES_CUDA_TRY(err, cudaMemcpyAsync(cb->d_slot, hs, n_t * sizeof(int32_t), cudaMemcpyHostToDevice, cb->stream));
   ES_CUDA_TRY(err, cudaMemcpyAsync(cb->d_block_table, ht, n_tab * sizeof(int32_t), cudaMemcpyHostToDevice,
                                    cb->stream));
+  if ((rc = cuda_plan_decode(cb, err))) return rc;
   ES_CUDA_TRY(err, cudaEventRecord(cb->batch_done, cb->stream));
   return ES_OK;
 }
@@ -305,7 +335,7 @@ static int create_resources(cuda_backend_t *cb, es_error_t *err) {
   if ((rc = dev_alloc(cb, CUDA_IM2COL_BYTES, "the conv1d scratch", &cb->im2col, err))) return rc;
   ES_CUBLAS_TRY(err, cublasLtCreate(&cb->lt));
   if ((rc = dev_alloc(cb, CUDA_LT_WORKSPACE, "the cuBLASLt workspace", &cb->lt_ws, err))) return rc;
-  size_t n_batch = (o->max_seqs + 1) + o->max_seqs + 2 * o->max_tokens + o->max_seqs * o->max_blocks;
+  size_t n_batch = (o->max_seqs + 1) + o->max_seqs + 2 * o->max_tokens + o->max_seqs * o->max_blocks + 1;
   ES_CUDA_TRY(err, cudaHostAlloc((void **)&cb->batch_host, n_batch * sizeof(int32_t), cudaHostAllocDefault));
   void *p;
   if ((rc = dev_alloc(cb, n_batch * sizeof(int32_t), "the batch description", &p, err))) return rc;
@@ -314,6 +344,7 @@ static int create_resources(cuda_backend_t *cb, es_error_t *err) {
   cb->d_positions = cb->d_ctx_len + o->max_seqs;
   cb->d_slot = cb->d_positions + o->max_tokens;
   cb->d_block_table = cb->d_slot + o->max_tokens;
+  cb->d_dec_chunk = cb->d_block_table + o->max_seqs * o->max_blocks;
   return cuda_attention_init(cb, (int64_t)o->max_blocks * ES_KV_BLOCK, err);
 }
 

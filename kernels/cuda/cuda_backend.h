@@ -92,7 +92,9 @@ typedef struct {
   int32_t *d_positions;   /* [max_tokens] */
   int32_t *d_slot;        /* [max_tokens] */
   int32_t *d_block_table; /* [max_seqs * max_blocks] */
-  int32_t *batch_host;    /* pinned, the same arrays back to back */
+  int32_t *batch_host;    /* pinned, the same arrays back to back, then the decode chunk */
+  int32_t *d_dec_chunk;   /* [1] keys per split of the step's decode attention, planned by cuda_set_batch */
+  int dec_chunk;          /* its host copy */
   size_t attn_smem_max;   /* dynamic shared memory the attention kernels are allowed (bytes) */
 
   /* the fast attention kernels (attn_fast.h): which path runs, test hooks, split-KV scratch */
@@ -128,6 +130,9 @@ void cuda_graph_abort(es_backend_t *be);
 int cuda_graph_has(const es_backend_t *be, int key);
 int cuda_graph_launch(es_backend_t *be, int key, es_error_t *err);
 void cuda_graphs_free(cuda_backend_t *cb);
+
+/* Plans the step's decode-attention split (cb->base.batch) and sends its chunk to d_dec_chunk (cuda_backend.cu). */
+int cuda_plan_decode(cuda_backend_t *cb, es_error_t *err);
 
 /* Bytes of one element of the compute dtype. */
 static inline size_t cuda_act_size(const cuda_backend_t *cb) {

@@ -249,6 +249,36 @@ static int row_splits(int64_t n, attn_split_t p, int64_t *k0s, int64_t *k1s, int
   return cnt;
 }
 
+/* A recorded step graph launches attn_split_bound(units, longest allowed context) splits in z; every later step
+ * of the bucket (same units, any shorter context, same scratch and forced count) must fit in that grid. */
+static void test_split_bound(void) {
+  uint64_t r = 0x9e3779b97f4a7c15ull;
+  int bad = 0, cases = 0;
+  for (int t = 0; t < 20000; t++) {
+    r = r * 6364136223846793005ull + 1442695040888963407ull;
+    int64_t units = 1 + (int64_t)((r >> 33) % 4096);
+    int64_t max_ctx = 1 + (int64_t)((r >> 17) % 70000);
+    int sm = 1 + (int)((r >> 7) % 160), cap = (int)((r >> 45) % 140), want = (r >> 60) & 1 ? (int)((r >> 3) % 40) : 0;
+    int bound = attn_split_bound(units, max_ctx, sm, cap, want);
+    for (int k = 0; k < 8; k++) {
+      r = r * 6364136223846793005ull + 1442695040888963407ull;
+      int64_t ctx = 1 + (int64_t)((r >> 20) % (uint64_t)max_ctx);
+      attn_split_t p = attn_split_plan(units, ctx, sm, cap, want);
+      int b2 = attn_split_bound(units, ctx, sm, cap, want);
+      cases++;
+      if (p.n_splits > bound || b2 > bound || p.n_splits > b2) {
+        if (bad++ < 5)
+          fprintf(stderr, "units %lld ctx %lld <= %lld sm %d cap %d want %d: plan %d, bound %d (own %d)\n",
+                  (long long)units, (long long)ctx, (long long)max_ctx, sm, cap, want, p.n_splits, bound, b2);
+      }
+    }
+  }
+  T_CHECK(bad == 0, "split bound: %d of %d plans exceed the bound of the longest context", bad, cases);
+  /* the bound is tight where it matters: one sequence of 32 heads on 132 SMs at 8k splits 33 ways at most */
+  T_CHECK(attn_split_bound(32, 8192, 132, 128, 0) == 32, "bound at batch 1, 8k: %d",
+          attn_split_bound(32, 8192, 132, 128, 0));
+}
+
 static void test_det_split(void) {
   /* the chunk: a multiple of ATTN_DET_CHUNK, the smallest that fits the scratch */
   static const int64_t ctxs[] = {1, 15, 16, 511, 512, 513, 1000, 2048, 8191, 8192, 8193, 32768, 131072};
@@ -402,6 +432,7 @@ int main(void) {
   printf("merge over random splits: worst error %.3g relative to the weighted mean |v|\n", worst_merge);
   test_empty();
   test_split_plan();
+  test_split_bound();
   test_det_split();
   test_addressing();
   return t_finish();
