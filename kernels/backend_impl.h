@@ -52,6 +52,9 @@ typedef struct {
   int (*scatter_rows)(es_backend_t *be, void *y, const void *x, const int32_t *idx, int64_t M, int64_t C,
                       es_error_t *err);
   int (*logits)(es_backend_t *be, float *logits, const void *x, const es_weight_t *w, int64_t M, es_error_t *err);
+  /* ---- fp8 weights ---- (backend.h; arguments validated by backend.c) */
+  int (*upload_weight_fp8)(es_backend_t *be, const void *host, es_dtype_t src_dtype, int64_t n0, int64_t n1,
+                           es_weight_t *out, es_error_t *err);
 } es_backend_ops_t;
 
 /* The common part of every backend; implementations embed it as their first member. */
