@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "model_flags.h"
 #include "runtime.h"
 
 int bench_engine(int argc, char **argv);
@@ -27,8 +28,8 @@ static void usage(FILE *out) {
           "  --audio-seconds S   clip per request, <= 30 (default 30)\n"
           "  --prompt-tokens P   text tokens per request (default 32)\n"
           "  --output-tokens T   generated tokens per request, eos ignored (default 64)\n"
-          "  --device auto|cpu|cuda  --dtype bfloat16|float32  --threads N  --max-num-seqs N  --kv-cache-gb G\n"
-          "  --max-model-len N   --json\n");
+          "  --json              one JSON object last\n");
+  mf_usage(out, MF_OPEN | MF_SIZING);
 }
 
 typedef struct {
@@ -89,29 +90,31 @@ int bench_engine(int argc, char **argv) {
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
       usage(stdout);
       return 0;
-    } else if (!strcmp(a, "--concurrency") && more) conc = atoi(argv[++i]);
-    else if (!strcmp(a, "--requests") && more) requests = atoi(argv[++i]);
-    else if (!strcmp(a, "--audio-seconds") && more) seconds = atof(argv[++i]);
-    else if (!strcmp(a, "--prompt-tokens") && more) prompt_tokens = atoi(argv[++i]);
-    else if (!strcmp(a, "--output-tokens") && more) output_tokens = atoi(argv[++i]);
-    else if (!strcmp(a, "--model") && more) ro.model = argv[++i];
-    else if (!strcmp(a, "--config") && more) ro.config = argv[++i];
-    else if (!strcmp(a, "--dummy-weights")) ro.dummy_weights = 1;
-    else if (!strcmp(a, "--threads") && more) ro.threads = atoi(argv[++i]);
-    else if (!strcmp(a, "--max-num-seqs") && more) ro.max_num_seqs = atoi(argv[++i]);
-    else if (!strcmp(a, "--kv-cache-gb") && more) ro.kv_cache_gb = atof(argv[++i]);
-    else if (!strcmp(a, "--max-model-len") && more) ro.max_model_len = atoi(argv[++i]);
-    else if (!strcmp(a, "--json")) json = 1;
-    else if (!strcmp(a, "--device") && more) {
-      if (rt_parse_device(argv[++i], &ro.device, &err)) {
-        fprintf(stderr, "earshot bench engine: %s\n", err.msg);
-        return 2;
-      }
-    } else if (!strcmp(a, "--dtype") && more) {
-      if (rt_parse_dtype(argv[++i], &ro.dtype, &err)) {
-        fprintf(stderr, "earshot bench engine: %s\n", err.msg);
-        return 2;
-      }
+    }
+    int mf = mf_parse("bench engine", MF_OPEN | MF_SIZING, argc, argv, &i, &ro);
+    if (mf < 0) return 2;
+    if (mf > 0) continue;
+    long long n;
+    if (!strcmp(a, "--json")) {
+      json = 1;
+    } else if (!more && (!strcmp(a, "--concurrency") || !strcmp(a, "--requests") || !strcmp(a, "--audio-seconds") ||
+                         !strcmp(a, "--prompt-tokens") || !strcmp(a, "--output-tokens"))) {
+      fprintf(stderr, "earshot bench engine: %s needs a value\n", a);
+      return 2;
+    } else if (!strcmp(a, "--concurrency")) {
+      if (mf_int("bench engine", a, argv[++i], 1, 4096, &n)) return 2;
+      conc = (int)n;
+    } else if (!strcmp(a, "--requests")) {
+      if (mf_int("bench engine", a, argv[++i], 1, 1 << 20, &n)) return 2;
+      requests = (int)n;
+    } else if (!strcmp(a, "--audio-seconds")) {
+      if (mf_double("bench engine", a, argv[++i], 0.021, 30, &seconds)) return 2;
+    } else if (!strcmp(a, "--prompt-tokens")) {
+      if (mf_int("bench engine", a, argv[++i], 1, 1 << 16, &n)) return 2;
+      prompt_tokens = (int)n;
+    } else if (!strcmp(a, "--output-tokens")) {
+      if (mf_int("bench engine", a, argv[++i], 1, 1 << 16, &n)) return 2;
+      output_tokens = (int)n;
     } else {
       fprintf(stderr, "earshot bench engine: unknown or incomplete argument '%s'\n\n", a);
       usage(stderr);

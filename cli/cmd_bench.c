@@ -22,6 +22,7 @@
 #include "kv_alloc.h"
 #include "model_path.h"
 #include "qwen2audio.h"
+#include "model_flags.h"
 #include "runtime.h"
 #ifdef EARSHOT_HAVE_AUDIO_DECODE
 #include "audio_decode.h"
@@ -186,14 +187,14 @@ done:
 static void model_usage(FILE *out) {
   fprintf(out, "usage: earshot bench model (--model DIR | --dummy-weights --config FILE) [options]\n"
                "\n"
-               "  --device auto|cpu|cuda   (default auto)      --dtype bfloat16|float32 (CUDA; default bfloat16)\n"
                "  --audio-seconds S        clip length, <= 30 (default 30)\n"
                "  --prompt-tokens P        text tokens around the audio (default 32)\n"
                "  --output-tokens N        decode steps per run, eos ignored (default 64)\n"
                "  --batch B                sequences per step (default 1)\n"
                "  --warmup W --repeats R   runs before / timed (default 1 / 3); medians are reported\n"
                "  --copy-mib M             buffer for the copy-bandwidth measurement (default 1024)\n"
-               "  --threads N              CPU threads (default all)   --json   one JSON object last\n");
+               "  --json                   one JSON object last\n");
+  mf_usage(out, MF_OPEN);
 }
 
 typedef struct {
@@ -250,61 +251,67 @@ static int argmax_f(const float *x, int n) {
 }
 
 static int bench_model(int argc, char **argv) {
-  const char *model = NULL, *config = NULL, *device = "auto", *dtype = "bfloat16";
-  int dummy = 0, P = 32, n_out = 64, B = 1, warmup = 1, repeats = 3, copy_mib = 1024, threads = 0, json = 0;
+  rt_opts_t ro = {.device = RT_DEVICE_AUTO, .dtype = ES_DT_BF16};
+  long long P_ll = 32, n_out_ll = 64, B_ll = 1, warmup_ll = 1, repeats_ll = 3, copy_mib_ll = 1024;
+  int json = 0;
   double seconds = 30.0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
-    int more = i + 1 < argc;
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
       model_usage(stdout);
       return 0;
-    } else if (!strcmp(a, "--model") && more)
-      model = argv[++i];
-    else if (!strcmp(a, "--config") && more)
-      config = argv[++i];
-    else if (!strcmp(a, "--dummy-weights"))
-      dummy = 1;
-    else if (!strcmp(a, "--device") && more)
-      device = argv[++i];
-    else if (!strcmp(a, "--dtype") && more)
-      dtype = argv[++i];
-    else if (!strcmp(a, "--audio-seconds") && more)
-      seconds = atof(argv[++i]);
-    else if (!strcmp(a, "--prompt-tokens") && more)
-      P = atoi(argv[++i]);
-    else if (!strcmp(a, "--output-tokens") && more)
-      n_out = atoi(argv[++i]);
-    else if (!strcmp(a, "--batch") && more)
-      B = atoi(argv[++i]);
-    else if (!strcmp(a, "--warmup") && more)
-      warmup = atoi(argv[++i]);
-    else if (!strcmp(a, "--repeats") && more)
-      repeats = atoi(argv[++i]);
-    else if (!strcmp(a, "--copy-mib") && more)
-      copy_mib = atoi(argv[++i]);
-    else if (!strcmp(a, "--threads") && more)
-      threads = atoi(argv[++i]);
-    else if (!strcmp(a, "--json"))
+    }
+    int mf = mf_parse("bench model", MF_OPEN, argc, argv, &i, &ro);
+    if (mf < 0) return 2;
+    if (mf > 0) continue;
+    if (!strcmp(a, "--json")) {
       json = 1;
-    else {
-      fprintf(stderr, "earshot bench model: unknown or incomplete option '%s'\n", a);
+      continue;
+    }
+    static const char *const valued[] = {"--audio-seconds", "--prompt-tokens", "--output-tokens", "--batch",
+                                         "--warmup",        "--repeats",       "--copy-mib"};
+    int known = 0;
+    for (size_t k = 0; k < sizeof valued / sizeof *valued; k++) known |= !strcmp(a, valued[k]);
+    if (!known) {
+      fprintf(stderr, "earshot bench model: unknown option '%s'\n", a);
       model_usage(stderr);
       return 2;
     }
+    if (i + 1 >= argc) {
+      fprintf(stderr, "earshot bench model: %s needs a value\n", a);
+      return 2;
+    }
+    const char *v = argv[++i];
+    int bad;
+    if (!strcmp(a, "--audio-seconds"))
+      bad = mf_double("bench model", a, v, 0.021, 30.0, &seconds);
+    else if (!strcmp(a, "--prompt-tokens"))
+      bad = mf_int("bench model", a, v, 4, 4096, &P_ll);
+    else if (!strcmp(a, "--output-tokens"))
+      bad = mf_int("bench model", a, v, 1, 4096, &n_out_ll);
+    else if (!strcmp(a, "--batch"))
+      bad = mf_int("bench model", a, v, 1, 64, &B_ll);
+    else if (!strcmp(a, "--warmup"))
+      bad = mf_int("bench model", a, v, 0, 1000, &warmup_ll);
+    else if (!strcmp(a, "--repeats"))
+      bad = mf_int("bench model", a, v, 1, 1000, &repeats_ll);
+    else
+      bad = mf_int("bench model", a, v, 1, 1 << 16, &copy_mib_ll);
+    if (bad) return 2;
   }
-  if ((!model && !(dummy && config)) || !(seconds > 0.02 && seconds <= 30.0) || P < 4 || P > 4096 || n_out < 1 ||
-      n_out > 4096 || B < 1 || B > 64 || warmup < 0 || repeats < 1 || repeats > 1000 || copy_mib < 1 || threads < 0) {
-    fprintf(stderr, "earshot bench model: need --model DIR or --dummy-weights --config FILE; 0.02 < S <= 30, "
-                    "4 <= P <= 4096, 1 <= N <= 4096, 1 <= B <= 64, R >= 1\n");
+  if (!ro.model && !(ro.dummy_weights && ro.config)) {
+    fprintf(stderr, "earshot bench model: need --model DIR or --dummy-weights --config FILE\n");
+    model_usage(stderr);
     return 2;
   }
+  const int P = (int)P_ll, n_out = (int)n_out_ll, B = (int)B_ll, warmup = (int)warmup_ll, repeats = (int)repeats_ll,
+            copy_mib = (int)copy_mib_ll;
   es_error_t err;
   es_error_clear(&err);
   bench_model_t bm;
   memset(&bm, 0, sizeof bm);
-  rt_device_t dev;
-  es_dtype_t dt;
+  rt_device_t dev = ro.device;
+  es_dtype_t dt = ro.dtype;
   int rc = 1;
   size_t n_samples = (size_t)(seconds * MEL_SAMPLE_RATE);
   float *x = NULL, *mel = NULL, *logits = NULL;
@@ -313,16 +320,15 @@ static int bench_model(int argc, char **argv) {
   double *t_ttft = NULL, *t_step = NULL;
   kv_seq_t *seqs = NULL;
   char dir[4096] = "";
-  if (rt_parse_device(device, &dev, &err) || rt_parse_dtype(dtype, &dt, &err)) goto done;
 
   /* config and checkpoint */
-  if (model) {
+  if (ro.model) {
     model_path_t mp;
-    if (mpath_resolve(model, &mp, &err)) goto done;
+    if (mpath_resolve(ro.model, &mp, &err)) goto done;
     snprintf(dir, sizeof dir, "%s", mp.dir);
   }
-  if (config ? cfg_load(config, NULL, &bm.cfg, &err) : cfg_load_dir(dir, &bm.cfg, &err)) goto done;
-  if (!dummy && ckpt_open(dir, &bm.cfg, 0, &bm.ck, &err)) goto done;
+  if (ro.config ? cfg_load(ro.config, NULL, &bm.cfg, &err) : cfg_load_dir(dir, &bm.cfg, &err)) goto done;
+  if (!ro.dummy_weights && ckpt_open(dir, &bm.cfg, 0, &bm.ck, &err)) goto done;
   const model_config_t *c = &bm.cfg;
   int frames = 0, N = 0;
   if (mel_ctx_init(&bm.mel, 1, &err)) goto done;
@@ -351,7 +357,7 @@ static int bench_model(int argc, char **argv) {
 
   /* backend and model */
   es_backend_opts_t bo = {.compute_dtype = dt,
-                          .n_threads = threads,
+                          .n_threads = ro.threads,
                           .device = 0,
                           .max_tokens = (size_t)(B * T),
                           .max_seqs = (size_t)B,
@@ -380,7 +386,7 @@ static int bench_model(int argc, char **argv) {
   if (qa_model_open(bm.be, c, bm.ck, &mo, &bm.m, &err) || kv_pool_init(mo.kv_blocks, &bm.kv, &err)) goto done;
   double load_s = now_s() - t_load0;
   fprintf(stderr, "earshot bench model: %s, %s weights loaded in %.1f s\n", es_backend_name(bm.be),
-          dummy ? "dummy" : "checkpoint", load_s);
+          ro.dummy_weights ? "dummy" : "checkpoint", load_s);
 
   /* prompts: P text ids around <|audio_bos|> N x <|AUDIO|> <|audio_eos|>, the same for every sequence */
   int V = c->vocab_size, audio = c->audio_token_index;
@@ -480,7 +486,7 @@ static int bench_model(int argc, char **argv) {
   double mbytes = decoder_bytes(c, es_backend_act_dtype(bm.be)), limit_ms = bw > 0 ? 1e3 * mbytes / bw : 0;
   printf("bench model: %s, %s, batch %d, %.1f s audio (%d audio tokens) + %d text tokens, %d output tokens, "
          "%d repeats (median)\n",
-         es_backend_name(bm.be), dummy ? "dummy weights" : dir, B, seconds, N, P, n_out, repeats);
+         es_backend_name(bm.be), ro.dummy_weights ? "dummy weights" : dir, B, seconds, N, P, n_out, repeats);
   printf("  time to first token (samples -> id on host)  %10.2f ms\n", ttft_ms);
   printf("  decode step (batch %d)                       %10.3f ms  (%.1f tokens/s)\n", B, step_ms, B * 1e3 / step_ms);
   printf("  weight-streaming limit                        %10.3f ms  (%.2f GB of decoder weights / %.0f GB/s copy)\n",
@@ -492,7 +498,7 @@ static int bench_model(int argc, char **argv) {
            "\"warmup\": %d, \"repeats\": %d, \"load_s\": %.3f, \"ttft_ms\": %.4f, \"decode_ms_per_step\": %.4f, "
            "\"decode_tokens_per_s\": %.3f, \"decoder_weight_bytes\": %.0f, \"copy_bytes_per_s\": %.0f, "
            "\"limit_ms_per_step\": %.4f, \"fraction_of_limit\": %.4f}\n",
-           es_backend_name(bm.be), es_dtype_name(es_backend_act_dtype(bm.be)), dummy ? "true" : "false", B, seconds, N,
+           es_backend_name(bm.be), es_dtype_name(es_backend_act_dtype(bm.be)), ro.dummy_weights ? "true" : "false", B, seconds, N,
            P, n_out, warmup, repeats, load_s, ttft_ms, step_ms, B * 1e3 / step_ms, mbytes, bw, limit_ms,
            step_ms > 0 ? limit_ms / step_ms : 0.0);
   rc = 0;

@@ -9,6 +9,7 @@
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@
 
 #include "audio_mel.h"
 #include "npy.h"
+#include "model_flags.h"
 #include "runtime.h"
 #ifdef EARSHOT_HAVE_AUDIO_DECODE
 #include "audio_decode.h"
@@ -29,7 +31,6 @@ static void usage(FILE *out) {
   fprintf(out,
           "usage: earshot run --model DIR|ORG/NAME --audio FILE [--audio FILE ...] [options]\n"
           "\n"
-          "  --model DIR|ORG/NAME     model directory or Hugging Face cache name\n"
           "  --audio FILE             audio file (any format FFmpeg reads; .npy = 16 kHz float32 samples);\n"
           "                           repeat for several audios\n"
           "  --prompt TEXT            instruction after the audio (audio-analysis mode); without it the user\n"
@@ -41,10 +42,8 @@ static void usage(FILE *out) {
           "                           sampling; defaults come from the model's generation_config.json\n"
           "  --stop STR               stop string (repeatable)   --ignore-eos   do not stop at eos\n"
           "  --long-audio truncate|split   audio over 30 s: keep the first 30 s (default) or every window\n"
-          "  --device cpu|cuda|auto   (default auto)   --dtype bfloat16|float32 (CUDA)   --threads N (CPU)\n"
-          "  --max-model-len N        context limit   --kv-cache-gb G   KV cache size\n"
-          "  --dummy-weights [--config FILE]   random weights from the config (benchmarks)\n"
           "  --json                   print one JSON object (text, token_ids, counts, finish_reason, timings)\n");
+  mf_usage(out, MF_OPEN | MF_SIZING);
 }
 
 typedef struct {
@@ -119,30 +118,6 @@ static int load_audio(const char *path, float **samples, size_t *n, es_error_t *
 #endif
 }
 
-static int parse_double(const char *flag, const char *s, double *out) {
-  char *end;
-  errno = 0;
-  double v = strtod(s, &end);
-  if (errno || end == s || *end) {
-    fprintf(stderr, "earshot run: %s '%s' is not a number\n", flag, s);
-    return -1;
-  }
-  *out = v;
-  return 0;
-}
-
-static int parse_int(const char *flag, const char *s, long long lo, long long hi, long long *out) {
-  char *end;
-  errno = 0;
-  long long v = strtoll(s, &end, 10);
-  if (errno || end == s || *end || v < lo || v > hi) {
-    fprintf(stderr, "earshot run: %s '%s' is not an integer in [%lld, %lld]\n", flag, s, lo, hi);
-    return -1;
-  }
-  *out = v;
-  return 0;
-}
-
 static void print_json(const run_sink_t *s, const rt_t *rt) {
   cJSON *o = cJSON_CreateObject();
   cJSON_AddStringToObject(o, "text", s->text.data ? s->text.data : "");
@@ -176,7 +151,7 @@ int cmd_run(int argc, char **argv) {
   audio_long_policy_t policy = AUDIO_LONG_TRUNCATE;
   /* sampling overrides: NaN / -1 = not given */
   double temperature = -1, top_p = -1, min_p = -1, rep = -1, presence = 0, frequency = 0;
-  long long top_k = -2, max_tokens = -1, min_tokens = 0, seed = 0, threads = 0, max_len = 0;
+  long long top_k = -2, max_tokens = -1, min_tokens = 0, seed = 0;
   int has_seed = 0;
   es_error_t err;
   es_error_clear(&err);
@@ -196,15 +171,11 @@ int cmd_run(int argc, char **argv) {
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
       usage(stdout);
       return 0;
-    } else if (!strcmp(a, "--model")) {
-      NEXT();
-      ro.model = v;
-    } else if (!strcmp(a, "--config")) {
-      NEXT();
-      ro.config = v;
-    } else if (!strcmp(a, "--dummy-weights")) {
-      ro.dummy_weights = 1;
-    } else if (!strcmp(a, "--audio")) {
+    }
+    int mf = mf_parse("run", MF_OPEN | MF_SIZING, argc, argv, &i, &ro);
+    if (mf < 0) return 2;
+    if (mf > 0) continue;
+    if (!strcmp(a, "--audio")) {
       NEXT();
       if (n_audio_paths == MAX_RUN_AUDIOS) {
         fprintf(stderr, "earshot run: at most %d --audio\n", MAX_RUN_AUDIOS);
@@ -244,62 +215,37 @@ int cmd_run(int argc, char **argv) {
         fprintf(stderr, "earshot run: %s\n", err.msg);
         return 2;
       }
-    } else if (!strcmp(a, "--device")) {
-      NEXT();
-      if (rt_parse_device(v, &ro.device, &err)) {
-        fprintf(stderr, "earshot run: %s\n", err.msg);
-        return 2;
-      }
-    } else if (!strcmp(a, "--dtype")) {
-      NEXT();
-      if (rt_parse_dtype(v, &ro.dtype, &err)) {
-        fprintf(stderr, "earshot run: %s\n", err.msg);
-        return 2;
-      }
     } else if (!strcmp(a, "--temperature")) {
       NEXT();
-      if (parse_double(a, v, &temperature)) return 2;
+      if (mf_double("run", a, v, -HUGE_VAL, HUGE_VAL, &temperature)) return 2;
     } else if (!strcmp(a, "--top-p")) {
       NEXT();
-      if (parse_double(a, v, &top_p)) return 2;
+      if (mf_double("run", a, v, -HUGE_VAL, HUGE_VAL, &top_p)) return 2;
     } else if (!strcmp(a, "--min-p")) {
       NEXT();
-      if (parse_double(a, v, &min_p)) return 2;
+      if (mf_double("run", a, v, -HUGE_VAL, HUGE_VAL, &min_p)) return 2;
     } else if (!strcmp(a, "--repetition-penalty")) {
       NEXT();
-      if (parse_double(a, v, &rep)) return 2;
+      if (mf_double("run", a, v, -HUGE_VAL, HUGE_VAL, &rep)) return 2;
     } else if (!strcmp(a, "--presence-penalty")) {
       NEXT();
-      if (parse_double(a, v, &presence)) return 2;
+      if (mf_double("run", a, v, -HUGE_VAL, HUGE_VAL, &presence)) return 2;
     } else if (!strcmp(a, "--frequency-penalty")) {
       NEXT();
-      if (parse_double(a, v, &frequency)) return 2;
+      if (mf_double("run", a, v, -HUGE_VAL, HUGE_VAL, &frequency)) return 2;
     } else if (!strcmp(a, "--top-k")) {
       NEXT();
-      if (parse_int(a, v, -1, 1 << 30, &top_k)) return 2;
+      if (mf_int("run", a, v, -1, 1 << 30, &top_k)) return 2;
     } else if (!strcmp(a, "--max-tokens")) {
       NEXT();
-      if (parse_int(a, v, 1, 1 << 30, &max_tokens)) return 2;
+      if (mf_int("run", a, v, 1, 1 << 30, &max_tokens)) return 2;
     } else if (!strcmp(a, "--min-tokens")) {
       NEXT();
-      if (parse_int(a, v, 0, 1 << 30, &min_tokens)) return 2;
+      if (mf_int("run", a, v, 0, 1 << 30, &min_tokens)) return 2;
     } else if (!strcmp(a, "--seed")) {
       NEXT();
-      if (parse_int(a, v, -(1LL << 62), 1LL << 62, &seed)) return 2;
+      if (mf_int("run", a, v, -(1LL << 62), 1LL << 62, &seed)) return 2;
       has_seed = 1;
-    } else if (!strcmp(a, "--threads")) {
-      NEXT();
-      if (parse_int(a, v, 0, 1024, &threads)) return 2;
-    } else if (!strcmp(a, "--max-model-len")) {
-      NEXT();
-      if (parse_int(a, v, 64, 1 << 20, &max_len)) return 2;
-    } else if (!strcmp(a, "--kv-cache-gb")) {
-      NEXT();
-      if (parse_double(a, v, &ro.kv_cache_gb)) return 2;
-      if (ro.kv_cache_gb <= 0) {
-        fprintf(stderr, "earshot run: --kv-cache-gb must be positive\n");
-        return 2;
-      }
     } else {
       fprintf(stderr, "earshot run: unknown argument '%s'\n\n", a);
       usage(stderr);
@@ -317,8 +263,6 @@ int cmd_run(int argc, char **argv) {
     usage(stderr);
     return 2;
   }
-  ro.threads = (int)threads;
-  ro.max_model_len = (int)max_len;
 
   int status = 1, rc;
   rt_t rt;

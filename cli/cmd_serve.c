@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "audio_decode.h"
+#include "model_flags.h"
 #include "runtime.h"
 #include "server.h"
 
@@ -22,23 +23,21 @@ int cmd_serve(int argc, char **argv);
 static void usage(FILE *out) {
   fprintf(out, "usage: earshot serve --model DIR|ORG/NAME [options]\n"
                "\n"
-               "  --model DIR|ORG/NAME        model directory or Hugging Face cache name\n"
                "  --host ADDR                 bind address (default 127.0.0.1: this machine only)\n"
                "  --port N                    (default 8080; 0 = any free port)\n"
                "  --api-key KEY               require 'Authorization: Bearer KEY' on /v1/* (default: none;\n"
                "                              also read from EARSHOT_API_KEY)\n"
                "  --served-model-name NAME    the model name clients use (default: the --model argument)\n"
                "  --prompt-format chat|raw    chat template (Instruct, default) or the base model's raw form\n"
-               "  --max-model-len N           context limit in tokens (default 8192, lower on the CPU)\n"
                "  --max-audio-seconds S       longest decoded audio accepted (default 1200)\n"
                "  --max-body-mb MB            largest request body (default 25)\n"
                "  --long-audio truncate|split audio over 30 s: keep the first 30 s (default) or every window\n"
                "  --allowed-local-media-path DIR   audio_url file:// may read files under DIR (default: refused)\n"
                "  --max-queue N               requests waiting for the engine before 429 (default 64)\n"
-               "  --device cpu|cuda|auto   --dtype bfloat16|float32   --threads N (CPU)\n"
                "  --keepalive S               SSE keep-alive comment after S seconds of silence (default 5)\n"
                "  --shutdown-grace S          on SIGINT/SIGTERM, let streams finish for S seconds (default 10)\n"
                "  --quiet                     no log line per request\n");
+  mf_usage(out, MF_OPEN | MF_SIZING);
 }
 
 static int num(const char *flag, const char *v, double lo, double hi, double *out) {
@@ -70,15 +69,16 @@ int cmd_serve(int argc, char **argv) {
       so.verbose = 0;
       continue;
     }
+    int mf = mf_parse("serve", MF_OPEN | MF_SIZING, argc, argv, &i, &ro);
+    if (mf < 0) return 2;
+    if (mf > 0) continue;
     if (!v) {
       fprintf(stderr, "earshot serve: %s needs a value (or is unknown)\n\n", a);
       usage(stderr);
       return 2;
     }
     i++;
-    if (!strcmp(a, "--model"))
-      ro.model = v;
-    else if (!strcmp(a, "--host"))
+    if (!strcmp(a, "--host"))
       so.host = v;
     else if (!strcmp(a, "--port")) {
       if (num(a, v, 0, 65535, &d)) return 2;
@@ -93,9 +93,6 @@ int cmd_serve(int argc, char **argv) {
         return 2;
       }
       so.raw_prompt = !strcmp(v, "raw");
-    } else if (!strcmp(a, "--max-model-len")) {
-      if (num(a, v, 64, 1 << 20, &d)) return 2;
-      ro.max_model_len = (int)d;
     } else if (!strcmp(a, "--max-audio-seconds")) {
       if (num(a, v, 0.1, 86400, &so.max_audio_seconds)) return 2;
     } else if (!strcmp(a, "--max-body-mb")) {
@@ -111,19 +108,6 @@ int cmd_serve(int argc, char **argv) {
     else if (!strcmp(a, "--max-queue")) {
       if (num(a, v, 1, 1 << 20, &d)) return 2;
       ro.max_queue = (int)d;
-    } else if (!strcmp(a, "--device")) {
-      if (rt_parse_device(v, &ro.device, &err)) {
-        fprintf(stderr, "earshot serve: %s\n", err.msg);
-        return 2;
-      }
-    } else if (!strcmp(a, "--dtype")) {
-      if (rt_parse_dtype(v, &ro.dtype, &err)) {
-        fprintf(stderr, "earshot serve: %s\n", err.msg);
-        return 2;
-      }
-    } else if (!strcmp(a, "--threads")) {
-      if (num(a, v, 0, 1024, &d)) return 2;
-      ro.threads = (int)d;
     } else if (!strcmp(a, "--keepalive")) {
       if (num(a, v, 0.05, 3600, &so.keepalive_s)) return 2;
     } else if (!strcmp(a, "--shutdown-grace")) {

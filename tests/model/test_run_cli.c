@@ -70,12 +70,29 @@ static void check_case(const char *name, const char *args) {
   cJSON_Delete(j);
 }
 
-static void check_fails(const char *what, const char *args, const char *expect_in_stderr) {
+/* `earshot SUB ARGS` must fail with a message containing expect_in_stderr. */
+static void check_cmd_fails(const char *what, const char *sub, const char *args, const char *expect_in_stderr) {
   char cmd[4096], out[8192];
-  snprintf(cmd, sizeof cmd, "%s run %s 2>&1 >/dev/null", EARSHOT, args);
+  snprintf(cmd, sizeof cmd, "%s %s %s 2>&1 >/dev/null", EARSHOT, sub, args);
   int st = run(cmd, out, sizeof out);
   T_CHECK(st != 0 && st != -1, "%s: exit %d, expected a failure", what, st);
   T_CHECK(strstr(out, expect_in_stderr) != NULL, "%s: stderr lacks '%s': %.300s", what, expect_in_stderr, out);
+}
+
+static void check_fails(const char *what, const char *args, const char *expect_in_stderr) {
+  check_cmd_fails(what, "run", args, expect_in_stderr);
+}
+
+/* The model-opening flags are parsed in one place (cli/model_flags.c) for every command: the same
+ * messages everywhere, and values checked before anything is loaded. */
+static void check_shared_flags(void) {
+  check_cmd_fails("run --threads x", "run", "--threads x", "--threads 'x': expected an integer");
+  check_cmd_fails("run --device", "run", "--device", "--device needs a value");
+  check_cmd_fails("bench model --dtype", "bench model", "--dtype fp8", "--dtype 'fp8': expected bfloat16 or float32");
+  check_cmd_fails("bench model --batch 0", "bench model", "--dummy-weights --batch 0", "--batch '0'");
+  check_cmd_fails("bench engine --max-num-seqs", "bench engine", "--max-num-seqs 999", "--max-num-seqs '999'");
+  check_cmd_fails("bench engine --kv-cache-gb", "bench engine", "--kv-cache-gb -1", "--kv-cache-gb '-1'");
+  check_cmd_fails("run --max-model-len", "run", "--max-model-len 10", "--max-model-len '10'");
 }
 
 static void check_seeds(const char *dir) {
@@ -144,6 +161,7 @@ int main(int argc, char **argv) {
            ES_SOURCE_DIR, d);
   check_fails("bad top_p", args, "top_p");
   check_seeds(ES_SOURCE_DIR);
+  check_shared_flags();
 
   golden_close(&G);
   return t_finish();

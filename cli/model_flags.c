@@ -1,0 +1,140 @@
+/* model_flags: shared parsing of the model-opening flags. See model_flags.h. */
+#include "model_flags.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+int mf_int(const char *cmd, const char *flag, const char *v, long long lo, long long hi, long long *out) {
+  char *end;
+  errno = 0;
+  long long x = strtoll(v, &end, 10);
+  if (errno || end == v || *end || x < lo || x > hi) {
+    fprintf(stderr, "earshot %s: %s '%s': expected an integer in [%lld, %lld]\n", cmd, flag, v, lo, hi);
+    return -1;
+  }
+  *out = x;
+  return 0;
+}
+
+int mf_double(const char *cmd, const char *flag, const char *v, double lo, double hi, double *out) {
+  char *end;
+  errno = 0;
+  double x = strtod(v, &end);
+  if (errno || end == v || *end || !(x >= lo && x <= hi)) {
+    fprintf(stderr, "earshot %s: %s '%s': expected a number in [%g, %g]\n", cmd, flag, v, lo, hi);
+    return -1;
+  }
+  *out = x;
+  return 0;
+}
+
+/* Flags without a value. */
+static int parse_switch(int groups, const char *a, rt_opts_t *ro) {
+  if ((groups & MF_OPEN) && !strcmp(a, "--dummy-weights")) {
+    ro->dummy_weights = 1;
+    return 1;
+  }
+  return 0;
+}
+
+/* Flags with a value v. Returns 1 taken, 0 not ours, -1 bad value (printed). */
+static int parse_valued(const char *cmd, int groups, const char *a, const char *v, rt_opts_t *ro) {
+  es_error_t err;
+  long long n;
+  double d;
+  if (groups & MF_OPEN) {
+    if (!strcmp(a, "--model")) {
+      ro->model = v;
+      return 1;
+    }
+    if (!strcmp(a, "--config")) {
+      ro->config = v;
+      return 1;
+    }
+    if (!strcmp(a, "--device") || !strcmp(a, "--dtype")) {
+      int rc = !strcmp(a, "--device") ? rt_parse_device(v, &ro->device, &err) : rt_parse_dtype(v, &ro->dtype, &err);
+      if (rc) {
+        fprintf(stderr, "earshot %s: %s\n", cmd, err.msg);
+        return -1;
+      }
+      return 1;
+    }
+    if (!strcmp(a, "--threads")) {
+      if (mf_int(cmd, a, v, 0, 1024, &n)) return -1;
+      ro->threads = (int)n;
+      return 1;
+    }
+  }
+  if (groups & MF_SIZING) {
+    if (!strcmp(a, "--max-model-len")) {
+      if (mf_int(cmd, a, v, 64, 1 << 20, &n)) return -1;
+      ro->max_model_len = (int)n;
+      return 1;
+    }
+    if (!strcmp(a, "--max-num-seqs")) {
+      if (mf_int(cmd, a, v, 1, 256, &n)) return -1;
+      ro->max_num_seqs = (int)n;
+      return 1;
+    }
+    if (!strcmp(a, "--prefill-chunk")) {
+      if (mf_int(cmd, a, v, 16, 1 << 16, &n)) return -1;
+      ro->prefill_chunk = (int)n;
+      return 1;
+    }
+    if (!strcmp(a, "--max-audio-batch")) {
+      if (mf_int(cmd, a, v, 1, 64, &n)) return -1;
+      ro->max_audio_batch = (int)n;
+      return 1;
+    }
+    if (!strcmp(a, "--kv-cache-gb")) {
+      if (mf_double(cmd, a, v, 0.001, 1 << 20, &d)) return -1;
+      ro->kv_cache_gb = d;
+      return 1;
+    }
+  }
+  return 0;
+}
+
+/* Every valued flag of the groups, for telling "missing value" from "not ours". */
+static int is_valued_flag(int groups, const char *a) {
+  static const char *const open_flags[] = {"--model", "--config", "--device", "--dtype", "--threads"};
+  static const char *const sizing_flags[] = {"--max-model-len", "--max-num-seqs", "--prefill-chunk",
+                                             "--max-audio-batch", "--kv-cache-gb"};
+  if (groups & MF_OPEN)
+    for (size_t k = 0; k < sizeof open_flags / sizeof *open_flags; k++)
+      if (!strcmp(a, open_flags[k])) return 1;
+  if (groups & MF_SIZING)
+    for (size_t k = 0; k < sizeof sizing_flags / sizeof *sizing_flags; k++)
+      if (!strcmp(a, sizing_flags[k])) return 1;
+  return 0;
+}
+
+int mf_parse(const char *cmd, int groups, int argc, char **argv, int *i, rt_opts_t *ro) {
+  const char *a = argv[*i];
+  if (parse_switch(groups, a, ro)) return 1;
+  if (!is_valued_flag(groups, a)) return 0;
+  if (*i + 1 >= argc) {
+    fprintf(stderr, "earshot %s: %s needs a value\n", cmd, a);
+    return -1;
+  }
+  int rc = parse_valued(cmd, groups, a, argv[*i + 1], ro);
+  if (rc == 1) (*i)++;
+  return rc;
+}
+
+void mf_usage(FILE *out, int groups) {
+  if (groups & MF_OPEN)
+    fprintf(out, "  --model DIR|ORG/NAME     model directory or Hugging Face cache name\n"
+                 "  --dummy-weights --config FILE   random weights from a config.json (benchmarks)\n"
+                 "  --device auto|cpu|cuda   (default auto: the GPU when there is one)\n"
+                 "  --dtype bfloat16|float32 CUDA compute dtype (default bfloat16; the CPU computes in float32)\n"
+                 "  --threads N              CPU threads (default: every core)\n");
+  if (groups & MF_SIZING)
+    fprintf(out, "  --max-model-len N        context limit in tokens (default min(8192, the model's); lower on "
+                 "the CPU)\n"
+                 "  --max-num-seqs N         sequences batched in one step (default 16 CPU, 64 GPU)\n"
+                 "  --kv-cache-gb G          KV cache size (default 4 on the CPU, 90%% of free GPU memory)\n"
+                 "  --prefill-chunk N        prompt rows per step (default 512)\n"
+                 "  --max-audio-batch N      30 s windows encoded together (default 1 CPU, 8 GPU)\n");
+}
