@@ -87,6 +87,11 @@ typedef struct {
   int64_t attn_fast_calls, attn_simple_calls; /* attention op calls that ran each path */
   float *attn_part;                           /* device, attn_part_bytes: partial (o, m, l) of split rows */
   size_t attn_part_bytes;                     /* allocated with the KV pool (attn_fast_part_bytes) */
+
+  /* ---- fp8 weights ---- (cuda_fp8.h) */
+  void *fp8_scratch;         /* device, fp8_scratch_elems in the compute dtype: the dequantised weight of the
+                                GEMM path; grown at upload to the largest fp8 weight, so no step allocates */
+  size_t fp8_scratch_elems;
 } cuda_backend_t;
 
 static inline cuda_backend_t *cuda_be(es_backend_t *be) {
