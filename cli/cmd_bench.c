@@ -383,11 +383,12 @@ static int bench_model(int argc, char **argv) {
                         .audio_pool_rows = B * QA_MAX_WINDOW_TOKENS,
                         .kv_blocks = B * max_blocks + 1,
                         .max_blocks_per_seq = max_blocks,
-                        .dummy_seed = 1234};
+                        .dummy_seed = 1234,
+                        .quantization = ro.quantization == RT_QUANT_FP8 ? QA_QUANT_FP8 : QA_QUANT_NONE};
   if (qa_model_open(bm.be, c, bm.ck, &mo, &bm.m, &err) || kv_pool_init(mo.kv_blocks, &bm.kv, &err)) goto done;
   double load_s = now_s() - t_load0;
-  fprintf(stderr, "earshot bench model: %s, %s weights loaded in %.1f s\n", es_backend_name(bm.be),
-          ro.dummy_weights ? "dummy" : "checkpoint", load_s);
+  fprintf(stderr, "earshot bench model: %s, %s weights loaded in %.1f s, quantization %s\n", es_backend_name(bm.be),
+          ro.dummy_weights ? "dummy" : "checkpoint", load_s, rt_quantization_name(ro.quantization));
 
   /* prompts: P text ids around <|audio_bos|> N x <|AUDIO|> <|audio_eos|>, the same for every sequence */
   int V = c->vocab_size, audio = c->audio_token_index;
@@ -493,11 +494,16 @@ static int bench_model(int argc, char **argv) {
             timed ? "" : eager_run ? " (graphs off)" : " (warm-up)", 1e3 * ttft);
   }
   double ttft_ms = 1e3 * median(t_ttft + warmup, repeats), step_ms = 1e3 * median(t_step, n_step);
-  double mbytes = decoder_bytes(c, es_backend_act_dtype(bm.be)), limit_ms = bw > 0 ? 1e3 * mbytes / bw : 0;
-  printf("bench model: %s, %s, batch %d, %.1f s audio (%d audio tokens) + %d text tokens, %d output tokens, "
-         "%d repeats (median), deterministic %s\n",
-         es_backend_name(bm.be), ro.dummy_weights ? "dummy weights" : dir, B, seconds, N, P, n_out, repeats,
-         ro.deterministic ? "on" : "off");
+  double mbytes = decoder_bytes(c, es_backend_act_dtype(bm.be));
+  if (ro.quantization == RT_QUANT_FP8) { /* the decoder linears stream 1 byte per weight + a scale per row */
+    size_t a = es_dtype_size(es_backend_act_dtype(bm.be));
+    mbytes += qa_decode_weight_bytes(c, a, QA_QUANT_FP8) - qa_decode_weight_bytes(c, a, QA_QUANT_NONE);
+  }
+  double limit_ms = bw > 0 ? 1e3 * mbytes / bw : 0;
+  printf("bench model: %s, %s, quantization %s, batch %d, %.1f s audio (%d audio tokens) + %d text tokens, "
+         "%d output tokens, %d repeats (median), deterministic %s\n",
+         es_backend_name(bm.be), ro.dummy_weights ? "dummy weights" : dir, rt_quantization_name(ro.quantization), B,
+         seconds, N, P, n_out, repeats, ro.deterministic ? "on" : "off");
   printf("  time to first token (samples -> id on host)  %10.2f ms\n", ttft_ms);
   printf("  decode step (batch %d)                       %10.3f ms  (%.1f tokens/s)\n", B, step_ms, B * 1e3 / step_ms);
   printf("  weight-streaming limit                        %10.3f ms  (%.2f GB of decoder weights / %.0f GB/s copy)\n",
@@ -513,13 +519,15 @@ static int bench_model(int argc, char **argv) {
          (long long)gs.records, (long long)gs.padded_eager, (long long)gs.eager,
          es_backend_graphs_supported(bm.be) ? "" : " (no step graphs on this backend)");
   if (json)
-    printf("{\"bench\": \"model\", \"backend\": \"%s\", \"dtype\": \"%s\", \"dummy_weights\": %s, \"batch\": %d, "
+    printf("{\"bench\": \"model\", \"backend\": \"%s\", \"dtype\": \"%s\", \"quantization\": \"%s\", "
+           "\"dummy_weights\": %s, \"batch\": %d, "
            "\"audio_seconds\": %.3f, \"audio_tokens\": %d, \"prompt_tokens\": %d, \"output_tokens\": %d, "
            "\"warmup\": %d, \"repeats\": %d, \"load_s\": %.3f, \"ttft_ms\": %.4f, \"decode_ms_per_step\": %.4f, "
            "\"decode_tokens_per_s\": %.3f, \"decoder_weight_bytes\": %.0f, \"copy_bytes_per_s\": %.0f, "
            "\"limit_ms_per_step\": %.4f, \"fraction_of_limit\": %.4f, \"graph_replays\": %lld, "
            "\"decode_ms_per_step_no_graphs\": %.4f, \"deterministic\": %s}\n",
-           es_backend_name(bm.be), es_dtype_name(es_backend_act_dtype(bm.be)), ro.dummy_weights ? "true" : "false", B, seconds, N,
+           es_backend_name(bm.be), es_dtype_name(es_backend_act_dtype(bm.be)), rt_quantization_name(ro.quantization),
+           ro.dummy_weights ? "true" : "false", B, seconds, N,
            P, n_out, warmup, repeats, load_s, ttft_ms, step_ms, B * 1e3 / step_ms, mbytes, bw, limit_ms,
            step_ms > 0 ? limit_ms / step_ms : 0.0, (long long)gs.replays, eager_ms, ro.deterministic ? "true" : "false");
   rc = 0;

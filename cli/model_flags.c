@@ -69,6 +69,13 @@ static int parse_valued(const char *cmd, int groups, const char *a, const char *
       ro->threads = (int)n;
       return 1;
     }
+    if (!strcmp(a, "--quantization")) { /* ---- fp8 weights ---- */
+      if (rt_parse_quantization(v, &ro->quantization, &err)) {
+        fprintf(stderr, "earshot %s: %s\n", cmd, err.msg);
+        return -1;
+      }
+      return 1;
+    }
   }
   if (groups & MF_SIZING) {
     if (!strcmp(a, "--max-model-len")) {
@@ -102,7 +109,8 @@ static int parse_valued(const char *cmd, int groups, const char *a, const char *
 
 /* Every valued flag of the groups, for telling "missing value" from "not ours". */
 static int is_valued_flag(int groups, const char *a) {
-  static const char *const open_flags[] = {"--model", "--config", "--device", "--dtype", "--threads"};
+  static const char *const open_flags[] = {"--model", "--config", "--device", "--dtype", "--threads",
+                                           "--quantization"};
   static const char *const sizing_flags[] = {"--max-model-len", "--max-num-seqs", "--prefill-chunk",
                                              "--max-audio-batch", "--kv-cache-gb"};
   if (groups & MF_OPEN)
@@ -135,7 +143,10 @@ void mf_usage(FILE *out, int groups) {
                  "  --dtype bfloat16|float32 CUDA compute dtype (default bfloat16; the CPU computes in float32)\n"
                  "  --threads N              CPU threads (default: every core)\n"
                  "  --deterministic          a request's answer is bit-identical alone or in any batch (GPU: fixed\n"
-                 "                           GEMM algorithms and attention splits; slower. The CPU always is)\n");
+                 "                           GEMM algorithms and attention splits; slower. The CPU always is)\n"
+                 "  --quantization fp8|none  fp8: the decoder's linear weights in FP8 e4m3 with per-channel "
+                 "scales,\n"
+                 "                           computed at load (half the bytes a decode step reads; default none)\n");
   if (groups & MF_SIZING)
     fprintf(out, "  --max-model-len N        context limit in tokens (default min(8192, the model's); lower on "
                  "the CPU)\n"

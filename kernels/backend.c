@@ -6,13 +6,14 @@
 
 #include "backend_impl.h"
 
-size_t es_dtype_size(es_dtype_t dt) { return dt == ES_DT_F32 ? 4 : 2; }
+size_t es_dtype_size(es_dtype_t dt) { return dt == ES_DT_F32 ? 4 : dt == ES_DT_FP8E4M3 ? 1 : 2; }
 
 const char *es_dtype_name(es_dtype_t dt) {
   switch (dt) {
   case ES_DT_F32: return "float32";
   case ES_DT_BF16: return "bfloat16";
   case ES_DT_F16: return "float16";
+  case ES_DT_FP8E4M3: return "fp8_e4m3";
   }
   return "?";
 }
@@ -76,8 +77,34 @@ int es_backend_upload_weight(es_backend_t *be, const void *host, es_dtype_t src_
   if (be->in_step) return es_fail(err, ES_EINTERNAL, "%s: weight upload inside a step", be->name);
   if (n0 < 1 || n1 < 1) return es_fail(err, ES_EINVAL, "%s: weight shape [%lld, %lld]", be->name, (long long)n0,
                                        (long long)n1);
+  *out = (es_weight_t){0};
   return track(be, be->ops->upload_weight(be, host, src_dtype, n0, n1, out, err));
 }
+
+/* ---- fp8 weights ---- */
+
+int es_backend_upload_weight_fp8(es_backend_t *be, const void *host, es_dtype_t src_dtype, int64_t n0, int64_t n1,
+                                 es_weight_t *out, es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  *out = (es_weight_t){0};
+  if (be->in_step) return es_fail(err, ES_EINTERNAL, "%s: weight upload inside a step", be->name);
+  if (n0 < 1 || n1 < 1 || n1 > ((int64_t)1 << 40) / n0)
+    return es_fail(err, ES_EINVAL, "%s: fp8 weight shape [%lld, %lld]", be->name, (long long)n0, (long long)n1);
+  if (src_dtype != ES_DT_BF16 && src_dtype != ES_DT_F16 && src_dtype != ES_DT_F32)
+    return es_fail(err, ES_EINVAL, "%s: fp8 quantisation from %s (bfloat16, float16 or float32)", be->name,
+                   es_dtype_name(src_dtype));
+  if (!host) return es_fail(err, ES_EINVAL, "%s: fp8 weight [%lld, %lld] has no data", be->name, (long long)n0,
+                            (long long)n1);
+  if (!be->ops->upload_weight_fp8) return es_fail(err, ES_EUNSUPPORTED, "%s: no fp8 weights", be->name);
+  return track(be, be->ops->upload_weight_fp8(be, host, src_dtype, n0, n1, out, err));
+}
+
+/* Only es_op_linear reads fp8 weights. */
+#define NO_FP8(w, op)                                                                                              \
+  do {                                                                                                             \
+    if ((w) && (w)->dtype == ES_DT_FP8E4M3)                                                                       \
+      return es_fail(err, ES_EINVAL, "%s: fp8 weights are supported by linear only", (op));                        \
+  } while (0)
 
 int es_backend_write(es_backend_t *be, void *dst, const void *src, size_t bytes, es_error_t *err) {
   CHECK_HEALTHY(be, err);
@@ -226,6 +253,7 @@ int es_op_linear(es_backend_t *be, void *y, int64_t ldy, const void *x, int64_t 
   NEED(M >= 1 && ldx >= w->n1 && ldy >= w->n0, "linear: M %lld, ldx %lld < K %lld or ldy %lld < N %lld",
        (long long)M, (long long)ldx, (long long)w->n1, (long long)ldy, (long long)w->n0);
   NEED(!bias || (bias->n0 == w->n0 && bias->n1 == 1), "linear: bias shape does not match N %lld", (long long)w->n0);
+  NO_FP8(bias, "linear (bias)");
   return track(be, be->ops->linear(be, y, ldy, x, ldx, w, bias, M, act, accumulate, err));
 }
 
@@ -236,6 +264,8 @@ int es_op_conv1d(es_backend_t *be, void *y, const void *x, const es_weight_t *w,
   NEED(w->n1 == C_in * kernel, "conv1d: weight [%lld, %lld] for C_in %lld x kernel %d", (long long)w->n0,
        (long long)w->n1, (long long)C_in, kernel);
   NEED(!bias || (bias->n0 == w->n0 && bias->n1 == 1), "conv1d: bias shape");
+  NO_FP8(w, "conv1d");
+  NO_FP8(bias, "conv1d");
   return track(be, be->ops->conv1d(be, y, x, w, bias, B, T_in, C_in, kernel, stride, pad, act, err));
 }
 
@@ -243,6 +273,8 @@ int es_op_layer_norm(es_backend_t *be, void *y, const void *x, const es_weight_t
                      int64_t M, int64_t C, float eps, es_error_t *err) {
   CHECK_HEALTHY(be, err);
   NEED(M >= 1 && gamma->n0 == C && beta->n0 == C, "layer_norm: gamma/beta length != C %lld", (long long)C);
+  NO_FP8(gamma, "layer_norm");
+  NO_FP8(beta, "layer_norm");
   return track(be, be->ops->layer_norm(be, y, x, gamma, beta, M, C, eps, err));
 }
 
@@ -250,6 +282,7 @@ int es_op_rms_norm(es_backend_t *be, void *y, void *residual, const void *add, c
                    int64_t C, float eps, es_error_t *err) {
   CHECK_HEALTHY(be, err);
   NEED(M >= 1 && weight->n0 == C, "rms_norm: weight length != C %lld", (long long)C);
+  NO_FP8(weight, "rms_norm");
   return track(be, be->ops->rms_norm(be, y, residual, add, weight, M, C, eps, err));
 }
 
@@ -309,6 +342,7 @@ int es_op_embed(es_backend_t *be, void *y, const es_weight_t *table, const int32
                 es_error_t *err) {
   CHECK_HEALTHY(be, err);
   NEED(M >= 1, "embed: no rows");
+  NO_FP8(table, "embed");
   return track(be, be->ops->embed(be, y, table, ids, M, err));
 }
 
@@ -329,6 +363,7 @@ int es_op_scatter_rows(es_backend_t *be, void *y, const void *x, const int32_t *
 int es_op_logits(es_backend_t *be, float *logits, const void *x, const es_weight_t *w, int64_t M, es_error_t *err) {
   CHECK_HEALTHY(be, err);
   NEED(M >= 1, "logits: no rows");
+  NO_FP8(w, "logits");
   return track(be, be->ops->logits(be, logits, x, w, M, err));
 }
 

@@ -45,6 +45,7 @@ typedef enum {
   ES_DT_F32 = 0,
   ES_DT_BF16 = 1, /* crosses the C boundary as uint16_t */
   ES_DT_F16 = 2,  /* IEEE half, as uint16_t */
+  ES_DT_FP8E4M3 = 3, /* weights only (es_backend_upload_weight_fp8): e4m3fn codes, as uint8_t (fp8_math.h) */
 } es_dtype_t;
 
 size_t es_dtype_size(es_dtype_t dt);
@@ -118,6 +119,7 @@ typedef struct {
   const void *data; /* device pointer */
   es_dtype_t dtype;
   int64_t n0, n1; /* n1 = 1 for vectors */
+  const float *scale; /* ES_DT_FP8E4M3: device fp32 [n0], row n's values are decode(code) · scale[n]; else NULL */
 } es_weight_t;
 
 /* Activation function applied in an epilogue. */
@@ -151,6 +153,15 @@ int es_backend_alloc(es_backend_t *be, size_t bytes, void **out, es_error_t *err
  * memory (which must outlive the backend) when it keeps the dtype; CUDA converts to its compute dtype. */
 int es_backend_upload_weight(es_backend_t *be, const void *host, es_dtype_t src_dtype, int64_t n0, int64_t n1,
                              es_weight_t *out, es_error_t *err);
+
+/* ---- fp8 weights ----
+ * Uploads a linear layer's weight [n0 = N out, n1 = K in] (host, src_dtype bf16/fp16/fp32) quantised to FP8
+ * e4m3 with one fp32 scale per output row (kernels/fp8_math.h: scale[n] = amax|W[n, :]| / 448, codes rounded
+ * to nearest even and saturated). The result is owned by the backend (the host memory may be freed after the
+ * call) and only es_op_linear accepts it; the quantisation runs on the host, over several threads.
+ * ES_EINVAL for a row holding a NaN or an infinity. */
+int es_backend_upload_weight_fp8(es_backend_t *be, const void *host, es_dtype_t src_dtype, int64_t n0, int64_t n1,
+                                 es_weight_t *out, es_error_t *err);
 
 /* Raw byte copies between host memory and device memory of this backend. */
 int es_backend_write(es_backend_t *be, void *dst, const void *host_src, size_t bytes, es_error_t *err);

@@ -59,6 +59,9 @@ typedef struct {
   void (*graph_abort)(es_backend_t *be);
   int (*graph_has)(const es_backend_t *be, int key);
   int (*graph_launch)(es_backend_t *be, int key, es_error_t *err);
+  /* ---- fp8 weights ---- (backend.h; arguments validated by backend.c) */
+  int (*upload_weight_fp8)(es_backend_t *be, const void *host, es_dtype_t src_dtype, int64_t n0, int64_t n1,
+                           es_weight_t *out, es_error_t *err);
 } es_backend_ops_t;
 
 /* The common part of every backend; implementations embed it as their first member. */

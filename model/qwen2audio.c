@@ -188,9 +188,10 @@ static int dummy_tensor(qa_model_t *m, const char *name, int64_t count, void **o
   return ES_OK;
 }
 
-/* Binds one tensor by canonical name with shape [n0] (n1 == 0) or [n0, n1...] flattened to [n0, n1]. */
-static int bind(qa_model_t *m, const ckpt_t *ck, const char *name, int64_t n0, int64_t n1, es_weight_t *w,
-                es_error_t *err) {
+/* Binds one tensor by canonical name with shape [n0] (n1 == 0) or [n0, n1...] flattened to [n0, n1];
+ * fp8: quantised on upload (es_backend_upload_weight_fp8), which copies, so the host memory is not kept. */
+static int bind_as(qa_model_t *m, const ckpt_t *ck, const char *name, int64_t n0, int64_t n1, int fp8,
+                   es_weight_t *w, es_error_t *err) {
   int64_t cols = n1 ? n1 : 1;
   const void *data;
   es_dtype_t dt;
@@ -219,16 +220,31 @@ static int bind(qa_model_t *m, const ckpt_t *ck, const char *name, int64_t n0, i
     void *p = NULL;
     int rc = dummy_tensor(m, name, n0 * cols, &p, err);
     if (rc) return rc;
-    rc = es_backend_upload_weight(m->be, p, ES_DT_BF16, n0, cols, w, err);
+    rc = fp8 ? es_backend_upload_weight_fp8(m->be, p, ES_DT_BF16, n0, cols, w, err)
+             : es_backend_upload_weight(m->be, p, ES_DT_BF16, n0, cols, w, err);
     /* a backend that keeps host memory (the CPU one aliases it) needs the values for its lifetime */
-    if (!rc && es_backend_aliases_host(m->be)) rc = keep_host_block(m, p, err);
+    if (!rc && !fp8 && es_backend_aliases_host(m->be)) rc = keep_host_block(m, p, err);
     else free(p);
     if (rc) es_error_prefix(err, "%s: ", name);
     return rc;
   }
-  int rc = es_backend_upload_weight(m->be, data, dt, n0, cols, w, err);
+  int rc = fp8 ? es_backend_upload_weight_fp8(m->be, data, dt, n0, cols, w, err)
+               : es_backend_upload_weight(m->be, data, dt, n0, cols, w, err);
   if (rc) es_error_prefix(err, "%s: ", name);
   return rc;
+}
+
+static int bind(qa_model_t *m, const ckpt_t *ck, const char *name, int64_t n0, int64_t n1, es_weight_t *w,
+                es_error_t *err) {
+  return bind_as(m, ck, name, n0, n1, 0, w, err);
+}
+
+double qa_decode_weight_bytes(const model_config_t *c, size_t act_size, int quantization) {
+  double E = c->hidden_size, I = c->intermediate_size, KV = (double)c->num_key_value_heads * c->head_dim,
+         rows = 2 * E + 2 * KV + 2 * I + E, /* output channels: q, o; k, v; gate, up; down */
+      params = 2 * E * E + 2 * KV * E + 3 * I * E;
+  double per_layer = quantization == QA_QUANT_FP8 ? params + 4.0 * rows : params * (double)act_size;
+  return c->num_hidden_layers * per_layer + (double)c->vocab_size * E * (double)act_size;
 }
 
 static int bind_weights(qa_model_t *m, const ckpt_t *ck, es_error_t *err) {
@@ -284,20 +300,28 @@ static int bind_weights(qa_model_t *m, const ckpt_t *ck, es_error_t *err) {
     snprintf(n, sizeof n, "language_model.model.layers.%d.%s", l, suffix);        \
     B(n, n0_, n1_, w_);                                                           \
   } while (0)
+/* a decoder linear: fp8 under QA_QUANT_FP8 (qwen2audio.h says which weights and why) */
+#define BQ(suffix, n0_, n1_, w_)                                                                  \
+  do {                                                                                            \
+    snprintf(n, sizeof n, "language_model.model.layers.%d.%s", l, suffix);                        \
+    rc = bind_as(m, ck, n, (n0_), (n1_), m->opts.quantization == QA_QUANT_FP8, (w_), err);       \
+    if (rc) return rc;                                                                            \
+  } while (0)
     int64_t KV = (int64_t)c->num_key_value_heads * c->head_dim;
     BD("input_layernorm.weight", E, 0, &d->in_norm);
-    BD("self_attn.q_proj.weight", E, E, &d->wq);
+    BQ("self_attn.q_proj.weight", E, E, &d->wq);
     BD("self_attn.q_proj.bias", E, 0, &d->bq);
-    BD("self_attn.k_proj.weight", KV, E, &d->wk);
+    BQ("self_attn.k_proj.weight", KV, E, &d->wk);
     BD("self_attn.k_proj.bias", KV, 0, &d->bk);
-    BD("self_attn.v_proj.weight", KV, E, &d->wv);
+    BQ("self_attn.v_proj.weight", KV, E, &d->wv);
     BD("self_attn.v_proj.bias", KV, 0, &d->bv);
-    BD("self_attn.o_proj.weight", E, E, &d->wo);
+    BQ("self_attn.o_proj.weight", E, E, &d->wo);
     BD("post_attention_layernorm.weight", E, 0, &d->post_norm);
-    BD("mlp.gate_proj.weight", I, E, &d->wg);
-    BD("mlp.up_proj.weight", I, E, &d->wu);
-    BD("mlp.down_proj.weight", E, I, &d->wd);
+    BQ("mlp.gate_proj.weight", I, E, &d->wg);
+    BQ("mlp.up_proj.weight", I, E, &d->wu);
+    BQ("mlp.down_proj.weight", E, I, &d->wd);
 #undef BD
+#undef BQ
   }
   B("language_model.model.norm.weight", E, 0, &m->norm);
   if (c->tie_word_embeddings)
@@ -402,6 +426,8 @@ int qa_model_open(es_backend_t *be, const model_config_t *cfg, const ckpt_t *ck,
   if (cfg->num_mel_bins < 1 || cfg->max_source_positions != ENC_POS)
     return es_fail(err, ES_EUNSUPPORTED, "model: max_source_positions %d (earshot runs 30 s windows: 1500)",
                    cfg->max_source_positions);
+  if (opts->quantization != QA_QUANT_NONE && opts->quantization != QA_QUANT_FP8)
+    return es_fail(err, ES_EINVAL, "model options: quantization %d unknown", opts->quantization);
   qa_model_t *m = calloc(1, sizeof *m);
   if (!m) return es_fail(err, ES_ENOMEM, "model: out of memory");
   m->cfg = *cfg;

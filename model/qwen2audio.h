@@ -42,6 +42,7 @@ typedef struct {
                            graphs (tests; with graphs they are always padded; EARSHOT_DECODE_BUCKETS=1 in
                            the environment sets it too). max_blocks_per_seq must then not exceed the
                            backend's max_blocks. */
+  int quantization;     /* qa_quant_t: how the decoder's linear weights are stored on the backend */
 } qa_model_opts_t;
 
 #define QA_MAX_BUCKET 64 /* the largest padded decode bucket (and recorded graph) */
@@ -53,6 +54,19 @@ typedef struct {
   int64_t records;      /* graphs recorded */
   int64_t replays;      /* padded decode steps run as a graph replay */
 } qa_graph_stats_t;
+
+/* ---- fp8 weights ----
+ * QA_QUANT_FP8 stores the q/k/v/o/gate/up/down weights of every decoder layer as FP8 e4m3 with per-output-
+ * channel scales (es_backend_upload_weight_fp8), computed at load from the checkpoint's (or the dummy) bf16
+ * values. Everything else keeps its dtype: the audio encoder and projector run once per audio and are
+ * compute-bound (their weights are a small part of what a decode step reads), and the embeddings, the
+ * lm_head and the norms are the accuracy-sensitive ends of the network (vLLM's fp8 also leaves lm_head and
+ * embeddings unquantised). Decode streams the decoder linears once per step, so they are what halves. */
+typedef enum { QA_QUANT_NONE = 0, QA_QUANT_FP8 = 1 } qa_quant_t;
+
+/* Bytes of weights a decode step streams (every decoder linear, the lm_head) on a backend whose compute dtype
+ * has act_size bytes, with the decoder linears stored per quantization (fp8: 1 byte + a 4-byte scale per row). */
+double qa_decode_weight_bytes(const model_config_t *cfg, size_t act_size, int quantization);
 
 typedef struct qa_model qa_model_t;
 

@@ -23,6 +23,17 @@ int rt_parse_dtype(const char *s, es_dtype_t *out, es_error_t *err) {
   return ES_OK;
 }
 
+int rt_parse_quantization(const char *s, int *out, es_error_t *err) {
+  if (!strcmp(s, "none")) *out = RT_QUANT_NONE;
+  else if (!strcmp(s, "fp8")) *out = RT_QUANT_FP8;
+  else return es_fail(err, ES_EINVAL, "--quantization '%s': expected fp8 or none", s);
+  return ES_OK;
+}
+
+const char *rt_quantization_name(int q) {
+  return q == RT_QUANT_FP8 ? "fp8" : q == RT_QUANT_NONE ? "none" : "?";
+}
+
 void rt_default_sampling(const rt_t *rt, smp_params_t *p) {
   const model_config_t *c = &rt->cfg;
   smp_params_default(p);
@@ -77,6 +88,8 @@ static int open_backend(const rt_opts_t *o, rt_t *rt, const es_backend_opts_t *b
 int rt_open(const rt_opts_t *o, rt_t *rt, es_error_t *err) {
   memset(rt, 0, sizeof *rt);
   int rc;
+  if (o->quantization != RT_QUANT_NONE && o->quantization != RT_QUANT_FP8)
+    return es_fail(err, ES_EINVAL, "quantization %d unknown (fp8 or none)", o->quantization);
   if (o->model) {
     model_path_t mp;
     if ((rc = mpath_resolve(o->model, &mp, err))) return rc;
@@ -135,6 +148,9 @@ int rt_open(const rt_opts_t *o, rt_t *rt, es_error_t *err) {
     if (es_gpu_count(&n, why, sizeof why, &gerr) == 0 && n > 0 && es_gpu_info(0, &gi, &gerr) == 0) {
       /* what is free now, less the weights (stored size in the compute dtype) and ~3 GiB of activations */
       double weights = (double)cfg_param_count(c) * (double)es_dtype_size(o->dtype);
+      if (o->quantization == RT_QUANT_FP8) /* the decoder linears take 1 byte each (+ a scale per row) */
+        weights -= qa_decode_weight_bytes(c, es_dtype_size(o->dtype), QA_QUANT_NONE) -
+                   qa_decode_weight_bytes(c, es_dtype_size(o->dtype), QA_QUANT_FP8);
       double avail = (double)gi.mem_free_bytes - weights - 3.0 * 1024 * 1024 * 1024;
       if (avail > 0) kv_gb = 0.9 * avail / (1024.0 * 1024 * 1024);
     }
@@ -156,20 +172,24 @@ int rt_open(const rt_opts_t *o, rt_t *rt, es_error_t *err) {
   qa_model_opts_t mo = {.max_tokens = chunk + seqs, .max_seqs = seqs, .max_logit_rows = seqs,
                         .max_audio_batch = audio_batch,
                         .audio_pool_rows = 2 * (ctx > QA_MAX_WINDOW_TOKENS ? ctx : QA_MAX_WINDOW_TOKENS),
-                        .kv_blocks = (int)kv_blocks, .max_blocks_per_seq = max_blocks, .dummy_seed = 1234};
+                        .kv_blocks = (int)kv_blocks, .max_blocks_per_seq = max_blocks, .dummy_seed = 1234,
+                        .quantization = o->quantization == RT_QUANT_FP8 ? QA_QUANT_FP8 : QA_QUANT_NONE};
   if ((rc = qa_model_open(rt->be, &rt->cfg, rt->ck, &mo, &rt->model, err))) goto fail;
   eng_opts_t eo = {.model = rt->model, .tok = rt->tok, .max_queue = o->max_queue, .prefill_chunk = chunk,
                    .mel_threads = 1, .max_num_seqs = seqs};
   if ((rc = eng_start(&eo, &rt->engine, err))) goto fail;
   rt->kv_blocks = (int)kv_blocks;
   rt->max_num_seqs = seqs;
+  rt->quantization = o->quantization;
   if (o->verbose)
     fprintf(stderr,
             "earshot: %s on %s, context %d tokens, KV cache %d blocks (%.2f GiB, %d full contexts), "
-            "max %d sequences per step, prefill chunk %d%s%s\n",
+            "max %d sequences per step, prefill chunk %d, quantization %s%s%s\n",
             rt->dir[0] ? rt->dir : "(config only)", rt->device_desc, ctx, rt->kv_blocks - 1,
             (double)(rt->kv_blocks - 1) * kv_per_token * ES_KV_BLOCK / (1024.0 * 1024 * 1024),
-            (rt->kv_blocks - 1) / max_blocks, seqs, chunk, o->dummy_weights ? ", dummy weights" : "",
+            (rt->kv_blocks - 1) / max_blocks, seqs, chunk,
+            o->quantization == RT_QUANT_FP8 ? "fp8 (decoder linears, e4m3, per-channel scales)" : "none",
+            o->dummy_weights ? ", dummy weights" : "",
             o->deterministic ? ", deterministic (batch-invariant kernels)" : "");
   return ES_OK;
 fail:

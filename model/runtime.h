@@ -21,6 +21,9 @@ extern "C" {
 
 typedef enum { RT_DEVICE_AUTO = 0, RT_DEVICE_CPU, RT_DEVICE_CUDA } rt_device_t;
 
+/* ---- fp8 weights ---- how the decoder's linear weights are stored (qwen2audio.h, qa_quant_t) */
+typedef enum { RT_QUANT_NONE = 0, RT_QUANT_FP8 = 1 } rt_quant_t;
+
 typedef struct {
   const char *model;         /* directory or Hugging Face cache name; may be NULL with dummy_weights + config */
   const char *config;        /* --config FILE: overrides the model directory's config.json */
@@ -39,6 +42,8 @@ typedef struct {
   int verbose;               /* 1: say on stderr which device and sizes were chosen */
   /* ---- deterministic mode (issue 9) ---- */
   int deterministic;         /* es_backend_opts_t.deterministic: answers bit-identical alone or in any batch */
+
+  int quantization;          /* rt_quant_t: --quantization fp8|none (default none) */
 } rt_opts_t;
 
 typedef struct {
@@ -54,6 +59,7 @@ typedef struct {
   int kv_blocks;             /* KV pool blocks, including the scratch block */
   int max_num_seqs;
   char device_desc[256];     /* what was chosen, for logs and /version */
+  int quantization;          /* rt_quant_t in effect */
 } rt_t;
 
 int rt_open(const rt_opts_t *opts, rt_t *rt, es_error_t *err);
@@ -62,6 +68,10 @@ void rt_close(rt_t *rt);
 /* Parses "cpu" / "cuda" / "auto" and "bfloat16" / "float32" (with the short forms "bf16", "fp32"). */
 int rt_parse_device(const char *s, rt_device_t *out, es_error_t *err);
 int rt_parse_dtype(const char *s, es_dtype_t *out, es_error_t *err);
+/* Parses "fp8" / "none" (--quantization). */
+int rt_parse_quantization(const char *s, int *out, es_error_t *err);
+/* "fp8" / "none". */
+const char *rt_quantization_name(int q);
 
 /* The checkpoint's generation_config.json sampling defaults as sampler parameters (vLLM's behaviour:
  * the model's generation config provides the defaults a request does not override). */

@@ -15,6 +15,8 @@
 #include "cpu_attention.h"
 #include "cpu_gemm.h"
 #include "cpu_ops.h"
+#include "fp8_math.h"
+#include "fp8_quant.h"
 
 static int track(cpu_backend_t *cb, void *p, es_error_t *err) {
   if (cb->n_allocs == cb->cap_allocs) {
@@ -96,6 +98,22 @@ static int cpu_upload_weight(es_backend_t *be, const void *host, es_dtype_t dt, 
   return ES_OK;
 }
 
+/* ---- fp8 weights ----
+ * The codes [n0, n1] and the scales [n0] live in backend memory (quantised from the caller's host memory,
+ * which need not outlive the call); the GEMM widens them through fp8_lut times the row's scale. */
+static int cpu_upload_weight_fp8(es_backend_t *be, const void *host, es_dtype_t dt, int64_t n0, int64_t n1,
+                                 es_weight_t *out, es_error_t *err) {
+  cpu_backend_t *cb = cpu_be(be);
+  void *q = NULL, *scale = NULL;
+  int rc = cpu_alloc(be, (size_t)n0 * (size_t)n1, &q, err);
+  if (!rc) rc = cpu_alloc(be, (size_t)n0 * sizeof(float), &scale, err);
+  if (!rc) rc = es_fp8_quantize_rows(host, dt, 0, n0, n1, q, scale, 0, err);
+  if (!rc) rc = cpu_gemm_reserve(cb, n1, err);
+  if (rc) return rc;
+  *out = (es_weight_t){.data = q, .dtype = ES_DT_FP8E4M3, .n0 = n0, .n1 = n1, .scale = scale};
+  return ES_OK;
+}
+
 static int cpu_write(es_backend_t *be, void *dst, const void *src, size_t bytes, es_error_t *err) {
   memcpy(dst, src, bytes);
   return ES_OK;
@@ -159,6 +177,7 @@ static const es_backend_ops_t cpu_ops = {
     .gather_rows = cpu_op_gather_rows,
     .scatter_rows = cpu_op_scatter_rows,
     .logits = cpu_op_logits,
+    .upload_weight_fp8 = cpu_upload_weight_fp8,
 };
 
 int es_backend_create_cpu(const es_backend_opts_t *opts, es_backend_t **out, es_error_t *err) {
@@ -182,6 +201,7 @@ int es_backend_create_cpu(const es_backend_opts_t *opts, es_backend_t **out, es_
   cb->n_threads = n_threads;
   cb->isa = cpu_gemm_best_isa();
   cb->gemm_path = CPU_GEMM_C; /* see cpu_gemm.c for the measurement behind this default */
+  for (int c = 0; c < 256; c++) cb->fp8_lut[c] = es_fp8_decode((uint8_t)c);
   snprintf(be->name, sizeof be->name, "cpu (%d threads, %s)", n_threads, cpu_isa_name(cb->isa));
   int rc = es_backend_base_init(be, err);
   if (rc) goto fail;

@@ -61,6 +61,8 @@ typedef struct {
   int64_t max_k; /* largest n1 of any uploaded weight: the GEMM scratch is sized for it */
   cpu_gemm_path_t gemm_path;
   cpu_isa_t isa;
+  /* ---- fp8 weights ---- */
+  float fp8_lut[256]; /* the value of each e4m3 code (fp8_math.h), filled at create; read-only after */
 } cpu_backend_t;
 
 static inline cpu_backend_t *cpu_be(es_backend_t *be) {

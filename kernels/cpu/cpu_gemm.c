@@ -187,21 +187,36 @@ static void epilogue(const gemm_job_t *g, int64_t m0, int64_t rows, int64_t n0, 
   }
 }
 
+/* ---- fp8 weights ----
+ * Columns [k0, k0 + n) of weight row r widened to fp32: the stored dtype as is, or for fp8 the code's value
+ * times the row's scale — one IEEE multiply of two fp32 values, so each widened weight is exactly
+ * fp32(decode(q) · scale[r]) whatever the tile, the thread or M (batch invariance is untouched). */
+static void widen_w(const gemm_job_t *g, int64_t r, int64_t k0, int64_t n, float *dst) {
+  const es_weight_t *w = g->w;
+  size_t off = (size_t)r * (size_t)g->K + (size_t)k0;
+  if (w->dtype != ES_DT_FP8E4M3) {
+    cpu_widen(dst, (const char *)w->data + off * es_dtype_size(w->dtype), w->dtype, n);
+    return;
+  }
+  const uint8_t *q = (const uint8_t *)w->data + off;
+  const float *lut = g->cb->fp8_lut;
+  float s = w->scale[r];
+  for (int64_t k = 0; k < n; k++) dst[k] = lut[q[k]] * s;
+}
+
 /* Weight row n widened to fp32 with the K axis in the order A's rows use (conv: (j, ci) from (ci, j)).
  * tmp: K floats of scratch for the conv permutation. */
 static void widen_weight_row(const gemm_job_t *g, int64_t n, float *dst, int64_t dst_stride, float *tmp) {
-  const es_weight_t *w = g->w;
-  const char *row = (const char *)w->data + (size_t)n * (size_t)g->K * es_dtype_size(w->dtype);
   if (!g->conv || g->kernel == 1) {
     if (dst_stride == 1) {
-      cpu_widen(dst, row, w->dtype, g->K);
+      widen_w(g, n, 0, g->K, dst);
       return;
     }
-    cpu_widen(tmp, row, w->dtype, g->K);
+    widen_w(g, n, 0, g->K, tmp);
     for (int64_t k = 0; k < g->K; k++) dst[k * dst_stride] = tmp[k];
     return;
   }
-  cpu_widen(tmp, row, w->dtype, g->K);
+  widen_w(g, n, 0, g->K, tmp);
   for (int j = 0; j < g->kernel; j++)
     for (int64_t ci = 0; ci < g->C_in; ci++) dst[(j * g->C_in + ci) * dst_stride] = tmp[ci * g->kernel + j];
 }
@@ -227,7 +242,6 @@ static const float *a_row(const gemm_job_t *g, int64_t m, float *buf) {
  * conv weights (K axis permuted) go a row at a time through tmp. */
 static void pack_tile(const gemm_job_t *g, int64_t n0, int64_t ncols, int64_t n_panels, float *pack, float *tmp) {
   int64_t K = g->K;
-  size_t es = es_dtype_size(g->w->dtype);
   for (int64_t p = 0; p < n_panels; p++) {
     float *panel = pack + p * K * GEMM_NR;
     if (g->conv && g->kernel > 1) {
@@ -250,7 +264,7 @@ static void pack_tile(const gemm_job_t *g, int64_t n0, int64_t ncols, int64_t n_
           continue;
         }
         float row[64];
-        cpu_widen(row, (const char *)g->w->data + ((size_t)(n0 + n) * (size_t)K + (size_t)k0) * es, g->w->dtype, kn);
+        widen_w(g, n0 + n, k0, kn, row);
         for (int64_t k = 0; k < kn; k++) dst[k * GEMM_NR] = row[k];
       }
     }

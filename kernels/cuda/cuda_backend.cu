@@ -18,9 +18,11 @@
 #include "cuda_attention.h"
 #include "cuda_check.h"
 #include "cuda_convert.h"
+#include "cuda_fp8.h"
 #include "cuda_gemm.h"
 #include "cuda_ops.h"
 #include "es_gpu.h"
+#include "fp8_quant.h"
 
 extern "C" int cuda_enter(cuda_backend_t *cb, es_error_t *err) {
   ES_CUDA_TRY(err, cudaSetDevice(cb->device));
@@ -150,6 +152,74 @@ static int cuda_upload_weight(es_backend_t *be, const void *host, es_dtype_t dt,
   out->dtype = be->act_dtype;
   out->n0 = n0;
   out->n1 = n1;
+  return ES_OK;
+}
+
+/* ---- fp8 weights ----
+ * Quantised on the host (fp8_quant.c, threaded) straight into the pinned staging buffers, whole rows at a time,
+ * while the previous chunk copies; the scales go last. The host memory is only read. The dequantise scratch of
+ * the GEMM path grows to the largest fp8 weight here, at load, so no op allocates. */
+static void untrack_free(cuda_backend_t *cb, void *p) {
+  for (size_t i = 0; i < cb->n_allocs; i++)
+    if (cb->allocs[i] == p) {
+      cb->allocs[i] = cb->allocs[--cb->n_allocs];
+      cudaFree(p);
+      return;
+    }
+}
+
+static int cuda_upload_weight_fp8(es_backend_t *be, const void *host, es_dtype_t dt, int64_t n0, int64_t n1,
+                                  es_weight_t *out, es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  if ((size_t)n1 > CUDA_STAGE_BYTES)
+    return es_fail(err, ES_EUNSUPPORTED, "%s: fp8 weight row of %lld values exceeds the %u-byte staging buffer",
+                   be->name, (long long)n1, CUDA_STAGE_BYTES);
+  size_t n = (size_t)n0 * (size_t)n1;
+  void *q = NULL, *scale = NULL;
+  if ((rc = dev_alloc(cb, n, "an fp8 weight", &q, err)) ||
+      (rc = dev_alloc(cb, (size_t)n0 * sizeof(float), "fp8 scales", &scale, err)))
+    return rc;
+  cb->weight_bytes += n + (size_t)n0 * sizeof(float);
+  if (n > cb->fp8_scratch_elems) { /* the GEMM path's dequantised copy (weights arrive before any step) */
+    void *scr = NULL;
+    ES_CUDA_TRY(err, cudaStreamSynchronize(cb->stream)); /* no queued op still reads the old scratch */
+    if ((rc = dev_alloc(cb, n * cuda_act_size(cb), "the fp8 dequantise scratch", &scr, err))) return rc;
+    if (cb->fp8_scratch) untrack_free(cb, cb->fp8_scratch);
+    cb->fp8_scratch = scr;
+    cb->fp8_scratch_elems = n;
+  }
+  float *hs = (float *)malloc((size_t)n0 * sizeof(float));
+  if (!hs) return es_fail(err, ES_ENOMEM, "%s: out of host memory for %lld fp8 scales", be->name, (long long)n0);
+  int64_t rows_per = (int64_t)(CUDA_STAGE_BYTES / (size_t)n1);
+  cudaError_t e = cudaSuccess;
+  const char *call = "";
+  for (int64_t r0 = 0, i = 0; r0 < n0 && !rc && e == cudaSuccess; r0 += rows_per, i++) {
+    int b = (int)(i % 2);
+    int64_t cnt = n0 - r0 < rows_per ? n0 - r0 : rows_per;
+    call = "cudaEventSynchronize";
+    if ((e = cudaEventSynchronize(cb->copy_done[b])) != cudaSuccess) break; /* buffer b's last chunk is done */
+    rc = es_fp8_quantize_rows(host, dt, r0, cnt, n1, (uint8_t *)cb->stage_host[b], hs + r0, 0, err);
+    if (rc) break;
+    call = "cudaMemcpyAsync";
+    e = cudaMemcpyAsync((uint8_t *)q + (size_t)r0 * (size_t)n1, cb->stage_host[b], (size_t)cnt * (size_t)n1,
+                        cudaMemcpyHostToDevice, cb->copy[b]);
+    if (e == cudaSuccess) {
+      call = "cudaEventRecord";
+      e = cudaEventRecord(cb->copy_done[b], cb->copy[b]);
+    }
+  }
+  /* from pageable memory: returns once hs has been staged, so it may be freed below; ordered on the stream */
+  if (!rc && e == cudaSuccess) {
+    call = "cudaMemcpyAsync (scales)";
+    e = cudaMemcpyAsync(scale, hs, (size_t)n0 * sizeof(float), cudaMemcpyHostToDevice, cb->stream);
+  }
+  free(hs);
+  if (e != cudaSuccess) return es_cuda_fail(err, e, call, __FILE__, __LINE__);
+  if (rc) return rc;
+  for (int b = 0; b < 2; b++) ES_CUDA_TRY(err, cudaStreamWaitEvent(cb->stream, cb->copy_done[b], 0));
+  *out = (es_weight_t){q, ES_DT_FP8E4M3, n0, n1, (const float *)scale};
   return ES_OK;
 }
 
@@ -315,6 +385,7 @@ static const es_backend_ops_t cuda_ops = {
     cuda_graph_abort,
     cuda_graph_has,
     cuda_graph_launch,
+    cuda_upload_weight_fp8,
 };
 
 static int create_resources(cuda_backend_t *cb, es_error_t *err) {

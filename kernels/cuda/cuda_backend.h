@@ -113,6 +113,11 @@ typedef struct {
   int n_det_shapes;
   int64_t det_switched; /* shapes moved to the plain kernel after their algorithm failed the check at a new M */
   int attn_det_chunk;   /* keys per decode split (attn_det_chunk), fixed at kv_init */
+
+  /* ---- fp8 weights ---- (cuda_fp8.h) */
+  void *fp8_scratch;         /* device, fp8_scratch_elems in the compute dtype: the dequantised weight of the
+                                GEMM path; grown at upload to the largest fp8 weight, so no step allocates */
+  size_t fp8_scratch_elems;
 } cuda_backend_t;
 
 static inline cuda_backend_t *cuda_be(es_backend_t *be) {

@@ -31,10 +31,10 @@ static inline void mh_close(mh_model_t *h) {
   memset(h, 0, sizeof *h);
 }
 
-/* create(opts, &be, err) makes the backend (CPU or CUDA). */
-static inline int mh_open(mh_model_t *h, const char *dir,
-                          int (*create)(const es_backend_opts_t *, es_backend_t **, es_error_t *), es_dtype_t dtype,
-                          es_error_t *err) {
+/* create(opts, &be, err) makes the backend (CPU or CUDA); quantization is qa_model_opts_t's. */
+static inline int mh_open_quant(mh_model_t *h, const char *dir,
+                                int (*create)(const es_backend_opts_t *, es_backend_t **, es_error_t *),
+                                es_dtype_t dtype, int quantization, es_error_t *err) {
   memset(h, 0, sizeof *h);
   int rc = cfg_load_dir(dir, &h->cfg, err);
   if (!rc) rc = ckpt_open(dir, &h->cfg, 0, &h->ck, err);
@@ -46,10 +46,17 @@ static inline int mh_open(mh_model_t *h, const char *dir,
   if (rc) return rc;
   qa_model_opts_t mo = {.max_tokens = MH_MAX_TOKENS, .max_seqs = 8, .max_logit_rows = 64,
                         .max_audio_batch = MH_MAX_WINDOWS, .audio_pool_rows = MH_MAX_WINDOWS * QA_MAX_WINDOW_TOKENS,
-                        .kv_blocks = 2 * max_blocks + 1, .max_blocks_per_seq = max_blocks};
+                        .kv_blocks = 2 * max_blocks + 1, .max_blocks_per_seq = max_blocks,
+                        .quantization = quantization};
   rc = qa_model_open(h->be, &h->cfg, h->ck, &mo, &h->m, err);
   if (!rc) rc = kv_pool_init(mo.kv_blocks, &h->kv, err);
   return rc;
+}
+
+static inline int mh_open(mh_model_t *h, const char *dir,
+                          int (*create)(const es_backend_opts_t *, es_backend_t **, es_error_t *), es_dtype_t dtype,
+                          es_error_t *err) {
+  return mh_open_quant(h, dir, create, dtype, QA_QUANT_NONE, err);
 }
 
 /* Encodes every window of a case's audios (golden features) into the pool from row 0, audio after audio.

@@ -1,0 +1,194 @@
+// cuda_fp8: linear layers with FP8 e4m3 weights and per-output-channel fp32 scales. See cuda_fp8.h.
+//
+// Napkin math (Qwen2-Audio-7B decoder: L = 32, E = 4096, I = 11008, 32 KV heads, V = 156032):
+//   decoder linears 32 · (4·E² + 3·E·I) = 6.48 G weights: 12.95 GB in bf16, 6.48 GB in fp8 (+ 2 MB of scales);
+//   lm_head (kept in bf16) 156032 · 4096 = 0.64 G weights = 1.28 GB.
+//   Bytes a decode step streams: bf16 14.2 GB, fp8 7.8 GB -> at most 1.83x faster where decode is
+//   weight-bound. Floors: H100 SXM (3.35 TB/s HBM3; ~3.0 TB/s reachable) 4.7 ms (bf16) vs 2.6 ms (fp8) per step;
+//   H200 (4.8 TB/s) 3.3 ms vs 1.8 ms.
+//   The GEMV kernel moves 1 byte per weight plus x: each 16-weight chunk also reads 16·M activations (32·M
+//   bytes in bf16) from L1/L2, so at M = 16 the activation traffic is 32x the weight traffic; L1 (~128 B/clk/SM)
+//   then caps it near 1 TB/s of weights, which is why larger M goes to dequantise + cuBLASLt (the dequantise
+//   moves 3 bytes per weight once per step, ~0.2 ms for the 7B at the 3 TB/s scale).
+//   Arithmetic: ~3.5 integer/convert ops + M FMAs per weight; at M = 1 that is ~15% of the H100's issue rate at
+//   the bandwidth floor, so the kernel stays memory-bound.
+//
+// The GEMV kernel (fp8_gemv_kernel): one warp per output row n; lane j takes the 16-weight chunks j, j + 32, ...
+// of the row (one 16-byte load each), decodes them two at a time through fp16 (es_fp8x2_to_f16x2_bits: the
+// value / 256, exact; no FP8 hardware, so it runs on sm_80 as on sm_90), and accumulates x·w in fp32 with FMA
+// for all M rows; a fixed xor-shuffle tree sums the lanes, and lane m applies row m's epilogue:
+//   v = rnd(acc · (256 · scale[n]) + bias[n]);  GELU: v = rnd(gelu(v));  accumulate: y = y + v
+// (the plain GEMM kernel's rounding points, cuda_gemm.cu). A row's arithmetic depends only on K, never on M
+// or the other rows, so the kernel is batch-invariant for M <= CUDA_FP8_GEMV_MAX_M; past it cuBLASLt's rules
+// apply (cuda_gemm.cu). Rows whose K is not a multiple of 16 or whose x is not 16-byte aligned take the same
+// loop a weight at a time.
+#include <string.h>
+
+#include "cuda_common.cuh"
+#include "cuda_fp8.h"
+#include "fp8_math.h"
+
+#define FP8_WARPS 4 // warps (output rows) per block
+
+__device__ __forceinline__ float gelu_erf_fp8(float v) { return v * 0.5f * (1.0f + erff(v * 0.70710678118654752440f)); }
+
+// Two fp8 codes (low bytes of each 16-bit half of pair) -> their values / 256.
+__device__ __forceinline__ float2 fp8x2_div256(uint32_t pair) {
+  uint32_t h = es_fp8x2_to_f16x2_bits(pair);
+  __half2 v;
+  memcpy(&v, &h, sizeof v);
+  return __half22float2(v);
+}
+
+// 16 activations of row xr starting at element k (16-byte aligned) as fp32.
+__device__ __forceinline__ void load16(const float *xr, float *out) {
+  const float4 *p = reinterpret_cast<const float4 *>(xr);
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    float4 v = p[i];
+    out[4 * i] = v.x, out[4 * i + 1] = v.y, out[4 * i + 2] = v.z, out[4 * i + 3] = v.w;
+  }
+}
+__device__ __forceinline__ void load16(const bf16 *xr, float *out) {
+  const uint4 *p = reinterpret_cast<const uint4 *>(xr);
+#pragma unroll
+  for (int i = 0; i < 2; i++) {
+    uint4 v = p[i];
+    uint32_t u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      __nv_bfloat162 b;
+      memcpy(&b, &u[j], sizeof b);
+      float2 f = __bfloat1622float2(b);
+      out[8 * i + 2 * j] = f.x, out[8 * i + 2 * j + 1] = f.y;
+    }
+  }
+}
+
+// y (M, N) row stride ldy; x (M, K) row stride ldx; w (N, K) fp8 codes, contiguous; scale (N) fp32; bias (N)
+// or NULL. Block: FP8_WARPS warps, warp -> output row n = blockIdx.x · FP8_WARPS + warp. MT >= M rows are
+// accumulated (compile-time, so acc stays in registers). VEC: K % 16 == 0, w and x rows 16-byte aligned.
+template <typename T, int MT, bool VEC>
+__global__ void __launch_bounds__(FP8_WARPS * 32)
+    fp8_gemv_kernel(T *y, int64_t ldy, const T *x, int64_t ldx, const uint8_t *w, const float *scale, const T *bias,
+                    int M, int64_t N, int64_t K, int act, int accumulate) {
+  int lane = threadIdx.x & 31;
+  int64_t n = (int64_t)blockIdx.x * FP8_WARPS + (threadIdx.x >> 5);
+  if (n >= N) return; // a whole warp leaves; nothing below synchronises the block
+  const uint8_t *wr = w + n * K;
+  float acc[MT];
+#pragma unroll
+  for (int m = 0; m < MT; m++) acc[m] = 0.0f;
+  if (VEC) {
+    int64_t chunks = K / 16;
+#pragma unroll 4
+    for (int64_t c = lane; c < chunks; c += 32) {
+      uint4 q = __ldg(reinterpret_cast<const uint4 *>(wr) + c);
+      uint32_t qw[4] = {q.x, q.y, q.z, q.w};
+      float wf[16];
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        float2 lo = fp8x2_div256(__byte_perm(qw[j], 0u, 0x4140u)); // bytes 0, 1
+        float2 hi = fp8x2_div256(__byte_perm(qw[j], 0u, 0x4342u)); // bytes 2, 3
+        wf[4 * j] = lo.x, wf[4 * j + 1] = lo.y, wf[4 * j + 2] = hi.x, wf[4 * j + 3] = hi.y;
+      }
+#pragma unroll
+      for (int m = 0; m < MT; m++) {
+        if (m < M) {
+          float xf[16];
+          load16(x + m * ldx + c * 16, xf);
+#pragma unroll
+          for (int i = 0; i < 16; i++) acc[m] = fmaf(xf[i], wf[i], acc[m]);
+        }
+      }
+    }
+  } else {
+    for (int64_t k = lane; k < K; k += 32) {
+      float wv = fp8x2_div256((uint32_t)wr[k]).x;
+#pragma unroll
+      for (int m = 0; m < MT; m++)
+        if (m < M) acc[m] = fmaf(to_f(x[m * ldx + k]), wv, acc[m]);
+    }
+  }
+  float s = scale[n] * 256.0f; // the decode's 1/256 folded back: a power of two, no extra rounding
+  float b = bias ? to_f(bias[n]) : 0.0f;
+#pragma unroll
+  for (int m = 0; m < MT; m++) {
+    float v = warp_sum(acc[m]); // every lane gets the same fixed-order sum
+    if (m < M && lane == m) {
+      v = rnd<T>(v * s + b);
+      if (act == ES_ACT_GELU) v = rnd<T>(gelu_erf_fp8(v));
+      T *yp = y + (int64_t)m * ldy + n;
+      if (accumulate) v = to_f(*yp) + v;
+      *yp = from_f<T>(v);
+    }
+  }
+}
+
+template <typename T, int MT>
+static void launch_gemv(cuda_backend_t *cb, bool vec, void *y, int64_t ldy, const void *x, int64_t ldx,
+                        const es_weight_t *w, const es_weight_t *bias, int M, int act, int accumulate) {
+  int64_t N = w->n0, K = w->n1;
+  unsigned grid = (unsigned)((N + FP8_WARPS - 1) / FP8_WARPS);
+  const T *bp = bias ? (const T *)bias->data : NULL;
+  if (vec)
+    fp8_gemv_kernel<T, MT, true><<<grid, FP8_WARPS * 32, 0, cb->stream>>>(
+        (T *)y, ldy, (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate);
+  else
+    fp8_gemv_kernel<T, MT, false><<<grid, FP8_WARPS * 32, 0, cb->stream>>>(
+        (T *)y, ldy, (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate);
+}
+
+template <typename T>
+static int gemv(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w,
+                const es_weight_t *bias, int64_t M, es_act_t act, int accumulate, es_error_t *err) {
+  int64_t K = w->n1;
+  bool vec = K % 16 == 0 && (uintptr_t)w->data % 16 == 0 && (uintptr_t)x % 16 == 0 &&
+             (ldx * (int64_t)sizeof(T)) % 16 == 0;
+  int m = (int)M, a = (int)act;
+  if (M <= 1)
+    launch_gemv<T, 1>(cb, vec, y, ldy, x, ldx, w, bias, m, a, accumulate);
+  else if (M <= 2)
+    launch_gemv<T, 2>(cb, vec, y, ldy, x, ldx, w, bias, m, a, accumulate);
+  else if (M <= 4)
+    launch_gemv<T, 4>(cb, vec, y, ldy, x, ldx, w, bias, m, a, accumulate);
+  else if (M <= 8)
+    launch_gemv<T, 8>(cb, vec, y, ldy, x, ldx, w, bias, m, a, accumulate);
+  else
+    launch_gemv<T, 16>(cb, vec, y, ldy, x, ldx, w, bias, m, a, accumulate);
+  ES_CUDA_LAUNCHED(err);
+  return ES_OK;
+}
+
+extern "C" int cuda_fp8_gemv(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx,
+                             const es_weight_t *w, const es_weight_t *bias, int64_t M, es_act_t act, int accumulate,
+                             es_error_t *err) {
+  if (M < 1 || M > CUDA_FP8_GEMV_MAX_M)
+    return es_fail(err, ES_EINTERNAL, "%s: fp8 GEMV with M = %lld", cb->base.name, (long long)M);
+  if ((w->n0 + FP8_WARPS - 1) / FP8_WARPS > 0x7fffffff)
+    return es_fail(err, ES_EUNSUPPORTED, "%s: fp8 weight with %lld rows", cb->base.name, (long long)w->n0);
+  return CUDA_DISPATCH(cb, gemv, cb, y, ldy, x, ldx, w, bias, M, act, accumulate, err);
+}
+
+// ---- dequantise into the scratch, for the GEMM path --------------------------------------------------------
+
+// out (N, K) T = decode(q) · scale[row]; the product is fp32 (exact: a 4-bit significand times fp32), then
+// rounded once to T.
+template <typename T> __global__ void fp8_dequant_kernel(T *out, const uint8_t *q, const float *scale, int64_t N,
+                                                         int64_t K) {
+  GRID_STRIDE(i, N * K) out[i] = from_f<T>(es_fp8_decode(q[i]) * scale[i / K]);
+}
+
+template <typename T> static int dequant(cuda_backend_t *cb, const es_weight_t *w, es_error_t *err) {
+  fp8_dequant_kernel<T><<<cuda_grid_1d(w->n0 * w->n1), 256, 0, cb->stream>>>(
+      (T *)cb->fp8_scratch, (const uint8_t *)w->data, w->scale, w->n0, w->n1);
+  ES_CUDA_LAUNCHED(err);
+  return ES_OK;
+}
+
+extern "C" int cuda_fp8_dequant(cuda_backend_t *cb, const es_weight_t *w, es_error_t *err) {
+  if ((size_t)(w->n0 * w->n1) > cb->fp8_scratch_elems)
+    return es_fail(err, ES_EINTERNAL, "%s: fp8 weight [%lld, %lld] larger than the dequantise scratch (%zu)",
+                   cb->base.name, (long long)w->n0, (long long)w->n1, cb->fp8_scratch_elems);
+  return CUDA_DISPATCH(cb, dequant, cb, w, err);
+}

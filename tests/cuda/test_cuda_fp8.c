@@ -1,0 +1,163 @@
+/* test_cuda_fp8: the CUDA backend's FP8 weights against the CPU backend's (test_cpu_fp8.c checks those against
+ * a dequantised double reference), in both compute dtypes:
+ *   - the uploaded codes and scales are byte-identical to the CPU backend's (the same host quantiser, staged
+ *     in row chunks through the pinned buffers: one weight larger than a staging buffer);
+ *   - es_op_linear with an fp8 weight for M = 1 .. 300 (the GEMV kernel up to CUDA_FP8_GEMV_MAX_M = 16, the
+ *     dequantise + cuBLASLt path above), odd K and N (the GEMV's byte-at-a-time loop), strided rows, bias,
+ *     GELU and accumulate, GPU outputs poisoned first; tolerance as test_cuda_ops' GEMMs;
+ *   - the GEMV is batch-invariant: a row alone equals (memcmp) the same row among 13.
+ * Skips (exit 77) without the CUDA backend or without a GPU.
+ */
+#include "kernel_test.h"
+
+#include "es_gpu.h"
+
+static double atol_for(es_dtype_t dt) { return dt == ES_DT_BF16 ? 2e-2 : 1e-4; }
+static double rtol_for(es_dtype_t dt) { return dt == ES_DT_BF16 ? 1.6e-2 : 1e-4; }
+
+static void round_to(es_dtype_t dt, float *x, int64_t n) {
+  if (dt == ES_DT_BF16)
+    for (int64_t i = 0; i < n; i++) kt_to_bf16(x[i], &x[i]);
+}
+
+static int upload_fp8(es_backend_t *be, const kt_weight_t *w, es_weight_t *out) {
+  es_error_t err;
+  int rc = es_backend_upload_weight_fp8(be, w->host, w->dt, w->n0, w->n1, out, &err);
+  T_CHECK(rc == 0, "%s: upload fp8 [%lld, %lld]: %s", es_backend_name(be), (long long)w->n0, (long long)w->n1,
+          err.msg);
+  return rc;
+}
+
+/* Codes and scales on the GPU equal the CPU backend's (whose memory is the host's). */
+static void test_upload(es_backend_t *cpu, es_backend_t *gpu, int64_t N, int64_t K) {
+  kt_weight_t w = kt_weight(ES_DT_BF16, N, K, -0.3f, 0.3f);
+  es_weight_t wc, wg;
+  es_error_t err;
+  if (upload_fp8(cpu, &w, &wc) || upload_fp8(gpu, &w, &wg)) goto done;
+  uint8_t *q = malloc((size_t)(N * K));
+  float *s = malloc(sizeof(float) * (size_t)N);
+  T_CHECK(es_backend_read(gpu, q, wg.data, (size_t)(N * K), &err) == 0, "read codes: %s", err.msg);
+  T_CHECK(es_backend_read(gpu, s, wg.scale, sizeof(float) * (size_t)N, &err) == 0, "read scales: %s", err.msg);
+  T_CHECK(memcmp(q, wc.data, (size_t)(N * K)) == 0, "[%lld, %lld]: GPU codes differ from the CPU's", (long long)N,
+          (long long)K);
+  T_CHECK(memcmp(s, wc.scale, sizeof(float) * (size_t)N) == 0, "[%lld, %lld]: GPU scales differ", (long long)N,
+          (long long)K);
+  free(q);
+  free(s);
+done:
+  kt_weight_free(&w);
+}
+
+static void test_linear(es_backend_t *cpu, es_backend_t *gpu, es_dtype_t dt, int64_t M, int64_t K, int64_t N,
+                        int bias, es_act_t act, int acc, int strided) {
+  es_error_t err;
+  int64_t ldx = strided ? K + 3 : K, ldy = strided ? N + 5 : N;
+  kt_weight_t w = kt_weight(ES_DT_BF16, N, K, -0.5f, 0.5f);
+  kt_weight_t b = kt_weight(dt == ES_DT_BF16 ? ES_DT_BF16 : ES_DT_F32, N, 1, -0.5f, 0.5f);
+  es_weight_t wc, wg, bc = kt_upload(cpu, &b), bg = kt_upload(gpu, &b);
+  float *x = malloc(sizeof(float) * (size_t)(M * ldx)), *y0 = malloc(sizeof(float) * (size_t)(M * ldy));
+  kt_fill(x, M * ldx, -1, 1);
+  kt_fill(y0, M * ldy, -1, 1);
+  round_to(dt, x, M * ldx);
+  round_to(dt, y0, M * ldy);
+  char what[200];
+  snprintf(what, sizeof what, "[%s] fp8 linear M=%lld K=%lld N=%lld bias=%d act=%d acc=%d ld=%lld/%lld",
+           es_dtype_name(dt), (long long)M, (long long)K, (long long)N, bias, (int)act, acc, (long long)ldx,
+           (long long)ldy);
+  if (upload_fp8(cpu, &w, &wc) || upload_fp8(gpu, &w, &wg)) goto done;
+  void *xc = kt_act(cpu, x, M * ldx), *xg = kt_act(gpu, x, M * ldx);
+  void *yc = kt_act(cpu, y0, M * ldy), *yg = kt_act(gpu, acc ? y0 : NULL, M * ldy);
+  T_CHECK(es_op_linear(cpu, yc, ldy, xc, ldx, &wc, bias ? &bc : NULL, M, act, acc, &err) == 0, "%s: cpu: %s", what,
+          err.msg);
+  T_CHECK(es_op_linear(gpu, yg, ldy, xg, ldx, &wg, bias ? &bg : NULL, M, act, acc, &err) == 0, "%s: gpu: %s", what,
+          err.msg);
+  float *r = kt_read(cpu, yc, M * ldy), *g = kt_read(gpu, yg, M * ldy);
+  double *ref = malloc(sizeof(double) * (size_t)(M * N));
+  float *got = malloc(sizeof(float) * (size_t)(M * N));
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t n = 0; n < N; n++) {
+      ref[m * N + n] = r[m * ldy + n];
+      got[m * N + n] = g[m * ldy + n];
+    }
+  kt_close(what, got, ref, NULL, M * N, atol_for(dt), rtol_for(dt));
+  free(ref);
+  free(got);
+  free(r);
+  free(g);
+done:
+  free(x);
+  free(y0);
+  kt_weight_free(&w);
+  kt_weight_free(&b);
+}
+
+/* GEMV rows alone vs among M = 13: the same bits. */
+static void test_gemv_invariance(es_backend_t *gpu, es_dtype_t dt) {
+  const int64_t M = 13, K = 512, N = 200;
+  es_error_t err;
+  kt_weight_t w = kt_weight(ES_DT_BF16, N, K, -0.5f, 0.5f);
+  es_weight_t wg;
+  float *x = malloc(sizeof(float) * (size_t)(M * K));
+  kt_fill(x, M * K, -1, 1);
+  round_to(dt, x, M * K);
+  if (upload_fp8(gpu, &w, &wg)) goto done;
+  void *xg = kt_act(gpu, x, M * K), *yg = kt_act(gpu, NULL, M * N);
+  T_CHECK(es_op_linear(gpu, yg, N, xg, K, &wg, NULL, M, ES_ACT_NONE, 0, &err) == 0, "gemv: %s", err.msg);
+  float *all = kt_read(gpu, yg, M * N);
+  size_t es = es_dtype_size(dt);
+  int bad = 0;
+  for (int64_t m = 0; m < M; m++) {
+    T_CHECK(es_op_linear(gpu, yg, N, (char *)xg + (size_t)(m * K) * es, K, &wg, NULL, 1, ES_ACT_NONE, 0, &err) == 0,
+            "gemv row: %s", err.msg);
+    float *one = kt_read(gpu, yg, N);
+    if (memcmp(one, all + m * N, sizeof(float) * (size_t)N) != 0) bad++;
+    free(one);
+  }
+  T_CHECK(bad == 0, "[%s] %d GEMV rows differ alone vs among %lld", es_dtype_name(dt), bad, (long long)M);
+  free(all);
+done:
+  free(x);
+  kt_weight_free(&w);
+}
+
+int main(void) {
+  if (!es_gpu_compiled()) return t_skip("built without CUDA");
+  int count = 0;
+  char why[128] = "";
+  es_error_t err;
+  if (es_gpu_count(&count, why, sizeof why, &err) != 0 || count == 0) {
+    char reason[200];
+    snprintf(reason, sizeof reason, "no GPU here (%.150s)", count == 0 && why[0] ? why : err.msg);
+    return t_skip(reason);
+  }
+  static const es_dtype_t modes[2] = {ES_DT_F32, ES_DT_BF16};
+  for (int mi = 0; mi < 2; mi++) {
+    es_dtype_t dt = modes[mi];
+    es_backend_opts_t o = {.compute_dtype = ES_DT_F32, .n_threads = 2, .max_tokens = 512, .max_seqs = 4,
+                           .max_blocks = 4};
+    es_backend_t *cpu = NULL, *gpu = NULL;
+    int rc = es_backend_create_cpu(&o, &cpu, &err);
+    T_CHECK(rc == 0, "cpu backend: %s", err.msg);
+    o.compute_dtype = dt;
+    if (!rc) rc = es_backend_create_cuda(&o, &gpu, &err);
+    T_CHECK(rc == 0, "cuda backend (%s): %s", es_dtype_name(dt), err.msg);
+    if (!rc) {
+      if (mi == 0) test_upload(cpu, gpu, 8200, 4096); /* 33.6 MB: two staging chunks */
+      test_upload(cpu, gpu, 37, 33);
+      static const int64_t Ms[] = {1, 2, 3, 5, 8, 13, 16, 17, 64, 300};
+      static const int64_t KN[][2] = {{64, 96}, {33, 65}, {1024, 384}, {208, 257}, {16, 1}};
+      for (size_t i = 0; i < sizeof Ms / sizeof Ms[0]; i++)
+        for (size_t j = 0; j < sizeof KN / sizeof KN[0]; j++) {
+          size_t v = i + j;
+          test_linear(cpu, gpu, dt, Ms[i], KN[j][0], KN[j][1], (int)(v % 2), v % 3 == 1 ? ES_ACT_GELU : ES_ACT_NONE,
+                      v % 3 == 2, (int)(v % 4 == 3));
+        }
+      test_linear(cpu, gpu, dt, 4, 128, 64, 1, ES_ACT_GELU, 1, 1);   /* act + accumulate in the GEMV */
+      test_linear(cpu, gpu, dt, 100, 128, 64, 1, ES_ACT_GELU, 1, 1); /* ... and through the plain GEMM */
+      test_gemv_invariance(gpu, dt);
+    }
+    es_backend_free(gpu);
+    es_backend_free(cpu);
+  }
+  return t_finish();
+}
