@@ -1,12 +1,23 @@
 /* test_batching: continuous batching on the CPU backend (tiny-b) keeps every answer identical to the same
  * request run alone — with 32 concurrent requests of different audios, prompt and output lengths; with a
  * request cancelled mid-batch; under a KV budget small enough to force preemption; and with prefix-cache
- * hits (which must give the same tokens as misses, and never join two different audios). */
+ * hits (which must give the same tokens as misses, and never join two different audios). "Identical" is the
+ * token ids and the log-probability of every token, bit for bit.
+ *
+ *   test_batching [cpu|cuda] [default|deterministic]      (default: cpu default)
+ *
+ * cpu (either mode; the CPU backend is batch-invariant by construction) and cuda deterministic
+ * (es_backend_opts_t.deterministic, issue 9) run every check above bit for bit. cuda default is held to
+ * agreement, not bits: the first token of each request the same in >= 90% of requests with its log-probability
+ * within 0.05, and >= 75% of the requests identical throughout (bf16 rows may differ across batch sizes there).
+ * cuda skips (exit 77) without the CUDA backend or without a GPU. */
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "es_gpu.h"
 #include "golden.h"
 #include "runtime.h"
 #include "test_util.h"
@@ -27,12 +38,18 @@ typedef struct {
   eng_t *engine;
   eng_finish_t finish;
   int32_t ids[MAX_OUT + 1];
+  float lp[MAX_OUT + 1]; /* the log-probability of each id (the request asks for logprobs) */
 } sink_t;
+
+static int USE_CUDA, DETERMINISTIC; /* from argv */
 
 static void on_event(void *ctx, const eng_event_t *ev) {
   sink_t *s = ctx;
   pthread_mutex_lock(&s->mu);
-  if (ev->token >= 0 && s->n <= MAX_OUT) s->ids[s->n++] = ev->token;
+  if (ev->token >= 0 && s->n <= MAX_OUT) {
+    s->lp[s->n] = ev->logprobs ? ev->logprobs->logprob : NAN;
+    s->ids[s->n++] = ev->token;
+  }
   if (s->cancel_after && s->n == s->cancel_after && ev->finish == ENG_FINISH_NONE) eng_cancel(s->engine, ev->id);
   if (ev->finish != ENG_FINISH_NONE) {
     s->finish = ev->finish;
@@ -53,6 +70,7 @@ static void sink_reset(sink_t *s) {
   s->done = s->n = 0;
   s->finish = ENG_FINISH_NONE;
   memset(s->ids, 0, sizeof s->ids);
+  memset(s->lp, 0, sizeof s->lp);
   pthread_mutex_unlock(&s->mu);
 }
 
@@ -111,6 +129,7 @@ static int submit(eng_t *e, const recipe_t *r, sink_t *s, uint64_t *id, es_error
   q.sampling.seed = r->seed;
   q.sampling.max_tokens = r->max_tokens;
   q.sampling.ignore_eos = 1;
+  q.logprobs = 1;
   q.callback = on_event;
   q.callback_ctx = s;
   int rc = eng_submit(e, &q, id, err);
@@ -119,9 +138,10 @@ static int submit(eng_t *e, const recipe_t *r, sink_t *s, uint64_t *id, es_error
 }
 
 static int open_engine(rt_t *rt, int max_num_seqs, double kv_gb, es_error_t *err) {
-  rt_opts_t ro = {.model = ES_SOURCE_DIR "/tests/golden/checkpoints/tiny-b", .device = RT_DEVICE_CPU,
+  rt_opts_t ro = {.model = ES_SOURCE_DIR "/tests/golden/checkpoints/tiny-b",
+                  .device = USE_CUDA ? RT_DEVICE_CUDA : RT_DEVICE_CPU, .dtype = ES_DT_BF16,
                   .max_model_len = 1024, .prefill_chunk = 64, .max_queue = 256, .max_num_seqs = max_num_seqs,
-                  .kv_cache_gb = kv_gb};
+                  .kv_cache_gb = kv_gb, .deterministic = DETERMINISTIC};
   return rt_open(&ro, rt, err);
 }
 
@@ -148,7 +168,41 @@ static void make_recipes(void) {
   }
 }
 
-static int same(const sink_t *a, const sink_t *b) { return a->n == b->n && !memcmp(a->ids, b->ids, sizeof a->ids); }
+/* Bit for bit: the same ids and the same log-probabilities (memcmp: NaN-safe, and -0 differs from +0). */
+static int same(const sink_t *a, const sink_t *b) {
+  return a->n == b->n && !memcmp(a->ids, b->ids, sizeof a->ids) && !memcmp(a->lp, b->lp, sizeof a->lp);
+}
+
+static void run_batched(int max_num_seqs, double kv_gb, int cancel, eng_stats_t *st);
+
+/* cuda default mode: agreement within the bf16 tolerances (see the top comment); reports how far apart. */
+static void test_concurrent_tolerant(void) {
+  eng_stats_t st;
+  run_batched(16, 0, -1, &st);
+  int first_same = 0, all_same = 0, bits_same = 0, compared = 0;
+  double worst_lp = 0;
+  for (int i = 0; i < N_REQ; i++) {
+    const sink_t *a = &ALONE[i], *b = &BATCH[i];
+    if (a->n < 1 || b->n < 1) continue;
+    compared++;
+    if (a->ids[0] == b->ids[0]) {
+      first_same++;
+      double d = fabs((double)a->lp[0] - (double)b->lp[0]);
+      if (!(d <= worst_lp)) worst_lp = d; /* NaN propagates */
+    }
+    all_same += a->n == b->n && !memcmp(a->ids, b->ids, sizeof a->ids);
+    bits_same += same(a, b);
+  }
+  printf("cuda default mode: %d/%d requests with the same first token (worst log-prob difference %.3g), %d/%d "
+         "with the same tokens, %d/%d bit-identical\n",
+         first_same, compared, worst_lp, all_same, compared, bits_same, compared);
+  T_CHECK(compared == N_REQ, "only %d of %d requests produced tokens in both runs", compared, N_REQ);
+  T_CHECK(st.max_decode_batch > 1, "no decode batch larger than 1 happened (max %d)", st.max_decode_batch);
+  T_CHECK(first_same * 10 >= compared * 9, "first token differs in %d of %d requests", compared - first_same,
+          compared);
+  T_CHECK(worst_lp <= 0.05, "first-token log-probability differs by %.3g alone vs batched", worst_lp);
+  T_CHECK(all_same * 4 >= compared * 3, "only %d of %d requests keep their tokens when batched", all_same, compared);
+}
 
 /* Every request alone, one after the other, on a fresh engine. */
 static void run_alone(void) {
@@ -350,8 +404,28 @@ static void test_adjacent_audios(void) {
   rt_close(&rt);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
   es_error_t err;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "cpu") || !strcmp(argv[i], "cuda"))
+      USE_CUDA = !strcmp(argv[i], "cuda");
+    else if (!strcmp(argv[i], "default") || !strcmp(argv[i], "deterministic"))
+      DETERMINISTIC = !strcmp(argv[i], "deterministic");
+    else {
+      fprintf(stderr, "usage: test_batching [cpu|cuda] [default|deterministic]\n");
+      return 2;
+    }
+  }
+  if (USE_CUDA) {
+    int count = 0;
+    char why[128] = "", reason[200];
+    if (!es_gpu_compiled()) return t_skip("built without CUDA");
+    if (es_gpu_count(&count, why, sizeof why, &err) != 0 || count == 0) {
+      snprintf(reason, sizeof reason, "no GPU (%s)", why);
+      return t_skip(reason);
+    }
+  }
+  printf("test_batching: %s backend, %s mode\n", USE_CUDA ? "cuda" : "cpu", DETERMINISTIC ? "deterministic" : "default");
   if (golden_open(&G, ES_SOURCE_DIR, &err)) {
     fprintf(stderr, "%s\n", err.msg);
     return 1;
@@ -359,6 +433,12 @@ int main(void) {
   load_samples();
   make_recipes();
   run_alone();
+  if (USE_CUDA && !DETERMINISTIC) { /* bits are not promised: agreement only, and no exact sub-test */
+    test_concurrent_tolerant();
+    for (int i = 0; i < N_AUDIO_IDS; i++) npy_free(&SAMPLES[i]);
+    golden_close(&G);
+    return t_finish();
+  }
   test_concurrent();
   test_cancel();
   test_preemption();
