@@ -17,12 +17,13 @@
 #      and bf16 GEMM rate measured in the same run; at most 75 s);
 #   5. `earshot bench model` at full size with the same shapes (--dummy-weights with
 #      tests/data/configs/qwen2-audio-7b.json, 30 s clip, batch 1, bf16): time to first token, decode
-#      ms/token, the weight-streaming limit;
+#      ms/token (CUDA graphs on, and off in the same run), the weight-streaming limit; the engine at 64
+#      concurrent requests; then the same model bench with --quantization fp8 and with --deterministic;
 #   6. two short tables (the model, the attention kernels), printed last and written to OUTDIR/table.md.
 # Every step runs under a timeout from what is left of the budget (BUDGET seconds, default 470), and a step
-# that fails or times out leaves "n/a" in the table instead of stopping the script. Logs go to OUTDIR (8 files:
+# that fails or times out leaves "n/a" in the table instead of stopping the script. Logs go to OUTDIR (11 files:
 # summary.log, configure.log, build.log, ctest.log, bench-earshot.log, bench-transformers.log,
-# bench-attention.log, bench-engine.log, table.md).
+# bench-attention.log, bench-engine.log, bench-fp8.log, bench-deterministic.log, table.md).
 #
 # Environment: JOBS (16), BUDGET (470 s), PYTHON (python3), BUILD_DIR (build/device),
 #   DEVICE_CHECK_NO_GPU=1: build and test without a GPU (the GPU tests skip, the benchmarks are n/a) — how the
@@ -182,7 +183,8 @@ else
   echo "skipped (no build or no GPU)" >>"$OUT/bench-attention.log"
 fi
 if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ]; then
-  run_limited "$(($(left) - 70))" "$OUT/bench-earshot.log" "$BUILD/cli/earshot" bench model --device cuda \
+  # bf16 with step graphs; the same run measures the decode step with graphs off (decode_ms_per_step_no_graphs)
+  run_limited "$(($(left) - 130))" "$OUT/bench-earshot.log" "$BUILD/cli/earshot" bench model --device cuda \
     --dtype bfloat16 --dummy-weights --config "$CONFIG7B" "${SHAPE[@]}"
   log "earshot bench model: exit $? (see bench-earshot.log)"
 else
@@ -190,12 +192,24 @@ else
 fi
 # the continuous-batching engine at 64 concurrent 30 s-clip requests (the batching issue's target figure)
 if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ]; then
-  run_limited "$(($(left) - 5))" "$OUT/bench-engine.log" "$BUILD/cli/earshot" bench engine --device cuda \
+  run_limited "$(($(left) - 70))" "$OUT/bench-engine.log" "$BUILD/cli/earshot" bench engine --device cuda \
     --dtype bfloat16 --dummy-weights --config "$CONFIG7B" --concurrency 64 --requests 64 --audio-seconds 30 \
     --prompt-tokens 32 --output-tokens 64 --json
   log "earshot bench engine: exit $? (see bench-engine.log)"
 else
   echo "skipped (no build or no GPU)" >>"$OUT/bench-engine.log"
+fi
+# part 3's options, same shapes: FP8 decoder weights (target >= 1.6x the bf16 decode), and the deterministic mode
+# (what batch invariance costs)
+if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ]; then
+  run_limited "$(($(left) - 35))" "$OUT/bench-fp8.log" "$BUILD/cli/earshot" bench model --device cuda \
+    --dtype bfloat16 --quantization fp8 --dummy-weights --config "$CONFIG7B" "${SHAPE[@]}"
+  log "earshot bench model --quantization fp8: exit $? (see bench-fp8.log)"
+  run_limited "$(($(left) - 3))" "$OUT/bench-deterministic.log" "$BUILD/cli/earshot" bench model --device cuda \
+    --dtype bfloat16 --deterministic --dummy-weights --config "$CONFIG7B" "${SHAPE[@]}"
+  log "earshot bench model --deterministic: exit $? (see bench-deterministic.log)"
+else
+  echo "skipped (no build or no GPU)" | tee -a "$OUT/bench-fp8.log" >>"$OUT/bench-deterministic.log"
 fi
 
 # ---- 6. the table -------------------------------------------------------------------------------------------
@@ -232,6 +246,21 @@ print("|---|---|---|---|---|---|")
 print(f"| time to first token (ms) | {f(o_t)} | {f(r_t)} | — | {ratio(r_t, o_t)} | — |")
 print(f"| decode, batch 1 (ms/token) | {f(o_d, '{:.3f}')} | {f(r_d, '{:.3f}')} | {f(lim, '{:.3f}')} | "
       f"{ratio(r_d, o_d)} | {ratio(lim, o_d)} |")
+o_ng = ours.get("decode_ms_per_step_no_graphs")
+print(f"| decode, batch 1, CUDA graphs off (ms/token) | {f(o_ng, '{:.3f}')} | — | {f(lim, '{:.3f}')} | "
+      f"{ratio(r_d, o_ng)} | {ratio(lim, o_ng)} |")
+fp8, det = last_json("bench-fp8.log"), last_json("bench-deterministic.log")
+f_d, f_lim, d_d = fp8.get("decode_ms_per_step"), fp8.get("limit_ms_per_step"), det.get("decode_ms_per_step")
+print(f"| decode, batch 1, fp8 weights (ms/token) | {f(f_d, '{:.3f}')} | — | {f(f_lim, '{:.3f}')} | "
+      f"{ratio(r_d, f_d)} | {ratio(f_lim, f_d)} |")
+print(f"| decode, batch 1, --deterministic (ms/token) | {f(d_d, '{:.3f}')} | — | {f(lim, '{:.3f}')} | "
+      f"{ratio(r_d, d_d)} | {ratio(lim, d_d)} |")
+print(f"| time to first token, --deterministic (ms) | {f(det.get('ttft_ms'))} | {f(r_t)} | — | "
+      f"{ratio(r_t, det.get('ttft_ms'))} | — |")
+print()
+print(f"targets: decode >= 0.80 of the limit (now {ratio(lim, o_d)}); time to first token <= 40 ms (now {f(o_t)}); "
+      f"fp8 decode >= 1.6x bf16 (now {ratio(o_d, f_d)}); graphs save {ratio(o_ng, o_d)}; "
+      f"--deterministic costs {ratio(d_d, o_d)} in decode")
 eng = last_json("bench-engine.log")
 print()
 print(f"engine, 64 concurrent 30 s-clip requests, 64 output tokens each: {f(eng.get('tokens_per_s'), '{:.0f}')} "
