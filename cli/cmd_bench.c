@@ -515,8 +515,9 @@ static int bench_model(int argc, char **argv) {
   if (n_eager)
     printf("  decode step without graphs (batch %d)         %10.3f ms  (graphs: %.2fx faster)\n", B, eager_ms,
            eager_ms / step_ms);
-  printf("  steps: %lld graph replays (%lld recorded), %lld padded op by op, %lld unpadded%s\n", (long long)gs.replays,
-         (long long)gs.records, (long long)gs.padded_eager, (long long)gs.eager,
+  printf("  steps: %lld graph replays (%lld recorded, %lld refused), %lld padded op by op, %lld unpadded%s\n",
+         (long long)gs.replays, (long long)gs.records, (long long)gs.record_failures, (long long)gs.padded_eager,
+         (long long)gs.eager,
          es_backend_graphs_supported(bm.be) ? "" : " (no step graphs on this backend)");
   if (json)
     printf("{\"bench\": \"model\", \"backend\": \"%s\", \"dtype\": \"%s\", \"quantization\": \"%s\", "

@@ -290,7 +290,9 @@ int es_op_logits(es_backend_t *be, float *logits, const void *x, const es_weight
 /* 1 when the backend records and replays graphs (CUDA, bf16 with the fast attention, not disabled). */
 int es_backend_graphs_supported(const es_backend_t *be);
 int es_backend_graph_begin(es_backend_t *be, es_error_t *err);
-/* Ends the recording and keeps it as graph key (0 <= key < ES_GRAPH_MAX_KEYS), replacing an older one. */
+/* Ends the recording and keeps it as graph key (0 <= key < ES_GRAPH_MAX_KEYS), replacing an older one.
+ * ES_EUNSUPPORTED: the device refused the recording; graphs are now off for this backend and the caller runs
+ * the step op by op (nothing recorded has run). */
 int es_backend_graph_end(es_backend_t *be, int key, es_error_t *err);
 /* Ends a recording without keeping it (after a failed op); safe to call when not recording. */
 void es_backend_graph_abort(es_backend_t *be);

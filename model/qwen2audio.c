@@ -701,7 +701,13 @@ static int forward_bucket(qa_model_t *m, int B, es_error_t *err) {
     es_backend_graph_abort(be);
     return es_error_prefix(err, "recording the decode graph of %d sequences: ", B);
   }
-  if ((rc = es_backend_graph_end(be, key, err))) return rc;
+  if ((rc = es_backend_graph_end(be, key, err))) {
+    if (rc != ES_EUNSUPPORTED) return rc;
+    /* the backend refused the recording and switched graphs off; nothing ran: run the step op by op */
+    m->gstats.record_failures++;
+    m->gstats.padded_eager++;
+    return decoder_forward(m, B, 0, B, err);
+  }
   m->gstats.records++;
   m->gstats.replays++;
   return es_backend_graph_launch(be, key, err);

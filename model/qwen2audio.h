@@ -53,6 +53,7 @@ typedef struct {
   int64_t padded_eager; /* padded decode steps run op by op (no graphs, or a bucket's warm-up step) */
   int64_t records;      /* graphs recorded */
   int64_t replays;      /* padded decode steps run as a graph replay */
+  int64_t record_failures; /* recordings the backend refused (it then turns graphs off; the step ran op by op) */
 } qa_graph_stats_t;
 
 /* ---- fp8 weights ----

@@ -47,6 +47,16 @@ extern "C" void cuda_graph_abort(es_backend_t *be) {
   cudaGetLastError(); // an invalidated capture leaves an error; the next op must not see it
 }
 
+// A recording that cannot be completed (capture invalidated, instantiation refused) is not a device fault: graphs
+// are switched off for this backend and ES_EUNSUPPORTED tells the model to run the step op by op (nothing of
+// the recorded step has run). A sticky error would show up again at the next call and mark the backend then.
+static int graph_refused(cuda_backend_t *cb, cudaError_t e, const char *call, es_error_t *err) {
+  cudaGetLastError();
+  cb->graphs_off = 1;
+  return es_fail(err, ES_EUNSUPPORTED, "%s: %s failed (%s); step graphs switched off", cb->base.name, call,
+                 cudaGetErrorName(e));
+}
+
 extern "C" int cuda_graph_end(es_backend_t *be, int key, es_error_t *err) {
   cuda_backend_t *cb = cuda_be(be);
   int rc = cuda_enter(cb, err);
@@ -54,15 +64,13 @@ extern "C" int cuda_graph_end(es_backend_t *be, int key, es_error_t *err) {
   cudaGraph_t g = NULL;
   cudaError_t e = cudaStreamEndCapture(cb->stream, &g);
   if (e != cudaSuccess || !g) {
-    cudaGetLastError();
     if (g) cudaGraphDestroy(g);
-    return es_cuda_fail(err, e != cudaSuccess ? e : cudaErrorStreamCaptureInvalidated, "cudaStreamEndCapture",
-                        __FILE__, __LINE__);
+    return graph_refused(cb, e != cudaSuccess ? e : cudaErrorStreamCaptureInvalidated, "cudaStreamEndCapture", err);
   }
   cudaGraphExec_t exec = NULL;
   e = cudaGraphInstantiate(&exec, g, 0);
   cudaGraphDestroy(g); // the executable graph keeps what it needs
-  if (e != cudaSuccess) return es_cuda_fail(err, e, "cudaGraphInstantiate", __FILE__, __LINE__);
+  if (e != cudaSuccess) return graph_refused(cb, e, "cudaGraphInstantiate", err);
   if (cb->graphs[key]) cudaGraphExecDestroy(cb->graphs[key]);
   cb->graphs[key] = exec;
   return ES_OK;
