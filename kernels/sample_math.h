@@ -36,6 +36,9 @@
 /* Philox counter word 2: which draw of a step this is. Only token draws exist (model/sampler.h contract). */
 #define SMK_STREAM_TOKEN 0u
 
+/* A temperature below this samples greedily (vLLM's _SAMPLING_EPS; model/sampler.h SMP_GREEDY_EPS). */
+#define SMK_GREEDY_EPS 1e-5
+
 /* Weights below exp(-87) ~ 1.6e-38 (relative to the most probable id) are 0: even all V of them together are
  * far below what an fp32 probability resolves, and it keeps the result a normal float. */
 #define SMK_EXP_FLOOR (-87.0f)

@@ -15,6 +15,7 @@
 #include "cpu_attention.h"
 #include "cpu_gemm.h"
 #include "cpu_ops.h"
+#include "cpu_sample.h"
 
 static int track(cpu_backend_t *cb, void *p, es_error_t *err) {
   if (cb->n_allocs == cb->cap_allocs) {
@@ -159,6 +160,10 @@ static const es_backend_ops_t cpu_ops = {
     .gather_rows = cpu_op_gather_rows,
     .scatter_rows = cpu_op_scatter_rows,
     .logits = cpu_op_logits,
+    .sampler_init = cpu_sampler_init,
+    .sampler_reset = cpu_sampler_reset,
+    .sample_prepare = cpu_sample_prepare,
+    .sample = cpu_op_sample,
 };
 
 int es_backend_create_cpu(const es_backend_opts_t *opts, es_backend_t **out, es_error_t *err) {

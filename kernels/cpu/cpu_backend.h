@@ -61,6 +61,13 @@ typedef struct {
   int64_t max_k; /* largest n1 of any uploaded weight: the GEMM scratch is sized for it */
   cpu_gemm_path_t gemm_path;
   cpu_isa_t isa;
+  /* sampling (cpu_sample.c), tracked blocks from cpu_sampler_init; S = smp_slots, V = smp_vocab */
+  uint8_t *smp_seen;         /* (S, V) 1 = seen in the prompt or generated */
+  int32_t *smp_count;        /* (S, V) times generated */
+  int32_t *smp_supp;         /* (S, ES_SAMPLE_MAX_SUPPRESS) suppress ids */
+  int32_t *smp_n_supp;       /* (S) */
+  es_sample_row_t *smp_rows; /* (S) the last prepare's rows */
+  float *smp_w;              /* (V) weight scratch */
 } cpu_backend_t;
 
 static inline cpu_backend_t *cpu_be(es_backend_t *be) {
