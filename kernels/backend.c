@@ -310,7 +310,11 @@ int es_op_logits(es_backend_t *be, float *logits, const void *x, const es_weight
 int es_backend_sampler_init(es_backend_t *be, int n_slots, int vocab, es_error_t *err) {
   CHECK_HEALTHY(be, err);
   if (be->in_step) return es_fail(err, ES_EINTERNAL, "%s: sampler_init inside a step", be->name);
-  if (be->smp_slots) return es_fail(err, ES_EINTERNAL, "%s: sampler already initialised", be->name);
+  if (be->smp_slots) { /* a later engine over the same backend: the state fits, keep it */
+    if (vocab == be->smp_vocab && n_slots <= be->smp_slots) return ES_OK;
+    return es_fail(err, ES_EINTERNAL, "%s: sampler initialised for %d slots x %d ids, asked for %d x %d", be->name,
+                   be->smp_slots, be->smp_vocab, n_slots, vocab);
+  }
   NEED(n_slots >= 1 && n_slots <= (1 << 16), "sampler_init: %d slots (1..65536)", n_slots);
   NEED(vocab >= 1 && vocab <= (1 << 20), "sampler_init: vocabulary of %d ids (1..2^20)", vocab);
   be->smp_slots = n_slots;

@@ -294,7 +294,8 @@ typedef struct {
 } es_sample_row_t;
 
 /* Allocates the sampling state for n_slots requests over a vocabulary of V ids (zeroed). Start-up only (not
- * inside a step), once per backend. V <= 2^20. */
+ * inside a step). V <= 2^20. A later call (another engine over the same backend) keeps the existing state when
+ * it has the same V and at least n_slots slots, and fails with ES_EINTERNAL otherwise. */
 int es_backend_sampler_init(es_backend_t *be, int n_slots, int vocab, es_error_t *err);
 
 /* A request (re)starts in slot: the slot's counts are cleared, then ids (the prompt, n_ids) are marked seen,

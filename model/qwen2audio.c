@@ -514,8 +514,9 @@ int qa_read_audio_rows(qa_model_t *m, int row, int n, float *out, es_error_t *er
 
 /* ---- decoder step -------------------------------------------------------------------------------------- */
 
-int qa_step(qa_model_t *m, const es_batch_t *batch, const int32_t *ids, const int32_t *audio_row,
-            const int32_t *logit_rows, int n_logits, float *logits, es_error_t *err) {
+/* The step; logits, when not NULL, get the logit rows on the host, else they stay in m->logits_dev. */
+static int step(qa_model_t *m, const es_batch_t *batch, const int32_t *ids, const int32_t *audio_row,
+                const int32_t *logit_rows, int n_logits, float *logits, es_error_t *err) {
   const model_config_t *c = &m->cfg;
   es_backend_t *be = m->be;
   int T = batch->n_tokens;
@@ -588,9 +589,11 @@ int qa_step(qa_model_t *m, const es_batch_t *batch, const int32_t *ids, const in
   if (n_logits > 0) {
     if ((rc = es_backend_write(be, m->lrows_dev, logit_rows, sizeof(int32_t) * (size_t)n_logits, err)) ||
         (rc = es_op_gather_rows(be, m->xl, m->x, m->lrows_dev, n_logits, E, err)) ||
-        (rc = es_op_logits(be, m->logits_dev, m->xl, &m->lm_head, n_logits, err)) ||
-        (rc = es_backend_sync(be, err)) ||
-        (rc = es_backend_read(be, logits, m->logits_dev, sizeof(float) * (size_t)n_logits * (size_t)V, err)))
+        (rc = es_op_logits(be, m->logits_dev, m->xl, &m->lm_head, n_logits, err)))
+      goto done;
+    if (logits && ((rc = es_backend_sync(be, err)) ||
+                   (rc = es_backend_read(be, logits, m->logits_dev, sizeof(float) * (size_t)n_logits * (size_t)V,
+                                         err))))
       goto done;
   }
 done:;
@@ -600,5 +603,18 @@ done:;
     *err = end_err;
     rc = rc2;
   }
+  return rc;
+}
+
+int qa_step(qa_model_t *m, const es_batch_t *batch, const int32_t *ids, const int32_t *audio_row,
+            const int32_t *logit_rows, int n_logits, float *logits, es_error_t *err) {
+  return step(m, batch, ids, audio_row, logit_rows, n_logits, logits, err);
+}
+
+int qa_step_device(qa_model_t *m, const es_batch_t *batch, const int32_t *ids, const int32_t *audio_row,
+                   const int32_t *logit_rows, int n_logits, float **logits_dev, es_error_t *err) {
+  *logits_dev = NULL;
+  int rc = step(m, batch, ids, audio_row, logit_rows, n_logits, NULL, err);
+  if (!rc) *logits_dev = m->logits_dev;
   return rc;
 }

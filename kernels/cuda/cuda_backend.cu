@@ -19,6 +19,7 @@
 #include "cuda_convert.h"
 #include "cuda_gemm.h"
 #include "cuda_ops.h"
+#include "cuda_sample.h"
 #include "es_gpu.h"
 
 extern "C" int cuda_enter(cuda_backend_t *cb, es_error_t *err) {
@@ -74,6 +75,7 @@ static void cuda_destroy(es_backend_t *be) {
   for (int i = 0; i < 2; i++)
     if (cb->copy[i]) cudaStreamSynchronize(cb->copy[i]);
   cuda_gemm_free_plans(cb);
+  cuda_sampler_free(be);
   if (cb->lt) cublasLtDestroy(cb->lt);
   for (size_t i = 0; i < cb->n_allocs; i++) cudaFree(cb->allocs[i]);
   free(cb->allocs);
@@ -277,6 +279,10 @@ static const es_backend_ops_t cuda_ops = {
     cuda_op_gather_rows,
     cuda_op_scatter_rows,
     cuda_op_logits,
+    cuda_sampler_init,
+    cuda_sampler_reset,
+    cuda_sample_prepare,
+    cuda_op_sample,
 };
 
 static int create_resources(cuda_backend_t *cb, es_error_t *err) {

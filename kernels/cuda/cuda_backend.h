@@ -87,6 +87,17 @@ typedef struct {
   int64_t attn_fast_calls, attn_simple_calls; /* attention op calls that ran each path */
   float *attn_part;                           /* device, attn_part_bytes: partial (o, m, l) of split rows */
   size_t attn_part_bytes;                     /* allocated with the KV pool (attn_fast_part_bytes) */
+
+  /* sampling (cuda_sample.cu), from cuda_sampler_init; S = base.smp_slots, V = base.smp_vocab */
+  uint8_t *smp_seen;             /* device (S, V): 1 = in the prompt or generated */
+  int32_t *smp_count;            /* device (S, V): times generated; es_op_sample adds the drawn token */
+  int32_t *smp_supp;             /* device (S, ES_SAMPLE_MAX_SUPPRESS): suppress ids */
+  int32_t *smp_n_supp;           /* device (S) */
+  es_sample_row_t *smp_rows;     /* device (S): the last prepare's rows, read by the (graph-capturable) op */
+  es_sample_row_t *smp_rows_host; /* pinned (S): staging of smp_rows */
+  cudaEvent_t smp_rows_done;     /* the last copy out of smp_rows_host finished */
+  uint8_t *smp_seen_host;        /* host (V): sampler_reset builds one slot here */
+  int32_t *smp_count_host;       /* host (V) */
 } cuda_backend_t;
 
 static inline cuda_backend_t *cuda_be(es_backend_t *be) {

@@ -263,7 +263,8 @@ static void test_ops_steps(void) {
   es_backend_t *be = NULL;
   T_REQUIRE(es_backend_create_cpu(&o, &be, &err) == 0, "cpu backend: %s", err.msg);
   T_REQUIRE(es_backend_sampler_init(be, S, V, &err) == 0, "sampler_init: %s", err.msg);
-  T_CHECK(es_backend_sampler_init(be, S, V, &err) == ES_EINTERNAL, "a second sampler_init is refused");
+  T_CHECK(es_backend_sampler_init(be, S - 1, V, &err) == 0, "a second sampler_init that fits keeps the state");
+  T_CHECK(es_backend_sampler_init(be, S + 1, V, &err) == ES_EINTERNAL, "a second sampler_init that does not fit");
   float *dev_logits = NULL;
   int32_t *dev_tok = NULL;
   T_REQUIRE(es_backend_alloc(be, sizeof(float) * S * V, (void **)&dev_logits, &err) == 0 &&
