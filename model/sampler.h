@@ -46,8 +46,12 @@
  * Allocation: smp_init allocates the penalty table once per request, smp_workspace_init the V-sized
  * scratch once per thread; smp_sample and smp_accept never allocate.
  *
- * Engine loop (stop strings live in stop.h, they need the detokenized text):
- *   smp_sample(&st, &ws, logits_row, &tok, &err);
+ * The engine draws on the backend instead (es_op_sample, kernels/backend.h "sampling": the same pipeline on the
+ * device logits, tested against smp_distribution / smp_sample by tests/kernels/test_sample_math.c); the state
+ * here keeps the parameters, the seed, n_generated (the step) and the finish logic (smp_accept).
+ *
+ * Loop (stop strings live in stop.h, they need the detokenized text):
+ *   smp_sample(&st, &ws, logits_row, &tok, &err);   // or the backend's es_op_sample
  *   fin = smp_accept(&st, tok);                      // eos / stop id -> STOP, max_tokens -> LENGTH
  *   if (fin != SMP_FINISH_STOP) {                    // the text of eos / stop ids is not emitted (vLLM)
  *     stop_feed(&sm, piece, n, smp_stop_strings_active(&st), &res, &err);  // emit res.text
