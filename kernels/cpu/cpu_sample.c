@@ -126,9 +126,9 @@ int cpu_sample_row(const es_sample_row_t *p, float *logits, int V, const cpu_sam
   }
   /* 5. min-p, the kept mass, the draw */
   const int minp_on = p->min_p > 0.0f;
-#define KEPT(i)                                                                                             \
-  (kept_topk(logits[i], topk_on, kstar) &&                                                                  \
-   (!topp_on || smk_f2u(w[i]) > wstar || (smk_f2u(w[i]) == wstar && (int64_t)(i) <= id_cut)) &&             \
+#define KEPT(i)                                                                                                        \
+  (kept_topk(logits[i], topk_on, kstar) &&                                                                             \
+   (!topp_on || smk_f2u(w[i]) > wstar || (smk_f2u(w[i]) == wstar && (int64_t)(i) <= id_cut)) &&                        \
    (!minp_on || w[i] >= p->min_p))
   uint64_t mass = 0;
   for (int i = 0; i < V; i++)
@@ -187,8 +187,8 @@ int cpu_sampler_reset(es_backend_t *be, int slot, const int32_t *ids, int n_ids,
     seen[gen_ids[i]] = 1;
     count[gen_ids[i]]++;
   }
-  if (n_suppress) memcpy(cb->smp_supp + (size_t)slot * ES_SAMPLE_MAX_SUPPRESS, suppress_ids,
-                         (size_t)n_suppress * sizeof(int32_t));
+  if (n_suppress)
+    memcpy(cb->smp_supp + (size_t)slot * ES_SAMPLE_MAX_SUPPRESS, suppress_ids, (size_t)n_suppress * sizeof(int32_t));
   cb->smp_n_supp[slot] = n_suppress;
   return ES_OK;
 }

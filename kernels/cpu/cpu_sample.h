@@ -38,7 +38,7 @@ typedef struct {
   const int32_t *gen_count; /* (V) times generated; NULL: none */
   const int32_t *suppress;  /* (n_suppress) ids set to -inf when the row says suppress */
   int n_suppress;
-  float *w;                 /* (V) fp32 scratch: the weights */
+  float *w; /* (V) fp32 scratch: the weights */
 } cpu_sample_ctx_t;
 
 enum { CPU_SAMPLE_OK = 0, CPU_SAMPLE_NO_FINITE = 1, CPU_SAMPLE_POS_INF = 2 };

@@ -184,8 +184,7 @@ __global__ void __launch_bounds__(SMP_THREADS)
     const float x = l[i];
     float y = smk_canon(x);
     if (pen)
-      y = smk_penalize(y, seen[off + i], count[off + i], p.repetition_penalty, p.presence_penalty,
-                       p.frequency_penalty);
+      y = smk_penalize(y, seen[off + i], count[off + i], p.repetition_penalty, p.presence_penalty, p.frequency_penalty);
     if (__float_as_uint(y) != __float_as_uint(x)) l[i] = y;
     if (y > m) { // strided: the first index of this thread holding its max
       m = y;
@@ -385,13 +384,13 @@ extern "C" int cuda_sampler_reset(es_backend_t *be, int slot, const int32_t *ids
     cb->smp_count_host[gen_ids[i]]++;
   }
   ES_CUDA_TRY(err, cudaMemcpyAsync(cb->smp_seen + off, cb->smp_seen_host, V, cudaMemcpyHostToDevice, cb->stream));
-  ES_CUDA_TRY(err, cudaMemcpyAsync(cb->smp_count + off, cb->smp_count_host, V * sizeof(int32_t),
-                                   cudaMemcpyHostToDevice, cb->stream));
+  ES_CUDA_TRY(err, cudaMemcpyAsync(cb->smp_count + off, cb->smp_count_host, V * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                   cb->stream));
   if (n_suppress)
     ES_CUDA_TRY(err, cudaMemcpyAsync(cb->smp_supp + (size_t)slot * ES_SAMPLE_MAX_SUPPRESS, suppress_ids,
                                      (size_t)n_suppress * sizeof(int32_t), cudaMemcpyHostToDevice, cb->stream));
-  ES_CUDA_TRY(err, cudaMemcpyAsync(cb->smp_n_supp + slot, &n_suppress, sizeof(int32_t), cudaMemcpyHostToDevice,
-                                   cb->stream));
+  ES_CUDA_TRY(err,
+              cudaMemcpyAsync(cb->smp_n_supp + slot, &n_suppress, sizeof(int32_t), cudaMemcpyHostToDevice, cb->stream));
   return ES_OK;
 }
 

@@ -92,26 +92,30 @@ static void test_against_cpu(int V, int batches, int *greedy, int *greedy_same, 
     int32_t tc[S], tg[S];
     T_REQUIRE(es_backend_write(d.cpu, d.lc, rows, sizeof(float) * S * V, &err) == 0 &&
                   es_backend_write(d.gpu, d.lg, rows, sizeof(float) * S * V, &err) == 0 &&
-                  es_backend_sample_prepare(d.cpu, p, S, &err) == 0 && es_backend_sample_prepare(d.gpu, p, S, &err) == 0,
+                  es_backend_sample_prepare(d.cpu, p, S, &err) == 0 &&
+                  es_backend_sample_prepare(d.gpu, p, S, &err) == 0,
               "prepare: %s", err.msg);
     rcc = es_op_sample(d.cpu, d.lc, S, d.tc, &ec);
     T_REQUIRE(rcc == 0 || rcc == ES_EINVAL, "cpu sample: %s", ec.msg);
     T_REQUIRE(es_op_sample(d.gpu, d.lg, S, d.tg, &err) == 0 && es_backend_sync(d.gpu, &err) == 0, "gpu sample: %s",
               err.msg);
-    T_REQUIRE(es_backend_read(d.cpu, tc, d.tc, sizeof tc, &err) == 0 && es_backend_read(d.gpu, tg, d.tg, sizeof tg, &err) == 0 &&
+    T_REQUIRE(es_backend_read(d.cpu, tc, d.tc, sizeof tc, &err) == 0 &&
+                  es_backend_read(d.gpu, tg, d.tg, sizeof tg, &err) == 0 &&
                   es_backend_read(d.cpu, rc, d.lc, sizeof(float) * S * V, &err) == 0 &&
                   es_backend_read(d.gpu, rg, d.lg, sizeof(float) * S * V, &err) == 0,
               "read: %s", err.msg);
     for (int s = 0; s < S; s++) {
       if (tc[s] < 0 || tg[s] < 0) {
-        T_CHECK(tc[s] == tg[s], "V %d batch %d row %d: error on one backend only (cpu %d, gpu %d)", V, b, s, tc[s], tg[s]);
+        T_CHECK(tc[s] == tg[s], "V %d batch %d row %d: error on one backend only (cpu %d, gpu %d)", V, b, s, tc[s],
+                tg[s]);
         continue;
       }
       int diff = memcmp(rc + (size_t)s * V, rg + (size_t)s * V, sizeof(float) * V) != 0;
       if (diff) {
         int first = 0;
         while (memcmp(rc + (size_t)s * V + first, rg + (size_t)s * V + first, sizeof(float)) == 0) first++;
-        fprintf(stderr, "V %d batch %d row %d (T %g k %d p %g minp %g): processed rows differ first at id %d: cpu %g gpu %g\n",
+        fprintf(stderr,
+                "V %d batch %d row %d (T %g k %d p %g minp %g): processed rows differ first at id %d: cpu %g gpu %g\n",
                 V, b, s, (double)p[s].temperature, p[s].top_k, (double)p[s].top_p, (double)p[s].min_p, first,
                 (double)rc[(size_t)s * V + first], (double)rg[(size_t)s * V + first]);
       }

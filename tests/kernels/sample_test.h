@@ -15,7 +15,9 @@ static inline double st_uniform(void) {
   st_rng = st_rng * 6364136223846793005ull + 1442695040888963407ull;
   return (double)(st_rng >> 11) * (1.0 / 9007199254740992.0);
 }
-static inline int st_below(int n) { return (int)(st_uniform() * n); }
+static inline int st_below(int n) {
+  return (int)(st_uniform() * n);
+}
 static inline double st_normal(void) {
   double u = st_uniform(), v = st_uniform();
   return sqrt(-2.0 * log(u + 1e-300)) * cos(6.283185307179586 * v);

@@ -31,8 +31,8 @@ static es_error_t err;
 
 static void test_helpers(void) {
   /* the key map is monotone over a sorted list of floats, -0 and +0 share a key */
-  const float xs[] = {-INFINITY, -FLT_MAX, -1e30f, -2.0f, -1.0f, -FLT_MIN, -1e-45f, 0.0f, 1e-45f, FLT_MIN,
-                      0.5f,      1.0f,     3.0f,   1e30f, FLT_MAX, INFINITY};
+  const float xs[] = {-INFINITY, -FLT_MAX, -1e30f, -2.0f, -1.0f, -FLT_MIN, -1e-45f, 0.0f,
+                      1e-45f,    FLT_MIN,  0.5f,   1.0f,  3.0f,  1e30f,    FLT_MAX, INFINITY};
   int n = (int)(sizeof xs / sizeof xs[0]);
   for (int i = 0; i + 1 < n; i++)
     T_CHECK(smk_key(xs[i]) < smk_key(xs[i + 1]), "key(%g) < key(%g)", (double)xs[i], (double)xs[i + 1]);
@@ -99,9 +99,9 @@ typedef struct {
 enum { MAXP = 24, MAXG = 12, N_EOS = 2, N_STOP = 3 };
 
 /* One random row under combo c and penalty setting pv, compared in every way the header lists. */
-static void compare_case(int V, int kind, int c, int pv, int min_tok, int n_draws, float *base, float *lr,
-                         float *lm, float *l0, float *pr, float *pm, uint8_t *seen, int32_t *cnt, float *wscr,
-                         smp_workspace_t *ws, tally_t *t) {
+static void compare_case(int V, int kind, int c, int pv, int min_tok, int n_draws, float *base, float *lr, float *lm,
+                         float *l0, float *pr, float *pm, uint8_t *seen, int32_t *cnt, float *wscr, smp_workspace_t *ws,
+                         tally_t *t) {
   st_fill_row(base, V, kind);
   es_sample_row_t row;
   st_combo(c, &row);
@@ -287,7 +287,7 @@ static void test_ops_steps(void) {
     for (int i = 0; i < NP; i++) prompt[s][i] = st_below(V);
   }
   base[0][eos[0]] = 9.0f; /* the greedy request would stop at once without min_tokens */
-  p[0].temperature = 0.0;  /* greedy: the penalties move the argmax step after step */
+  p[0].temperature = 0.0; /* greedy: the penalties move the argmax step after step */
   p[0].repetition_penalty = 1.25;
   p[0].frequency_penalty = 0.5;
   p[0].presence_penalty = 0.25;
