@@ -1,6 +1,7 @@
 /* backend.c: the public entry points of backend.h. Device-independent validation, then dispatch.
  * Thread safety: as backend.h (one driving thread per backend).
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -410,4 +411,81 @@ int es_backend_graph_launch(es_backend_t *be, int key, es_error_t *err) {
   NOT_RECORDING(be, "graph_launch", err);
   if (!es_backend_graph_has(be, key)) return es_fail(err, ES_EINVAL, "%s: no graph %d recorded", be->name, key);
   return track(be, be->ops->graph_launch(be, key, err));
+}
+
+/* ---- sampling (issue 9) -------------------------------------------------------------------------------- */
+
+int es_backend_sampler_init(es_backend_t *be, int n_slots, int vocab, es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  if (be->in_step) return es_fail(err, ES_EINTERNAL, "%s: sampler_init inside a step", be->name);
+  if (be->smp_slots) { /* a later engine over the same backend: the state fits, keep it */
+    if (vocab == be->smp_vocab && n_slots <= be->smp_slots) return ES_OK;
+    return es_fail(err, ES_EINTERNAL, "%s: sampler initialised for %d slots x %d ids, asked for %d x %d", be->name,
+                   be->smp_slots, be->smp_vocab, n_slots, vocab);
+  }
+  NEED(n_slots >= 1 && n_slots <= (1 << 16), "sampler_init: %d slots (1..65536)", n_slots);
+  NEED(vocab >= 1 && vocab <= (1 << 20), "sampler_init: vocabulary of %d ids (1..2^20)", vocab);
+  be->smp_slots = n_slots;
+  be->smp_vocab = vocab;
+  be->smp_prepared = 0;
+  int rc = track(be, be->ops->sampler_init(be, err));
+  if (rc) be->smp_slots = be->smp_vocab = 0;
+  return rc;
+}
+
+static int check_ids(const es_backend_t *be, const char *what, const int32_t *ids, int n, es_error_t *err) {
+  NEED(n >= 0 && (n == 0 || ids), "sampler_reset: %s: %d ids", what, n);
+  for (int i = 0; i < n; i++)
+    NEED(ids[i] >= 0 && ids[i] < be->smp_vocab, "sampler_reset: %s[%d] = %d is outside the vocabulary [0, %d)", what,
+         i, ids[i], be->smp_vocab);
+  return ES_OK;
+}
+
+int es_backend_sampler_reset(es_backend_t *be, int slot, const int32_t *ids, int n_ids, const int32_t *gen_ids,
+                             int n_gen, const int32_t *suppress_ids, int n_suppress, es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  NEED(be->smp_slots, "%s: sampler_reset before sampler_init", be->name);
+  NEED(slot >= 0 && slot < be->smp_slots, "sampler_reset: slot %d outside [0, %d)", slot, be->smp_slots);
+  NEED(n_suppress <= ES_SAMPLE_MAX_SUPPRESS, "sampler_reset: %d suppress ids (at most %d)", n_suppress,
+       ES_SAMPLE_MAX_SUPPRESS);
+  int rc;
+  if ((rc = check_ids(be, "ids", ids, n_ids, err)) || (rc = check_ids(be, "gen_ids", gen_ids, n_gen, err)) ||
+      (rc = check_ids(be, "suppress_ids", suppress_ids, n_suppress, err)))
+    return rc;
+  return track(be, be->ops->sampler_reset(be, slot, ids, n_ids, gen_ids, n_gen, suppress_ids, n_suppress, err));
+}
+
+int es_backend_sample_prepare(es_backend_t *be, const es_sample_row_t *rows, int n, es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  NEED(be->smp_slots, "%s: sample_prepare before sampler_init", be->name);
+  NEED(n >= 1 && n <= be->smp_slots, "sample_prepare: %d rows (1..%d slots)", n, be->smp_slots);
+  be->smp_prepared = 0;
+  for (int r = 0; r < n; r++) {
+    const es_sample_row_t *w = &rows[r];
+    /* the ranges of smp_params_validate; the !(x op y) spellings reject NaN */
+    NEED(w->temperature >= 0.0f && !isinf(w->temperature), "sample_prepare: row %d: temperature %g", r,
+         (double)w->temperature);
+    NEED(w->top_p > 0.0f && w->top_p <= 1.0f, "sample_prepare: row %d: top_p %g outside (0, 1]", r, (double)w->top_p);
+    NEED(w->min_p >= 0.0f && w->min_p <= 1.0f, "sample_prepare: row %d: min_p %g outside [0, 1]", r, (double)w->min_p);
+    NEED(w->repetition_penalty > 0.0f && !isinf(w->repetition_penalty), "sample_prepare: row %d: repetition_penalty %g",
+         r, (double)w->repetition_penalty);
+    NEED(isfinite(w->presence_penalty) && isfinite(w->frequency_penalty),
+         "sample_prepare: row %d: presence/frequency penalties must be finite", r);
+    NEED(w->top_k >= -1, "sample_prepare: row %d: top_k %d", r, w->top_k);
+    NEED(w->step >= 0, "sample_prepare: row %d: step %lld", r, (long long)w->step);
+    NEED(w->slot >= 0 && w->slot < be->smp_slots, "sample_prepare: row %d: slot %d outside [0, %d)", r, w->slot,
+         be->smp_slots);
+    for (int q = 0; q < r; q++)
+      NEED(rows[q].slot != w->slot, "sample_prepare: rows %d and %d share slot %d", q, r, w->slot);
+  }
+  int rc = track(be, be->ops->sample_prepare(be, rows, n, err));
+  if (!rc) be->smp_prepared = n;
+  return rc;
+}
+
+int es_op_sample(es_backend_t *be, float *logits, int n, int32_t *tokens, es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  NEED(be->smp_slots, "%s: sample before sampler_init", be->name);
+  NEED(n >= 1 && n == be->smp_prepared, "sample: %d rows, the last sample_prepare had %d", n, be->smp_prepared);
+  return track(be, be->ops->sample(be, logits, n, tokens, err));
 }

@@ -300,6 +300,70 @@ int es_backend_graph_has(const es_backend_t *be, int key);
 /* Replays graph key on the device, in order after everything queued before. */
 int es_backend_graph_launch(es_backend_t *be, int key, es_error_t *err);
 
+/* ---- sampling (issue 9) ----------------------------------------------------------------------------------
+ * The sampler of model/sampler.h run by the backend on the device logits, so that only token ids cross to the
+ * host. Same pipeline and semantics as smp_sample (penalties, min_tokens suppression, greedy with the first
+ * index on ties, temperature, top-k with ties at the k-th kept, top-p with ties at the threshold ranked by
+ * lower id first, min-p, one Philox uniform per (seed, step), inverse CDF over the kept ids in ascending id
+ * order). The arithmetic is kernels/sample_math.h, shared by every backend; the mass sums are fixed point
+ * (integer, exact), so every backend keeps the same ids and draws the same token, bit for bit; against the
+ * host sampler's double sums they can differ only where a sum lands exactly on a boundary.
+ *
+ * State: n_slots slots, each the penalty state of one running request: gen_count[slot][V] int32 (times
+ * generated) and seen[slot][V] uint8 (in the prompt or generated), plus a list of at most
+ * ES_SAMPLE_MAX_SUPPRESS ids that get -inf while the row says suppress (min_tokens: eos unless ignore_eos, and
+ * the stop ids). Allocated once by es_backend_sampler_init (start-up); es_backend_sampler_reset rewrites one
+ * slot when a request (re)starts in it; es_op_sample counts the token it draws in the row's slot.
+ *
+ * A step: es_backend_sample_prepare(rows) copies the rows' parameters to fixed device buffers (host work,
+ * outside any CUDA graph), then es_op_sample(logits, n, tokens) runs on the device only: its launch depends
+ * only on n, it reads every parameter from those buffers, never synchronises and never allocates, so it can
+ * be captured in a graph and replayed after the next prepare. Row r of the op uses rows[r] of the last prepare
+ * and logits row r.
+ *
+ * Errors: a row whose logits (after the penalties and suppression) have no finite value, or hold +inf, gets
+ * token -1 on every backend; the CPU backend also returns ES_EINVAL with a message naming the first such row
+ * (the other rows are still sampled); the CUDA backend cannot report it without a host sync, so the caller
+ * turns -1 into an error for that request.
+ * ------------------------------------------------------------------------------------------------------ */
+#define ES_SAMPLE_MAX_SUPPRESS 72 /* SMP_MAX_EOS_IDS + SMP_MAX_STOP_IDS */
+
+typedef struct {
+  float temperature;        /* < 1e-5 (SMP_GREEDY_EPS): greedy, the filters are ignored */
+  float top_p;              /* (0, 1]; 1 disables */
+  float min_p;              /* [0, 1]; 0 disables */
+  float repetition_penalty; /* > 0; 1 disables */
+  float presence_penalty;   /* finite; 0 disables */
+  float frequency_penalty;  /* finite; 0 disables */
+  int32_t top_k;            /* >= 1 keeps k ids; 0 or -1 disables (so does k >= V) */
+  int32_t suppress;         /* 1: the ids in the slot's suppress list get -inf (min_tokens not reached) */
+  uint64_t seed;            /* the request's effective seed (smp_state_t.seed) */
+  int64_t step;             /* the Philox step: tokens generated so far */
+  int32_t slot;             /* the request's slot, [0, n_slots); distinct within one prepare */
+  int32_t want_processed;   /* 1: after the op, the row's removed ids (filters, zero weight; all but the
+                             * argmax when greedy) hold -inf, so the finite entries are exactly the support */
+} es_sample_row_t;
+
+/* Allocates the sampling state for n_slots requests over a vocabulary of V ids (zeroed). Start-up only (not
+ * inside a step). V <= 2^20. A later call (another engine over the same backend) keeps the existing state when
+ * it has the same V and at least n_slots slots, and fails with ES_EINTERNAL otherwise. */
+int es_backend_sampler_init(es_backend_t *be, int n_slots, int vocab, es_error_t *err);
+
+/* A request (re)starts in slot: the slot's counts are cleared, then ids (the prompt, n_ids) are marked seen,
+ * gen_ids (tokens generated before a preemption, n_gen) are marked seen and counted, and suppress_ids become
+ * the slot's suppress list (n_suppress <= ES_SAMPLE_MAX_SUPPRESS). Host arrays; every id in [0, V). */
+int es_backend_sampler_reset(es_backend_t *be, int slot, const int32_t *ids, int n_ids, const int32_t *gen_ids,
+                             int n_gen, const int32_t *suppress_ids, int n_suppress, es_error_t *err);
+
+/* Copies n rows of parameters (host array) to the device, for the next es_op_sample. 1 <= n <= n_slots; the
+ * parameters are checked (ranges as smp_params_validate) and the slots must be distinct. */
+int es_backend_sample_prepare(es_backend_t *be, const es_sample_row_t *rows, int n, es_error_t *err);
+
+/* Device only: samples n rows of logits [n][V] (device fp32, processed in place: NaN becomes -inf, the
+ * penalties and the suppression are applied, and with want_processed the removed ids become -inf) into
+ * tokens (device int32 [n]), and counts each drawn token in its row's slot. n must equal the last prepare's. */
+int es_op_sample(es_backend_t *be, float *logits, int n, int32_t *tokens, es_error_t *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -62,6 +62,12 @@ typedef struct {
   /* ---- fp8 weights ---- (backend.h; arguments validated by backend.c) */
   int (*upload_weight_fp8)(es_backend_t *be, const void *host, es_dtype_t src_dtype, int64_t n0, int64_t n1,
                            es_weight_t *out, es_error_t *err);
+  /* ---- sampling (issue 9): arguments validated by backend.c; sizes in be->smp_* ---- */
+  int (*sampler_init)(es_backend_t *be, es_error_t *err);
+  int (*sampler_reset)(es_backend_t *be, int slot, const int32_t *ids, int n_ids, const int32_t *gen_ids, int n_gen,
+                       const int32_t *suppress_ids, int n_suppress, es_error_t *err);
+  int (*sample_prepare)(es_backend_t *be, const es_sample_row_t *rows, int n, es_error_t *err);
+  int (*sample)(es_backend_t *be, float *logits, int n, int32_t *tokens, es_error_t *err);
 } es_backend_ops_t;
 
 /* The common part of every backend; implementations embed it as their first member. */
@@ -77,6 +83,8 @@ struct es_backend {
   /* KV pool geometry, set by es_backend_kv_init */
   int kv_layers, kv_blocks, kv_heads, kv_head_dim;
   int recording; /* between es_backend_graph_begin and graph_end / graph_abort */
+  /* sampling state geometry, set by es_backend_sampler_init; smp_prepared = n of the last sample_prepare */
+  int smp_slots, smp_vocab, smp_prepared;
 };
 
 /* Called by implementations' create functions after filling ops/name/act_dtype/opts. */

@@ -3,7 +3,7 @@
  * Threads: callers of eng_submit/eng_cancel/eng_get_stats (any thread) touch only the incoming queue, the
  * registry of live requests, their cancel flags and the statistics, under e->mu. The engine thread owns
  * everything else: the model and backend, the KV block pool and prefix cache, the audio-embedding pool's
- * row allocation, the mel context, the sampler workspace and every request's scheduling state.
+ * row allocation, the mel context, the backend's sampling slots and every request's scheduling state.
  *
  * Scheduling, one iteration of the engine loop:
  *   1. take newly submitted requests into the waiting list (FIFO; preempted requests go back to its front);
@@ -16,8 +16,10 @@
  *      counted from position 0, so they depend only on the request, never on the load; a decoding
  *      sequence that needs a block when none is free preempts the most recently admitted sequence (its
  *      blocks are freed; it is recomputed later from prompt + generated ids, with identical results);
- *   4. run the step, sample every sequence that produced logits, deliver events, retire finished ones,
- *      publish newly completed full blocks to the prefix cache.
+ *   4. run the step, sample every sequence that produced logits on the backend (es_op_sample on the device
+ *      logits: only the token ids, and the rows of requests that want logprobs, come back; the host sampler
+ *      state keeps the finish logic), deliver events, retire finished ones, publish newly completed full
+ *      blocks to the prefix cache.
  * Results do not depend on the batch: the backends compute each row independently of the others (the CPU
  * backend bit for bit), chunking is fixed per request, and each request's random stream is keyed on its
  * seed and step.
@@ -68,8 +70,9 @@ typedef struct req {
   uint64_t chain;             /* prefix hash through block published - 1 */
   int pool_row, pool_rows;    /* audio-pool rows held [pool_row, pool_row + pool_rows), pool_rows 0 = none */
   int last_placeholder;       /* index of the last audio placeholder in tokens, -1 if none */
-  smp_state_t st;
+  smp_state_t st;             /* the host sampler state: parameters, counts, finish logic (smp_accept) */
   int have_st;
+  int smp_slot;               /* the backend's sampling slot while running (es_backend_sampler_reset), else -1 */
   stop_matcher_t sm;
   int have_sm;
   tok_stream_t ts;
@@ -99,7 +102,6 @@ struct eng {
   int n_running;
   uint64_t admit_counter;
   mel_ctx_t *mel;
-  smp_workspace_t ws;
   kv_pool_t *kv;
   float *logits;              /* [max_logit_rows][V] */
   float *mel_buf;             /* [max_audio_batch][128][3000] */
@@ -108,6 +110,12 @@ struct eng {
   req_t **row_owner;          /* [max_logit_rows] which request each logit row belongs to */
   tok_text_t evtext;          /* the text of the event being built */
   int max_seqs, chunk;
+  /* sampling on the backend (backend.h, "sampling"): slot s of the backend's sampler state belongs to the running
+   * request whose smp_slot is s; slot_used[max_seqs]; rows[max_seqs] the step's parameters; tokens_dev the
+   * backend's int32 [max_seqs] output, tokens its host copy */
+  uint8_t *slot_used;
+  es_sample_row_t *srows;
+  int32_t *tokens_dev, *tokens;
 };
 
 static double now_s(void) {
@@ -204,6 +212,29 @@ static void emit(eng_t *e, req_t *r, int32_t token, const eng_logprobs_t *lp, co
 static void release_resources(eng_t *e, req_t *r) {
   kv_seq_release(e->kv, &r->seq);
   r->pool_rows = 0;
+  if (r->smp_slot >= 0) e->slot_used[r->smp_slot] = 0;
+  r->smp_slot = -1;
+}
+
+/* Gives r (just admitted) a sampling slot and loads it: the prompt, the ids generated before a preemption, and
+ * while min_tokens is not reached the ids it suppresses (eos unless ignore_eos, the stop ids). */
+static int claim_sampling_slot(eng_t *e, req_t *r, es_error_t *err) {
+  int s = 0;
+  while (s < e->max_seqs && e->slot_used[s]) s++;
+  ES_ASSERT(s < e->max_seqs); /* one slot per running request, at most max_seqs run */
+  int32_t supp[ES_SAMPLE_MAX_SUPPRESS];
+  int n_supp = 0;
+  if (r->st.p.min_tokens > 0) {
+    if (!r->st.p.ignore_eos)
+      for (int i = 0; i < r->st.n_eos; i++) supp[n_supp++] = r->st.eos_ids[i];
+    for (int i = 0; i < r->st.p.n_stop_ids; i++) supp[n_supp++] = r->st.p.stop_ids[i];
+  }
+  int rc = es_backend_sampler_reset(qa_model_backend(e->opts.model), s, r->tokens, r->n_prompt,
+                                    r->tokens + r->n_prompt, r->n_tokens - r->n_prompt, supp, n_supp, err);
+  if (rc) return rc;
+  e->slot_used[s] = 1;
+  r->smp_slot = s;
+  return ES_OK;
 }
 
 static void remove_running(eng_t *e, req_t *r) {
@@ -340,6 +371,10 @@ static void admit(eng_t *e) {
     r->phase = PH_PREFILL;
     r->admit_order = ++e->admit_counter;
     e->running[e->n_running++] = r;
+    if (claim_sampling_slot(e, r, &err) != ES_OK) {
+      retire(e, r, ENG_FINISH_ERROR, err.msg, 1);
+      continue;
+    }
     if (need_audio) admitted[n_adm++] = r;
   }
   if (n_adm) {
@@ -399,16 +434,17 @@ static void compute_logprobs(const float *logits, int V, int32_t token, int n_to
   for (int j = 0; j < lp->n_top; j++) lp->top_logprobs[j] = (float)((double)lp->top_logprobs[j] - lse);
 }
 
-/* Samples the next token of r from logits and delivers its event. Returns 1 when r finished. */
-static int take_token(eng_t *e, req_t *r, float *logits) {
+/* Takes token (drawn by the backend's sample op; -1 when the row could not be sampled) as r's next token and
+ * delivers its event; logits is the processed row when r asked for logprobs. Returns 1 when r finished. */
+static int take_token(eng_t *e, req_t *r, int32_t token, const float *logits) {
   es_error_t err;
-  int32_t token;
-  if (smp_sample(&r->st, &e->ws, logits, &token, &err) != ES_OK) {
+  if (token < 0 || token >= r->st.vocab) {
+    es_fail(&err, ES_EINVAL, "sampler: no id has a finite logit, or one is +inf (step %d)", r->st.n_generated);
     retire(e, r, ENG_FINISH_ERROR, err.msg, 1);
     return 1;
   }
   eng_logprobs_t lp_buf, *lp = NULL;
-  if (r->logprobs) { /* logits now hold the processed row: penalties and masks applied by smp_sample */
+  if (r->logprobs) { /* the processed row: penalties and masks applied by the sample op (as smp_sample does) */
     compute_logprobs(logits, r->st.vocab, token, r->top_logprobs, &lp_buf);
     lp = &lp_buf;
   }
@@ -472,6 +508,44 @@ static void publish_blocks(eng_t *e, req_t *r) {
 
 static void fail_all_running(eng_t *e, const char *msg) {
   while (e->n_running) retire(e, e->running[0], ENG_FINISH_ERROR, msg, 1);
+}
+
+/* Samples the step's n logit rows on the backend: only the token ids (and the rows of requests that want
+ * logprobs) come back, into e->tokens and e->logits. A row that cannot be sampled gets -1 (take_token fails its
+ * request); the CPU backend also says so with ES_EINVAL, which fails nothing else here. */
+static int sample_rows(eng_t *e, float *logits_dev, int n, es_error_t *err) {
+  es_backend_t *be = qa_model_backend(e->opts.model);
+  const int V = qa_model_config(e->opts.model)->vocab_size;
+  for (int l = 0; l < n; l++) {
+    const req_t *r = e->row_owner[l];
+    const smp_params_t *p = &r->st.p;
+    es_sample_row_t *w = &e->srows[l];
+    memset(w, 0, sizeof *w);
+    w->temperature = p->temperature < SMP_GREEDY_EPS ? 0.0f : (float)p->temperature;
+    w->top_p = (float)p->top_p;
+    w->min_p = (float)p->min_p;
+    w->repetition_penalty = (float)p->repetition_penalty;
+    w->presence_penalty = (float)p->presence_penalty;
+    w->frequency_penalty = (float)p->frequency_penalty;
+    w->top_k = p->top_k;
+    w->suppress = r->st.n_generated < p->min_tokens;
+    w->seed = r->st.seed;
+    w->step = r->st.n_generated;
+    w->slot = r->smp_slot;
+  }
+  int rc = es_backend_sample_prepare(be, e->srows, n, err);
+  if (!rc) {
+    es_error_t serr;
+    rc = es_op_sample(be, logits_dev, n, e->tokens_dev, &serr);
+    if (rc && rc != ES_EINVAL) *err = serr;
+    else rc = ES_OK; /* bad rows are -1 in the tokens */
+  }
+  if (!rc) rc = es_backend_read(be, e->tokens, e->tokens_dev, sizeof(int32_t) * (size_t)n, err);
+  for (int l = 0; l < n && !rc; l++)
+    if (e->row_owner[l]->logprobs)
+      rc = es_backend_read(be, e->logits + (size_t)l * (size_t)V, logits_dev + (size_t)l * (size_t)V,
+                           sizeof(float) * (size_t)V, err);
+  return rc;
 }
 
 /* Builds and runs one batched step. Returns 0 when there was nothing to run. */
@@ -551,7 +625,9 @@ static int run_step(eng_t *e) {
   }
   es_batch_t b = {.n_seqs = n_seqs, .n_tokens = n_rows, .q_start = e->q_start, .ctx_len = e->ctx_len,
                   .positions = e->pos, .slot = e->slot, .block_table = e->table, .max_blocks = max_blocks};
-  int rc = qa_step(e->opts.model, &b, e->ids, e->arow, e->lrows, n_logits, e->logits, &err);
+  float *logits_dev = NULL;
+  int rc = qa_step_device(e->opts.model, &b, e->ids, e->arow, e->lrows, n_logits, &logits_dev, &err);
+  if (!rc && n_logits) rc = sample_rows(e, logits_dev, n_logits, &err);
   if (rc) {
     fail_all_running(e, err.msg);
     return 1;
@@ -572,7 +648,8 @@ static int run_step(eng_t *e) {
     if (r->pool_rows && r->n_computed > r->last_placeholder) r->pool_rows = 0;
     publish_blocks(e, r);
   }
-  for (int l = 0; l < n_logits; l++) take_token(e, e->row_owner[l], e->logits + (size_t)l * (size_t)cfg->vocab_size);
+  for (int l = 0; l < n_logits; l++)
+    take_token(e, e->row_owner[l], e->tokens[l], e->logits + (size_t)l * (size_t)cfg->vocab_size);
   return 1;
 }
 
@@ -695,7 +772,6 @@ int eng_start(const eng_opts_t *opts, eng_t **out, es_error_t *err) {
   pthread_mutex_init(&e->mu, NULL);
   pthread_cond_init(&e->cv, NULL);
   int rc = mel_ctx_init(&e->mel, e->opts.mel_threads, err);
-  if (!rc) rc = smp_workspace_init(&e->ws, cfg->vocab_size, err);
   if (!rc) rc = kv_pool_init(mo->kv_blocks, &e->kv, err);
   if (rc) goto fail;
   size_t T = (size_t)mo->max_tokens, S = (size_t)e->max_seqs;
@@ -713,10 +789,22 @@ int eng_start(const eng_opts_t *opts, eng_t **out, es_error_t *err) {
   e->ctx_len = malloc(sizeof(int32_t) * S);
   e->table = malloc(sizeof(int32_t) * S * (size_t)mo->max_blocks_per_seq);
   e->row_owner = malloc(sizeof(req_t *) * S);
+  e->slot_used = calloc(S, 1);
+  e->srows = malloc(sizeof(es_sample_row_t) * S);
+  e->tokens = malloc(sizeof(int32_t) * S);
   if (!e->running || !e->logits || !e->mel_buf || !e->frames || !e->dst_rows || !e->ids || !e->pos || !e->slot ||
-      !e->arow || !e->lrows || !e->q_start || !e->ctx_len || !e->table || !e->row_owner) {
+      !e->arow || !e->lrows || !e->q_start || !e->ctx_len || !e->table || !e->row_owner || !e->slot_used ||
+      !e->srows || !e->tokens) {
     rc = es_fail(err, ES_ENOMEM, "engine: out of memory");
     goto fail;
+  }
+  { /* the backend's sampler: one slot per running request, and the device token buffer */
+    es_backend_t *be = qa_model_backend(e->opts.model);
+    if ((rc = es_backend_sampler_init(be, (int)S, cfg->vocab_size, err)) ||
+        (rc = es_backend_alloc(be, sizeof(int32_t) * S, (void **)&e->tokens_dev, err))) {
+      es_error_prefix(err, "engine: ");
+      goto fail;
+    }
   }
   e->stats.kv_blocks_total = kv_pool_total(e->kv);
   e->stats.kv_blocks_free = kv_pool_free_count(e->kv);
@@ -741,7 +829,6 @@ void eng_stop(eng_t *e) {
   pthread_mutex_unlock(&e->mu);
   if (e->thread_started) pthread_join(e->thread, NULL);
   mel_ctx_free(&e->mel);
-  smp_workspace_free(&e->ws);
   kv_pool_free(e->kv);
   free(e->running);
   free(e->logits);
@@ -757,6 +844,9 @@ void eng_stop(eng_t *e) {
   free(e->ctx_len);
   free(e->table);
   free(e->row_owner);
+  free(e->slot_used);
+  free(e->srows);
+  free(e->tokens);
   tok_text_free(&e->evtext);
   pthread_mutex_destroy(&e->mu);
   pthread_cond_destroy(&e->cv);
@@ -819,6 +909,7 @@ int eng_submit(eng_t *e, const eng_request_t *q, uint64_t *id, es_error_t *err) 
   if (rc) return rc;
   const model_config_t *cfg = qa_model_config(e->opts.model);
   req_t *r = calloc(1, sizeof *r);
+  if (r) r->smp_slot = -1;
   if (!r) return es_fail(err, ES_ENOMEM, "request: out of memory");
   r->cap = (int)q->n_prompt + q->sampling.max_tokens + 1;
   r->tokens = malloc(sizeof(int32_t) * (size_t)r->cap);

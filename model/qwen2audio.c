@@ -713,8 +713,9 @@ static int forward_bucket(qa_model_t *m, int B, es_error_t *err) {
   return es_backend_graph_launch(be, key, err);
 }
 
-int qa_step(qa_model_t *m, const es_batch_t *batch, const int32_t *ids, const int32_t *audio_row,
-            const int32_t *logit_rows, int n_logits, float *logits, es_error_t *err) {
+/* The step; logits, when not NULL, get the logit rows on the host, else they stay in m->logits_dev. */
+static int step(qa_model_t *m, const es_batch_t *batch, const int32_t *ids, const int32_t *audio_row,
+                const int32_t *logit_rows, int n_logits, float *logits, es_error_t *err) {
   const model_config_t *c = &m->cfg;
   es_backend_t *be = m->be;
   int T = batch->n_tokens;
@@ -766,7 +767,7 @@ int qa_step(qa_model_t *m, const es_batch_t *batch, const int32_t *ids, const in
     if (!rc) rc = decoder_forward(m, T, n_audio, n_logits, err);
   }
   /* the first n_logits rows of logits_dev are the wanted ones either way (a padded step's real rows come first) */
-  if (!rc && n_logits > 0 && !(rc = es_backend_sync(be, err)))
+  if (!rc && logits && n_logits > 0 && !(rc = es_backend_sync(be, err)))
     rc = es_backend_read(be, logits, m->logits_dev, sizeof(float) * (size_t)n_logits * (size_t)V, err);
   es_error_t end_err;
   int rc2 = es_backend_end_step(be, &end_err);
@@ -774,5 +775,18 @@ int qa_step(qa_model_t *m, const es_batch_t *batch, const int32_t *ids, const in
     *err = end_err;
     rc = rc2;
   }
+  return rc;
+}
+
+int qa_step(qa_model_t *m, const es_batch_t *batch, const int32_t *ids, const int32_t *audio_row,
+            const int32_t *logit_rows, int n_logits, float *logits, es_error_t *err) {
+  return step(m, batch, ids, audio_row, logit_rows, n_logits, logits, err);
+}
+
+int qa_step_device(qa_model_t *m, const es_batch_t *batch, const int32_t *ids, const int32_t *audio_row,
+                   const int32_t *logit_rows, int n_logits, float **logits_dev, es_error_t *err) {
+  *logits_dev = NULL;
+  int rc = step(m, batch, ids, audio_row, logit_rows, n_logits, NULL, err);
+  if (!rc) *logits_dev = m->logits_dev;
   return rc;
 }

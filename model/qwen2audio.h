@@ -105,6 +105,12 @@ int qa_read_audio_rows(qa_model_t *m, int row, int n, float *out, es_error_t *er
 int qa_step(qa_model_t *m, const es_batch_t *batch, const int32_t *ids, const int32_t *audio_row,
             const int32_t *logit_rows, int n_logits, float *logits, es_error_t *err);
 
+/* qa_step leaving the logits on the device: *logits_dev = the model's fp32 device buffer [n_logits, vocab]
+ * (rows in logit_rows order), valid until the next step; the engine samples it there (es_op_sample), which may
+ * process it in place. Nothing is synchronised or read back. */
+int qa_step_device(qa_model_t *m, const es_batch_t *batch, const int32_t *ids, const int32_t *audio_row,
+                   const int32_t *logit_rows, int n_logits, float **logits_dev, es_error_t *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -10,16 +10,13 @@
  */
 #include "sampler.h"
 
+#include "sample_math.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
-
-/* Weights below exp(-87) ~ 1.6e-38 (relative to the most probable id) are taken as 0: even all V of them
- * together (< 3e-33) are far below what an fp32 probability can resolve, and it keeps exp_neg in
- * normal floats. */
-#define SMP_EXP_FLOOR (-87.0f)
 
 void smp_params_default(smp_params_t *p) {
   memset(p, 0, sizeof *p);
@@ -161,7 +158,8 @@ int smp_workspace_init(smp_workspace_t *ws, int vocab, es_error_t *err) {
   if (vocab < 1) return es_fail(err, ES_EINVAL, "sampler workspace: vocabulary size %d", vocab);
   ws->w = malloc((size_t)vocab * sizeof *ws->w);
   ws->ids = malloc((size_t)vocab * sizeof *ws->ids);
-  if (!ws->w || !ws->ids) {
+  ws->dense = malloc((size_t)vocab * sizeof *ws->dense);
+  if (!ws->w || !ws->ids || !ws->dense) {
     smp_workspace_free(ws);
     return es_fail(err, ES_ENOMEM, "sampler workspace for %d ids", vocab);
   }
@@ -175,73 +173,20 @@ void smp_workspace_free(smp_workspace_t *ws) {
   ws->w = NULL;
   free(ws->ids);
   ws->ids = NULL;
+  free(ws->dense);
+  ws->dense = NULL;
   ws->vocab = 0;
 }
 
-/* ---- Philox4x32-10 (Salmon, Moraes, Dror, Shaw, "Parallel random numbers: as easy as 1, 2, 3") ---- */
+/* ---- the random stream: one definition, shared with the backends' sample ops (kernels/sample_math.h) ---- */
 
 void smp_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]) {
-  uint32_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3];
-  uint32_t k0 = key[0], k1 = key[1];
-  for (int r = 0; r < 10; r++) {
-    if (r > 0) { /* the key schedule bumps before every round but the first */
-      k0 += 0x9E3779B9u;
-      k1 += 0xBB67AE85u;
-    }
-    uint64_t p0 = (uint64_t)0xD2511F53u * c0;
-    uint64_t p1 = (uint64_t)0xCD9E8D57u * c2;
-    uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0;
-    uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
-    c0 = n0;
-    c1 = (uint32_t)p1;
-    c2 = n2;
-    c3 = (uint32_t)p0;
-  }
-  out[0] = c0;
-  out[1] = c1;
-  out[2] = c2;
-  out[3] = c3;
+  smk_philox4x32_10(ctr, key, out);
 }
 
-double smp_uniform(uint64_t seed, uint64_t step) {
-  uint32_t ctr[4] = {(uint32_t)step, (uint32_t)(step >> 32), SMP_STREAM_TOKEN, 0};
-  uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
-  uint32_t out[4];
-  smp_philox4x32_10(ctr, key, out);
-  uint64_t bits = (((uint64_t)out[0] << 32) | out[1]) >> 11;
-  return (double)bits * 0x1.0p-53;
-}
+double smp_uniform(uint64_t seed, uint64_t step) { return smk_uniform(seed, step); }
 
 /* ---- selection helpers ---- */
-
-/* exp(x) for x <= 0, 0 below SMP_EXP_FLOOR and for NaN. Cephes' expf (range reduction by ln 2 split in
- * two, degree-6 polynomial; within 1e-7 relative of exp), written without calls or branches so the
- * row loop vectorises: glibc's expf is a call per id and was most of a step's time. GCC vectorises it
- * only with -fno-trapping-math and its dynamic cost model (model/CMakeLists.txt sets both for this
- * file; we never read FP flags, and neither changes a result). */
-static inline float exp_neg(float x) {
-  float xc = x > SMP_EXP_FLOOR ? x : SMP_EXP_FLOOR; /* NaN -> floor */
-  float k = xc * 1.44269504088896341f + 12582912.0f; /* round to nearest: 1.5 * 2^23 */
-  k -= 12582912.0f;
-  float r = xc - k * 0.693359375f - k * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  float y = p * r * r + r + 1.0f;
-  int32_t bits = ((int32_t)k + 127) << 23; /* k in [-126, 0]: a normal power of two */
-  float scale, res;
-  memcpy(&scale, &bits, sizeof scale);
-  res = y * scale;
-  uint32_t rb; /* 0 below the floor and for NaN, as a bit mask rather than a branch */
-  memcpy(&rb, &res, sizeof rb);
-  rb &= 0u - (uint32_t)(x > SMP_EXP_FLOOR);
-  memcpy(&res, &rb, sizeof res);
-  return res;
-}
-
 
 /* The k-th largest finite logit, with heap (k floats) as a min-heap; -inf when fewer than k are finite.
  * NaN and -inf never enter. */
@@ -383,15 +328,7 @@ static void apply_penalties(const smp_state_t *st, float *logits) {
   const float presence = (float)st->p.presence_penalty, frequency = (float)st->p.frequency_penalty;
   for (int i = 0; i < st->n_counts; i++) {
     const smp_count_t *c = &st->counts[i];
-    float l = logits[c->id];
-    /* transformers RepetitionPenaltyLogitsProcessor: torch.where(score < 0, score * p, score / p) */
-    if (rep != 1.0f) l = l < 0.0f ? l * rep : l / rep;
-    /* vLLM apply_penalties: logits -= frequency * counts; logits -= presence * (counts > 0) */
-    if (c->gen_count > 0) {
-      l -= frequency * (float)c->gen_count;
-      l -= presence;
-    }
-    logits[c->id] = l;
+    logits[c->id] = smk_penalize(logits[c->id], 1, c->gen_count, rep, presence, frequency);
   }
 }
 
@@ -468,12 +405,12 @@ static int prepare(smp_state_t *st, smp_workspace_t *ws, float *logits, int32_t 
     for (; i < V; i++)
       if (logits[i] >= kth && logits[i] > -INFINITY) ids[n++] = i;
     for (int j = 0; j < n; j++) {
-      w[j] = exp_neg((logits[ids[j]] - m) * inv_t);
+      w[j] = smk_exp_neg((logits[ids[j]] - m) * inv_t);
       mass += w[j];
     }
     if (top_p) n = nucleus(w, ids, n, st->p.top_p * mass, &mass);
   } else {
-    for (int i = 0; i < V; i++) w[i] = exp_neg((logits[i] - m) * inv_t); /* vectorised */
+    for (int i = 0; i < V; i++) w[i] = smk_exp_neg((logits[i] - m) * inv_t); /* vectorised */
     if (top_p) {
       /* The nucleus is a prefix of the ranking, so it lies in the binades (fp32 exponents) from the top
        * down to the one where the mass reaches the target: histogram the mass per exponent (w <= 1, so
@@ -544,10 +481,20 @@ int smp_sample(smp_state_t *st, smp_workspace_t *ws, float *logits, int32_t *tok
     *token = greedy;
     return ES_OK;
   }
-  int pick = walk(ws->w, n, smp_uniform(st->seed, (uint64_t)st->n_generated) * mass);
+  /* The walk goes over the kept ids in ascending id order (the contract in sampler.h, shared with the
+   * backends' sample ops): a compacted candidate list (top-k / top-p reorder it) is scattered back into a
+   * dense row first. */
+  const float *wd = ws->w;
+  if (!dense) {
+    memset(ws->dense, 0, (size_t)st->vocab * sizeof *ws->dense);
+    for (int j = 0; j < n; j++) ws->dense[ws->ids[j]] = ws->w[j];
+    wd = ws->dense;
+    n = st->vocab;
+  }
+  int pick = walk(wd, n, smp_uniform(st->seed, (uint64_t)st->n_generated) * mass);
   /* pick < 0 cannot happen: the max has w = 1 and every filter keeps it. */
   ES_ASSERT(pick >= 0);
-  *token = dense ? pick : ws->ids[pick];
+  *token = pick;
   return ES_OK;
 }
 

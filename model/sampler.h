@@ -18,7 +18,11 @@
  *                           probability (renormalised over what top-k kept) sums to >= top_p; ties in
  *                           probability are ranked by lower id first, so the set is deterministic
  *   8. min-p                keep ids with p >= min_p * p_max (transformers MinPLogitsWarper)
- *   9. draw                 inverse CDF over the kept ids with one uniform from the request's stream
+ *   9. draw                 inverse CDF over the kept ids with one uniform from the request's stream;
+ *                           the walk goes over the kept ids IN ASCENDING ID ORDER (a contract shared with
+ *                           the backends' sample ops, kernels/backend.h: the CPU and the GPU then draw the
+ *                           same id for the same seed and step, except where their sums of the weights
+ *                           round differently right at a boundary)
  *
  * Differences from vLLM (v1 Sampler, documented in vllm/v1/sample/sampler.py), chosen deliberately:
  *   - vLLM applies min-p BEFORE top-k/top-p; we follow transformers (after). The kept set differs only
@@ -31,7 +35,9 @@
  *
  * Random stream: Philox4x32-10 (Salmon et al., SC'11; Random123), a counter-based generator: the draw
  * for generated token t is a pure function of (seed, t). Key = the 64-bit seed, counter = {t lo, t hi,
- * SMP_STREAM_TOKEN, 0}. Changing this layout changes every seeded output; treat it as a contract. A
+ * SMP_STREAM_TOKEN, 0}; the one implementation is kernels/sample_math.h (smk_philox4x32_10, smk_uniform),
+ * used by this file and by the backends' sample ops. Changing this layout, or the id-order walk of step 9,
+ * changes every seeded output; treat both as a contract. A
  * request without a seed gets one from getrandom() at smp_init, reported in smp_state_t.seed.
  *
  * Thread safety: an smp_state_t belongs to one request and an smp_workspace_t to one thread (the engine
@@ -40,8 +46,12 @@
  * Allocation: smp_init allocates the penalty table once per request, smp_workspace_init the V-sized
  * scratch once per thread; smp_sample and smp_accept never allocate.
  *
- * Engine loop (stop strings live in stop.h, they need the detokenized text):
- *   smp_sample(&st, &ws, logits_row, &tok, &err);
+ * The engine draws on the backend instead (es_op_sample, kernels/backend.h "sampling": the same pipeline on the
+ * device logits, tested against smp_distribution / smp_sample by tests/kernels/test_sample_math.c); the state
+ * here keeps the parameters, the seed, n_generated (the step) and the finish logic (smp_accept).
+ *
+ * Loop (stop strings live in stop.h, they need the detokenized text):
+ *   smp_sample(&st, &ws, logits_row, &tok, &err);   // or the backend's es_op_sample
  *   fin = smp_accept(&st, tok);                      // eos / stop id -> STOP, max_tokens -> LENGTH
  *   if (fin != SMP_FINISH_STOP) {                    // the text of eos / stop ids is not emitted (vLLM)
  *     stop_feed(&sm, piece, n, smp_stop_strings_active(&st), &res, &err);  // emit res.text
@@ -124,6 +134,7 @@ typedef struct {
   int vocab;
   float *w;     /* (V) fp32: the top-k min-heap of logits, then candidate weights exp((l - max) / T) */
   int32_t *ids; /* (V) int32: candidate ids, parallel to w */
+  float *dense; /* (V) fp32: the kept weights by id, for the id-order walk after top-k / top-p */
 } smp_workspace_t;
 
 void smp_params_default(smp_params_t *p);

@@ -17,6 +17,7 @@
 #include "cpu_ops.h"
 #include "fp8_math.h"
 #include "fp8_quant.h"
+#include "cpu_sample.h"
 
 static int track(cpu_backend_t *cb, void *p, es_error_t *err) {
   if (cb->n_allocs == cb->cap_allocs) {
@@ -178,6 +179,10 @@ static const es_backend_ops_t cpu_ops = {
     .scatter_rows = cpu_op_scatter_rows,
     .logits = cpu_op_logits,
     .upload_weight_fp8 = cpu_upload_weight_fp8,
+    .sampler_init = cpu_sampler_init,
+    .sampler_reset = cpu_sampler_reset,
+    .sample_prepare = cpu_sample_prepare,
+    .sample = cpu_op_sample,
 };
 
 int es_backend_create_cpu(const es_backend_opts_t *opts, es_backend_t **out, es_error_t *err) {

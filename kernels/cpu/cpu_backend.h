@@ -63,6 +63,13 @@ typedef struct {
   cpu_isa_t isa;
   /* ---- fp8 weights ---- */
   float fp8_lut[256]; /* the value of each e4m3 code (fp8_math.h), filled at create; read-only after */
+  /* sampling (cpu_sample.c), tracked blocks from cpu_sampler_init; S = smp_slots, V = smp_vocab */
+  uint8_t *smp_seen;         /* (S, V) 1 = seen in the prompt or generated */
+  int32_t *smp_count;        /* (S, V) times generated */
+  int32_t *smp_supp;         /* (S, ES_SAMPLE_MAX_SUPPRESS) suppress ids */
+  int32_t *smp_n_supp;       /* (S) */
+  es_sample_row_t *smp_rows; /* (S) the last prepare's rows */
+  float *smp_w;              /* (V) weight scratch */
 } cpu_backend_t;
 
 static inline cpu_backend_t *cpu_be(es_backend_t *be) {

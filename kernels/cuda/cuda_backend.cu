@@ -21,6 +21,7 @@
 #include "cuda_fp8.h"
 #include "cuda_gemm.h"
 #include "cuda_ops.h"
+#include "cuda_sample.h"
 #include "es_gpu.h"
 #include "fp8_quant.h"
 
@@ -78,6 +79,7 @@ static void cuda_destroy(es_backend_t *be) {
     if (cb->copy[i]) cudaStreamSynchronize(cb->copy[i]);
   cuda_graphs_free(cb);
   cuda_gemm_free_plans(cb);
+  cuda_sampler_free(be);
   if (cb->lt) cublasLtDestroy(cb->lt);
   for (size_t i = 0; i < cb->n_allocs; i++) cudaFree(cb->allocs[i]);
   free(cb->allocs);
@@ -386,6 +388,10 @@ static const es_backend_ops_t cuda_ops = {
     cuda_graph_has,
     cuda_graph_launch,
     cuda_upload_weight_fp8,
+    cuda_sampler_init,
+    cuda_sampler_reset,
+    cuda_sample_prepare,
+    cuda_op_sample,
 };
 
 static int create_resources(cuda_backend_t *cb, es_error_t *err) {

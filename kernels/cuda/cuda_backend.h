@@ -118,6 +118,17 @@ typedef struct {
   void *fp8_scratch;         /* device, fp8_scratch_elems in the compute dtype: the dequantised weight of the
                                 GEMM path; grown at upload to the largest fp8 weight, so no step allocates */
   size_t fp8_scratch_elems;
+
+  /* sampling (cuda_sample.cu), from cuda_sampler_init; S = base.smp_slots, V = base.smp_vocab */
+  uint8_t *smp_seen;             /* device (S, V): 1 = in the prompt or generated */
+  int32_t *smp_count;            /* device (S, V): times generated; es_op_sample adds the drawn token */
+  int32_t *smp_supp;             /* device (S, ES_SAMPLE_MAX_SUPPRESS): suppress ids */
+  int32_t *smp_n_supp;           /* device (S) */
+  es_sample_row_t *smp_rows;     /* device (S): the last prepare's rows, read by the (graph-capturable) op */
+  es_sample_row_t *smp_rows_host; /* pinned (S): staging of smp_rows */
+  cudaEvent_t smp_rows_done;     /* the last copy out of smp_rows_host finished */
+  uint8_t *smp_seen_host;        /* host (V): sampler_reset builds one slot here */
+  int32_t *smp_count_host;       /* host (V) */
 } cuda_backend_t;
 
 static inline cuda_backend_t *cuda_be(es_backend_t *be) {
