@@ -178,7 +178,7 @@ done:
 
 /* ---- model ----------------------------------------------------------------------------------------- */
 /* The whole model on one backend: time to first token from 16 kHz samples in memory (log-mel on the host,
- * encoder, one prefill step of every sequence, logits to the host, argmax) and the decode step time at batch
+ * encoder, one prefill step of every sequence, greedy sampling on the backend, the ids to the host) and the decode step time at batch
  * B, against the weight-streaming limit: the bytes of the decoder weights a decode step must read, over the
  * device's copy bandwidth measured in the same run (read + write bytes; CUDA: cudaMemcpy device to device;
  * CPU: the backend's own row copy). Prompt per sequence: P text tokens around <|audio_bos|> N x <|AUDIO|>
@@ -243,11 +243,21 @@ static double decoder_bytes(const model_config_t *c, es_dtype_t dt) {
   return (double)es_dtype_size(dt) * (c->num_hidden_layers * per_layer + E + V * E);
 }
 
-static int argmax_f(const float *x, int n) {
-  int b = 0;
-  for (int i = 1; i < n; i++)
-    if (x[i] > x[b]) b = i;
-  return b;
+/* The next ids of B sequences, greedy, sampled on the backend from the step's device logits (the engine's path:
+ * only the ids cross to the host). */
+static int next_ids(es_backend_t *be, float *logits_dev, int B, int64_t step, int32_t *tokens_dev, int32_t *next,
+                    es_error_t *err) {
+  es_sample_row_t rows[64];
+  for (int b = 0; b < B; b++)
+    rows[b] = (es_sample_row_t){.temperature = 0.0f, .top_p = 1.0f, .repetition_penalty = 1.0f, .step = step,
+                                .slot = b};
+  int rc;
+  if ((rc = es_backend_sample_prepare(be, rows, B, err)) || (rc = es_op_sample(be, logits_dev, B, tokens_dev, err)) ||
+      (rc = es_backend_read(be, next, tokens_dev, sizeof(int32_t) * (size_t)B, err)))
+    return rc;
+  for (int b = 0; b < B; b++)
+    if (next[b] < 0) return es_fail(err, ES_EINTERNAL, "sampling sequence %d gave no token", b);
+  return ES_OK;
 }
 
 static int bench_model(int argc, char **argv) {
@@ -314,7 +324,7 @@ static int bench_model(int argc, char **argv) {
   es_dtype_t dt = ro.dtype;
   int rc = 1;
   size_t n_samples = (size_t)(seconds * MEL_SAMPLE_RATE);
-  float *x = NULL, *mel = NULL, *logits = NULL;
+  float *x = NULL, *mel = NULL;
   int32_t *ids = NULL, *arow = NULL, *pos = NULL, *slot = NULL, *table = NULL, *lrows = NULL, *q_start = NULL,
           *ctx = NULL;
   double *t_ttft = NULL, *t_step = NULL, *t_eager = NULL;
@@ -385,7 +395,13 @@ static int bench_model(int argc, char **argv) {
                         .max_blocks_per_seq = max_blocks,
                         .dummy_seed = 1234,
                         .quantization = ro.quantization == RT_QUANT_FP8 ? QA_QUANT_FP8 : QA_QUANT_NONE};
-  if (qa_model_open(bm.be, c, bm.ck, &mo, &bm.m, &err) || kv_pool_init(mo.kv_blocks, &bm.kv, &err)) goto done;
+  int32_t *tokens_dev = NULL; /* the sampled ids of a step, on the device (backend arena, freed with it) */
+  if (qa_model_open(bm.be, c, bm.ck, &mo, &bm.m, &err) || kv_pool_init(mo.kv_blocks, &bm.kv, &err) ||
+      es_backend_sampler_init(bm.be, B, c->vocab_size, &err) ||
+      es_backend_alloc(bm.be, sizeof(int32_t) * 64, (void **)&tokens_dev, &err))
+    goto done;
+  for (int b = 0; b < B; b++) /* greedy without penalties: the slots' contents do not matter, but are defined */
+    if (es_backend_sampler_reset(bm.be, b, NULL, 0, NULL, 0, NULL, 0, &err)) goto done;
   double load_s = now_s() - t_load0;
   fprintf(stderr, "earshot bench model: %s, %s weights loaded in %.1f s, quantization %s\n", es_backend_name(bm.be),
           ro.dummy_weights ? "dummy" : "checkpoint", load_s, rt_quantization_name(ro.quantization));
@@ -400,12 +416,11 @@ static int bench_model(int argc, char **argv) {
   lrows = malloc(sizeof(int32_t) * (size_t)B);
   q_start = malloc(sizeof(int32_t) * (size_t)(B + 1));
   ctx = malloc(sizeof(int32_t) * (size_t)B);
-  logits = malloc(sizeof(float) * (size_t)B * (size_t)V);
   seqs = calloc((size_t)B, sizeof(kv_seq_t));
   t_ttft = calloc((size_t)(warmup + repeats), sizeof(double));
   t_step = calloc((size_t)repeats * (size_t)n_out, sizeof(double));
   t_eager = calloc((size_t)n_out, sizeof(double));
-  if (!ids || !arow || !pos || !slot || !table || !lrows || !q_start || !ctx || !logits || !seqs || !t_ttft ||
+  if (!ids || !arow || !pos || !slot || !table || !lrows || !q_start || !ctx || !seqs || !t_ttft ||
       !t_step || !t_eager) {
     es_fail(&err, ES_ENOMEM, "out of memory");
     goto done;
@@ -458,9 +473,11 @@ static int bench_model(int argc, char **argv) {
                         .slot = slot,
                         .block_table = table,
                         .max_blocks = max_blocks};
-    if (qa_step(bm.m, &batch, ids, arow, lrows, B, logits, &err)) goto done;
+    float *ldev = NULL;
     int32_t next[64];
-    for (int b = 0; b < B; b++) next[b] = argmax_f(logits + (size_t)b * V, V);
+    if (qa_step_device(bm.m, &batch, ids, arow, lrows, B, &ldev, &err) ||
+        next_ids(bm.be, ldev, B, 0, tokens_dev, next, &err))
+      goto done;
     double ttft = now_s() - t0;
     if (!eager_run) t_ttft[run] = ttft;
     /* decode: B sequences, one token each per step, greedy, eos ignored */
@@ -484,8 +501,9 @@ static int bench_model(int argc, char **argv) {
                        .block_table = table,
                        .max_blocks = max_blocks};
       double s0 = now_s();
-      if (qa_step(bm.m, &db, next, none, lrows, B, logits, &err)) goto done;
-      for (int b = 0; b < B; b++) next[b] = argmax_f(logits + (size_t)b * V, V);
+      if (qa_step_device(bm.m, &db, next, none, lrows, B, &ldev, &err) ||
+          next_ids(bm.be, ldev, B, k + 1, tokens_dev, next, &err))
+        goto done;
       if (timed) t_step[n_step++] = now_s() - s0;
       if (eager_run) t_eager[n_eager++] = now_s() - s0;
     }
@@ -544,7 +562,6 @@ done:
   mel_ctx_free(&bm.mel);
   free(x);
   free(mel);
-  free(logits);
   free(ids);
   free(arow);
   free(pos);
