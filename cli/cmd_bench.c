@@ -178,8 +178,8 @@ done:
 
 /* ---- model ----------------------------------------------------------------------------------------- */
 /* The whole model on one backend: time to first token from 16 kHz samples in memory (log-mel on the host,
- * encoder, one prefill step of every sequence, greedy sampling on the backend, the ids to the host) and the decode step time at batch
- * B, against the weight-streaming limit: the bytes of the decoder weights a decode step must read, over the
+ * encoder, one prefill step of every sequence, greedy sampling on the backend, the ids to the host) and the
+ * decode step time at batch B, against the weight-streaming limit: the bytes of the decoder weights a decode step must read, over the
  * device's copy bandwidth measured in the same run (read + write bytes; CUDA: cudaMemcpy device to device;
  * CPU: the backend's own row copy). Prompt per sequence: P text tokens around <|audio_bos|> N x <|AUDIO|>
  * <|audio_eos|> (N from the clip length, 750 for 30 s); ids are synthetic (the numbers do not depend on them). */
