@@ -31,6 +31,10 @@ typedef struct {
   es_weight_t wo;                /* o_proj [E, E], no bias */
   es_weight_t post_norm;         /* post_attention_layernorm [E] */
   es_weight_t wg, wu, wd;        /* gate/up [I, E], down [E, I] */
+  /* fused projections (fused below): q|k|v as one [E + 2·KV, E] weight with its [E + 2·KV] bias, gate|up as one
+   * [2I, E]; then wq..bv, wg, wu are unused */
+  es_weight_t wqkv, bqkv, wgu;
+  int fused; /* 1: wqkv/bqkv/wgu hold this layer's projections */
 } dec_layer_t;
 
 struct qa_model {
@@ -239,6 +243,99 @@ static int bind(qa_model_t *m, const ckpt_t *ck, const char *name, int64_t n0, i
   return bind_as(m, ck, name, n0, n1, 0, w, err);
 }
 
+/* ---- fused projections --------------------------------------------------------------------------------------
+ * On a backend that copies weights (CUDA), a decoder layer's q/k/v projections become one [E + 2·KV, E] linear
+ * (and their biases one vector) and gate/up one [2I, E] linear: 4 GEMMs per layer instead of 7, each wider,
+ * which a decode step (M = 1..64, bandwidth-bound) streams closer to the copy rate. The parts are stacked by
+ * rows on the host, in their stored dtype, then uploaded as one weight (fp8: the per-row scales are the same
+ * as the parts' would be). The CPU backend aliases the checkpoint instead and keeps them apart (stacking would
+ * copy ~9 GB at 7B); EARSHOT_FUSE_PROJECTIONS=1 fuses there too (tests: the results must not change) and =0
+ * turns fusion off on CUDA (bisecting). A layer whose parts have different dtypes stays unfused. */
+
+static int fuse_projections(const qa_model_t *m) {
+  const char *env = getenv("EARSHOT_FUSE_PROJECTIONS");
+  if (env && strcmp(env, "1") == 0) return 1;
+  if (env && strcmp(env, "0") == 0) return 0;
+  return !es_backend_aliases_host(m->be);
+}
+
+/* Binds parts[0..n) (names, rows each, all with cols columns) stacked by rows as one weight. ES_EUNSUPPORTED
+ * when the parts are stored in different dtypes (the caller binds them one by one). */
+static int bind_stacked(qa_model_t *m, const ckpt_t *ck, const char *const *names, const int64_t *rows, int n,
+                        int64_t cols, int fp8, es_weight_t *w, es_error_t *err) {
+  const void *data[3];
+  void *owned[3] = {NULL, NULL, NULL};
+  es_dtype_t dt[3];
+  int64_t total = 0;
+  int rc = ES_OK;
+  for (int i = 0; i < n && !rc; i++) {
+    total += rows[i];
+    if (ck) {
+      ckpt_tensor_t t;
+      if ((rc = ckpt_get(ck, names[i], &t, err))) break;
+      if ((int64_t)t.count != rows[i] * cols) {
+        rc = es_fail(err, ES_EINVAL, "%s: %s has %llu elements, the config implies %lld", ckpt_dir(ck), names[i],
+                     (unsigned long long)t.count, (long long)(rows[i] * cols));
+        break;
+      }
+      data[i] = t.data;
+      dt[i] = dtype_of(t.dtype);
+    } else {
+      rc = dummy_tensor(m, names[i], rows[i] * cols, &owned[i], err);
+      data[i] = owned[i];
+      dt[i] = ES_DT_BF16;
+    }
+    if (!rc && dt[i] != dt[0]) rc = ES_EUNSUPPORTED; /* no message: the caller falls back quietly */
+  }
+  char *buf = NULL;
+  if (!rc) {
+    const size_t es = es_dtype_size(dt[0]);
+    buf = malloc((size_t)total * (size_t)cols * es);
+    if (!buf) rc = es_fail(err, ES_ENOMEM, "cannot stack %s and the next %d projections", names[0], n - 1);
+    for (int i = 0, row = 0; !rc && i < n; row += (int)rows[i], i++) /* unaligned sources are fine for memcpy */
+      memcpy(buf + (size_t)row * (size_t)cols * es, data[i], (size_t)rows[i] * (size_t)cols * es);
+  }
+  for (int i = 0; i < n; i++) free(owned[i]);
+  if (rc) {
+    free(buf);
+    return rc;
+  }
+  rc = fp8 ? es_backend_upload_weight_fp8(m->be, buf, dt[0], total, cols, w, err)
+           : es_backend_upload_weight(m->be, buf, dt[0], total, cols, w, err);
+  if (!rc && !fp8 && es_backend_aliases_host(m->be)) rc = keep_host_block(m, buf, err); /* the CPU reads it */
+  else free(buf);
+  if (rc) es_error_prefix(err, "%s (stacked): ", names[0]);
+  return rc;
+}
+
+/* Binds layer l's q|k|v (weight, bias) and gate|up stacked; ES_EUNSUPPORTED leaves the layer for bind_weights
+ * to bind part by part. */
+static int bind_fused_layer(qa_model_t *m, const ckpt_t *ck, int l, es_error_t *err) {
+  const model_config_t *c = &m->cfg;
+  dec_layer_t *d = &m->dec[l];
+  const int64_t E = c->hidden_size, I = c->intermediate_size, KV = (int64_t)c->num_key_value_heads * c->head_dim;
+  const int fp8 = m->opts.quantization == QA_QUANT_FP8;
+  char nq[160], nk[160], nv[160], bq[160], bk[160], bv[160], ng[160], nu[160];
+  const char *pre = "language_model.model.layers";
+  snprintf(nq, sizeof nq, "%s.%d.self_attn.q_proj.weight", pre, l);
+  snprintf(nk, sizeof nk, "%s.%d.self_attn.k_proj.weight", pre, l);
+  snprintf(nv, sizeof nv, "%s.%d.self_attn.v_proj.weight", pre, l);
+  snprintf(bq, sizeof bq, "%s.%d.self_attn.q_proj.bias", pre, l);
+  snprintf(bk, sizeof bk, "%s.%d.self_attn.k_proj.bias", pre, l);
+  snprintf(bv, sizeof bv, "%s.%d.self_attn.v_proj.bias", pre, l);
+  snprintf(ng, sizeof ng, "%s.%d.mlp.gate_proj.weight", pre, l);
+  snprintf(nu, sizeof nu, "%s.%d.mlp.up_proj.weight", pre, l);
+  const char *qkv[3] = {nq, nk, nv}, *qkv_b[3] = {bq, bk, bv}, *gu[2] = {ng, nu};
+  const int64_t qkv_rows[3] = {E, KV, KV}, gu_rows[2] = {I, I};
+  int rc;
+  if ((rc = bind_stacked(m, ck, qkv, qkv_rows, 3, E, fp8, &d->wqkv, err)) ||
+      (rc = bind_stacked(m, ck, qkv_b, qkv_rows, 3, 1, 0, &d->bqkv, err)) ||
+      (rc = bind_stacked(m, ck, gu, gu_rows, 2, E, fp8, &d->wgu, err)))
+    return rc;
+  d->fused = 1;
+  return ES_OK;
+}
+
 double qa_decode_weight_bytes(const model_config_t *c, size_t act_size, int quantization) {
   double E = c->hidden_size, I = c->intermediate_size, KV = (double)c->num_key_value_heads * c->head_dim,
          rows = 2 * E + 2 * KV + 2 * I + E, /* output channels: q, o; k, v; gate, up; down */
@@ -309,16 +406,19 @@ static int bind_weights(qa_model_t *m, const ckpt_t *ck, es_error_t *err) {
   } while (0)
     int64_t KV = (int64_t)c->num_key_value_heads * c->head_dim;
     BD("input_layernorm.weight", E, 0, &d->in_norm);
-    BQ("self_attn.q_proj.weight", E, E, &d->wq);
-    BD("self_attn.q_proj.bias", E, 0, &d->bq);
-    BQ("self_attn.k_proj.weight", KV, E, &d->wk);
-    BD("self_attn.k_proj.bias", KV, 0, &d->bk);
-    BQ("self_attn.v_proj.weight", KV, E, &d->wv);
-    BD("self_attn.v_proj.bias", KV, 0, &d->bv);
+    if (fuse_projections(m) && (rc = bind_fused_layer(m, ck, l, err)) && rc != ES_EUNSUPPORTED) return rc;
+    if (!d->fused) {
+      BQ("self_attn.q_proj.weight", E, E, &d->wq);
+      BD("self_attn.q_proj.bias", E, 0, &d->bq);
+      BQ("self_attn.k_proj.weight", KV, E, &d->wk);
+      BD("self_attn.k_proj.bias", KV, 0, &d->bk);
+      BQ("self_attn.v_proj.weight", KV, E, &d->wv);
+      BD("self_attn.v_proj.bias", KV, 0, &d->bv);
+      BQ("mlp.gate_proj.weight", I, E, &d->wg);
+      BQ("mlp.up_proj.weight", I, E, &d->wu);
+    }
     BQ("self_attn.o_proj.weight", E, E, &d->wo);
     BD("post_attention_layernorm.weight", E, 0, &d->post_norm);
-    BQ("mlp.gate_proj.weight", I, E, &d->wg);
-    BQ("mlp.up_proj.weight", I, E, &d->wu);
     BQ("mlp.down_proj.weight", E, I, &d->wd);
 #undef BD
 #undef BQ
@@ -364,12 +464,12 @@ static int alloc_buffers(qa_model_t *m, es_error_t *err) {
       {&m->audio_pool, (size_t)m->opts.audio_pool_rows * E * a},
       {&m->h, T * E * a},
       {&m->x, T * E * a},
-      {&m->q, T * E * a},
+      {&m->q, T * (E + 2 * KVW) * a}, /* a fused layer's q|k|v */
       {&m->k, T * KVW * a},
       {&m->v, T * KVW * a},
       {&m->att, T * E * a},
       {&m->o, T * E * a},
-      {&m->gate, T * I * a},
+      {&m->gate, T * 2 * I * a}, /* a fused layer's gate|up */
       {&m->up, T * I * a},
       {&m->act, T * I * a},
       {&m->arows, T * E * a},
@@ -598,22 +698,37 @@ static int decoder_forward(qa_model_t *m, int T, int n_audio, int n_logits, es_e
       return rc;
   }
   const void *add = NULL; /* the previous layer's MLP output, added to the residual by the next norm */
+  /* with fused projections q, k, v are column slices of one [T, E + 2·KV] output, gate and up of one [T, 2I] */
+  const size_t a = es_dtype_size(es_backend_act_dtype(be));
   for (int l = 0; l < c->num_hidden_layers; l++) {
     const dec_layer_t *d = &m->dec[l];
-    if ((rc = es_op_rms_norm(be, m->x, m->h, add, &d->in_norm, T, E, eps, err)) ||
-        (rc = es_op_linear(be, m->q, E, m->x, E, &d->wq, &d->bq, T, ES_ACT_NONE, 0, err)) ||
-        (rc = es_op_linear(be, m->k, KVW, m->x, E, &d->wk, &d->bk, T, ES_ACT_NONE, 0, err)) ||
-        (rc = es_op_linear(be, m->v, KVW, m->x, E, &d->wv, &d->bv, T, ES_ACT_NONE, 0, err)) ||
-        (rc = es_op_rope_kv_store(be, l, m->q, E, m->k, KVW, m->v, KVW, H, D, theta, err)) ||
-        (rc = es_op_attention_paged(be, l, m->att, m->q, E, H, D, scale, err)) ||
+    const int fused = d->fused;
+    const int64_t ldqkv = fused ? E + 2 * KVW : E, ldkv = fused ? ldqkv : KVW, ldgu = fused ? 2 * I : I;
+    void *q = m->q, *k = fused ? (char *)m->q + (size_t)E * a : m->k,
+         *v = fused ? (char *)m->q + (size_t)(E + KVW) * a : m->v;
+    void *gate = m->gate, *up = fused ? (char *)m->gate + (size_t)I * a : m->up;
+    if ((rc = es_op_rms_norm(be, m->x, m->h, add, &d->in_norm, T, E, eps, err))) goto layer_failed;
+    if (fused)
+      rc = es_op_linear(be, q, ldqkv, m->x, E, &d->wqkv, &d->bqkv, T, ES_ACT_NONE, 0, err);
+    else if (!(rc = es_op_linear(be, q, E, m->x, E, &d->wq, &d->bq, T, ES_ACT_NONE, 0, err)) &&
+             !(rc = es_op_linear(be, k, KVW, m->x, E, &d->wk, &d->bk, T, ES_ACT_NONE, 0, err)))
+      rc = es_op_linear(be, v, KVW, m->x, E, &d->wv, &d->bv, T, ES_ACT_NONE, 0, err);
+    if (rc || (rc = es_op_rope_kv_store(be, l, q, ldqkv, k, ldkv, v, ldkv, H, D, theta, err)) ||
+        (rc = es_op_attention_paged(be, l, m->att, q, ldqkv, H, D, scale, err)) ||
         (rc = es_op_linear(be, m->o, E, m->att, E, &d->wo, NULL, T, ES_ACT_NONE, 0, err)) ||
-        (rc = es_op_rms_norm(be, m->x, m->h, m->o, &d->post_norm, T, E, eps, err)) ||
-        (rc = es_op_linear(be, m->gate, I, m->x, E, &d->wg, NULL, T, ES_ACT_NONE, 0, err)) ||
-        (rc = es_op_linear(be, m->up, I, m->x, E, &d->wu, NULL, T, ES_ACT_NONE, 0, err)) ||
-        (rc = es_op_silu_mul(be, m->act, m->gate, m->up, I, T, I, err)) ||
+        (rc = es_op_rms_norm(be, m->x, m->h, m->o, &d->post_norm, T, E, eps, err)))
+      goto layer_failed;
+    if (fused)
+      rc = es_op_linear(be, gate, ldgu, m->x, E, &d->wgu, NULL, T, ES_ACT_NONE, 0, err);
+    else if (!(rc = es_op_linear(be, gate, I, m->x, E, &d->wg, NULL, T, ES_ACT_NONE, 0, err)))
+      rc = es_op_linear(be, up, I, m->x, E, &d->wu, NULL, T, ES_ACT_NONE, 0, err);
+    if (rc || (rc = es_op_silu_mul(be, m->act, gate, up, ldgu, T, I, err)) ||
         (rc = es_op_linear(be, m->o, E, m->act, I, &d->wd, NULL, T, ES_ACT_NONE, 0, err)))
-      return es_error_prefix(err, "decoder layer %d: ", l);
+      goto layer_failed;
     add = m->o;
+    continue;
+  layer_failed:
+    return es_error_prefix(err, "decoder layer %d: ", l);
   }
   if ((rc = es_op_rms_norm(be, m->x, m->h, add, &m->norm, T, E, eps, err))) return rc;
   if (n_logits > 0 && ((rc = es_op_gather_rows(be, m->xl, m->x, m->lrows_dev, n_logits, E, err)) ||
