@@ -578,6 +578,11 @@ const model_config_t *qa_model_config(const qa_model_t *m) { return &m->cfg; }
 es_backend_t *qa_model_backend(const qa_model_t *m) { return m->be; }
 const qa_model_opts_t *qa_model_opts(const qa_model_t *m) { return &m->opts; }
 void qa_model_graph_stats(const qa_model_t *m, qa_graph_stats_t *out) { *out = m->gstats; }
+int qa_model_fused_layers(const qa_model_t *m) {
+  int n = 0;
+  for (int l = 0; l < m->cfg.num_hidden_layers; l++) n += m->dec[l].fused;
+  return n;
+}
 
 int qa_audio_tokens_for_frames(int frames) {
   if (frames <= 0) return 0;

@@ -82,6 +82,9 @@ const model_config_t *qa_model_config(const qa_model_t *m);
 es_backend_t *qa_model_backend(const qa_model_t *m);
 const qa_model_opts_t *qa_model_opts(const qa_model_t *m);
 void qa_model_graph_stats(const qa_model_t *m, qa_graph_stats_t *out);
+/* Decoder layers whose q|k|v and gate|up projections run as one stacked linear each (qwen2audio.c, "fused
+ * projections"): all of them on backends that copy weights, none on the CPU unless EARSHOT_FUSE_PROJECTIONS=1. */
+int qa_model_fused_layers(const qa_model_t *m);
 
 /* Audio lengths (SPEC §3.1) for a window of F valid frames: T1 = ceil(F/2) positions after conv2, and
  * N = floor(T1/2) audio tokens. */

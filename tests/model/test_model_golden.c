@@ -73,6 +73,11 @@ static void run_case(const cJSON *c) {
     mh_close(&h);
     return;
   }
+  /* EARSHOT_FUSE_PROJECTIONS=1 (registered that way too): every decoder layer must run stacked projections */
+  const char *fuse = getenv("EARSHOT_FUSE_PROJECTIONS");
+  if (fuse && !strcmp(fuse, "1"))
+    T_CHECK(qa_model_fused_layers(h.m) == h.cfg.num_hidden_layers, "%s: %d of %d layers fused", name,
+            qa_model_fused_layers(h.m), h.cfg.num_hidden_layers);
   npy_array_t ids = {0}, emb = {0}, last = {0}, greedy = {0}, t8i = {0}, t8l = {0};
   float *got_emb = NULL, *logits = NULL;
   int32_t *tf = NULL;
