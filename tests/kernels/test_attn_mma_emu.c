@@ -588,8 +588,11 @@ int main(void) {
       test_dense(D, T, 1);
       if (T > 2) test_dense(D, T, 1 + kt_int(T - 1));
     }
+    test_dense(D, 128, 63); /* the last key of a tile hidden from every row: the tile still needs its mask */
+    test_dense(D, 200, 127);
     static const int qs[][2] = {{5, 5},     {6, 70},    {63, 63},   {64, 64},   {65, 65},  {127, 127},
-                                {128, 128}, {129, 129}, {129, 300}, {200, 200}, {70, 333}, {5, 1000}};
+                                {128, 128}, {129, 129}, {129, 300}, {200, 200}, {70, 333}, {5, 1000},
+                                {70, 132},  {64, 126}}; /* ctx − q ≡ 62 (mod 64): row 0 sees 64k + 63 keys */
     for (size_t i = 0; i < sizeof qs / sizeof *qs; i++) test_paged(D, qs[i][0], qs[i][1]);
   }
   return t_finish();
