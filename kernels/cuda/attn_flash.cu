@@ -20,6 +20,8 @@
 // (row max over the 4 lanes sharing a row by shuffles; attn_math.h's helpers, −inf safe), P rounded to bf16 and
 // fed from registers straight into O += P·V (the C fragment of S is the A fragment of P). l is summed per lane
 // and reduced across the 4 lanes at the end; O / l is written as bf16. The score matrix never leaves registers.
+// Every per-lane index (fragment rows/columns, ldmatrix row addresses, tile-copy chunks, shuffle partners, row
+// limits) comes from attn_mma_math.h, which test_attn_mma_emu runs in an emulated warp on the CPU.
 // Shared memory: K and V, 2 buffers, 64 rows of D + 8 bf16 (the 16-byte pad makes every ldmatrix phase hit 8
 // distinct 16-byte bank groups): 36 KB at D = 64, 68 KB at D = 128 (opt-in above 48 KB, attn_fast_init).
 //
@@ -122,9 +124,10 @@ template <int D, class KV> __device__ __forceinline__ void fa_tile(const fa_rows
 #pragma unroll
       for (int reg = 0; reg < 4; reg++) {
         const int r = rw + attn_mma_a_row(lane, reg);
-        qf[mt][kk][reg] = r < t.n_rows ? *reinterpret_cast<const uint32_t *>(t.q + (int64_t)r * t.ldq + kk * 16 +
-                                                                              attn_mma_a_col(lane, reg, 0))
-                                       : 0u;
+        qf[mt][kk][reg] =
+            r < t.n_rows
+                ? *reinterpret_cast<const uint32_t *>(t.q + (int64_t)r * t.ldq + kk * 16 + attn_mma_a_col(lane, reg, 0))
+                : 0u;
       }
   }
 

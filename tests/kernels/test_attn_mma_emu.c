@@ -248,7 +248,8 @@ static void test_rows(void) {
       for (int c = 0; c < 8; c++) ok &= seen[c] == 1;
       /* the row the kernel's store and limit use for floats 2hf, 2hf + 1 */
       ok &= attn_mma_c_row(lane, 2 * hf + 1) == attn_mma_c_row(lane, 2 * hf);
-      ok &= attn_mma_c_col(lane, 2 * hf + 1) == attn_mma_c_col(lane, 2 * hf) + 1 && attn_mma_c_col(lane, 2 * hf) % 2 == 0;
+      ok &=
+          attn_mma_c_col(lane, 2 * hf + 1) == attn_mma_c_col(lane, 2 * hf) + 1 && attn_mma_c_col(lane, 2 * hf) % 2 == 0;
     }
   T_CHECK(ok, "softmax row partners");
 }
@@ -501,7 +502,8 @@ static void test_dense(int D, int T, int valid_len) {
   const float scale = 1.0f / sqrtf((float)D), sl = scale * ATTN_LOG2E;
   const int rows_alloc = T + BR; /* padding rows of the last tile: never read, never written */
   uint16_t *q = malloc(sizeof(uint16_t) * (size_t)(rows_alloc * ld)), *k = malloc(sizeof(uint16_t) * (size_t)(T * ld)),
-           *v = malloc(sizeof(uint16_t) * (size_t)(T * ld)), *out = malloc(sizeof(uint16_t) * (size_t)(rows_alloc * H * D));
+           *v = malloc(sizeof(uint16_t) * (size_t)(T * ld)),
+           *out = malloc(sizeof(uint16_t) * (size_t)(rows_alloc * H * D));
   for (int i = 0; i < rows_alloc * ld; i++) q[i] = i < T * ld ? to_bf(kt_uniform(-2, 2)) : BF_NAN;
   for (int i = 0; i < T * ld; i++) {
     k[i] = to_bf(kt_uniform(-2, 2));
@@ -513,8 +515,13 @@ static void test_dense(int D, int T, int valid_len) {
   int layout_ok = 1, bad = 0;
   emu_src_t src = {k + h * D, v + h * D, ld, NULL, 0, 0, 0, 0, D, 0, valid_len, 0};
   for (int r0 = 0; r0 < T; r0 += BR) {
-    emu_rows_t t = {q + (int64_t)r0 * ld + h * D, out + ((int64_t)r0 * H + h) * D, ld, (int64_t)H * D,
-                    T - r0 < BR ? T - r0 : BR, valid_len, 0};
+    emu_rows_t t = {q + (int64_t)r0 * ld + h * D,
+                    out + ((int64_t)r0 * H + h) * D,
+                    ld,
+                    (int64_t)H * D,
+                    T - r0 < BR ? T - r0 : BR,
+                    valid_len,
+                    0};
     emu_fa_tile(D, &t, &src, sl, smem_buf, &layout_ok);
     bad += check_block("dense", D, &t, &src, scale, T - r0 < BR ? BR - (T - r0) : 0);
   }
@@ -538,7 +545,8 @@ static void test_paged(int D, int q_len, int ctx_len) {
   uint16_t *pool = malloc(sizeof(uint16_t) * (size_t)pool_elems);
   int32_t *table = malloc(sizeof(int32_t) * (size_t)max_blocks);
   const int rows_alloc = q_len + BR;
-  uint16_t *q = malloc(sizeof(uint16_t) * (size_t)(rows_alloc * ldq)), *out = malloc(sizeof(uint16_t) * (size_t)(rows_alloc * H * D));
+  uint16_t *q = malloc(sizeof(uint16_t) * (size_t)(rows_alloc * ldq)),
+           *out = malloc(sizeof(uint16_t) * (size_t)(rows_alloc * H * D));
   for (int64_t i = 0; i < pool_elems; i++) pool[i] = BF_NAN; /* an unwritten slot read by mistake shows */
   for (int b = 0; b < max_blocks; b++) table[b] = b < n_used ? 1 + b : -1;
   for (int b = n_used - 1; b > 0; b--) { /* shuffle the used blocks (block 0 stays the scratch block) */
@@ -558,7 +566,7 @@ static void test_paged(int D, int q_len, int ctx_len) {
   const int n_qt = (q_len + BR - 1) / BR;
   for (int bx = 0; bx < n_qt; bx++) {
     const int qt = n_qt - 1 - bx, r0 = qt * BR; /* the kernel's order: the last tile first */
-    emu_rows_t t = {q + (int64_t)r0 * ldq + h * D, out + ((int64_t)r0 * H + h) * D, ldq, (int64_t)H * D,
+    emu_rows_t t = {q + (int64_t)r0 * ldq + h * D,     out + ((int64_t)r0 * H + h) * D,           ldq, (int64_t)H * D,
                     q_len - r0 < BR ? q_len - r0 : BR, (int)attn_causal_keys(ctx_len, q_len, r0), 1};
     emu_fa_tile(D, &t, &src, sl, smem_buf, &layout_ok);
     bad += check_block("paged", D, &t, &src, scale, q_len - r0 < BR ? BR - (q_len - r0) : 0);
@@ -590,9 +598,10 @@ int main(void) {
     }
     test_dense(D, 128, 63); /* the last key of a tile hidden from every row: the tile still needs its mask */
     test_dense(D, 200, 127);
-    static const int qs[][2] = {{5, 5},     {6, 70},    {63, 63},   {64, 64},   {65, 65},  {127, 127},
-                                {128, 128}, {129, 129}, {129, 300}, {200, 200}, {70, 333}, {5, 1000},
-                                {70, 132},  {64, 126}}; /* ctx − q ≡ 62 (mod 64): row 0 sees 64k + 63 keys */
+    static const int qs[][2] = {{5, 5},     {6, 70},    {63, 63},   {64, 64},   {65, 65},
+                                {127, 127}, {128, 128}, {129, 129}, {129, 300}, {200, 200},
+                                {70, 333},  {5, 1000},  {70, 132},  {64, 126}}; /* ctx − q ≡ 62 (mod 64): row 0 sees 64k
+                                                                                   + 63 keys */
     for (size_t i = 0; i < sizeof qs / sizeof *qs; i++) test_paged(D, qs[i][0], qs[i][1]);
   }
   return t_finish();
