@@ -20,6 +20,8 @@
 // (row max over the 4 lanes sharing a row by shuffles; attn_math.h's helpers, −inf safe), P rounded to bf16 and
 // fed from registers straight into O += P·V (the C fragment of S is the A fragment of P). l is summed per lane
 // and reduced across the 4 lanes at the end; O / l is written as bf16. The score matrix never leaves registers.
+// Every per-lane index (fragment rows/columns, ldmatrix row addresses, tile-copy chunks, shuffle partners, row
+// limits) comes from attn_mma_math.h, which test_attn_mma_emu runs in an emulated warp on the CPU.
 // Shared memory: K and V, 2 buffers, 64 rows of D + 8 bf16 (the 16-byte pad makes every ldmatrix phase hit 8
 // distinct 16-byte bank groups): 36 KB at D = 64, 68 KB at D = 128 (opt-in above 48 KB, attn_fast_init).
 //
@@ -38,6 +40,7 @@
 #include "attn_fast.h"
 #include "attn_math.h"
 #include "attn_mma.cuh"
+#include "attn_mma_math.h"
 #include "cuda_common.cuh"
 
 #define FA_WARPS 4
@@ -88,7 +91,9 @@ __device__ __forceinline__ void fa_load_tile(bf16 *ks, bf16 *vs, const KV &src, 
   constexpr int CH = D / 8, LDS = fa_cfg<D>::LDS; // 16-byte chunks per row
 #pragma unroll
   for (int i = 0; i < FA_BC * CH / FA_THREADS; i++) {
-    int c = threadIdx.x + i * FA_THREADS, r = c / CH, col = (c % CH) * 8, j = j0 + r;
+    int r, col;
+    attn_fa_chunk(threadIdx.x + i * FA_THREADS, CH, &r, &col);
+    const int j = j0 + r;
     bool ok = j < kv_end;
     int js = ok ? j : 0; // a valid address; nothing is read from it when !ok
     cp_async_16(ks + r * LDS + col, src.krow(js) + col, ok);
@@ -102,27 +107,29 @@ template <int D, class KV> __device__ __forceinline__ void fa_tile(const fa_rows
   constexpr int MT = C::MT, LDS = C::LDS, KS = D / 16, NT = FA_BC / 8, DT = D / 8;
   extern __shared__ __align__(16) unsigned char fa_smem[];
   bf16 *ks = reinterpret_cast<bf16 *>(fa_smem), *vs = ks + 2 * C::TILE;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
-  const int kv_end = t.causal ? t.lim0 + t.n_rows - 1 : t.lim0; // the largest lim of the tile
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int kv_end = attn_fa_kv_end(t.causal, t.lim0, t.n_rows); // the largest lim of the tile
 
   // Q fragments (A layout, attn_mma.cuh) straight from global memory, zeros for padding rows; each row's lim.
   uint32_t qf[MT][KS][4];
   int lim[MT][2];
 #pragma unroll
-  for (int mt = 0; mt < MT; mt++)
+  for (int mt = 0; mt < MT; mt++) {
+    const int rw = attn_fa_warp_row(warp, mt, MT);
 #pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-      int r = warp * 16 * MT + mt * 16 + g + 8 * hf;
-      int rc = r < t.n_rows ? r : t.n_rows - 1;
-      lim[mt][hf] = t.causal ? t.lim0 + rc : t.lim0;
-      const bf16 *qrow = t.q + (int64_t)rc * t.ldq;
+    for (int hf = 0; hf < 2; hf++) // C floats 2hf, 2hf + 1 are row attn_mma_c_row(lane, 2hf)
+      lim[mt][hf] = attn_fa_row_lim(t.causal, t.lim0, t.n_rows, rw + attn_mma_c_row(lane, 2 * hf));
 #pragma unroll
-      for (int kk = 0; kk < KS; kk++)
+    for (int kk = 0; kk < KS; kk++)
 #pragma unroll
-        for (int c2 = 0; c2 < 2; c2++)
-          qf[mt][kk][hf + 2 * c2] =
-              r < t.n_rows ? *reinterpret_cast<const uint32_t *>(qrow + kk * 16 + c2 * 8 + 2 * tq) : 0u;
-    }
+      for (int reg = 0; reg < 4; reg++) {
+        const int r = rw + attn_mma_a_row(lane, reg);
+        qf[mt][kk][reg] =
+            r < t.n_rows
+                ? *reinterpret_cast<const uint32_t *>(t.q + (int64_t)r * t.ldq + kk * 16 + attn_mma_a_col(lane, reg, 0))
+                : 0u;
+      }
+  }
 
   float o[MT][DT][4], m[MT][2], l[MT][2];
 #pragma unroll
@@ -159,7 +166,7 @@ template <int D, class KV> __device__ __forceinline__ void fa_tile(const fa_rows
 #pragma unroll
       for (int nt = 0; nt < NT; nt++) {
         uint32_t b[4];
-        ldmatrix_x4(b, kb + (nt * 8 + (lane & 7)) * LDS + kk * 16 + (lane >> 3) * 8);
+        ldmatrix_x4(b, kb + attn_fa_k_ldsm_off(lane, nt, kk, LDS));
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) {
           mma_bf16_16816(s[mt][nt], qf[mt][kk], b[0], b[1]);
@@ -169,7 +176,7 @@ template <int D, class KV> __device__ __forceinline__ void fa_tile(const fa_rows
 
     // mask, online softmax; s becomes p
     const int j0 = it * FA_BC;
-    const bool need_mask = j0 + FA_BC > t.lim0;
+    const bool need_mask = attn_fa_tile_needs_mask(j0, FA_BC, t.lim0);
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
 #pragma unroll
@@ -180,11 +187,11 @@ template <int D, class KV> __device__ __forceinline__ void fa_tile(const fa_rows
 #pragma unroll
           for (int e = 0; e < 2; e++) {
             float &x = s[mt][nt][2 * hf + e];
-            if (need_mask && j0 + nt * 8 + 2 * tq + e >= lim[mt][hf]) x = -INFINITY;
+            if (need_mask && j0 + nt * 8 + attn_mma_c_col(lane, 2 * hf + e) >= lim[mt][hf]) x = -INFINITY;
             mx = fmaxf(mx, x);
           }
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1)); // the 4 lanes of a row
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, ATTN_MMA_ROW_XOR_A)); // the 4 lanes of a row
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, ATTN_MMA_ROW_XOR_B));
         float alpha;
         const float mn = attn_online_max(m[mt][hf], mx, sl, &alpha), mu = attn_safe_max(mn);
         m[mt][hf] = mn;
@@ -211,16 +218,16 @@ template <int D, class KV> __device__ __forceinline__ void fa_tile(const fa_rows
     for (int kc = 0; kc < FA_BC / 16; kc++) {
       uint32_t pa[MT][4];
 #pragma unroll
-      for (int mt = 0; mt < MT; mt++) {
-        pa[mt][0] = pack_bf16(s[mt][2 * kc][0], s[mt][2 * kc][1]);
-        pa[mt][1] = pack_bf16(s[mt][2 * kc][2], s[mt][2 * kc][3]);
-        pa[mt][2] = pack_bf16(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1]);
-        pa[mt][3] = pack_bf16(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3]);
-      }
+      for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int reg = 0; reg < 4; reg++) {
+          const float *sc = s[mt][2 * kc + attn_mma_p_ntile(reg)];
+          pa[mt][reg] = pack_bf16(sc[attn_mma_p_elem(reg)], sc[attn_mma_p_elem(reg) + 1]);
+        }
 #pragma unroll
       for (int dp = 0; dp < D / 16; dp++) {
         uint32_t b[4];
-        ldmatrix_x4_trans(b, vb + (kc * 16 + (lane & 15)) * LDS + dp * 16 + (lane >> 4) * 8);
+        ldmatrix_x4_trans(b, vb + attn_fa_v_ldsm_off(lane, kc, dp, LDS));
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) {
           mma_bf16_16816(o[mt][2 * dp], pa[mt], b[0], b[1]);
@@ -237,15 +244,15 @@ template <int D, class KV> __device__ __forceinline__ void fa_tile(const fa_rows
 #pragma unroll
     for (int hf = 0; hf < 2; hf++) {
       float L = l[mt][hf];
-      L += __shfl_xor_sync(0xffffffffu, L, 1);
-      L += __shfl_xor_sync(0xffffffffu, L, 2);
+      L += __shfl_xor_sync(0xffffffffu, L, ATTN_MMA_ROW_XOR_A);
+      L += __shfl_xor_sync(0xffffffffu, L, ATTN_MMA_ROW_XOR_B);
       const float inv = attn_inv_l(L);
-      const int r = warp * 16 * MT + mt * 16 + g + 8 * hf;
+      const int r = attn_fa_warp_row(warp, mt, MT) + attn_mma_c_row(lane, 2 * hf);
       if (r < t.n_rows) {
         bf16 *orow = t.out + (int64_t)r * t.ldo;
 #pragma unroll
         for (int dt = 0; dt < DT; dt++)
-          *reinterpret_cast<uint32_t *>(orow + dt * 8 + 2 * tq) =
+          *reinterpret_cast<uint32_t *>(orow + dt * 8 + attn_mma_c_col(lane, 2 * hf)) =
               pack_bf16(o[mt][dt][2 * hf] * inv, o[mt][dt][2 * hf + 1] * inv);
       }
     }

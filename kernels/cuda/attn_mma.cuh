@@ -11,7 +11,8 @@
 // ldmatrix.m8n8.x4: lanes 8i .. 8i+7 give the row addresses (16 bytes each) of 8×8 matrix i; lane l receives,
 // in register i, M_i[l / 4][2(l % 4), 2(l % 4) + 1]; with .trans it receives M_i[2(l % 4), 2(l % 4) + 1][l / 4].
 // So for a row-major K tile (key × d) the plain form gives B fragments of Kᵀ, and for a row-major V tile
-// (key × d) the .trans form gives B fragments of V.
+// (key × d) the .trans form gives B fragments of V. The kernels take these (row, col) formulas from
+// attn_mma_math.h (host + device), which tests/kernels/test_attn_mma_emu.c checks against an emulated warp.
 #pragma once
 
 #include <cuda_bf16.h>
