@@ -157,6 +157,11 @@ int rt_open(const rt_opts_t *o, rt_t *rt, es_error_t *err) {
   }
   long long kv_blocks = (long long)(kv_gb * 1024 * 1024 * 1024 / (kv_per_token * ES_KV_BLOCK));
   if (kv_blocks > 1 << 22) kv_blocks = 1 << 22;
+  /* Sized from free GPU memory, a small model would take all of it (tiny-b: 70 GB of blocks on an 80 GB card,
+   * and a second process on the card gets nothing): without --kv-cache-gb, at most every sequence at full
+   * context twice over (the second half keeps finished requests' prefixes for reuse). */
+  const long long useful = 2LL * seqs * max_blocks + 1;
+  if (o->kv_cache_gb <= 0 && kv_blocks > useful) kv_blocks = useful;
   if (kv_blocks < max_blocks + 1) {
     if (o->kv_cache_gb > 0) {
       rc = es_fail(err, ES_ETOOBIG, "--kv-cache-gb %.3g holds %lld blocks; one full context of %d tokens needs %d",
