@@ -193,6 +193,14 @@ extern "C" int cuda_op_attention_paged(es_backend_t *be, int layer, void *out, c
     cb->attn_fast_calls++;
     return attn_fast_paged(cb, layer, out, q, ldq, H, D, scale, err);
   }
+  if (be->recording) {
+    // The simple kernel sizes its shared memory and reads its key count from this step's longest context (host
+    // values a replay would keep while the contexts grow: keys past the recorded length would be read beyond
+    // the shared buffer), and need_smem may call cudaFuncSetAttribute. So nothing is recorded: the recording is
+    // refused at cuda_graph_end and the model runs the step op by op, where this path is correct.
+    cb->graph_unsafe = "the simple attention kernel (the fast kernels do not take this call)";
+    return ES_OK;
+  }
   cb->attn_simple_calls++;
   int64_t max_ctx = 0;
   for (int s = 0; s < be->batch.n_seqs; s++) max_ctx = be->batch.ctx_len[s] > max_ctx ? be->batch.ctx_len[s] : max_ctx;

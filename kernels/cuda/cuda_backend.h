@@ -118,6 +118,11 @@ typedef struct {
   void *fp8_scratch;         /* device, fp8_scratch_elems in the compute dtype: the dequantised weight of the
                                 GEMM path; grown at upload to the largest fp8 weight, so no step allocates */
   size_t fp8_scratch_elems;
+
+  /* ---- step-graph review (h-revB) ---- */
+  const char *graph_unsafe; /* set while recording by an op whose launch a replay could not follow (why, static
+                               text); cuda_graph_end then refuses the recording (ES_EUNSUPPORTED: the step runs
+                               op by op). Cleared by cuda_graph_begin. */
 } cuda_backend_t;
 
 static inline cuda_backend_t *cuda_be(es_backend_t *be) {

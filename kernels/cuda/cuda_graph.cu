@@ -34,11 +34,13 @@ extern "C" int cuda_graph_begin(es_backend_t *be, es_error_t *err) {
   // an error left by an earlier call would be reported by the first launch check inside the capture
   ES_CUDA_TRY(err, cudaGetLastError());
   ES_CUDA_TRY(err, cudaStreamBeginCapture(cb->stream, cudaStreamCaptureModeThreadLocal));
+  cb->graph_unsafe = NULL;
   return ES_OK;
 }
 
 extern "C" void cuda_graph_abort(es_backend_t *be) {
   cuda_backend_t *cb = cuda_be(be);
+  cb->graph_unsafe = NULL;
   cudaGraph_t g = NULL;
   cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
   if (cudaStreamIsCapturing(cb->stream, &st) == cudaSuccess && st != cudaStreamCaptureStatusNone) {
@@ -66,6 +68,14 @@ extern "C" int cuda_graph_end(es_backend_t *be, int key, es_error_t *err) {
   if (e != cudaSuccess || !g) {
     if (g) cudaGraphDestroy(g);
     return graph_refused(cb, e != cudaSuccess ? e : cudaErrorStreamCaptureInvalidated, "cudaStreamEndCapture", err);
+  }
+  if (cb->graph_unsafe) { // an op recorded a launch a replay could not follow (cuda_backend.h, graph_unsafe)
+    cudaGraphDestroy(g);
+    const char *why = cb->graph_unsafe;
+    cb->graph_unsafe = NULL;
+    cb->graphs_off = 1;
+    return es_fail(err, ES_EUNSUPPORTED, "%s: step graph not kept: it would replay %s; step graphs switched off",
+                   cb->base.name, why);
   }
   cudaGraphExec_t exec = NULL;
   e = cudaGraphInstantiate(&exec, g, 0);
