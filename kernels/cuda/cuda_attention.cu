@@ -269,6 +269,10 @@ extern "C" int cuda_backend_set_attention_splits(es_backend_t *be, int n_splits,
   if (!cb) return ES_EINVAL;
   if (n_splits < 0) return es_fail(err, ES_EINVAL, "attention splits %d < 0", n_splits);
   if (be->recording) return es_fail(err, ES_EINTERNAL, "attention splits: changed while recording a step graph");
+  // A recorded decode graph's grid z is attn_split_bound(..., want = the old count): a new count may plan more
+  // splits than that grid has, and the splits past it would silently never run (their partial results garbage
+  // in the combine). Drop the recordings; the model records again at the bucket's next step.
+  if (n_splits != cb->attn_splits) cuda_graphs_free(cb);
   cb->attn_splits = n_splits;
   if (!be->in_step) return ES_OK;
   // inside a step (tests): the step's decode plan, already on the device, is made again with the new count
