@@ -7,6 +7,14 @@
 //
 // Capture mode: cudaStreamCaptureModeThreadLocal — only this thread's unsafe calls (cudaMalloc, synchronous
 // copies) are refused while capturing; other threads (the HTTP server's, the upload copies) are unaffected.
+// Because the mode is not Relaxed, cudaStreamEndCapture must come from the thread that began the capture (CUDA
+// Runtime API, cudaStreamBeginCapture): graph_begin, the recorded ops and graph_end all run on the engine thread
+// (backend.h: one driving thread), and graph_abort is called on it too.
+// What each op may call while capturing (checked op by op for decoder_forward, qwen2audio.c): kernel launches
+// and cublasLtMatmul on cb->stream (cuBLASLt's descriptor/heuristic calls are host-only), cudaGetLastError,
+// cudaSetDevice; never cudaMalloc/cudaFree, synchronous copies or memsets, stream/event synchronisation,
+// cudaStreamWaitEvent on an event recorded outside the capture, or cudaFuncSetAttribute (the flash kernels' limits
+// are raised at create; the simple attention kernel, which raises its own, is not recorded: graph_unsafe).
 // What may be recorded is the backend's ops: kernels and cuBLASLt matmuls on cb->stream. cuBLASLt plans are
 // created by the warm-up step the model runs eagerly before the first recording of a key (qwen2audio.c), and
 // its workspace is the fixed cb->lt_ws, so a recorded matmul never allocates.
