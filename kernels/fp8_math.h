@@ -90,3 +90,15 @@ ES_FP8_FN float es_fp8_scale(float amax) {
 ES_FP8_FN uint32_t es_fp8x2_to_f16x2_bits(uint32_t w) {
   return ((w & 0x007f007fu) << 7) | ((w & 0x00800080u) << 8);
 }
+
+/* The 16 codes of one 16-byte load (q[0..3], little-endian words: code i is byte i % 4 of q[i / 4]) as eight
+ * fp16x2 bit patterns in code order: h[p] holds codes 2p (low half) and 2p + 1 (high half), each decode / 256.
+ * The GEMV kernel (cuda_fp8.cu) takes its 16 weights of a chunk in this order, so the byte order of the
+ * unpacking is tested on the CPU with the decode (tests/kernels/test_fp8_math.c). */
+ES_FP8_FN void es_fp8x16_to_f16x2_bits(const uint32_t q[4], uint32_t h[8]) {
+  for (int j = 0; j < 4; j++) {
+    uint32_t w = q[j];
+    h[2 * j] = es_fp8x2_to_f16x2_bits((w & 0xffu) | ((w & 0xff00u) << 8));             /* codes 4j, 4j + 1 */
+    h[2 * j + 1] = es_fp8x2_to_f16x2_bits(((w >> 16) & 0xffu) | ((w >> 8) & 0xff0000u)); /* 4j + 2, 4j + 3 */
+  }
+}

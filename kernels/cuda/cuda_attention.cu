@@ -193,6 +193,14 @@ extern "C" int cuda_op_attention_paged(es_backend_t *be, int layer, void *out, c
     cb->attn_fast_calls++;
     return attn_fast_paged(cb, layer, out, q, ldq, H, D, scale, err);
   }
+  if (be->recording) {
+    // The simple kernel sizes its shared memory and reads its key count from this step's longest context (host
+    // values a replay would keep while the contexts grow: keys past the recorded length would be read beyond
+    // the shared buffer), and need_smem may call cudaFuncSetAttribute. So nothing is recorded: the recording is
+    // refused at cuda_graph_end and the model runs the step op by op, where this path is correct.
+    cb->graph_unsafe = "the simple attention kernel (the fast kernels do not take this call)";
+    return ES_OK;
+  }
   cb->attn_simple_calls++;
   int64_t max_ctx = 0;
   for (int s = 0; s < be->batch.n_seqs; s++) max_ctx = be->batch.ctx_len[s] > max_ctx ? be->batch.ctx_len[s] : max_ctx;
@@ -261,6 +269,10 @@ extern "C" int cuda_backend_set_attention_splits(es_backend_t *be, int n_splits,
   if (!cb) return ES_EINVAL;
   if (n_splits < 0) return es_fail(err, ES_EINVAL, "attention splits %d < 0", n_splits);
   if (be->recording) return es_fail(err, ES_EINTERNAL, "attention splits: changed while recording a step graph");
+  // A recorded decode graph's grid z is attn_split_bound(..., want = the old count): a new count may plan more
+  // splits than that grid has, and the splits past it would silently never run (their partial results garbage
+  // in the combine). Drop the recordings; the model records again at the bucket's next step.
+  if (n_splits != cb->attn_splits) cuda_graphs_free(cb);
   cb->attn_splits = n_splits;
   if (!be->in_step) return ES_OK;
   // inside a step (tests): the step's decode plan, already on the device, is made again with the new count

@@ -74,6 +74,13 @@ static int dev_alloc(cuda_backend_t *cb, size_t bytes, const char *what, void **
 static void cuda_destroy(es_backend_t *be) {
   cuda_backend_t *cb = cuda_be(be);
   if (cb->device >= 0) cudaSetDevice(cb->device);
+  // freed while recording (an error path that skipped es_backend_graph_abort): end the capture first — a
+  // cudaStreamSynchronize of a capturing stream is refused and invalidates the capture, and the stream would be
+  // destroyed mid-capture
+  if (be->recording) {
+    be->recording = 0;
+    cuda_graph_abort(be);
+  }
   if (cb->stream) cudaStreamSynchronize(cb->stream);
   for (int i = 0; i < 2; i++)
     if (cb->copy[i]) cudaStreamSynchronize(cb->copy[i]);

@@ -129,6 +129,11 @@ typedef struct {
   cudaEvent_t smp_rows_done;     /* the last copy out of smp_rows_host finished */
   uint8_t *smp_seen_host;        /* host (V): sampler_reset builds one slot here */
   int32_t *smp_count_host;       /* host (V) */
+
+  /* ---- step-graph review (h-revB) ---- */
+  const char *graph_unsafe; /* set while recording by an op whose launch a replay could not follow (why, static
+                               text); cuda_graph_end then refuses the recording (ES_EUNSUPPORTED: the step runs
+                               op by op). Cleared by cuda_graph_begin. */
 } cuda_backend_t;
 
 static inline cuda_backend_t *cuda_be(es_backend_t *be) {

@@ -32,12 +32,16 @@
 
 __device__ __forceinline__ float gelu_erf_fp8(float v) { return v * 0.5f * (1.0f + erff(v * 0.70710678118654752440f)); }
 
-// Two fp8 codes (low bytes of each 16-bit half of pair) -> their values / 256.
-__device__ __forceinline__ float2 fp8x2_div256(uint32_t pair) {
-  uint32_t h = es_fp8x2_to_f16x2_bits(pair);
+// fp16x2 bits -> two floats.
+__device__ __forceinline__ float2 f16x2_bits_to_f32(uint32_t h) {
   __half2 v;
   memcpy(&v, &h, sizeof v);
   return __half22float2(v);
+}
+
+// Two fp8 codes (low bytes of each 16-bit half of pair) -> their values / 256.
+__device__ __forceinline__ float2 fp8x2_div256(uint32_t pair) {
+  return f16x2_bits_to_f32(es_fp8x2_to_f16x2_bits(pair));
 }
 
 // 16 activations of row xr starting at element k (16-byte aligned) as fp32.
@@ -84,13 +88,14 @@ __global__ void __launch_bounds__(FP8_WARPS * 32)
 #pragma unroll 4
     for (int64_t c = lane; c < chunks; c += 32) {
       uint4 q = __ldg(reinterpret_cast<const uint4 *>(wr) + c);
-      uint32_t qw[4] = {q.x, q.y, q.z, q.w};
+      const uint32_t qw[4] = {q.x, q.y, q.z, q.w};
+      uint32_t h2[8];
+      es_fp8x16_to_f16x2_bits(qw, h2); // code order, CPU-tested (test_fp8_math)
       float wf[16];
 #pragma unroll
-      for (int j = 0; j < 4; j++) {
-        float2 lo = fp8x2_div256(__byte_perm(qw[j], 0u, 0x4140u)); // bytes 0, 1
-        float2 hi = fp8x2_div256(__byte_perm(qw[j], 0u, 0x4342u)); // bytes 2, 3
-        wf[4 * j] = lo.x, wf[4 * j + 1] = lo.y, wf[4 * j + 2] = hi.x, wf[4 * j + 3] = hi.y;
+      for (int p = 0; p < 8; p++) {
+        const float2 f = f16x2_bits_to_f32(h2[p]);
+        wf[2 * p] = f.x, wf[2 * p + 1] = f.y;
       }
 #pragma unroll
       for (int m = 0; m < MT; m++) {

@@ -7,6 +7,14 @@
 //
 // Capture mode: cudaStreamCaptureModeThreadLocal — only this thread's unsafe calls (cudaMalloc, synchronous
 // copies) are refused while capturing; other threads (the HTTP server's, the upload copies) are unaffected.
+// Because the mode is not Relaxed, cudaStreamEndCapture must come from the thread that began the capture (CUDA
+// Runtime API, cudaStreamBeginCapture): graph_begin, the recorded ops and graph_end all run on the engine thread
+// (backend.h: one driving thread), and graph_abort is called on it too.
+// What each op may call while capturing (checked op by op for decoder_forward, qwen2audio.c): kernel launches
+// and cublasLtMatmul on cb->stream (cuBLASLt's descriptor/heuristic calls are host-only), cudaGetLastError,
+// cudaSetDevice; never cudaMalloc/cudaFree, synchronous copies or memsets, stream/event synchronisation,
+// cudaStreamWaitEvent on an event recorded outside the capture, or cudaFuncSetAttribute (the flash kernels' limits
+// are raised at create; the simple attention kernel, which raises its own, is not recorded: graph_unsafe).
 // What may be recorded is the backend's ops: kernels and cuBLASLt matmuls on cb->stream. cuBLASLt plans are
 // created by the warm-up step the model runs eagerly before the first recording of a key (qwen2audio.c), and
 // its workspace is the fixed cb->lt_ws, so a recorded matmul never allocates.
@@ -34,11 +42,13 @@ extern "C" int cuda_graph_begin(es_backend_t *be, es_error_t *err) {
   // an error left by an earlier call would be reported by the first launch check inside the capture
   ES_CUDA_TRY(err, cudaGetLastError());
   ES_CUDA_TRY(err, cudaStreamBeginCapture(cb->stream, cudaStreamCaptureModeThreadLocal));
+  cb->graph_unsafe = NULL;
   return ES_OK;
 }
 
 extern "C" void cuda_graph_abort(es_backend_t *be) {
   cuda_backend_t *cb = cuda_be(be);
+  cb->graph_unsafe = NULL;
   cudaGraph_t g = NULL;
   cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
   if (cudaStreamIsCapturing(cb->stream, &st) == cudaSuccess && st != cudaStreamCaptureStatusNone) {
@@ -66,6 +76,14 @@ extern "C" int cuda_graph_end(es_backend_t *be, int key, es_error_t *err) {
   if (e != cudaSuccess || !g) {
     if (g) cudaGraphDestroy(g);
     return graph_refused(cb, e != cudaSuccess ? e : cudaErrorStreamCaptureInvalidated, "cudaStreamEndCapture", err);
+  }
+  if (cb->graph_unsafe) { // an op recorded a launch a replay could not follow (cuda_backend.h, graph_unsafe)
+    cudaGraphDestroy(g);
+    const char *why = cb->graph_unsafe;
+    cb->graph_unsafe = NULL;
+    cb->graphs_off = 1;
+    return es_fail(err, ES_EUNSUPPORTED, "%s: step graph not kept: it would replay %s; step graphs switched off",
+                   cb->base.name, why);
   }
   cudaGraphExec_t exec = NULL;
   e = cudaGraphInstantiate(&exec, g, 0);

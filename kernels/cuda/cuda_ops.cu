@@ -16,6 +16,7 @@
 // 1500 × 1280 rows are 3.8 MB bf16 per pass, ≈ 2–3 µs each at 3 TB/s.
 #include <math.h>
 
+#include "attn_math.h"
 #include "cuda_common.cuh"
 #include "cuda_ops.h"
 
@@ -296,9 +297,9 @@ __global__ void rope_kv_kernel(T *q, int64_t ldq, T *k, int64_t ldk, const T *v,
     T k1 = from_f<T>(__fadd_rn(rnd<T>(__fmul_rn(b, c)), rnd<T>(__fmul_rn(a, sn))));
     kh[f] = k0;
     kh[f + half] = k1;
-    size_t tile = (((size_t)layer * (size_t)n_blocks + (size_t)blk) * 2) * (size_t)H + (size_t)h;
-    T *kc = kv + (tile * ES_KV_BLOCK + (size_t)off) * (size_t)D;                          // K of (blk, h)
-    T *vc = kv + ((tile + (size_t)H) * ES_KV_BLOCK + (size_t)off) * (size_t)D;            // V of (blk, h)
+    // the same CPU-tested addressing the attention kernels read with (attn_math.h, test_attn_math)
+    T *kc = kv + attn_kv_offset(layer, n_blocks, blk, 0, H, h, D, off); // K of (blk, h), row off
+    T *vc = kv + attn_kv_offset(layer, n_blocks, blk, 1, H, h, D, off); // V of (blk, h), row off
     const T *vh = v + i * ldv + (int64_t)h * D;
     kc[f] = k0;
     kc[f + half] = k1;

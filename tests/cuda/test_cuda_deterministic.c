@@ -52,11 +52,16 @@ static const int64_t GEMM_M[] = {1, 2, 3, 7, 16, 64, 300};
 #define GEMM_MAX_M 300
 
 /* Rows of y (M rows of n values, read as floats: bf16 and fp32 both convert exactly) that differ from the
- * same row computed alone. logits: es_op_logits (fp32 out) instead of es_op_linear. */
-static int gemm_case(es_backend_t *be, int64_t N, int64_t K, int bias, int logits, const char *mode) {
+ * same row computed alone. logits: es_op_logits (fp32 out) instead of es_op_linear. fp8: the weight uploaded as
+ * FP8 e4m3 (M <= 16 and larger M take different kernels in default mode: GEMV vs dequantise + GEMM). */
+static int gemm_case_fp8(es_backend_t *be, int64_t N, int64_t K, int bias, int logits, int fp8, const char *mode) {
   es_error_t err;
   kt_weight_t w = kt_weight(ES_DT_BF16, N, K, -0.5f, 0.5f), b = kt_weight(ES_DT_BF16, N, 1, -1.0f, 1.0f);
-  es_weight_t dw = kt_upload(be, &w), db = kt_upload(be, &b);
+  es_weight_t dw = {0}, db = kt_upload(be, &b);
+  if (fp8)
+    T_CHECK(es_backend_upload_weight_fp8(be, w.host, w.dt, N, K, &dw, &err) == 0, "fp8 upload: %s", err.msg);
+  else
+    dw = kt_upload(be, &w);
   float *xh = malloc(sizeof(float) * (size_t)(GEMM_MAX_M * K));
   kt_fill(xh, GEMM_MAX_M * K, -1.0f, 1.0f);
   void *x = kt_act(be, xh, GEMM_MAX_M * K), *x1 = kt_act(be, NULL, K);
@@ -110,8 +115,9 @@ static int gemm_case(es_backend_t *be, int64_t N, int64_t K, int bias, int logit
     bad_rows += bad;
     rows += (int)M;
   }
-  printf("%s %s N=%lld K=%lld%s: %d of %d rows differ from alone\n", mode, logits ? "logits" : "linear", (long long)N,
-         (long long)K, bias ? " +bias" : "", bad_rows, rows);
+  printf("%s %s N=%lld K=%lld%s: %d of %d rows differ from alone\n", mode,
+         logits ? "logits" : fp8 ? "fp8 linear" : "linear", (long long)N, (long long)K, bias ? " +bias" : "",
+         bad_rows, rows);
   kt_weight_free(&w);
   kt_weight_free(&b);
   free(xh);
@@ -119,6 +125,10 @@ static int gemm_case(es_backend_t *be, int64_t N, int64_t K, int bias, int logit
   free(got);
   free(poison);
   return bad_rows;
+}
+
+static int gemm_case(es_backend_t *be, int64_t N, int64_t K, int bias, int logits, const char *mode) {
+  return gemm_case_fp8(be, N, K, bias, logits, 0, mode);
 }
 
 static void gemm_tests(es_backend_t *det, es_backend_t *def) {
@@ -138,6 +148,15 @@ static void gemm_tests(es_backend_t *det, es_backend_t *def) {
             (long long)lshapes[s][1], bad);
     gemm_case(def, lshapes[s][0], lshapes[s][1], 0, 1, "default");
   }
+  /* fp8 weights: M = 1..16 and 64, 300 must agree too (deterministic mode takes one path for every M) */
+  static const int64_t fshapes[][2] = {{256, 256}, {4096, 1024}, {333, 200}};
+  for (size_t s = 0; s < sizeof fshapes / sizeof *fshapes; s++)
+    for (int bias = 0; bias < 2; bias++) {
+      int bad = gemm_case_fp8(det, fshapes[s][0], fshapes[s][1], bias, 0, 1, "deterministic");
+      T_CHECK(bad == 0, "deterministic fp8 linear N=%lld K=%lld bias=%d: %d rows depend on M",
+              (long long)fshapes[s][0], (long long)fshapes[s][1], bias, bad);
+      gemm_case_fp8(def, fshapes[s][0], fshapes[s][1], bias, 0, 1, "default"); /* reported, not checked */
+    }
   int shapes_n = 0, plain = 0;
   int64_t switched = 0;
   cuda_backend_det_stats(det, &shapes_n, &plain, &switched);

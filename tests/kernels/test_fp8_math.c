@@ -84,6 +84,31 @@ static void test_pair_decode(void) {
   T_CHECK(bad == 0, "%d code pairs decode wrongly through fp16", bad);
 }
 
+/* The GEMV kernel's unpacking of one 16-byte load: code i of the load (byte i in memory) must come out as weight
+ * i, for random loads and for the load holding codes 0..15 in order. */
+static void test_x16_order(void) {
+  uint64_t z = 777;
+  int bad = 0;
+  for (int it = 0; it < 20000; it++) {
+    uint8_t bytes[16];
+    for (int i = 0; i < 16; i++) {
+      z = z * 6364136223846793005ull + 1442695040888963407ull;
+      bytes[i] = it == 0 ? (uint8_t)(i + 8) : (uint8_t)(z >> 56);
+      if ((bytes[i] & 0x7f) == 0x7f) bytes[i] ^= 1; /* NaN codes never occur in uploaded weights */
+    }
+    uint32_t q[4], h[8];
+    memcpy(q, bytes, sizeof q); /* the words a little-endian 16-byte load gives (x86 and the GPU agree) */
+    es_fp8x16_to_f16x2_bits(q, h);
+    for (int i = 0; i < 16; i++) {
+      uint32_t half = i % 2 ? h[i / 2] >> 16 : h[i / 2] & 0xffffu;
+      float got = half_value(half) * 256.0f, want = es_fp8_decode(bytes[i]);
+      if (es_fp8_f32_bits(got) != es_fp8_f32_bits(want) && bad++ < 5)
+        fprintf(stderr, "load %d weight %d (code %02x): %g, want %g\n", it, i, bytes[i], got, want);
+    }
+  }
+  T_CHECK(bad == 0, "%d weights of 16-byte loads unpacked out of order or wrongly", bad);
+}
+
 static void test_scale(void) {
   T_CHECK(es_fp8_scale(0.0f) == 1.0f, "zero row");
   T_CHECK(es_fp8_scale(448.0f) == 1.0f, "amax 448");
@@ -105,6 +130,7 @@ int main(void) {
   test_table();
   test_round_trip_and_specials();
   test_pair_decode();
+  test_x16_order();
   test_scale();
   return t_finish();
 }
