@@ -477,8 +477,9 @@ extern "C" int es_backend_create_cuda(const es_backend_opts_t *opts, es_backend_
     }
     cb->smem_optin = (size_t)optin;
   }
+  // first: a build without code for this card fails here with a clear message, not in a kernel attribute call
+  if ((rc = es_gpu_selftest(cb->device, err))) goto fail;
   if ((rc = create_resources(cb, err))) goto fail;
-  if ((rc = es_gpu_selftest(cb->device, err))) goto fail; // the fatbinary has code for this card
   *out = be;
   return ES_OK;
 fail:
