@@ -3,7 +3,8 @@
  *   - the uploaded codes and scales are byte-identical to the CPU backend's (the same host quantiser, staged
  *     in row chunks through the pinned buffers: one weight larger than a staging buffer);
  *   - es_op_linear with an fp8 weight for M = 1 .. 300 (the GEMV kernel up to CUDA_FP8_GEMV_MAX_M = 16, the
- *     dequantise + cuBLASLt path above), odd K and N (the GEMV's byte-at-a-time loop), strided rows, bias,
+ *     GEMV over 16-row chunks up to CUDA_FP8_CHUNKED_MAX_M = 64 (M = 17, 64), the dequantise + cuBLASLt path
+ *     above), odd K and N (the GEMV's byte-at-a-time loop), strided rows, bias,
  *     GELU and accumulate, GPU outputs poisoned first; tolerance as test_cuda_ops' GEMMs;
  *   - the GEMV is batch-invariant: a row alone equals (memcmp) the same row among 13.
  * Skips (exit 77) without the CUDA backend or without a GPU.
