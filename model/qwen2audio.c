@@ -263,9 +263,9 @@ static int fuse_projections(const qa_model_t *m) {
  * when the parts are stored in different dtypes (the caller binds them one by one). */
 static int bind_stacked(qa_model_t *m, const ckpt_t *ck, const char *const *names, const int64_t *rows, int n,
                         int64_t cols, int fp8, es_weight_t *w, es_error_t *err) {
-  const void *data[3];
+  const void *data[3] = {NULL, NULL, NULL};
   void *owned[3] = {NULL, NULL, NULL};
-  es_dtype_t dt[3];
+  es_dtype_t dt[3] = {ES_DT_BF16, ES_DT_BF16, ES_DT_BF16};
   int64_t total = 0;
   int rc = ES_OK;
   for (int i = 0; i < n && !rc; i++) {
