@@ -28,6 +28,7 @@
 
 #include "cpu/cpu_backend.h"
 #include "es_gpu.h"
+#include "gpu_skip.h"
 #ifdef ES_HAVE_CUDA_BACKEND
 #include "cuda/attn_math.h"
 #include "cuda/cuda_hooks.h"
@@ -419,15 +420,8 @@ static void path_tests(void) {
 }
 
 int main(void) {
-  if (!es_gpu_compiled()) return t_skip("built without CUDA");
-  int count = 0;
-  char why[128] = "";
-  es_error_t err;
-  if (es_gpu_count(&count, why, sizeof why, &err) != 0 || count == 0) {
-    char reason[200];
-    snprintf(reason, sizeof reason, "no GPU here (%.150s)", count == 0 && why[0] ? why : err.msg);
-    return t_skip(reason);
-  }
+  int skip = t_need_gpu();
+  if (skip) return skip;
   unsetenv("EARSHOT_ATTENTION"); /* the default (fast) unless a test sets it */
   path_tests();
   dense_tests();

@@ -20,6 +20,7 @@
 #include "kernel_test.h"
 
 #include "es_gpu.h"
+#include "gpu_skip.h"
 #ifdef ES_HAVE_CUDA_BACKEND
 #include "cuda/cuda_hooks.h"
 #endif
@@ -352,15 +353,8 @@ static void attention_tests(es_backend_t *det, es_backend_t *def, int H, int D) 
 }
 
 int main(void) {
-  if (!es_gpu_compiled()) return t_skip("built without CUDA");
-  int count = 0;
-  char why[128] = "";
-  es_error_t err;
-  if (es_gpu_count(&count, why, sizeof why, &err) != 0 || count == 0) {
-    char reason[200];
-    snprintf(reason, sizeof reason, "no GPU here (%.150s)", count == 0 && why[0] ? why : err.msg);
-    return t_skip(reason);
-  }
+  int skip = t_need_gpu();
+  if (skip) return skip;
   unsetenv("EARSHOT_ATTENTION"); /* the fast kernels: the ones whose splits depend on the batch by default */
   for (int hd = 0; hd < 2; hd++) {
     es_backend_t *det = open_cuda(1), *def = open_cuda(0);

@@ -12,6 +12,7 @@
 #include "kernel_test.h"
 
 #include "es_gpu.h"
+#include "gpu_skip.h"
 
 static double atol_for(es_dtype_t dt) { return dt == ES_DT_BF16 ? 2e-2 : 1e-4; }
 static double rtol_for(es_dtype_t dt) { return dt == ES_DT_BF16 ? 1.6e-2 : 1e-4; }
@@ -122,15 +123,9 @@ done:
 }
 
 int main(void) {
-  if (!es_gpu_compiled()) return t_skip("built without CUDA");
-  int count = 0;
-  char why[128] = "";
+  int skip = t_need_gpu();
+  if (skip) return skip;
   es_error_t err;
-  if (es_gpu_count(&count, why, sizeof why, &err) != 0 || count == 0) {
-    char reason[200];
-    snprintf(reason, sizeof reason, "no GPU here (%.150s)", count == 0 && why[0] ? why : err.msg);
-    return t_skip(reason);
-  }
   static const es_dtype_t modes[2] = {ES_DT_F32, ES_DT_BF16};
   for (int mi = 0; mi < 2; mi++) {
     es_dtype_t dt = modes[mi];

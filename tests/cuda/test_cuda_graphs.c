@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "es_gpu.h"
+#include "gpu_skip.h"
 #include "model_harness.h"
 #include "test_util.h"
 #ifdef ES_HAVE_CUDA_BACKEND
@@ -107,16 +108,10 @@ static void check(mh_model_t *h, int n_seqs, const int *prompt_len) {
 #endif
 
 int main(void) {
-  if (!es_gpu_compiled()) return t_skip("built without CUDA");
-  int count = 0;
-  char why[128] = "";
-  es_error_t err;
-  if (es_gpu_count(&count, why, sizeof why, &err) != 0 || count == 0) {
-    char reason[200];
-    snprintf(reason, sizeof reason, "no GPU here (%.150s)", count == 0 && why[0] ? why : err.msg);
-    return t_skip(reason);
-  }
+  int skip = t_need_gpu();
+  if (skip) return skip;
 #ifdef ES_HAVE_CUDA_BACKEND
+  es_error_t err;
   mh_model_t h;
   int opened = mh_open(&h, ES_SOURCE_DIR "/tests/golden/checkpoints/tiny-b", es_backend_create_cuda, ES_DT_BF16,
                        &err) == 0;

@@ -11,6 +11,7 @@
 #include "kernel_test.h"
 
 #include "es_gpu.h"
+#include "gpu_skip.h"
 #ifdef ES_HAVE_CUDA_BACKEND
 #include "cuda/cuda_hooks.h"
 #endif
@@ -441,15 +442,8 @@ static void paged_case(es_dtype_t dt, int H, int D, int n_seqs, const int32_t *q
 }
 
 int main(void) {
-  if (!es_gpu_compiled()) return t_skip("built without CUDA");
-  int count = 0;
-  char why[128] = "";
-  es_error_t err;
-  if (es_gpu_count(&count, why, sizeof why, &err) != 0 || count == 0) {
-    char reason[200];
-    snprintf(reason, sizeof reason, "no GPU here (%.150s)", count == 0 && why[0] ? why : err.msg);
-    return t_skip(reason);
-  }
+  int skip = t_need_gpu();
+  if (skip) return skip;
   static const es_dtype_t modes[2] = {ES_DT_F32, ES_DT_BF16};
   for (int mi = 0; mi < 2; mi++) {
     duo_t d;

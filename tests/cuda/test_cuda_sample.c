@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "es_gpu.h"
+#include "gpu_skip.h"
 #include "sample_test.h"
 #include "sampler.h"
 #include "test_util.h"
@@ -220,14 +221,8 @@ static void test_distribution(void) {
 }
 
 int main(void) {
-  if (!es_gpu_compiled()) return t_skip("built without CUDA");
-  int count = 0;
-  char why[128] = "";
-  if (es_gpu_count(&count, why, sizeof why, &err) != 0 || count == 0) {
-    char reason[200];
-    snprintf(reason, sizeof reason, "no GPU here (%.150s)", count == 0 && why[0] ? why : err.msg);
-    return t_skip(reason);
-  }
+  int skip = t_need_gpu();
+  if (skip) return skip;
   int greedy = 0, greedy_same = 0, draws = 0, draws_same = 0;
   test_against_cpu(7, 64, &greedy, &greedy_same, &draws, &draws_same);
   test_against_cpu(4099, 96, &greedy, &greedy_same, &draws, &draws_same);

@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "es_gpu.h"
+#include "gpu_skip.h"
 #include "golden.h"
 #include "runtime.h"
 #include "test_util.h"
@@ -417,13 +418,8 @@ int main(int argc, char **argv) {
     }
   }
   if (USE_CUDA) {
-    int count = 0;
-    char why[128] = "", reason[200];
-    if (!es_gpu_compiled()) return t_skip("built without CUDA");
-    if (es_gpu_count(&count, why, sizeof why, &err) != 0 || count == 0) {
-      snprintf(reason, sizeof reason, "no GPU (%s)", why);
-      return t_skip(reason);
-    }
+    int skip = t_need_gpu();
+    if (skip) return skip;
   }
   printf("test_batching: %s backend, %s mode\n", USE_CUDA ? "cuda" : "cpu", DETERMINISTIC ? "deterministic" : "default");
   if (golden_open(&G, ES_SOURCE_DIR, &err)) {

@@ -22,6 +22,7 @@
 #include <stdio.h>
 
 #include "es_gpu.h"
+#include "gpu_skip.h"
 #include "model_harness.h"
 #include "test_util.h"
 
@@ -208,14 +209,8 @@ int main(int argc, char **argv) {
   }
   CREATE = cuda ? es_backend_create_cuda : es_backend_create_cpu;
   if (cuda) {
-    if (!es_gpu_compiled()) return t_skip("built without CUDA");
-    int count = 0;
-    char why[128] = "";
-    if (es_gpu_count(&count, why, sizeof why, &err) != 0 || count == 0) {
-      char reason[200];
-      snprintf(reason, sizeof reason, "no GPU here (%.150s)", count == 0 && why[0] ? why : err.msg);
-      return t_skip(reason);
-    }
+    int skip = t_need_gpu();
+    if (skip) return skip;
   }
   if (golden_open(&G, ES_SOURCE_DIR, &err) != 0) {
     fprintf(stderr, "%s\n", err.msg);
