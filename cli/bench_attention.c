@@ -22,6 +22,7 @@
 #include <time.h>
 
 #include "backend.h"
+#include "es_clock.h"
 #include "es_error.h"
 #include "es_gpu.h"
 #ifdef ES_HAVE_CUDA_BACKEND
@@ -59,12 +60,6 @@ int bench_attention(int argc, char **argv) {
 #define PREFILL_T 2048
 #define MAX_B 32
 #define MAX_CTX 8192
-
-static double now_s(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 static uint32_t rng = 12345u;
 static uint16_t rand_bf16(void) { /* uniform in [-1, 1), rounded to nearest even */
@@ -118,10 +113,10 @@ static int time_op(const op_t *o, cuda_attn_path_t path, int repeats, double *se
   int rc = cuda_backend_set_attention_path(o->be, path, err);
   if (!rc) rc = op_run(o, err);
   if (!rc) rc = es_backend_sync(o->be, err);
-  double t0 = now_s();
+  double t0 = es_now_s();
   for (int r = 0; r < repeats && !rc; r++) rc = op_run(o, err);
   if (!rc) rc = es_backend_sync(o->be, err);
-  *sec = (now_s() - t0) / repeats;
+  *sec = (es_now_s() - t0) / repeats;
   cuda_backend_set_attention_path(o->be, CUDA_ATTN_FAST, err);
   return rc;
 }
@@ -228,11 +223,11 @@ int bench_attention(int argc, char **argv) {
     wh = NULL;
     int reps = repeats < 10 ? repeats : 10;
     if (es_op_linear(be, y, G, x, G, &w, NULL, G, ES_ACT_NONE, 0, &err) || es_backend_sync(be, &err)) goto done;
-    double t0 = now_s();
+    double t0 = es_now_s();
     for (int r = 0; r < reps; r++)
       if (es_op_linear(be, y, G, x, G, &w, NULL, G, ES_ACT_NONE, 0, &err)) goto done;
     if (es_backend_sync(be, &err)) goto done;
-    gemm = 2.0 * (double)G * G * G * reps / (now_s() - t0);
+    gemm = 2.0 * (double)G * G * G * reps / (es_now_s() - t0);
   }
   printf("bench attention: %s; floors measured here: copy bandwidth %.0f GB/s (read + write), bf16 GEMM %.0f "
          "TFLOP/s (8192^3, cuBLASLt); %d repeats\n",

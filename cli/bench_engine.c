@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "es_clock.h"
 #include "model_flags.h"
 #include "runtime.h"
 
@@ -70,12 +71,6 @@ static int cmp_double(const void *a, const void *b) {
 static double percentile(const double *sorted, int n, double p) {
   int i = (int)ceil(p / 100.0 * n) - 1;
   return sorted[i < 0 ? 0 : i >= n ? n - 1 : i];
-}
-
-static double now_s(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
 int bench_engine(int argc, char **argv) {
@@ -155,7 +150,7 @@ int bench_engine(int argc, char **argv) {
     prompt[i] = (i >= prompt_tokens / 2 && i < prompt_tokens / 2 + n_audio) ? cfg->audio_token_index
                                                                            : 10 + (t * 7919) % (cfg->vocab_size / 2);
   }
-  double t0 = now_s();
+  double t0 = es_now_s();
   int submitted = 0;
   while (submitted < requests) {
     pthread_mutex_lock(&st.mu);
@@ -202,7 +197,7 @@ wait:
   pthread_mutex_lock(&st.mu);
   while (st.done < submitted) pthread_cond_wait(&st.cv, &st.mu);
   pthread_mutex_unlock(&st.mu);
-  double wall = now_s() - t0;
+  double wall = es_now_s() - t0;
   if (st.failed || submitted < requests) {
     fprintf(stderr, "earshot bench engine: %d of %d requests failed: %s\n", st.failed + requests - submitted,
             requests, st.error);

@@ -17,12 +17,13 @@
 #include "backend.h"
 #include "checkpoint.h"
 #include "config.h"
+#include "es_clock.h"
 #include "es_error.h"
 #include "es_gpu.h"
 #include "kv_alloc.h"
+#include "model_flags.h"
 #include "model_path.h"
 #include "qwen2audio.h"
-#include "model_flags.h"
 #include "runtime.h"
 #ifdef EARSHOT_HAVE_AUDIO_DECODE
 #include "audio_decode.h"
@@ -40,12 +41,6 @@ typedef struct {
   const char *summary;
   int (*run)(int argc, char **argv); /* argv[0] is the target name */
 } bench_target_t;
-
-static double now_s(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 static int cmp_double(const void *a, const void *b) {
   const double x = *(const double *)a, y = *(const double *)b;
@@ -113,9 +108,9 @@ static int bench_mel(int argc, char **argv) {
     audio_decode_global_init(1);
     for (int r = 0; r < repeats; r++) {
       audio_pcm_t pcm;
-      const double t0 = now_s();
+      const double t0 = es_now_s();
       if (audio_decode_file(file, NULL, &pcm, &err)) goto done;
-      t_dec[r] = now_s() - t0;
+      t_dec[r] = es_now_s() - t0;
       free(x);
       x = pcm.samples; /* keep the last decode's samples */
       n = pcm.n;
@@ -144,12 +139,12 @@ static int bench_mel(int argc, char **argv) {
   if (mel_ctx_init(&c1, 1, &err) || mel_ctx_init(&cn, threads, &err)) goto done;
   if (mel_compute(c1, x, len, feat, NULL, NULL, &err)) goto done; /* warm-up: page in the buffers */
   for (int r = 0; r < repeats; r++) {
-    double t0 = now_s();
+    double t0 = es_now_s();
     if (mel_compute(c1, x, len, feat, NULL, NULL, &err)) goto done;
-    t_m1[r] = now_s() - t0;
-    t0 = now_s();
+    t_m1[r] = es_now_s() - t0;
+    t0 = es_now_s();
     if (mel_compute(cn, x, len, feat, NULL, NULL, &err)) goto done;
-    t_mn[r] = now_s() - t0;
+    t_mn[r] = es_now_s() - t0;
   }
   const double m1 = 1e3 * median(t_m1, repeats), mn = 1e3 * median(t_mn, repeats);
   printf("bench mel: %s, %.2f s of audio, %d repeats (median)\n", file ? file : "synthetic 30 s signal",
@@ -226,9 +221,9 @@ static int copy_bandwidth(es_backend_t *be, size_t bytes, double *bw, es_error_t
   free(h);
   double best = 0;
   for (int r = 0; !rc && r < 4; r++) {
-    double t0 = now_s();
+    double t0 = es_now_s();
     if ((rc = es_op_gather_rows(be, b, a, idx, M, C, err)) || (rc = es_backend_sync(be, err))) break;
-    double t = now_s() - t0;
+    double t = es_now_s() - t0;
     if (r > 0 && (best == 0 || t < best)) best = t;
   }
   *bw = best > 0 ? 2.0 * (double)((size_t)M << 20) / best : 0;
@@ -385,7 +380,7 @@ static int bench_model(int argc, char **argv) {
     goto done;
   double bw = 0;
   if (copy_bandwidth(bm.be, (size_t)copy_mib << 20, &bw, &err)) goto done;
-  double t_load0 = now_s();
+  double t_load0 = es_now_s();
   qa_model_opts_t mo = {.max_tokens = B * T,
                         .max_seqs = B,
                         .max_logit_rows = B,
@@ -402,7 +397,7 @@ static int bench_model(int argc, char **argv) {
     goto done;
   for (int b = 0; b < B; b++) /* greedy without penalties: the slots' contents do not matter, but are defined */
     if (es_backend_sampler_reset(bm.be, b, NULL, 0, NULL, 0, NULL, 0, &err)) goto done;
-  double load_s = now_s() - t_load0;
+  double load_s = es_now_s() - t_load0;
   fprintf(stderr, "earshot bench model: %s, %s weights loaded in %.1f s, quantization %s\n", es_backend_name(bm.be),
           ro.dummy_weights ? "dummy" : "checkpoint", load_s, rt_quantization_name(ro.quantization));
 
@@ -446,7 +441,7 @@ static int bench_model(int argc, char **argv) {
     if (eager_run && cuda_backend_set_graphs(bm.be, 0, &err)) goto done;
 #endif
     /* time to first token: samples -> features -> encoder -> prefill -> logits -> ids on the host */
-    double t0 = now_s();
+    double t0 = es_now_s();
     int fr[64], dst[64], written = 0, bad = 0;
     for (int b = 0; b < B && !bad; b++) {
       bad = mel_compute(bm.mel, x, n_samples, mel + (size_t)b * MEL_N_MELS * MEL_N_FRAMES, &fr[b], NULL, &err);
@@ -478,7 +473,7 @@ static int bench_model(int argc, char **argv) {
     if (qa_step_device(bm.m, &batch, ids, arow, lrows, B, &ldev, &err) ||
         next_ids(bm.be, ldev, B, 0, tokens_dev, next, &err))
       goto done;
-    double ttft = now_s() - t0;
+    double ttft = es_now_s() - t0;
     if (!eager_run) t_ttft[run] = ttft;
     /* decode: B sequences, one token each per step, greedy, eos ignored */
     int32_t none[64];
@@ -500,12 +495,12 @@ static int bench_model(int argc, char **argv) {
                        .slot = slot,
                        .block_table = table,
                        .max_blocks = max_blocks};
-      double s0 = now_s();
+      double s0 = es_now_s();
       if (qa_step_device(bm.m, &db, next, none, lrows, B, &ldev, &err) ||
           next_ids(bm.be, ldev, B, k + 1, tokens_dev, next, &err))
         goto done;
-      if (timed) t_step[n_step++] = now_s() - s0;
-      if (eager_run) t_eager[n_eager++] = now_s() - s0;
+      if (timed) t_step[n_step++] = es_now_s() - s0;
+      if (eager_run) t_eager[n_eager++] = es_now_s() - s0;
     }
     for (int b = 0; b < B; b++) kv_seq_release(bm.kv, &seqs[b]);
     fprintf(stderr, "  run %d%s: time to first token %.1f ms\n", run,

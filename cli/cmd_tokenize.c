@@ -22,6 +22,7 @@
 
 #include "audio_mel.h"
 #include "config.h"
+#include "es_clock.h"
 #include "es_file.h"
 #include "model_path.h"
 #include "npy.h"
@@ -310,12 +311,6 @@ done:
   return rc ? 1 : 0;
 }
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return x < y ? -1 : x > y;
@@ -331,15 +326,15 @@ static int bench_encode(const tok_t *tok, const char *text, size_t len, int runs
   int rc = cold && warm ? tok_encoder_new(tok, &enc, &err) : es_fail(&err, ES_ENOMEM, "out of memory");
   for (int r = 0; r < runs && rc == ES_OK; r++) {
     ids.n = 0;
-    double t0 = now_s();
+    double t0 = es_now_s();
     rc = tok_encode(tok, text, len, &ids, &err);
-    cold[r] = now_s() - t0;
+    cold[r] = es_now_s() - t0;
   }
   for (int r = 0; r < runs && rc == ES_OK; r++) {
     ids.n = 0;
-    double t0 = now_s();
+    double t0 = es_now_s();
     rc = tok_encoder_encode(enc, text, len, &ids, &err);
-    warm[r] = now_s() - t0;
+    warm[r] = es_now_s() - t0;
   }
   if (rc == ES_OK) {
     qsort(cold, (size_t)runs, sizeof *cold, cmp_double);

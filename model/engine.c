@@ -32,6 +32,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "es_clock.h"
 #include "kv_alloc.h"
 #include "stop.h"
 
@@ -118,12 +119,6 @@ struct eng {
   int32_t *tokens_dev, *tokens;
 };
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 const char *eng_finish_name(eng_finish_t f) {
   switch (f) {
   case ENG_FINISH_STOP: return "stop";
@@ -185,7 +180,7 @@ static void publish_counts(eng_t *e) {
 /* ---- events ------------------------------------------------------------------------------------------- */
 
 static void finish_usage(req_t *r) {
-  double t = now_s();
+  double t = es_now_s();
   r->usage.completion_tokens = r->have_st ? r->st.n_generated : 0;
   r->usage.total_s = t - r->t_submit;
   if (r->usage.completion_tokens >= 2 && t > r->t_first)
@@ -449,7 +444,7 @@ static int take_token(eng_t *e, req_t *r, int32_t token, const float *logits) {
     lp = &lp_buf;
   }
   if (r->t_first == 0) {
-    r->t_first = now_s();
+    r->t_first = es_now_s();
     r->usage.first_token_s = r->t_first - r->t_submit;
   }
   smp_finish_t sf = smp_accept(&r->st, token);
@@ -659,7 +654,7 @@ static int run_step(eng_t *e) {
 static int start_request(eng_t *e, req_t *r) {
   const model_config_t *cfg = qa_model_config(e->opts.model);
   es_error_t err;
-  r->usage.queue_s = now_s() - r->t_submit;
+  r->usage.queue_s = es_now_s() - r->t_submit;
   if (smp_init(&r->st, &r->sampling, cfg->vocab_size, cfg->eos_ids, cfg->n_eos, r->tokens, r->n_prompt, &err)) {
     retire(e, r, ENG_FINISH_ERROR, err.msg, 1);
     return -1;
@@ -977,7 +972,7 @@ int eng_submit(eng_t *e, const eng_request_t *q, uint64_t *id, es_error_t *err) 
   for (size_t a = 0; a < q->n_audios; a++) r->audios[a] = q->audios[a];
   r->n_audios = q->n_audios;
   r->id = e->next_id++;
-  r->t_submit = now_s();
+  r->t_submit = es_now_s();
   if (e->in_tail) e->in_tail->in_next = r; else e->in_head = r;
   e->in_tail = r;
   e->n_incoming++;

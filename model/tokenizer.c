@@ -365,6 +365,16 @@ static int cmp_added_id(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
+/* *buf holds at least need bytes afterwards (grown with realloc, contents kept); -1 when out of memory. */
+static int grow_bytes(uint8_t **buf, size_t *cap, size_t need) {
+  if (need <= *cap) return 0;
+  uint8_t *nb = realloc(*buf, need);
+  if (!nb) return -1;
+  *buf = nb;
+  *cap = need;
+  return 0;
+}
+
 int tok_build(const tok_builder_t *b, tok_t **out, es_error_t *err) {
   *out = NULL;
   int rc = ES_OK;
@@ -386,14 +396,9 @@ int tok_build(const tok_builder_t *b, tok_t **out, es_error_t *err) {
   for (size_t i = 0; i < b->n_vocab; i++) {
     const char *s = b->strs + (b->vocab_off[i] >> 32);
     size_t len = (uint32_t)b->vocab_off[i];
-    if (len > raw_cap) {
-      uint8_t *nr = realloc(raw, len);
-      if (!nr) {
-        rc = es_fail(err, ES_ENOMEM, "%s: out of memory", b->source);
-        goto fail;
-      }
-      raw = nr;
-      raw_cap = len;
+    if (grow_bytes(&raw, &raw_cap, len)) {
+      rc = es_fail(err, ES_ENOMEM, "%s: out of memory", b->source);
+      goto fail;
     }
     long n = bu_decode_token(s, len, raw);
     if (n > 0 && (rc = tok_strmap_put(&t->vocab, raw, (size_t)n, (uint64_t)b->vocab_id[i], err))) goto fail;
@@ -464,14 +469,9 @@ int tok_build(const tok_builder_t *b, tok_t **out, es_error_t *err) {
     const char *s = b->strs + (b->vocab_off[i] >> 32);
     size_t len = (uint32_t)b->vocab_off[i];
     int32_t id = b->vocab_id[i];
-    if (len > raw_cap) {
-      uint8_t *nr = realloc(raw, len);
-      if (!nr) {
-        rc = es_fail(err, ES_ENOMEM, "%s: out of memory", b->source);
-        goto fail;
-      }
-      raw = nr;
-      raw_cap = len;
+    if (grow_bytes(&raw, &raw_cap, len)) {
+      rc = es_fail(err, ES_ENOMEM, "%s: out of memory", b->source);
+      goto fail;
     }
     long n = bu_decode_token(s, len, raw);
     const char *bytes = n >= 0 ? (const char *)raw : s;

@@ -24,6 +24,7 @@
  */
 #include <time.h>
 
+#include "es_clock.h"
 #include "kernel_test.h"
 
 #include "cpu/cpu_backend.h"
@@ -55,12 +56,6 @@ static const char *const PAT_NAME[] = {"random", "histogram", "needle"};
 #define MAX_BLOCKS 520
 #define MAX_TOKENS 640
 #define MAX_SEQS 24
-
-static double now_s(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 static float bf(float x) {
   float r;
@@ -262,7 +257,7 @@ static void paged_case(pair_t *p, const char *label, int n_seqs, const int32_t *
 static void paged_tests(int H, int D) {
   pair_t p;
   if (pair_open(&p, H, D) == 0) {
-    double t0 = now_s();
+    double t0 = es_now_s();
     /* mixed: q_len <= 4 goes to the split-KV decode kernel, longer chunks to the flash prefill kernel */
     static const int32_t mq[17] = {1, 1, 1, 1, 1, 1, 1, 2, 3, 4, 5, 17, 64, 65, 130, 200, 129};
     static const int32_t mc[17] = {1, 15, 16, 17, 100, 1000, 8191, 8192, 40, 4, 5, 17, 64, 1000, 8000, 200, 129};
@@ -273,7 +268,7 @@ static void paged_tests(int H, int D) {
     static const int32_t dc[16] = {1, 2, 15, 16, 17, 63, 64, 65, 127, 128, 129, 1000, 2047, 2048, 4097, 8191};
     static const int dec_splits[5] = {0, 1, 3, 7, 128};
     for (int pat = 0; pat < 3; pat++) paged_case(&p, "decode", 16, dq, dc, pat, dec_splits, 5);
-    printf("paged H=%d D=%d: %.1f s\n", H, D, now_s() - t0);
+    printf("paged H=%d D=%d: %.1f s\n", H, D, es_now_s() - t0);
   }
   pair_close(&p);
 }
@@ -362,7 +357,7 @@ static void dense_case(pair_t *p, int64_t B, int64_t T, int H, int D, const int3
 static void dense_tests(void) {
   pair_t p; /* its KV pool is not used here */
   if (pair_open(&p, 1, 64) == 0) {
-    double t0 = now_s();
+    double t0 = es_now_s();
     for (int pat = 0; pat < 3; pat++) {
       static const int32_t v3[3] = {200, 77, 1}, v2[2] = {1500, 1123}, v1[2] = {1, 1}, v64[1] = {64},
                            v130[2] = {130, 65};
@@ -375,7 +370,7 @@ static void dense_tests(void) {
     static const int32_t full[1] = {1500}, odd[1] = {40};
     dense_case(&p, 1, 1500, 20, 64, full, PAT_RANDOM, 8, 0, 1); /* the 30 s encoder shape: against simple only */
     dense_case(&p, 1, 40, 2, 64, odd, PAT_RANDOM, 1, 1, 0);     /* odd stride: the simple kernel must run */
-    printf("dense: %.1f s\n", now_s() - t0);
+    printf("dense: %.1f s\n", es_now_s() - t0);
   }
   pair_close(&p);
 }

@@ -29,6 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "es_clock.h"
 #include "golden.h"
 #include "npy.h"
 #include "test_util.h"
@@ -45,12 +46,6 @@ typedef struct {
   int port;
   char log[1024];
 } server_t;
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static char *slurp(const char *path, size_t *len) {
   FILE *f = fopen(path, "rb");
@@ -98,7 +93,7 @@ static int server_start(server_t *s, const char *name, const char *extra) {
     _exit(127);
   }
   s->port = 0;
-  for (double t0 = now_s(); now_s() - t0 < 120 && !s->port; usleep(50000)) {
+  for (double t0 = es_now_s(); es_now_s() - t0 < 120 && !s->port; usleep(50000)) {
     char *log = slurp(s->log, NULL);
     const char *p = log ? strstr(log, "listening on http://127.0.0.1:") : NULL;
     if (p) s->port = atoi(p + strlen("listening on http://127.0.0.1:"));
@@ -108,20 +103,20 @@ static int server_start(server_t *s, const char *name, const char *extra) {
   if (!s->port) return -1;
   char url[256], out[64];
   snprintf(url, sizeof url, "curl -s -o /dev/null -w '%%{http_code}' http://127.0.0.1:%d/health", s->port);
-  for (double t0 = now_s(); now_s() - t0 < 120; usleep(100000))
+  for (double t0 = es_now_s(); es_now_s() - t0 < 120; usleep(100000))
     if (sh(url, out, sizeof out) == 0 && !strcmp(out, "200")) return 0;
   return -1;
 }
 
 /* SIGTERM; returns the exit status (-1: did not exit within limit_s, then killed). */
 static int server_stop(server_t *s, double limit_s, double *took) {
-  double t0 = now_s();
+  double t0 = es_now_s();
   kill(s->pid, SIGTERM);
   int st = 0;
-  while (now_s() - t0 < limit_s) {
+  while (es_now_s() - t0 < limit_s) {
     pid_t r = waitpid(s->pid, &st, WNOHANG);
     if (r == s->pid) {
-      if (took) *took = now_s() - t0;
+      if (took) *took = es_now_s() - t0;
       return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
     }
     usleep(20000);
@@ -647,7 +642,7 @@ static int send_raw_chat(const server_t *s, const char *body_path, int *ok) {
 static void check_cancelled_and_freed(const server_t *s, double cancelled0, const char *what) {
   int freed = 0;
   double cancelled = -1, running = -1, total = -1, free_blocks = -2;
-  for (double t0 = now_s(); now_s() - t0 < 60 && !freed; usleep(100000)) {
+  for (double t0 = es_now_s(); es_now_s() - t0 < 60 && !freed; usleep(100000)) {
     cancelled = metric(s, "earshot:engine_requests_cancelled_total");
     running = metric(s, "vllm:num_requests_running");
     total = metric(s, "earshot:kv_blocks_total");
@@ -707,7 +702,7 @@ static void test_disconnect_non_stream(const server_t *s) {
   int fd = send_raw_chat(s, p, &ok);
   T_CHECK(ok, "could not send the non-streamed request");
   /* wait until the engine runs it, then hang up without reading anything */
-  for (double t0 = now_s(); now_s() - t0 < 30 && metric(s, "vllm:num_requests_running") < 1; usleep(20000)) {
+  for (double t0 = es_now_s(); es_now_s() - t0 < 30 && metric(s, "vllm:num_requests_running") < 1; usleep(20000)) {
   }
   if (fd >= 0) close(fd);
   check_cancelled_and_freed(s, cancelled0, "non-streamed hang-up");
@@ -826,7 +821,7 @@ static void test_shutdown(server_t *s) {
            p, s->port, out_path);
   char pid[32];
   sh(cmd, pid, sizeof pid);
-  for (double t0 = now_s(); now_s() - t0 < 30; usleep(20000)) { /* until the stream is under way */
+  for (double t0 = es_now_s(); es_now_s() - t0 < 30; usleep(20000)) { /* until the stream is under way */
     char *b = slurp(out_path, NULL);
     int started = b && strstr(b, "\"delta\":{\"content\"");
     free(b);
