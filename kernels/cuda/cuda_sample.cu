@@ -325,6 +325,18 @@ __global__ void __launch_bounds__(SMP_THREADS)
 
 // ---- the ops -------------------------------------------------------------------------------------------------
 
+// The host side of the sampling state: the pinned staging of the rows, its event, the slot build buffers.
+static int sampler_init_host(cuda_backend_t *cb, size_t S, size_t V, es_error_t *err) {
+  ES_CUDA_TRY(err, cudaHostAlloc((void **)&cb->smp_rows_host, S * sizeof(es_sample_row_t), cudaHostAllocDefault));
+  ES_CUDA_TRY(err, cudaEventCreateWithFlags(&cb->smp_rows_done, cudaEventDisableTiming));
+  ES_CUDA_TRY(err, cudaEventRecord(cb->smp_rows_done, cb->stream)); // "done" before the first use
+  cb->smp_seen_host = (uint8_t *)malloc(V);
+  cb->smp_count_host = (int32_t *)malloc(V * sizeof(int32_t));
+  if (!cb->smp_seen_host || !cb->smp_count_host)
+    return es_fail(err, ES_ENOMEM, "sampler_init: out of host memory for %zu ids", V);
+  return ES_OK;
+}
+
 extern "C" int cuda_sampler_init(es_backend_t *be, es_error_t *err) {
   cuda_backend_t *cb = cuda_be(be);
   int rc = cuda_enter(cb, err);
@@ -337,14 +349,10 @@ extern "C" int cuda_sampler_init(es_backend_t *be, es_error_t *err) {
       (rc = be->ops->alloc(be, S * sizeof(int32_t), (void **)&cb->smp_n_supp, err)) ||
       (rc = be->ops->alloc(be, S * sizeof(es_sample_row_t), (void **)&cb->smp_rows, err)))
     return es_error_prefix(err, "sampler_init: ");
-  ES_CUDA_TRY(err, cudaHostAlloc((void **)&cb->smp_rows_host, S * sizeof(es_sample_row_t), cudaHostAllocDefault));
-  ES_CUDA_TRY(err, cudaEventCreateWithFlags(&cb->smp_rows_done, cudaEventDisableTiming));
-  ES_CUDA_TRY(err, cudaEventRecord(cb->smp_rows_done, cb->stream)); // "done" before the first use
-  cb->smp_seen_host = (uint8_t *)malloc(V);
-  cb->smp_count_host = (int32_t *)malloc(V * sizeof(int32_t));
-  if (!cb->smp_seen_host || !cb->smp_count_host)
-    return es_fail(err, ES_ENOMEM, "sampler_init: out of host memory for %zu ids", V);
-  return ES_OK;
+  // host resources: released here on failure, so that a later sampler_init (backend.c clears the sizes when
+  // this one fails) does not leak the pinned buffer and the event by overwriting them
+  if ((rc = sampler_init_host(cb, S, V, err))) cuda_sampler_free(be);
+  return rc;
 }
 
 extern "C" void cuda_sampler_free(es_backend_t *be) {
