@@ -445,6 +445,7 @@ int es_backend_sampler_reset(es_backend_t *be, int slot, const int32_t *ids, int
                              int n_gen, const int32_t *suppress_ids, int n_suppress, es_error_t *err) {
   CHECK_HEALTHY(be, err);
   NEED(be->smp_slots, "%s: sampler_reset before sampler_init", be->name);
+  NOT_RECORDING(be, "sampler_reset", err); /* host copies: not capturable, and a graph would replay stale ones */
   NEED(slot >= 0 && slot < be->smp_slots, "sampler_reset: slot %d outside [0, %d)", slot, be->smp_slots);
   NEED(n_suppress <= ES_SAMPLE_MAX_SUPPRESS, "sampler_reset: %d suppress ids (at most %d)", n_suppress,
        ES_SAMPLE_MAX_SUPPRESS);
@@ -458,6 +459,7 @@ int es_backend_sampler_reset(es_backend_t *be, int slot, const int32_t *ids, int
 int es_backend_sample_prepare(es_backend_t *be, const es_sample_row_t *rows, int n, es_error_t *err) {
   CHECK_HEALTHY(be, err);
   NEED(be->smp_slots, "%s: sample_prepare before sampler_init", be->name);
+  NOT_RECORDING(be, "sample_prepare", err); /* host work before the (recordable) es_op_sample (backend.h) */
   NEED(n >= 1 && n <= be->smp_slots, "sample_prepare: %d rows (1..%d slots)", n, be->smp_slots);
   be->smp_prepared = 0;
   for (int r = 0; r < n; r++) {

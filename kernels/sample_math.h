@@ -203,6 +203,55 @@ SMK_HD int smk_select_bins(const uint64_t *hist, int hi, int lo, uint64_t acc, u
   return -1;
 }
 
+/* ---- the filters and the parallel decomposition ---------------------------------------------------------- */
+
+/* The argmax order: (v2, i2) beats (v, i) when v2 is larger, or equal with the lower id (first index on ties,
+ * as the serial `l > m` scan). A total order on (value, id) for non-NaN values (-0 == +0 is a tie), so a
+ * reduction in any shape (the CUDA kernel: strided per thread, then warp butterflies) picks the serial id. */
+SMK_HD int smk_argmax_better(float v2, int32_t i2, float v, int32_t i) {
+  return v2 > v || (v2 == v && i2 < i);
+}
+
+/* The contiguous ids [*c0, *c1) that thread t of n_threads owns in the id-ordered steps (top-p's tie cut, the
+ * draw): ceil(V / n_threads) ids each, in thread order, so that a scan over the threads is a scan over the ids
+ * in ascending order; every id in [0, V) belongs to exactly one thread, threads past the end own nothing. */
+SMK_HD void smk_chunk(int V, int n_threads, int t, int *c0, int *c1) {
+  const int64_t chunk = ((int64_t)V + n_threads - 1) / n_threads;
+  const int64_t a = (int64_t)t * chunk, b = a + chunk;
+  *c0 = (int)(a < V ? a : V);
+  *c1 = (int)(b < V ? b : V);
+}
+
+/* Whether the chunk whose items (count or fixed-point mass) start at start (the exclusive scan of the chunks
+ * before it) and sum to amount holds item rank r (0-based): the one chunk that walks its ids to find it. */
+SMK_HD int smk_chunk_holds(uint64_t start, uint64_t amount, uint64_t r) {
+  return start <= r && r - start < amount;
+}
+
+/* Kept by top-k (and finite): kstar is the key of the k-th largest finite logit when top-k is on. */
+SMK_HD int smk_kept_topk(float l, int topk_on, uint32_t kstar) {
+  return l > -INFINITY && (!topk_on || smk_key(l) >= kstar);
+}
+
+/* The outcome of the filters of one row: an id is kept when top-k keeps it, top-p keeps it (weight bits above
+ * the threshold W*, or tied at W* with an id <= cut), and min-p keeps it. */
+typedef struct {
+  int topk_on;
+  uint32_t kstar; /* top-k: the key of the k-th largest finite logit */
+  int topp_on;
+  uint32_t wstar; /* top-p: the bits of the threshold weight W* */
+  int64_t cut;    /* top-p: the last id kept among the ties at W* (-1 when top-p is off) */
+  int minp_on;
+  float min_p;
+} smk_filter_t;
+
+/* Kept by every filter: id i with (canonical, penalised) logit l and weight w = smk_weight(l, max, 1/T). */
+SMK_HD int smk_kept(const smk_filter_t *f, int64_t i, float l, float w) {
+  const uint32_t u = smk_f2u(w);
+  return smk_kept_topk(l, f->topk_on, f->kstar) && (!f->topp_on || u > f->wstar || (u == f->wstar && i <= f->cut)) &&
+         (!f->minp_on || w >= f->min_p);
+}
+
 /* top-p: the fixed-point amount of mass the nucleus must reach: ceil(top_p * total), in [1, total]. The
  * nucleus is the minimal prefix of the ranking (weight descending, id ascending) whose mass is >= it. */
 SMK_HD uint64_t smk_top_p_target(float top_p, uint64_t total) {

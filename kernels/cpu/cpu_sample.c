@@ -40,11 +40,6 @@ static uint32_t topk_threshold(const float *l, int V, uint32_t k) {
   return prefix;
 }
 
-/* Kept by top-k (and finite). */
-static inline int kept_topk(float l, int topk_on, uint32_t kstar) {
-  return l > -INFINITY && (!topk_on || smk_key(l) >= kstar);
-}
-
 int cpu_sample_row(const es_sample_row_t *p, float *logits, int V, const cpu_sample_ctx_t *c, float *probs,
                    int32_t *token, int32_t *bad_id) {
   *token = -1;
@@ -99,7 +94,7 @@ int cpu_sample_row(const es_sample_row_t *p, float *logits, int V, const cpu_sam
   if (topp_on) {
     uint64_t total = 0;
     for (int i = 0; i < V; i++)
-      if (kept_topk(logits[i], topk_on, kstar)) total += smk_fx(w[i]);
+      if (smk_kept_topk(logits[i], topk_on, kstar)) total += smk_fx(w[i]);
     const uint64_t T = smk_top_p_target(p->top_p, total);
     uint64_t target = T, above_all = 0;
     for (int pass = 0; pass < 4; pass++) {
@@ -107,7 +102,7 @@ int cpu_sample_row(const es_sample_row_t *p, float *logits, int V, const cpu_sam
       memset(hist, 0, sizeof hist);
       const uint32_t mask = smk_prefix_mask(pass);
       for (int i = 0; i < V; i++) {
-        if (!kept_topk(logits[i], topk_on, kstar) || !(w[i] > 0.0f)) continue;
+        if (!smk_kept_topk(logits[i], topk_on, kstar) || !(w[i] > 0.0f)) continue;
         uint32_t u = smk_f2u(w[i]);
         if ((u & mask) == wstar) hist[smk_digit(u, pass)] += smk_fx(w[i]);
       }
@@ -121,15 +116,12 @@ int cpu_sample_row(const es_sample_row_t *p, float *logits, int V, const cpu_sam
     /* the lowest ids among the ties at W* until the target is reached */
     uint64_t ties = smk_ties_kept(T, above_all, smk_fx(smk_u2f(wstar)));
     for (int i = 0; i < V && ties > 0; i++)
-      if (kept_topk(logits[i], topk_on, kstar) && smk_f2u(w[i]) == wstar && --ties == 0) id_cut = i;
+      if (smk_kept_topk(logits[i], topk_on, kstar) && smk_f2u(w[i]) == wstar && --ties == 0) id_cut = i;
     ES_ASSERT(id_cut >= 0);
   }
   /* 5. min-p, the kept mass, the draw */
-  const int minp_on = p->min_p > 0.0f;
-#define KEPT(i)                                                                                                        \
-  (kept_topk(logits[i], topk_on, kstar) &&                                                                             \
-   (!topp_on || smk_f2u(w[i]) > wstar || (smk_f2u(w[i]) == wstar && (int64_t)(i) <= id_cut)) &&                        \
-   (!minp_on || w[i] >= p->min_p))
+  const smk_filter_t f = {topk_on, kstar, topp_on, wstar, id_cut, p->min_p > 0.0f, p->min_p};
+#define KEPT(i) smk_kept(&f, (i), logits[i], w[i])
   uint64_t mass = 0;
   for (int i = 0; i < V; i++)
     if (KEPT(i)) mass += smk_fx(w[i]);

@@ -88,7 +88,7 @@ __device__ __forceinline__ void block_argmax(float *m, int *a, float *shm, int *
   for (int o = 16; o > 0; o >>= 1) {
     float v2 = __shfl_xor_sync(0xffffffffu, v, o);
     int i2 = __shfl_xor_sync(0xffffffffu, i, o);
-    if (v2 > v || (v2 == v && i2 < i)) {
+    if (smk_argmax_better(v2, i2, v, i)) {
       v = v2;
       i = i2;
     }
@@ -104,7 +104,7 @@ __device__ __forceinline__ void block_argmax(float *m, int *a, float *shm, int *
   for (int o = 16; o > 0; o >>= 1) {
     float v2 = __shfl_xor_sync(0xffffffffu, v, o);
     int i2 = __shfl_xor_sync(0xffffffffu, i, o);
-    if (v2 > v || (v2 == v && i2 < i)) {
+    if (smk_argmax_better(v2, i2, v, i)) {
       v = v2;
       i = i2;
     }
@@ -141,10 +141,6 @@ __device__ __forceinline__ void warp_select_digit(const uint64_t *hist, uint64_t
     *bin = b < 0 ? 0 : b;
     *above = a;
   }
-}
-
-__device__ __forceinline__ bool kept_topk(float l, bool topk_on, uint32_t kstar) {
-  return l > -INFINITY && (!topk_on || smk_key(l) >= kstar);
 }
 
 // ---- the kernel ----------------------------------------------------------------------------------------------
@@ -213,7 +209,7 @@ __global__ void __launch_bounds__(SMP_THREADS)
   const float inv_t = smk_inv_temperature(p.temperature);
 
   // 2. top-k: the key of the k-th largest finite logit
-  const bool topk_on = p.top_k > 0 && p.top_k < V && nfin >= (uint64_t)p.top_k;
+  const int topk_on = p.top_k > 0 && p.top_k < V && nfin >= (uint64_t)p.top_k;
   uint32_t kstar = 0;
   if (topk_on) {
     uint64_t target = (uint64_t)p.top_k;
@@ -236,18 +232,18 @@ __global__ void __launch_bounds__(SMP_THREADS)
   }
 
   // contiguous chunks of ids per thread, for the id-ordered steps
-  const int chunk = (V + SMP_THREADS - 1) / SMP_THREADS;
-  const int c0 = min(V, tid * chunk), c1 = min(V, c0 + chunk);
+  int c0, c1;
+  smk_chunk(V, SMP_THREADS, tid, &c0, &c1);
 
   // 3. top-p: the threshold weight wstar and the last tied id kept, cut
-  const bool topp_on = p.top_p < 1.0f;
+  const int topp_on = p.top_p < 1.0f;
   uint32_t wstar = 0;
   int cut = -1;
   if (topp_on) {
     uint64_t part = 0;
     for (int i = tid; i < V; i += SMP_THREADS) {
       const float y = l[i];
-      if (kept_topk(y, topk_on, kstar)) part += smk_fx(smk_weight(y, m, inv_t));
+      if (smk_kept_topk(y, topk_on, kstar)) part += smk_fx(smk_weight(y, m, inv_t));
     }
     const uint64_t T = smk_top_p_target(p.top_p, block_sum_u64(part, scan));
     uint64_t target = T, above_all = 0;
@@ -257,7 +253,7 @@ __global__ void __launch_bounds__(SMP_THREADS)
       const uint32_t mask = smk_prefix_mask(pass);
       for (int i = tid; i < V; i += SMP_THREADS) {
         const float y = l[i];
-        if (!kept_topk(y, topk_on, kstar)) continue;
+        if (!smk_kept_topk(y, topk_on, kstar)) continue;
         const float w = smk_weight(y, m, inv_t);
         const uint32_t u = __float_as_uint(w);
         if (w > 0.0f && (u & mask) == wstar) atomicAdd((unsigned long long *)&hist[smk_digit(u, pass)], smk_fx(w));
@@ -273,17 +269,17 @@ __global__ void __launch_bounds__(SMP_THREADS)
     uint64_t ties = 0;
     for (int i = c0; i < c1; i++) {
       const float y = l[i];
-      ties += kept_topk(y, topk_on, kstar) && __float_as_uint(smk_weight(y, m, inv_t)) == wstar;
+      ties += smk_kept_topk(y, topk_on, kstar) && __float_as_uint(smk_weight(y, m, inv_t)) == wstar;
     }
     uint64_t all_ties;
     const uint64_t before = block_excl_scan_u64(ties, scan, &all_ties);
     if (tid == 0) sh_cut = V; // need > all_ties cannot happen (the selection reached T); keep every tie then
     __syncthreads();
-    if (before < need && need <= before + ties) {
+    if (smk_chunk_holds(before, ties, need - 1)) { // need >= 1: the need-th tie, rank need - 1
       uint64_t k = before;
       for (int i = c0; i < c1; i++) {
         const float y = l[i];
-        if (kept_topk(y, topk_on, kstar) && __float_as_uint(smk_weight(y, m, inv_t)) == wstar && ++k == need) {
+        if (smk_kept_topk(y, topk_on, kstar) && __float_as_uint(smk_weight(y, m, inv_t)) == wstar && ++k == need) {
           sh_cut = i;
           break;
         }
@@ -294,26 +290,21 @@ __global__ void __launch_bounds__(SMP_THREADS)
   }
 
   // 4. the kept mass per chunk, the draw
-  const bool minp_on = p.min_p > 0.0f;
-  auto kept = [&](int i, float y, float w) -> bool {
-    const uint32_t u = __float_as_uint(w);
-    return kept_topk(y, topk_on, kstar) && (!topp_on || u > wstar || (u == wstar && i <= cut)) &&
-           (!minp_on || w >= p.min_p);
-  };
+  const smk_filter_t f = {topk_on, kstar, topp_on, wstar, cut, p.min_p > 0.0f, p.min_p};
   uint64_t cs = 0;
   for (int i = c0; i < c1; i++) {
     const float y = l[i], w = smk_weight(y, m, inv_t);
-    if (kept(i, y, w)) cs += smk_fx(w);
+    if (smk_kept(&f, i, y, w)) cs += smk_fx(w);
   }
   uint64_t mass;
   const uint64_t start = block_excl_scan_u64(cs, scan, &mass);
   // mass > 0: the argmax has w = 1 and survives every filter
   const uint64_t target = smk_draw_target(smk_uniform(p.seed, (uint64_t)p.step), mass);
-  if (start <= target && target < start + cs) {
+  if (smk_chunk_holds(start, cs, target)) {
     uint64_t acc = start;
     for (int i = c0; i < c1; i++) {
       const float y = l[i], w = smk_weight(y, m, inv_t);
-      if (kept(i, y, w) && (acc += smk_fx(w)) > target) {
+      if (smk_kept(&f, i, y, w) && (acc += smk_fx(w)) > target) {
         tokens[blockIdx.x] = i;
         count[off + i]++;
         seen[off + i] = 1;
@@ -327,12 +318,24 @@ __global__ void __launch_bounds__(SMP_THREADS)
     __syncthreads(); // every chunk walk above has read its logits
     for (int i = tid; i < V; i += SMP_THREADS) {
       const float y = l[i], w = smk_weight(y, m, inv_t);
-      if (!(kept(i, y, w) && w > 0.0f)) l[i] = -INFINITY;
+      if (!(smk_kept(&f, i, y, w) && w > 0.0f)) l[i] = -INFINITY;
     }
   }
 }
 
 // ---- the ops -------------------------------------------------------------------------------------------------
+
+// The host side of the sampling state: the pinned staging of the rows, its event, the slot build buffers.
+static int sampler_init_host(cuda_backend_t *cb, size_t S, size_t V, es_error_t *err) {
+  ES_CUDA_TRY(err, cudaHostAlloc((void **)&cb->smp_rows_host, S * sizeof(es_sample_row_t), cudaHostAllocDefault));
+  ES_CUDA_TRY(err, cudaEventCreateWithFlags(&cb->smp_rows_done, cudaEventDisableTiming));
+  ES_CUDA_TRY(err, cudaEventRecord(cb->smp_rows_done, cb->stream)); // "done" before the first use
+  cb->smp_seen_host = (uint8_t *)malloc(V);
+  cb->smp_count_host = (int32_t *)malloc(V * sizeof(int32_t));
+  if (!cb->smp_seen_host || !cb->smp_count_host)
+    return es_fail(err, ES_ENOMEM, "sampler_init: out of host memory for %zu ids", V);
+  return ES_OK;
+}
 
 extern "C" int cuda_sampler_init(es_backend_t *be, es_error_t *err) {
   cuda_backend_t *cb = cuda_be(be);
@@ -346,14 +349,10 @@ extern "C" int cuda_sampler_init(es_backend_t *be, es_error_t *err) {
       (rc = be->ops->alloc(be, S * sizeof(int32_t), (void **)&cb->smp_n_supp, err)) ||
       (rc = be->ops->alloc(be, S * sizeof(es_sample_row_t), (void **)&cb->smp_rows, err)))
     return es_error_prefix(err, "sampler_init: ");
-  ES_CUDA_TRY(err, cudaHostAlloc((void **)&cb->smp_rows_host, S * sizeof(es_sample_row_t), cudaHostAllocDefault));
-  ES_CUDA_TRY(err, cudaEventCreateWithFlags(&cb->smp_rows_done, cudaEventDisableTiming));
-  ES_CUDA_TRY(err, cudaEventRecord(cb->smp_rows_done, cb->stream)); // "done" before the first use
-  cb->smp_seen_host = (uint8_t *)malloc(V);
-  cb->smp_count_host = (int32_t *)malloc(V * sizeof(int32_t));
-  if (!cb->smp_seen_host || !cb->smp_count_host)
-    return es_fail(err, ES_ENOMEM, "sampler_init: out of host memory for %zu ids", V);
-  return ES_OK;
+  // host resources: released here on failure, so that a later sampler_init (backend.c clears the sizes when
+  // this one fails) does not leak the pinned buffer and the event by overwriting them
+  if ((rc = sampler_init_host(cb, S, V, err))) cuda_sampler_free(be);
+  return rc;
 }
 
 extern "C" void cuda_sampler_free(es_backend_t *be) {

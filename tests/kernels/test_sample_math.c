@@ -11,6 +11,9 @@
  *     processed row (want_processed) is finite exactly on the kept set, without want_processed it equals
  *     the host sampler's processed row bit for bit (NaN read as -inf), greedy tokens are identical, and
  *     seeded tokens equal smp_sample's in >= 99% of draws (the rate is printed);
+ *   - the CUDA kernel's parallel decomposition (strided argmax merged by warp butterflies, id chunks per thread
+ *     and the exclusive scan that finds the chunk holding the draw's target or the top-p cut) with 1024
+ *     simulated threads gives the serial answers, for V below, at and around multiples of 1024;
  *   - the backend ops end to end on the CPU backend: the slot state (sampler_reset, the counts es_op_sample
  *     adds) follows the host sampler's smp_accept over many steps, and the error rows.
  */
@@ -88,6 +91,154 @@ static void test_helpers(void) {
     double e = exp((double)x);
     T_REQUIRE(fabs(smk_exp_neg(x) - e) <= 2e-7 * e, "exp_neg(%g)", (double)x);
   }
+}
+
+/* ---- the CUDA kernel's decomposition ---------------------------------------------------------------------
+ * The kernel (kernels/cuda/cuda_sample.cu, one block of 1024 threads per row) splits the serial steps with
+ * these helpers: a strided per-thread first argmax merged by warp butterflies, contiguous id chunks per thread
+ * whose exclusive scan finds the one chunk holding the draw's target (or the top-p cut's tie rank). Run here
+ * with 1024 simulated threads, they must give the serial answers for every V (V < 1024, not a multiple). */
+
+enum { DEC_THREADS = 1024 };
+
+/* One warp's xor butterfly as __shfl_xor_sync runs it: every lane reads its partner's value of the round. */
+static void dec_butterfly(float *v, int32_t *a) {
+  for (int o = 16; o > 0; o >>= 1) {
+    float nv[32];
+    int32_t na[32];
+    for (int l = 0; l < 32; l++) {
+      nv[l] = v[l], na[l] = a[l];
+      if (smk_argmax_better(v[l ^ o], a[l ^ o], v[l], a[l])) nv[l] = v[l ^ o], na[l] = a[l ^ o];
+    }
+    memcpy(v, nv, sizeof nv);
+    memcpy(a, na, sizeof na);
+  }
+}
+
+static void test_decomposition(void) {
+  static const int Vs[] = {1, 2, 7, 1000, 1023, 1024, 1025, 2047, 2048, 4099, 151680, 1 << 20};
+  const int nV = (int)(sizeof Vs / sizeof Vs[0]);
+  int vmax = 0;
+  for (int k = 0; k < nV; k++) vmax = Vs[k] > vmax ? Vs[k] : vmax;
+  float *l = malloc(sizeof(float) * (size_t)vmax);
+  uint64_t *fx = malloc(sizeof(uint64_t) * (size_t)vmax), *cs = malloc(sizeof(uint64_t) * DEC_THREADS),
+           *start = malloc(sizeof(uint64_t) * DEC_THREADS);
+  T_REQUIRE(l && fx && cs && start, "memory");
+  for (int k = 0; k < nV; k++) {
+    const int V = Vs[k];
+    /* the chunks tile [0, V) in thread order */
+    int prev = 0, bad = 0;
+    for (int t = 0; t < DEC_THREADS; t++) {
+      int c0, c1;
+      smk_chunk(V, DEC_THREADS, t, &c0, &c1);
+      bad += c0 != prev || c1 < c0 || c1 - c0 > (V + DEC_THREADS - 1) / DEC_THREADS;
+      prev = c1;
+    }
+    T_CHECK(!bad && prev == V, "V %d: the chunks do not tile the ids (%d bad, end %d)", V, bad, prev);
+    for (int trial = 0; trial < (V > 200000 ? 2 : 12); trial++) {
+      /* argmax: few distinct values (ties everywhere, -0 and +0, -inf), strided per thread then merged */
+      static const float vals[] = {-INFINITY, -1.0f, -0.0f, 0.0f, 0.5f, 2.0f};
+      const int nvals = trial % 3 == 0 ? 2 : 6;
+      for (int i = 0; i < V; i++) l[i] = vals[st_below(nvals)];
+      float m = -INFINITY;
+      int32_t arg = -1;
+      for (int i = 0; i < V; i++)
+        if (l[i] > m) m = l[i], arg = i;
+      float tv[DEC_THREADS], wv[32];
+      int32_t ta[DEC_THREADS], wa[32];
+      for (int t = 0; t < DEC_THREADS; t++) {
+        tv[t] = -INFINITY, ta[t] = 0x7fffffff;
+        for (int i = t; i < V; i += DEC_THREADS)
+          if (l[i] > tv[t]) tv[t] = l[i], ta[t] = i;
+      }
+      for (int w = 0; w < 32; w++) {
+        dec_butterfly(tv + 32 * w, ta + 32 * w);
+        wv[w] = tv[32 * w + st_below(32)], wa[w] = ta[32 * w + st_below(32)]; /* every lane holds the result */
+      }
+      dec_butterfly(wv, wa);
+      const int lane = st_below(32);
+      T_REQUIRE(arg < 0 ? wv[lane] == -INFINITY
+                        : wa[lane] == arg && smk_f2u(wv[lane]) == smk_f2u(m) && wv[0] == wv[31] && wa[0] == wa[31],
+                "V %d: block argmax %d (%g), serial %d (%g)", V, wa[lane], (double)wv[lane], arg, (double)m);
+
+      /* the draw: fixed-point masses (many zero: removed ids and weights under 2^-43), chunk sums, exclusive
+       * scan, the one chunk holding the target walks its ids; and the top-p cut: the need-th tie by rank */
+      uint64_t mass = 0;
+      for (int i = 0; i < V; i++) {
+        double u = st_uniform();
+        fx[i] = u < 0.5 ? 0 : u < 0.6 ? (uint64_t)1 << 43 : (uint64_t)(st_uniform() * 1e12);
+        mass += fx[i];
+      }
+      if (!mass) fx[V - 1] = 1, mass = 1;
+      for (int t = 0; t < DEC_THREADS; t++) {
+        int c0, c1;
+        smk_chunk(V, DEC_THREADS, t, &c0, &c1);
+        cs[t] = 0;
+        for (int i = c0; i < c1; i++) cs[t] += fx[i];
+        start[t] = t ? start[t - 1] + cs[t - 1] : 0;
+      }
+      T_REQUIRE(start[DEC_THREADS - 1] + cs[DEC_THREADS - 1] == mass, "V %d: the scan's total", V);
+      for (int q = 0; q < 16; q++) {
+        /* targets: the ends, chunk starts and the id just before one, random */
+        const int t = st_below(DEC_THREADS);
+        uint64_t target = q == 0   ? 0
+                          : q == 1 ? mass - 1
+                          : q < 6  ? (start[t] < mass ? start[t] : mass - 1)
+                          : q < 9  ? (start[t] ? start[t] - 1 : 0)
+                                   : smk_draw_target(st_uniform(), mass);
+        int32_t serial = -1, chunked = -1, owners = 0;
+        uint64_t acc = 0;
+        for (int i = 0; i < V && serial < 0; i++)
+          if ((acc += fx[i]) > target) serial = i;
+        for (int th = 0; th < DEC_THREADS; th++) {
+          if (!smk_chunk_holds(start[th], cs[th], target)) continue;
+          owners++;
+          int c0, c1;
+          smk_chunk(V, DEC_THREADS, th, &c0, &c1);
+          uint64_t a = start[th];
+          for (int i = c0; i < c1; i++)
+            if ((a += fx[i]) > target) {
+              chunked = i;
+              break;
+            }
+        }
+        T_REQUIRE(owners == 1 && chunked == serial, "V %d: target %llu: %d owners, chunked %d, serial %d", V,
+                  (unsigned long long)target, owners, chunked, serial);
+      }
+      /* the tie cut: ties are the ids with fx == 2^43 here; the need-th of them in id order */
+      uint64_t n_ties = 0;
+      for (int t = 0; t < DEC_THREADS; t++) {
+        int c0, c1;
+        smk_chunk(V, DEC_THREADS, t, &c0, &c1);
+        cs[t] = 0;
+        for (int i = c0; i < c1; i++) cs[t] += fx[i] == (uint64_t)1 << 43;
+        start[t] = t ? start[t - 1] + cs[t - 1] : 0;
+        n_ties += cs[t];
+      }
+      for (int q = 0; q < 4 && n_ties; q++) {
+        const uint64_t need = q == 0 ? 1 : q == 1 ? n_ties : 1 + (uint64_t)(st_uniform() * (double)n_ties);
+        int32_t serial = -1, chunked = -1, owners = 0;
+        uint64_t k2 = 0;
+        for (int i = 0; i < V && serial < 0; i++)
+          if (fx[i] == (uint64_t)1 << 43 && ++k2 == need) serial = i;
+        for (int th = 0; th < DEC_THREADS; th++) {
+          if (!smk_chunk_holds(start[th], cs[th], need - 1)) continue;
+          owners++;
+          int c0, c1;
+          smk_chunk(V, DEC_THREADS, th, &c0, &c1);
+          uint64_t kk = start[th];
+          for (int i = c0; i < c1; i++)
+            if (fx[i] == (uint64_t)1 << 43 && ++kk == need) {
+              chunked = i;
+              break;
+            }
+        }
+        T_REQUIRE(owners == 1 && chunked == serial, "V %d: tie %llu of %llu: %d owners, chunked %d, serial %d", V,
+                  (unsigned long long)need, (unsigned long long)n_ties, owners, chunked, serial);
+      }
+    }
+  }
+  free(l), free(fx), free(cs), free(start);
 }
 
 /* ---- random rows against the host sampler ------------------------------------------------------------- */
@@ -400,6 +551,7 @@ static void test_ops_steps(void) {
 
 int main(void) {
   test_helpers();
+  test_decomposition();
   test_rows();
   test_ops_steps();
   return t_finish();
