@@ -516,7 +516,11 @@ static int sample_rows(eng_t *e, float *logits_dev, int n, es_error_t *err) {
     const smp_params_t *p = &r->st.p;
     es_sample_row_t *w = &e->srows[l];
     memset(w, 0, sizeof *w);
+    /* greedy is decided here, in double as the host sampler does; a sampled temperature whose float rounds
+     * below the threshold is kept just above it, so the backend samples too */
     w->temperature = p->temperature < SMP_GREEDY_EPS ? 0.0f : (float)p->temperature;
+    if (w->temperature > 0.0f && (double)w->temperature < SMP_GREEDY_EPS)
+      w->temperature = nextafterf((float)SMP_GREEDY_EPS, INFINITY);
     w->top_p = (float)p->top_p;
     w->min_p = (float)p->min_p;
     w->repetition_penalty = (float)p->repetition_penalty;
