@@ -322,7 +322,7 @@ static int bench_model(int argc, char **argv) {
   float *x = NULL, *mel = NULL;
   int32_t *ids = NULL, *arow = NULL, *pos = NULL, *slot = NULL, *table = NULL, *lrows = NULL, *q_start = NULL,
           *ctx = NULL;
-  double *t_ttft = NULL, *t_step = NULL, *t_eager = NULL;
+  double *t_ttft = NULL, *t_step = NULL, *t_eager = NULL, *t_nogemv = NULL;
   kv_seq_t *seqs = NULL;
   char dir[4096] = "";
 
@@ -415,8 +415,9 @@ static int bench_model(int argc, char **argv) {
   t_ttft = calloc((size_t)(warmup + repeats), sizeof(double));
   t_step = calloc((size_t)repeats * (size_t)n_out, sizeof(double));
   t_eager = calloc((size_t)n_out, sizeof(double));
+  t_nogemv = calloc((size_t)n_out, sizeof(double));
   if (!ids || !arow || !pos || !slot || !table || !lrows || !q_start || !ctx || !seqs || !t_ttft ||
-      !t_step || !t_eager) {
+      !t_step || !t_eager || !t_nogemv) {
     es_fail(&err, ES_ENOMEM, "out of memory");
     goto done;
   }
@@ -431,14 +432,26 @@ static int bench_model(int argc, char **argv) {
       arow[r] = (a >= 0 && a < N) ? b * N + a : -1;
     }
 
-  /* With step graphs, one more run after the timed ones with graphs off measures what they save, side by side
-   * on the same weights and card. */
-  const int compare = es_backend_graphs_supported(bm.be);
-  int n_step = 0, n_eager = 0;
-  for (int run = 0; run < warmup + repeats + compare; run++) {
-    const int eager_run = run == warmup + repeats, timed = run >= warmup && !eager_run;
+  /* After the timed runs, side by side on the same weights and card: with step graphs, one run with graphs off
+   * (what they save); on CUDA in bf16, one run with the decode GEMV off (cuBLASLt for every GEMM: what the GEMV
+   * gains; graphs on again). */
+  const int cmp_graphs = es_backend_graphs_supported(bm.be);
+  int cmp_gemv = 0;
+#ifdef ES_HAVE_CUDA_BACKEND
+  cmp_gemv = strncmp(es_backend_name(bm.be), "cuda", 4) == 0 && es_backend_act_dtype(bm.be) == ES_DT_BF16 &&
+             !ro.deterministic;
+#endif
+  int n_step = 0, n_eager = 0, n_nogemv = 0;
+  for (int run = 0; run < warmup + repeats + cmp_graphs + cmp_gemv; run++) {
+    const int extra = run - (warmup + repeats); /* < 0: a warm-up or timed run */
+    const int eager_run = cmp_graphs && extra == 0, nogemv_run = cmp_gemv && extra == cmp_graphs;
+    const int timed = run >= warmup && extra < 0;
 #ifdef ES_HAVE_CUDA_BACKEND
     if (eager_run && cuda_backend_set_graphs(bm.be, 0, &err)) goto done;
+    if (nogemv_run) {
+      if (cuda_backend_set_graphs(bm.be, 1, &err) || cuda_backend_set_gemv(bm.be, 0, &err)) goto done;
+      qa_model_forget_graphs(bm.m); /* the GEMM plans for M = B do not exist yet: warm up before recording */
+    }
 #endif
     /* time to first token: samples -> features -> encoder -> prefill -> logits -> ids on the host */
     double t0 = es_now_s();
@@ -474,7 +487,7 @@ static int bench_model(int argc, char **argv) {
         next_ids(bm.be, ldev, B, 0, tokens_dev, next, &err))
       goto done;
     double ttft = es_now_s() - t0;
-    if (!eager_run) t_ttft[run] = ttft;
+    if (extra < 0) t_ttft[run] = ttft;
     /* decode: B sequences, one token each per step, greedy, eos ignored */
     int32_t none[64];
     for (int b = 0; b < B; b++) none[b] = -1;
@@ -501,10 +514,11 @@ static int bench_model(int argc, char **argv) {
         goto done;
       if (timed) t_step[n_step++] = es_now_s() - s0;
       if (eager_run) t_eager[n_eager++] = es_now_s() - s0;
+      if (nogemv_run) t_nogemv[n_nogemv++] = es_now_s() - s0;
     }
     for (int b = 0; b < B; b++) kv_seq_release(bm.kv, &seqs[b]);
     fprintf(stderr, "  run %d%s: time to first token %.1f ms\n", run,
-            timed ? "" : eager_run ? " (graphs off)" : " (warm-up)", 1e3 * ttft);
+            timed ? "" : eager_run ? " (graphs off)" : nogemv_run ? " (GEMV off)" : " (warm-up)", 1e3 * ttft);
   }
   double ttft_ms = 1e3 * median(t_ttft + warmup, repeats), step_ms = 1e3 * median(t_step, n_step);
   double mbytes = decoder_bytes(c, es_backend_act_dtype(bm.be));
@@ -528,6 +542,10 @@ static int bench_model(int argc, char **argv) {
   if (n_eager)
     printf("  decode step without graphs (batch %d)         %10.3f ms  (graphs: %.2fx faster)\n", B, eager_ms,
            eager_ms / step_ms);
+  double nogemv_ms = n_nogemv ? 1e3 * median(t_nogemv, n_nogemv) : 0;
+  if (n_nogemv)
+    printf("  decode step, cuBLASLt for every GEMM          %10.3f ms  (the GEMV: %.2fx faster)\n", nogemv_ms,
+           nogemv_ms / step_ms);
   printf("  steps: %lld graph replays (%lld recorded, %lld refused), %lld padded op by op, %lld unpadded%s\n",
          (long long)gs.replays, (long long)gs.records, (long long)gs.record_failures, (long long)gs.padded_eager,
          (long long)gs.eager,
@@ -539,11 +557,13 @@ static int bench_model(int argc, char **argv) {
            "\"warmup\": %d, \"repeats\": %d, \"load_s\": %.3f, \"ttft_ms\": %.4f, \"decode_ms_per_step\": %.4f, "
            "\"decode_tokens_per_s\": %.3f, \"decoder_weight_bytes\": %.0f, \"copy_bytes_per_s\": %.0f, "
            "\"limit_ms_per_step\": %.4f, \"fraction_of_limit\": %.4f, \"graph_replays\": %lld, "
-           "\"decode_ms_per_step_no_graphs\": %.4f, \"deterministic\": %s}\n",
+           "\"decode_ms_per_step_no_graphs\": %.4f, \"decode_ms_per_step_no_gemv\": %.4f, "
+           "\"deterministic\": %s}\n",
            es_backend_name(bm.be), es_dtype_name(es_backend_act_dtype(bm.be)), rt_quantization_name(ro.quantization),
            ro.dummy_weights ? "true" : "false", B, seconds, N,
            P, n_out, warmup, repeats, load_s, ttft_ms, step_ms, B * 1e3 / step_ms, mbytes, bw, limit_ms,
-           step_ms > 0 ? limit_ms / step_ms : 0.0, (long long)gs.replays, eager_ms, ro.deterministic ? "true" : "false");
+           step_ms > 0 ? limit_ms / step_ms : 0.0, (long long)gs.replays, eager_ms, nogemv_ms,
+           ro.deterministic ? "true" : "false");
   rc = 0;
 done:
   if (rc) fprintf(stderr, "earshot bench model: %s\n", err.msg);
@@ -568,6 +588,7 @@ done:
   free(t_ttft);
   free(t_step);
   free(t_eager);
+  free(t_nogemv);
   return rc;
 }
 

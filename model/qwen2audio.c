@@ -578,6 +578,7 @@ const model_config_t *qa_model_config(const qa_model_t *m) { return &m->cfg; }
 es_backend_t *qa_model_backend(const qa_model_t *m) { return m->be; }
 const qa_model_opts_t *qa_model_opts(const qa_model_t *m) { return &m->opts; }
 void qa_model_graph_stats(const qa_model_t *m, qa_graph_stats_t *out) { *out = m->gstats; }
+void qa_model_forget_graphs(qa_model_t *m) { memset(m->warm, 0, sizeof m->warm); }
 int qa_model_fused_layers(const qa_model_t *m) {
   int n = 0;
   for (int l = 0; l < m->cfg.num_hidden_layers; l++) n += m->dec[l].fused;

@@ -82,6 +82,9 @@ const model_config_t *qa_model_config(const qa_model_t *m);
 es_backend_t *qa_model_backend(const qa_model_t *m);
 const qa_model_opts_t *qa_model_opts(const qa_model_t *m);
 void qa_model_graph_stats(const qa_model_t *m, qa_graph_stats_t *out);
+/* After the backend dropped its recorded graphs because a kernel choice changed (cuda_backend_set_gemv): each
+ * bucket's next step runs op by op again first (creating what the recording needs), then records. */
+void qa_model_forget_graphs(qa_model_t *m);
 /* Decoder layers whose q|k|v and gate|up projections run as one stacked linear each (qwen2audio.c, "fused
  * projections"): all of them on backends that copy weights, none on the CPU unless EARSHOT_FUSE_PROJECTIONS=1. */
 int qa_model_fused_layers(const qa_model_t *m);

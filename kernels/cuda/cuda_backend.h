@@ -131,6 +131,7 @@ typedef struct {
   int32_t *smp_count_host;       /* host (V) */
 
   /* ---- step-graph review (h-revB) ---- */
+  int gemv_off;             /* EARSHOT_GEMV=0 at create, or cuda_backend_set_gemv (cuda_gemv.h) */
   const char *graph_unsafe; /* set while recording by an op whose launch a replay could not follow (why, static
                                text); cuda_graph_end then refuses the recording (ES_EUNSUPPORTED: the step runs
                                op by op). Cleared by cuda_graph_begin. */

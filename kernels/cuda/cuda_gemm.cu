@@ -31,6 +31,7 @@
 
 #include "cuda_common.cuh"
 #include "cuda_fp8.h"
+#include "cuda_gemv.h"
 #include "cuda_gemm.h"
 #include "cuda_ops.h"
 
@@ -331,6 +332,9 @@ static int gemm(cuda_backend_t *cb, void *y, int64_t ldy, es_dtype_t out_dt, con
                 const void *w, int64_t N, int64_t K, const void *bias, int64_t M, es_act_t act, int accumulate,
                 es_error_t *err) {
   es_dtype_t in_dt = cb->base.act_dtype;
+  // decode sizes with bf16 weights: the weight-streaming GEMV (cuda_gemv.h says when it applies)
+  if (cuda_gemv_ok(cb, out_dt, x, ldx, w, N, K, M))
+    return cuda_gemv(cb, y, ldy, out_dt, x, ldx, w, N, K, bias, M, act, accumulate, err);
   int plain = cb->gemm_path == CUDA_GEMM_PLAIN || (act != ES_ACT_NONE && accumulate);
   if (!plain) {
     size_t ei = es_dtype_size(in_dt), eo = es_dtype_size(out_dt);

@@ -107,6 +107,12 @@ extern "C" int cuda_graph_launch(es_backend_t *be, int key, es_error_t *err) {
 }
 
 extern "C" void cuda_graphs_free(cuda_backend_t *cb) {
+  int any = 0;
+  for (int k = 0; k < ES_GRAPH_MAX_KEYS; k++) any |= cb->graphs[k] != NULL;
+  if (!any) return;
+  // a replay may still run on the stream: let it finish before its executable graph goes (never called while
+  // capturing: the callers refuse, and destroy ends a capture first)
+  if (cb->stream) cudaStreamSynchronize(cb->stream);
   for (int k = 0; k < ES_GRAPH_MAX_KEYS; k++) {
     if (cb->graphs[k]) cudaGraphExecDestroy(cb->graphs[k]);
     cb->graphs[k] = NULL;

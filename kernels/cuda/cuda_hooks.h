@@ -43,6 +43,10 @@ void cuda_backend_attention_calls(const es_backend_t *be, int64_t *fast, int64_t
  * replayed again once turned back on. For benchmarks measuring what graphs save, in one process. */
 int cuda_backend_set_graphs(es_backend_t *be, int on, es_error_t *err);
 
+/* The decode-size GEMV (cuda_gemv.h) on (the default unless EARSHOT_GEMV=0 at create) or off: cuBLASLt for
+ * every GEMM. Drops recorded step graphs (they hold the other path's kernels). For benchmarks and bisecting. */
+int cuda_backend_set_gemv(es_backend_t *be, int on, es_error_t *err);
+
 /* The KV pool (es_backend_kv_init), a device pointer in the compute dtype, layout as backend.h; NULL before
  * kv_init. Tests fill it with es_backend_write_act. */
 void *cuda_backend_kv_pool(es_backend_t *be);

@@ -1,0 +1,132 @@
+// cuda_gemv: the decode GEMM at M <= CUDA_GEMV_MAX_M rows with bf16 weights and activations, as a weight-
+// streaming GEMV. See cuda_gemv.h.
+//
+// Napkin math (Qwen2-Audio-7B decode at batch 1): 14.2 GB of bf16 weights per step, 4.7 ms at a reachable
+// 3.0 TB/s on an H100 SXM, 3.3 ms on an H200 — the issue's target is 80% of the copy rate measured in the same
+// run. cuBLASLt at M = 1 treats the product as a thin GEMM; a GEMV that gives every warp whole weight rows and
+// keeps several 16-byte loads per lane in flight streams closer to the copy rate (the same shape as the fp8 GEMV,
+// cuda_fp8.cu, which the review found correct). At M <= 4 the activations (<= 4 · K · 2 bytes per row of W) are
+// read from L1/L2 and cost far less than the weight row.
+//
+// Kernel: one warp per output row n; lane j takes the 8-weight chunks j, j + 32, ... of the row (one 16-byte
+// load each, unrolled 4 deep so four loads per lane are in flight), accumulates x·w in fp32 with FMA for all M
+// rows, then a fixed xor-shuffle tree sums the lanes and lane m applies row m's epilogue — the plain GEMM
+// kernel's rounding points (cuda_gemm.cu): v = rnd(acc + bias[n]); GELU: v = rnd(gelu(v)); accumulate:
+// y = y + v (in the output dtype's rounding). fp32 output (logits) is not rounded.
+// Batch invariance: a row's arithmetic depends only on K, not on M, but the cuBLASLt path for larger M sums in
+// another order, so deterministic mode never takes this path (cuda_gemm.cu).
+#include <string.h>
+
+#include "cuda_common.cuh"
+#include "cuda_gemv.h"
+
+#define GEMV_WARPS 4 // warps (output rows) per block
+
+__device__ __forceinline__ float gelu_erf_gemv(float v) { return v * 0.5f * (1.0f + erff(v * 0.70710678118654752440f)); }
+
+// 8 bf16 (16 bytes) -> 8 floats; bf16 is the high half of an fp32.
+__device__ __forceinline__ void bf16x8_f32(const uint4 &u, float *f) {
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    f[2 * i] = __uint_as_float(w[i] << 16);
+    f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
+}
+
+// y (M, N) row stride ldy, TO = bf16 (linear) or float (logits); x (M, K) bf16 row stride ldx; w (N, K) bf16,
+// contiguous; bias (N) bf16 or NULL. K % 8 == 0 and x, w rows 16-byte aligned (cuda_gemv_ok). Block: GEMV_WARPS
+// warps, warp -> output row n = blockIdx.x · GEMV_WARPS + warp; MT >= M rows accumulated (compile-time).
+template <typename TO, int MT>
+__global__ void __launch_bounds__(GEMV_WARPS * 32)
+    bf16_gemv_kernel(TO *y, int64_t ldy, const bf16 *x, int64_t ldx, const bf16 *w, const bf16 *bias, int M,
+                     int64_t N, int64_t K, int act, int accumulate) {
+  const int lane = threadIdx.x & 31;
+  const int64_t n = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+  if (n >= N) return; // a whole warp leaves; nothing below synchronises the block
+  const uint4 *wr = reinterpret_cast<const uint4 *>(w + n * K);
+  float acc[MT];
+#pragma unroll
+  for (int m = 0; m < MT; m++) acc[m] = 0.0f;
+  const int64_t chunks = K / 8;
+#pragma unroll 4
+  for (int64_t c = lane; c < chunks; c += 32) {
+    float wf[8];
+    bf16x8_f32(__ldg(wr + c), wf);
+#pragma unroll
+    for (int m = 0; m < MT; m++) {
+      if (m < M) {
+        float xf[8];
+        bf16x8_f32(*reinterpret_cast<const uint4 *>(x + m * ldx + c * 8), xf);
+#pragma unroll
+        for (int i = 0; i < 8; i++) acc[m] = fmaf(xf[i], wf[i], acc[m]);
+      }
+    }
+  }
+  const float b = bias ? to_f(bias[n]) : 0.0f;
+#pragma unroll
+  for (int m = 0; m < MT; m++) {
+    float v = warp_sum(acc[m]); // every lane gets the same fixed-order sum
+    if (m < M && lane == m) {
+      v = rnd<TO>(v + b);
+      if (act == ES_ACT_GELU) v = rnd<TO>(gelu_erf_gemv(v));
+      TO *yp = y + (int64_t)m * ldy + n;
+      if (accumulate) v = to_f(*yp) + v;
+      *yp = from_f<TO>(v);
+    }
+  }
+}
+
+template <typename TO, int MT>
+static void launch(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const void *w, int64_t N,
+                   int64_t K, const void *bias, int M, int act, int accumulate) {
+  const unsigned grid = (unsigned)((N + GEMV_WARPS - 1) / GEMV_WARPS);
+  bf16_gemv_kernel<TO, MT><<<grid, GEMV_WARPS * 32, 0, cb->stream>>>(
+      (TO *)y, ldy, (const bf16 *)x, ldx, (const bf16 *)w, (const bf16 *)bias, M, N, K, act, accumulate);
+}
+
+template <typename TO>
+static void dispatch(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const void *w,
+                     int64_t N, int64_t K, const void *bias, int M, int act, int accumulate) {
+  if (M <= 1)
+    launch<TO, 1>(cb, y, ldy, x, ldx, w, N, K, bias, M, act, accumulate);
+  else if (M <= 2)
+    launch<TO, 2>(cb, y, ldy, x, ldx, w, N, K, bias, M, act, accumulate);
+  else
+    launch<TO, 4>(cb, y, ldy, x, ldx, w, N, K, bias, M, act, accumulate);
+}
+
+static int aligned16(const void *p) {
+  return ((uintptr_t)p & 15u) == 0;
+}
+
+extern "C" int cuda_gemv_ok(const cuda_backend_t *cb, es_dtype_t out_dt, const void *x, int64_t ldx, const void *w,
+                            int64_t N, int64_t K, int64_t M) {
+  return !cb->gemv_off && !cb->base.opts.deterministic && cb->gemm_path == CUDA_GEMM_AUTO &&
+         cb->base.act_dtype == ES_DT_BF16 && (out_dt == ES_DT_BF16 || out_dt == ES_DT_F32) && M >= 1 &&
+         M <= CUDA_GEMV_MAX_M && K >= 8 && K % 8 == 0 && ldx % 8 == 0 && aligned16(x) && aligned16(w) &&
+         (N + GEMV_WARPS - 1) / GEMV_WARPS <= 0x7fffffff;
+}
+
+extern "C" int cuda_gemv(cuda_backend_t *cb, void *y, int64_t ldy, es_dtype_t out_dt, const void *x, int64_t ldx,
+                         const void *w, int64_t N, int64_t K, const void *bias, int64_t M, es_act_t act,
+                         int accumulate, es_error_t *err) {
+  if (!cuda_gemv_ok(cb, out_dt, x, ldx, w, N, K, M))
+    return es_fail(err, ES_EINTERNAL, "%s: GEMV called outside its conditions (M %lld, K %lld)", cb->base.name,
+                   (long long)M, (long long)K);
+  if (out_dt == ES_DT_F32)
+    dispatch<float>(cb, y, ldy, x, ldx, w, N, K, bias, (int)M, (int)act, accumulate);
+  else
+    dispatch<bf16>(cb, y, ldy, x, ldx, w, N, K, bias, (int)M, (int)act, accumulate);
+  ES_CUDA_LAUNCHED(err);
+  return ES_OK;
+}
+
+extern "C" int cuda_backend_set_gemv(es_backend_t *be, int on, es_error_t *err) {
+  if (!be || strcmp(be->ops->kind, "cuda") != 0) return es_fail(err, ES_EINVAL, "GEMV: not a CUDA backend");
+  if (be->recording) return es_fail(err, ES_EINTERNAL, "GEMV: switched while recording a step graph");
+  cuda_backend_t *cb = cuda_be(be);
+  if (cb->gemv_off != !on) cuda_graphs_free(cb); // recorded steps hold the other path's kernels
+  cb->gemv_off = !on;
+  return ES_OK;
+}

@@ -1,0 +1,30 @@
+/* cuda_gemv: es_op_linear / es_op_logits at decode sizes (M <= CUDA_GEMV_MAX_M rows) with bf16 weights and
+ * bf16 activations, as a weight-streaming GEMV instead of cuBLASLt (cuda_gemm.cu's gemm() takes it first when
+ * cuda_gemv_ok). Off in deterministic mode (cuBLASLt sums larger M in another order), under the plain-GEMM test
+ * path, and with EARSHOT_GEMV=0 at create or cuda_backend_set_gemv(be, 0) (bisecting, and `bench model`'s
+ * side-by-side measurement).
+ * Thread safety: the driving thread (backend.h).
+ */
+#pragma once
+
+#include "cuda_backend.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The largest M the GEMV takes: the activations it reads per weight row grow with M; not yet measured. */
+#define CUDA_GEMV_MAX_M 4
+
+/* 1 when the GEMV takes y[M, N] = x[M, K] · w[N, K]ᵀ on this backend now (see the file comment for when not). */
+int cuda_gemv_ok(const cuda_backend_t *cb, es_dtype_t out_dt, const void *x, int64_t ldx, const void *w, int64_t N,
+                 int64_t K, int64_t M);
+
+/* y = act(x · wᵀ + bias) (+ y when accumulate), out_dt bf16 or fp32 (logits); bias bf16 [N] or NULL. */
+int cuda_gemv(cuda_backend_t *cb, void *y, int64_t ldy, es_dtype_t out_dt, const void *x, int64_t ldx,
+              const void *w, int64_t N, int64_t K, const void *bias, int64_t M, es_act_t act, int accumulate,
+              es_error_t *err);
+
+#ifdef __cplusplus
+}
+#endif
