@@ -442,7 +442,9 @@ static int bench_model(int argc, char **argv) {
              !ro.deterministic && ro.quantization == RT_QUANT_NONE; /* fp8 linears have their own GEMV */
 #endif
   int n_step = 0, n_eager = 0, n_nogemv = 0;
+#ifdef ES_HAVE_CUDA_BACKEND
   int graphs_were_on = 0; /* graphs on when the graphs-off run began (not refused by then): on again after it */
+#endif
   for (int run = 0; run < warmup + repeats + cmp_graphs + cmp_gemv; run++) {
     const int extra = run - (warmup + repeats); /* < 0: a warm-up or timed run */
     const int eager_run = cmp_graphs && extra == 0, nogemv_run = cmp_gemv && extra == cmp_graphs;
