@@ -433,23 +433,32 @@ static int bench_model(int argc, char **argv) {
     }
 
   /* After the timed runs, side by side on the same weights and card: with step graphs, one run with graphs off
-   * (what they save); on CUDA in bf16, one run with the decode GEMV off (cuBLASLt for every GEMM: what the GEMV
-   * gains; graphs on again). */
+   * (what they save); on CUDA in bf16 without fp8, one run with the decode GEMV off (cuBLASLt for every GEMM:
+   * what the GEMV gains; graphs as in the timed runs). */
   const int cmp_graphs = es_backend_graphs_supported(bm.be);
   int cmp_gemv = 0;
 #ifdef ES_HAVE_CUDA_BACKEND
   cmp_gemv = strncmp(es_backend_name(bm.be), "cuda", 4) == 0 && es_backend_act_dtype(bm.be) == ES_DT_BF16 &&
-             !ro.deterministic;
+             !ro.deterministic && ro.quantization == RT_QUANT_NONE; /* fp8 linears have their own GEMV */
 #endif
   int n_step = 0, n_eager = 0, n_nogemv = 0;
+#ifdef ES_HAVE_CUDA_BACKEND
+  int graphs_were_on = 0; /* graphs on when the graphs-off run began (not refused by then): on again after it */
+#endif
   for (int run = 0; run < warmup + repeats + cmp_graphs + cmp_gemv; run++) {
     const int extra = run - (warmup + repeats); /* < 0: a warm-up or timed run */
     const int eager_run = cmp_graphs && extra == 0, nogemv_run = cmp_gemv && extra == cmp_graphs;
     const int timed = run >= warmup && extra < 0;
 #ifdef ES_HAVE_CUDA_BACKEND
-    if (eager_run && cuda_backend_set_graphs(bm.be, 0, &err)) goto done;
+    if (eager_run) {
+      graphs_were_on = es_backend_graphs_supported(bm.be);
+      if (cuda_backend_set_graphs(bm.be, 0, &err)) goto done;
+    }
     if (nogemv_run) {
-      if (cuda_backend_set_graphs(bm.be, 1, &err) || cuda_backend_set_gemv(bm.be, 0, &err)) goto done;
+      /* graphs back on only if the graphs-off run turned them off: with EARSHOT_CUDA_GRAPHS=0 (or after a refused
+       * recording) the timed runs ran op by op, and so must this one to be compared with them */
+      if ((graphs_were_on && cuda_backend_set_graphs(bm.be, 1, &err)) || cuda_backend_set_gemv(bm.be, 0, &err))
+        goto done;
       qa_model_forget_graphs(bm.m); /* the GEMM plans for M = B do not exist yet: warm up before recording */
     }
 #endif

@@ -135,6 +135,9 @@ typedef struct {
   const char *graph_unsafe; /* set while recording by an op whose launch a replay could not follow (why, static
                                text); cuda_graph_end then refuses the recording (ES_EUNSUPPORTED: the step runs
                                op by op). Cleared by cuda_graph_begin. */
+
+  /* ---- GEMV review (h-revD) ---- */
+  int64_t gemv_calls; /* launches of the decode GEMV (cuda_gemv.cu), for tests: cuda_backend_gemv_calls */
 } cuda_backend_t;
 
 static inline cuda_backend_t *cuda_be(es_backend_t *be) {

@@ -19,8 +19,9 @@
 
 #include "cuda_common.cuh"
 #include "cuda_gemv.h"
+#include "gemv_math.h" // the index math and the conditions, tested on the CPU (tests/kernels/test_gemv_math.c)
 
-#define GEMV_WARPS 4 // warps (output rows) per block
+static_assert(GEMV_MAX_M == CUDA_GEMV_MAX_M, "gemv_math.h and cuda_gemv.h disagree on the largest M");
 
 __device__ __forceinline__ float gelu_erf_gemv(float v) { return v * 0.5f * (1.0f + erff(v * 0.70710678118654752440f)); }
 
@@ -42,22 +43,21 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
     bf16_gemv_kernel(TO *y, int64_t ldy, const bf16 *x, int64_t ldx, const bf16 *w, const bf16 *bias, int M,
                      int64_t N, int64_t K, int act, int accumulate) {
   const int lane = threadIdx.x & 31;
-  const int64_t n = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+  const int64_t n = gemv_row(blockIdx.x, threadIdx.x >> 5);
   if (n >= N) return; // a whole warp leaves; nothing below synchronises the block
-  const uint4 *wr = reinterpret_cast<const uint4 *>(w + n * K);
   float acc[MT];
 #pragma unroll
   for (int m = 0; m < MT; m++) acc[m] = 0.0f;
-  const int64_t chunks = K / 8;
+  const int64_t chunks = K / GEMV_CHUNK;
 #pragma unroll 4
   for (int64_t c = lane; c < chunks; c += 32) {
     float wf[8];
-    bf16x8_f32(__ldg(wr + c), wf);
+    bf16x8_f32(__ldg(reinterpret_cast<const uint4 *>(w + gemv_w_off(n, K, c))), wf);
 #pragma unroll
     for (int m = 0; m < MT; m++) {
       if (m < M) {
         float xf[8];
-        bf16x8_f32(*reinterpret_cast<const uint4 *>(x + m * ldx + c * 8), xf);
+        bf16x8_f32(*reinterpret_cast<const uint4 *>(x + gemv_x_off(m, ldx, c)), xf);
 #pragma unroll
         for (int i = 0; i < 8; i++) acc[m] = fmaf(xf[i], wf[i], acc[m]);
       }
@@ -80,7 +80,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
 template <typename TO, int MT>
 static void launch(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const void *w, int64_t N,
                    int64_t K, const void *bias, int M, int act, int accumulate) {
-  const unsigned grid = (unsigned)((N + GEMV_WARPS - 1) / GEMV_WARPS);
+  const unsigned grid = (unsigned)gemv_grid(N);
   bf16_gemv_kernel<TO, MT><<<grid, GEMV_WARPS * 32, 0, cb->stream>>>(
       (TO *)y, ldy, (const bf16 *)x, ldx, (const bf16 *)w, (const bf16 *)bias, M, N, K, act, accumulate);
 }
@@ -96,16 +96,11 @@ static void dispatch(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, in
     launch<TO, 4>(cb, y, ldy, x, ldx, w, N, K, bias, M, act, accumulate);
 }
 
-static int aligned16(const void *p) {
-  return ((uintptr_t)p & 15u) == 0;
-}
-
 extern "C" int cuda_gemv_ok(const cuda_backend_t *cb, es_dtype_t out_dt, const void *x, int64_t ldx, const void *w,
                             int64_t N, int64_t K, int64_t M) {
   return !cb->gemv_off && !cb->base.opts.deterministic && cb->gemm_path == CUDA_GEMM_AUTO &&
-         cb->base.act_dtype == ES_DT_BF16 && (out_dt == ES_DT_BF16 || out_dt == ES_DT_F32) && M >= 1 &&
-         M <= CUDA_GEMV_MAX_M && K >= 8 && K % 8 == 0 && ldx % 8 == 0 && aligned16(x) && aligned16(w) &&
-         (N + GEMV_WARPS - 1) / GEMV_WARPS <= 0x7fffffff;
+         cb->base.act_dtype == ES_DT_BF16 && (out_dt == ES_DT_BF16 || out_dt == ES_DT_F32) &&
+         gemv_shape_ok(M, N, K, ldx, (uintptr_t)x, (uintptr_t)w);
 }
 
 extern "C" int cuda_gemv(cuda_backend_t *cb, void *y, int64_t ldy, es_dtype_t out_dt, const void *x, int64_t ldx,
@@ -119,7 +114,12 @@ extern "C" int cuda_gemv(cuda_backend_t *cb, void *y, int64_t ldy, es_dtype_t ou
   else
     dispatch<bf16>(cb, y, ldy, x, ldx, w, N, K, bias, (int)M, (int)act, accumulate);
   ES_CUDA_LAUNCHED(err);
+  cb->gemv_calls++;
   return ES_OK;
+}
+
+extern "C" int64_t cuda_backend_gemv_calls(const es_backend_t *be) {
+  return strcmp(be->ops->kind, "cuda") == 0 ? ((const cuda_backend_t *)be)->gemv_calls : 0;
 }
 
 extern "C" int cuda_backend_set_gemv(es_backend_t *be, int on, es_error_t *err) {

@@ -46,6 +46,9 @@ int cuda_backend_set_graphs(es_backend_t *be, int on, es_error_t *err);
 /* The decode-size GEMV (cuda_gemv.h) on (the default unless EARSHOT_GEMV=0 at create) or off: cuBLASLt for
  * every GEMM. Drops recorded step graphs (they hold the other path's kernels). For benchmarks and bisecting. */
 int cuda_backend_set_gemv(es_backend_t *be, int on, es_error_t *err);
+/* How many GEMMs the decode GEMV has run on this backend (0 for another backend): tests check that the shapes
+ * meant for it reach it. */
+int64_t cuda_backend_gemv_calls(const es_backend_t *be);
 
 /* The KV pool (es_backend_kv_init), a device pointer in the compute dtype, layout as backend.h; NULL before
  * kv_init. Tests fill it with es_backend_write_act. */

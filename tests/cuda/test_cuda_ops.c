@@ -14,6 +14,7 @@
 #include "gpu_skip.h"
 #ifdef ES_HAVE_CUDA_BACKEND
 #include "cuda/cuda_hooks.h"
+#include "cuda/gemv_math.h"
 #endif
 
 typedef struct {
@@ -75,10 +76,43 @@ static void cmp(const duo_t *d, const char *what, void *p[2], int64_t n, int kin
 
 /* ---- GEMMs ------------------------------------------------------------------------------------------------- */
 
+/* GEMM paths of the CUDA backend: the default (in bf16 the decode GEMV where cuda_gemv_ok, else cuBLASLt), the
+ * plain kernel, and (bf16 only) the default with the GEMV off, so cuBLASLt is compared at decode sizes too. */
+enum { P_AUTO, P_PLAIN, P_NO_GEMV, P_COUNT };
+static const char *const path_name[P_COUNT] = {"auto", "plain", "cublasLt (GEMV off)"};
+
+/* Sets the CUDA backend's GEMM path; returns its GEMV count before the call (0 without the CUDA backend). */
+static int64_t set_path(const duo_t *d, int path) {
+#ifdef ES_HAVE_CUDA_BACKEND
+  es_error_t err;
+  cuda_backend_set_gemm_path(d->be[1], path == P_PLAIN ? CUDA_GEMM_PLAIN : CUDA_GEMM_AUTO, &err);
+  T_CHECK(cuda_backend_set_gemv(d->be[1], path != P_NO_GEMV, &err) == 0, "set_gemv: %s", err.msg);
+  return cuda_backend_gemv_calls(d->be[1]);
+#else
+  (void)d, (void)path;
+  return 0;
+#endif
+}
+
+/* After an op on path `path`: the GEMV ran iff the path allows it and the shape is the GEMV's. */
+static void check_gemv_used(const duo_t *d, int path, int64_t before, int64_t M, int64_t N, int64_t K, int64_t ldx,
+                            const void *x, const void *w, const char *what) {
+#ifdef ES_HAVE_CUDA_BACKEND
+  const int want = path == P_AUTO && d->dt == ES_DT_BF16 && gemv_shape_ok(M, N, K, ldx, (uintptr_t)x, (uintptr_t)w);
+  const int64_t got = cuda_backend_gemv_calls(d->be[1]) - before;
+  T_CHECK(got == want, "[%s] %s %s: %lld GEMV launches, expected %d", d->name, what, path_name[path], (long long)got,
+          want);
+#else
+  (void)d, (void)path, (void)before, (void)M, (void)N, (void)K, (void)ldx, (void)x, (void)w, (void)what;
+#endif
+}
+
+/* strided: 0 contiguous rows; 1 ldx = K + 3, ldy = N + 5 (never the GEMV); 2 ldx = K + 8 (the GEMV's loads stay
+ * aligned), ldy = N + 5. */
 static void test_linear(const duo_t *d, int64_t M, int64_t K, int64_t N, int with_bias, es_act_t act, int acc,
                         int strided) {
   es_error_t err;
-  int64_t ldx = strided ? K + 3 : K, ldy = strided ? N + 5 : N;
+  int64_t ldx = strided == 1 ? K + 3 : strided == 2 ? K + 8 : K, ldy = strided ? N + 5 : N;
   kt_weight_t w = rand_weight(d, N, K, -0.5f, 0.5f), b = rand_weight(d, N, 1, -0.5f, 0.5f);
   es_weight_t dw[2], db[2];
   upload2(d, &w, dw);
@@ -89,10 +123,9 @@ static void test_linear(const duo_t *d, int64_t M, int64_t K, int64_t N, int wit
   char what[160];
   snprintf(what, sizeof what, "linear M=%lld K=%lld N=%lld bias=%d act=%d acc=%d ld=%lld/%lld", (long long)M,
            (long long)K, (long long)N, with_bias, (int)act, acc, (long long)ldx, (long long)ldy);
-  for (int path = 0; path < 2; path++) {
-#ifdef ES_HAVE_CUDA_BACKEND
-    cuda_backend_set_gemm_path(d->be[1], path ? CUDA_GEMM_PLAIN : CUDA_GEMM_AUTO, &err);
-#endif
+  for (int path = 0; path < P_COUNT; path++) {
+    if (path == P_NO_GEMV && d->dt != ES_DT_BF16) continue; /* no GEMV in fp32 mode */
+    const int64_t before = set_path(d, path);
     void *py[2];
     if (acc) {
       put(d, y0, M * ldy, py); /* the residual being accumulated into */
@@ -103,6 +136,7 @@ static void test_linear(const duo_t *d, int64_t M, int64_t K, int64_t N, int wit
     for (int i = 0; i < 2; i++)
       T_CHECK(es_op_linear(d->be[i], py[i], ldy, px[i], ldx, &dw[i], with_bias ? &db[i] : NULL, M, act, acc, &err) == 0,
               "%s: %s", what, err.msg);
+    check_gemv_used(d, path, before, M, N, K, ldx, px[1], dw[1].data, what);
     float *r = kt_read(d->be[0], py[0], M * ldy), *g = kt_read(d->be[1], py[1], M * ldy);
     double *ref = malloc(sizeof(double) * (size_t)(M * N));
     float *got = malloc(sizeof(float) * (size_t)(M * N));
@@ -112,16 +146,14 @@ static void test_linear(const duo_t *d, int64_t M, int64_t K, int64_t N, int wit
         got[m * N + n] = g[m * ldy + n];
       }
     char w2[240];
-    snprintf(w2, sizeof w2, "[%s] %s %s", d->name, what, path ? "plain" : "cublasLt");
+    snprintf(w2, sizeof w2, "[%s] %s %s", d->name, what, path_name[path]);
     kt_close(w2, got, ref, NULL, M * N, tol_atol(d, K_GEMM), tol_rtol(d, K_GEMM));
     free(ref);
     free(got);
     free(r);
     free(g);
   }
-#ifdef ES_HAVE_CUDA_BACKEND
-  cuda_backend_set_gemm_path(d->be[1], CUDA_GEMM_AUTO, &err);
-#endif
+  set_path(d, P_AUTO);
   free(x);
   free(y0);
   kt_weight_free(&w);
@@ -162,28 +194,77 @@ static void test_logits(const duo_t *d, int64_t M, int64_t C, int64_t V) {
   float *x = rand_act(d, M * C, -1, 1), *out[2];
   void *px[2], *pl[2];
   put(d, x, M * C, px);
-  for (int i = 0; i < 2; i++) {
-    es_backend_alloc(d->be[i], sizeof(float) * (size_t)(M * V), &pl[i], &err);
-    float *poison = malloc(sizeof(float) * (size_t)(M * V));
-    kt_poison(poison, M * V);
-    es_backend_write(d->be[i], pl[i], poison, sizeof(float) * (size_t)(M * V), &err);
-    free(poison);
-    T_CHECK(es_op_logits(d->be[i], pl[i], px[i], &dw[i], M, &err) == 0, "logits: %s", err.msg);
-    out[i] = malloc(sizeof(float) * (size_t)(M * V));
-    es_backend_sync(d->be[i], &err);
-    T_CHECK(es_backend_read(d->be[i], out[i], pl[i], sizeof(float) * (size_t)(M * V), &err) == 0, "read: %s", err.msg);
+  for (int i = 0; i < 2; i++) es_backend_alloc(d->be[i], sizeof(float) * (size_t)(M * V), &pl[i], &err);
+  for (int path = 0; path < P_COUNT; path++) {
+    if (path == P_NO_GEMV && d->dt != ES_DT_BF16) continue; /* no GEMV in fp32 mode */
+    const int64_t before = set_path(d, path);
+    for (int i = 0; i < 2; i++) {
+      float *poison = malloc(sizeof(float) * (size_t)(M * V));
+      kt_poison(poison, M * V);
+      es_backend_write(d->be[i], pl[i], poison, sizeof(float) * (size_t)(M * V), &err);
+      free(poison);
+      T_CHECK(es_op_logits(d->be[i], pl[i], px[i], &dw[i], M, &err) == 0, "logits: %s", err.msg);
+      out[i] = malloc(sizeof(float) * (size_t)(M * V));
+      es_backend_sync(d->be[i], &err);
+      T_CHECK(es_backend_read(d->be[i], out[i], pl[i], sizeof(float) * (size_t)(M * V), &err) == 0, "read: %s",
+              err.msg);
+    }
+    char what[160];
+    snprintf(what, sizeof what, "logits M=%lld C=%lld V=%lld", (long long)M, (long long)C, (long long)V);
+    check_gemv_used(d, path, before, M, V, C, C, px[1], dw[1].data, what);
+    double *ref = malloc(sizeof(double) * (size_t)(M * V));
+    for (int64_t i = 0; i < M * V; i++) ref[i] = out[0][i];
+    char w2[240];
+    snprintf(w2, sizeof w2, "[%s] %s %s", d->name, what, path_name[path]);
+    /* fp32 outputs, but from compute-dtype inputs: the only difference is the summation order */
+    kt_close(w2, out[1], ref, NULL, M * V, 1e-4, 1e-4);
+    free(ref);
+    free(out[0]);
+    free(out[1]);
   }
-  double *ref = malloc(sizeof(double) * (size_t)(M * V));
-  for (int64_t i = 0; i < M * V; i++) ref[i] = out[0][i];
-  char what[120];
-  snprintf(what, sizeof what, "[%s] logits M=%lld C=%lld V=%lld", d->name, (long long)M, (long long)C, (long long)V);
-  /* fp32 outputs, but from compute-dtype inputs: the only difference is the summation order */
-  kt_close(what, out[1], ref, NULL, M * V, 1e-4, 1e-4);
-  free(ref);
-  free(out[0]);
-  free(out[1]);
+  set_path(d, P_AUTO);
   free(x);
   kt_weight_free(&w);
+}
+
+/* The GEMV's rows do not depend on M (M <= 4): every run of 1..4 consecutive rows of a batch of 4 gives the batch's
+ * rows bit for bit (bf16 mode; the default path, which takes the GEMV for this shape). */
+static void test_gemv_invariance(const duo_t *d) {
+#ifdef ES_HAVE_CUDA_BACKEND
+  if (d->dt != ES_DT_BF16) return;
+  es_error_t err;
+  const int64_t M = 4, K = 296, N = 70, ldx = K + 8, ldy = N + 5; /* K = 8 · 37: lanes 0..4 take a second chunk */
+  kt_weight_t w = rand_weight(d, N, K, -0.5f, 0.5f), b = rand_weight(d, N, 1, -0.5f, 0.5f);
+  es_weight_t dw = kt_upload(d->be[1], &w), db = kt_upload(d->be[1], &b);
+  float *x = rand_act(d, M * ldx, -1, 1);
+  void *dx = kt_act(d->be[1], x, M * ldx), *dyb = kt_act(d->be[1], NULL, M * ldy), *dys = kt_act(d->be[1], NULL, M * ldy);
+  const size_t e = es_dtype_size(d->dt);
+  const int64_t before = set_path(d, P_AUTO);
+  T_CHECK(es_op_linear(d->be[1], dyb, ldy, dx, ldx, &dw, &db, M, ES_ACT_GELU, 0, &err) == 0, "linear: %s", err.msg);
+  float *yb = kt_read(d->be[1], dyb, M * ldy);
+  int runs = 1;
+  for (int64_t m0 = 0; m0 < M; m0++)
+    for (int64_t cnt = 1; m0 + cnt <= M; cnt++) {
+      T_CHECK(es_op_linear(d->be[1], (char *)dys + (size_t)(m0 * ldy) * e, ldy, (char *)dx + (size_t)(m0 * ldx) * e,
+                           ldx, &dw, &db, cnt, ES_ACT_GELU, 0, &err) == 0,
+              "linear: %s", err.msg);
+      runs++;
+      float *ys = kt_read(d->be[1], dys, M * ldy);
+      for (int64_t m = m0; m < m0 + cnt; m++)
+        T_CHECK(memcmp(yb + m * ldy, ys + m * ldy, sizeof(float) * (size_t)N) == 0,
+                "[%s] GEMV: row %lld of rows %lld..%lld != the same row in a batch of %lld", d->name, (long long)m,
+                (long long)m0, (long long)(m0 + cnt - 1), (long long)M);
+      free(ys);
+    }
+  T_CHECK(cuda_backend_gemv_calls(d->be[1]) - before == runs, "[%s] GEMV invariance: %lld GEMV launches of %d",
+          d->name, (long long)(cuda_backend_gemv_calls(d->be[1]) - before), runs);
+  free(yb);
+  free(x);
+  kt_weight_free(&w);
+  kt_weight_free(&b);
+#else
+  (void)d;
+#endif
 }
 
 static void test_conv1d(const duo_t *d, int64_t B, int64_t T_in, int64_t C_in, int64_t C_out, int stride) {
@@ -456,9 +537,24 @@ int main(void) {
         test_linear(&d, M, K, N, 1, ES_ACT_GELU, 0, s % 2);
         if (s == 2) test_linear(&d, M, K, N, 1, ES_ACT_GELU, 1, 1); /* act + accumulate: the plain kernel */
       }
+      /* decode sizes (M <= 4; K = 8 · odd, K > 256 so lanes wrap; ldx = K + 8): in bf16 the GEMV, compared with
+       * the CPU like cuBLASLt (GEMV off) and the plain kernel — bias, GELU, accumulate, both together, strided */
+      static const int64_t dec[][3] = {{2, 24, 45}, {4, 296, 70}, {1, 8, 1}, {4, 40, 33}, {3, 520, 129}};
+      for (size_t s = 0; s < sizeof dec / sizeof dec[0]; s++) {
+        int64_t M = dec[s][0], K = dec[s][1], N = dec[s][2];
+        test_linear(&d, M, K, N, 1, ES_ACT_NONE, 0, 0);
+        test_linear(&d, M, K, N, 0, ES_ACT_NONE, 1, 2);
+        test_linear(&d, M, K, N, 1, ES_ACT_GELU, 0, 2);
+        test_linear(&d, M, K, N, 1, ES_ACT_GELU, 1, s % 2 ? 2 : 0);
+        test_linear(&d, M, K, N, 0, ES_ACT_GELU, 1, 1); /* ldx % 8 != 0: never the GEMV */
+      }
       test_plain_invariance(&d);
+      test_gemv_invariance(&d);
       test_logits(&d, 3, 64, 1001);
       test_logits(&d, 1, 40, 77);
+      test_logits(&d, 2, 24, 33);
+      test_logits(&d, 4, 296, 517);
+      test_logits(&d, 5, 64, 77); /* past the GEMV's rows */
       test_conv1d(&d, 2, 37, 5, 12, 1);
       test_conv1d(&d, 2, 38, 24, 16, 2);
       test_conv1d(&d, 1, 3000, 128, 64, 1);
