@@ -476,7 +476,10 @@ extern "C" int cuda_op_conv1d(es_backend_t *be, void *y, const void *x, const es
 extern "C" int cuda_backend_set_gemm_path(es_backend_t *be, cuda_gemm_path_t path, es_error_t *err) {
   if (strcmp(be->ops->kind, "cuda") != 0) return es_fail(err, ES_EINVAL, "%s is not the CUDA backend", be->name);
   if (path != CUDA_GEMM_AUTO && path != CUDA_GEMM_PLAIN) return es_fail(err, ES_EINVAL, "GEMM path %d", (int)path);
-  cuda_be(be)->gemm_path = path;
+  if (be->recording) return es_fail(err, ES_EINTERNAL, "GEMM path: switched while recording a step graph");
+  cuda_backend_t *cb = cuda_be(be);
+  if (cb->gemm_path != path) cuda_graphs_free(cb); // recorded steps hold the other path's kernels
+  cb->gemm_path = path;
   return ES_OK;
 }
 
