@@ -76,27 +76,11 @@ static void batch_make(batch_t *bt, int n, const int32_t *q_len, const int32_t *
   static int32_t order[NB];
   kt_shuffled_blocks(order, NB);
   memset(bt, 0, sizeof *bt);
-  int next = 0, row = 0;
-  for (int s = 0; s < n; s++) {
+  int next = 0;
+  for (int s = 0; s < n; s++)
     for (int j = 0; j < (ctx[s] + ES_KV_BLOCK - 1) / ES_KV_BLOCK; j++) bt->table[s * MAX_BLOCKS + j] = order[next++];
-    bt->q_start[s] = row;
-    bt->ctx[s] = ctx[s];
-    for (int i = 0; i < q_len[s]; i++, row++) {
-      int32_t p = ctx[s] - q_len[s] + i;
-      bt->pos[row] = p;
-      bt->slot[row] = bt->table[s * MAX_BLOCKS + p / ES_KV_BLOCK] * ES_KV_BLOCK + p % ES_KV_BLOCK;
-    }
-  }
-  bt->q_start[n] = row;
+  int32_t row = kt_batch_rows(&bt->b, bt->q_start, bt->ctx, bt->pos, bt->slot, bt->table, MAX_BLOCKS, n, q_len, ctx);
   T_CHECK(next < NB && row <= MAX_TOKENS, "test batch too large: %d blocks, %d rows", next, row);
-  bt->b = (es_batch_t){.n_seqs = n,
-                       .n_tokens = row,
-                       .q_start = bt->q_start,
-                       .ctx_len = bt->ctx,
-                       .positions = bt->pos,
-                       .slot = bt->slot,
-                       .block_table = bt->table,
-                       .max_blocks = MAX_BLOCKS};
 }
 
 /* K (kv = 0) or V (kv = 1) entry d of key position p under a pattern. */

@@ -181,27 +181,10 @@ static int32_t TARGET_TABLE[MAX_BLOCKS];
 
 static void batch_make(batch_t *bt, int n, const int32_t *q_len, const int32_t *ctx, int target) {
   memset(bt, 0, sizeof *bt);
-  int row = 0;
-  for (int s = 0; s < n; s++) {
+  for (int s = 0; s < n; s++)
     for (int j = 0; j < MAX_BLOCKS; j++)
       bt->table[s * MAX_BLOCKS + j] = s == target ? TARGET_TABLE[j] : 1 + kt_int(NB - 1);
-    bt->q_start[s] = row;
-    bt->ctx[s] = ctx[s];
-    for (int i = 0; i < q_len[s]; i++, row++) {
-      int32_t p = ctx[s] - q_len[s] + i;
-      bt->pos[row] = p;
-      bt->slot[row] = bt->table[s * MAX_BLOCKS + p / ES_KV_BLOCK] * ES_KV_BLOCK + p % ES_KV_BLOCK;
-    }
-  }
-  bt->q_start[n] = row;
-  bt->b = (es_batch_t){.n_seqs = n,
-                       .n_tokens = row,
-                       .q_start = bt->q_start,
-                       .ctx_len = bt->ctx,
-                       .positions = bt->pos,
-                       .slot = bt->slot,
-                       .block_table = bt->table,
-                       .max_blocks = MAX_BLOCKS};
+  kt_batch_rows(&bt->b, bt->q_start, bt->ctx, bt->pos, bt->slot, bt->table, MAX_BLOCKS, n, q_len, ctx);
 }
 
 typedef struct {

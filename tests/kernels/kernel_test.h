@@ -181,30 +181,41 @@ typedef struct {
   int32_t table[KT_MAX_SEQS * KT_MAX_BLOCKS];
 } kt_batch_t;
 
+/* The rest of a step's description over caller-owned arrays, once the block tables are filled: sequence s
+ * has q_len[s] new tokens and context ctx_len[s], its j-th block in table[s * max_blocks + j]. Fills q_start
+ * [n_seqs + 1], ctx [n_seqs], pos and slot [rows] and *b (pointing at them); returns the rows. For tests whose
+ * capacities differ from kt_batch_t's. */
+static inline int32_t kt_batch_rows(es_batch_t *b, int32_t *q_start, int32_t *ctx, int32_t *pos, int32_t *slot,
+                                    const int32_t *table, int max_blocks, int n_seqs, const int32_t *q_len,
+                                    const int32_t *ctx_len) {
+  int32_t row = 0;
+  for (int s = 0; s < n_seqs; s++) {
+    q_start[s] = row;
+    ctx[s] = ctx_len[s];
+    for (int32_t i = 0; i < q_len[s]; i++, row++) {
+      int32_t p = ctx_len[s] - q_len[s] + i;
+      pos[row] = p;
+      slot[row] = table[s * max_blocks + p / ES_KV_BLOCK] * ES_KV_BLOCK + p % ES_KV_BLOCK;
+    }
+  }
+  q_start[n_seqs] = row;
+  *b = (es_batch_t){.n_seqs = n_seqs,
+                    .n_tokens = row,
+                    .q_start = q_start,
+                    .ctx_len = ctx,
+                    .positions = pos,
+                    .slot = slot,
+                    .block_table = table,
+                    .max_blocks = max_blocks};
+  return row;
+}
+
 /* Sequence s has q_len[s] new tokens and context ctx_len[s]; tables[s * max_blocks + j] is its j-th block. */
 static inline void kt_batch_tables(kt_batch_t *kb, int n_seqs, const int32_t *q_len, const int32_t *ctx_len,
                                    int max_blocks, const int32_t *tables) {
   memset(kb, 0, sizeof *kb);
   memcpy(kb->table, tables, sizeof(int32_t) * (size_t)(n_seqs * max_blocks));
-  int32_t row = 0;
-  for (int s = 0; s < n_seqs; s++) {
-    kb->q_start[s] = row;
-    kb->ctx[s] = ctx_len[s];
-    for (int32_t i = 0; i < q_len[s]; i++, row++) {
-      int32_t p = ctx_len[s] - q_len[s] + i;
-      kb->pos[row] = p;
-      kb->slot[row] = kb->table[s * max_blocks + p / ES_KV_BLOCK] * ES_KV_BLOCK + p % ES_KV_BLOCK;
-    }
-  }
-  kb->q_start[n_seqs] = row;
-  kb->b = (es_batch_t){.n_seqs = n_seqs,
-                       .n_tokens = row,
-                       .q_start = kb->q_start,
-                       .ctx_len = kb->ctx,
-                       .positions = kb->pos,
-                       .slot = kb->slot,
-                       .block_table = kb->table,
-                       .max_blocks = max_blocks};
+  kt_batch_rows(&kb->b, kb->q_start, kb->ctx, kb->pos, kb->slot, kb->table, max_blocks, n_seqs, q_len, ctx_len);
 }
 
 /* As kt_batch_tables, the blocks taken in turn from `order` (a shuffled list of pool ids) from *next. */
