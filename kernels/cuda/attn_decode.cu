@@ -250,13 +250,10 @@ extern "C" int attn_decode_split_cap(const cuda_backend_t *cb, int n_seqs, int H
 }
 
 extern "C" int attn_decode(cuda_backend_t *cb, int layer, void *out, const void *q, int64_t ldq, int H, int D,
-                           float scale, int64_t n_rows, int64_t max_ctx, es_error_t *err) {
-  const int64_t slots = (int64_t)cb->base.batch.n_seqs * ATTN_DECODE_MAX_Q;
+                           float scale, es_error_t *err) {
+  const int64_t slots = (int64_t)cb->base.batch.n_seqs * ATTN_DECODE_MAX_Q, n_rows = cb->dec_rows;
   const int cap = attn_decode_split_cap(cb, cb->base.batch.n_seqs, H, D);
-  attn_split_t p = attn_split_plan(n_rows * H, max_ctx, cb->sm_count, cap, cb->attn_splits);
-  if (p.chunk != cb->dec_chunk) // cuda_set_batch planned the same step from the same numbers
-    return es_fail(err, ES_EINTERNAL, "%s: decode split plan %d keys, the step's %d", cb->base.name, p.chunk,
-                   cb->dec_chunk);
+  attn_split_t p = {cb->dec_splits, cb->dec_chunk}; // planned with the batch (cuda_plan_decode)
   // While recording a step graph the grid must hold every later replay of this bucket: as many splits as the
   // longest context the backend allows could need (attn_split_bound); the kernels read the step's chunk from
   // d_dec_chunk and the blocks past a row's last split return at once.

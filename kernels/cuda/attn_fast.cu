@@ -53,23 +53,17 @@ extern "C" int attn_fast_dense_ok(const cuda_backend_t *cb, const void *out, con
 
 extern "C" int attn_fast_paged(cuda_backend_t *cb, int layer, void *out, const void *q, int64_t ldq, int H, int D,
                                float scale, es_error_t *err) {
+  if (cb->base.opts.deterministic) return attn_decode_det(cb, layer, out, q, ldq, H, D, scale, err);
   const es_batch_t *b = &cb->base.batch; // the host copy of the step's batch
   const int br = attn_flash_q_tile(D);
-  int64_t dec_rows = 0, dec_max_ctx = 0;
-  int max_q_tiles = 0;
+  int max_q_tiles = 0; // the decode rows were counted with the batch (cuda_plan_decode: cb->dec_rows)
   for (int s = 0; s < b->n_seqs; s++) {
     const int q_len = b->q_start[s + 1] - b->q_start[s];
-    if (q_len <= ATTN_DECODE_MAX_Q) {
-      dec_rows += q_len;
-      if (b->ctx_len[s] > dec_max_ctx) dec_max_ctx = b->ctx_len[s];
-    } else {
-      const int tiles = (q_len + br - 1) / br;
-      if (tiles > max_q_tiles) max_q_tiles = tiles;
-    }
+    const int tiles = (q_len + br - 1) / br;
+    if (q_len > ATTN_DECODE_MAX_Q && tiles > max_q_tiles) max_q_tiles = tiles;
   }
-  if (cb->base.opts.deterministic) return attn_decode_det(cb, layer, out, q, ldq, H, D, scale, err);
   int rc = ES_OK;
-  if (dec_rows) rc = attn_decode(cb, layer, out, q, ldq, H, D, scale, dec_rows, dec_max_ctx, err);
+  if (cb->dec_rows) rc = attn_decode(cb, layer, out, q, ldq, H, D, scale, err);
   if (!rc && max_q_tiles)
     rc = attn_flash_prefill(cb, layer, out, q, ldq, H, D, scale, ATTN_DECODE_MAX_Q + 1, max_q_tiles, err);
   return rc;

@@ -52,10 +52,10 @@ int attn_flash_prefill(cuda_backend_t *cb, int layer, void *out, const void *q, 
 /* Query rows per block of the flash kernel at head dim D. */
 int attn_flash_q_tile(int D);
 
-/* The split-KV decode kernel over the step's sequences with at most ATTN_DECODE_MAX_Q new tokens, then the
- * combine kernel; n_rows = their new tokens, max_ctx = their longest context. */
+/* The split-KV decode kernel over the step's sequences with at most ATTN_DECODE_MAX_Q new tokens (cb->dec_rows
+ * of them), then the combine kernel, under the plan cuda_plan_decode made with the step's batch. */
 int attn_decode(cuda_backend_t *cb, int layer, void *out, const void *q, int64_t ldq, int H, int D, float scale,
-                int64_t n_rows, int64_t max_ctx, es_error_t *err);
+                es_error_t *err);
 
 /* Splits the decode scratch holds for a step of n_seqs sequences (0 or 1: no split). */
 int attn_decode_split_cap(const cuda_backend_t *cb, int n_seqs, int H, int D);

@@ -305,30 +305,30 @@ static int cuda_kv_init(es_backend_t *be, es_error_t *err) {
   return ES_OK;
 }
 
-// The decode attention's keys per split for the step in cb->base.batch (attn_decode.cu checks that it plans the
-// same), sent to d_dec_chunk in stream order so that the kernels of a recorded step graph follow every replay's
-// contexts. The caller has waited for batch_done (the pinned slot may be refilled) and records it after.
+// The decode attention's plan for the step in cb->base.batch, made once here for every layer (attn_decode.cu
+// launches with it): its rows, splits and keys per split; the chunk is sent to d_dec_chunk in stream order so that
+// the kernels of a recorded step graph follow every replay's contexts. The caller has waited for batch_done (the pinned slot may be refilled) and records it after.
 extern "C" int cuda_plan_decode(cuda_backend_t *cb, es_error_t *err) {
   const es_backend_t *be = &cb->base;
   const es_batch_t *b = &be->batch;
   const es_backend_opts_t *o = &be->opts;
-  int chunk;
-  if (o->deterministic) {
-    chunk = cb->attn_det_chunk > 0 ? cb->attn_det_chunk : ATTN_SPLIT_ALIGN;
-  } else {
-    int64_t dec_rows = 0, dec_max_ctx = 0;
-    for (int s = 0; s < b->n_seqs; s++) {
-      const int q_len = b->q_start[s + 1] - b->q_start[s];
-      if (q_len > ATTN_DECODE_MAX_Q) continue;
-      dec_rows += q_len;
-      if (b->ctx_len[s] > dec_max_ctx) dec_max_ctx = b->ctx_len[s];
-    }
+  int64_t dec_rows = 0, dec_max_ctx = 0;
+  for (int s = 0; s < b->n_seqs; s++) {
+    const int q_len = b->q_start[s + 1] - b->q_start[s];
+    if (q_len > ATTN_DECODE_MAX_Q) continue;
+    dec_rows += q_len;
+    if (b->ctx_len[s] > dec_max_ctx) dec_max_ctx = b->ctx_len[s];
+  }
+  attn_split_t p = {1, cb->attn_det_chunk > 0 ? cb->attn_det_chunk : ATTN_SPLIT_ALIGN}; /* deterministic mode */
+  if (!o->deterministic) {
     const int cap = attn_decode_split_cap(cb, b->n_seqs, be->kv_heads, be->kv_head_dim);
-    chunk = attn_split_plan(dec_rows * be->kv_heads, dec_max_ctx, cb->sm_count, cap, cb->attn_splits).chunk;
+    p = attn_split_plan(dec_rows * be->kv_heads, dec_max_ctx, cb->sm_count, cap, cb->attn_splits);
   }
   int32_t *hk = cb->batch_host + (o->max_seqs + 1) + o->max_seqs + 2 * o->max_tokens + o->max_seqs * o->max_blocks;
-  *hk = chunk;
-  cb->dec_chunk = chunk;
+  *hk = p.chunk;
+  cb->dec_chunk = p.chunk;
+  cb->dec_splits = p.n_splits;
+  cb->dec_rows = dec_rows;
   ES_CUDA_TRY(err, cudaMemcpyAsync(cb->d_dec_chunk, hk, sizeof(int32_t), cudaMemcpyHostToDevice, cb->stream));
   return ES_OK;
 }

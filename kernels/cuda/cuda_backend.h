@@ -95,6 +95,8 @@ typedef struct {
   int32_t *batch_host;    /* pinned, the same arrays back to back, then the decode chunk */
   int32_t *d_dec_chunk;   /* [1] keys per split of the step's decode attention, planned by cuda_set_batch */
   int dec_chunk;          /* its host copy */
+  int dec_splits;         /* the plan's splits of the longest decode context (the grid outside a recording) */
+  int64_t dec_rows;       /* the step's rows that take the decode kernel (sequences with <= 4 new tokens) */
   size_t attn_smem_max;   /* dynamic shared memory the attention kernels are allowed (bytes) */
 
   /* the fast attention kernels (attn_fast.h): which path runs, test hooks, split-KV scratch */
@@ -156,7 +158,8 @@ int cuda_graph_has(const es_backend_t *be, int key);
 int cuda_graph_launch(es_backend_t *be, int key, es_error_t *err);
 void cuda_graphs_free(cuda_backend_t *cb);
 
-/* Plans the step's decode-attention split (cb->base.batch) and sends its chunk to d_dec_chunk (cuda_backend.cu). */
+/* Plans the step's decode attention (cb->base.batch: dec_rows, dec_splits, dec_chunk) and sends the chunk to
+ * d_dec_chunk (cuda_backend.cu). */
 int cuda_plan_decode(cuda_backend_t *cb, es_error_t *err);
 
 /* Bytes of one element of the compute dtype. */
