@@ -194,46 +194,57 @@ static int dummy_tensor(qa_model_t *m, const char *name, int64_t count, void **o
 
 /* Binds one tensor by canonical name with shape [n0] (n1 == 0) or [n0, n1...] flattened to [n0, n1];
  * fp8: quantised on upload (es_backend_upload_weight_fp8), which copies, so the host memory is not kept. */
-static int bind_as(qa_model_t *m, const ckpt_t *ck, const char *name, int64_t n0, int64_t n1, int fp8,
-                   es_weight_t *w, es_error_t *err) {
-  int64_t cols = n1 ? n1 : 1;
-  const void *data;
-  es_dtype_t dt;
-  if (ck) {
-    ckpt_tensor_t t;
-    int rc = ckpt_get(ck, name, &t, err);
-    if (rc) return rc;
-    if ((int64_t)t.count != n0 * cols)
-      return es_fail(err, ES_EINVAL, "%s: %s has %llu elements, the config implies %lld", ckpt_dir(ck), name,
-                     (unsigned long long)t.count, (long long)(n0 * cols));
-    dt = dtype_of(t.dtype);
-    data = t.data;
-    if ((uintptr_t)data % es_dtype_size(dt) != 0) {
-      /* safetensors does not promise alignment: realign so backends may read elements directly */
-      void *copy = malloc((size_t)t.nbytes);
-      if (!copy) return es_fail(err, ES_ENOMEM, "%s: cannot realign %s", ckpt_dir(ck), name);
-      memcpy(copy, data, (size_t)t.nbytes);
-      rc = keep_host_block(m, copy, err);
-      if (rc) {
-        free(copy);
-        return rc;
-      }
-      data = copy;
-    }
-  } else {
-    void *p = NULL;
-    int rc = dummy_tensor(m, name, n0 * cols, &p, err);
-    if (rc) return rc;
-    rc = fp8 ? es_backend_upload_weight_fp8(m->be, p, ES_DT_BF16, n0, cols, w, err)
-             : es_backend_upload_weight(m->be, p, ES_DT_BF16, n0, cols, w, err);
-    /* a backend that keeps host memory (the CPU one aliases it) needs the values for its lifetime */
-    if (!rc && !fp8 && es_backend_aliases_host(m->be)) rc = keep_host_block(m, p, err);
-    else free(p);
-    if (rc) es_error_prefix(err, "%s: ", name);
+/* The host values of one tensor of count elements: the checkpoint's bytes in their stored dtype (*owned = NULL),
+ * or fresh dummy bf16 values (*owned = the malloc'd block: the caller frees or keeps it). */
+static int tensor_values(qa_model_t *m, const ckpt_t *ck, const char *name, int64_t count, const void **data,
+                         es_dtype_t *dt, void **owned, es_error_t *err) {
+  *owned = NULL;
+  if (!ck) {
+    int rc = dummy_tensor(m, name, count, owned, err);
+    *data = *owned;
+    *dt = ES_DT_BF16;
     return rc;
   }
-  int rc = fp8 ? es_backend_upload_weight_fp8(m->be, data, dt, n0, cols, w, err)
-               : es_backend_upload_weight(m->be, data, dt, n0, cols, w, err);
+  ckpt_tensor_t t;
+  int rc = ckpt_get(ck, name, &t, err);
+  if (rc) return rc;
+  if ((int64_t)t.count != count)
+    return es_fail(err, ES_EINVAL, "%s: %s has %llu elements, the config implies %lld", ckpt_dir(ck), name,
+                   (unsigned long long)t.count, (long long)count);
+  *data = t.data;
+  *dt = dtype_of(t.dtype);
+  return ES_OK;
+}
+
+static int bind_as(qa_model_t *m, const ckpt_t *ck, const char *name, int64_t n0, int64_t n1, int fp8,
+                   es_weight_t *w, es_error_t *err) {
+  const int64_t cols = n1 ? n1 : 1;
+  const void *data;
+  es_dtype_t dt;
+  void *owned;
+  int rc = tensor_values(m, ck, name, n0 * cols, &data, &dt, &owned, err);
+  if (rc) return rc;
+  const size_t nbytes = (size_t)(n0 * cols) * es_dtype_size(dt);
+  if (!owned && (uintptr_t)data % es_dtype_size(dt) != 0) {
+    /* safetensors does not promise alignment: realign so backends may read elements directly */
+    void *copy = malloc(nbytes);
+    if (!copy) return es_fail(err, ES_ENOMEM, "%s: cannot realign %s", ckpt_dir(ck), name);
+    memcpy(copy, data, nbytes);
+    rc = keep_host_block(m, copy, err);
+    if (rc) {
+      free(copy);
+      return rc;
+    }
+    data = copy;
+  }
+  rc = fp8 ? es_backend_upload_weight_fp8(m->be, data, dt, n0, cols, w, err)
+           : es_backend_upload_weight(m->be, data, dt, n0, cols, w, err);
+  if (owned) { /* a backend that keeps host memory (the CPU one aliases it) needs the values for its lifetime */
+    if (!rc && !fp8 && es_backend_aliases_host(m->be))
+      rc = keep_host_block(m, owned, err);
+    else
+      free(owned);
+  }
   if (rc) es_error_prefix(err, "%s: ", name);
   return rc;
 }
@@ -270,21 +281,7 @@ static int bind_stacked(qa_model_t *m, const ckpt_t *ck, const char *const *name
   int rc = ES_OK;
   for (int i = 0; i < n && !rc; i++) {
     total += rows[i];
-    if (ck) {
-      ckpt_tensor_t t;
-      if ((rc = ckpt_get(ck, names[i], &t, err))) break;
-      if ((int64_t)t.count != rows[i] * cols) {
-        rc = es_fail(err, ES_EINVAL, "%s: %s has %llu elements, the config implies %lld", ckpt_dir(ck), names[i],
-                     (unsigned long long)t.count, (long long)(rows[i] * cols));
-        break;
-      }
-      data[i] = t.data;
-      dt[i] = dtype_of(t.dtype);
-    } else {
-      rc = dummy_tensor(m, names[i], rows[i] * cols, &owned[i], err);
-      data[i] = owned[i];
-      dt[i] = ES_DT_BF16;
-    }
+    rc = tensor_values(m, ck, names[i], rows[i] * cols, &data[i], &dt[i], &owned[i], err);
     if (!rc && dt[i] != dt[0]) rc = ES_EUNSUPPORTED; /* no message: the caller falls back quietly */
   }
   char *buf = NULL;
