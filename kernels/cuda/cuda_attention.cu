@@ -247,16 +247,8 @@ extern "C" int cuda_op_attention_dense(es_backend_t *be, void *out, const void *
 
 // ---- hooks (cuda_hooks.h) -------------------------------------------------------------------------------------
 
-static cuda_backend_t *hook_be(es_backend_t *be, const char *what, es_error_t *err) {
-  if (strcmp(be->ops->kind, "cuda") != 0) {
-    es_fail(err, ES_EINVAL, "%s: %s is not the CUDA backend", what, be->name);
-    return NULL;
-  }
-  return cuda_be(be);
-}
-
 extern "C" int cuda_backend_set_attention_path(es_backend_t *be, cuda_attn_path_t path, es_error_t *err) {
-  cuda_backend_t *cb = hook_be(be, "attention path", err);
+  cuda_backend_t *cb = cuda_hook_backend(be, "attention path", err);
   if (!cb) return ES_EINVAL;
   if (path != CUDA_ATTN_FAST && path != CUDA_ATTN_SIMPLE)
     return es_fail(err, ES_EINVAL, "attention path %d unknown", (int)path);
@@ -265,19 +257,18 @@ extern "C" int cuda_backend_set_attention_path(es_backend_t *be, cuda_attn_path_
 }
 
 extern "C" int cuda_backend_set_attention_splits(es_backend_t *be, int n_splits, es_error_t *err) {
-  cuda_backend_t *cb = hook_be(be, "attention splits", err);
+  cuda_backend_t *cb = cuda_hook_backend(be, "attention splits", err);
   if (!cb) return ES_EINVAL;
   if (n_splits < 0) return es_fail(err, ES_EINVAL, "attention splits %d < 0", n_splits);
-  if (be->recording) return es_fail(err, ES_EINTERNAL, "attention splits: changed while recording a step graph");
   // A recorded decode graph's grid z is attn_split_bound(..., want = the old count): a new count may plan more
   // splits than that grid has, and the splits past it would silently never run (their partial results garbage
   // in the combine). Drop the recordings; the model records again at the bucket's next step.
-  if (n_splits != cb->attn_splits) cuda_graphs_free(cb);
+  int rc = cuda_hook_change(cb, "attention splits", n_splits != cb->attn_splits, err);
+  if (rc) return rc;
   cb->attn_splits = n_splits;
   if (!be->in_step) return ES_OK;
   // inside a step (tests): the step's decode plan, already on the device, is made again with the new count
-  int rc = cuda_enter(cb, err);
-  if (rc) return rc;
+  if ((rc = cuda_enter(cb, err))) return rc;
   ES_CUDA_TRY(err, cudaEventSynchronize(cb->batch_done));
   if ((rc = cuda_plan_decode(cb, err))) return rc;
   ES_CUDA_TRY(err, cudaEventRecord(cb->batch_done, cb->stream));

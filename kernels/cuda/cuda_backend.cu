@@ -510,9 +510,9 @@ static int copy_bw(cuda_backend_t *cb, void *a, void *b, size_t bytes, int repea
 extern "C" int cuda_backend_copy_bandwidth(es_backend_t *be, size_t bytes, int repeats, double *bytes_per_s,
                                            es_error_t *err) {
   *bytes_per_s = 0.0;
-  if (strcmp(be->ops->kind, "cuda") != 0) return es_fail(err, ES_EINVAL, "%s is not the CUDA backend", be->name);
+  cuda_backend_t *cb = cuda_hook_backend(be, "copy bandwidth", err);
+  if (!cb) return ES_EINVAL;
   if (be->in_step) return es_fail(err, ES_EINTERNAL, "%s: copy bandwidth inside a step", be->name);
-  cuda_backend_t *cb = cuda_be(be);
   int rc = cuda_enter(cb, err);
   if (rc) return rc;
   void *a = NULL, *b = NULL;

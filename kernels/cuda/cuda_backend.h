@@ -158,6 +158,13 @@ int cuda_graph_has(const es_backend_t *be, int key);
 int cuda_graph_launch(es_backend_t *be, int key, es_error_t *err);
 void cuda_graphs_free(cuda_backend_t *cb);
 
+/* The CUDA backend behind a test or benchmark hook (cuda_hooks.h), or NULL after filling err ("WHAT: NAME is not
+ * the CUDA backend") when be is another backend (cuda_graph.cu). */
+cuda_backend_t *cuda_hook_backend(es_backend_t *be, const char *what, es_error_t *err);
+/* A hook about to change which kernels a step runs: refused while a step graph is being recorded; when changed,
+ * the recorded graphs (which hold the old choice's kernels) are dropped and recorded again (cuda_graph.cu). */
+int cuda_hook_change(cuda_backend_t *cb, const char *what, int changed, es_error_t *err);
+
 /* Plans the step's decode attention (cb->base.batch: dec_rows, dec_splits, dec_chunk) and sends the chunk to
  * d_dec_chunk (cuda_backend.cu). */
 int cuda_plan_decode(cuda_backend_t *cb, es_error_t *err);

@@ -474,11 +474,11 @@ extern "C" int cuda_op_conv1d(es_backend_t *be, void *y, const void *x, const es
 // ---- hooks -----------------------------------------------------------------------------------------------
 
 extern "C" int cuda_backend_set_gemm_path(es_backend_t *be, cuda_gemm_path_t path, es_error_t *err) {
-  if (strcmp(be->ops->kind, "cuda") != 0) return es_fail(err, ES_EINVAL, "%s is not the CUDA backend", be->name);
+  cuda_backend_t *cb = cuda_hook_backend(be, "GEMM path", err);
+  if (!cb) return ES_EINVAL;
   if (path != CUDA_GEMM_AUTO && path != CUDA_GEMM_PLAIN) return es_fail(err, ES_EINVAL, "GEMM path %d", (int)path);
-  if (be->recording) return es_fail(err, ES_EINTERNAL, "GEMM path: switched while recording a step graph");
-  cuda_backend_t *cb = cuda_be(be);
-  if (cb->gemm_path != path) cuda_graphs_free(cb); // recorded steps hold the other path's kernels
+  int rc = cuda_hook_change(cb, "GEMM path", cb->gemm_path != path, err);
+  if (rc) return rc;
   cb->gemm_path = path;
   return ES_OK;
 }

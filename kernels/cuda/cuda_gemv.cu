@@ -123,10 +123,10 @@ extern "C" int64_t cuda_backend_gemv_calls(const es_backend_t *be) {
 }
 
 extern "C" int cuda_backend_set_gemv(es_backend_t *be, int on, es_error_t *err) {
-  if (!be || strcmp(be->ops->kind, "cuda") != 0) return es_fail(err, ES_EINVAL, "GEMV: not a CUDA backend");
-  if (be->recording) return es_fail(err, ES_EINTERNAL, "GEMV: switched while recording a step graph");
-  cuda_backend_t *cb = cuda_be(be);
-  if (cb->gemv_off != !on) cuda_graphs_free(cb); // recorded steps hold the other path's kernels
+  cuda_backend_t *cb = cuda_hook_backend(be, "GEMV", err);
+  if (!cb) return ES_EINVAL;
+  int rc = cuda_hook_change(cb, "GEMV", cb->gemv_off != !on, err);
+  if (rc) return rc;
   cb->gemv_off = !on;
   return ES_OK;
 }

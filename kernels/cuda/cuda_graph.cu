@@ -119,9 +119,25 @@ extern "C" void cuda_graphs_free(cuda_backend_t *cb) {
   }
 }
 
+extern "C" cuda_backend_t *cuda_hook_backend(es_backend_t *be, const char *what, es_error_t *err) {
+  if (!be || strcmp(be->ops->kind, "cuda") != 0) {
+    es_fail(err, ES_EINVAL, "%s: %s is not the CUDA backend", what, be ? be->name : "(null)");
+    return NULL;
+  }
+  return cuda_be(be);
+}
+
+extern "C" int cuda_hook_change(cuda_backend_t *cb, const char *what, int changed, es_error_t *err) {
+  if (cb->base.recording) return es_fail(err, ES_EINTERNAL, "%s: changed while recording a step graph", what);
+  if (changed) cuda_graphs_free(cb);
+  return ES_OK;
+}
+
 extern "C" int cuda_backend_set_graphs(es_backend_t *be, int on, es_error_t *err) {
-  if (!be || strcmp(be->ops->kind, "cuda") != 0) return es_fail(err, ES_EINVAL, "step graphs: not a CUDA backend");
-  if (be->recording) return es_fail(err, ES_EINTERNAL, "step graphs: switched while recording");
-  cuda_be(be)->graphs_off = !on;
+  cuda_backend_t *cb = cuda_hook_backend(be, "step graphs", err);
+  if (!cb) return ES_EINVAL;
+  int rc = cuda_hook_change(cb, "step graphs", 0, err); // graphs kept: replayed again once back on
+  if (rc) return rc;
+  cb->graphs_off = !on;
   return ES_OK;
 }
