@@ -387,6 +387,7 @@ static int bind_weights(qa_model_t *m, const ckpt_t *ck, es_error_t *err) {
   B("multi_modal_projector.linear.bias", E, 0, &m->proj_b);
 
   B("language_model.model.embed_tokens.weight", V, E, &m->embed);
+  const int fuse = fuse_projections(m); /* decided once for every layer */
   for (int l = 0; l < c->num_hidden_layers; l++) {
     dec_layer_t *d = &m->dec[l];
 #define BD(suffix, n0_, n1_, w_)                                                  \
@@ -403,7 +404,7 @@ static int bind_weights(qa_model_t *m, const ckpt_t *ck, es_error_t *err) {
   } while (0)
     int64_t KV = (int64_t)c->num_key_value_heads * c->head_dim;
     BD("input_layernorm.weight", E, 0, &d->in_norm);
-    if (fuse_projections(m) && (rc = bind_fused_layer(m, ck, l, err)) && rc != ES_EUNSUPPORTED) return rc;
+    if (fuse && (rc = bind_fused_layer(m, ck, l, err)) && rc != ES_EUNSUPPORTED) return rc;
     if (!d->fused) {
       BQ("self_attn.q_proj.weight", E, E, &d->wq);
       BD("self_attn.q_proj.bias", E, 0, &d->bq);
