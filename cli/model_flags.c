@@ -42,21 +42,30 @@ static int parse_switch(int groups, const char *a, rt_opts_t *ro) {
   return 0;
 }
 
-/* Flags with a value v. Returns 1 taken, 0 not ours, -1 bad value (printed). */
+/* 1 when a is the flag name and its value v is there; *missing = name when it is the flag without a value. */
+static int takes(const char *a, const char *name, const char *v, const char **missing) {
+  if (strcmp(a, name) != 0) return 0;
+  if (!v) *missing = name;
+  return v != NULL;
+}
+
+/* Flags with a value v (NULL: a was the last argument). Returns 1 taken, 0 not ours, -1 a missing or bad value
+ * (printed). */
 static int parse_valued(const char *cmd, int groups, const char *a, const char *v, rt_opts_t *ro) {
+  const char *missing = NULL;
   es_error_t err;
   long long n;
   double d;
   if (groups & MF_OPEN) {
-    if (!strcmp(a, "--model")) {
+    if (takes(a, "--model", v, &missing)) {
       ro->model = v;
       return 1;
     }
-    if (!strcmp(a, "--config")) {
+    if (takes(a, "--config", v, &missing)) {
       ro->config = v;
       return 1;
     }
-    if (!strcmp(a, "--device") || !strcmp(a, "--dtype")) {
+    if (takes(a, "--device", v, &missing) || takes(a, "--dtype", v, &missing)) {
       int rc = !strcmp(a, "--device") ? rt_parse_device(v, &ro->device, &err) : rt_parse_dtype(v, &ro->dtype, &err);
       if (rc) {
         fprintf(stderr, "earshot %s: %s\n", cmd, err.msg);
@@ -64,12 +73,12 @@ static int parse_valued(const char *cmd, int groups, const char *a, const char *
       }
       return 1;
     }
-    if (!strcmp(a, "--threads")) {
+    if (takes(a, "--threads", v, &missing)) {
       if (mf_int(cmd, a, v, 0, 1024, &n)) return -1;
       ro->threads = (int)n;
       return 1;
     }
-    if (!strcmp(a, "--quantization")) { /* ---- fp8 weights ---- */
+    if (takes(a, "--quantization", v, &missing)) { /* ---- fp8 weights ---- */
       if (rt_parse_quantization(v, &ro->quantization, &err)) {
         fprintf(stderr, "earshot %s: %s\n", cmd, err.msg);
         return -1;
@@ -78,59 +87,44 @@ static int parse_valued(const char *cmd, int groups, const char *a, const char *
     }
   }
   if (groups & MF_SIZING) {
-    if (!strcmp(a, "--max-model-len")) {
+    if (takes(a, "--max-model-len", v, &missing)) {
       if (mf_int(cmd, a, v, 64, 1 << 20, &n)) return -1;
       ro->max_model_len = (int)n;
       return 1;
     }
-    if (!strcmp(a, "--max-num-seqs")) {
+    if (takes(a, "--max-num-seqs", v, &missing)) {
       if (mf_int(cmd, a, v, 1, 256, &n)) return -1;
       ro->max_num_seqs = (int)n;
       return 1;
     }
-    if (!strcmp(a, "--prefill-chunk")) {
+    if (takes(a, "--prefill-chunk", v, &missing)) {
       if (mf_int(cmd, a, v, 16, 1 << 16, &n)) return -1;
       ro->prefill_chunk = (int)n;
       return 1;
     }
-    if (!strcmp(a, "--max-audio-batch")) {
+    if (takes(a, "--max-audio-batch", v, &missing)) {
       if (mf_int(cmd, a, v, 1, 64, &n)) return -1;
       ro->max_audio_batch = (int)n;
       return 1;
     }
-    if (!strcmp(a, "--kv-cache-gb")) {
+    if (takes(a, "--kv-cache-gb", v, &missing)) {
       if (mf_double(cmd, a, v, 0.001, 1 << 20, &d)) return -1;
       ro->kv_cache_gb = d;
       return 1;
     }
   }
+  if (missing) {
+    fprintf(stderr, "earshot %s: %s needs a value\n", cmd, missing);
+    return -1;
+  }
   return 0;
 }
 
-/* Every valued flag of the groups, for telling "missing value" from "not ours". */
-static int is_valued_flag(int groups, const char *a) {
-  static const char *const open_flags[] = {"--model", "--config", "--device", "--dtype", "--threads",
-                                           "--quantization"};
-  static const char *const sizing_flags[] = {"--max-model-len", "--max-num-seqs", "--prefill-chunk",
-                                             "--max-audio-batch", "--kv-cache-gb"};
-  if (groups & MF_OPEN)
-    for (size_t k = 0; k < sizeof open_flags / sizeof *open_flags; k++)
-      if (!strcmp(a, open_flags[k])) return 1;
-  if (groups & MF_SIZING)
-    for (size_t k = 0; k < sizeof sizing_flags / sizeof *sizing_flags; k++)
-      if (!strcmp(a, sizing_flags[k])) return 1;
-  return 0;
-}
 
 int mf_parse(const char *cmd, int groups, int argc, char **argv, int *i, rt_opts_t *ro) {
   const char *a = argv[*i];
   if (parse_switch(groups, a, ro)) return 1;
-  if (!is_valued_flag(groups, a)) return 0;
-  if (*i + 1 >= argc) {
-    fprintf(stderr, "earshot %s: %s needs a value\n", cmd, a);
-    return -1;
-  }
-  int rc = parse_valued(cmd, groups, a, argv[*i + 1], ro);
+  int rc = parse_valued(cmd, groups, a, *i + 1 < argc ? argv[*i + 1] : NULL, ro);
   if (rc == 1) (*i)++;
   return rc;
 }
