@@ -43,16 +43,6 @@
 #define DEC_THREADS (DEC_WARPS * 32)
 #define DEC_U 4 // key groups per lane loaded before use
 
-// 8 bf16 (16 bytes) -> 8 floats; bf16 is the high half of an fp32.
-__device__ __forceinline__ void bf16x8_to_f32(const uint4 &u, float *f) {
-  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-  for (int i = 0; i < 4; i++) {
-    f[2 * i] = __uint_as_float(w[i] << 16);
-    f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-  }
-}
-
 // The row block x of a launch works on: its sequence *s, its index *qi among the sequence's new tokens, and the
 // sequence's first row *q0 and *q_len; false when x has no row (the block returns: block-uniform).
 // Slot mode (row0 < 0, the default mode's decode launch): x = s · ATTN_DECODE_MAX_Q + qi over the sequences

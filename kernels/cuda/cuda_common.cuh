@@ -28,6 +28,19 @@ template <> __device__ __forceinline__ bf16 from_f<bf16>(float x) { return __flo
 // x rounded to T (round to nearest even) and widened back to fp32.
 template <typename T> __device__ __forceinline__ float rnd(float x) { return to_f(from_f<T>(x)); }
 
+// The exact-erf GELU of torch's nn.functional.gelu (backend.h ES_ACT_GELU), in fp32.
+__device__ __forceinline__ float gelu_erf(float v) { return v * 0.5f * (1.0f + erff(v * 0.70710678118654752440f)); }
+
+// 8 bf16 (one 16-byte load) -> 8 floats, exactly: bf16 is the high half of an fp32.
+__device__ __forceinline__ void bf16x8_to_f32(const uint4 &u, float *f) {
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    f[2 * i] = __uint_as_float(w[i] << 16);
+    f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;

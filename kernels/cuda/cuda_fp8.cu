@@ -30,7 +30,6 @@
 
 #define FP8_WARPS 4 // warps (output rows) per block
 
-__device__ __forceinline__ float gelu_erf_fp8(float v) { return v * 0.5f * (1.0f + erff(v * 0.70710678118654752440f)); }
 
 // fp16x2 bits -> two floats.
 __device__ __forceinline__ float2 f16x2_bits_to_f32(uint32_t h) {
@@ -55,18 +54,8 @@ __device__ __forceinline__ void load16(const float *xr, float *out) {
 }
 __device__ __forceinline__ void load16(const bf16 *xr, float *out) {
   const uint4 *p = reinterpret_cast<const uint4 *>(xr);
-#pragma unroll
-  for (int i = 0; i < 2; i++) {
-    uint4 v = p[i];
-    uint32_t u[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-      __nv_bfloat162 b;
-      memcpy(&b, &u[j], sizeof b);
-      float2 f = __bfloat1622float2(b);
-      out[8 * i + 2 * j] = f.x, out[8 * i + 2 * j + 1] = f.y;
-    }
-  }
+  bf16x8_to_f32(p[0], out);
+  bf16x8_to_f32(p[1], out + 8);
 }
 
 // y (M, N) row stride ldy; x (M, K) row stride ldx; w (N, K) fp8 codes, contiguous; scale (N) fp32; bias (N)
@@ -122,7 +111,7 @@ __global__ void __launch_bounds__(FP8_WARPS * 32)
     float v = warp_sum(acc[m]); // every lane gets the same fixed-order sum
     if (m < M && lane == m) {
       v = rnd<T>(v * s + b);
-      if (act == ES_ACT_GELU) v = rnd<T>(gelu_erf_fp8(v));
+      if (act == ES_ACT_GELU) v = rnd<T>(gelu_erf(v));
       T *yp = y + (int64_t)m * ldy + n;
       if (accumulate) v = to_f(*yp) + v;
       *yp = from_f<T>(v);

@@ -37,7 +37,6 @@
 
 #define PT 16 // plain kernel tile
 
-__device__ __forceinline__ float gelu_erf(float v) { return v * 0.5f * (1.0f + erff(v * 0.70710678118654752440f)); }
 
 // y (M, N) row stride ldy, TO; x (M, K) row stride ldx, TI; w (N, K) contiguous, TI; bias (N) TI or NULL.
 // Block (16, 16): threadIdx.x -> n, threadIdx.y -> m; grid (ceil(N/16), ceil(M/16)).

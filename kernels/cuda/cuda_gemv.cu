@@ -23,17 +23,6 @@
 
 static_assert(GEMV_MAX_M == CUDA_GEMV_MAX_M, "gemv_math.h and cuda_gemv.h disagree on the largest M");
 
-__device__ __forceinline__ float gelu_erf_gemv(float v) { return v * 0.5f * (1.0f + erff(v * 0.70710678118654752440f)); }
-
-// 8 bf16 (16 bytes) -> 8 floats; bf16 is the high half of an fp32.
-__device__ __forceinline__ void bf16x8_f32(const uint4 &u, float *f) {
-  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-  for (int i = 0; i < 4; i++) {
-    f[2 * i] = __uint_as_float(w[i] << 16);
-    f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-  }
-}
 
 // y (M, N) row stride ldy, TO = bf16 (linear) or float (logits); x (M, K) bf16 row stride ldx; w (N, K) bf16,
 // contiguous; bias (N) bf16 or NULL. K % 8 == 0 and x, w rows 16-byte aligned (cuda_gemv_ok). Block: GEMV_WARPS
@@ -52,12 +41,12 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
 #pragma unroll 4
   for (int64_t c = lane; c < chunks; c += 32) {
     float wf[8];
-    bf16x8_f32(__ldg(reinterpret_cast<const uint4 *>(w + gemv_w_off(n, K, c))), wf);
+    bf16x8_to_f32(__ldg(reinterpret_cast<const uint4 *>(w + gemv_w_off(n, K, c))), wf);
 #pragma unroll
     for (int m = 0; m < MT; m++) {
       if (m < M) {
         float xf[8];
-        bf16x8_f32(*reinterpret_cast<const uint4 *>(x + gemv_x_off(m, ldx, c)), xf);
+        bf16x8_to_f32(*reinterpret_cast<const uint4 *>(x + gemv_x_off(m, ldx, c)), xf);
 #pragma unroll
         for (int i = 0; i < 8; i++) acc[m] = fmaf(xf[i], wf[i], acc[m]);
       }
@@ -69,7 +58,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
     float v = warp_sum(acc[m]); // every lane gets the same fixed-order sum
     if (m < M && lane == m) {
       v = rnd<TO>(v + b);
-      if (act == ES_ACT_GELU) v = rnd<TO>(gelu_erf_gemv(v));
+      if (act == ES_ACT_GELU) v = rnd<TO>(gelu_erf(v));
       TO *yp = y + (int64_t)m * ldy + n;
       if (accumulate) v = to_f(*yp) + v;
       *yp = from_f<TO>(v);

@@ -180,7 +180,7 @@ template <typename T> __global__ void gelu_kernel(T *y, int64_t ldy, int64_t M, 
   GRID_STRIDE(i, M * N) {
     T *p = y + (i / N) * ldy + i % N;
     float v = to_f(*p);
-    *p = from_f<T>(v * 0.5f * (1.0f + erff(v * 0.70710678118654752440f)));
+    *p = from_f<T>(gelu_erf(v));
   }
 }
 
