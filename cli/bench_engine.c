@@ -75,13 +75,13 @@ static double percentile(const double *sorted, int n, double p) {
 
 int bench_engine(int argc, char **argv) {
   rt_opts_t ro = {.device = RT_DEVICE_AUTO, .dtype = ES_DT_BF16, .verbose = 1, .max_queue = 1 << 20};
-  int conc = 8, requests = 0, prompt_tokens = 32, output_tokens = 64, json = 0;
+  long long conc_ll = 8, requests_ll = 0, prompt_ll = 32, output_ll = 64;
+  int json = 0;
   double seconds = 30;
   es_error_t err;
   es_error_clear(&err);
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
-    int more = i + 1 < argc;
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
       usage(stdout);
       return 0;
@@ -89,33 +89,23 @@ int bench_engine(int argc, char **argv) {
     int mf = mf_parse("bench engine", MF_OPEN | MF_SIZING, argc, argv, &i, &ro);
     if (mf < 0) return 2;
     if (mf > 0) continue;
-    long long n;
     if (!strcmp(a, "--json")) {
       json = 1;
-    } else if (!more && (!strcmp(a, "--concurrency") || !strcmp(a, "--requests") || !strcmp(a, "--audio-seconds") ||
-                         !strcmp(a, "--prompt-tokens") || !strcmp(a, "--output-tokens"))) {
-      fprintf(stderr, "earshot bench engine: %s needs a value\n", a);
-      return 2;
-    } else if (!strcmp(a, "--concurrency")) {
-      if (mf_int("bench engine", a, argv[++i], 1, 4096, &n)) return 2;
-      conc = (int)n;
-    } else if (!strcmp(a, "--requests")) {
-      if (mf_int("bench engine", a, argv[++i], 1, 1 << 20, &n)) return 2;
-      requests = (int)n;
-    } else if (!strcmp(a, "--audio-seconds")) {
-      if (mf_double("bench engine", a, argv[++i], 0.021, 30, &seconds)) return 2;
-    } else if (!strcmp(a, "--prompt-tokens")) {
-      if (mf_int("bench engine", a, argv[++i], 1, 1 << 16, &n)) return 2;
-      prompt_tokens = (int)n;
-    } else if (!strcmp(a, "--output-tokens")) {
-      if (mf_int("bench engine", a, argv[++i], 1, 1 << 16, &n)) return 2;
-      output_tokens = (int)n;
-    } else {
+      continue;
+    }
+    const mf_number_t numbers[] = {
+        {"--concurrency", &conc_ll, NULL, 1, 4096},          {"--requests", &requests_ll, NULL, 1, 1 << 20},
+        {"--audio-seconds", NULL, &seconds, 0.021, 30},      {"--prompt-tokens", &prompt_ll, NULL, 1, 1 << 16},
+        {"--output-tokens", &output_ll, NULL, 1, 1 << 16}};
+    int num = mf_parse_number("bench engine", numbers, (int)(sizeof numbers / sizeof *numbers), argc, argv, &i);
+    if (num < 0) return 2;
+    if (num == 0) {
       fprintf(stderr, "earshot bench engine: unknown or incomplete argument '%s'\n\n", a);
       usage(stderr);
       return 2;
     }
   }
+  int conc = (int)conc_ll, requests = (int)requests_ll, prompt_tokens = (int)prompt_ll, output_tokens = (int)output_ll;
   if (requests <= 0) requests = 4 * conc;
   if (conc < 1 || conc > 4096 || requests < 1 || seconds <= 0.02 || seconds > 30 || prompt_tokens < 1 ||
       output_tokens < 1 || (!ro.model && !(ro.dummy_weights && ro.config))) {

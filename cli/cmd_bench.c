@@ -273,36 +273,18 @@ static int bench_model(int argc, char **argv) {
       json = 1;
       continue;
     }
-    static const char *const valued[] = {"--audio-seconds", "--prompt-tokens", "--output-tokens", "--batch",
-                                         "--warmup",        "--repeats",       "--copy-mib"};
-    int known = 0;
-    for (size_t k = 0; k < sizeof valued / sizeof *valued; k++) known |= !strcmp(a, valued[k]);
-    if (!known) {
+    const mf_number_t numbers[] = {
+        {"--audio-seconds", NULL, &seconds, 0.021, 30.0}, {"--prompt-tokens", &P_ll, NULL, 4, 4096},
+        {"--output-tokens", &n_out_ll, NULL, 1, 4096},   {"--batch", &B_ll, NULL, 1, 64},
+        {"--warmup", &warmup_ll, NULL, 0, 1000},          {"--repeats", &repeats_ll, NULL, 1, 1000},
+        {"--copy-mib", &copy_mib_ll, NULL, 1, 1 << 16}};
+    int num = mf_parse_number("bench model", numbers, (int)(sizeof numbers / sizeof *numbers), argc, argv, &i);
+    if (num < 0) return 2;
+    if (num == 0) {
       fprintf(stderr, "earshot bench model: unknown option '%s'\n", a);
       model_usage(stderr);
       return 2;
     }
-    if (i + 1 >= argc) {
-      fprintf(stderr, "earshot bench model: %s needs a value\n", a);
-      return 2;
-    }
-    const char *v = argv[++i];
-    int bad;
-    if (!strcmp(a, "--audio-seconds"))
-      bad = mf_double("bench model", a, v, 0.021, 30.0, &seconds);
-    else if (!strcmp(a, "--prompt-tokens"))
-      bad = mf_int("bench model", a, v, 4, 4096, &P_ll);
-    else if (!strcmp(a, "--output-tokens"))
-      bad = mf_int("bench model", a, v, 1, 4096, &n_out_ll);
-    else if (!strcmp(a, "--batch"))
-      bad = mf_int("bench model", a, v, 1, 64, &B_ll);
-    else if (!strcmp(a, "--warmup"))
-      bad = mf_int("bench model", a, v, 0, 1000, &warmup_ll);
-    else if (!strcmp(a, "--repeats"))
-      bad = mf_int("bench model", a, v, 1, 1000, &repeats_ll);
-    else
-      bad = mf_int("bench model", a, v, 1, 1 << 16, &copy_mib_ll);
-    if (bad) return 2;
   }
   if (!ro.model && !(ro.dummy_weights && ro.config)) {
     fprintf(stderr, "earshot bench model: need --model DIR or --dummy-weights --config FILE\n");

@@ -121,6 +121,22 @@ static int parse_valued(const char *cmd, int groups, const char *a, const char *
 }
 
 
+int mf_parse_number(const char *cmd, const mf_number_t *table, int n, int argc, char **argv, int *i) {
+  const char *a = argv[*i];
+  for (int k = 0; k < n; k++) {
+    const mf_number_t *t = &table[k];
+    if (strcmp(a, t->name) != 0) continue;
+    if (*i + 1 >= argc) {
+      fprintf(stderr, "earshot %s: %s needs a value\n", cmd, a);
+      return -1;
+    }
+    const char *v = argv[++*i];
+    int bad = t->ll ? mf_int(cmd, a, v, (long long)t->lo, (long long)t->hi, t->ll) : mf_double(cmd, a, v, t->lo, t->hi, t->d);
+    return bad ? -1 : 1;
+  }
+  return 0;
+}
+
 int mf_parse(const char *cmd, int groups, int argc, char **argv, int *i, rt_opts_t *ro) {
   const char *a = argv[*i];
   if (parse_switch(groups, a, ro)) return 1;

@@ -30,6 +30,18 @@ int mf_parse(const char *cmd, int groups, int argc, char **argv, int *i, rt_opts
 /* The help lines for the accepted groups, in the style of the commands' usage texts. */
 void mf_usage(FILE *out, int groups);
 
+/* A command's own numeric option: --NAME VALUE, an integer (*ll) or a number (*d) in [lo, hi]. */
+typedef struct {
+  const char *name;
+  long long *ll; /* integer options: exactly one of ll, d is set */
+  double *d;
+  double lo, hi;
+} mf_number_t;
+
+/* Looks at argv[*i] for the options of table[0..n), like mf_parse: 1 taken (value parsed, *i on it), 0 not one
+ * of them, -1 missing or bad value (printed). */
+int mf_parse_number(const char *cmd, const mf_number_t *table, int n, int argc, char **argv, int *i);
+
 /* Strict numeric parsing shared by the commands: the whole string, within [lo, hi]; -1 (after printing
  * "earshot CMD: FLAG 'V': expected ...") otherwise. */
 int mf_int(const char *cmd, const char *flag, const char *v, long long lo, long long hi, long long *out);
