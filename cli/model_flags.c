@@ -131,7 +131,8 @@ int mf_parse_number(const char *cmd, const mf_number_t *table, int n, int argc, 
       return -1;
     }
     const char *v = argv[++*i];
-    int bad = t->ll ? mf_int(cmd, a, v, (long long)t->lo, (long long)t->hi, t->ll) : mf_double(cmd, a, v, t->lo, t->hi, t->d);
+    int bad = t->ll ? mf_int(cmd, a, v, (long long)t->lo, (long long)t->hi, t->ll)
+                    : mf_double(cmd, a, v, t->lo, t->hi, t->d);
     return bad ? -1 : 1;
   }
   return 0;

@@ -306,8 +306,9 @@ static int cuda_kv_init(es_backend_t *be, es_error_t *err) {
 }
 
 // The decode attention's plan for the step in cb->base.batch, made once here for every layer (attn_decode.cu
-// launches with it): its rows, splits and keys per split; the chunk is sent to d_dec_chunk in stream order so that
-// the kernels of a recorded step graph follow every replay's contexts. The caller has waited for batch_done (the pinned slot may be refilled) and records it after.
+// launches with it): its rows, splits and keys per split; the chunk is sent to d_dec_chunk in stream order so
+// that the kernels of a recorded step graph follow every replay's contexts. The caller has waited for
+// batch_done (the pinned slot may be refilled) and records it after.
 extern "C" int cuda_plan_decode(cuda_backend_t *cb, es_error_t *err) {
   const es_backend_t *be = &cb->base;
   const es_batch_t *b = &be->batch;
