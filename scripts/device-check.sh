@@ -20,11 +20,13 @@
 #      tests/data/configs/qwen2-audio-7b.json, 30 s clip, batch 1, bf16): time to first token, decode
 #      ms/token (CUDA graphs on, and off in the same run), the weight-streaming limit; the engine at 64
 #      concurrent requests; then the same model bench with --quantization fp8 and with --deterministic;
-#   6. two short tables (the model, the attention kernels), printed last and written to OUTDIR/table.md.
+#   6. when a GPU test failed: each failed test again under compute-sanitizer --tool memcheck (sanitizer.log);
+#   7. two short tables (the model, the attention kernels), printed last and written to OUTDIR/table.md.
 # Every step runs under a timeout from what is left of the budget (BUDGET seconds, default 470), and a step
 # that fails or times out leaves "n/a" in the table instead of stopping the script. Logs go to OUTDIR (11 files:
 # summary.log, configure.log, build.log, ctest.log, bench-earshot.log, bench-transformers.log,
-# bench-attention.log, bench-engine.log, bench-fp8.log, bench-deterministic.log, table.md).
+# bench-attention.log, bench-engine.log, bench-fp8.log, bench-deterministic.log, table.md; sanitizer.log
+# when a test failed). The device tool brings back at most 8 files: pack the logs (tar) before handing them over.
 #
 # Environment: JOBS (16), BUDGET (470 s), PYTHON (python3), BUILD_DIR (build/device),
 #   DEVICE_CHECK_NO_GPU=1: build and test without a GPU (the GPU tests skip, the benchmarks are n/a) — how the
@@ -164,6 +166,10 @@ if [ $BUILD_OK = 1 ]; then
   grep -E '^\s*[0-9]+/[0-9]+ Test' "$OUT/ctest.log" >>"$OUT/summary.log"
 fi
 
+# a failed GPU test is run again under compute-sanitizer at the end (step 6): keep some of the budget for it
+SANITIZER_RESERVE=0
+[ "$TESTS" = FAILED ] && SANITIZER_RESERVE=60
+
 # ---- 4./5. benchmarks --------------------------------------------------------------------------------------
 SHAPE=(--audio-seconds 30 --prompt-tokens 32 --output-tokens 32 --batch 1 --warmup 1 --repeats 3 --json)
 export PYTHONUNBUFFERED=1
@@ -206,14 +212,29 @@ if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ]; then
   run_limited "$(($(left) - 35))" "$OUT/bench-fp8.log" "$BUILD/cli/earshot" bench model --device cuda \
     --dtype bfloat16 --quantization fp8 --dummy-weights --config "$CONFIG7B" "${SHAPE[@]}"
   log "earshot bench model --quantization fp8: exit $? (see bench-fp8.log)"
-  run_limited "$(($(left) - 3))" "$OUT/bench-deterministic.log" "$BUILD/cli/earshot" bench model --device cuda \
+  run_limited "$(($(left) - 3 - SANITIZER_RESERVE))" "$OUT/bench-deterministic.log" "$BUILD/cli/earshot" bench model --device cuda \
     --dtype bfloat16 --deterministic --dummy-weights --config "$CONFIG7B" "${SHAPE[@]}"
   log "earshot bench model --deterministic: exit $? (see bench-deterministic.log)"
 else
   echo "skipped (no build or no GPU)" | tee -a "$OUT/bench-fp8.log" >>"$OUT/bench-deterministic.log"
 fi
 
-# ---- 6. the table -------------------------------------------------------------------------------------------
+# ---- 6. failed GPU tests again under compute-sanitizer (memcheck): names the first bad access, if any ----
+if [ "$TESTS" = FAILED ] && command -v compute-sanitizer >/dev/null; then
+  for name in $(grep -oE '[0-9]+ - test_[a-z0-9_]+ \(Failed|[0-9]+ - test_[a-z0-9_]+ \(Timeout|[0-9]+ - test_[a-z0-9_]+ \(SEGFAULT' \
+    "$OUT/ctest.log" | sed -E 's/^[0-9]+ - ([a-z0-9_]+) .*/\1/' | sort -u); do
+    # the test's own command line, as ctest would run it
+    cmdline=$(ctest --test-dir "$BUILD" -R "^${name}\$" -N -V 2>/dev/null | sed -n 's/^ *[0-9]*: Test command: //p' | head -1 | tr -d '"')
+    [ -n "$cmdline" ] || continue
+    echo "=== $name: $cmdline" >>"$OUT/sanitizer.log"
+    # shellcheck disable=SC2086 # the command line is split on purpose
+    (cd "$BUILD/tests" && run_limited "$(cap=$(($(left) - 5)); echo $((cap > 40 ? 40 : cap)))" "$OUT/sanitizer.log" compute-sanitizer --tool memcheck \
+      --print-limit 20 $cmdline)
+    log "compute-sanitizer $name: exit $? (see sanitizer.log)"
+  done
+fi
+
+# ---- 7. the table -------------------------------------------------------------------------------------------
 "$PY" - "$OUT" "$TESTS" <<'EOF' >"$OUT/table.md" 2>>"$OUT/summary.log" || echo "table: could not be made" >"$OUT/table.md"
 import json, os, subprocess, sys
 out, tests = sys.argv[1], sys.argv[2]
