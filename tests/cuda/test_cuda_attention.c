@@ -13,7 +13,7 @@
  *   random    q in [-2, 2], k, v in [-1, 1]: the arithmetic (also compared with the simple kernel);
  *   histogram k = 0 (every visible key weighs the same), v one-hot at column (position mod D): the output is the
  *             share of visible keys per residue class, so one key missed or counted twice (a split or tile
- *             boundary, a mask off by one) moves a column by >= 1.5% at 8k keys, far over bf16's 0.2%;
+ *             boundary, a mask off by one) moves a column by >= 1.5% at 8k keys, far over bf16's 0.4%;
  *   needle    q constant, the sum of k's entries proportional to the position, so each key outweighs the one
  *             before it by e^8: every row's output is (almost exactly) the value of its last visible key — a
  *             future key leaking through the causal mask or the last key being dropped changes it completely.
@@ -43,9 +43,10 @@ static const char *const PAT_NAME[] = {"random", "histogram", "needle"};
 /* fast vs the fp32 CPU reference: bf16 probabilities (unnormalised) and the bf16 output are the only roundings */
 #define TOL_FAST_ATOL 5e-3
 #define TOL_FAST_RTOL 1e-2
-/* histogram: exact counts, the output rounded once (2^-9 relative) */
+/* histogram: exact counts, the output rounded once to bf16 — up to half its 2^-7 spacing, which is 2^-8 of the
+ * value just above a power of two (seen on an H200: 1/15 -> 0.0668945, 3.4e-3 relative) */
 #define TOL_HIST_ATOL 1e-6
-#define TOL_HIST_RTOL 3e-3
+#define TOL_HIST_RTOL 4e-3
 /* fast vs simple: the simple kernel keeps transformers' bf16 rounding points (test_cuda_ops' attention tolerance) */
 #define TOL_SIMPLE_ATOL 3e-2
 #define TOL_SIMPLE_RTOL 2e-2
