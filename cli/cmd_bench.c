@@ -15,6 +15,7 @@
 
 #include "audio_mel.h"
 #include "backend.h"
+#include "bench_profile.h"
 #include "checkpoint.h"
 #include "config.h"
 #include "es_clock.h"
@@ -35,6 +36,7 @@
 int cmd_bench(int argc, char **argv);
 int bench_engine(int argc, char **argv); /* bench_engine.c */
 int bench_attention(int argc, char **argv); /* bench_attention.c */
+int bench_linear(int argc, char **argv);    /* bench_linear.c */
 
 typedef struct {
   const char *name;
@@ -188,6 +190,8 @@ static void model_usage(FILE *out) {
                "  --batch B                sequences per step (default 1)\n"
                "  --warmup W --repeats R   runs before / timed (default 1 / 3); medians are reported\n"
                "  --copy-mib M             buffer for the copy-bandwidth measurement (default 1024)\n"
+               "  --profile                one more run, op by op, every op timed: where the first token's and a\n"
+               "                           decode step's time go (tables after the results)\n"
                "  --json                   one JSON object last\n");
   mf_usage(out, MF_OPEN);
 }
@@ -258,7 +262,7 @@ static int next_ids(es_backend_t *be, float *logits_dev, int B, int64_t step, in
 static int bench_model(int argc, char **argv) {
   rt_opts_t ro = {.device = RT_DEVICE_AUTO, .dtype = ES_DT_BF16};
   long long P_ll = 32, n_out_ll = 64, B_ll = 1, warmup_ll = 1, repeats_ll = 3, copy_mib_ll = 1024;
-  int json = 0;
+  int json = 0, profile = 0;
   double seconds = 30.0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -271,6 +275,10 @@ static int bench_model(int argc, char **argv) {
     if (mf > 0) continue;
     if (!strcmp(a, "--json")) {
       json = 1;
+      continue;
+    }
+    if (!strcmp(a, "--profile")) {
+      profile = 1;
       continue;
     }
     const mf_number_t numbers[] = {
@@ -307,6 +315,7 @@ static int bench_model(int argc, char **argv) {
   double *t_ttft = NULL, *t_step = NULL, *t_eager = NULL, *t_nogemv = NULL;
   kv_seq_t *seqs = NULL;
   char dir[4096] = "";
+  es_profile_t prof_first = {0}, prof_decode = {0}; /* --profile: the first token, the decode steps */
 
   /* config and checkpoint */
   if (ro.model) {
@@ -427,9 +436,11 @@ static int bench_model(int argc, char **argv) {
 #ifdef ES_HAVE_CUDA_BACKEND
   int graphs_were_on = 0; /* graphs on when the graphs-off run began (not refused by then): on again after it */
 #endif
-  for (int run = 0; run < warmup + repeats + cmp_graphs + cmp_gemv; run++) {
+  /* --profile: one last run op by op (graphs off: a replay would be one record), GEMV as in the timed runs */
+  for (int run = 0; run < warmup + repeats + cmp_graphs + cmp_gemv + profile; run++) {
     const int extra = run - (warmup + repeats); /* < 0: a warm-up or timed run */
     const int eager_run = cmp_graphs && extra == 0, nogemv_run = cmp_gemv && extra == cmp_graphs;
+    const int prof_run = profile && extra == cmp_graphs + cmp_gemv;
     const int timed = run >= warmup && extra < 0;
 #ifdef ES_HAVE_CUDA_BACKEND
     if (eager_run) {
@@ -443,7 +454,11 @@ static int bench_model(int argc, char **argv) {
         goto done;
       qa_model_forget_graphs(bm.m); /* the GEMM plans for M = B do not exist yet: warm up before recording */
     }
+    if (prof_run && strncmp(es_backend_name(bm.be), "cuda", 4) == 0 &&
+        (cuda_backend_set_graphs(bm.be, 0, &err) || (cmp_gemv && cuda_backend_set_gemv(bm.be, 1, &err))))
+      goto done;
 #endif
+    if (prof_run && es_backend_profile_start(bm.be, 4096, &err)) goto done;
     /* time to first token: samples -> features -> encoder -> prefill -> logits -> ids on the host */
     double t0 = es_now_s();
     int fr[64], dst[64], written = 0, bad = 0;
@@ -479,6 +494,9 @@ static int bench_model(int argc, char **argv) {
       goto done;
     double ttft = es_now_s() - t0;
     if (extra < 0) t_ttft[run] = ttft;
+    if (prof_run && (es_backend_profile_stop(bm.be, &prof_first, &err) ||
+                     es_backend_profile_start(bm.be, 1024 + 512 * n_out, &err)))
+      goto done;
     /* decode: B sequences, one token each per step, greedy, eos ignored */
     int32_t none[64];
     for (int b = 0; b < B; b++) none[b] = -1;
@@ -507,9 +525,15 @@ static int bench_model(int argc, char **argv) {
       if (eager_run) t_eager[n_eager++] = es_now_s() - s0;
       if (nogemv_run) t_nogemv[n_nogemv++] = es_now_s() - s0;
     }
+    if (prof_run && es_backend_profile_stop(bm.be, &prof_decode, &err)) goto done;
     for (int b = 0; b < B; b++) kv_seq_release(bm.kv, &seqs[b]);
     fprintf(stderr, "  run %d%s: time to first token %.1f ms\n", run,
-            timed ? "" : eager_run ? " (graphs off)" : nogemv_run ? " (GEMV off)" : " (warm-up)", 1e3 * ttft);
+            timed        ? ""
+            : eager_run  ? " (graphs off)"
+            : nogemv_run ? " (GEMV off)"
+            : prof_run   ? " (profiled, op by op)"
+                         : " (warm-up)",
+            1e3 * ttft);
   }
   double ttft_ms = 1e3 * median(t_ttft + warmup, repeats), step_ms = 1e3 * median(t_step, n_step);
   double mbytes = decoder_bytes(c, es_backend_act_dtype(bm.be));
@@ -541,6 +565,13 @@ static int bench_model(int argc, char **argv) {
          (long long)gs.replays, (long long)gs.records, (long long)gs.record_failures, (long long)gs.padded_eager,
          (long long)gs.eager,
          es_backend_graphs_supported(bm.be) ? "" : " (no step graphs on this backend)");
+  if (profile) {
+    bench_profile_print(stdout, "first token (encoder, prefill, logits, sampling; mel on the host not included)",
+                        &prof_first, 1, bw, 24);
+    char title[96];
+    snprintf(title, sizeof title, "decode step at batch %d (mean of %d steps, op by op)", B, n_out);
+    bench_profile_print(stdout, title, &prof_decode, n_out, bw, 24);
+  }
   if (json)
     printf("{\"bench\": \"model\", \"backend\": \"%s\", \"dtype\": \"%s\", \"quantization\": \"%s\", "
            "\"dummy_weights\": %s, \"batch\": %d, "
@@ -580,6 +611,8 @@ done:
   free(t_step);
   free(t_eager);
   free(t_nogemv);
+  es_profile_free(&prof_first);
+  es_profile_free(&prof_decode);
   return rc;
 }
 
@@ -590,6 +623,7 @@ static const bench_target_t TARGETS[] = {
     {"model", "time to first token and decode step vs the weight-streaming limit", bench_model},
     {"engine", "N concurrent requests through the engine: tokens/s, time-to-first-token percentiles", bench_engine},
     {"attention", "CUDA attention (encoder, prefill, decode) vs copy bandwidth and GEMM rate", bench_attention},
+    {"linear", "CUDA decode-size linear layers (GEMV, cuBLASLt, fp8) vs copy bandwidth", bench_linear},
     {NULL, NULL, NULL},
 };
 

@@ -33,6 +33,7 @@ int es_backend_base_init(es_backend_t *be, es_error_t *err) {
 }
 
 void es_backend_base_free(es_backend_t *be) {
+  es_backend_prof_release(be);
   free(be->batch_mem);
   be->batch_mem = NULL;
 }
@@ -248,6 +249,29 @@ int es_backend_end_step(es_backend_t *be, es_error_t *err) {
 
 #define NEED_STEP(be, op) NEED((be)->in_step, "%s: %s outside a step", (be)->name, op)
 
+/* Dispatches an op and returns its status; while a profile runs (backend_profile.c) the call is timed and
+ * recorded under the op's name, the bytes it must move (evaluated only then) and a shape label. */
+#define PROFILED(be, call, op, bytes, ...)                                   \
+  do {                                                                       \
+    int rec_ = es_prof_begin(be);                                            \
+    int rc_ = track((be), (call));                                           \
+    if (rec_ >= 0) es_prof_end((be), rec_, rc_, (op), (bytes), __VA_ARGS__); \
+    return rc_;                                                              \
+  } while (0)
+
+static double act_bytes(const es_backend_t *be, double elems) { return elems * (double)es_dtype_size(be->act_dtype); }
+
+static double weight_bytes(const es_weight_t *w) {
+  return (double)w->n0 * (double)w->n1 * (double)es_dtype_size(w->dtype) + (w->scale ? 4.0 * (double)w->n0 : 0.0);
+}
+
+/* Keys and values of every sequence's context, plus the queries and outputs of the step's tokens. */
+static double paged_attention_bytes(const es_backend_t *be, int H, int D) {
+  double keys = 0;
+  for (int s = 0; s < be->batch.n_seqs; s++) keys += be->batch.ctx_len[s];
+  return act_bytes(be, (2.0 * keys + 2.0 * be->batch.n_tokens) * H * D);
+}
+
 int es_op_linear(es_backend_t *be, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w,
                  const es_weight_t *bias, int64_t M, es_act_t act, int accumulate, es_error_t *err) {
   CHECK_HEALTHY(be, err);
@@ -255,7 +279,11 @@ int es_op_linear(es_backend_t *be, void *y, int64_t ldy, const void *x, int64_t 
        (long long)M, (long long)ldx, (long long)w->n1, (long long)ldy, (long long)w->n0);
   NEED(!bias || (bias->n0 == w->n0 && bias->n1 == 1), "linear: bias shape does not match N %lld", (long long)w->n0);
   NO_FP8(bias, "linear (bias)");
-  return track(be, be->ops->linear(be, y, ldy, x, ldx, w, bias, M, act, accumulate, err));
+  PROFILED(be, be->ops->linear(be, y, ldy, x, ldx, w, bias, M, act, accumulate, err), "linear",
+           weight_bytes(w) + (bias ? weight_bytes(bias) : 0) +
+               act_bytes(be, (double)M * (double)(w->n1 + (accumulate ? 2 : 1) * w->n0)),
+           "M=%lld N=%lld K=%lld %s%s%s", (long long)M, (long long)w->n0, (long long)w->n1, es_dtype_name(w->dtype),
+           act == ES_ACT_GELU ? " gelu" : "", accumulate ? " +=" : "");
 }
 
 int es_op_conv1d(es_backend_t *be, void *y, const void *x, const es_weight_t *w, const es_weight_t *bias, int64_t B,
@@ -267,7 +295,9 @@ int es_op_conv1d(es_backend_t *be, void *y, const void *x, const es_weight_t *w,
   NEED(!bias || (bias->n0 == w->n0 && bias->n1 == 1), "conv1d: bias shape");
   NO_FP8(w, "conv1d");
   NO_FP8(bias, "conv1d");
-  return track(be, be->ops->conv1d(be, y, x, w, bias, B, T_in, C_in, kernel, stride, pad, act, err));
+  PROFILED(be, be->ops->conv1d(be, y, x, w, bias, B, T_in, C_in, kernel, stride, pad, act, err), "conv1d",
+           weight_bytes(w) + act_bytes(be, (double)B * (double)T_in * (double)C_in), "B=%lld T=%lld C=%lld->%lld k=%d s=%d",
+           (long long)B, (long long)T_in, (long long)C_in, (long long)w->n0, kernel, stride);
 }
 
 int es_op_layer_norm(es_backend_t *be, void *y, const void *x, const es_weight_t *gamma, const es_weight_t *beta,
@@ -276,7 +306,8 @@ int es_op_layer_norm(es_backend_t *be, void *y, const void *x, const es_weight_t
   NEED(M >= 1 && gamma->n0 == C && beta->n0 == C, "layer_norm: gamma/beta length != C %lld", (long long)C);
   NO_FP8(gamma, "layer_norm");
   NO_FP8(beta, "layer_norm");
-  return track(be, be->ops->layer_norm(be, y, x, gamma, beta, M, C, eps, err));
+  PROFILED(be, be->ops->layer_norm(be, y, x, gamma, beta, M, C, eps, err), "layer_norm",
+           act_bytes(be, 2.0 * (double)M * (double)C), "M=%lld C=%lld", (long long)M, (long long)C);
 }
 
 int es_op_rms_norm(es_backend_t *be, void *y, void *residual, const void *add, const es_weight_t *weight, int64_t M,
@@ -284,14 +315,18 @@ int es_op_rms_norm(es_backend_t *be, void *y, void *residual, const void *add, c
   CHECK_HEALTHY(be, err);
   NEED(M >= 1 && weight->n0 == C, "rms_norm: weight length != C %lld", (long long)C);
   NO_FP8(weight, "rms_norm");
-  return track(be, be->ops->rms_norm(be, y, residual, add, weight, M, C, eps, err));
+  PROFILED(be, be->ops->rms_norm(be, y, residual, add, weight, M, C, eps, err), "rms_norm",
+           act_bytes(be, (add ? 4.0 : 2.0) * (double)M * (double)C), "M=%lld C=%lld%s", (long long)M, (long long)C,
+           add ? " +add" : "");
 }
 
 int es_op_add_rows(es_backend_t *be, void *x, const void *rows, int64_t M, int64_t T, int64_t C, es_error_t *err) {
   CHECK_HEALTHY(be, err);
   NEED(T >= 1 && M >= T && M % T == 0 && C >= 1, "add_rows: M %lld is not a multiple of T %lld", (long long)M,
        (long long)T);
-  return track(be, be->ops->add_rows(be, x, rows, M, T, C, err));
+  PROFILED(be, be->ops->add_rows(be, x, rows, M, T, C, err), "add_rows",
+           act_bytes(be, (2.0 * (double)M + (double)T) * (double)C), "M=%lld T=%lld C=%lld", (long long)M,
+           (long long)T, (long long)C);
 }
 
 int es_op_rope_kv_store(es_backend_t *be, int layer, void *q, int64_t ldq, void *k, int64_t ldk, const void *v,
@@ -302,7 +337,8 @@ int es_op_rope_kv_store(es_backend_t *be, int layer, void *q, int64_t ldq, void 
        "rope_kv_store: layer %d, H %d, D %d do not match the KV cache (%d layers, %d heads, %d dims)", layer, H, D,
        be->kv_layers, be->kv_heads, be->kv_head_dim);
   NEED(ldq >= (int64_t)H * D && ldk >= (int64_t)H * D && ldv >= (int64_t)H * D, "rope_kv_store: row strides");
-  return track(be, be->ops->rope_kv_store(be, layer, q, ldq, k, ldk, v, ldv, H, D, theta, err));
+  PROFILED(be, be->ops->rope_kv_store(be, layer, q, ldq, k, ldk, v, ldv, H, D, theta, err), "rope_kv_store",
+           act_bytes(be, 6.0 * be->batch.n_tokens * H * D), "tokens=%d H=%d D=%d", be->batch.n_tokens, H, D);
 }
 
 int es_op_attention_paged(es_backend_t *be, int layer, void *out, const void *q, int64_t ldq, int H, int D,
@@ -311,7 +347,8 @@ int es_op_attention_paged(es_backend_t *be, int layer, void *out, const void *q,
   NEED_STEP(be, "attention_paged");
   NEED(layer >= 0 && layer < be->kv_layers && H == be->kv_heads && D == be->kv_head_dim && ldq >= (int64_t)H * D,
        "attention_paged: layer %d, H %d, D %d do not match the KV cache", layer, H, D);
-  return track(be, be->ops->attention_paged(be, layer, out, q, ldq, H, D, scale, err));
+  PROFILED(be, be->ops->attention_paged(be, layer, out, q, ldq, H, D, scale, err), "attention_paged",
+           paged_attention_bytes(be, H, D), "seqs=%d tokens=%d H=%d D=%d", be->batch.n_seqs, be->batch.n_tokens, H, D);
 }
 
 int es_op_attention_dense(es_backend_t *be, void *out, const void *q, int64_t ldq, const void *k, int64_t ldk,
@@ -323,20 +360,24 @@ int es_op_attention_dense(es_backend_t *be, void *out, const void *q, int64_t ld
   for (int64_t b = 0; b < B; b++)
     NEED(valid_len[b] >= 1 && valid_len[b] <= T, "attention_dense: valid_len[%lld] = %d outside 1..%lld",
          (long long)b, valid_len[b], (long long)T);
-  return track(be, be->ops->attention_dense(be, out, q, ldq, k, ldk, v, ldv, B, T, H, D, scale, valid_len, err));
+  PROFILED(be, be->ops->attention_dense(be, out, q, ldq, k, ldk, v, ldv, B, T, H, D, scale, valid_len, err),
+           "attention_dense", act_bytes(be, 4.0 * (double)B * (double)T * H * D), "B=%lld T=%lld H=%d D=%d",
+           (long long)B, (long long)T, H, D);
 }
 
 int es_op_silu_mul(es_backend_t *be, void *y, const void *gate, const void *up, int64_t ld, int64_t M, int64_t N,
                    es_error_t *err) {
   CHECK_HEALTHY(be, err);
   NEED(M >= 1 && N >= 1 && ld >= N, "silu_mul: bad shape");
-  return track(be, be->ops->silu_mul(be, y, gate, up, ld, M, N, err));
+  PROFILED(be, be->ops->silu_mul(be, y, gate, up, ld, M, N, err), "silu_mul",
+           act_bytes(be, 3.0 * (double)M * (double)N), "M=%lld N=%lld", (long long)M, (long long)N);
 }
 
 int es_op_avg_pool2(es_backend_t *be, void *y, const void *x, int64_t B, int64_t T, int64_t C, es_error_t *err) {
   CHECK_HEALTHY(be, err);
   NEED(B >= 1 && T >= 2 && T % 2 == 0 && C >= 1, "avg_pool2: T %lld must be even", (long long)T);
-  return track(be, be->ops->avg_pool2(be, y, x, B, T, C, err));
+  PROFILED(be, be->ops->avg_pool2(be, y, x, B, T, C, err), "avg_pool2", act_bytes(be, 1.5 * (double)B * T * C),
+           "B=%lld T=%lld C=%lld", (long long)B, (long long)T, (long long)C);
 }
 
 int es_op_embed(es_backend_t *be, void *y, const es_weight_t *table, const int32_t *ids, int64_t M,
@@ -344,28 +385,34 @@ int es_op_embed(es_backend_t *be, void *y, const es_weight_t *table, const int32
   CHECK_HEALTHY(be, err);
   NEED(M >= 1, "embed: no rows");
   NO_FP8(table, "embed");
-  return track(be, be->ops->embed(be, y, table, ids, M, err));
+  PROFILED(be, be->ops->embed(be, y, table, ids, M, err), "embed",
+           (double)M * (double)table->n1 * (double)es_dtype_size(table->dtype) + act_bytes(be, (double)M * table->n1),
+           "M=%lld C=%lld", (long long)M, (long long)table->n1);
 }
 
 int es_op_gather_rows(es_backend_t *be, void *y, const void *x, const int32_t *idx, int64_t M, int64_t C,
                       es_error_t *err) {
   CHECK_HEALTHY(be, err);
   NEED(M >= 1 && C >= 1, "gather_rows: bad shape");
-  return track(be, be->ops->gather_rows(be, y, x, idx, M, C, err));
+  PROFILED(be, be->ops->gather_rows(be, y, x, idx, M, C, err), "gather_rows", act_bytes(be, 2.0 * (double)M * C),
+           "M=%lld C=%lld", (long long)M, (long long)C);
 }
 
 int es_op_scatter_rows(es_backend_t *be, void *y, const void *x, const int32_t *idx, int64_t M, int64_t C,
                        es_error_t *err) {
   CHECK_HEALTHY(be, err);
   NEED(M >= 1 && C >= 1, "scatter_rows: bad shape");
-  return track(be, be->ops->scatter_rows(be, y, x, idx, M, C, err));
+  PROFILED(be, be->ops->scatter_rows(be, y, x, idx, M, C, err), "scatter_rows", act_bytes(be, 2.0 * (double)M * C),
+           "M=%lld C=%lld", (long long)M, (long long)C);
 }
 
 int es_op_logits(es_backend_t *be, float *logits, const void *x, const es_weight_t *w, int64_t M, es_error_t *err) {
   CHECK_HEALTHY(be, err);
   NEED(M >= 1, "logits: no rows");
   NO_FP8(w, "logits");
-  return track(be, be->ops->logits(be, logits, x, w, M, err));
+  PROFILED(be, be->ops->logits(be, logits, x, w, M, err), "logits",
+           weight_bytes(w) + act_bytes(be, (double)M * (double)w->n1) + 4.0 * (double)M * (double)w->n0,
+           "M=%lld V=%lld K=%lld %s", (long long)M, (long long)w->n0, (long long)w->n1, es_dtype_name(w->dtype));
 }
 
 /* ---- step graphs --------------------------------------------------------------------------------------- */
@@ -410,7 +457,7 @@ int es_backend_graph_launch(es_backend_t *be, int key, es_error_t *err) {
   NEED_STEP(be, "graph_launch");
   NOT_RECORDING(be, "graph_launch", err);
   if (!es_backend_graph_has(be, key)) return es_fail(err, ES_EINVAL, "%s: no graph %d recorded", be->name, key);
-  return track(be, be->ops->graph_launch(be, key, err));
+  PROFILED(be, be->ops->graph_launch(be, key, err), "graph", 0.0, "replay of graph %d", key);
 }
 
 /* ---- sampling (issue 9) -------------------------------------------------------------------------------- */
@@ -489,5 +536,6 @@ int es_op_sample(es_backend_t *be, float *logits, int n, int32_t *tokens, es_err
   CHECK_HEALTHY(be, err);
   NEED(be->smp_slots, "%s: sample before sampler_init", be->name);
   NEED(n >= 1 && n == be->smp_prepared, "sample: %d rows, the last sample_prepare had %d", n, be->smp_prepared);
-  return track(be, be->ops->sample(be, logits, n, tokens, err));
+  PROFILED(be, be->ops->sample(be, logits, n, tokens, err), "sample", 4.0 * (double)n * (double)be->smp_vocab,
+           "n=%d V=%d", n, be->smp_vocab);
 }

@@ -364,6 +364,38 @@ int es_backend_sample_prepare(es_backend_t *be, const es_sample_row_t *rows, int
  * tokens (device int32 [n]), and counts each drawn token in its row's slot. n must equal the last prepare's. */
 int es_op_sample(es_backend_t *be, float *logits, int n, int32_t *tokens, es_error_t *err);
 
+/* ---- op profiles ------------------------------------------------------------------------------------------
+ * Where a step's device time goes, op by op (`earshot bench model --profile`). Between es_backend_profile_start
+ * and es_backend_profile_stop every es_op_* call and every graph replay is bracketed by two device timestamps
+ * (CUDA events on the backend's stream; the host clock on the CPU, whose ops run synchronously) and recorded with
+ * a shape label; stop waits for the device and sums the records by (op, shape). The marks add a little time of
+ * their own, so profile op by op (graphs off) to see the ops, and time steps without a profile. While a graph is
+ * recording nothing is marked (a recorded op is timed by the replays of its graph, as one "graph" record).
+ * Not a hot path: start allocates, stop syncs. */
+typedef struct {
+  char op[24];     /* "linear", "attention_paged", "graph", ... */
+  char shape[96];  /* the shape that matters for its cost, e.g. "M=1 N=12288 K=4096 bfloat16" */
+  int calls;
+  double ms;       /* summed device time between each call's two marks */
+  double bytes;    /* bytes the calls must move at least (each input read once, each output written once);
+                    * 0 where not counted */
+} es_profile_entry_t;
+
+typedef struct {
+  es_profile_entry_t *entries; /* n, by ms, largest first */
+  int n;
+  int records;                 /* op calls timed */
+  int dropped;                 /* op calls past max_records, not timed */
+  double ops_ms;               /* sum of every record's time */
+  double span_ms;              /* first mark to last: ops_ms plus the gaps between ops (launch, host work) */
+} es_profile_t;
+
+/* Starts timing ops, at most max_records calls (1 .. 2^20). Not inside a recording; not twice. */
+int es_backend_profile_start(es_backend_t *be, int max_records, es_error_t *err);
+/* Waits for the device, fills *out (free with es_profile_free) and stops. */
+int es_backend_profile_stop(es_backend_t *be, es_profile_t *out, es_error_t *err);
+void es_profile_free(es_profile_t *p);
+
 #ifdef __cplusplus
 }
 #endif

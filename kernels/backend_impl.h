@@ -68,7 +68,15 @@ typedef struct {
                        const int32_t *suppress_ids, int n_suppress, es_error_t *err);
   int (*sample_prepare)(es_backend_t *be, const es_sample_row_t *rows, int n, es_error_t *err);
   int (*sample)(es_backend_t *be, float *logits, int n, int32_t *tokens, es_error_t *err);
+  /* ---- op profiles (backend.h): device timestamps; NULL on a backend whose ops finish before they return
+   * (the CPU: backend_profile.c reads the host clock) ---- */
+  int (*prof_init)(es_backend_t *be, int n_marks, es_error_t *err); /* marks 0 .. n_marks - 1 */
+  int (*prof_mark)(es_backend_t *be, int mark, es_error_t *err);     /* queue mark on the device */
+  int (*prof_ms)(es_backend_t *be, int a, int b, double *ms, es_error_t *err); /* after both ran (syncs) */
+  void (*prof_free)(es_backend_t *be);
 } es_backend_ops_t;
+
+typedef struct es_prof_state es_prof_state_t; /* backend_profile.c */
 
 /* The common part of every backend; implementations embed it as their first member. */
 struct es_backend {
@@ -85,12 +93,25 @@ struct es_backend {
   int recording; /* between es_backend_graph_begin and graph_end / graph_abort */
   /* sampling state geometry, set by es_backend_sampler_init; smp_prepared = n of the last sample_prepare */
   int smp_slots, smp_vocab, smp_prepared;
+  es_prof_state_t *prof; /* non-NULL between es_backend_profile_start and _stop */
 };
 
 /* Called by implementations' create functions after filling ops/name/act_dtype/opts. */
 int es_backend_base_init(es_backend_t *be, es_error_t *err);
-/* Called by implementations' destroy. */
+/* Called by implementations' destroy (also drops an unfinished profile). */
 void es_backend_base_free(es_backend_t *be);
+
+/* backend.c's op wrappers around each dispatch: es_prof_begin returns the record's index, or -1 when nothing
+ * is being profiled (or while recording, or past max_records: counted as dropped); es_prof_end closes it with
+ * the op's name, the bytes it must move and a printf-style shape label (a failed op, rc != 0, is dropped). */
+int es_prof_begin(es_backend_t *be);
+/* Drops an unfinished profile (es_backend_base_free). */
+void es_backend_prof_release(es_backend_t *be);
+void es_prof_end(es_backend_t *be, int rec, int rc, const char *op, double bytes, const char *shape_fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 6, 7)))
+#endif
+    ;
 
 #ifdef __cplusplus
 }

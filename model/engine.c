@@ -625,8 +625,10 @@ static int run_step(eng_t *e) {
   es_batch_t b = {.n_seqs = n_seqs, .n_tokens = n_rows, .q_start = e->q_start, .ctx_len = e->ctx_len,
                   .positions = e->pos, .slot = e->slot, .block_table = e->table, .max_blocks = max_blocks};
   float *logits_dev = NULL;
+  const double t_step = es_now_s();
   int rc = qa_step_device(e->opts.model, &b, e->ids, e->arow, e->lrows, n_logits, &logits_dev, &err);
   if (!rc && n_logits) rc = sample_rows(e, logits_dev, n_logits, &err);
+  const double step_s = es_now_s() - t_step;
   if (rc) {
     fail_all_running(e, err.msg);
     return 1;
@@ -638,6 +640,11 @@ static int run_step(eng_t *e) {
     while (bucket < ENG_HIST_BUCKETS - 1 && n_decode > (1 << bucket)) bucket++;
     e->stats.decode_batch_hist[bucket]++;
     if (n_decode > e->stats.max_decode_batch) e->stats.max_decode_batch = n_decode;
+  }
+  if (n_decode && n_decode == n_rows) {
+    e->stats.decode_only_steps++;
+    e->stats.decode_only_tokens += (uint64_t)n_decode;
+    e->stats.decode_only_s += step_s;
   }
   pthread_mutex_unlock(&e->mu);
   for (int s = 0; s < n_seqs; s++) in_step[s]->n_computed += q_len[s];

@@ -128,6 +128,10 @@ typedef struct {
   uint64_t steps;                    /* batched steps run */
   uint64_t decode_batch_hist[ENG_HIST_BUCKETS]; /* decode rows per step: 1, 2, 3-4, 5-8, ..., 65+ */
   int max_decode_batch;
+  /* steps whose every row was a decode row (no prefill chunk beside them): how many, the tokens they generated,
+   * and their time from the model step to the ids on the host — the steady decode rate, tokens / seconds */
+  uint64_t decode_only_steps, decode_only_tokens;
+  double decode_only_s;
 } eng_stats_t;
 
 /* Starts the engine thread. The model must outlive the engine. */

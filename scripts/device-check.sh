@@ -15,17 +15,22 @@
 #      requests through the engine on the GPU (the CPU-only tests run in CI, not here: they cost device time);
 #   4. scripts/bench_transformers.py on the card (bf16, sdpa, the 7B model built on the device, init skipped),
 #      then `earshot bench attention --json` (encoder, prefill and decode attention against the copy bandwidth
-#      and bf16 GEMM rate measured in the same run; at most 75 s);
-#   5. `earshot bench model` at full size with the same shapes (--dummy-weights with
+#      and bf16 GEMM rate measured in the same run; at most 75 s), then `earshot bench linear --json` (the
+#      decoder's linears at M = 1 .. 64: bf16 GEMV with 4/8/16 loads in flight, cuBLASLt, fp8 GEMV; <= 90 s);
+#   5. `earshot bench model --profile` at full size with the same shapes (--dummy-weights with
 #      tests/data/configs/qwen2-audio-7b.json, 30 s clip, batch 1, bf16): time to first token, decode
-#      ms/token (CUDA graphs on, and off in the same run), the weight-streaming limit; the engine at 64
-#      concurrent requests; then the same model bench with --quantization fp8 and with --deterministic;
+#      ms/token (CUDA graphs on, and off in the same run), the weight-streaming limit, and the op profile of
+#      the first token and of a decode step; the engine at 1, 8, 32, 64 concurrent requests (one wave each,
+#      128 output tokens: aggregate and steady-decode tokens/s); then the model bench with --quantization fp8
+#      (profiled too) and with --deterministic;
 #   6. when a GPU test failed: each failed test again under compute-sanitizer --tool memcheck (sanitizer.log);
-#   7. two short tables (the model, the attention kernels), printed last and written to OUTDIR/table.md.
+#   7. short tables (the model, the engine, the linears, the attention kernels, the decode step's top ops),
+#      printed last and written to OUTDIR/table.md.
 # Every step runs under a timeout from what is left of the budget (BUDGET seconds, default 470), and a step
 # that fails or times out leaves "n/a" in the table instead of stopping the script. Logs go to OUTDIR (11 files:
 # summary.log, configure.log, build.log, ctest.log, bench-earshot.log, bench-transformers.log,
-# bench-attention.log, bench-engine.log, bench-fp8.log, bench-deterministic.log, table.md; sanitizer.log
+# bench-attention.log, bench-linear.log, bench-engine.log, bench-fp8.log, bench-deterministic.log, table.md;
+# sanitizer.log
 # when a test failed). The device tool brings back at most 8 files: pack the logs (tar) before handing them over.
 #
 # Environment: JOBS (16), BUDGET (470 s), PYTHON (python3), BUILD_DIR (build/device),
@@ -186,22 +191,26 @@ if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ]; then
   ((ATT_SECS > 75)) && ATT_SECS=75
   run_limited "$ATT_SECS" "$OUT/bench-attention.log" "$BUILD/cli/earshot" bench attention --json
   log "earshot bench attention: exit $? (see bench-attention.log)"
+  LIN_SECS=$(($(left) - 130))
+  ((LIN_SECS > 90)) && LIN_SECS=90
+  run_limited "$LIN_SECS" "$OUT/bench-linear.log" "$BUILD/cli/earshot" bench linear --json
+  log "earshot bench linear: exit $? (see bench-linear.log)"
 else
-  echo "skipped (no build or no GPU)" >>"$OUT/bench-attention.log"
+  echo "skipped (no build or no GPU)" | tee -a "$OUT/bench-attention.log" >>"$OUT/bench-linear.log"
 fi
 if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ]; then
   # bf16 with step graphs; the same run measures the decode step with graphs off (decode_ms_per_step_no_graphs)
-  run_limited "$(($(left) - 130))" "$OUT/bench-earshot.log" "$BUILD/cli/earshot" bench model --device cuda \
-    --dtype bfloat16 --dummy-weights --config "$CONFIG7B" "${SHAPE[@]}"
+  run_limited "$(($(left) - 100))" "$OUT/bench-earshot.log" "$BUILD/cli/earshot" bench model --device cuda \
+    --dtype bfloat16 --dummy-weights --config "$CONFIG7B" "${SHAPE[@]}" --profile
   log "earshot bench model: exit $? (see bench-earshot.log)"
 else
   echo "skipped (no build or no GPU)" >>"$OUT/bench-earshot.log"
 fi
-# the continuous-batching engine at 64 concurrent 30 s-clip requests (the batching issue's target figure)
+# the continuous-batching engine at 1, 8, 32, 64 concurrent 30 s-clip requests (the batching issue's figures)
 if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ]; then
   run_limited "$(($(left) - 70))" "$OUT/bench-engine.log" "$BUILD/cli/earshot" bench engine --device cuda \
-    --dtype bfloat16 --dummy-weights --config "$CONFIG7B" --concurrency 64 --requests 64 --audio-seconds 30 \
-    --prompt-tokens 32 --output-tokens 64 --json
+    --dtype bfloat16 --dummy-weights --config "$CONFIG7B" --concurrency 1,8,32,64 --waves 1 --audio-seconds 30 \
+    --prompt-tokens 32 --output-tokens 128 --json
   log "earshot bench engine: exit $? (see bench-engine.log)"
 else
   echo "skipped (no build or no GPU)" >>"$OUT/bench-engine.log"
@@ -210,7 +219,7 @@ fi
 # (what batch invariance costs)
 if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ]; then
   run_limited "$(($(left) - 35))" "$OUT/bench-fp8.log" "$BUILD/cli/earshot" bench model --device cuda \
-    --dtype bfloat16 --quantization fp8 --dummy-weights --config "$CONFIG7B" "${SHAPE[@]}"
+    --dtype bfloat16 --quantization fp8 --dummy-weights --config "$CONFIG7B" "${SHAPE[@]}" --profile
   log "earshot bench model --quantization fp8: exit $? (see bench-fp8.log)"
   run_limited "$(($(left) - 3 - SANITIZER_RESERVE))" "$OUT/bench-deterministic.log" "$BUILD/cli/earshot" bench model --device cuda \
     --dtype bfloat16 --deterministic --dummy-weights --config "$CONFIG7B" "${SHAPE[@]}"
@@ -287,11 +296,58 @@ print(f"targets: decode >= 0.80 of the limit (now {ratio(lim, o_d)}); time to fi
       f"fp8 decode >= 1.6x bf16 (now {ratio(o_d, f_d)}); graphs save {ratio(o_ng, o_d)}; "
       f"the GEMV saves {ratio(o_nv, o_d)}; "
       f"--deterministic costs {ratio(d_d, o_d)} in decode")
-eng = last_json("bench-engine.log")
+def all_json(name, kind):
+    try:
+        return [json.loads(l) for l in open(os.path.join(out, name)) if l.startswith('{"bench":"' + kind)
+                or l.startswith('{"bench": "' + kind)]
+    except (OSError, ValueError):
+        return []
 print()
-print(f"engine, 64 concurrent 30 s-clip requests, 64 output tokens each: {f(eng.get('tokens_per_s'), '{:.0f}')} "
-      f"generated tokens/s (target >= 4000 on an H100), time to first token p50 {f(eng.get('ttft_p50_ms'), '{:.0f}')} ms, "
-      f"p99 {f(eng.get('ttft_p99_ms'), '{:.0f}')} ms, largest decode batch {eng.get('max_decode_batch', 'n/a')}")
+print("engine, one wave of N concurrent 30 s-clip requests, 32 text tokens + 128 output tokens each (steady decode = "
+      "tokens / time of the steps that only decoded; target >= 4000 tokens/s at 64 on an H100):")
+print()
+print("| concurrent | aggregate tokens/s | steady decode tokens/s | mean decode batch | TTFT p50 (ms) | TTFT p99 (ms) | largest batch |")
+print("|---|---|---|---|---|---|---|")
+for e in all_json("bench-engine.log", "engine") or [{}]:
+    print(f"| {e.get('concurrency', 'n/a')} | {f(e.get('tokens_per_s'), '{:.0f}')} | "
+          f"{f(e.get('decode_only_tokens_per_s'), '{:.0f}')} | {f(e.get('decode_only_mean_batch'), '{:.1f}')} | "
+          f"{f(e.get('ttft_p50_ms'), '{:.0f}')} | {f(e.get('ttft_p99_ms'), '{:.0f}')} | {e.get('max_decode_batch', 'n/a')} |")
+lin = last_json("bench-linear.log")
+if lin.get("rows"):
+    lbw = lin.get("copy_bytes_per_s") or 0
+    print()
+    print(f"linears at decode sizes (`earshot bench linear`; fraction of the {lbw / 1e9:.0f} GB/s copy bandwidth):")
+    print()
+    paths = []
+    for r in lin["rows"]:
+        if r["path"] not in paths:
+            paths.append(r["path"])
+    print("| shape | M | " + " | ".join(paths) + " |")
+    print("|---|---|" + "---|" * len(paths))
+    keys = []
+    for r in lin["rows"]:
+        if (r["shape"], r["M"]) not in keys:
+            keys.append((r["shape"], r["M"]))
+    for sh, m in keys:
+        if m not in (1, 4, 16, 64):
+            continue
+        cells = []
+        for p in paths:
+            v = [r for r in lin["rows"] if r["shape"] == sh and r["M"] == m and r["path"] == p]
+            cells.append(f"{v[0]['bytes_per_s'] / lbw:.2f}" if v and lbw else "")
+        print(f"| {sh} | {m} | " + " | ".join(cells) + " |")
+for name, title in (("bench-earshot.log", "bf16"), ("bench-fp8.log", "fp8")):
+    try:
+        lines = open(os.path.join(out, name)).read().splitlines()
+    except OSError:
+        continue
+    for i, l in enumerate(lines):
+        if l.startswith("profile: decode step"):
+            print()
+            print(f"{title} {l}")
+            print("```")
+            print("\n".join(lines[i + 1:i + 13]))
+            print("```")
 att = last_json("bench-attention.log")
 print()
 print(f"attention kernels (`earshot bench attention`, bf16; floors measured in the same run: copy "

@@ -363,6 +363,47 @@ static int cuda_set_batch(es_backend_t *be, const es_batch_t *b, es_error_t *err
   return ES_OK;
 }
 
+/* ---- op profiles: one timing event per mark, recorded on the op stream ---- */
+
+static void cuda_prof_free(es_backend_t *be) {
+  cuda_backend_t *cb = cuda_be(be);
+  for (int i = 0; i < cb->prof_n; i++) cudaEventDestroy(cb->prof_ev[i]);
+  free(cb->prof_ev);
+  cb->prof_ev = NULL;
+  cb->prof_n = 0;
+}
+
+static int cuda_prof_init(es_backend_t *be, int n_marks, es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  cb->prof_ev = (cudaEvent_t *)calloc((size_t)n_marks, sizeof *cb->prof_ev);
+  if (!cb->prof_ev) return es_fail(err, ES_ENOMEM, "%s: out of memory for %d profile events", be->name, n_marks);
+  for (; cb->prof_n < n_marks; cb->prof_n++) {
+    cudaError_t e = cudaEventCreate(&cb->prof_ev[cb->prof_n]);
+    if (e != cudaSuccess) {
+      cuda_prof_free(be);
+      return es_fail(err, ES_EDEVICE, "%s: cudaEventCreate: %s", be->name, cudaGetErrorString(e));
+    }
+  }
+  return ES_OK;
+}
+
+static int cuda_prof_mark(es_backend_t *be, int mark, es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  ES_CUDA_TRY(err, cudaEventRecord(cb->prof_ev[mark], cb->stream));
+  return ES_OK;
+}
+
+static int cuda_prof_ms(es_backend_t *be, int a, int b, double *ms, es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  float f = 0;
+  ES_CUDA_TRY(err, cudaEventSynchronize(cb->prof_ev[b]));
+  ES_CUDA_TRY(err, cudaEventElapsedTime(&f, cb->prof_ev[a], cb->prof_ev[b]));
+  *ms = f;
+  return ES_OK;
+}
+
 static const es_backend_ops_t cuda_ops = {
     "cuda",
     cuda_destroy,
@@ -400,6 +441,10 @@ static const es_backend_ops_t cuda_ops = {
     cuda_sampler_reset,
     cuda_sample_prepare,
     cuda_op_sample,
+    cuda_prof_init,
+    cuda_prof_mark,
+    cuda_prof_ms,
+    cuda_prof_free,
 };
 
 static int create_resources(cuda_backend_t *cb, es_error_t *err) {

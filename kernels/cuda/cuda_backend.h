@@ -140,6 +140,11 @@ typedef struct {
 
   /* ---- GEMV review (h-revD) ---- */
   int64_t gemv_calls; /* launches of the decode GEMV (cuda_gemv.cu), for tests: cuda_backend_gemv_calls */
+  int gemv_loads;     /* loads in flight per lane of the GEMVs, 0 = CUDA_GEMV_LOADS_DEFAULT (cuda_gemv.h) */
+
+  /* ---- op profiles (backend.h): timing events on the op stream, between profile_start and _stop ---- */
+  cudaEvent_t *prof_ev;
+  int prof_n;
 } cuda_backend_t;
 
 static inline cuda_backend_t *cuda_be(es_backend_t *be) {

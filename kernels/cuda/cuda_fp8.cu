@@ -26,6 +26,7 @@
 
 #include "cuda_common.cuh"
 #include "cuda_fp8.h"
+#include "cuda_gemv.h" // cuda_gemv_loads
 #include "fp8_math.h"
 
 #define FP8_WARPS 4 // warps (output rows) per block
@@ -60,8 +61,9 @@ __device__ __forceinline__ void load16(const bf16 *xr, float *out) {
 
 // y (M, N) row stride ldy; x (M, K) row stride ldx; w (N, K) fp8 codes, contiguous; scale (N) fp32; bias (N)
 // or NULL. Block: FP8_WARPS warps, warp -> output row n = blockIdx.x · FP8_WARPS + warp. MT >= M rows are
-// accumulated (compile-time, so acc stays in registers). VEC: K % 16 == 0, w and x rows 16-byte aligned.
-template <typename T, int MT, bool VEC>
+// accumulated (compile-time, so acc stays in registers). VEC: K % 16 == 0, w and x rows 16-byte aligned; U
+// 16-byte weight loads per lane in flight (cuda_gemv_loads; every U gives the same bits).
+template <typename T, int MT, bool VEC, int U>
 __global__ void __launch_bounds__(FP8_WARPS * 32)
     fp8_gemv_kernel(T *y, int64_t ldy, const T *x, int64_t ldx, const uint8_t *w, const float *scale, const T *bias,
                     int M, int64_t N, int64_t K, int act, int accumulate) {
@@ -73,26 +75,36 @@ __global__ void __launch_bounds__(FP8_WARPS * 32)
 #pragma unroll
   for (int m = 0; m < MT; m++) acc[m] = 0.0f;
   if (VEC) {
-    int64_t chunks = K / 16;
-#pragma unroll 4
-    for (int64_t c = lane; c < chunks; c += 32) {
-      uint4 q = __ldg(reinterpret_cast<const uint4 *>(wr) + c);
-      const uint32_t qw[4] = {q.x, q.y, q.z, q.w};
-      uint32_t h2[8];
-      es_fp8x16_to_f16x2_bits(qw, h2); // code order, CPU-tested (test_fp8_math)
-      float wf[16];
+    const int64_t chunks = K / 16;
+    for (int64_t c0 = lane; c0 < chunks; c0 += 32 * U) {
+      uint4 qv[U];
 #pragma unroll
-      for (int p = 0; p < 8; p++) {
-        const float2 f = f16x2_bits_to_f32(h2[p]);
-        wf[2 * p] = f.x, wf[2 * p + 1] = f.y;
+      for (int u = 0; u < U; u++) { // all U loads first; the chunks are still added in increasing order
+        const int64_t c = c0 + 32 * u;
+        qv[u] = c < chunks ? __ldg(reinterpret_cast<const uint4 *>(wr) + c) : make_uint4(0, 0, 0, 0);
       }
 #pragma unroll
-      for (int m = 0; m < MT; m++) {
-        if (m < M) {
-          float xf[16];
-          load16(x + m * ldx + c * 16, xf);
+      for (int u = 0; u < U; u++) {
+        const int64_t c = c0 + 32 * u;
+        if (c < chunks) {
+          const uint32_t qw[4] = {qv[u].x, qv[u].y, qv[u].z, qv[u].w};
+          uint32_t h2[8];
+          es_fp8x16_to_f16x2_bits(qw, h2); // code order, CPU-tested (test_fp8_math)
+          float wf[16];
 #pragma unroll
-          for (int i = 0; i < 16; i++) acc[m] = fmaf(xf[i], wf[i], acc[m]);
+          for (int p = 0; p < 8; p++) {
+            const float2 f = f16x2_bits_to_f32(h2[p]);
+            wf[2 * p] = f.x, wf[2 * p + 1] = f.y;
+          }
+#pragma unroll
+          for (int m = 0; m < MT; m++) {
+            if (m < M) {
+              float xf[16];
+              load16(x + m * ldx + c * 16, xf);
+#pragma unroll
+              for (int i = 0; i < 16; i++) acc[m] = fmaf(xf[i], wf[i], acc[m]);
+            }
+          }
         }
       }
     }
@@ -119,18 +131,28 @@ __global__ void __launch_bounds__(FP8_WARPS * 32)
   }
 }
 
-template <typename T, int MT>
-static void launch_gemv(cuda_backend_t *cb, bool vec, void *y, int64_t ldy, const void *x, int64_t ldx,
-                        const es_weight_t *w, const es_weight_t *bias, int M, int act, int accumulate) {
+template <typename T, int MT, int U>
+static void launch_gemv_u(cuda_backend_t *cb, bool vec, void *y, int64_t ldy, const void *x, int64_t ldx,
+                          const es_weight_t *w, const es_weight_t *bias, int M, int act, int accumulate) {
   int64_t N = w->n0, K = w->n1;
   unsigned grid = (unsigned)((N + FP8_WARPS - 1) / FP8_WARPS);
   const T *bp = bias ? (const T *)bias->data : NULL;
   if (vec)
-    fp8_gemv_kernel<T, MT, true><<<grid, FP8_WARPS * 32, 0, cb->stream>>>(
+    fp8_gemv_kernel<T, MT, true, U><<<grid, FP8_WARPS * 32, 0, cb->stream>>>(
         (T *)y, ldy, (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate);
   else
-    fp8_gemv_kernel<T, MT, false><<<grid, FP8_WARPS * 32, 0, cb->stream>>>(
+    fp8_gemv_kernel<T, MT, false, 1><<<grid, FP8_WARPS * 32, 0, cb->stream>>>(
         (T *)y, ldy, (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate);
+}
+
+template <typename T, int MT>
+static void launch_gemv(cuda_backend_t *cb, bool vec, void *y, int64_t ldy, const void *x, int64_t ldx,
+                        const es_weight_t *w, const es_weight_t *bias, int M, int act, int accumulate) {
+  switch (cuda_gemv_loads(cb)) {
+  case 4: launch_gemv_u<T, MT, 4>(cb, vec, y, ldy, x, ldx, w, bias, M, act, accumulate); break;
+  case 16: launch_gemv_u<T, MT, 16>(cb, vec, y, ldy, x, ldx, w, bias, M, act, accumulate); break;
+  default: launch_gemv_u<T, MT, 8>(cb, vec, y, ldy, x, ldx, w, bias, M, act, accumulate); break;
+  }
 }
 
 template <typename T>

@@ -9,7 +9,7 @@
 // read from L1/L2 and cost far less than the weight row.
 //
 // Kernel: one warp per output row n; lane j takes the 8-weight chunks j, j + 32, ... of the row (one 16-byte
-// load each, unrolled 4 deep so four loads per lane are in flight), accumulates x·w in fp32 with FMA for all M
+// load each, U = cuda_gemv_loads() of them issued before the first is used), accumulates x·w in fp32 with FMA for all M
 // rows, then a fixed xor-shuffle tree sums the lanes and lane m applies row m's epilogue — the plain GEMM
 // kernel's rounding points (cuda_gemm.cu): v = rnd(acc + bias[n]); GELU: v = rnd(gelu(v)); accumulate:
 // y = y + v (in the output dtype's rounding). fp32 output (logits) is not rounded.
@@ -27,7 +27,9 @@ static_assert(GEMV_MAX_M == CUDA_GEMV_MAX_M, "gemv_math.h and cuda_gemv.h disagr
 // y (M, N) row stride ldy, TO = bf16 (linear) or float (logits); x (M, K) bf16 row stride ldx; w (N, K) bf16,
 // contiguous; bias (N) bf16 or NULL. K % 8 == 0 and x, w rows 16-byte aligned (cuda_gemv_ok). Block: GEMV_WARPS
 // warps, warp -> output row n = blockIdx.x · GEMV_WARPS + warp; MT >= M rows accumulated (compile-time).
-template <typename TO, int MT>
+// U: 16-byte weight loads each lane issues before it uses the first (loads in flight); the lane still adds its
+// chunks j, j + 32, ... in increasing order, so every U gives the same bits.
+template <typename TO, int MT, int U>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
     bf16_gemv_kernel(TO *y, int64_t ldy, const bf16 *x, int64_t ldx, const bf16 *w, const bf16 *bias, int M,
                      int64_t N, int64_t K, int act, int accumulate) {
@@ -38,17 +40,28 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
 #pragma unroll
   for (int m = 0; m < MT; m++) acc[m] = 0.0f;
   const int64_t chunks = K / GEMV_CHUNK;
-#pragma unroll 4
-  for (int64_t c = lane; c < chunks; c += 32) {
-    float wf[8];
-    bf16x8_to_f32(__ldg(reinterpret_cast<const uint4 *>(w + gemv_w_off(n, K, c))), wf);
+  for (int64_t c0 = lane; c0 < chunks; c0 += 32 * U) {
+    uint4 wv[U];
 #pragma unroll
-    for (int m = 0; m < MT; m++) {
-      if (m < M) {
-        float xf[8];
-        bf16x8_to_f32(*reinterpret_cast<const uint4 *>(x + gemv_x_off(m, ldx, c)), xf);
+    for (int u = 0; u < U; u++) { // all U loads first
+      const int64_t c = c0 + 32 * u;
+      wv[u] = c < chunks ? __ldg(reinterpret_cast<const uint4 *>(w + gemv_w_off(n, K, c))) : make_uint4(0, 0, 0, 0);
+    }
 #pragma unroll
-        for (int i = 0; i < 8; i++) acc[m] = fmaf(xf[i], wf[i], acc[m]);
+    for (int u = 0; u < U; u++) {
+      const int64_t c = c0 + 32 * u;
+      if (c < chunks) {
+        float wf[8];
+        bf16x8_to_f32(wv[u], wf);
+#pragma unroll
+        for (int m = 0; m < MT; m++) {
+          if (m < M) {
+            float xf[8];
+            bf16x8_to_f32(*reinterpret_cast<const uint4 *>(x + gemv_x_off(m, ldx, c)), xf);
+#pragma unroll
+            for (int i = 0; i < 8; i++) acc[m] = fmaf(xf[i], wf[i], acc[m]);
+          }
+        }
       }
     }
   }
@@ -66,12 +79,22 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
   }
 }
 
+template <typename TO, int MT, int U>
+static void launch_u(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const void *w, int64_t N,
+                     int64_t K, const void *bias, int M, int act, int accumulate) {
+  const unsigned grid = (unsigned)gemv_grid(N);
+  bf16_gemv_kernel<TO, MT, U><<<grid, GEMV_WARPS * 32, 0, cb->stream>>>(
+      (TO *)y, ldy, (const bf16 *)x, ldx, (const bf16 *)w, (const bf16 *)bias, M, N, K, act, accumulate);
+}
+
 template <typename TO, int MT>
 static void launch(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const void *w, int64_t N,
                    int64_t K, const void *bias, int M, int act, int accumulate) {
-  const unsigned grid = (unsigned)gemv_grid(N);
-  bf16_gemv_kernel<TO, MT><<<grid, GEMV_WARPS * 32, 0, cb->stream>>>(
-      (TO *)y, ldy, (const bf16 *)x, ldx, (const bf16 *)w, (const bf16 *)bias, M, N, K, act, accumulate);
+  switch (cuda_gemv_loads(cb)) {
+  case 4: launch_u<TO, MT, 4>(cb, y, ldy, x, ldx, w, N, K, bias, M, act, accumulate); break;
+  case 16: launch_u<TO, MT, 16>(cb, y, ldy, x, ldx, w, N, K, bias, M, act, accumulate); break;
+  default: launch_u<TO, MT, 8>(cb, y, ldy, x, ldx, w, N, K, bias, M, act, accumulate); break;
+  }
 }
 
 template <typename TO>
@@ -109,6 +132,17 @@ extern "C" int cuda_gemv(cuda_backend_t *cb, void *y, int64_t ldy, es_dtype_t ou
 
 extern "C" int64_t cuda_backend_gemv_calls(const es_backend_t *be) {
   return strcmp(be->ops->kind, "cuda") == 0 ? ((const cuda_backend_t *)be)->gemv_calls : 0;
+}
+
+extern "C" int cuda_backend_set_gemv_loads(es_backend_t *be, int loads, es_error_t *err) {
+  cuda_backend_t *cb = cuda_hook_backend(be, "GEMV loads", err);
+  if (!cb) return ES_EINVAL;
+  if (loads != 0 && loads != 4 && loads != 8 && loads != 16)
+    return es_fail(err, ES_EINVAL, "GEMV loads in flight: %d (0 = default, 4, 8 or 16)", loads);
+  int rc = cuda_hook_change(cb, "GEMV loads", cb->gemv_loads != loads, err);
+  if (rc) return rc;
+  cb->gemv_loads = loads;
+  return ES_OK;
 }
 
 extern "C" int cuda_backend_set_gemv(es_backend_t *be, int on, es_error_t *err) {

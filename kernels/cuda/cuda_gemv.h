@@ -16,6 +16,14 @@ extern "C" {
 /* The largest M the GEMV takes: the activations it reads per weight row grow with M; not yet measured. */
 #define CUDA_GEMV_MAX_M 4
 
+/* 16-byte weight loads each lane of the GEMVs (bf16 here, fp8 in cuda_fp8.cu) issues before using the first:
+ * latency hiding for weight rows of a few KB. Any value gives the same bits (the lane's sum order is fixed).
+ * 8 until measured against 4 and 16 (`earshot bench linear`). */
+#define CUDA_GEMV_LOADS_DEFAULT 8
+static inline int cuda_gemv_loads(const cuda_backend_t *cb) {
+  return cb->gemv_loads ? cb->gemv_loads : CUDA_GEMV_LOADS_DEFAULT;
+}
+
 /* 1 when the GEMV takes y[M, N] = x[M, K] · w[N, K]ᵀ on this backend now (see the file comment for when not). */
 int cuda_gemv_ok(const cuda_backend_t *cb, es_dtype_t out_dt, const void *x, int64_t ldx, const void *w, int64_t N,
                  int64_t K, int64_t M);

@@ -46,6 +46,9 @@ int cuda_backend_set_graphs(es_backend_t *be, int on, es_error_t *err);
 /* The decode-size GEMV (cuda_gemv.h) on (the default unless EARSHOT_GEMV=0 at create) or off: cuBLASLt for
  * every GEMM. Drops recorded step graphs (they hold the other path's kernels). For benchmarks and bisecting. */
 int cuda_backend_set_gemv(es_backend_t *be, int on, es_error_t *err);
+/* 16-byte weight loads in flight per lane in the bf16 and fp8 GEMVs: 4, 8 or 16, 0 = the default
+ * (CUDA_GEMV_LOADS_DEFAULT). The same bits for every value; `earshot bench linear` times them. */
+int cuda_backend_set_gemv_loads(es_backend_t *be, int loads, es_error_t *err);
 /* How many GEMMs the decode GEMV has run on this backend (0 for another backend): tests check that the shapes
  * meant for it reach it. */
 int64_t cuda_backend_gemv_calls(const es_backend_t *be);

@@ -17,6 +17,7 @@
 #include "gpu_skip.h"
 #ifdef ES_HAVE_CUDA_BACKEND
 #include "cuda/cuda_fp8.h"
+#include "cuda/cuda_hooks.h"
 #define DEQUANT_PAST_M CUDA_FP8_CHUNKED_MAX_M
 #else
 #define DEQUANT_PAST_M INT64_MAX /* no CUDA backend: the test skips */
@@ -149,6 +150,18 @@ static void test_gemv_invariance(es_backend_t *gpu, es_dtype_t dt) {
     free(one);
   }
   T_CHECK(bad == 0, "[%s] %d GEMV rows differ alone vs among %lld", es_dtype_name(dt), bad, (long long)M);
+#ifdef ES_HAVE_CUDA_BACKEND
+  /* loads in flight per lane change only the schedule: the same bits (K = 512: 32 chunks, one per lane) */
+  static const int loads[] = {4, 16, 0};
+  for (int i = 0; i < 3; i++) {
+    T_CHECK(cuda_backend_set_gemv_loads(gpu, loads[i], &err) == 0, "set_gemv_loads: %s", err.msg);
+    T_CHECK(es_op_linear(gpu, yg, N, xg, K, &wg, NULL, M, ES_ACT_NONE, 0, &err) == 0, "gemv: %s", err.msg);
+    float *again = kt_read(gpu, yg, M * N);
+    T_CHECK(memcmp(again, all, sizeof(float) * (size_t)(M * N)) == 0, "[%s] fp8 GEMV with %d loads in flight differs",
+            es_dtype_name(dt), loads[i]);
+    free(again);
+  }
+#endif
   free(all);
 done:
   free(x);

@@ -258,6 +258,17 @@ static void test_gemv_invariance(const duo_t *d) {
     }
   T_CHECK(cuda_backend_gemv_calls(d->be[1]) - before == runs, "[%s] GEMV invariance: %lld GEMV launches of %d",
           d->name, (long long)(cuda_backend_gemv_calls(d->be[1]) - before), runs);
+  /* loads in flight per lane (cuda_backend_set_gemv_loads) change only the schedule: the same bits */
+  static const int loads[] = {4, 16, 0};
+  for (int i = 0; i < 3; i++) {
+    T_CHECK(cuda_backend_set_gemv_loads(d->be[1], loads[i], &err) == 0, "set_gemv_loads: %s", err.msg);
+    T_CHECK(es_op_linear(d->be[1], dys, ldy, dx, ldx, &dw, &db, M, ES_ACT_GELU, 0, &err) == 0, "linear: %s", err.msg);
+    float *ys = kt_read(d->be[1], dys, M * ldy);
+    for (int64_t m = 0; m < M; m++)
+      T_CHECK(memcmp(yb + m * ldy, ys + m * ldy, sizeof(float) * (size_t)N) == 0,
+              "[%s] GEMV with %d loads in flight: row %lld differs from the default's", d->name, loads[i], (long long)m);
+    free(ys);
+  }
   free(yb);
   free(x);
   kt_weight_free(&w);
