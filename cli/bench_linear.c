@@ -202,7 +202,8 @@ int bench_linear(int argc, char **argv) {
         for (int p = 0; p < 4; p++) {
           const int is_lt = p == 3;
           if (is_lt ? fp8 : M > gemv_m) continue;
-          if (cuda_backend_set_gemv(be, !is_lt, &err) || cuda_backend_set_gemv_loads(be, is_lt ? 0 : loads[p], &err))
+          if (cuda_backend_set_gemv(be, is_lt ? 0 : 2, &err) ||
+              cuda_backend_set_gemv_loads(be, is_lt ? 0 : loads[p], &err))
             goto done;
           double sec = 0;
           if (time_calls(&l, M, (int)repeats, &sec, &err)) goto done;

@@ -510,7 +510,7 @@ extern "C" int es_backend_create_cuda(const es_backend_opts_t *opts, es_backend_
     const char *g = getenv("EARSHOT_CUDA_GRAPHS"); // "0" turns step graphs off (backend.h)
     cb->graphs_off = g && strcmp(g, "0") == 0;
     const char *gv = getenv("EARSHOT_GEMV"); // "0": decode GEMMs through cuBLASLt only (cuda_gemv.h)
-    cb->gemv_off = gv && strcmp(gv, "0") == 0;
+    cb->gemv_mode = gv && strcmp(gv, "0") == 0 ? 0 : 1;
   }
   snprintf(be->name, sizeof be->name, "cuda:%d (%.120s, sm_%d%d, %s)", opts->device, info.name, info.cc_major,
            info.cc_minor, es_dtype_name(opts->compute_dtype));

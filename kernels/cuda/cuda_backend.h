@@ -133,7 +133,8 @@ typedef struct {
   int32_t *smp_count_host;       /* host (V) */
 
   /* ---- step-graph review (h-revB) ---- */
-  int gemv_off;             /* EARSHOT_GEMV=0 at create, or cuda_backend_set_gemv (cuda_gemv.h) */
+  int gemv_mode;            /* 0 off (EARSHOT_GEMV=0 at create), 1 where measured faster (gemv_preferred), 2 every
+                               shape the kernel takes (tests, bench linear): cuda_backend_set_gemv (cuda_gemv.h) */
   const char *graph_unsafe; /* set while recording by an op whose launch a replay could not follow (why, static
                                text); cuda_graph_end then refuses the recording (ES_EUNSUPPORTED: the step runs
                                op by op). Cleared by cuda_graph_begin. */

@@ -110,7 +110,8 @@ static void dispatch(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, in
 
 extern "C" int cuda_gemv_ok(const cuda_backend_t *cb, es_dtype_t out_dt, const void *x, int64_t ldx, const void *w,
                             int64_t N, int64_t K, int64_t M) {
-  return !cb->gemv_off && !cb->base.opts.deterministic && cb->gemm_path == CUDA_GEMM_AUTO &&
+  return cb->gemv_mode && !cb->base.opts.deterministic && cb->gemm_path == CUDA_GEMM_AUTO &&
+         (cb->gemv_mode == 2 || gemv_preferred(M, N, K)) &&
          cb->base.act_dtype == ES_DT_BF16 && (out_dt == ES_DT_BF16 || out_dt == ES_DT_F32) &&
          gemv_shape_ok(M, N, K, ldx, (uintptr_t)x, (uintptr_t)w);
 }
@@ -145,11 +146,12 @@ extern "C" int cuda_backend_set_gemv_loads(es_backend_t *be, int loads, es_error
   return ES_OK;
 }
 
-extern "C" int cuda_backend_set_gemv(es_backend_t *be, int on, es_error_t *err) {
+extern "C" int cuda_backend_set_gemv(es_backend_t *be, int mode, es_error_t *err) {
   cuda_backend_t *cb = cuda_hook_backend(be, "GEMV", err);
   if (!cb) return ES_EINVAL;
-  int rc = cuda_hook_change(cb, "GEMV", cb->gemv_off != !on, err);
+  if (mode < 0 || mode > 2) return es_fail(err, ES_EINVAL, "GEMV mode %d (0 off, 1 where faster, 2 always)", mode);
+  int rc = cuda_hook_change(cb, "GEMV", cb->gemv_mode != mode, err);
   if (rc) return rc;
-  cb->gemv_off = !on;
+  cb->gemv_mode = mode;
   return ES_OK;
 }

@@ -1,8 +1,9 @@
 /* cuda_gemv: es_op_linear / es_op_logits at decode sizes (M <= CUDA_GEMV_MAX_M rows) with bf16 weights and
  * bf16 activations, as a weight-streaming GEMV instead of cuBLASLt (cuda_gemm.cu's gemm() takes it first when
- * cuda_gemv_ok). Off in deterministic mode (cuBLASLt sums larger M in another order), under the plain-GEMM test
- * path, and with EARSHOT_GEMV=0 at create or cuda_backend_set_gemv(be, 0) (bisecting, and `bench model`'s
- * side-by-side measurement).
+ * cuda_gemv_ok): by default only for the shapes where it was measured faster (gemv_math.h, gemv_preferred: one
+ * row); every shape it takes under cuda_backend_set_gemv(be, 2). Off in deterministic mode (cuBLASLt sums larger
+ * M in another order), under the plain-GEMM test path, and with EARSHOT_GEMV=0 at create or
+ * cuda_backend_set_gemv(be, 0) (bisecting, and `bench model`'s side-by-side measurement).
  * Thread safety: the driving thread (backend.h).
  */
 #pragma once
@@ -18,8 +19,9 @@ extern "C" {
 
 /* 16-byte weight loads each lane of the GEMVs (bf16 here, fp8 in cuda_fp8.cu) issues before using the first:
  * latency hiding for weight rows of a few KB. Any value gives the same bits (the lane's sum order is fixed).
- * 8 until measured against 4 and 16 (`earshot bench linear`). */
-#define CUDA_GEMV_LOADS_DEFAULT 8
+ * 4: measured best on an H200 with `earshot bench linear` (o 4096x4096 at M = 1: 0.56 of the copy bandwidth
+ * with 4, 0.52 with 8, 0.44 with 16; every shape the same order or a tie). */
+#define CUDA_GEMV_LOADS_DEFAULT 4
 static inline int cuda_gemv_loads(const cuda_backend_t *cb) {
   return cb->gemv_loads ? cb->gemv_loads : CUDA_GEMV_LOADS_DEFAULT;
 }

@@ -43,9 +43,10 @@ void cuda_backend_attention_calls(const es_backend_t *be, int64_t *fast, int64_t
  * replayed again once turned back on. For benchmarks measuring what graphs save, in one process. */
 int cuda_backend_set_graphs(es_backend_t *be, int on, es_error_t *err);
 
-/* The decode-size GEMV (cuda_gemv.h) on (the default unless EARSHOT_GEMV=0 at create) or off: cuBLASLt for
- * every GEMM. Drops recorded step graphs (they hold the other path's kernels). For benchmarks and bisecting. */
-int cuda_backend_set_gemv(es_backend_t *be, int on, es_error_t *err);
+/* The decode-size GEMV (cuda_gemv.h): mode 1 (the default unless EARSHOT_GEMV=0 at create) where it was measured
+ * faster than cuBLASLt (gemv_math.h, gemv_preferred), 0 off (cuBLASLt for every GEMM), 2 for every shape the
+ * kernel takes (tests; bench linear). Drops recorded step graphs (they hold the other path's kernels). */
+int cuda_backend_set_gemv(es_backend_t *be, int mode, es_error_t *err);
 /* 16-byte weight loads in flight per lane in the bf16 and fp8 GEMVs: 4, 8 or 16, 0 = the default
  * (CUDA_GEMV_LOADS_DEFAULT). The same bits for every value; `earshot bench linear` times them. */
 int cuda_backend_set_gemv_loads(es_backend_t *be, int loads, es_error_t *err);

@@ -11,9 +11,11 @@
 //   add_rows       round(x + row)
 // Row statistics are fixed-order block reductions (cuda_common.cuh): a row's bits do not depend on M.
 //
-// Napkin math: all memory-bound. Decode at batch 1 touches a few 4096-wide rows per op (launch-bound, ~5 µs
-// each, ~13 launches per layer: ≈ 2 ms/token of launch overhead before graphs, part 3); the encoder's
-// 1500 × 1280 rows are 3.8 MB bf16 per pass, ≈ 2–3 µs each at 3 TB/s.
+// Napkin math: all memory-bound. Decode at batch 1 touches a few 4096-wide rows per op (8 KB: nothing to
+// stream, so what counts is the number of dependent trips to memory — one per op is ~1–2 µs; the first versions
+// of RMSNorm and RoPE made one per element and took 17 and 24 µs per call, 1.8 ms of a 6 ms step, measured with
+// `earshot bench model --profile` on an H200); the encoder's 1500 × 1280 rows are 3.8 MB bf16 per pass, ≈ 2–3 µs
+// each at 3 TB/s.
 #include <math.h>
 
 #include "attn_math.h"
@@ -21,6 +23,26 @@
 #include "cuda_ops.h"
 
 #define ROW_THREADS 256
+
+// 16-byte vectors of T (8 bf16 or 4 floats) as floats: the row kernels' loads, one per thread, all issued before
+// any result is needed (a row of 4096 in one round trip to memory instead of one per element).
+template <typename T> struct vec16 {
+  static constexpr int N = 16 / (int)sizeof(T);
+};
+template <typename T> __device__ __forceinline__ void load16_f(const T *p, float *f) {
+  const uint4 u = *reinterpret_cast<const uint4 *>(p);
+  const T *e = reinterpret_cast<const T *>(&u);
+#pragma unroll
+  for (int i = 0; i < vec16<T>::N; i++) f[i] = to_f(e[i]);
+}
+template <typename T> __device__ __forceinline__ void store16_f(T *p, const float *f) {
+  uint4 u;
+  T *e = reinterpret_cast<T *>(&u);
+#pragma unroll
+  for (int i = 0; i < vec16<T>::N; i++) e[i] = from_f<T>(f[i]);
+  *reinterpret_cast<uint4 *>(p) = u;
+}
+static inline bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
 // ---- LayerNorm: y = (x − μ) / √(σ² + eps) · γ + β, biased σ² -------------------------------------------------
 
@@ -84,9 +106,50 @@ __global__ void rms_norm_kernel(T *y, T *residual, const T *add, const T *w, int
     yr[c] = from_f<T>(to_f(w[c]) * rnd<T>(to_f(r[c]) * inv));
 }
 
+// The same arithmetic in one pass for rows of at most 1024 16-byte vectors (C = 4096 in bf16: 512 threads): thread
+// t holds elements [t·N, t·N + N) of the row in registers from its three loads (residual, add, weight, issued
+// together) to its two stores. Decode runs it at M = 1, where the loop above waits on memory once per element
+// (measured 16.8 µs per call on an H200, 1.1 ms of a 6 ms decode step).
+template <typename T>
+__global__ void rms_norm_vec_kernel(T *y, T *residual, const T *add, const T *w, int64_t C, float eps) {
+  constexpr int N = vec16<T>::N;
+  __shared__ float red[32];
+  const int64_t off = (int64_t)blockIdx.x * C + (int64_t)threadIdx.x * N;
+  const bool on = (int64_t)threadIdx.x * N < C;
+  float h[N], a[N], wv[N];
+  float ss = 0.0f;
+  if (on) {
+    load16_f(residual + off, h);
+    if (add) load16_f(add + off, a);
+    load16_f(w + (int64_t)threadIdx.x * N, wv);
+    if (add) {
+#pragma unroll
+      for (int i = 0; i < N; i++) h[i] = rnd<T>(h[i] + a[i]); // transformers: residual + hidden, model dtype
+      store16_f(residual + off, h);
+    }
+#pragma unroll
+    for (int i = 0; i < N; i++) ss += h[i] * h[i];
+  }
+  const float inv = 1.0f / sqrtf(block_reduce(ss, red, 0) / (float)C + eps); // as the CPU reference
+  if (on) {
+    float o[N];
+#pragma unroll
+    for (int i = 0; i < N; i++) o[i] = wv[i] * rnd<T>(h[i] * inv);
+    store16_f(y + off, o);
+  }
+}
+
 template <typename T>
 static int rms_norm(cuda_backend_t *cb, void *y, void *res, const void *add, const void *w, int64_t M, int64_t C,
                     float eps, es_error_t *err) {
+  constexpr int N = vec16<T>::N;
+  if (C % N == 0 && C / N <= 1024 && aligned16(y) && aligned16(res) && (!add || aligned16(add)) && aligned16(w)) {
+    const unsigned threads = (unsigned)((C / N + 31) / 32 * 32);
+    rms_norm_vec_kernel<T><<<(unsigned)M, threads, 0, cb->stream>>>((T *)y, (T *)res, (const T *)add, (const T *)w,
+                                                                     C, eps);
+    ES_CUDA_LAUNCHED(err);
+    return ES_OK;
+  }
   rms_norm_kernel<T><<<(unsigned)M, ROW_THREADS, 0, cb->stream>>>((T *)y, (T *)res, (const T *)add, (const T *)w, C,
                                                                   eps);
   ES_CUDA_LAUNCHED(err);
@@ -136,9 +199,32 @@ template <typename T> __global__ void silu_mul_kernel(T *y, const T *gate, const
   }
 }
 
+// The same with one 16-byte vector per thread (N and ld multiples of the vector, rows aligned): row m, vector j.
+template <typename T>
+__global__ void silu_mul_vec_kernel(T *y, const T *gate, const T *up, int64_t ld, int64_t M, int64_t N) {
+  constexpr int V = vec16<T>::N;
+  const int64_t nv = N / V;
+  GRID_STRIDE(i, M * nv) {
+    const int64_t m = i / nv, j = (i % nv) * V;
+    float g[V], u[V], o[V];
+    load16_f(gate + m * ld + j, g);
+    load16_f(up + m * ld + j, u);
+#pragma unroll
+    for (int e = 0; e < V; e++) o[e] = rnd<T>(g[e] / (1.0f + expf(-g[e]))) * u[e];
+    store16_f(y + m * N + j, o);
+  }
+}
+
 template <typename T>
 static int silu_mul(cuda_backend_t *cb, void *y, const void *g, const void *u, int64_t ld, int64_t M, int64_t N,
                     es_error_t *err) {
+  constexpr int V = vec16<T>::N;
+  if (N % V == 0 && ld % V == 0 && aligned16(y) && aligned16(g) && aligned16(u)) {
+    silu_mul_vec_kernel<T><<<cuda_grid_1d(M * N / V), 256, 0, cb->stream>>>((T *)y, (const T *)g, (const T *)u, ld,
+                                                                            M, N);
+    ES_CUDA_LAUNCHED(err);
+    return ES_OK;
+  }
   silu_mul_kernel<T><<<cuda_grid_1d(M * N), 256, 0, cb->stream>>>((T *)y, (const T *)g, (const T *)u, ld, M, N);
   ES_CUDA_LAUNCHED(err);
   return ES_OK;
@@ -262,57 +348,67 @@ extern "C" int cuda_op_scatter_rows(es_backend_t *be, void *y, const void *x, co
 // fp32, cos/sin of that fp32 value (taken in double and rounded: as close to correctly rounded as the CPU's
 // libm), then rounded to the model dtype before use.
 
-// One block per row i of the step. q (n_tokens, ldq), k (n_tokens, ldk) T rotated in place; v (n_tokens, ldv)
-// T; kv pool (L, n_blocks, 2, H, 16, D) T; positions, slot [n_tokens] int32. Dynamic shared: D floats.
+// Block (token i, group of ROPE_HEADS heads); thread (f, y) rotates pair (f, f + D/2) of head
+// blockIdx.y · ROPE_HEADS + y, of q and of k, and stores k and v at the token's cache slot. q (n_tokens, ldq),
+// k (n_tokens, ldk) T rotated in place; v (n_tokens, ldv) T; kv pool (L, n_blocks, 2, H, 16, D) T; positions,
+// slot [n_tokens] int32. Dynamic shared: D floats (the token's cos and sin, computed once per block by the
+// threads of y = 0). Every thread issues its six loads before any store: one round trip to memory per step at
+// decode (a block per token walking the heads in turn waited on memory once per pair: 24 µs per call on an H200).
+#define ROPE_HEADS 4
 template <typename T>
 __global__ void rope_kv_kernel(T *q, int64_t ldq, T *k, int64_t ldk, const T *v, int64_t ldv, T *kv, int layer,
                                int n_blocks, int H, int D, float theta, const int32_t *positions, const int32_t *slot) {
   extern __shared__ float cs[]; // [half] cos, then [half] sin
-  int half = D / 2;
-  int64_t i = blockIdx.x;
-  float pos = (float)positions[i];
-  for (int f = threadIdx.x; f < half; f += blockDim.x) {
-    float e = (float)(2 * f) / (float)D;
-    float inv = 1.0f / (float)pow((double)theta, (double)e);
-    float a = pos * inv;
+  const int half = D / 2, f = threadIdx.x, h = blockIdx.y * ROPE_HEADS + threadIdx.y;
+  const int64_t i = blockIdx.x;
+  const bool on = h < H;
+  float qa = 0, qb = 0, ka = 0, kb = 0;
+  T va = from_f<T>(0.0f), vb = va;
+  T *qh = q + i * ldq + (int64_t)h * D, *kh = k + i * ldk + (int64_t)h * D;
+  const T *vh = v + i * ldv + (int64_t)h * D;
+  if (on) { // the loads first: nothing below waits on a store
+    qa = to_f(qh[f]), qb = to_f(qh[f + half]);
+    ka = to_f(kh[f]), kb = to_f(kh[f + half]);
+    va = vh[f], vb = vh[f + half];
+  }
+  if (threadIdx.y == 0) {
+    const float pos = (float)positions[i];
+    const float e = (float)(2 * f) / (float)D;
+    const float inv = 1.0f / (float)pow((double)theta, (double)e);
+    const float ang = pos * inv;
     double sn, cn;
-    sincos((double)a, &sn, &cn);
+    sincos((double)ang, &sn, &cn);
     cs[f] = rnd<T>((float)cn);
     cs[half + f] = rnd<T>((float)sn);
   }
   __syncthreads();
-  int32_t s = slot[i], blk = s / ES_KV_BLOCK, off = s % ES_KV_BLOCK;
-  for (int j = threadIdx.x; j < H * half; j += blockDim.x) {
-    int h = j / half, f = j % half;
-    float c = cs[f], sn = cs[half + f];
-    T *qh = q + i * ldq + (int64_t)h * D, *kh = k + i * ldk + (int64_t)h * D;
-    float a = to_f(qh[f]), b = to_f(qh[f + half]);
-    // out[f] = a·cos − b·sin; out[f + half] = b·cos + a·sin, each product and the sum rounded (bf16 eager)
-    // (__fmul_rn/__fadd_rn: no contraction into FMA, so fp32 mode does the CPU reference's IEEE operations)
-    qh[f] = from_f<T>(__fadd_rn(rnd<T>(__fmul_rn(a, c)), rnd<T>(-__fmul_rn(b, sn))));
-    qh[f + half] = from_f<T>(__fadd_rn(rnd<T>(__fmul_rn(b, c)), rnd<T>(__fmul_rn(a, sn))));
-    a = to_f(kh[f]);
-    b = to_f(kh[f + half]);
-    T k0 = from_f<T>(__fadd_rn(rnd<T>(__fmul_rn(a, c)), rnd<T>(-__fmul_rn(b, sn))));
-    T k1 = from_f<T>(__fadd_rn(rnd<T>(__fmul_rn(b, c)), rnd<T>(__fmul_rn(a, sn))));
-    kh[f] = k0;
-    kh[f + half] = k1;
-    // the same CPU-tested addressing the attention kernels read with (attn_math.h, test_attn_math)
-    T *kc = kv + attn_kv_offset(layer, n_blocks, blk, 0, H, h, D, off); // K of (blk, h), row off
-    T *vc = kv + attn_kv_offset(layer, n_blocks, blk, 1, H, h, D, off); // V of (blk, h), row off
-    const T *vh = v + i * ldv + (int64_t)h * D;
-    kc[f] = k0;
-    kc[f + half] = k1;
-    vc[f] = vh[f];
-    vc[f + half] = vh[f + half];
-  }
+  if (!on) return;
+  const float c = cs[f], sn = cs[half + f];
+  // out[f] = a·cos − b·sin; out[f + half] = b·cos + a·sin, each product and the sum rounded (bf16 eager)
+  // (__fmul_rn/__fadd_rn: no contraction into FMA, so fp32 mode does the CPU reference's IEEE operations)
+  qh[f] = from_f<T>(__fadd_rn(rnd<T>(__fmul_rn(qa, c)), rnd<T>(-__fmul_rn(qb, sn))));
+  qh[f + half] = from_f<T>(__fadd_rn(rnd<T>(__fmul_rn(qb, c)), rnd<T>(__fmul_rn(qa, sn))));
+  const T k0 = from_f<T>(__fadd_rn(rnd<T>(__fmul_rn(ka, c)), rnd<T>(-__fmul_rn(kb, sn))));
+  const T k1 = from_f<T>(__fadd_rn(rnd<T>(__fmul_rn(kb, c)), rnd<T>(__fmul_rn(ka, sn))));
+  kh[f] = k0;
+  kh[f + half] = k1;
+  // the same CPU-tested addressing the attention kernels read with (attn_math.h, test_attn_math)
+  const int32_t s = slot[i], blk = s / ES_KV_BLOCK, off = s % ES_KV_BLOCK;
+  T *kc = kv + attn_kv_offset(layer, n_blocks, blk, 0, H, h, D, off); // K of (blk, h), row off
+  T *vc = kv + attn_kv_offset(layer, n_blocks, blk, 1, H, h, D, off); // V of (blk, h), row off
+  kc[f] = k0;
+  kc[f + half] = k1;
+  vc[f] = va;
+  vc[f + half] = vb;
 }
 
 template <typename T>
 static int rope_kv(cuda_backend_t *cb, int layer, void *q, int64_t ldq, void *k, int64_t ldk, const void *v,
                    int64_t ldv, int H, int D, float theta, es_error_t *err) {
   const es_backend_t *be = &cb->base;
-  rope_kv_kernel<T><<<(unsigned)be->batch.n_tokens, 128, (size_t)D * sizeof(float), cb->stream>>>(
+  const dim3 grid((unsigned)be->batch.n_tokens, (unsigned)((H + ROPE_HEADS - 1) / ROPE_HEADS)),
+      block((unsigned)(D / 2), ROPE_HEADS);
+  rope_kv_kernel<T><<<grid, block, (size_t)D * sizeof(float), cb->stream>>>(
       (T *)q, ldq, (T *)k, ldk, (const T *)v, ldv, (T *)cb->kv, layer, be->kv_blocks, H, D, theta, cb->d_positions,
       cb->d_slot);
   ES_CUDA_LAUNCHED(err);
@@ -325,7 +421,7 @@ extern "C" int cuda_op_rope_kv_store(es_backend_t *be, int layer, void *q, int64
   int rc = cuda_enter(cb, err);
   if (rc) return rc;
   if (!(theta > 1.0f)) return es_fail(err, ES_EINVAL, "rope_kv_store: theta %g must be > 1", (double)theta);
-  if ((size_t)D * sizeof(float) > 48 * 1024)
+  if (D / 2 * ROPE_HEADS > 1024) /* a block is D/2 x ROPE_HEADS threads */
     return es_fail(err, ES_EUNSUPPORTED, "rope_kv_store: head dim %d too large", D);
   return CUDA_DISPATCH(cb, rope_kv, cb, layer, q, ldq, k, ldk, v, ldv, H, D, theta, err);
 }

@@ -76,17 +76,19 @@ static void cmp(const duo_t *d, const char *what, void *p[2], int64_t n, int kin
 
 /* ---- GEMMs ------------------------------------------------------------------------------------------------- */
 
-/* GEMM paths of the CUDA backend: the default (in bf16 the decode GEMV where cuda_gemv_ok, else cuBLASLt), the
- * plain kernel, and (bf16 only) the default with the GEMV off, so cuBLASLt is compared at decode sizes too. */
-enum { P_AUTO, P_PLAIN, P_NO_GEMV, P_COUNT };
-static const char *const path_name[P_COUNT] = {"auto", "plain", "cublasLt (GEMV off)"};
+/* GEMM paths of the CUDA backend: the default (in bf16 the decode GEMV where cuda_gemv_ok — the shapes where it is
+ * faster, gemv_preferred — else cuBLASLt), the plain kernel, and (bf16 only) the default with the GEMV off, so
+ * cuBLASLt is compared at decode sizes too, and with the GEMV for every shape it takes (M <= 4). */
+enum { P_AUTO, P_PLAIN, P_NO_GEMV, P_GEMV, P_COUNT };
+static const char *const path_name[P_COUNT] = {"auto", "plain", "cublasLt (GEMV off)", "GEMV wherever it applies"};
 
 /* Sets the CUDA backend's GEMM path; returns its GEMV count before the call (0 without the CUDA backend). */
 static int64_t set_path(const duo_t *d, int path) {
 #ifdef ES_HAVE_CUDA_BACKEND
   es_error_t err;
   cuda_backend_set_gemm_path(d->be[1], path == P_PLAIN ? CUDA_GEMM_PLAIN : CUDA_GEMM_AUTO, &err);
-  T_CHECK(cuda_backend_set_gemv(d->be[1], path != P_NO_GEMV, &err) == 0, "set_gemv: %s", err.msg);
+  T_CHECK(cuda_backend_set_gemv(d->be[1], path == P_NO_GEMV ? 0 : path == P_GEMV ? 2 : 1, &err) == 0, "set_gemv: %s",
+          err.msg);
   return cuda_backend_gemv_calls(d->be[1]);
 #else
   (void)d, (void)path;
@@ -98,7 +100,8 @@ static int64_t set_path(const duo_t *d, int path) {
 static void check_gemv_used(const duo_t *d, int path, int64_t before, int64_t M, int64_t N, int64_t K, int64_t ldx,
                             const void *x, const void *w, const char *what) {
 #ifdef ES_HAVE_CUDA_BACKEND
-  const int want = path == P_AUTO && d->dt == ES_DT_BF16 && gemv_shape_ok(M, N, K, ldx, (uintptr_t)x, (uintptr_t)w);
+  const int want = (path == P_GEMV || (path == P_AUTO && gemv_preferred(M, N, K))) && d->dt == ES_DT_BF16 &&
+                   gemv_shape_ok(M, N, K, ldx, (uintptr_t)x, (uintptr_t)w);
   const int64_t got = cuda_backend_gemv_calls(d->be[1]) - before;
   T_CHECK(got == want, "[%s] %s %s: %lld GEMV launches, expected %d", d->name, what, path_name[path], (long long)got,
           want);
@@ -124,7 +127,7 @@ static void test_linear(const duo_t *d, int64_t M, int64_t K, int64_t N, int wit
   snprintf(what, sizeof what, "linear M=%lld K=%lld N=%lld bias=%d act=%d acc=%d ld=%lld/%lld", (long long)M,
            (long long)K, (long long)N, with_bias, (int)act, acc, (long long)ldx, (long long)ldy);
   for (int path = 0; path < P_COUNT; path++) {
-    if (path == P_NO_GEMV && d->dt != ES_DT_BF16) continue; /* no GEMV in fp32 mode */
+    if ((path == P_NO_GEMV || path == P_GEMV) && d->dt != ES_DT_BF16) continue; /* no GEMV in fp32 mode */
     const int64_t before = set_path(d, path);
     void *py[2];
     if (acc) {
@@ -196,7 +199,7 @@ static void test_logits(const duo_t *d, int64_t M, int64_t C, int64_t V) {
   put(d, x, M * C, px);
   for (int i = 0; i < 2; i++) es_backend_alloc(d->be[i], sizeof(float) * (size_t)(M * V), &pl[i], &err);
   for (int path = 0; path < P_COUNT; path++) {
-    if (path == P_NO_GEMV && d->dt != ES_DT_BF16) continue; /* no GEMV in fp32 mode */
+    if ((path == P_NO_GEMV || path == P_GEMV) && d->dt != ES_DT_BF16) continue; /* no GEMV in fp32 mode */
     const int64_t before = set_path(d, path);
     for (int i = 0; i < 2; i++) {
       float *poison = malloc(sizeof(float) * (size_t)(M * V));
@@ -228,7 +231,7 @@ static void test_logits(const duo_t *d, int64_t M, int64_t C, int64_t V) {
 }
 
 /* The GEMV's rows do not depend on M (M <= 4): every run of 1..4 consecutive rows of a batch of 4 gives the batch's
- * rows bit for bit (bf16 mode; the default path, which takes the GEMV for this shape). */
+ * rows bit for bit (bf16 mode; the GEMV for every shape it takes, cuda_backend_set_gemv(be, 2)). */
 static void test_gemv_invariance(const duo_t *d) {
 #ifdef ES_HAVE_CUDA_BACKEND
   if (d->dt != ES_DT_BF16) return;
@@ -239,7 +242,7 @@ static void test_gemv_invariance(const duo_t *d) {
   float *x = rand_act(d, M * ldx, -1, 1);
   void *dx = kt_act(d->be[1], x, M * ldx), *dyb = kt_act(d->be[1], NULL, M * ldy), *dys = kt_act(d->be[1], NULL, M * ldy);
   const size_t e = es_dtype_size(d->dt);
-  const int64_t before = set_path(d, P_AUTO);
+  const int64_t before = set_path(d, P_GEMV);
   T_CHECK(es_op_linear(d->be[1], dyb, ldy, dx, ldx, &dw, &db, M, ES_ACT_GELU, 0, &err) == 0, "linear: %s", err.msg);
   float *yb = kt_read(d->be[1], dyb, M * ldy);
   int runs = 1;
@@ -269,6 +272,7 @@ static void test_gemv_invariance(const duo_t *d) {
               "[%s] GEMV with %d loads in flight: row %lld differs from the default's", d->name, loads[i], (long long)m);
     free(ys);
   }
+  set_path(d, P_AUTO);
   free(yb);
   free(x);
   kt_weight_free(&w);

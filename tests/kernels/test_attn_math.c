@@ -274,9 +274,13 @@ static void test_split_bound(void) {
     }
   }
   T_CHECK(bad == 0, "split bound: %d of %d plans exceed the bound of the longest context", bad, cases);
-  /* the bound is tight where it matters: one sequence of 32 heads on 132 SMs at 8k splits 33 ways at most */
-  T_CHECK(attn_split_bound(32, 8192, 132, 128, 0) == 32, "bound at batch 1, 8k: %d",
+  /* the bound is tight where it matters: one sequence of 32 heads on 132 SMs at 8k splits 33 ways (8 blocks per SM:
+   * 1056 / 32; the 128-key minimum would allow 64) */
+  T_CHECK(attn_split_bound(32, 8192, 132, 128, 0) == 33, "bound at batch 1, 8k: %d",
           attn_split_bound(32, 8192, 132, 128, 0));
+  /* a batch-1 decode at the context of a 30 s clip (~800 keys) is split 7 ways, not 4 */
+  T_CHECK(attn_split_plan(32, 800, 132, 128, 0).n_splits == 7, "batch 1 at 800: %d splits",
+          attn_split_plan(32, 800, 132, 128, 0).n_splits);
 }
 
 static void test_det_split(void) {
