@@ -6,12 +6,12 @@
 //   Bytes a decode step streams: bf16 14.2 GB, fp8 7.8 GB -> at most 1.83x faster where decode is
 //   weight-bound. Floors: H100 SXM (3.35 TB/s HBM3; ~3.0 TB/s reachable) 4.7 ms (bf16) vs 2.6 ms (fp8) per step;
 //   H200 (4.8 TB/s) 3.3 ms vs 1.8 ms.
-//   The GEMV kernel moves 1 byte per weight plus x: each 16-weight chunk also reads 16·M activations (32·M
-//   bytes in bf16) from L1/L2, so at M = 16 the activation traffic is 32x the weight traffic; L1 (~128 B/clk/SM)
-//   then caps it near 1 TB/s of weights, which is why larger M goes to dequantise + cuBLASLt (the dequantise
-//   moves 3 bytes per weight once per step, ~0.2 ms for the 7B at the 3 TB/s scale).
-//   Arithmetic: ~3.5 integer/convert ops + M FMAs per weight; at M = 1 that is ~15% of the H100's issue rate at
-//   the bandwidth floor, so the kernel stays memory-bound.
+//   The GEMV kernel moves 1 byte per weight plus x (16·M activations per 16-weight chunk, from L1/L2).
+//   Instructions, not bytes, bound it: per weight about one decode step, M activation loads and converts and M
+//   FMAs — ~4 at M = 1, which at 4.2 TB/s of weights is most of an H200's issue rate. Measured with
+//   `earshot bench linear` (H200, 2026-11-27), M = 1: 0.39–0.71 of the copy bandwidth (0.35–0.63 before the
+//   sm_89 hardware conversion), where the bf16 GEMV reaches 0.56–0.87; at M = 16, 0.06–0.10. So past
+//   CUDA_FP8_GEMV_MAX_M = 8 rows the weight is dequantised (3 bytes per weight) and cuBLASLt runs the GEMM.
 //
 // The GEMV kernel (fp8_gemv_kernel): one warp per output row n; lane j takes the 16-weight chunks j, j + 32, ...
 // of the row (one 16-byte load each), decodes them two at a time through fp16 (sm_89 and later: one cvt
@@ -30,6 +30,7 @@
 #include "fp8_math.h"
 
 #define FP8_WARPS 4 // warps (output rows) per block
+static_assert(CUDA_FP8_GEMV_MAX_M <= 8, "gemv() below instantiates the kernel for at most 8 rows");
 
 
 // fp16x2 bits -> two floats.
@@ -194,10 +195,8 @@ static int gemv(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t
     launch_gemv<T, 2>(cb, vec, y, ldy, x, ldx, w, bias, m, a, accumulate);
   else if (M <= 4)
     launch_gemv<T, 4>(cb, vec, y, ldy, x, ldx, w, bias, m, a, accumulate);
-  else if (M <= 8)
-    launch_gemv<T, 8>(cb, vec, y, ldy, x, ldx, w, bias, m, a, accumulate);
   else
-    launch_gemv<T, 16>(cb, vec, y, ldy, x, ldx, w, bias, m, a, accumulate);
+    launch_gemv<T, 8>(cb, vec, y, ldy, x, ldx, w, bias, m, a, accumulate);
   ES_CUDA_LAUNCHED(err);
   return ES_OK;
 }

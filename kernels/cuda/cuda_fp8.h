@@ -1,7 +1,6 @@
 /* cuda_fp8: es_op_linear with an FP8 e4m3 weight (es_backend_upload_weight_fp8) on the CUDA backend.
- *   M <= CUDA_FP8_GEMV_MAX_M (decode): a weight-only GEMV kernel that reads each fp8 weight once (up to
- *   CUDA_FP8_CHUNKED_MAX_M: once per chunk of CUDA_FP8_GEMV_MAX_M rows);
- *   larger M (prefill): the weight dequantised into cb->fp8_scratch (compute dtype, sized at upload for the
+ *   M <= CUDA_FP8_GEMV_MAX_M (decode): a weight-only GEMV kernel that reads each fp8 weight once;
+ *   larger M (larger decode batches, prefill): the weight dequantised into cb->fp8_scratch (compute dtype, sized at upload for the
  *   largest fp8 weight) and the ordinary cuBLASLt GEMM (cuda_gemm.cu calls cuda_fp8_dequant, then its gemm).
  * The element math (decode, scale) is kernels/fp8_math.h's, tested on the CPU.
  * Thread safety: the driving thread (backend.h).
@@ -14,12 +13,13 @@
 extern "C" {
 #endif
 
-/* The largest M the GEMV kernel takes: its x traffic grows with M (see the napkin math in cuda_fp8.cu), and
- * past this the dequantise + tensor-core GEMM wins. 16 = the brief's starting point; not yet measured. */
-#define CUDA_FP8_GEMV_MAX_M 16
-/* Up to this M the GEMV runs over chunks of CUDA_FP8_GEMV_MAX_M rows (cuda_gemm.cu says why); past it, the
- * dequantise + GEMM path. 64 = the largest decode bucket; not yet measured. */
-#define CUDA_FP8_CHUNKED_MAX_M 64
+/* The largest M the GEMV kernel takes. Its work per weight grows with M (M FMAs and M activation loads per
+ * weight: the kernel is bound by instruction issue, not by the weight bytes, already at M = 1), so past a few
+ * rows dequantise + tensor-core GEMM (5 bytes moved per weight) wins. Measured with `earshot bench linear` on an
+ * H200 (2026-11-27), the 7B q|k|v projection: GEMV 20 µs at M = 1, 42 at 4, 70 at 8, 125 at 16, 592 at 64;
+ * dequantise + cuBLASLt ~67 µs at any M up to 64 (the dequantise's 150 MB + the bf16 GEMM's 30 µs). A former
+ * path that ran the GEMV over 16-row chunks up to M = 64 was 10x slower than that at M = 64. */
+#define CUDA_FP8_GEMV_MAX_M 8
 
 /* y[M, N] = act(x[M, K] · (decode(w) · scale)ᵀ + bias) (+ y), for M <= CUDA_FP8_GEMV_MAX_M. */
 int cuda_fp8_gemv(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w,

@@ -384,24 +384,11 @@ extern "C" int cuda_op_linear(es_backend_t *be, void *y, int64_t ldy, const void
   if (overlaps(x, (size_t)((M - 1) * ldx + K) * e, y, (size_t)((M - 1) * ldy + N) * e))
     return es_fail(err, ES_EINVAL, "linear: y overlaps x (in-place is not supported)");
   if (w->dtype == ES_DT_FP8E4M3) { /* ---- fp8 weights ---- (cuda_fp8.h: GEMV for decode, else dequantise) */
-    // Deterministic mode: one path for every M. The GEMV (M <= 16) and dequantise + GEMM (larger M) sum a row in
-    // different orders, so a row computed in a batch of 16 and of 17 would differ — what the mode forbids
+    // Deterministic mode: one path for every M. The GEMV (M <= 8) and dequantise + GEMM (larger M) sum a row in
+    // different orders, so a row computed in a batch of 8 and of 9 would differ — what the mode forbids
     // (backend.h). The dequantise path with the shape's one algorithm (or the plain kernel) is M-invariant.
     if (M <= CUDA_FP8_GEMV_MAX_M && !be->opts.deterministic)
       return cuda_fp8_gemv(cb, y, ldy, x, ldx, w, bias, M, act, accumulate, err);
-    // A decode batch past the GEMV's rows (the engine at 17..64 sequences): the GEMV over row chunks reads the
-    // weight ceil(M / 16) times at 1 byte per weight (<= 4 bytes at M = 64), where dequantise + GEMM moves 5
-    // (read 1 + write 2 + the GEMM's read 2) — so fp8 stays ahead of bf16 up to CUDA_FP8_CHUNKED_MAX_M.
-    if (M <= CUDA_FP8_CHUNKED_MAX_M && !be->opts.deterministic) {
-      const size_t a = cuda_act_size(cb);
-      for (int64_t m0 = 0; m0 < M; m0 += CUDA_FP8_GEMV_MAX_M) {
-        const int64_t mc = M - m0 < CUDA_FP8_GEMV_MAX_M ? M - m0 : CUDA_FP8_GEMV_MAX_M;
-        if ((rc = cuda_fp8_gemv(cb, (char *)y + (size_t)(m0 * ldy) * a, ldy, (const char *)x + (size_t)(m0 * ldx) * a,
-                                ldx, w, bias, mc, act, accumulate, err)))
-          return rc;
-      }
-      return ES_OK;
-    }
     if ((rc = cuda_fp8_dequant(cb, w, err))) return rc;
     return gemm(cb, y, ldy, be->act_dtype, x, ldx, cb->fp8_scratch, N, K, bias ? bias->data : NULL, M, act,
                 accumulate, err);

@@ -2,12 +2,11 @@
  * a dequantised double reference), in both compute dtypes:
  *   - the uploaded codes and scales are byte-identical to the CPU backend's (the same host quantiser, staged
  *     in row chunks through the pinned buffers: one weight larger than a staging buffer);
- *   - es_op_linear with an fp8 weight for M = 1 .. 300 (the GEMV kernel up to CUDA_FP8_GEMV_MAX_M = 16, the
- *     GEMV over 16-row chunks up to CUDA_FP8_CHUNKED_MAX_M = 64 (M = 17, 64), the dequantise + cuBLASLt path
- *     above), odd K and N (the GEMV's byte-at-a-time loop), strided rows, bias,
+ *   - es_op_linear with an fp8 weight for M = 1 .. 300 (the GEMV kernel up to CUDA_FP8_GEMV_MAX_M = 8, the
+ *     dequantise + cuBLASLt path above), odd K and N (the GEMV's byte-at-a-time loop), strided rows, bias,
  *     GELU and accumulate, GPU outputs poisoned first; tolerance as test_cuda_ops' GEMMs, plus, on the
  *     dequantise path in bf16, the rounding of each dequantised weight to bf16 (dequant_tol);
- *   - the GEMV is batch-invariant: a row alone equals (memcmp) the same row among 13.
+ *   - the GEMV is batch-invariant: a row alone equals (memcmp) the same row among 8.
  * Skips (exit 77) without the CUDA backend or without a GPU.
  */
 #include "kernel_test.h"
@@ -18,7 +17,7 @@
 #ifdef ES_HAVE_CUDA_BACKEND
 #include "cuda/cuda_fp8.h"
 #include "cuda/cuda_hooks.h"
-#define DEQUANT_PAST_M CUDA_FP8_CHUNKED_MAX_M
+#define DEQUANT_PAST_M CUDA_FP8_GEMV_MAX_M
 #else
 #define DEQUANT_PAST_M INT64_MAX /* no CUDA backend: the test skips */
 #endif
@@ -59,7 +58,7 @@ done:
   kt_weight_free(&w);
 }
 
-/* Past CUDA_FP8_CHUNKED_MAX_M rows the GPU dequantises the weight into the compute dtype and runs the ordinary
+/* Past CUDA_FP8_GEMV_MAX_M rows the GPU dequantises the weight into the compute dtype and runs the ordinary
  * GEMM; in bf16 that rounds every weight decode(q)·scale once more, by up to half its spacing (at most 2^-8 of
  * itself), which the CPU's fp32 weights do not. Those errors are independent and uniform, so output (m, n) moves
  * by a sum with standard deviation at most 2^-8/√3 · sqrt(Σ_k (x[m,k] · w[n,k])²): allow six of them, per
@@ -127,9 +126,9 @@ done:
   kt_weight_free(&b);
 }
 
-/* GEMV rows alone vs among M = 13: the same bits. */
+/* GEMV rows alone vs among M = 8 (its most): the same bits. */
 static void test_gemv_invariance(es_backend_t *gpu, es_dtype_t dt) {
-  const int64_t M = 13, K = 512, N = 200;
+  const int64_t M = 8, K = 512, N = 200;
   es_error_t err;
   kt_weight_t w = kt_weight(ES_DT_BF16, N, K, -0.5f, 0.5f);
   es_weight_t wg;
