@@ -312,7 +312,7 @@ static int bench_model(int argc, char **argv) {
   float *x = NULL, *mel = NULL;
   int32_t *ids = NULL, *arow = NULL, *pos = NULL, *slot = NULL, *table = NULL, *lrows = NULL, *q_start = NULL,
           *ctx = NULL;
-  double *t_ttft = NULL, *t_step = NULL, *t_eager = NULL, *t_nogemv = NULL;
+  double *t_ttft = NULL, *t_step = NULL, *t_eager = NULL, *t_nogemv = NULL, *t_nopdl = NULL;
   kv_seq_t *seqs = NULL;
   char dir[4096] = "";
   es_profile_t prof_first = {0}, prof_decode = {0}; /* --profile: the first token, the decode steps */
@@ -407,8 +407,9 @@ static int bench_model(int argc, char **argv) {
   t_step = calloc((size_t)repeats * (size_t)n_out, sizeof(double));
   t_eager = calloc((size_t)n_out, sizeof(double));
   t_nogemv = calloc((size_t)n_out, sizeof(double));
+  t_nopdl = calloc((size_t)n_out, sizeof(double));
   if (!ids || !arow || !pos || !slot || !table || !lrows || !q_start || !ctx || !seqs || !t_ttft ||
-      !t_step || !t_eager || !t_nogemv) {
+      !t_step || !t_eager || !t_nogemv || !t_nopdl) {
     es_fail(&err, ES_ENOMEM, "out of memory");
     goto done;
   }
@@ -425,22 +426,28 @@ static int bench_model(int argc, char **argv) {
 
   /* After the timed runs, side by side on the same weights and card: with step graphs, one run with graphs off
    * (what they save); on CUDA in bf16 without fp8, one run with the decode GEMV off (cuBLASLt for every GEMM:
-   * what the GEMV gains; graphs as in the timed runs). */
+   * what the GEMV gains; graphs as in the timed runs); on a GPU with programmatic dependent launch, one run with
+   * it off (what it gains; graphs and GEMV as in the timed runs). */
   const int cmp_graphs = es_backend_graphs_supported(bm.be);
   int cmp_gemv = 0;
 #ifdef ES_HAVE_CUDA_BACKEND
   cmp_gemv = strncmp(es_backend_name(bm.be), "cuda", 4) == 0 && es_backend_act_dtype(bm.be) == ES_DT_BF16 &&
              !ro.deterministic && ro.quantization == RT_QUANT_NONE; /* fp8 linears have their own GEMV */
 #endif
-  int n_step = 0, n_eager = 0, n_nogemv = 0;
+  int cmp_pdl = 0; /* on a GPU that has it: one run with programmatic dependent launch off */
+#ifdef ES_HAVE_CUDA_BACKEND
+  cmp_pdl = cuda_backend_pdl(bm.be);
+#endif
+  int n_step = 0, n_eager = 0, n_nogemv = 0, n_nopdl = 0;
 #ifdef ES_HAVE_CUDA_BACKEND
   int graphs_were_on = 0; /* graphs on when the graphs-off run began (not refused by then): on again after it */
 #endif
   /* --profile: one last run op by op (graphs off: a replay would be one record), GEMV as in the timed runs */
-  for (int run = 0; run < warmup + repeats + cmp_graphs + cmp_gemv + profile; run++) {
+  for (int run = 0; run < warmup + repeats + cmp_graphs + cmp_gemv + cmp_pdl + profile; run++) {
     const int extra = run - (warmup + repeats); /* < 0: a warm-up or timed run */
     const int eager_run = cmp_graphs && extra == 0, nogemv_run = cmp_gemv && extra == cmp_graphs;
-    const int prof_run = profile && extra == cmp_graphs + cmp_gemv;
+    const int nopdl_run = cmp_pdl && extra == cmp_graphs + cmp_gemv;
+    const int prof_run = profile && extra == cmp_graphs + cmp_gemv + cmp_pdl;
     const int timed = run >= warmup && extra < 0;
 #ifdef ES_HAVE_CUDA_BACKEND
     if (eager_run) {
@@ -454,8 +461,13 @@ static int bench_model(int argc, char **argv) {
         goto done;
       qa_model_forget_graphs(bm.m); /* the GEMM plans for M = B do not exist yet: warm up before recording */
     }
+    if (nopdl_run && ((cmp_gemv && cuda_backend_set_gemv(bm.be, 1, &err)) ||
+                      (graphs_were_on && cuda_backend_set_graphs(bm.be, 1, &err)) ||
+                      cuda_backend_set_pdl(bm.be, 0, &err))) /* everything else as in the timed runs */
+      goto done;
     if (prof_run && strncmp(es_backend_name(bm.be), "cuda", 4) == 0 &&
-        (cuda_backend_set_graphs(bm.be, 0, &err) || (cmp_gemv && cuda_backend_set_gemv(bm.be, 1, &err))))
+        (cuda_backend_set_graphs(bm.be, 0, &err) || (cmp_gemv && cuda_backend_set_gemv(bm.be, 1, &err)) ||
+         (cmp_pdl && cuda_backend_set_pdl(bm.be, 1, &err))))
       goto done;
 #endif
     if (prof_run && es_backend_profile_start(bm.be, 4096, &err)) goto done;
@@ -524,6 +536,7 @@ static int bench_model(int argc, char **argv) {
       if (timed) t_step[n_step++] = es_now_s() - s0;
       if (eager_run) t_eager[n_eager++] = es_now_s() - s0;
       if (nogemv_run) t_nogemv[n_nogemv++] = es_now_s() - s0;
+      if (nopdl_run) t_nopdl[n_nopdl++] = es_now_s() - s0;
     }
     if (prof_run && es_backend_profile_stop(bm.be, &prof_decode, &err)) goto done;
     for (int b = 0; b < B; b++) kv_seq_release(bm.kv, &seqs[b]);
@@ -531,6 +544,7 @@ static int bench_model(int argc, char **argv) {
             timed        ? ""
             : eager_run  ? " (graphs off)"
             : nogemv_run ? " (GEMV off)"
+            : nopdl_run  ? " (PDL off)"
             : prof_run   ? " (profiled, op by op)"
                          : " (warm-up)",
             1e3 * ttft);
@@ -561,6 +575,10 @@ static int bench_model(int argc, char **argv) {
   if (n_nogemv)
     printf("  decode step, cuBLASLt for every GEMM          %10.3f ms  (the GEMV: %.2fx faster)\n", nogemv_ms,
            nogemv_ms / step_ms);
+  double nopdl_ms = n_nopdl ? 1e3 * median(t_nopdl, n_nopdl) : 0;
+  if (n_nopdl)
+    printf("  decode step, programmatic dependent launch off %9.3f ms  (PDL: %.2fx faster)\n", nopdl_ms,
+           nopdl_ms / step_ms);
   printf("  steps: %lld graph replays (%lld recorded, %lld refused), %lld padded op by op, %lld unpadded%s\n",
          (long long)gs.replays, (long long)gs.records, (long long)gs.record_failures, (long long)gs.padded_eager,
          (long long)gs.eager,
@@ -580,11 +598,12 @@ static int bench_model(int argc, char **argv) {
            "\"decode_tokens_per_s\": %.3f, \"decoder_weight_bytes\": %.0f, \"copy_bytes_per_s\": %.0f, "
            "\"limit_ms_per_step\": %.4f, \"fraction_of_limit\": %.4f, \"graph_replays\": %lld, "
            "\"decode_ms_per_step_no_graphs\": %.4f, \"decode_ms_per_step_no_gemv\": %.4f, "
+           "\"decode_ms_per_step_no_pdl\": %.4f, "
            "\"deterministic\": %s}\n",
            es_backend_name(bm.be), es_dtype_name(es_backend_act_dtype(bm.be)), rt_quantization_name(ro.quantization),
            ro.dummy_weights ? "true" : "false", B, seconds, N,
            P, n_out, warmup, repeats, load_s, ttft_ms, step_ms, B * 1e3 / step_ms, mbytes, bw, limit_ms,
-           step_ms > 0 ? limit_ms / step_ms : 0.0, (long long)gs.replays, eager_ms, nogemv_ms,
+           step_ms > 0 ? limit_ms / step_ms : 0.0, (long long)gs.replays, eager_ms, nogemv_ms, nopdl_ms,
            ro.deterministic ? "true" : "false");
   rc = 0;
 done:
@@ -611,6 +630,7 @@ done:
   free(t_step);
   free(t_eager);
   free(t_nogemv);
+  free(t_nopdl);
   es_profile_free(&prof_first);
   es_profile_free(&prof_decode);
   return rc;

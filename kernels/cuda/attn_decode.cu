@@ -77,6 +77,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
   constexpr int G = D / 8, KPW = 32 / G, STEP = DEC_WARPS * KPW * DEC_U;
   __shared__ float sm_o[DEC_WARPS][D];
   __shared__ float sm_m[DEC_WARPS], sm_l[DEC_WARPS];
+  pdl_wait(); // first: launched with cuda_launch
   const int slot = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
   int s, qi, q0, q_len;
   if (!dec_locate(slot, row0, n_seqs, q_start, &s, &qi, &q0, &q_len)) return; // block-uniform
@@ -189,6 +190,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
 __global__ void __launch_bounds__(DEC_THREADS)
     dec_combine_kernel(bf16 *out, const float *part_o, const float *part_ml, int H, int D, const int32_t *q_start,
                        const int32_t *ctx_len, const int32_t *chunk_dev, int n_splits, int64_t row0, int n_seqs) {
+  pdl_wait(); // first: launched with cuda_launch
   const int slot = blockIdx.x, h = blockIdx.y;
   int s, qi, q0, q_len;
   if (!dec_locate(slot, row0, n_seqs, q_start, &s, &qi, &q0, &q_len)) return;
@@ -218,13 +220,13 @@ static int dec_launch(cuda_backend_t *cb, int layer, void *out, const void *q, i
   float *part_o = p.n_splits > 1 ? cb->attn_part : NULL;
   float *part_ml = p.n_splits > 1 ? part_o + n_x * H * p.n_splits * D : NULL;
   dim3 grid((unsigned)n_x, (unsigned)H, (unsigned)p.n_splits);
-  dec_split_kernel<D><<<grid, DEC_THREADS, 0, cb->stream>>>(
+  cuda_launch(cb, dec_split_kernel<D>, grid, dim3(DEC_THREADS), 0,
       (bf16 *)out, part_o, part_ml, (const bf16 *)q, ldq, (const bf16 *)cb->kv, layer, be->kv_blocks, H, sl,
       cb->d_q_start, cb->d_ctx_len, cb->d_block_table, be->batch.max_blocks, cb->d_dec_chunk, p.n_splits, row0,
       be->batch.n_seqs);
   ES_CUDA_LAUNCHED(err);
   if (p.n_splits > 1) {
-    dec_combine_kernel<<<dim3((unsigned)n_x, (unsigned)H), DEC_THREADS, 0, cb->stream>>>(
+    cuda_launch(cb, dec_combine_kernel, dim3((unsigned)n_x, (unsigned)H), dim3(DEC_THREADS), 0,
         (bf16 *)out, part_o, part_ml, H, D, cb->d_q_start, cb->d_ctx_len, cb->d_dec_chunk, p.n_splits, row0,
         be->batch.n_seqs);
     ES_CUDA_LAUNCHED(err);

@@ -142,6 +142,8 @@ typedef struct {
   /* ---- GEMV review (h-revD) ---- */
   int64_t gemv_calls; /* launches of the decode GEMV (cuda_gemv.cu), for tests: cuda_backend_gemv_calls */
   int gemv_loads;     /* loads in flight per lane of the GEMVs, 0 = CUDA_GEMV_LOADS_DEFAULT (cuda_gemv.h) */
+  int pdl;            /* launch the per-step kernels with programmatic dependent launch (cuda_common.cuh): sm_90
+                         and later, unless EARSHOT_PDL=0 at create or cuda_backend_set_pdl */
 
   /* ---- op profiles (backend.h): timing events on the op stream, between profile_start and _stop ---- */
   cudaEvent_t *prof_ev;

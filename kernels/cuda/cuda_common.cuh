@@ -41,6 +41,41 @@ __device__ __forceinline__ void bf16x8_to_f32(const uint4 &u, float *f) {
   }
 }
 
+// ---- programmatic dependent launch (sm_90) ----
+// A decode step is ~300 short kernels; between two of them the GPU drains the first grid, then launches and
+// schedules the second. Kernels started with cuda_launch (when cb->pdl) may be launched while the kernel before
+// them on the stream is finishing; each such kernel calls pdl_wait() as its FIRST statement, which returns once
+// that kernel has completed and its writes are visible — so nothing is read or written early, and only the
+// launch overlaps. A no-op for a normal launch and before sm_90. (cuBLASLt kernels are launched normally and
+// wait as usual; a kernel of ours after one of them still overlaps its own launch with their tail.)
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// kernel<<<grid, block, smem, cb->stream>>>(args), with the programmatic-serialization attribute when cb->pdl.
+// Launch errors are left for ES_CUDA_LAUNCHED (cudaGetLastError), as with <<<>>>.
+template <typename... Exp, typename... Act>
+static inline void cuda_launch(const cuda_backend_t *cb, void (*kernel)(Exp...), dim3 grid, dim3 block, size_t smem,
+                               Act... args) {
+  if (!cb->pdl) {
+    kernel<<<grid, block, smem, cb->stream>>>(args...);
+    return;
+  }
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = cb->stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  (void)cudaLaunchKernelEx(&cfg, kernel, args...); // its error stays the thread's last error
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;

@@ -84,6 +84,7 @@ template <typename T, int MT, bool VEC, int U>
 __global__ void __launch_bounds__(FP8_WARPS * 32)
     fp8_gemv_kernel(T *y, int64_t ldy, const T *x, int64_t ldx, const uint8_t *w, const float *scale, const T *bias,
                     int M, int64_t N, int64_t K, int act, int accumulate) {
+  pdl_wait(); // first: launched with cuda_launch
   int lane = threadIdx.x & 31;
   int64_t n = (int64_t)blockIdx.x * FP8_WARPS + (threadIdx.x >> 5);
   if (n >= N) return; // a whole warp leaves; nothing below synchronises the block
@@ -165,10 +166,10 @@ static void launch_gemv_u(cuda_backend_t *cb, bool vec, void *y, int64_t ldy, co
   unsigned grid = (unsigned)((N + FP8_WARPS - 1) / FP8_WARPS);
   const T *bp = bias ? (const T *)bias->data : NULL;
   if (vec)
-    fp8_gemv_kernel<T, MT, true, U><<<grid, FP8_WARPS * 32, 0, cb->stream>>>(
+    cuda_launch(cb, fp8_gemv_kernel<T, MT, true, U>, dim3(grid), dim3(FP8_WARPS * 32), 0,
         (T *)y, ldy, (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate);
   else
-    fp8_gemv_kernel<T, MT, false, 1><<<grid, FP8_WARPS * 32, 0, cb->stream>>>(
+    cuda_launch(cb, fp8_gemv_kernel<T, MT, false, 1>, dim3(grid), dim3(FP8_WARPS * 32), 0,
         (T *)y, ldy, (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate);
 }
 

@@ -33,6 +33,7 @@ template <typename TO, int MT, int U>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
     bf16_gemv_kernel(TO *y, int64_t ldy, const bf16 *x, int64_t ldx, const bf16 *w, const bf16 *bias, int M,
                      int64_t N, int64_t K, int act, int accumulate) {
+  pdl_wait(); // first: launched with cuda_launch
   const int lane = threadIdx.x & 31;
   const int64_t n = gemv_row(blockIdx.x, threadIdx.x >> 5);
   if (n >= N) return; // a whole warp leaves; nothing below synchronises the block
@@ -83,7 +84,7 @@ template <typename TO, int MT, int U>
 static void launch_u(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const void *w, int64_t N,
                      int64_t K, const void *bias, int M, int act, int accumulate) {
   const unsigned grid = (unsigned)gemv_grid(N);
-  bf16_gemv_kernel<TO, MT, U><<<grid, GEMV_WARPS * 32, 0, cb->stream>>>(
+  cuda_launch(cb, bf16_gemv_kernel<TO, MT, U>, dim3(grid), dim3(GEMV_WARPS * 32), 0,
       (TO *)y, ldy, (const bf16 *)x, ldx, (const bf16 *)w, (const bf16 *)bias, M, N, K, act, accumulate);
 }
 

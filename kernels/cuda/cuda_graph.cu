@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "attn_fast.h"
+#include "cuda_hooks.h"
 #include "cuda_backend.h"
 #include "cuda_check.h"
 
@@ -131,6 +132,20 @@ extern "C" int cuda_hook_change(cuda_backend_t *cb, const char *what, int change
   if (cb->base.recording) return es_fail(err, ES_EINTERNAL, "%s: changed while recording a step graph", what);
   if (changed) cuda_graphs_free(cb);
   return ES_OK;
+}
+
+extern "C" int cuda_backend_set_pdl(es_backend_t *be, int on, es_error_t *err) {
+  cuda_backend_t *cb = cuda_hook_backend(be, "programmatic dependent launch", err);
+  if (!cb) return ES_EINVAL;
+  const int want = on && cb->cc_major >= 9;
+  int rc = cuda_hook_change(cb, "programmatic dependent launch", cb->pdl != want, err); // recorded launches differ
+  if (rc) return rc;
+  cb->pdl = want;
+  return ES_OK;
+}
+
+extern "C" int cuda_backend_pdl(const es_backend_t *be) {
+  return strcmp(be->ops->kind, "cuda") == 0 ? ((const cuda_backend_t *)be)->pdl : 0;
 }
 
 extern "C" int cuda_backend_set_graphs(es_backend_t *be, int on, es_error_t *err) {

@@ -43,6 +43,12 @@ void cuda_backend_attention_calls(const es_backend_t *be, int64_t *fast, int64_t
  * replayed again once turned back on. For benchmarks measuring what graphs save, in one process. */
 int cuda_backend_set_graphs(es_backend_t *be, int on, es_error_t *err);
 
+/* Programmatic dependent launch of the per-step kernels (cuda_common.cuh, cuda_launch): on by default on sm_90
+ * and later unless EARSHOT_PDL=0 at create; on = 0 turns it off (recorded graphs are dropped). cuda_backend_pdl
+ * says whether it is on (0 for another backend). For `bench model`'s side-by-side measurement and bisecting. */
+int cuda_backend_set_pdl(es_backend_t *be, int on, es_error_t *err);
+int cuda_backend_pdl(const es_backend_t *be);
+
 /* The decode-size GEMV (cuda_gemv.h): mode 1 (the default unless EARSHOT_GEMV=0 at create) where it was measured
  * faster than cuBLASLt (gemv_math.h, gemv_preferred), 0 off (cuBLASLt for every GEMM), 2 for every shape the
  * kernel takes (tests; bench linear). Drops recorded step graphs (they hold the other path's kernels). */

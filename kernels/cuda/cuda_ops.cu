@@ -112,6 +112,7 @@ __global__ void rms_norm_kernel(T *y, T *residual, const T *add, const T *w, int
 // (measured 16.8 µs per call on an H200, 1.1 ms of a 6 ms decode step).
 template <typename T>
 __global__ void rms_norm_vec_kernel(T *y, T *residual, const T *add, const T *w, int64_t C, float eps) {
+  pdl_wait(); // first: launched with cuda_launch
   constexpr int N = vec16<T>::N;
   __shared__ float red[32];
   const int64_t off = (int64_t)blockIdx.x * C + (int64_t)threadIdx.x * N;
@@ -145,8 +146,8 @@ static int rms_norm(cuda_backend_t *cb, void *y, void *res, const void *add, con
   constexpr int N = vec16<T>::N;
   if (C % N == 0 && C / N <= 1024 && aligned16(y) && aligned16(res) && (!add || aligned16(add)) && aligned16(w)) {
     const unsigned threads = (unsigned)((C / N + 31) / 32 * 32);
-    rms_norm_vec_kernel<T><<<(unsigned)M, threads, 0, cb->stream>>>((T *)y, (T *)res, (const T *)add, (const T *)w,
-                                                                     C, eps);
+    cuda_launch(cb, rms_norm_vec_kernel<T>, dim3((unsigned)M), dim3(threads), 0, (T *)y, (T *)res, (const T *)add,
+                (const T *)w, C, eps);
     ES_CUDA_LAUNCHED(err);
     return ES_OK;
   }
@@ -202,6 +203,7 @@ template <typename T> __global__ void silu_mul_kernel(T *y, const T *gate, const
 // The same with one 16-byte vector per thread (N and ld multiples of the vector, rows aligned): row m, vector j.
 template <typename T>
 __global__ void silu_mul_vec_kernel(T *y, const T *gate, const T *up, int64_t ld, int64_t M, int64_t N) {
+  pdl_wait(); // first: launched with cuda_launch
   constexpr int V = vec16<T>::N;
   const int64_t nv = N / V;
   GRID_STRIDE(i, M * nv) {
@@ -220,8 +222,8 @@ static int silu_mul(cuda_backend_t *cb, void *y, const void *g, const void *u, i
                     es_error_t *err) {
   constexpr int V = vec16<T>::N;
   if (N % V == 0 && ld % V == 0 && aligned16(y) && aligned16(g) && aligned16(u)) {
-    silu_mul_vec_kernel<T><<<cuda_grid_1d(M * N / V), 256, 0, cb->stream>>>((T *)y, (const T *)g, (const T *)u, ld,
-                                                                            M, N);
+    cuda_launch(cb, silu_mul_vec_kernel<T>, dim3(cuda_grid_1d(M * N / V)), dim3(256), 0, (T *)y, (const T *)g,
+                (const T *)u, ld, M, N);
     ES_CUDA_LAUNCHED(err);
     return ES_OK;
   }
@@ -358,6 +360,7 @@ extern "C" int cuda_op_scatter_rows(es_backend_t *be, void *y, const void *x, co
 template <typename T>
 __global__ void rope_kv_kernel(T *q, int64_t ldq, T *k, int64_t ldk, const T *v, int64_t ldv, T *kv, int layer,
                                int n_blocks, int H, int D, float theta, const int32_t *positions, const int32_t *slot) {
+  pdl_wait(); // first: launched with cuda_launch
   extern __shared__ float cs[]; // [half] cos, then [half] sin
   const int half = D / 2, f = threadIdx.x, h = blockIdx.y * ROPE_HEADS + threadIdx.y;
   const int64_t i = blockIdx.x;
@@ -408,7 +411,7 @@ static int rope_kv(cuda_backend_t *cb, int layer, void *q, int64_t ldq, void *k,
   const es_backend_t *be = &cb->base;
   const dim3 grid((unsigned)be->batch.n_tokens, (unsigned)((H + ROPE_HEADS - 1) / ROPE_HEADS)),
       block((unsigned)(D / 2), ROPE_HEADS);
-  rope_kv_kernel<T><<<grid, block, (size_t)D * sizeof(float), cb->stream>>>(
+  cuda_launch(cb, rope_kv_kernel<T>, grid, block, (size_t)D * sizeof(float),
       (T *)q, ldq, (T *)k, ldk, (const T *)v, ldv, (T *)cb->kv, layer, be->kv_blocks, H, D, theta, cb->d_positions,
       cb->d_slot);
   ES_CUDA_LAUNCHED(err);

@@ -6,7 +6,10 @@
  * split plan changes with them (it is read on the device), so a replay that kept the recorded step's lengths,
  * positions or plan would diverge. The same run with graphs off (cuda_backend_set_graphs) must give bit-identical
  * logits at every step; the graph statistics must show that replays happened. A second pass decodes one
- * sequence alone (bucket 1) the same way.
+ * sequence alone (bucket 1) the same way. Programmatic dependent launch (sm_90: each step kernel may be launched
+ * before the one before it ends, and waits for it first) must change nothing either: the graphs run with it (the
+ * default), the op-by-op reference without it, and a third run op by op with it must match too — a kernel that
+ * read its input before its wait would race and differ.
  * Skips (exit 77) without the CUDA backend or without a GPU.
  */
 #include <math.h>
@@ -28,9 +31,10 @@
 #ifdef ES_HAVE_CUDA_BACKEND
 /* Prefills n_seqs random prompts, then decodes STEPS tokens of all of them together (greedy), writing every
  * step's logits to out [STEPS][n_seqs][V]. */
-static int run(mh_model_t *h, int graphs, int n_seqs, const int *prompt_len, float *out, es_error_t *err) {
+static int run(mh_model_t *h, int graphs, int pdl, int n_seqs, const int *prompt_len, float *out, es_error_t *err) {
   const int V = h->cfg.vocab_size, max_blocks = MH_MAX_TOKENS / ES_KV_BLOCK;
   int rc = cuda_backend_set_graphs(h->be, graphs, err);
+  if (!rc) rc = cuda_backend_set_pdl(h->be, pdl, err); /* a no-op request before sm_90 */
   if (rc) return rc;
   kv_seq_t seqs[MAX_SEQS];
   memset(seqs, 0, sizeof seqs);
@@ -78,32 +82,45 @@ static int run(mh_model_t *h, int graphs, int n_seqs, const int *prompt_len, flo
   return rc;
 }
 
+/* The first element where a and b differ (n when none). */
+static size_t first_diff(const float *a, const float *b, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (memcmp(&a[i], &b[i], sizeof(float)) != 0) return i;
+  return n;
+}
+
 static void check(mh_model_t *h, int n_seqs, const int *prompt_len) {
   es_error_t err;
   const size_t n = (size_t)STEPS * (size_t)n_seqs * (size_t)h->cfg.vocab_size;
-  float *with = malloc(sizeof(float) * n), *without = malloc(sizeof(float) * n);
-  T_REQUIRE(with && without, "out of memory");
+  float *with = malloc(sizeof(float) * n), *without = malloc(sizeof(float) * n), *eager_pdl = malloc(sizeof(float) * n);
+  T_REQUIRE(with && without && eager_pdl, "out of memory");
   qa_graph_stats_t g0, g1;
   qa_model_graph_stats(h->m, &g0);
-  T_CHECK(run(h, 1, n_seqs, prompt_len, with, &err) == 0, "%d sequences, graphs on: %s", n_seqs, err.msg);
+  T_CHECK(run(h, 1, 1, n_seqs, prompt_len, with, &err) == 0, "%d sequences, graphs on: %s", n_seqs, err.msg);
   qa_model_graph_stats(h->m, &g1);
   T_CHECK(g1.replays - g0.replays >= STEPS - 2, "%d sequences: %lld of %d decode steps replayed a graph", n_seqs,
           (long long)(g1.replays - g0.replays), STEPS);
-  T_CHECK(run(h, 0, n_seqs, prompt_len, without, &err) == 0, "%d sequences, graphs off: %s", n_seqs, err.msg);
-  size_t first = n;
+  T_CHECK(run(h, 0, 0, n_seqs, prompt_len, without, &err) == 0, "%d sequences, graphs and PDL off: %s", n_seqs,
+          err.msg);
+  T_CHECK(run(h, 0, 1, n_seqs, prompt_len, eager_pdl, &err) == 0, "%d sequences, op by op with PDL: %s", n_seqs,
+          err.msg);
   int finite = 1;
-  for (size_t i = 0; i < n; i++) {
-    if (first == n && memcmp(&with[i], &without[i], sizeof(float)) != 0) first = i;
-    finite &= isfinite(with[i]) != 0;
-  }
+  for (size_t i = 0; i < n; i++) finite &= isfinite(with[i]) != 0;
   T_CHECK(finite, "%d sequences: non-finite logits with graphs", n_seqs);
-  size_t per_step = (size_t)n_seqs * (size_t)h->cfg.vocab_size;
+  const size_t per_step = (size_t)n_seqs * (size_t)h->cfg.vocab_size, V = (size_t)h->cfg.vocab_size;
+  size_t first = first_diff(with, without, n);
   T_CHECK(first == n, "%d sequences: graph replay differs from op by op at step %zu, sequence %zu: %.9g vs %.9g",
-          n_seqs, first / per_step, (first % per_step) / (size_t)h->cfg.vocab_size, first < n ? with[first] : 0.0,
+          n_seqs, first / per_step, (first % per_step) / V, first < n ? with[first] : 0.0,
+          first < n ? without[first] : 0.0);
+  first = first_diff(eager_pdl, without, n);
+  T_CHECK(first == n, "%d sequences: op by op with PDL differs from without at step %zu, sequence %zu: %.9g vs %.9g",
+          n_seqs, first / per_step, (first % per_step) / V, first < n ? eager_pdl[first] : 0.0,
           first < n ? without[first] : 0.0);
   free(with);
   free(without);
+  free(eager_pdl);
   cuda_backend_set_graphs(h->be, 1, &err);
+  cuda_backend_set_pdl(h->be, 1, &err);
 }
 #endif
 
