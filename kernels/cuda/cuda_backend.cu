@@ -512,7 +512,7 @@ extern "C" int es_backend_create_cuda(const es_backend_opts_t *opts, es_backend_
     const char *gv = getenv("EARSHOT_GEMV"); // "0": decode GEMMs through cuBLASLt only (cuda_gemv.h)
     cb->gemv_mode = gv && strcmp(gv, "0") == 0 ? 0 : 1;
     const char *pd = getenv("EARSHOT_PDL"); // "0": every kernel launched normally (cuda_common.cuh, cuda_launch)
-    cb->pdl = info.cc_major >= 9 && !(pd && strcmp(pd, "0") == 0);
+    cb->pdl = !(pd && strcmp(pd, "0") == 0); // and only if the probe below passes
   }
   snprintf(be->name, sizeof be->name, "cuda:%d (%.120s, sm_%d%d, %s)", opts->device, info.name, info.cc_major,
            info.cc_minor, es_dtype_name(opts->compute_dtype));
@@ -530,6 +530,8 @@ extern "C" int es_backend_create_cuda(const es_backend_opts_t *opts, es_backend_
   // first: a build without code for this card fails here with a clear message, not in a kernel attribute call
   if ((rc = es_gpu_selftest(cb->device, err))) goto fail;
   if ((rc = create_resources(cb, err))) goto fail;
+  cb->pdl_ok = cb->cc_major >= 9 && cuda_pdl_probe(cb);
+  cb->pdl = cb->pdl && cb->pdl_ok;
   *out = be;
   return ES_OK;
 fail:

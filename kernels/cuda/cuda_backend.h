@@ -144,6 +144,7 @@ typedef struct {
   int gemv_loads;     /* loads in flight per lane of the GEMVs, 0 = CUDA_GEMV_LOADS_DEFAULT (cuda_gemv.h) */
   int pdl;            /* launch the per-step kernels with programmatic dependent launch (cuda_common.cuh): sm_90
                          and later, unless EARSHOT_PDL=0 at create or cuda_backend_set_pdl */
+  int pdl_ok;         /* the device passed cuda_pdl_probe at create: cuda_backend_set_pdl may turn it on */
 
   /* ---- op profiles (backend.h): timing events on the op stream, between profile_start and _stop ---- */
   cudaEvent_t *prof_ev;
@@ -165,6 +166,10 @@ void cuda_graph_abort(es_backend_t *be);
 int cuda_graph_has(const es_backend_t *be, int key);
 int cuda_graph_launch(es_backend_t *be, int key, es_error_t *err);
 void cuda_graphs_free(cuda_backend_t *cb);
+/* At create, on sm_90 and later: launches two kernels with programmatic dependent launch on a private stream, directly
+ * and inside a captured, instantiated and replayed graph; returns 1 when all of it worked (any error is cleared),
+ * so a driver without it, or without it in graphs, only loses the speed-up (cuda_graph.cu). */
+int cuda_pdl_probe(cuda_backend_t *cb);
 
 /* The CUDA backend behind a test or benchmark hook (cuda_hooks.h), or NULL after filling err ("WHAT: NAME is not
  * the CUDA backend") when be is another backend (cuda_graph.cu). */

@@ -27,9 +27,63 @@
 #include <string.h>
 
 #include "attn_fast.h"
-#include "cuda_hooks.h"
 #include "cuda_backend.h"
 #include "cuda_check.h"
+#include "cuda_common.cuh"
+#include "cuda_hooks.h"
+
+// ---- the programmatic-dependent-launch probe ----
+
+__global__ void pdl_probe_kernel(int *x, int add) {
+  pdl_wait();
+  if (threadIdx.x == 0) *x += add;
+}
+
+// Both launches and the graph, on a private stream; the result must be 1 + 2 + 1 + 2 (direct, then replayed).
+static bool pdl_probe_run(cuda_backend_t *cb, cudaStream_t s, int *d) {
+  cuda_backend_t probe = *cb; // cuda_launch reads stream and pdl only
+  probe.stream = s;
+  probe.pdl = 1;
+  cudaGraph_t g = NULL;
+  cudaGraphExec_t exec = NULL;
+  int h = 0;
+  bool ok = cudaMemsetAsync(d, 0, sizeof(int), s) == cudaSuccess;
+  if (ok) {
+    cuda_launch(&probe, pdl_probe_kernel, dim3(1), dim3(32), 0, d, 1);
+    cuda_launch(&probe, pdl_probe_kernel, dim3(1), dim3(32), 0, d, 2);
+    ok = cudaGetLastError() == cudaSuccess;
+  }
+  ok = ok && cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
+  if (ok) {
+    cuda_launch(&probe, pdl_probe_kernel, dim3(1), dim3(32), 0, d, 1);
+    cuda_launch(&probe, pdl_probe_kernel, dim3(1), dim3(32), 0, d, 2);
+    const bool launched = cudaGetLastError() == cudaSuccess;
+    ok = cudaStreamEndCapture(s, &g) == cudaSuccess && g && launched;
+  }
+  ok = ok && cudaGraphInstantiate(&exec, g, 0) == cudaSuccess && cudaGraphLaunch(exec, s) == cudaSuccess &&
+       cudaMemcpyAsync(&h, d, sizeof(int), cudaMemcpyDeviceToHost, s) == cudaSuccess &&
+       cudaStreamSynchronize(s) == cudaSuccess && h == 6;
+  if (exec) cudaGraphExecDestroy(exec);
+  if (g) cudaGraphDestroy(g);
+  return ok;
+}
+
+extern "C" int cuda_pdl_probe(cuda_backend_t *cb) {
+  cudaStream_t s = NULL;
+  int *d = NULL;
+  bool ok = cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess &&
+            cudaMalloc((void **)&d, sizeof(int)) == cudaSuccess && pdl_probe_run(cb, s, d);
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  if (s && cudaStreamIsCapturing(s, &st) == cudaSuccess && st != cudaStreamCaptureStatusNone) {
+    cudaGraph_t g = NULL;
+    if (cudaStreamEndCapture(s, &g) == cudaSuccess && g) cudaGraphDestroy(g);
+  }
+  if (s) cudaStreamSynchronize(s);
+  if (d) cudaFree(d);
+  if (s) cudaStreamDestroy(s);
+  cudaGetLastError(); // a refused probe leaves nothing for the next call
+  return ok;
+}
 
 extern "C" int cuda_graphs_supported(const es_backend_t *be) {
   const cuda_backend_t *cb = (const cuda_backend_t *)be;
@@ -137,7 +191,7 @@ extern "C" int cuda_hook_change(cuda_backend_t *cb, const char *what, int change
 extern "C" int cuda_backend_set_pdl(es_backend_t *be, int on, es_error_t *err) {
   cuda_backend_t *cb = cuda_hook_backend(be, "programmatic dependent launch", err);
   if (!cb) return ES_EINVAL;
-  const int want = on && cb->cc_major >= 9;
+  const int want = on && cb->pdl_ok;
   int rc = cuda_hook_change(cb, "programmatic dependent launch", cb->pdl != want, err); // recorded launches differ
   if (rc) return rc;
   cb->pdl = want;

@@ -44,8 +44,9 @@ void cuda_backend_attention_calls(const es_backend_t *be, int64_t *fast, int64_t
 int cuda_backend_set_graphs(es_backend_t *be, int on, es_error_t *err);
 
 /* Programmatic dependent launch of the per-step kernels (cuda_common.cuh, cuda_launch): on by default on sm_90
- * and later unless EARSHOT_PDL=0 at create; on = 0 turns it off (recorded graphs are dropped). cuda_backend_pdl
- * says whether it is on (0 for another backend). For `bench model`'s side-by-side measurement and bisecting. */
+ * and later when the create-time probe (cuda_pdl_probe: direct and in a graph) passed, unless EARSHOT_PDL=0;
+ * on = 0 turns it off, 1 back on where the probe passed (recorded graphs are dropped). cuda_backend_pdl says
+ * whether it is on (0 for another backend). For `bench model`'s side-by-side measurement and bisecting. */
 int cuda_backend_set_pdl(es_backend_t *be, int on, es_error_t *err);
 int cuda_backend_pdl(const es_backend_t *be);
 
