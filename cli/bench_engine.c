@@ -128,10 +128,11 @@ int bench_engine(int argc, char **argv) {
       if (i + 1 >= argc || !(n_levels = parse_levels(argv[++i], levels))) return 2;
       continue;
     }
-    const mf_number_t numbers[] = {
-        {"--waves", &waves_ll, NULL, 1, 1000},               {"--requests", &requests_ll, NULL, 1, 1 << 20},
-        {"--audio-seconds", NULL, &seconds, 0.021, 30},      {"--prompt-tokens", &prompt_ll, NULL, 1, 1 << 16},
-        {"--output-tokens", &output_ll, NULL, 1, 1 << 16}};
+    const mf_number_t numbers[] = {{"--waves", &waves_ll, NULL, 1, 1000},
+                                   {"--requests", &requests_ll, NULL, 1, 1 << 20},
+                                   {"--audio-seconds", NULL, &seconds, 0.021, 30},
+                                   {"--prompt-tokens", &prompt_ll, NULL, 1, 1 << 16},
+                                   {"--output-tokens", &output_ll, NULL, 1, 1 << 16}};
     int num = mf_parse_number("bench engine", numbers, (int)(sizeof numbers / sizeof *numbers), argc, argv, &i);
     if (num < 0) return 2;
     if (num == 0) {
@@ -282,20 +283,22 @@ wait:
   printf("  steady decode %.1f tokens/s (%llu decode-only steps, mean batch %.1f, %.3f ms per step)\n", dec_tps,
          (unsigned long long)es.decode_only_steps, dec_batch,
          es.decode_only_steps ? 1e3 * es.decode_only_s / (double)es.decode_only_steps : 0.0);
-  printf("  %llu steps, largest decode batch %d, preemptions %llu, prefix hits %llu, decode batch histogram (1, 2, 3-4, "
-         "5-8, ..., 65+):",
-         (unsigned long long)es.steps, es.max_decode_batch, (unsigned long long)es.preemptions,
-         (unsigned long long)es.prefix_hits);
+  printf(
+      "  %llu steps, largest decode batch %d, preemptions %llu, prefix hits %llu, decode batch histogram (1, 2, 3-4, "
+      "5-8, ..., 65+):",
+      (unsigned long long)es.steps, es.max_decode_batch, (unsigned long long)es.preemptions,
+      (unsigned long long)es.prefix_hits);
   for (int b = 0; b < ENG_HIST_BUCKETS; b++) printf(" %llu", (unsigned long long)es.decode_batch_hist[b]);
   printf("\n");
   if (json)
-    printf("{\"bench\":\"engine\",\"device\":\"%s\",\"concurrency\":%d,\"requests\":%d,\"tokens_per_s\":%.3f,\"ttft_p50_ms\":%.3f,"
-           "\"ttft_p90_ms\":%.3f,\"ttft_p99_ms\":%.3f,\"max_decode_batch\":%d,\"preemptions\":%llu,"
-           "\"decode_only_tokens_per_s\":%.3f,\"decode_only_mean_batch\":%.2f,\"output_tokens\":%d,\"prefix_hits\":%llu,"
-           "\"deterministic\":%s}\n",
-           rt->device_desc, conc, requests, tps, 1e3 * p50, 1e3 * p90, 1e3 * p99, es.max_decode_batch,
-           (unsigned long long)es.preemptions, dec_tps, dec_batch, output_tokens, (unsigned long long)es.prefix_hits,
-           lo->deterministic ? "true" : "false");
+    printf(
+        "{\"bench\":\"engine\",\"device\":\"%s\",\"concurrency\":%d,\"requests\":%d,\"tokens_per_s\":%.3f,"
+        "\"ttft_p50_ms\":%.3f,\"ttft_p90_ms\":%.3f,\"ttft_p99_ms\":%.3f,\"max_decode_batch\":%d,\"preemptions\":%llu,"
+        "\"decode_only_tokens_per_s\":%.3f,\"decode_only_mean_batch\":%.2f,\"output_tokens\":%d,\"prefix_hits\":%llu,"
+        "\"deterministic\":%s}\n",
+        rt->device_desc, conc, requests, tps, 1e3 * p50, 1e3 * p90, 1e3 * p99, es.max_decode_batch,
+        (unsigned long long)es.preemptions, dec_tps, dec_batch, output_tokens, (unsigned long long)es.prefix_hits,
+        lo->deterministic ? "true" : "false");
   status = 0;
 out:
   free(prompt);

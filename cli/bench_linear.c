@@ -60,7 +60,7 @@ typedef struct {
 } shape_t;
 
 static const shape_t SHAPES[] = {
-    {"qkv", 12288, 4096, 0}, {"o", 4096, 4096, 0}, {"gate_up", 22016, 4096, 0},
+    {"qkv", 12288, 4096, 0},  {"o", 4096, 4096, 0},        {"gate_up", 22016, 4096, 0},
     {"down", 4096, 11008, 0}, {"logits", 156032, 4096, 1},
 };
 
@@ -94,14 +94,14 @@ typedef struct {
 static int time_calls(layer_t *l, int64_t M, int repeats, double *sec, es_error_t *err) {
   int rc = ES_OK;
   for (int r = 0; r < 2 && !rc; r++) /* warm-up: plans, first launches */
-    rc = l->s->logits ? es_op_logits(l->be, l->y, l->x, &l->w[r % l->copies], M, err)
-                      : es_op_linear(l->be, l->y, l->s->N, l->x, l->s->K, &l->w[r % l->copies], NULL, M, ES_ACT_NONE,
-                                     0, err);
+    rc = l->s->logits
+             ? es_op_logits(l->be, l->y, l->x, &l->w[r % l->copies], M, err)
+             : es_op_linear(l->be, l->y, l->s->N, l->x, l->s->K, &l->w[r % l->copies], NULL, M, ES_ACT_NONE, 0, err);
   if (rc || (rc = es_backend_sync(l->be, err)) || (rc = es_backend_profile_start(l->be, repeats, err))) return rc;
   for (int r = 0; r < repeats && !rc; r++)
-    rc = l->s->logits ? es_op_logits(l->be, l->y, l->x, &l->w[r % l->copies], M, err)
-                      : es_op_linear(l->be, l->y, l->s->N, l->x, l->s->K, &l->w[r % l->copies], NULL, M, ES_ACT_NONE,
-                                     0, err);
+    rc = l->s->logits
+             ? es_op_logits(l->be, l->y, l->x, &l->w[r % l->copies], M, err)
+             : es_op_linear(l->be, l->y, l->s->N, l->x, l->s->K, &l->w[r % l->copies], NULL, M, ES_ACT_NONE, 0, err);
   es_profile_t p;
   es_error_t stop_err;
   int src = es_backend_profile_stop(l->be, &p, rc ? &stop_err : err);
@@ -160,9 +160,10 @@ int bench_linear(int argc, char **argv) {
       json = 1;
       continue;
     }
-    long long *dst = !strcmp(a, "--repeats") ? &repeats : !strcmp(a, "--copy-mib") ? &copy_mib
-                                                      : !strcmp(a, "--device")     ? &device
-                                                                                   : NULL;
+    long long *dst = !strcmp(a, "--repeats")    ? &repeats
+                     : !strcmp(a, "--copy-mib") ? &copy_mib
+                     : !strcmp(a, "--device")   ? &device
+                                                : NULL;
     char *end = NULL;
     if (dst && i + 1 < argc) {
       *dst = strtoll(argv[++i], &end, 10);
@@ -179,8 +180,8 @@ int bench_linear(int argc, char **argv) {
   es_backend_t *be = NULL;
   int rc = 1, n_rows = 0;
   row_t rows[512];
-  es_backend_opts_t bo = {.compute_dtype = ES_DT_BF16, .device = (int)device, .max_tokens = MAX_M, .max_seqs = 1,
-                          .max_blocks = 1};
+  es_backend_opts_t bo = {
+      .compute_dtype = ES_DT_BF16, .device = (int)device, .max_tokens = MAX_M, .max_seqs = 1, .max_blocks = 1};
   double bw = 0;
   if (es_backend_create_cuda(&bo, &be, &err) || cuda_backend_copy_bandwidth(be, (size_t)copy_mib << 20, 10, &bw, &err))
     goto done;
@@ -215,8 +216,8 @@ int bench_linear(int argc, char **argv) {
             snprintf(r->path, sizeof r->path, "%s GEMV loads=%d", fp8 ? "fp8" : "bf16", loads[p]);
           r->M = M;
           r->us = 1e6 * sec;
-          double bytes = (double)s->N * s->K * (fp8 ? 1.0 : 2.0) + (fp8 ? 4.0 * s->N : 0) +
-                         2.0 * M * s->K + (s->logits ? 4.0 : 2.0) * M * s->N;
+          double bytes = (double)s->N * s->K * (fp8 ? 1.0 : 2.0) + (fp8 ? 4.0 * s->N : 0) + 2.0 * M * s->K +
+                         (s->logits ? 4.0 : 2.0) * M * s->N;
           r->bytes_per_s = sec > 0 ? bytes / sec : 0;
           printf("  %-22s M=%-3lld %-20s %9.2f us %7.0f GB/s = %.2f of copy\n", r->shape, (long long)M, r->path, r->us,
                  r->bytes_per_s / 1e9, bw > 0 ? r->bytes_per_s / bw : 0.0);
@@ -230,8 +231,8 @@ int bench_linear(int argc, char **argv) {
     printf("{\"bench\": \"linear\", \"backend\": \"%s\", \"copy_bytes_per_s\": %.0f, \"rows\": [", es_backend_name(be),
            bw);
     for (int i = 0; i < n_rows; i++)
-      printf("%s{\"shape\": \"%s\", \"path\": \"%s\", \"M\": %lld, \"us\": %.3f, \"bytes_per_s\": %.0f}",
-             i ? ", " : "", rows[i].shape, rows[i].path, (long long)rows[i].M, rows[i].us, rows[i].bytes_per_s);
+      printf("%s{\"shape\": \"%s\", \"path\": \"%s\", \"M\": %lld, \"us\": %.3f, \"bytes_per_s\": %.0f}", i ? ", " : "",
+             rows[i].shape, rows[i].path, (long long)rows[i].M, rows[i].us, rows[i].bytes_per_s);
     printf("]}\n");
   }
   rc = 0;

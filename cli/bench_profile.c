@@ -3,8 +3,9 @@
 
 void bench_profile_print(FILE *out, const char *title, const es_profile_t *p, int per, double copy_bw, int max_rows) {
   const double d = per > 0 ? per : 1;
-  fprintf(out, "profile: %s — %.3f ms per step from first op to last, %.3f ms in ops, %.3f ms between them "
-               "(launches, host work); %d op calls timed%s\n",
+  fprintf(out,
+          "profile: %s — %.3f ms per step from first op to last, %.3f ms in ops, %.3f ms between them "
+          "(launches, host work); %d op calls timed%s\n",
           title, p->span_ms / d, p->ops_ms / d, (p->span_ms - p->ops_ms) / d, p->records,
           p->dropped ? " (some dropped: more than the profile holds)" : "");
   fprintf(out, "  %-16s %-44s %7s %10s %6s %9s %7s\n", "op", "shape", "calls", "ms", "share", "GB/s", "of copy");

@@ -408,8 +408,8 @@ static int bench_model(int argc, char **argv) {
   t_eager = calloc((size_t)n_out, sizeof(double));
   t_nogemv = calloc((size_t)n_out, sizeof(double));
   t_nopdl = calloc((size_t)n_out, sizeof(double));
-  if (!ids || !arow || !pos || !slot || !table || !lrows || !q_start || !ctx || !seqs || !t_ttft ||
-      !t_step || !t_eager || !t_nogemv || !t_nopdl) {
+  if (!ids || !arow || !pos || !slot || !table || !lrows || !q_start || !ctx || !seqs || !t_ttft || !t_step ||
+      !t_eager || !t_nogemv || !t_nopdl) {
     es_fail(&err, ES_ENOMEM, "out of memory");
     goto done;
   }
@@ -601,10 +601,9 @@ static int bench_model(int argc, char **argv) {
            "\"decode_ms_per_step_no_pdl\": %.4f, "
            "\"deterministic\": %s}\n",
            es_backend_name(bm.be), es_dtype_name(es_backend_act_dtype(bm.be)), rt_quantization_name(ro.quantization),
-           ro.dummy_weights ? "true" : "false", B, seconds, N,
-           P, n_out, warmup, repeats, load_s, ttft_ms, step_ms, B * 1e3 / step_ms, mbytes, bw, limit_ms,
-           step_ms > 0 ? limit_ms / step_ms : 0.0, (long long)gs.replays, eager_ms, nogemv_ms, nopdl_ms,
-           ro.deterministic ? "true" : "false");
+           ro.dummy_weights ? "true" : "false", B, seconds, N, P, n_out, warmup, repeats, load_s, ttft_ms, step_ms,
+           B * 1e3 / step_ms, mbytes, bw, limit_ms, step_ms > 0 ? limit_ms / step_ms : 0.0, (long long)gs.replays,
+           eager_ms, nogemv_ms, nopdl_ms, ro.deterministic ? "true" : "false");
   rc = 0;
 done:
   if (rc) fprintf(stderr, "earshot bench model: %s\n", err.msg);

@@ -251,15 +251,17 @@ int es_backend_end_step(es_backend_t *be, es_error_t *err) {
 
 /* Dispatches an op and returns its status; while a profile runs (backend_profile.c) the call is timed and
  * recorded under the op's name, the bytes it must move (evaluated only then) and a shape label. */
-#define PROFILED(be, call, op, bytes, ...)                                   \
-  do {                                                                       \
-    int rec_ = es_prof_begin(be);                                            \
-    int rc_ = track((be), (call));                                           \
-    if (rec_ >= 0) es_prof_end((be), rec_, rc_, (op), (bytes), __VA_ARGS__); \
-    return rc_;                                                              \
+#define PROFILED(be, call, op, bytes, ...)                                                                             \
+  do {                                                                                                                 \
+    int rec_ = es_prof_begin(be);                                                                                      \
+    int rc_ = track((be), (call));                                                                                     \
+    if (rec_ >= 0) es_prof_end((be), rec_, rc_, (op), (bytes), __VA_ARGS__);                                           \
+    return rc_;                                                                                                        \
   } while (0)
 
-static double act_bytes(const es_backend_t *be, double elems) { return elems * (double)es_dtype_size(be->act_dtype); }
+static double act_bytes(const es_backend_t *be, double elems) {
+  return elems * (double)es_dtype_size(be->act_dtype);
+}
 
 static double weight_bytes(const es_weight_t *w) {
   return (double)w->n0 * (double)w->n1 * (double)es_dtype_size(w->dtype) + (w->scale ? 4.0 * (double)w->n0 : 0.0);
@@ -296,8 +298,9 @@ int es_op_conv1d(es_backend_t *be, void *y, const void *x, const es_weight_t *w,
   NO_FP8(w, "conv1d");
   NO_FP8(bias, "conv1d");
   PROFILED(be, be->ops->conv1d(be, y, x, w, bias, B, T_in, C_in, kernel, stride, pad, act, err), "conv1d",
-           weight_bytes(w) + act_bytes(be, (double)B * (double)T_in * (double)C_in), "B=%lld T=%lld C=%lld->%lld k=%d s=%d",
-           (long long)B, (long long)T_in, (long long)C_in, (long long)w->n0, kernel, stride);
+           weight_bytes(w) + act_bytes(be, (double)B * (double)T_in * (double)C_in),
+           "B=%lld T=%lld C=%lld->%lld k=%d s=%d", (long long)B, (long long)T_in, (long long)C_in, (long long)w->n0,
+           kernel, stride);
 }
 
 int es_op_layer_norm(es_backend_t *be, void *y, const void *x, const es_weight_t *gamma, const es_weight_t *beta,
@@ -325,8 +328,8 @@ int es_op_add_rows(es_backend_t *be, void *x, const void *rows, int64_t M, int64
   NEED(T >= 1 && M >= T && M % T == 0 && C >= 1, "add_rows: M %lld is not a multiple of T %lld", (long long)M,
        (long long)T);
   PROFILED(be, be->ops->add_rows(be, x, rows, M, T, C, err), "add_rows",
-           act_bytes(be, (2.0 * (double)M + (double)T) * (double)C), "M=%lld T=%lld C=%lld", (long long)M,
-           (long long)T, (long long)C);
+           act_bytes(be, (2.0 * (double)M + (double)T) * (double)C), "M=%lld T=%lld C=%lld", (long long)M, (long long)T,
+           (long long)C);
 }
 
 int es_op_rope_kv_store(es_backend_t *be, int layer, void *q, int64_t ldq, void *k, int64_t ldk, const void *v,

@@ -373,21 +373,21 @@ int es_op_sample(es_backend_t *be, float *logits, int n, int32_t *tokens, es_err
  * recording nothing is marked (a recorded op is timed by the replays of its graph, as one "graph" record).
  * Not a hot path: start allocates, stop syncs. */
 typedef struct {
-  char op[24];     /* "linear", "attention_paged", "graph", ... */
-  char shape[96];  /* the shape that matters for its cost, e.g. "M=1 N=12288 K=4096 bfloat16" */
+  char op[24];    /* "linear", "attention_paged", "graph", ... */
+  char shape[96]; /* the shape that matters for its cost, e.g. "M=1 N=12288 K=4096 bfloat16" */
   int calls;
-  double ms;       /* summed device time between each call's two marks */
-  double bytes;    /* bytes the calls must move at least (each input read once, each output written once);
-                    * 0 where not counted */
+  double ms;    /* summed device time between each call's two marks */
+  double bytes; /* bytes the calls must move at least (each input read once, each output written once);
+                 * 0 where not counted */
 } es_profile_entry_t;
 
 typedef struct {
   es_profile_entry_t *entries; /* n, by ms, largest first */
   int n;
-  int records;                 /* op calls timed */
-  int dropped;                 /* op calls past max_records, not timed */
-  double ops_ms;               /* sum of every record's time */
-  double span_ms;              /* first mark to last: ops_ms plus the gaps between ops (launch, host work) */
+  int records;    /* op calls timed */
+  int dropped;    /* op calls past max_records, not timed */
+  double ops_ms;  /* sum of every record's time */
+  double span_ms; /* first mark to last: ops_ms plus the gaps between ops (launch, host work) */
 } es_profile_t;
 
 /* Starts timing ops, at most max_records calls (1 .. 2^20). Not inside a recording; not twice. */

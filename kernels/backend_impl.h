@@ -70,8 +70,8 @@ typedef struct {
   int (*sample)(es_backend_t *be, float *logits, int n, int32_t *tokens, es_error_t *err);
   /* ---- op profiles (backend.h): device timestamps; NULL on a backend whose ops finish before they return
    * (the CPU: backend_profile.c reads the host clock) ---- */
-  int (*prof_init)(es_backend_t *be, int n_marks, es_error_t *err); /* marks 0 .. n_marks - 1 */
-  int (*prof_mark)(es_backend_t *be, int mark, es_error_t *err);     /* queue mark on the device */
+  int (*prof_init)(es_backend_t *be, int n_marks, es_error_t *err);            /* marks 0 .. n_marks - 1 */
+  int (*prof_mark)(es_backend_t *be, int mark, es_error_t *err);               /* queue mark on the device */
   int (*prof_ms)(es_backend_t *be, int a, int b, double *ms, es_error_t *err); /* after both ran (syncs) */
   void (*prof_free)(es_backend_t *be);
 } es_backend_ops_t;

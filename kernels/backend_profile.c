@@ -156,4 +156,6 @@ void es_profile_free(es_profile_t *p) {
   memset(p, 0, sizeof *p);
 }
 
-void es_backend_prof_release(es_backend_t *be) { prof_drop(be); }
+void es_backend_prof_release(es_backend_t *be) {
+  prof_drop(be);
+}

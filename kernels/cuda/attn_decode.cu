@@ -220,15 +220,13 @@ static int dec_launch(cuda_backend_t *cb, int layer, void *out, const void *q, i
   float *part_o = p.n_splits > 1 ? cb->attn_part : NULL;
   float *part_ml = p.n_splits > 1 ? part_o + n_x * H * p.n_splits * D : NULL;
   dim3 grid((unsigned)n_x, (unsigned)H, (unsigned)p.n_splits);
-  cuda_launch(cb, dec_split_kernel<D>, grid, dim3(DEC_THREADS), 0,
-      (bf16 *)out, part_o, part_ml, (const bf16 *)q, ldq, (const bf16 *)cb->kv, layer, be->kv_blocks, H, sl,
-      cb->d_q_start, cb->d_ctx_len, cb->d_block_table, be->batch.max_blocks, cb->d_dec_chunk, p.n_splits, row0,
-      be->batch.n_seqs);
+  cuda_launch(cb, dec_split_kernel<D>, grid, dim3(DEC_THREADS), 0, (bf16 *)out, part_o, part_ml, (const bf16 *)q, ldq,
+              (const bf16 *)cb->kv, layer, be->kv_blocks, H, sl, cb->d_q_start, cb->d_ctx_len, cb->d_block_table,
+              be->batch.max_blocks, cb->d_dec_chunk, p.n_splits, row0, be->batch.n_seqs);
   ES_CUDA_LAUNCHED(err);
   if (p.n_splits > 1) {
-    cuda_launch(cb, dec_combine_kernel, dim3((unsigned)n_x, (unsigned)H), dim3(DEC_THREADS), 0,
-        (bf16 *)out, part_o, part_ml, H, D, cb->d_q_start, cb->d_ctx_len, cb->d_dec_chunk, p.n_splits, row0,
-        be->batch.n_seqs);
+    cuda_launch(cb, dec_combine_kernel, dim3((unsigned)n_x, (unsigned)H), dim3(DEC_THREADS), 0, (bf16 *)out, part_o,
+                part_ml, H, D, cb->d_q_start, cb->d_ctx_len, cb->d_dec_chunk, p.n_splits, row0, be->batch.n_seqs);
     ES_CUDA_LAUNCHED(err);
   }
   return ES_OK;

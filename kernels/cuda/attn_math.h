@@ -37,8 +37,9 @@
 
 #define ATTN_DECODE_MAX_Q 4         /* sequences with at most this many new tokens take the split-KV decode path */
 #define ATTN_SPLIT_ALIGN 64         /* a split's length is a multiple of this many keys */
-#define ATTN_SPLIT_MIN_KEYS 128     /* no more splits than leave each at least this many keys (of the longest);
-                                     * 256 gave a batch-1 decode at context 800 only 4 splits (128 blocks for 132
+#define ATTN_SPLIT_MIN_KEYS                                                                                            \
+  128                               /* no more splits than leave each at least this many keys (of the longest);        \
+                                     * 256 gave a batch-1 decode at context 800 only 4 splits (128 blocks for 132      \
                                      * SMs): 20 µs per layer for 13 MB on an H200 (bench model --profile) */
 #define ATTN_MAX_SPLITS 128         /* hard cap on splits per row */
 #define ATTN_TARGET_BLOCKS_PER_SM 8 /* decode blocks (4 warps each) wanted per SM to keep enough loads in flight */

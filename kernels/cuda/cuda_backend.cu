@@ -511,7 +511,7 @@ extern "C" int es_backend_create_cuda(const es_backend_opts_t *opts, es_backend_
     cb->graphs_off = g && strcmp(g, "0") == 0;
     const char *gv = getenv("EARSHOT_GEMV"); // "0": decode GEMMs through cuBLASLt only (cuda_gemv.h)
     cb->gemv_mode = gv && strcmp(gv, "0") == 0 ? 0 : 1;
-    const char *pd = getenv("EARSHOT_PDL"); // "0": every kernel launched normally (cuda_common.cuh, cuda_launch)
+    const char *pd = getenv("EARSHOT_PDL");  // "0": every kernel launched normally (cuda_common.cuh, cuda_launch)
     cb->pdl = !(pd && strcmp(pd, "0") == 0); // and only if the probe below passes
   }
   snprintf(be->name, sizeof be->name, "cuda:%d (%.120s, sm_%d%d, %s)", opts->device, info.name, info.cc_major,

@@ -15,8 +15,8 @@
 //
 // The GEMV kernel (fp8_gemv_kernel): one warp per output row n; lane j takes the 16-weight chunks j, j + 32, ...
 // of the row (one 16-byte load each), decodes them two at a time through fp16 (sm_89 and later: one cvt
-// instruction, the exact value; sm_80: es_fp8x2_to_f16x2_bits, the value / 256, exact), and accumulates x·w in fp32 with FMA
-// for all M rows; a fixed xor-shuffle tree sums the lanes, and lane m applies row m's epilogue:
+// instruction, the exact value; sm_80: es_fp8x2_to_f16x2_bits, the value / 256, exact), and accumulates x·w in fp32
+// with FMA for all M rows; a fixed xor-shuffle tree sums the lanes, and lane m applies row m's epilogue:
 //   v = rnd(acc · (256 · scale[n]) + bias[n]);  GELU: v = rnd(gelu(v));  accumulate: y = y + v
 // (the plain GEMM kernel's rounding points, cuda_gemm.cu). A row's arithmetic depends only on K, never on M
 // or the other rows, so the kernel is batch-invariant for M <= CUDA_FP8_GEMV_MAX_M; past it cuBLASLt's rules
@@ -31,7 +31,6 @@
 
 #define FP8_WARPS 4 // warps (output rows) per block
 static_assert(CUDA_FP8_GEMV_MAX_M <= 8, "gemv() below instantiates the kernel for at most 8 rows");
-
 
 // fp16x2 bits -> two floats.
 __device__ __forceinline__ float2 f16x2_bits_to_f32(uint32_t h) {
@@ -166,11 +165,11 @@ static void launch_gemv_u(cuda_backend_t *cb, bool vec, void *y, int64_t ldy, co
   unsigned grid = (unsigned)((N + FP8_WARPS - 1) / FP8_WARPS);
   const T *bp = bias ? (const T *)bias->data : NULL;
   if (vec)
-    cuda_launch(cb, fp8_gemv_kernel<T, MT, true, U>, dim3(grid), dim3(FP8_WARPS * 32), 0,
-        (T *)y, ldy, (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate);
+    cuda_launch(cb, fp8_gemv_kernel<T, MT, true, U>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y, ldy, (const T *)x,
+                ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate);
   else
-    cuda_launch(cb, fp8_gemv_kernel<T, MT, false, 1>, dim3(grid), dim3(FP8_WARPS * 32), 0,
-        (T *)y, ldy, (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate);
+    cuda_launch(cb, fp8_gemv_kernel<T, MT, false, 1>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y, ldy, (const T *)x,
+                ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate);
 }
 
 template <typename T, int MT>

@@ -1,9 +1,9 @@
 /* cuda_fp8: es_op_linear with an FP8 e4m3 weight (es_backend_upload_weight_fp8) on the CUDA backend.
  *   M <= CUDA_FP8_GEMV_MAX_M (decode): a weight-only GEMV kernel that reads each fp8 weight once;
- *   larger M (larger decode batches, prefill): the weight dequantised into cb->fp8_scratch (compute dtype, sized at upload for the
- *   largest fp8 weight) and the ordinary cuBLASLt GEMM (cuda_gemm.cu calls cuda_fp8_dequant, then its gemm).
- * The element math (decode, scale) is kernels/fp8_math.h's, tested on the CPU.
- * Thread safety: the driving thread (backend.h).
+ *   larger M (larger decode batches, prefill): the weight dequantised into cb->fp8_scratch (compute dtype, sized at
+ * upload for the largest fp8 weight) and the ordinary cuBLASLt GEMM (cuda_gemm.cu calls cuda_fp8_dequant, then its
+ * gemm). The element math (decode, scale) is kernels/fp8_math.h's, tested on the CPU. Thread safety: the driving thread
+ * (backend.h).
  */
 #pragma once
 

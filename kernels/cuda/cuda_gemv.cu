@@ -23,7 +23,6 @@
 
 static_assert(GEMV_MAX_M == CUDA_GEMV_MAX_M, "gemv_math.h and cuda_gemv.h disagree on the largest M");
 
-
 // y (M, N) row stride ldy, TO = bf16 (linear) or float (logits); x (M, K) bf16 row stride ldx; w (N, K) bf16,
 // contiguous; bias (N) bf16 or NULL. K % 8 == 0 and x, w rows 16-byte aligned (cuda_gemv_ok). Block: GEMV_WARPS
 // warps, warp -> output row n = blockIdx.x · GEMV_WARPS + warp; MT >= M rows accumulated (compile-time).
@@ -31,8 +30,8 @@ static_assert(GEMV_MAX_M == CUDA_GEMV_MAX_M, "gemv_math.h and cuda_gemv.h disagr
 // chunks j, j + 32, ... in increasing order, so every U gives the same bits.
 template <typename TO, int MT, int U>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
-    bf16_gemv_kernel(TO *y, int64_t ldy, const bf16 *x, int64_t ldx, const bf16 *w, const bf16 *bias, int M,
-                     int64_t N, int64_t K, int act, int accumulate) {
+    bf16_gemv_kernel(TO *y, int64_t ldy, const bf16 *x, int64_t ldx, const bf16 *w, const bf16 *bias, int M, int64_t N,
+                     int64_t K, int act, int accumulate) {
   pdl_wait(); // first: launched with cuda_launch
   const int lane = threadIdx.x & 31;
   const int64_t n = gemv_row(blockIdx.x, threadIdx.x >> 5);
@@ -84,8 +83,8 @@ template <typename TO, int MT, int U>
 static void launch_u(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const void *w, int64_t N,
                      int64_t K, const void *bias, int M, int act, int accumulate) {
   const unsigned grid = (unsigned)gemv_grid(N);
-  cuda_launch(cb, bf16_gemv_kernel<TO, MT, U>, dim3(grid), dim3(GEMV_WARPS * 32), 0,
-      (TO *)y, ldy, (const bf16 *)x, ldx, (const bf16 *)w, (const bf16 *)bias, M, N, K, act, accumulate);
+  cuda_launch(cb, bf16_gemv_kernel<TO, MT, U>, dim3(grid), dim3(GEMV_WARPS * 32), 0, (TO *)y, ldy, (const bf16 *)x, ldx,
+              (const bf16 *)w, (const bf16 *)bias, M, N, K, act, accumulate);
 }
 
 template <typename TO, int MT>
@@ -112,9 +111,8 @@ static void dispatch(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, in
 extern "C" int cuda_gemv_ok(const cuda_backend_t *cb, es_dtype_t out_dt, const void *x, int64_t ldx, const void *w,
                             int64_t N, int64_t K, int64_t M) {
   return cb->gemv_mode && !cb->base.opts.deterministic && cb->gemm_path == CUDA_GEMM_AUTO &&
-         (cb->gemv_mode == 2 || gemv_preferred(M, N, K)) &&
-         cb->base.act_dtype == ES_DT_BF16 && (out_dt == ES_DT_BF16 || out_dt == ES_DT_F32) &&
-         gemv_shape_ok(M, N, K, ldx, (uintptr_t)x, (uintptr_t)w);
+         (cb->gemv_mode == 2 || gemv_preferred(M, N, K)) && cb->base.act_dtype == ES_DT_BF16 &&
+         (out_dt == ES_DT_BF16 || out_dt == ES_DT_F32) && gemv_shape_ok(M, N, K, ldx, (uintptr_t)x, (uintptr_t)w);
 }
 
 extern "C" int cuda_gemv(cuda_backend_t *cb, void *y, int64_t ldy, es_dtype_t out_dt, const void *x, int64_t ldx,

@@ -26,9 +26,7 @@
 
 // 16-byte vectors of T (8 bf16 or 4 floats) as floats: the row kernels' loads, one per thread, all issued before
 // any result is needed (a row of 4096 in one round trip to memory instead of one per element).
-template <typename T> struct vec16 {
-  static constexpr int N = 16 / (int)sizeof(T);
-};
+template <typename T> struct vec16 { static constexpr int N = 16 / (int)sizeof(T); };
 template <typename T> __device__ __forceinline__ void load16_f(const T *p, float *f) {
   const uint4 u = *reinterpret_cast<const uint4 *>(p);
   const T *e = reinterpret_cast<const T *>(&u);
@@ -42,7 +40,9 @@ template <typename T> __device__ __forceinline__ void store16_f(T *p, const floa
   for (int i = 0; i < vec16<T>::N; i++) e[i] = from_f<T>(f[i]);
   *reinterpret_cast<uint4 *>(p) = u;
 }
-static inline bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+static inline bool aligned16(const void *p) {
+  return ((uintptr_t)p & 15u) == 0;
+}
 
 // ---- LayerNorm: y = (x − μ) / √(σ² + eps) · γ + β, biased σ² -------------------------------------------------
 
@@ -360,7 +360,7 @@ extern "C" int cuda_op_scatter_rows(es_backend_t *be, void *y, const void *x, co
 template <typename T>
 __global__ void rope_kv_kernel(T *q, int64_t ldq, T *k, int64_t ldk, const T *v, int64_t ldv, T *kv, int layer,
                                int n_blocks, int H, int D, float theta, const int32_t *positions, const int32_t *slot) {
-  pdl_wait(); // first: launched with cuda_launch
+  pdl_wait();                   // first: launched with cuda_launch
   extern __shared__ float cs[]; // [half] cos, then [half] sin
   const int half = D / 2, f = threadIdx.x, h = blockIdx.y * ROPE_HEADS + threadIdx.y;
   const int64_t i = blockIdx.x;
@@ -411,9 +411,8 @@ static int rope_kv(cuda_backend_t *cb, int layer, void *q, int64_t ldq, void *k,
   const es_backend_t *be = &cb->base;
   const dim3 grid((unsigned)be->batch.n_tokens, (unsigned)((H + ROPE_HEADS - 1) / ROPE_HEADS)),
       block((unsigned)(D / 2), ROPE_HEADS);
-  cuda_launch(cb, rope_kv_kernel<T>, grid, block, (size_t)D * sizeof(float),
-      (T *)q, ldq, (T *)k, ldk, (const T *)v, ldv, (T *)cb->kv, layer, be->kv_blocks, H, D, theta, cb->d_positions,
-      cb->d_slot);
+  cuda_launch(cb, rope_kv_kernel<T>, grid, block, (size_t)D * sizeof(float), (T *)q, ldq, (T *)k, ldk, (const T *)v,
+              ldv, (T *)cb->kv, layer, be->kv_blocks, H, D, theta, cb->d_positions, cb->d_slot);
   ES_CUDA_LAUNCHED(err);
   return ES_OK;
 }

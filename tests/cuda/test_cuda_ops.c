@@ -87,8 +87,12 @@ static int64_t set_path(const duo_t *d, int path) {
 #ifdef ES_HAVE_CUDA_BACKEND
   es_error_t err;
   cuda_backend_set_gemm_path(d->be[1], path == P_PLAIN ? CUDA_GEMM_PLAIN : CUDA_GEMM_AUTO, &err);
-  T_CHECK(cuda_backend_set_gemv(d->be[1], path == P_NO_GEMV ? 0 : path == P_GEMV ? 2 : 1, &err) == 0, "set_gemv: %s",
-          err.msg);
+  T_CHECK(cuda_backend_set_gemv(d->be[1],
+                                path == P_NO_GEMV ? 0
+                                : path == P_GEMV  ? 2
+                                                  : 1,
+                                &err) == 0,
+          "set_gemv: %s", err.msg);
   return cuda_backend_gemv_calls(d->be[1]);
 #else
   (void)d, (void)path;
@@ -269,7 +273,8 @@ static void test_gemv_invariance(const duo_t *d) {
     float *ys = kt_read(d->be[1], dys, M * ldy);
     for (int64_t m = 0; m < M; m++)
       T_CHECK(memcmp(yb + m * ldy, ys + m * ldy, sizeof(float) * (size_t)N) == 0,
-              "[%s] GEMV with %d loads in flight: row %lld differs from the default's", d->name, loads[i], (long long)m);
+              "[%s] GEMV with %d loads in flight: row %lld differs from the default's", d->name, loads[i],
+              (long long)m);
     free(ys);
   }
   set_path(d, P_AUTO);

@@ -22,7 +22,8 @@ int main(void) {
   es_weight_t wd = kt_upload(be, &w), wd2 = kt_upload(be, &w2), gd = kt_upload(be, &g);
   float *xh = malloc(sizeof(float) * (size_t)(M * K));
   kt_fill(xh, M * K, -1, 1);
-  void *x = kt_act(be, xh, M * K), *y = kt_act(be, NULL, M * N), *z = kt_act(be, NULL, M * K), *n = kt_act(be, NULL, M * K);
+  void *x = kt_act(be, xh, M * K), *y = kt_act(be, NULL, M * N), *z = kt_act(be, NULL, M * K),
+       *n = kt_act(be, NULL, M * K);
 
   es_profile_t p;
   T_CHECK(es_backend_profile_stop(be, &p, &err) == ES_EINTERNAL, "stop without start is refused");
@@ -39,10 +40,9 @@ int main(void) {
   T_CHECK(p.records == 5 && p.dropped == 0 && p.n == 3, "records %d dropped %d rows %d (want 5, 0, 3)", p.records,
           p.dropped, p.n);
   const es_profile_entry_t *a = find(&p, "linear", "M=3 N=48 K=64 bfloat16"),
-                           *b = find(&p, "linear", "M=3 N=64 K=48 bfloat16 +="),
-                           *c = find(&p, "rms_norm", "M=3 C=64");
-  T_CHECK(a && b && c, "rows by op and shape: %s %s %s", a ? "ok" : "missing linear", b ? "ok" : "missing linear +=",
-          c ? "ok" : "missing rms_norm");
+                           *b = find(&p, "linear", "M=3 N=64 K=48 bfloat16 +="), *c = find(&p, "rms_norm", "M=3 C=64");
+  T_CHECK(a && b && c, "rows by op and shape: %s %s %s", a ? "ok" : "missing linear",
+          b ? "ok" : "missing linear +=", c ? "ok" : "missing rms_norm");
   if (a && b && c) {
     const double act = (double)es_dtype_size(es_backend_act_dtype(be));
     T_CHECK(a->calls == 3 && b->calls == 1 && c->calls == 1, "calls %d %d %d", a->calls, b->calls, c->calls);
@@ -52,12 +52,12 @@ int main(void) {
   }
   double sum = 0;
   for (int i = 0; i < p.n; i++) {
-    T_CHECK(p.entries[i].ms >= 0 && (i == 0 || p.entries[i - 1].ms >= p.entries[i].ms), "row %d: %.6f ms, order",
-            i, p.entries[i].ms);
+    T_CHECK(p.entries[i].ms >= 0 && (i == 0 || p.entries[i - 1].ms >= p.entries[i].ms), "row %d: %.6f ms, order", i,
+            p.entries[i].ms);
     sum += p.entries[i].ms;
   }
-  T_CHECK(fabs(sum - p.ops_ms) < 1e-9 && p.span_ms >= p.ops_ms - 1e-9, "ops %.6f (rows %.6f), span %.6f", p.ops_ms,
-          sum, p.span_ms);
+  T_CHECK(fabs(sum - p.ops_ms) < 1e-9 && p.span_ms >= p.ops_ms - 1e-9, "ops %.6f (rows %.6f), span %.6f", p.ops_ms, sum,
+          p.span_ms);
   es_profile_free(&p);
 
   /* more calls than records: the rest are dropped, the profile still reads */
