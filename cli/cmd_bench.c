@@ -431,8 +431,9 @@ static int bench_model(int argc, char **argv) {
   const int cmp_graphs = es_backend_graphs_supported(bm.be);
   int cmp_gemv = 0;
 #ifdef ES_HAVE_CUDA_BACKEND
-  cmp_gemv = strncmp(es_backend_name(bm.be), "cuda", 4) == 0 && es_backend_act_dtype(bm.be) == ES_DT_BF16 &&
-             !ro.deterministic && ro.quantization == RT_QUANT_NONE; /* fp8 linears have their own GEMV */
+  const int gemv_mode = cuda_backend_gemv_mode(bm.be); /* as the timed runs have it (EARSHOT_GEMV=0: 0) */
+  cmp_gemv = gemv_mode != 0 && es_backend_act_dtype(bm.be) == ES_DT_BF16 && !ro.deterministic &&
+             ro.quantization == RT_QUANT_NONE; /* fp8 linears have their own GEMV */
 #endif
   int cmp_pdl = 0; /* on a GPU that has it: one run with programmatic dependent launch off */
 #ifdef ES_HAVE_CUDA_BACKEND
@@ -461,12 +462,12 @@ static int bench_model(int argc, char **argv) {
         goto done;
       qa_model_forget_graphs(bm.m); /* the GEMM plans for M = B do not exist yet: warm up before recording */
     }
-    if (nopdl_run && ((cmp_gemv && cuda_backend_set_gemv(bm.be, 1, &err)) ||
+    if (nopdl_run && ((cmp_gemv && cuda_backend_set_gemv(bm.be, gemv_mode, &err)) ||
                       (graphs_were_on && cuda_backend_set_graphs(bm.be, 1, &err)) ||
                       cuda_backend_set_pdl(bm.be, 0, &err))) /* everything else as in the timed runs */
       goto done;
     if (prof_run && strncmp(es_backend_name(bm.be), "cuda", 4) == 0 &&
-        (cuda_backend_set_graphs(bm.be, 0, &err) || (cmp_gemv && cuda_backend_set_gemv(bm.be, 1, &err)) ||
+        (cuda_backend_set_graphs(bm.be, 0, &err) || (cmp_gemv && cuda_backend_set_gemv(bm.be, gemv_mode, &err)) ||
          (cmp_pdl && cuda_backend_set_pdl(bm.be, 1, &err))))
       goto done;
 #endif

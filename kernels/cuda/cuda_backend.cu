@@ -530,7 +530,7 @@ extern "C" int es_backend_create_cuda(const es_backend_opts_t *opts, es_backend_
   // first: a build without code for this card fails here with a clear message, not in a kernel attribute call
   if ((rc = es_gpu_selftest(cb->device, err))) goto fail;
   if ((rc = create_resources(cb, err))) goto fail;
-  cb->pdl_ok = cb->cc_major >= 9 && cuda_pdl_probe(cb);
+  cb->pdl_ok = cb->pdl && cb->cc_major >= 9 && cuda_pdl_probe(); // EARSHOT_PDL=0: not even probed
   cb->pdl = cb->pdl && cb->pdl_ok;
   *out = be;
   return ES_OK;

@@ -166,10 +166,11 @@ void cuda_graph_abort(es_backend_t *be);
 int cuda_graph_has(const es_backend_t *be, int key);
 int cuda_graph_launch(es_backend_t *be, int key, es_error_t *err);
 void cuda_graphs_free(cuda_backend_t *cb);
-/* At create, on sm_90 and later: launches two kernels with programmatic dependent launch on a private stream, directly
+/* At create, on sm_90 and later unless EARSHOT_PDL=0: launches two kernels with programmatic dependent launch on a private stream, directly
  * and inside a captured, instantiated and replayed graph; returns 1 when all of it worked (any error is cleared),
- * so a driver without it, or without it in graphs, only loses the speed-up (cuda_graph.cu). */
-int cuda_pdl_probe(cuda_backend_t *cb);
+ * so a driver without it, or without it in graphs, or a binary whose kernels lack the wait (no sm_90 code), only
+ * loses the speed-up (cuda_graph.cu). */
+int cuda_pdl_probe(void);
 
 /* The CUDA backend behind a test or benchmark hook (cuda_hooks.h), or NULL after filling err ("WHAT: NAME is not
  * the CUDA backend") when be is another backend (cuda_graph.cu). */

@@ -54,26 +54,33 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
-// kernel<<<grid, block, smem, cb->stream>>>(args), with the programmatic-serialization attribute when cb->pdl.
+// kernel<<<grid, block, smem, stream>>>(args), with the programmatic-serialization attribute when pdl.
 // Launch errors are left for ES_CUDA_LAUNCHED (cudaGetLastError), as with <<<>>>.
 template <typename... Exp, typename... Act>
-static inline void cuda_launch(const cuda_backend_t *cb, void (*kernel)(Exp...), dim3 grid, dim3 block, size_t smem,
-                               Act... args) {
-  if (!cb->pdl) {
-    kernel<<<grid, block, smem, cb->stream>>>(args...);
+static inline void cuda_launch_on(cudaStream_t stream, int pdl, void (*kernel)(Exp...), dim3 grid, dim3 block,
+                                  size_t smem, Act... args) {
+  if (!pdl) {
+    kernel<<<grid, block, smem, stream>>>(args...);
     return;
   }
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
-  cfg.stream = cb->stream;
+  cfg.stream = stream;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
   (void)cudaLaunchKernelEx(&cfg, kernel, args...); // its error stays the thread's last error
+}
+
+// The backend's kernels: on cb->stream, PDL when cb->pdl.
+template <typename... Exp, typename... Act>
+static inline void cuda_launch(const cuda_backend_t *cb, void (*kernel)(Exp...), dim3 grid, dim3 block, size_t smem,
+                               Act... args) {
+  cuda_launch_on(cb->stream, cb->pdl, kernel, grid, block, smem, args...);
 }
 
 __device__ __forceinline__ float warp_sum(float v) {

@@ -213,8 +213,8 @@ extern "C" int cuda_fp8_gemv(cuda_backend_t *cb, void *y, int64_t ldy, const voi
 
 // ---- dequantise into the scratch, for the GEMM path --------------------------------------------------------
 
-// out (N, K) T = decode(q) · scale[row]; the product is fp32 (exact: a 4-bit significand times fp32), then
-// rounded once to T.
+// out (N, K) T = decode(q) · scale[row]; the product rounded to fp32 (as the CPU backend computes the weight),
+// then once more to T.
 template <typename T> __global__ void fp8_dequant_kernel(T *out, const uint8_t *q, const float *scale, int64_t N,
                                                          int64_t K) {
   GRID_STRIDE(i, N * K) out[i] = from_f<T>(es_fp8_decode(q[i]) * scale[i / K]);

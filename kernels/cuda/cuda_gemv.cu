@@ -130,6 +130,10 @@ extern "C" int cuda_gemv(cuda_backend_t *cb, void *y, int64_t ldy, es_dtype_t ou
   return ES_OK;
 }
 
+extern "C" int cuda_backend_gemv_mode(const es_backend_t *be) {
+  return strcmp(be->ops->kind, "cuda") == 0 ? ((const cuda_backend_t *)be)->gemv_mode : 0;
+}
+
 extern "C" int64_t cuda_backend_gemv_calls(const es_backend_t *be) {
   return strcmp(be->ops->kind, "cuda") == 0 ? ((const cuda_backend_t *)be)->gemv_calls : 0;
 }

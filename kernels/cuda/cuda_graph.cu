@@ -34,29 +34,32 @@
 
 // ---- the programmatic-dependent-launch probe ----
 
+// Adds only where pdl_wait() is compiled in (sm_90 code): a binary that runs on the card from older code (built
+// for sm_80 only, JIT-compiled) has kernels without the wait, must not use PDL, and makes the probe fail.
 __global__ void pdl_probe_kernel(int *x, int add) {
   pdl_wait();
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (threadIdx.x == 0) *x += add;
+#else
+  (void)x, (void)add;
+#endif
 }
 
 // Both launches and the graph, on a private stream; the result must be 1 + 2 + 1 + 2 (direct, then replayed).
-static bool pdl_probe_run(cuda_backend_t *cb, cudaStream_t s, int *d) {
-  cuda_backend_t probe = *cb; // cuda_launch reads stream and pdl only
-  probe.stream = s;
-  probe.pdl = 1;
+static bool pdl_probe_run(cudaStream_t s, int *d) {
   cudaGraph_t g = NULL;
   cudaGraphExec_t exec = NULL;
   int h = 0;
   bool ok = cudaMemsetAsync(d, 0, sizeof(int), s) == cudaSuccess;
   if (ok) {
-    cuda_launch(&probe, pdl_probe_kernel, dim3(1), dim3(32), 0, d, 1);
-    cuda_launch(&probe, pdl_probe_kernel, dim3(1), dim3(32), 0, d, 2);
+    cuda_launch_on(s, 1, pdl_probe_kernel, dim3(1), dim3(32), 0, d, 1);
+    cuda_launch_on(s, 1, pdl_probe_kernel, dim3(1), dim3(32), 0, d, 2);
     ok = cudaGetLastError() == cudaSuccess;
   }
   ok = ok && cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
   if (ok) {
-    cuda_launch(&probe, pdl_probe_kernel, dim3(1), dim3(32), 0, d, 1);
-    cuda_launch(&probe, pdl_probe_kernel, dim3(1), dim3(32), 0, d, 2);
+    cuda_launch_on(s, 1, pdl_probe_kernel, dim3(1), dim3(32), 0, d, 1);
+    cuda_launch_on(s, 1, pdl_probe_kernel, dim3(1), dim3(32), 0, d, 2);
     const bool launched = cudaGetLastError() == cudaSuccess;
     ok = cudaStreamEndCapture(s, &g) == cudaSuccess && g && launched;
   }
@@ -68,11 +71,11 @@ static bool pdl_probe_run(cuda_backend_t *cb, cudaStream_t s, int *d) {
   return ok;
 }
 
-extern "C" int cuda_pdl_probe(cuda_backend_t *cb) {
+extern "C" int cuda_pdl_probe(void) {
   cudaStream_t s = NULL;
   int *d = NULL;
   bool ok = cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess &&
-            cudaMalloc((void **)&d, sizeof(int)) == cudaSuccess && pdl_probe_run(cb, s, d);
+            cudaMalloc((void **)&d, sizeof(int)) == cudaSuccess && pdl_probe_run(s, d);
   cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
   if (s && cudaStreamIsCapturing(s, &st) == cudaSuccess && st != cudaStreamCaptureStatusNone) {
     cudaGraph_t g = NULL;

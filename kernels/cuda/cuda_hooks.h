@@ -44,8 +44,9 @@ void cuda_backend_attention_calls(const es_backend_t *be, int64_t *fast, int64_t
 int cuda_backend_set_graphs(es_backend_t *be, int on, es_error_t *err);
 
 /* Programmatic dependent launch of the per-step kernels (cuda_common.cuh, cuda_launch): on by default on sm_90
- * and later when the create-time probe (cuda_pdl_probe: direct and in a graph) passed, unless EARSHOT_PDL=0;
- * on = 0 turns it off, 1 back on where the probe passed (recorded graphs are dropped). cuda_backend_pdl says
+ * and later when the create-time probe (cuda_pdl_probe: direct and in a graph) passed, unless EARSHOT_PDL=0 (then
+ * not probed, and not available); on = 0 turns it off, 1 back on where the probe passed (recorded graphs are
+ * dropped). cuda_backend_pdl says
  * whether it is on (0 for another backend). For `bench model`'s side-by-side measurement and bisecting. */
 int cuda_backend_set_pdl(es_backend_t *be, int on, es_error_t *err);
 int cuda_backend_pdl(const es_backend_t *be);
@@ -54,6 +55,8 @@ int cuda_backend_pdl(const es_backend_t *be);
  * faster than cuBLASLt (gemv_math.h, gemv_preferred), 0 off (cuBLASLt for every GEMM), 2 for every shape the
  * kernel takes (tests; bench linear). Drops recorded step graphs (they hold the other path's kernels). */
 int cuda_backend_set_gemv(es_backend_t *be, int mode, es_error_t *err);
+/* The current GEMV mode (0 for another backend). */
+int cuda_backend_gemv_mode(const es_backend_t *be);
 /* 16-byte weight loads in flight per lane in the bf16 and fp8 GEMVs: 4, 8 or 16, 0 = the default
  * (CUDA_GEMV_LOADS_DEFAULT). The same bits for every value; `earshot bench linear` times them. */
 int cuda_backend_set_gemv_loads(es_backend_t *be, int loads, es_error_t *err);
