@@ -444,12 +444,15 @@ static int bench_model(int argc, char **argv) {
   int graphs_were_on = 0; /* graphs on when the graphs-off run began (not refused by then): on again after it */
 #endif
   /* --profile: one last run op by op (graphs off: a replay would be one record), GEMV as in the timed runs */
-  for (int run = 0; run < warmup + repeats + cmp_graphs + cmp_gemv + cmp_pdl + profile; run++) {
+  const int extra_runs = cmp_graphs + cmp_gemv + cmp_pdl + profile;
+  qa_graph_stats_t gs; /* of the warm-up and timed runs (taken before the first extra run) */
+  for (int run = 0; run < warmup + repeats + extra_runs; run++) {
     const int extra = run - (warmup + repeats); /* < 0: a warm-up or timed run */
     const int eager_run = cmp_graphs && extra == 0, nogemv_run = cmp_gemv && extra == cmp_graphs;
     const int nopdl_run = cmp_pdl && extra == cmp_graphs + cmp_gemv;
     const int prof_run = profile && extra == cmp_graphs + cmp_gemv + cmp_pdl;
     const int timed = run >= warmup && extra < 0;
+    if (extra == 0) qa_model_graph_stats(bm.m, &gs); /* the warm-up and timed runs' steps, not the comparisons' */
 #ifdef ES_HAVE_CUDA_BACKEND
     if (eager_run) {
       graphs_were_on = es_backend_graphs_supported(bm.be);
@@ -566,8 +569,7 @@ static int bench_model(int argc, char **argv) {
   printf("  weight-streaming limit                        %10.3f ms  (%.2f GB of decoder weights / %.0f GB/s copy)\n",
          limit_ms, mbytes / 1e9, bw / 1e9);
   printf("  decode at %.1f%% of the weight-streaming limit\n", step_ms > 0 ? 100.0 * limit_ms / step_ms : 0.0);
-  qa_graph_stats_t gs;
-  qa_model_graph_stats(bm.m, &gs);
+  if (!extra_runs) qa_model_graph_stats(bm.m, &gs);
   double eager_ms = n_eager ? 1e3 * median(t_eager, n_eager) : 0;
   if (n_eager)
     printf("  decode step without graphs (batch %d)         %10.3f ms  (graphs: %.2fx faster)\n", B, eager_ms,
@@ -580,7 +582,8 @@ static int bench_model(int argc, char **argv) {
   if (n_nopdl)
     printf("  decode step, programmatic dependent launch off %9.3f ms  (PDL: %.2fx faster)\n", nopdl_ms,
            nopdl_ms / step_ms);
-  printf("  steps: %lld graph replays (%lld recorded, %lld refused), %lld padded op by op, %lld unpadded%s\n",
+  printf("  steps of the timed and warm-up runs: %lld graph replays (%lld recorded, %lld refused), %lld padded op by "
+         "op, %lld unpadded%s\n",
          (long long)gs.replays, (long long)gs.records, (long long)gs.record_failures, (long long)gs.padded_eager,
          (long long)gs.eager,
          es_backend_graphs_supported(bm.be) ? "" : " (no step graphs on this backend)");
