@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cpu/cpu_backend.h" /* cpu_widen: the exact bf16 / fp16 -> fp32 widening */
 #include "fp8_math.h"
 
 typedef struct {
@@ -23,38 +24,11 @@ typedef struct {
   int64_t bad_row; /* first row with a non-finite value, or -1 */
 } quant_job_t;
 
-static float half_to_f32(uint16_t h) {
-  uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, bits;
-  if (exp == 0) {
-    float f = (float)man * 0x1p-24f;
-    memcpy(&bits, &f, sizeof bits);
-    bits |= sign;
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (man << 13);
-  } else {
-    bits = sign | ((exp + 112u) << 23) | (man << 13);
-  }
-  return es_fp8_bits_f32(bits);
-}
-
-static void widen_row(const quant_job_t *j, int64_t n, float *dst) {
-  size_t off = (size_t)n * (size_t)j->K;
-  if (j->dt == ES_DT_F32) {
-    memcpy(dst, (const float *)j->src + off, (size_t)j->K * sizeof(float));
-  } else if (j->dt == ES_DT_BF16) {
-    const uint16_t *s = (const uint16_t *)j->src + off;
-    for (int64_t k = 0; k < j->K; k++) dst[k] = es_fp8_bits_f32((uint32_t)s[k] << 16);
-  } else {
-    const uint16_t *s = (const uint16_t *)j->src + off;
-    for (int64_t k = 0; k < j->K; k++) dst[k] = half_to_f32(s[k]);
-  }
-}
-
 static void *quant_run(void *arg) {
   quant_job_t *j = arg;
   for (int64_t n = j->begin; n < j->end; n++) {
     float *w = j->tmp;
-    widen_row(j, n, w);
+    cpu_widen(w, (const char *)j->src + (size_t)n * (size_t)j->K * es_dtype_size(j->dt), j->dt, j->K);
     float amax = 0.0f;
     int finite = 1;
     for (int64_t k = 0; k < j->K; k++) {
