@@ -22,6 +22,7 @@
 #include <time.h>
 
 #include "backend.h"
+#include "bench_random.h"
 #include "es_clock.h"
 #include "es_error.h"
 #include "es_gpu.h"
@@ -62,14 +63,7 @@ int bench_attention(int argc, char **argv) {
 #define MAX_CTX 8192
 
 static uint32_t rng = 12345u;
-static uint16_t rand_bf16(void) { /* uniform in [-1, 1), rounded to nearest even */
-  rng = rng * 1664525u + 1013904223u;
-  float f = (float)(rng >> 8) / 8388608.0f - 1.0f;
-  uint32_t b;
-  memcpy(&b, &f, 4);
-  b += 0x7fffu + ((b >> 16) & 1u);
-  return (uint16_t)(b >> 16);
-}
+static uint16_t rand_bf16(void) { return bench_rand_bf16(&rng, 1.0f); } /* uniform in [-1, 1) */
 
 /* bytes of random bf16 at dst (device), written through a 16 MiB host pattern repeated */
 static int fill_random(es_backend_t *be, void *dst, size_t bytes, es_error_t *err) {
@@ -258,8 +252,7 @@ int bench_attention(int argc, char **argv) {
     goto done;
   for (int i = 0; i < n_blocks - 1; i++) order[i] = i + 1;
   for (int i = n_blocks - 2; i > 0; i--) {
-    rng = rng * 1664525u + 1013904223u;
-    int j = (int)(rng % (uint32_t)(i + 1));
+    int j = (int)(bench_lcg(&rng) % (uint32_t)(i + 1));
     int32_t t = order[i];
     order[i] = order[j];
     order[j] = t;

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "bench_random.h"
 #include "es_error.h"
 #ifdef ES_HAVE_CUDA_BACKEND
 #include "cuda/cuda_hooks.h"
@@ -65,20 +66,12 @@ static const shape_t SHAPES[] = {
 };
 
 static uint32_t rng = 777u;
-static uint16_t rand_bf16(float amp) {
-  rng = rng * 1664525u + 1013904223u;
-  float f = amp * ((float)(rng >> 8) / 8388608.0f - 1.0f);
-  uint32_t b;
-  memcpy(&b, &f, 4);
-  b += 0x7fffu + ((b >> 16) & 1u);
-  return (uint16_t)(b >> 16);
-}
 
 /* n random bf16 values in [-amp, amp) */
 static uint16_t *host_random(size_t n, float amp) {
   uint16_t *h = malloc(sizeof(uint16_t) * n);
   if (h)
-    for (size_t i = 0; i < n; i++) h[i] = rand_bf16(amp);
+    for (size_t i = 0; i < n; i++) h[i] = bench_rand_bf16(&rng, amp);
   return h;
 }
 
@@ -90,18 +83,19 @@ typedef struct {
   void *x, *y;
 } layer_t;
 
+/* Call r of the layer's op at M rows, on copy r of the weight (rotating). */
+static int call_op(layer_t *l, int64_t M, int r, es_error_t *err) {
+  const es_weight_t *w = &l->w[r % l->copies];
+  return l->s->logits ? es_op_logits(l->be, l->y, l->x, w, M, err)
+                      : es_op_linear(l->be, l->y, l->s->N, l->x, l->s->K, w, NULL, M, ES_ACT_NONE, 0, err);
+}
+
 /* Device seconds per call of `repeats` calls at M rows, rotating over the copies. */
 static int time_calls(layer_t *l, int64_t M, int repeats, double *sec, es_error_t *err) {
   int rc = ES_OK;
-  for (int r = 0; r < 2 && !rc; r++) /* warm-up: plans, first launches */
-    rc = l->s->logits
-             ? es_op_logits(l->be, l->y, l->x, &l->w[r % l->copies], M, err)
-             : es_op_linear(l->be, l->y, l->s->N, l->x, l->s->K, &l->w[r % l->copies], NULL, M, ES_ACT_NONE, 0, err);
+  for (int r = 0; r < 2 && !rc; r++) rc = call_op(l, M, r, err); /* warm-up: plans, first launches */
   if (rc || (rc = es_backend_sync(l->be, err)) || (rc = es_backend_profile_start(l->be, repeats, err))) return rc;
-  for (int r = 0; r < repeats && !rc; r++)
-    rc = l->s->logits
-             ? es_op_logits(l->be, l->y, l->x, &l->w[r % l->copies], M, err)
-             : es_op_linear(l->be, l->y, l->s->N, l->x, l->s->K, &l->w[r % l->copies], NULL, M, ES_ACT_NONE, 0, err);
+  for (int r = 0; r < repeats && !rc; r++) rc = call_op(l, M, r, err);
   es_profile_t p;
   es_error_t stop_err;
   int src = es_backend_profile_stop(l->be, &p, rc ? &stop_err : err);
