@@ -81,18 +81,23 @@ __device__ __forceinline__ uint64_t block_excl_scan_u64(uint64_t v, uint64_t *sh
 
 // Block argmax: the largest m, the smallest index among equal m; every thread gets it. NaN never occurs (the
 // row is canonical). Threads with no candidate pass (-inf, INT_MAX).
+// The warp's argmax of (v, i) under smk_argmax_better, in every lane (xor-shuffle tree).
+__device__ __forceinline__ void warp_argmax(float *v, int *i) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float v2 = __shfl_xor_sync(0xffffffffu, *v, o);
+    const int i2 = __shfl_xor_sync(0xffffffffu, *i, o);
+    if (smk_argmax_better(v2, i2, *v, *i)) {
+      *v = v2;
+      *i = i2;
+    }
+  }
+}
+
 __device__ __forceinline__ void block_argmax(float *m, int *a, float *shm, int *sha) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   float v = *m;
   int i = *a;
-  for (int o = 16; o > 0; o >>= 1) {
-    float v2 = __shfl_xor_sync(0xffffffffu, v, o);
-    int i2 = __shfl_xor_sync(0xffffffffu, i, o);
-    if (smk_argmax_better(v2, i2, v, i)) {
-      v = v2;
-      i = i2;
-    }
-  }
+  warp_argmax(&v, &i);
   __syncthreads();
   if (lane == 0) {
     shm[warp] = v;
@@ -101,14 +106,7 @@ __device__ __forceinline__ void block_argmax(float *m, int *a, float *shm, int *
   __syncthreads();
   v = lane < SMP_WARPS ? shm[lane] : -INFINITY;
   i = lane < SMP_WARPS ? sha[lane] : 0x7fffffff;
-  for (int o = 16; o > 0; o >>= 1) {
-    float v2 = __shfl_xor_sync(0xffffffffu, v, o);
-    int i2 = __shfl_xor_sync(0xffffffffu, i, o);
-    if (smk_argmax_better(v2, i2, v, i)) {
-      v = v2;
-      i = i2;
-    }
-  }
+  warp_argmax(&v, &i);
   *m = v;
   *a = i;
 }
