@@ -11,7 +11,9 @@
  * bytes read + written, cuda_backend_copy_bandwidth) and the bf16 GEMM rate of es_op_linear at 8192³ (cuBLASLt,
  * fp32 accumulation). Inputs are random bf16 (not zeros: METHOD.md); the cache is a shuffled block pool larger
  * than L2. Each figure is the mean of --repeats back-to-back calls after a warm-up, timed on the host around a
- * device sync. A program, not a test (STYLE.md). Exit codes: 0 ok, 1 failure (no CUDA backend, no GPU), 2 usage.
+ * device sync. Encoder and prefill are timed with each flash kernel the device has (mma.sync everywhere, wgmma
+ * on sm_90a devices: cuda_backend_set_flash); the faster one is the fast figure, both are printed. A program,
+ * not a test (STYLE.md). Exit codes: 0 ok, 1 failure (no CUDA backend, no GPU), 2 usage.
  * Thread safety: single-threaded command.
  */
 #include <math.h>
@@ -102,25 +104,47 @@ static int op_run(const op_t *o, es_error_t *err) {
   return es_op_attention_paged(o->be, 0, o->out, o->q, o->ld, o->H, o->D, scale, err);
 }
 
-/* Mean seconds per call along a path, after one warm-up call. */
-static int time_op(const op_t *o, cuda_attn_path_t path, int repeats, double *sec, es_error_t *err) {
+/* Mean seconds per call along a path (and flash kernel), after one warm-up call. */
+static int time_flash(const op_t *o, cuda_attn_path_t path, cuda_flash_t flash, int repeats, double *sec,
+                      es_error_t *err) {
   int rc = cuda_backend_set_attention_path(o->be, path, err);
+  if (!rc) rc = cuda_backend_set_flash(o->be, flash, err);
   if (!rc) rc = op_run(o, err);
   if (!rc) rc = es_backend_sync(o->be, err);
   double t0 = es_now_s();
   for (int r = 0; r < repeats && !rc; r++) rc = op_run(o, err);
   if (!rc) rc = es_backend_sync(o->be, err);
   *sec = (es_now_s() - t0) / repeats;
-  cuda_backend_set_attention_path(o->be, CUDA_ATTN_FAST, err);
+  es_error_t e2;
+  cuda_backend_set_attention_path(o->be, CUDA_ATTN_FAST, &e2);
+  cuda_backend_set_flash(o->be, CUDA_FLASH_MMA, &e2);
   return rc;
+}
+
+static int time_op(const op_t *o, cuda_attn_path_t path, int repeats, double *sec, es_error_t *err) {
+  return time_flash(o, path, CUDA_FLASH_MMA, repeats, sec, err);
 }
 
 typedef struct {
   char name[16], shape[64];
   double fast_s, simple_s, work, rate, fraction, target;
+  double mma_s, wgmma_s; /* the two flash kernels (encoder, prefill; wgmma_s 0: not on this device) */
+  const char *kernel;    /* the flash kernel behind fast_s, or NULL (decode) */
   int is_bytes; /* work in bytes (vs the copy bandwidth) or FLOPs (vs the GEMM rate) */
   int met;
 } result_t;
+
+/* The fast path with each flash kernel the device has; fast_s = the faster. */
+static int time_flashes(const op_t *o, int repeats, result_t *r, es_error_t *err) {
+  int rc = time_flash(o, CUDA_ATTN_FAST, CUDA_FLASH_MMA, repeats, &r->mma_s, err);
+  r->wgmma_s = 0;
+  if (!rc && cuda_backend_flash_available(o->be, CUDA_FLASH_WGMMA))
+    rc = time_flash(o, CUDA_ATTN_FAST, CUDA_FLASH_WGMMA, repeats, &r->wgmma_s, err);
+  const int wg = r->wgmma_s > 0 && r->wgmma_s < r->mma_s;
+  r->fast_s = wg ? r->wgmma_s : r->mma_s;
+  r->kernel = wg ? "wgmma" : "mma";
+  return rc;
+}
 
 static void report(result_t *r, double floor_rate, double per_use) {
   r->rate = r->work / r->fast_s;
@@ -129,6 +153,11 @@ static void report(result_t *r, double floor_rate, double per_use) {
     r->met = r->fast_s * per_use <= r->target;
   else
     r->met = r->fraction >= r->target;
+  if (r->kernel && r->wgmma_s > 0)
+    printf("  %-8s flash kernels: mma %.4f ms, wgmma %.4f ms: %s is faster (%.2fx)\n", r->name, 1e3 * r->mma_s,
+           1e3 * r->wgmma_s, r->kernel, r->wgmma_s > r->mma_s ? r->wgmma_s / r->mma_s : r->mma_s / r->wgmma_s);
+  else if (r->kernel)
+    printf("  %-8s flash kernel mma (wgmma: not on this device)\n", r->name);
   printf("  %-8s %-34s fast %9.4f ms  simple %9.4f ms (%5.1fx)  %8.1f %s = %.2f of the %s", r->name, r->shape,
          1e3 * r->fast_s, 1e3 * r->simple_s, r->simple_s / r->fast_s, r->is_bytes ? r->rate / 1e9 : r->rate / 1e12,
          r->is_bytes ? "GB/s" : "TFLOP/s", r->fraction, r->is_bytes ? "copy bandwidth" : "GEMM rate");
@@ -237,7 +266,7 @@ int bench_attention(int argc, char **argv) {
     result_t *r = &res[n_res++];
     snprintf(r->name, sizeof r->name, "encoder");
     snprintf(r->shape, sizeof r->shape, "B=1 T=%lld H=%lld D=%lld", (long long)T, (long long)H, (long long)D);
-    if (time_op(&o, CUDA_ATTN_FAST, repeats, &r->fast_s, &err) ||
+    if (time_flashes(&o, repeats, r, &err) ||
         time_op(&o, CUDA_ATTN_SIMPLE, repeats < 5 ? repeats : 5, &r->simple_s, &err))
       goto done;
     r->work = 4.0 * (double)T * T * H * D;
@@ -286,7 +315,7 @@ int bench_attention(int argc, char **argv) {
                     .max_blocks = max_blocks};
     result_t *r = &res[n_res++];
     if (es_backend_begin_step(be, &b, &err)) goto done;
-    int trc = time_op(&po, CUDA_ATTN_FAST, repeats, &r->fast_s, &err);
+    int trc = c < 0 ? time_flashes(&po, repeats, r, &err) : time_op(&po, CUDA_ATTN_FAST, repeats, &r->fast_s, &err);
     if (!trc) trc = time_op(&po, CUDA_ATTN_SIMPLE, repeats < 5 ? repeats : 5, &r->simple_s, &err);
     es_error_t e2;
     es_backend_end_step(be, &e2);
@@ -313,10 +342,18 @@ int bench_attention(int argc, char **argv) {
     for (int i = 0; i < n_res; i++) {
       const result_t *r = &res[i];
       printf("%s{\"use\": \"%s\", \"shape\": \"%s\", \"fast_ms\": %.5f, \"simple_ms\": %.5f, \"%s\": %.4g, "
-             "\"fraction_of_floor\": %.4f, \"floor\": \"%s\", \"target\": %.4g, \"met\": %s}",
+             "\"fraction_of_floor\": %.4f, \"floor\": \"%s\", \"target\": %.4g, \"met\": %s",
              i ? ", " : "", r->name, r->shape, 1e3 * r->fast_s, 1e3 * r->simple_s,
              r->is_bytes ? "bytes_per_s" : "flops_per_s", r->rate, r->fraction,
              r->is_bytes ? "copy bandwidth" : "bf16 GEMM rate", r->target, r->met ? "true" : "false");
+      if (r->kernel) {
+        printf(", \"flash_kernel\": \"%s\", \"mma_ms\": %.5f, \"wgmma_ms\": ", r->kernel, 1e3 * r->mma_s);
+        if (r->wgmma_s > 0)
+          printf("%.5f", 1e3 * r->wgmma_s);
+        else
+          printf("null");
+      }
+      printf("}");
     }
     printf("], \"encoder_32_layers_ms\": %.4f}\n", 1e3 * res[0].fast_s * 32);
   }

@@ -427,7 +427,8 @@ static int bench_model(int argc, char **argv) {
   /* After the timed runs, side by side on the same weights and card: with step graphs, one run with graphs off
    * (what they save); on CUDA in bf16 without fp8, one run with the decode GEMV off (cuBLASLt for every GEMM:
    * what the GEMV gains; graphs as in the timed runs); on a GPU with programmatic dependent launch, one run with
-   * it off (what it gains; graphs and GEMV as in the timed runs). */
+   * it off (what it gains; graphs and GEMV as in the timed runs); on an sm_90a GPU whose timed runs used the
+   * mma.sync flash kernel, one run with the wgmma one (its time to first token; all else as in the timed runs). */
   const int cmp_graphs = es_backend_graphs_supported(bm.be);
   int cmp_gemv = 0;
 #ifdef ES_HAVE_CUDA_BACKEND
@@ -439,18 +440,25 @@ static int bench_model(int argc, char **argv) {
 #ifdef ES_HAVE_CUDA_BACKEND
   cmp_pdl = cuda_backend_pdl(bm.be);
 #endif
+  int cmp_flash = 0;
+#ifdef ES_HAVE_CUDA_BACKEND
+  cmp_flash = cuda_backend_flash_available(bm.be, CUDA_FLASH_WGMMA) && es_backend_act_dtype(bm.be) == ES_DT_BF16 &&
+              getenv("EARSHOT_FLASH") == NULL; /* unset: the timed runs used mma */
+#endif
+  double flash_ttft_ms = 0;
   int n_step = 0, n_eager = 0, n_nogemv = 0, n_nopdl = 0;
 #ifdef ES_HAVE_CUDA_BACKEND
   int graphs_were_on = 0; /* graphs on when the graphs-off run began (not refused by then): on again after it */
 #endif
   /* --profile: one last run op by op (graphs off: a replay would be one record), GEMV as in the timed runs */
-  const int extra_runs = cmp_graphs + cmp_gemv + cmp_pdl + profile;
+  const int extra_runs = cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash + profile;
   qa_graph_stats_t gs; /* of the warm-up and timed runs (taken before the first extra run) */
   for (int run = 0; run < warmup + repeats + extra_runs; run++) {
     const int extra = run - (warmup + repeats); /* < 0: a warm-up or timed run */
     const int eager_run = cmp_graphs && extra == 0, nogemv_run = cmp_gemv && extra == cmp_graphs;
     const int nopdl_run = cmp_pdl && extra == cmp_graphs + cmp_gemv;
-    const int prof_run = profile && extra == cmp_graphs + cmp_gemv + cmp_pdl;
+    const int flash_run = cmp_flash && extra == cmp_graphs + cmp_gemv + cmp_pdl;
+    const int prof_run = profile && extra == cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash;
     const int timed = run >= warmup && extra < 0;
     if (extra == 0) qa_model_graph_stats(bm.m, &gs); /* the warm-up and timed runs' steps, not the comparisons' */
 #ifdef ES_HAVE_CUDA_BACKEND
@@ -469,9 +477,15 @@ static int bench_model(int argc, char **argv) {
                       (graphs_were_on && cuda_backend_set_graphs(bm.be, 1, &err)) ||
                       cuda_backend_set_pdl(bm.be, 0, &err))) /* everything else as in the timed runs */
       goto done;
+    if (flash_run &&
+        ((cmp_gemv && cuda_backend_set_gemv(bm.be, gemv_mode, &err)) ||
+         (graphs_were_on && cuda_backend_set_graphs(bm.be, 1, &err)) ||
+         (cmp_pdl && cuda_backend_set_pdl(bm.be, 1, &err)) || cuda_backend_set_flash(bm.be, CUDA_FLASH_WGMMA, &err)))
+      goto done;
     if (prof_run && strncmp(es_backend_name(bm.be), "cuda", 4) == 0 &&
         (cuda_backend_set_graphs(bm.be, 0, &err) || (cmp_gemv && cuda_backend_set_gemv(bm.be, gemv_mode, &err)) ||
-         (cmp_pdl && cuda_backend_set_pdl(bm.be, 1, &err))))
+         (cmp_pdl && cuda_backend_set_pdl(bm.be, 1, &err)) ||
+         (cmp_flash && cuda_backend_set_flash(bm.be, CUDA_FLASH_MMA, &err))))
       goto done;
 #endif
     if (prof_run && es_backend_profile_start(bm.be, 4096, &err)) goto done;
@@ -510,6 +524,7 @@ static int bench_model(int argc, char **argv) {
       goto done;
     double ttft = es_now_s() - t0;
     if (extra < 0) t_ttft[run] = ttft;
+    if (flash_run) flash_ttft_ms = 1e3 * ttft;
     if (prof_run && (es_backend_profile_stop(bm.be, &prof_first, &err) ||
                      es_backend_profile_start(bm.be, 1024 + 512 * n_out, &err)))
       goto done;
@@ -549,6 +564,7 @@ static int bench_model(int argc, char **argv) {
             : eager_run  ? " (graphs off)"
             : nogemv_run ? " (GEMV off)"
             : nopdl_run  ? " (PDL off)"
+            : flash_run  ? " (wgmma flash kernel)"
             : prof_run   ? " (profiled, op by op)"
                          : " (warm-up)",
             1e3 * ttft);
@@ -582,6 +598,9 @@ static int bench_model(int argc, char **argv) {
   if (n_nopdl)
     printf("  decode step, programmatic dependent launch off %9.3f ms  (PDL: %.2fx faster)\n", nopdl_ms,
            nopdl_ms / step_ms);
+  if (flash_ttft_ms > 0)
+    printf("  time to first token, wgmma flash kernel       %10.2f ms  (one run; %.2fx the mma kernel's median)\n",
+           flash_ttft_ms, flash_ttft_ms / ttft_ms);
   printf("  steps of the timed and warm-up runs: %lld graph replays (%lld recorded, %lld refused), %lld padded op by "
          "op, %lld unpadded%s\n",
          (long long)gs.replays, (long long)gs.records, (long long)gs.record_failures, (long long)gs.padded_eager,
@@ -602,12 +621,12 @@ static int bench_model(int argc, char **argv) {
            "\"decode_tokens_per_s\": %.3f, \"decoder_weight_bytes\": %.0f, \"copy_bytes_per_s\": %.0f, "
            "\"limit_ms_per_step\": %.4f, \"fraction_of_limit\": %.4f, \"graph_replays\": %lld, "
            "\"decode_ms_per_step_no_graphs\": %.4f, \"decode_ms_per_step_no_gemv\": %.4f, "
-           "\"decode_ms_per_step_no_pdl\": %.4f, "
+           "\"decode_ms_per_step_no_pdl\": %.4f, \"ttft_ms_wgmma\": %.4f, "
            "\"deterministic\": %s}\n",
            es_backend_name(bm.be), es_dtype_name(es_backend_act_dtype(bm.be)), rt_quantization_name(ro.quantization),
            ro.dummy_weights ? "true" : "false", B, seconds, N, P, n_out, warmup, repeats, load_s, ttft_ms, step_ms,
            B * 1e3 / step_ms, mbytes, bw, limit_ms, step_ms > 0 ? limit_ms / step_ms : 0.0, (long long)gs.replays,
-           eager_ms, nogemv_ms, nopdl_ms, ro.deterministic ? "true" : "false");
+           eager_ms, nogemv_ms, nopdl_ms, flash_ttft_ms, ro.deterministic ? "true" : "false");
   rc = 0;
 done:
   if (rc) fprintf(stderr, "earshot bench model: %s\n", err.msg);

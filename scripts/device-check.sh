@@ -10,12 +10,13 @@
 #   2. configure with -DEARSHOT_DEVICE=ON (no FFmpeg, no libmicrohttpd, no OpenBLAS), CUDA for the card's own
 #      architecture, Release; build with JOBS (16) jobs;
 #   3. ctest -L cuda: every GPU test — the CUDA ops and the attention kernels against the CPU and the simple
-#      kernel, sampling, fp8, graphs (replay == op by op), the deterministic mode's bit-identity, the golden
-#      cases on the GPU (float32, bfloat16 with the fast and the simple attention, fp8) and 32 concurrent
+#      kernel (both flash kernels on Hopper: mma.sync and wgmma), sampling, fp8, graphs (replay == op by op), the
+#      deterministic mode's bit-identity, the golden cases on the GPU (float32, bfloat16 with the fast and the
+#      simple attention, with EARSHOT_FLASH=auto: the wgmma flash kernel on Hopper, fp8) and 32 concurrent
 #      requests through the engine on the GPU (the CPU-only tests run in CI, not here: they cost device time);
 #   4. scripts/bench_transformers.py on the card (bf16, sdpa, the 7B model built on the device, init skipped),
 #      then `earshot bench attention --json` (encoder, prefill and decode attention against the copy bandwidth
-#      and bf16 GEMM rate measured in the same run; at most 75 s), then `earshot bench linear --json` (the
+#      and bf16 GEMM rate measured in the same run, encoder and prefill with each flash kernel; at most 75 s), then `earshot bench linear --json` (the
 #      decoder's linears at M = 1 .. 64: bf16 GEMV with 4/8/16 loads in flight, cuBLASLt, fp8 GEMV; <= 90 s);
 #   5. `earshot bench model --profile` at full size with the same shapes (--dummy-weights with
 #      tests/data/configs/qwen2-audio-7b.json, 30 s clip, batch 1, bf16): time to first token, decode
@@ -291,6 +292,8 @@ print()
 print("| metric | earshot | transformers | limit | transformers / earshot | limit / earshot |")
 print("|---|---|---|---|---|---|")
 print(f"| time to first token (ms) | {f(o_t)} | {f(r_t)} | — | {ratio(r_t, o_t)} | — |")
+o_tw = ours.get("ttft_ms_wgmma")
+print(f"| time to first token, wgmma flash kernel (ms, one run) | {f(o_tw)} | {f(r_t)} | — | {ratio(r_t, o_tw)} | — |")
 print(f"| decode, batch 1 (ms/token) | {f(o_d, '{:.3f}')} | {f(r_d, '{:.3f}')} | {f(lim, '{:.3f}')} | "
       f"{ratio(r_d, o_d)} | {ratio(lim, o_d)} |")
 o_ng = ours.get("decode_ms_per_step_no_graphs")
@@ -375,8 +378,8 @@ print(f"attention kernels (`earshot bench attention`, bf16; floors measured in t
       f"{f((att.get('copy_bytes_per_s') or 0) / 1e9, '{:.0f}')} GB/s, bf16 GEMM "
       f"{f((att.get('gemm_flops_per_s') or 0) / 1e12, '{:.0f}')} TFLOP/s)")
 print()
-print("| use | shape | fast (ms) | simple (ms) | achieved | fraction of floor | target |")
-print("|---|---|---|---|---|---|---|")
+print("| use | shape | fast (ms) | simple (ms) | achieved | fraction of floor | target | flash mma / wgmma (ms) |")
+print("|---|---|---|---|---|---|---|---|")
 for c in att.get("cases", []) or [{"use": "n/a", "shape": "n/a"}]:
     tb = c.get("bytes_per_s")
     tf = c.get("flops_per_s")
@@ -390,8 +393,11 @@ for c in att.get("cases", []) or [{"use": "n/a", "shape": "n/a"}]:
     else:
         tgt = "—"
     met = " " + ("met" if c.get("met") else "NOT met") if tgt != "—" and "met" in c else ""
+    flash = "—"
+    if c.get("flash_kernel"):
+        flash = f"{f(c.get('mma_ms'), '{:.4f}')} / {f(c.get('wgmma_ms'), '{:.4f}')} ({c['flash_kernel']})"
     print(f"| {c.get('use')} | {c.get('shape')} | {fast} | {f(c.get('simple_ms'), '{:.4f}')} | {got} | "
-          f"{f(c.get('fraction_of_floor'), '{:.2f}')} | {tgt}{met} |")
+          f"{f(c.get('fraction_of_floor'), '{:.2f}')} | {tgt}{met} | {flash} |")
 EOF
 log "done in $(elapsed)s (status $STATUS)"
 echo

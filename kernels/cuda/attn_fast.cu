@@ -55,7 +55,7 @@ extern "C" int attn_fast_paged(cuda_backend_t *cb, int layer, void *out, const v
                                float scale, es_error_t *err) {
   if (cb->base.opts.deterministic) return attn_decode_det(cb, layer, out, q, ldq, H, D, scale, err);
   const es_batch_t *b = &cb->base.batch; // the host copy of the step's batch
-  const int br = attn_flash_q_tile(D);
+  const int br = attn_flash_q_tile(cb, D);
   int max_q_tiles = 0; // the decode rows were counted with the batch (cuda_plan_decode: cb->dec_rows)
   for (int s = 0; s < b->n_seqs; s++) {
     const int q_len = b->q_start[s + 1] - b->q_start[s];

@@ -49,8 +49,22 @@ int attn_flash_dense(cuda_backend_t *cb, void *out, const void *q, int64_t ldq, 
  * query tiles of any of them (from attn_flash_q_tile). */
 int attn_flash_prefill(cuda_backend_t *cb, int layer, void *out, const void *q, int64_t ldq, int H, int D, float scale,
                        int min_q, int max_q_tiles, es_error_t *err);
-/* Query rows per block of the flash kernel at head dim D. */
-int attn_flash_q_tile(int D);
+/* Query rows per block of the flash kernel cb->flash selects at head dim D. */
+int attn_flash_q_tile(const cuda_backend_t *cb, int D);
+
+/* ---- the wgmma flash kernels (attn_wgmma.cu, sm_90a): the same calls as attn_flash_dense / _prefill ---- */
+
+/* Sets cb->wgmma_ok: 1 on a 9.0 device whose binary carries the sm_90a image (kernel limits raised), else 0.
+ * Fails only when raising the limits fails on such a device. */
+int attn_wgmma_init(cuda_backend_t *cb, es_error_t *err);
+/* Query rows per block at head dim D. */
+int attn_wgmma_q_tile(int D);
+/* sl = scale · log2(e). */
+int attn_wgmma_prefill(cuda_backend_t *cb, int layer, void *out, const void *q, int64_t ldq, int H, int D, float sl,
+                       int min_q, int max_q_tiles, es_error_t *err);
+int attn_wgmma_dense(cuda_backend_t *cb, void *out, const void *q, int64_t ldq, const void *k, int64_t ldk,
+                     const void *v, int64_t ldv, int64_t B, int64_t T, int H, int D, float sl, const int32_t *valid_len,
+                     es_error_t *err);
 
 /* The split-KV decode kernel over the step's sequences with at most ATTN_DECODE_MAX_Q new tokens (cb->dec_rows
  * of them), then the combine kernel, under the plan cuda_plan_decode made with the step's batch. */

@@ -38,6 +38,7 @@
 #include <math.h>
 
 #include "attn_fast.h"
+#include "attn_flash.cuh"
 #include "attn_math.h"
 #include "attn_mma.cuh"
 #include "attn_mma_math.h"
@@ -47,7 +48,6 @@
 #define FA_THREADS (FA_WARPS * 32)
 #define FA_BC 64    // keys per KV tile
 #define FA_PAD 8    // bf16 of padding per shared-memory row (16 bytes)
-#define FA_LENS 256 // encoder batch entries whose valid_len is passed by value per launch
 
 template <int D> struct fa_cfg {
   static constexpr int MT = D == 64 ? 2 : 1;                      // 16-row m-tiles per warp
@@ -56,33 +56,6 @@ template <int D> struct fa_cfg {
   static constexpr int TILE = FA_BC * LDS;                        // elements of one K or V tile buffer
   static constexpr size_t SMEM = 4 * (size_t)TILE * sizeof(bf16); // K, V × 2 buffers
   static_assert(D % 32 == 0 && (FA_BC * D / 8) % FA_THREADS == 0, "tile loads must divide evenly");
-};
-
-// One block's query tile.
-struct fa_rows_t {
-  const bf16 *q; // row 0 of the tile at this head's columns; row stride ldq (elements)
-  bf16 *out;     // row 0 of the tile's output at this head's columns; row stride ldo
-  int64_t ldq, ldo;
-  int n_rows; // valid rows (1 .. BR)
-  int lim0;   // keys row 0 may see (>= 1)
-  int causal; // 1: row r sees lim0 + r keys; 0: every row sees lim0
-};
-
-// Keys and values of the encoder: rows j of k and v, at this head's columns.
-struct fa_dense_kv_t {
-  const bf16 *k, *v;
-  int64_t ldk, ldv;
-  __device__ const bf16 *krow(int j) const { return k + (int64_t)j * ldk; }
-  __device__ const bf16 *vrow(int j) const { return v + (int64_t)j * ldv; }
-};
-
-// Keys and values of one sequence and head in the paged pool, through its block-table row.
-struct fa_paged_kv_t {
-  const bf16 *kv;       // (L, n_blocks, 2, H, 16, D)
-  const int32_t *table; // this sequence's block-table row
-  int64_t layer, n_blocks, H, h, D;
-  __device__ const bf16 *krow(int j) const { return kv + attn_kv_pos_offset(table, j, layer, n_blocks, 0, H, h, D); }
-  __device__ const bf16 *vrow(int j) const { return kv + attn_kv_pos_offset(table, j, layer, n_blocks, 1, H, h, D); }
 };
 
 // Issues the copies of keys j0 .. j0 + 63 into ks / vs (row stride LDS); rows j >= kv_end are zero-filled.
@@ -268,44 +241,23 @@ __global__ void __launch_bounds__(FA_THREADS)
     fa_prefill_kernel(bf16 *out, const bf16 *q, int64_t ldq, const bf16 *kv, int layer, int n_blocks, int H, float sl,
                       const int32_t *q_start, const int32_t *ctx_len, const int32_t *block_table, int max_blocks,
                       int min_q) {
-  constexpr int BR = fa_cfg<D>::BR;
-  const int s = blockIdx.z, h = blockIdx.y, qt = gridDim.x - 1 - blockIdx.x;
-  const int q0 = q_start[s], q_len = q_start[s + 1] - q0;
-  if (q_len < min_q || qt * BR >= q_len) return; // block-uniform: no barrier is skipped by part of the block
-  const int r0 = qt * BR;
   fa_rows_t t;
-  t.q = q + (int64_t)(q0 + r0) * ldq + (int64_t)h * D;
-  t.ldq = ldq;
-  t.out = out + ((int64_t)(q0 + r0) * H + h) * D;
-  t.ldo = (int64_t)H * D;
-  t.n_rows = q_len - r0 < BR ? q_len - r0 : BR;
-  t.lim0 = (int)attn_causal_keys(ctx_len[s], q_len, r0);
-  t.causal = 1;
-  fa_paged_kv_t src = {kv, block_table + (int64_t)s * max_blocks, layer, n_blocks, H, h, D};
+  fa_paged_kv_t src;
+  if (!fa_prefill_block(D, fa_cfg<D>::BR, gridDim.x - 1 - blockIdx.x, blockIdx.y, blockIdx.z, out, q, ldq, kv, layer,
+                        n_blocks, H, q_start, ctx_len, block_table, max_blocks, min_q, &t, &src))
+    return; // block-uniform: no barrier is skipped by part of the block
   fa_tile<D>(t, src, sl);
 }
-
-struct fa_lens_t {
-  int32_t n[FA_LENS];
-};
 
 // Grid (ceil(T / BR), H, nb) for batch entries b0 .. b0 + nb − 1. q/k/v (B, T, ld*); out (B, T, H, D). bf16.
 template <int D>
 __global__ void __launch_bounds__(FA_THREADS)
     fa_dense_kernel(bf16 *out, const bf16 *q, int64_t ldq, const bf16 *k, int64_t ldk, const bf16 *v, int64_t ldv,
                     int64_t T, int H, float sl, int64_t b0, fa_lens_t lens) {
-  constexpr int BR = fa_cfg<D>::BR;
-  const int64_t b = b0 + blockIdx.z, r0 = (int64_t)blockIdx.x * BR, row0 = b * T + r0;
-  const int h = blockIdx.y;
   fa_rows_t t;
-  t.q = q + row0 * ldq + (int64_t)h * D;
-  t.ldq = ldq;
-  t.out = out + (row0 * H + h) * D;
-  t.ldo = (int64_t)H * D;
-  t.n_rows = (int)(T - r0 < BR ? T - r0 : BR);
-  t.lim0 = lens.n[blockIdx.z];
-  t.causal = 0;
-  fa_dense_kv_t src = {k + b * T * ldk + (int64_t)h * D, v + b * T * ldv + (int64_t)h * D, ldk, ldv};
+  fa_dense_kv_t src;
+  fa_dense_block(D, fa_cfg<D>::BR, blockIdx.x, blockIdx.y, blockIdx.z, out, q, ldq, k, ldk, v, ldv, T, H, b0, lens, &t,
+                 &src);
   fa_tile<D>(t, src, sl);
 }
 
@@ -328,7 +280,8 @@ extern "C" int attn_fast_init(cuda_backend_t *cb, es_error_t *err) {
   return rc ? rc : fa_set_smem<128>(err);
 }
 
-extern "C" int attn_flash_q_tile(int D) {
+extern "C" int attn_flash_q_tile(const cuda_backend_t *cb, int D) {
+  if (cb->flash == CUDA_FLASH_WGMMA) return attn_wgmma_q_tile(D);
   return D == 64 ? fa_cfg<64>::BR : fa_cfg<128>::BR;
 }
 
@@ -347,6 +300,8 @@ static int fa_prefill(cuda_backend_t *cb, int layer, void *out, const void *q, i
 extern "C" int attn_flash_prefill(cuda_backend_t *cb, int layer, void *out, const void *q, int64_t ldq, int H, int D,
                                   float scale, int min_q, int max_q_tiles, es_error_t *err) {
   const float sl = scale * ATTN_LOG2E;
+  if (cb->flash == CUDA_FLASH_WGMMA)
+    return attn_wgmma_prefill(cb, layer, out, q, ldq, H, D, sl, min_q, max_q_tiles, err);
   return D == 64 ? fa_prefill<64>(cb, layer, out, q, ldq, H, sl, min_q, max_q_tiles, err)
                  : fa_prefill<128>(cb, layer, out, q, ldq, H, sl, min_q, max_q_tiles, err);
 }
@@ -372,6 +327,8 @@ extern "C" int attn_flash_dense(cuda_backend_t *cb, void *out, const void *q, in
                                 const void *v, int64_t ldv, int64_t B, int64_t T, int H, int D, float scale,
                                 const int32_t *valid_len, es_error_t *err) {
   const float sl = scale * ATTN_LOG2E;
+  if (cb->flash == CUDA_FLASH_WGMMA)
+    return attn_wgmma_dense(cb, out, q, ldq, k, ldk, v, ldv, B, T, H, D, sl, valid_len, err);
   return D == 64 ? fa_dense<64>(cb, out, q, ldq, k, ldk, v, ldv, B, T, H, sl, valid_len, err)
                  : fa_dense<128>(cb, out, q, ldq, k, ldk, v, ldv, B, T, H, sl, valid_len, err);
 }

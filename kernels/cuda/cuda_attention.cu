@@ -165,7 +165,22 @@ extern "C" int cuda_attention_init(cuda_backend_t *cb, int64_t max_ctx, es_error
   else
     return es_fail(err, ES_EINVAL, "EARSHOT_ATTENTION=%.40s: expected simple or fast", env);
   int rc = attn_fast_init(cb, err);
-  return rc ? rc : need_smem(cb, max_ctx, ATT_MAX_D, "attention", err);
+  if (!rc) rc = attn_wgmma_init(cb, err);
+  if (rc) return rc;
+  env = getenv("EARSHOT_FLASH");
+  if (!env || !*env || strcmp(env, "mma") == 0)
+    cb->flash = CUDA_FLASH_MMA;
+  else if ((strcmp(env, "wgmma") == 0 || strcmp(env, "auto") == 0) && cb->wgmma_ok)
+    cb->flash = CUDA_FLASH_WGMMA;
+  else if (strcmp(env, "auto") == 0)
+    cb->flash = CUDA_FLASH_MMA;
+  else if (strcmp(env, "wgmma") == 0)
+    return es_fail(err, ES_EUNSUPPORTED,
+                   "EARSHOT_FLASH=wgmma: this device (compute capability %d.%d) or build has no sm_90a flash kernels",
+                   cb->cc_major, cb->cc_minor);
+  else
+    return es_fail(err, ES_EINVAL, "EARSHOT_FLASH=%.40s: expected mma, wgmma or auto", env);
+  return need_smem(cb, max_ctx, ATT_MAX_D, "attention", err);
 }
 
 // ---- launchers --------------------------------------------------------------------------------------------
@@ -254,6 +269,25 @@ extern "C" int cuda_backend_set_attention_path(es_backend_t *be, cuda_attn_path_
     return es_fail(err, ES_EINVAL, "attention path %d unknown", (int)path);
   cb->attn_path = path;
   return ES_OK;
+}
+
+extern "C" int cuda_backend_set_flash(es_backend_t *be, cuda_flash_t kind, es_error_t *err) {
+  cuda_backend_t *cb = cuda_hook_backend(be, "flash kernel", err);
+  if (!cb) return ES_EINVAL;
+  if (kind != CUDA_FLASH_MMA && kind != CUDA_FLASH_WGMMA)
+    return es_fail(err, ES_EINVAL, "flash kernel %d unknown", (int)kind);
+  if (kind == CUDA_FLASH_WGMMA && !cb->wgmma_ok)
+    return es_fail(err, ES_EUNSUPPORTED, "flash kernel wgmma: not available on this device (compute capability %d.%d)",
+                   cb->cc_major, cb->cc_minor);
+  int rc = cuda_hook_change(cb, "flash kernel", (int)kind != cb->flash, err);
+  if (rc) return rc;
+  cb->flash = kind;
+  return ES_OK;
+}
+
+extern "C" int cuda_backend_flash_available(const es_backend_t *be, cuda_flash_t kind) {
+  if (strcmp(be->ops->kind, "cuda") != 0) return 0;
+  return kind == CUDA_FLASH_MMA || (kind == CUDA_FLASH_WGMMA && ((const cuda_backend_t *)be)->wgmma_ok);
 }
 
 extern "C" int cuda_backend_set_attention_splits(es_backend_t *be, int n_splits, es_error_t *err) {

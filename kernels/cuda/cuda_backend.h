@@ -104,6 +104,8 @@ typedef struct {
   int attn_splits;                            /* decode split count forced by a test, 0 = the heuristic */
   int64_t attn_fast_calls, attn_simple_calls; /* attention op calls that ran each path */
   float *attn_part;                           /* device, attn_part_bytes: partial (o, m, l) of split rows */
+  int flash;    /* cuda_flash_t: the flash kernel of prefill and encoder attention (EARSHOT_FLASH at create) */
+  int wgmma_ok; /* this device runs the wgmma flash kernels (sm_90a image loaded: attn_wgmma_init) */
   size_t attn_part_bytes;                     /* allocated with the KV pool (attn_fast_part_bytes) */
 
   /* step graphs (cuda_graph.cu): the instantiated graph of each key, NULL when none */

@@ -32,6 +32,19 @@ typedef enum {
 
 int cuda_backend_set_attention_path(es_backend_t *be, cuda_attn_path_t path, es_error_t *err);
 
+/* Which flash-attention kernel runs prefill and encoder attention on the fast path: mma.sync (attn_flash.cu,
+ * sm_80 and later; the default) or Hopper's wgmma (attn_wgmma.cu, sm_90a devices only). The default comes from
+ * EARSHOT_FLASH=mma|wgmma|auto at create (auto: wgmma where available, else mma; unset: mma until the wgmma kernel
+ * has been measured on a GPU). WGMMA where it is not available fails with ES_EUNSUPPORTED. */
+typedef enum {
+  CUDA_FLASH_MMA = 0,
+  CUDA_FLASH_WGMMA = 1,
+} cuda_flash_t;
+
+int cuda_backend_set_flash(es_backend_t *be, cuda_flash_t kind, es_error_t *err);
+/* 1 when this backend's device runs that flash kernel (0 for another backend). */
+int cuda_backend_flash_available(const es_backend_t *be, cuda_flash_t kind);
+
 /* Forces the split-KV decode kernel to split the longest context n_splits ways (capped by its scratch);
  * 0 restores the heuristic. For tests. */
 int cuda_backend_set_attention_splits(es_backend_t *be, int n_splits, es_error_t *err);

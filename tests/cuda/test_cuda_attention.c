@@ -20,6 +20,8 @@
  * Cache positions and key rows a kernel must not read hold NaN (unused cache slots, other layers, padded keys,
  * row padding of strided buffers), and every output buffer is poisoned (NaN) before a run, so reading or
  * skipping the wrong place fails loudly. Each run also checks which kernel ran (cuda_backend_attention_calls).
+ * Everything that reaches a flash kernel (dense, and the mixed paged steps) runs twice where the device has both:
+ * with the mma.sync kernel (attn_flash.cu) and with the Hopper wgmma kernel (attn_wgmma.cu, cuda_backend_set_flash).
  * Skips (exit 77) without the CUDA backend or without a GPU.
  */
 #include <time.h>
@@ -108,6 +110,9 @@ typedef struct {
   int64_t ldq;
 } pair_t;
 
+static cuda_flash_t g_flash = CUDA_FLASH_MMA; /* the flash kernel the pairs opened now use */
+static const char *const FLASH_NAME[] = {"mma", "wgmma"};
+
 static int pair_open(pair_t *p, int H, int D) {
   memset(p, 0, sizeof *p);
   p->H = H;
@@ -125,6 +130,9 @@ static int pair_open(pair_t *p, int H, int D) {
   rc = es_backend_create_cuda(&o, &p->gpu, &err);
   T_CHECK(rc == 0, "cuda backend: %s", err.msg);
   if (rc) return rc;
+  rc = cuda_backend_set_flash(p->gpu, g_flash, &err);
+  T_CHECK(rc == 0, "flash kernel %s: %s", FLASH_NAME[g_flash], err.msg);
+  if (rc) return rc;
   for (int i = 0; i < 2 && !rc; i++) {
     es_backend_t *be = i ? p->gpu : p->cpu;
     rc = es_backend_kv_init(be, L_LAYERS, NB, H, D, &err);
@@ -139,7 +147,7 @@ static int pair_open(pair_t *p, int H, int D) {
     p->q[i] = kt_act(be, NULL, MAX_TOKENS * p->ldq);
     p->out[i] = kt_act(be, NULL, MAX_TOKENS * (int64_t)H * D);
   }
-  printf("%s; H=%d D=%d\n", es_backend_name(p->gpu), H, D);
+  printf("%s; H=%d D=%d; flash kernel %s\n", es_backend_name(p->gpu), H, D, FLASH_NAME[g_flash]);
   return 0;
 }
 
@@ -239,7 +247,7 @@ static void paged_case(pair_t *p, const char *label, int n_seqs, const int32_t *
   free(bt);
 }
 
-static void paged_tests(int H, int D) {
+static void paged_tests(int H, int D, int decode_too) {
   pair_t p;
   if (pair_open(&p, H, D) == 0) {
     double t0 = es_now_s();
@@ -252,7 +260,7 @@ static void paged_tests(int H, int D) {
     static const int32_t dq[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
     static const int32_t dc[16] = {1, 2, 15, 16, 17, 63, 64, 65, 127, 128, 129, 1000, 2047, 2048, 4097, 8191};
     static const int dec_splits[5] = {0, 1, 3, 7, 128};
-    for (int pat = 0; pat < 3; pat++) paged_case(&p, "decode", 16, dq, dc, pat, dec_splits, 5);
+    for (int pat = 0; pat < 3 && decode_too; pat++) paged_case(&p, "decode", 16, dq, dc, pat, dec_splits, 5);
     printf("paged H=%d D=%d: %.1f s\n", H, D, es_now_s() - t0);
   }
   pair_close(&p);
@@ -397,16 +405,62 @@ static void path_tests(void) {
     be = NULL;
   }
   unsetenv("EARSHOT_ATTENTION");
+
+  /* EARSHOT_FLASH: mma by default; wgmma where the device runs it, a clear refusal elsewhere */
+  o.compute_dtype = ES_DT_BF16;
+  setenv("EARSHOT_FLASH", "bogus", 1);
+  rc = es_backend_create_cuda(&o, &be, &err);
+  T_CHECK(rc == ES_EINVAL && strstr(err.msg, "EARSHOT_FLASH"), "EARSHOT_FLASH=bogus: rc %d (%s)", rc,
+          rc ? err.msg : "created");
+  es_backend_free(be);
+  be = NULL;
+  setenv("EARSHOT_FLASH", "wgmma", 1);
+  rc = es_backend_create_cuda(&o, &be, &err);
+  if (rc == 0) {
+    T_CHECK(cuda_backend_flash_available(be, CUDA_FLASH_WGMMA), "EARSHOT_FLASH=wgmma created without the kernels");
+    T_CHECK(cuda_backend_set_flash(be, CUDA_FLASH_MMA, &err) == 0, "back to mma: %s", err.msg);
+  } else {
+    T_CHECK(rc == ES_EUNSUPPORTED && strstr(err.msg, "sm_90a"), "EARSHOT_FLASH=wgmma: rc %d (%s)", rc, err.msg);
+  }
+  es_backend_free(be);
+  be = NULL;
+  unsetenv("EARSHOT_FLASH");
+  rc = es_backend_create_cuda(&o, &be, &err);
+  T_CHECK(rc == 0, "create: %s", err.msg);
+  if (!rc && !cuda_backend_flash_available(be, CUDA_FLASH_WGMMA)) {
+    rc = cuda_backend_set_flash(be, CUDA_FLASH_WGMMA, &err);
+    T_CHECK(rc == ES_EUNSUPPORTED, "set_flash(wgmma) without the kernels: rc %d", rc);
+  }
+  es_backend_free(be);
+}
+
+/* 1 when this device runs the wgmma flash kernels. */
+static int wgmma_available(void) {
+  es_error_t err;
+  es_backend_opts_t o = {.compute_dtype = ES_DT_BF16, .max_tokens = 16, .max_seqs = 2, .max_blocks = 4};
+  es_backend_t *be = NULL;
+  int ok = es_backend_create_cuda(&o, &be, &err) == 0 && cuda_backend_flash_available(be, CUDA_FLASH_WGMMA);
+  es_backend_free(be);
+  return ok;
 }
 
 int main(void) {
   int skip = t_need_gpu();
   if (skip) return skip;
   unsetenv("EARSHOT_ATTENTION"); /* the default (fast) unless a test sets it */
+  unsetenv("EARSHOT_FLASH");
   path_tests();
   dense_tests();
-  paged_tests(2, 128);
-  paged_tests(3, 64);
+  paged_tests(2, 128, 1);
+  paged_tests(3, 64, 1);
+  if (wgmma_available()) { /* the flash cases again on Hopper's kernel */
+    g_flash = CUDA_FLASH_WGMMA;
+    dense_tests();
+    paged_tests(2, 128, 0);
+    paged_tests(3, 64, 0);
+  } else {
+    printf("flash kernel wgmma: not available on this device; only mma tested\n");
+  }
   return t_finish();
 }
 
