@@ -77,7 +77,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
   constexpr int G = D / 8, KPW = 32 / G, STEP = DEC_WARPS * KPW * DEC_U;
   __shared__ float sm_o[DEC_WARPS][D];
   __shared__ float sm_m[DEC_WARPS], sm_l[DEC_WARPS];
-  pdl_wait(); // first: launched with cuda_launch
+  pdl_begin(); // first: launched with cuda_launch
   const int slot = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
   int s, qi, q0, q_len;
   if (!dec_locate(slot, row0, n_seqs, q_start, &s, &qi, &q0, &q_len)) return; // block-uniform
@@ -190,7 +190,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
 __global__ void __launch_bounds__(DEC_THREADS)
     dec_combine_kernel(bf16 *out, const float *part_o, const float *part_ml, int H, int D, const int32_t *q_start,
                        const int32_t *ctx_len, const int32_t *chunk_dev, int n_splits, int64_t row0, int n_seqs) {
-  pdl_wait(); // first: launched with cuda_launch
+  pdl_begin(); // first: launched with cuda_launch
   const int slot = blockIdx.x, h = blockIdx.y;
   int s, qi, q0, q_len;
   if (!dec_locate(slot, row0, n_seqs, q_start, &s, &qi, &q0, &q_len)) return;

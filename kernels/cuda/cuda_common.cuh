@@ -44,14 +44,35 @@ __device__ __forceinline__ void bf16x8_to_f32(const uint4 &u, float *f) {
 // ---- programmatic dependent launch (sm_90) ----
 // A decode step is ~300 short kernels; between two of them the GPU drains the first grid, then launches and
 // schedules the second. Kernels started with cuda_launch (when cb->pdl) may be launched while the kernel before
-// them on the stream is finishing; each such kernel calls pdl_wait() as its FIRST statement, which returns once
-// that kernel has completed and its writes are visible — so nothing is read or written early, and only the
-// launch overlaps. A no-op for a normal launch and before sm_90. (cuBLASLt kernels are launched normally and
-// wait as usual; a kernel of ours after one of them still overlaps its own launch with their tail.)
+// them on the stream is still running; each such kernel calls pdl_begin() before it reads or writes anything
+// the kernels before it may write, which returns once that kernel has completed and its writes are visible —
+// so only the launch, and the weight loads the GEMVs issue before it, overlap. A no-op for a normal launch and before
+// sm_90. (cuBLASLt kernels are launched normally and wait as usual; a kernel of ours after one of them still overlaps
+// its own launch with their tail.)
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
+}
+
+// Lets the next kernel on the stream, when it was launched with PDL, be scheduled from now on instead of from
+// this grid's end. It still waits in its own pdl_wait() until this whole grid has completed and its writes are
+// visible, so only its launch and what it does before that wait move earlier — the GEMVs load their first
+// weights there (cuda_gemv.cu, cuda_fp8.cu): weights are never written during a step. The next grid is
+// scheduled once every block of this one has executed this or exited (PTX ISA: griddepcontrol), so its blocks
+// never take SM room from a block of this grid that has not started; at most two grids are resident, since the
+// next one triggers only after its own wait. A no-op without a PDL launch after this kernel, and before sm_90.
+__device__ __forceinline__ void pdl_launch_next() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// The start of every per-step kernel launched with cuda_launch: wait for the kernel before, then let the next
+// one be scheduled.
+__device__ __forceinline__ void pdl_begin() {
+  pdl_wait();
+  pdl_launch_next();
 }
 
 // kernel<<<grid, block, smem, stream>>>(args), with the programmatic-serialization attribute when pdl.

@@ -75,6 +75,15 @@ __device__ __forceinline__ void load16(const bf16 *xr, float *out) {
   bf16x8_to_f32(p[1], out + 8);
 }
 
+// The U 16-byte code loads of one round of a lane: chunks c0, c0 + 32, ... of row wr (zeros past the row).
+template <int U> __device__ __forceinline__ void fp8_load_w(uint4 *qv, const uint8_t *wr, int64_t c0, int64_t chunks) {
+#pragma unroll
+  for (int u = 0; u < U; u++) {
+    const int64_t c = c0 + 32 * u;
+    qv[u] = c < chunks ? __ldg(reinterpret_cast<const uint4 *>(wr) + c) : make_uint4(0, 0, 0, 0);
+  }
+}
+
 // y (M, N) row stride ldy; x (M, K) row stride ldx; w (N, K) fp8 codes, contiguous; scale (N) fp32; bias (N)
 // or NULL. Block: FP8_WARPS warps, warp -> output row n = blockIdx.x · FP8_WARPS + warp. MT >= M rows are
 // accumulated (compile-time, so acc stays in registers). VEC: K % 16 == 0, w and x rows 16-byte aligned; U
@@ -83,23 +92,22 @@ template <typename T, int MT, bool VEC, int U>
 __global__ void __launch_bounds__(FP8_WARPS * 32)
     fp8_gemv_kernel(T *y, int64_t ldy, const T *x, int64_t ldx, const uint8_t *w, const float *scale, const T *bias,
                     int M, int64_t N, int64_t K, int act, int accumulate) {
-  pdl_wait(); // first: launched with cuda_launch
   int lane = threadIdx.x & 31;
   int64_t n = (int64_t)blockIdx.x * FP8_WARPS + (threadIdx.x >> 5);
+  const uint8_t *wr = w + (n < N ? n : 0) * K;
+  const int64_t chunks = VEC ? K / 16 : 0;
+  uint4 qv[U];
+  // The first round of weight loads before pdl_begin: the codes are never written during a step, so under PDL
+  // they stream while the kernel before this one finishes (cuda_common.cuh, pdl_launch_next).
+  if (VEC && n < N) fp8_load_w<U>(qv, wr, lane, chunks);
+  pdl_begin();        // before x is read or y written: launched with cuda_launch
   if (n >= N) return; // a whole warp leaves; nothing below synchronises the block
-  const uint8_t *wr = w + n * K;
   float acc[MT];
 #pragma unroll
   for (int m = 0; m < MT; m++) acc[m] = 0.0f;
   if (VEC) {
-    const int64_t chunks = K / 16;
     for (int64_t c0 = lane; c0 < chunks; c0 += 32 * U) {
-      uint4 qv[U];
-#pragma unroll
-      for (int u = 0; u < U; u++) { // all U loads first; the chunks are still added in increasing order
-        const int64_t c = c0 + 32 * u;
-        qv[u] = c < chunks ? __ldg(reinterpret_cast<const uint4 *>(wr) + c) : make_uint4(0, 0, 0, 0);
-      }
+      if (c0 != lane) fp8_load_w<U>(qv, wr, c0, chunks); // all U loads first; chunks still added in order
 #pragma unroll
       for (int u = 0; u < U; u++) {
         const int64_t c = c0 + 32 * u;

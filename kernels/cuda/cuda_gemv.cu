@@ -23,6 +23,17 @@
 
 static_assert(GEMV_MAX_M == CUDA_GEMV_MAX_M, "gemv_math.h and cuda_gemv.h disagree on the largest M");
 
+// The U 16-byte weight loads of one round of a lane: chunks c0, c0 + 32, ... of row n (zeros past the row).
+template <int U>
+__device__ __forceinline__ void gemv_load_w(uint4 *wv, const bf16 *w, int64_t n, int64_t K, int64_t c0,
+                                            int64_t chunks) {
+#pragma unroll
+  for (int u = 0; u < U; u++) {
+    const int64_t c = c0 + 32 * u;
+    wv[u] = c < chunks ? __ldg(reinterpret_cast<const uint4 *>(w + gemv_w_off(n, K, c))) : make_uint4(0, 0, 0, 0);
+  }
+}
+
 // y (M, N) row stride ldy, TO = bf16 (linear) or float (logits); x (M, K) bf16 row stride ldx; w (N, K) bf16,
 // contiguous; bias (N) bf16 or NULL. K % 8 == 0 and x, w rows 16-byte aligned (cuda_gemv_ok). Block: GEMV_WARPS
 // warps, warp -> output row n = blockIdx.x · GEMV_WARPS + warp; MT >= M rows accumulated (compile-time).
@@ -32,21 +43,20 @@ template <typename TO, int MT, int U>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
     bf16_gemv_kernel(TO *y, int64_t ldy, const bf16 *x, int64_t ldx, const bf16 *w, const bf16 *bias, int M, int64_t N,
                      int64_t K, int act, int accumulate) {
-  pdl_wait(); // first: launched with cuda_launch
   const int lane = threadIdx.x & 31;
   const int64_t n = gemv_row(blockIdx.x, threadIdx.x >> 5);
+  const int64_t chunks = K / GEMV_CHUNK;
+  uint4 wv[U];
+  // The first round of weight loads before pdl_begin: weights are never written during a step, so under PDL
+  // they stream while the kernel before this one finishes (cuda_common.cuh, pdl_launch_next).
+  if (n < N) gemv_load_w<U>(wv, w, n, K, lane, chunks);
+  pdl_begin();        // before x is read or y written: launched with cuda_launch
   if (n >= N) return; // a whole warp leaves; nothing below synchronises the block
   float acc[MT];
 #pragma unroll
   for (int m = 0; m < MT; m++) acc[m] = 0.0f;
-  const int64_t chunks = K / GEMV_CHUNK;
   for (int64_t c0 = lane; c0 < chunks; c0 += 32 * U) {
-    uint4 wv[U];
-#pragma unroll
-    for (int u = 0; u < U; u++) { // all U loads first
-      const int64_t c = c0 + 32 * u;
-      wv[u] = c < chunks ? __ldg(reinterpret_cast<const uint4 *>(w + gemv_w_off(n, K, c))) : make_uint4(0, 0, 0, 0);
-    }
+    if (c0 != lane) gemv_load_w<U>(wv, w, n, K, c0, chunks); // all U loads first
 #pragma unroll
     for (int u = 0; u < U; u++) {
       const int64_t c = c0 + 32 * u;

@@ -113,7 +113,7 @@ __global__ void rms_norm_kernel(T *y, T *residual, const T *add, const T *w, int
 template <typename T>
 __global__ void __launch_bounds__(1024) rms_norm_vec_kernel(T *y, T *residual, const T *add, const T *w, int64_t C,
                                                             float eps) {
-  pdl_wait(); // first: launched with cuda_launch
+  pdl_begin(); // first: launched with cuda_launch
   constexpr int N = vec16<T>::N;
   __shared__ float red[32];
   const int64_t off = (int64_t)blockIdx.x * C + (int64_t)threadIdx.x * N;
@@ -204,7 +204,7 @@ template <typename T> __global__ void silu_mul_kernel(T *y, const T *gate, const
 // The same with one 16-byte vector per thread (N and ld multiples of the vector, rows aligned): row m, vector j.
 template <typename T>
 __global__ void silu_mul_vec_kernel(T *y, const T *gate, const T *up, int64_t ld, int64_t M, int64_t N) {
-  pdl_wait(); // first: launched with cuda_launch
+  pdl_begin(); // first: launched with cuda_launch
   constexpr int V = vec16<T>::N;
   const int64_t nv = N / V;
   GRID_STRIDE(i, M * nv) {
@@ -361,7 +361,7 @@ extern "C" int cuda_op_scatter_rows(es_backend_t *be, void *y, const void *x, co
 template <typename T>
 __global__ void rope_kv_kernel(T *q, int64_t ldq, T *k, int64_t ldk, const T *v, int64_t ldv, T *kv, int layer,
                                int n_blocks, int H, int D, float theta, const int32_t *positions, const int32_t *slot) {
-  pdl_wait();                   // first: launched with cuda_launch
+  pdl_begin();                  // first: launched with cuda_launch
   extern __shared__ float cs[]; // [half] cos, then [half] sin
   const int half = D / 2, f = threadIdx.x, h = blockIdx.y * ROPE_HEADS + threadIdx.y;
   const int64_t i = blockIdx.x;
