@@ -4,8 +4,9 @@
  * Shapes (Qwen2-7B, E = 4096, I = 11008, fused projections as the CUDA backend loads them): q|k|v 12288 × 4096,
  * o 4096 × 4096, gate|up 22016 × 4096, down 4096 × 11008, and the logits 156032 × 4096 (fp32 out). Rows M = 1 ..
  * 64 (the decode batch). Paths: bf16 weights through the GEMV with 4, 8 or 16 loads in flight per lane (M <= 4)
- * and through cuBLASLt (GEMV off, every M); fp8 weights (per-row scales) through their GEMV (M <= 16, chunked to
- * 64) with 4, 8 or 16 loads in flight. A decode step streams each weight once, so the figure of merit is the
+ * and through cuBLASLt (GEMV off, every M); fp8 weights (per-row scales) through the CUDA-core GEMV with 4, 8 or 16
+ * loads in flight and the tensor-core GEMV (M <= 8, cuda_backend_set_fp8_mma), and past 8 rows through dequantise +
+ * cuBLASLt. A decode step streams each weight once, so the figure of merit is the
  * weight bytes (plus activations) over the time, against the copy bandwidth (bytes read + written).
  * Each figure is the device time of --repeats calls timed with the op profile's events (backend.h), rotating over
  * enough copies of the weight that together they are several times the L2 cache, so the weights come from memory.
@@ -192,20 +193,24 @@ int bench_linear(int argc, char **argv) {
       if (layer_open(be, s, fp8, &l, &err)) goto done;
       for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++) {
         const int64_t M = Ms[mi];
-        /* paths: GEMV with each loads-in-flight where the GEMV takes M, then cuBLASLt (bf16) */
-        const int gemv_m = fp8 ? 64 : 4;
-        for (int p = 0; p < 4; p++) {
-          const int is_lt = p == 3;
-          if (is_lt ? fp8 : M > gemv_m) continue;
+        /* paths: GEMV with each loads-in-flight where the GEMV takes M (p 0..2), then bf16: cuBLASLt (p 3); fp8:
+         * the tensor-core GEMV (p 4) up to 8 rows, dequantise + cuBLASLt (p 3) past them */
+        const int gemv_m = fp8 ? 8 : 4;
+        for (int p = 0; p < 5; p++) {
+          const int is_lt = p == 3, is_mma = p == 4;
+          if (is_mma ? !fp8 || M > gemv_m : is_lt ? fp8 && M <= gemv_m : M > gemv_m) continue;
           if (cuda_backend_set_gemv(be, is_lt ? 0 : 2, &err) ||
-              cuda_backend_set_gemv_loads(be, is_lt ? 0 : loads[p], &err))
+              cuda_backend_set_gemv_loads(be, is_lt || is_mma ? 0 : loads[p], &err) ||
+              cuda_backend_set_fp8_mma(be, is_mma, &err))
             goto done;
           double sec = 0;
           if (time_calls(&l, M, (int)repeats, &sec, &err)) goto done;
           row_t *r = &rows[n_rows++];
           snprintf(r->shape, sizeof r->shape, "%s %lldx%lld", s->name, (long long)s->N, (long long)s->K);
           if (is_lt)
-            snprintf(r->path, sizeof r->path, "bf16 cuBLASLt");
+            snprintf(r->path, sizeof r->path, fp8 ? "fp8 dequant+cuBLASLt" : "bf16 cuBLASLt");
+          else if (is_mma)
+            snprintf(r->path, sizeof r->path, "fp8 tensor-core GEMV");
           else
             snprintf(r->path, sizeof r->path, "%s GEMV loads=%d", fp8 ? "fp8" : "bf16", loads[p]);
           r->M = M;
@@ -218,7 +223,9 @@ int bench_linear(int argc, char **argv) {
           fflush(stdout);
         }
       }
-      if (cuda_backend_set_gemv(be, 1, &err) || cuda_backend_set_gemv_loads(be, 0, &err)) goto done;
+      if (cuda_backend_set_gemv(be, 1, &err) || cuda_backend_set_gemv_loads(be, 0, &err) ||
+          cuda_backend_set_fp8_mma(be, 1, &err))
+        goto done;
       /* the weights stay until the backend goes (no free in backend.h); at most ~0.6 GB per shape */
     }
   if (json) {

@@ -312,7 +312,8 @@ static int bench_model(int argc, char **argv) {
   float *x = NULL, *mel = NULL;
   int32_t *ids = NULL, *arow = NULL, *pos = NULL, *slot = NULL, *table = NULL, *lrows = NULL, *q_start = NULL,
           *ctx = NULL;
-  double *t_ttft = NULL, *t_step = NULL, *t_eager = NULL, *t_nogemv = NULL, *t_nopdl = NULL, *t_gemvall = NULL;
+  double *t_ttft = NULL, *t_step = NULL, *t_eager = NULL, *t_nogemv = NULL, *t_nopdl = NULL, *t_gemvall = NULL,
+         *t_fp8cc = NULL;
   kv_seq_t *seqs = NULL;
   char dir[4096] = "";
   es_profile_t prof_first = {0}, prof_decode = {0}; /* --profile: the first token, the decode steps */
@@ -409,8 +410,9 @@ static int bench_model(int argc, char **argv) {
   t_nogemv = calloc((size_t)n_out, sizeof(double));
   t_nopdl = calloc((size_t)n_out, sizeof(double));
   t_gemvall = calloc((size_t)n_out, sizeof(double));
+  t_fp8cc = calloc((size_t)n_out, sizeof(double));
   if (!ids || !arow || !pos || !slot || !table || !lrows || !q_start || !ctx || !seqs || !t_ttft || !t_step ||
-      !t_eager || !t_nogemv || !t_nopdl || !t_gemvall) {
+      !t_eager || !t_nogemv || !t_nopdl || !t_gemvall || !t_fp8cc) {
     es_fail(&err, ES_ENOMEM, "out of memory");
     goto done;
   }
@@ -431,7 +433,8 @@ static int bench_model(int argc, char **argv) {
    * it off (what it gains; graphs and GEMV as in the timed runs); on an sm_90a GPU whose timed runs used the
    * mma.sync flash kernel, one run with the wgmma one (its time to first token; all else as in the timed runs);
    * where the GEMV is compared, one run with it for every shape it takes (mode 2: also where cuBLASLt won in
-   * isolation — in a step its first weight loads overlap the kernel before it under PDL). */
+   * isolation — in a step its first weight loads overlap the kernel before it under PDL); with fp8 weights on the
+   * tensor-core GEMV, one run with the CUDA-core fp8 GEMV instead. */
   const int cmp_graphs = es_backend_graphs_supported(bm.be);
   int cmp_gemv = 0;
 #ifdef ES_HAVE_CUDA_BACKEND
@@ -449,7 +452,7 @@ static int bench_model(int argc, char **argv) {
               getenv("EARSHOT_FLASH") == NULL; /* unset: the timed runs used mma */
 #endif
   double flash_ttft_ms = 0;
-  int n_step = 0, n_eager = 0, n_nogemv = 0, n_nopdl = 0, n_gemvall = 0;
+  int n_step = 0, n_eager = 0, n_nogemv = 0, n_nopdl = 0, n_gemvall = 0, n_fp8cc = 0;
 #ifdef ES_HAVE_CUDA_BACKEND
   int graphs_were_on = 0; /* graphs on when the graphs-off run began (not refused by then): on again after it */
 #endif
@@ -458,7 +461,11 @@ static int bench_model(int argc, char **argv) {
 #ifdef ES_HAVE_CUDA_BACKEND
   cmp_gemv_all = cmp_gemv && gemv_mode != 2;
 #endif
-  const int extra_runs = cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash + cmp_gemv_all + profile;
+  int cmp_fp8 = 0;
+#ifdef ES_HAVE_CUDA_BACKEND
+  cmp_fp8 = ro.quantization == RT_QUANT_FP8 && !ro.deterministic && cuda_backend_fp8_mma(bm.be);
+#endif
+  const int extra_runs = cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash + cmp_gemv_all + cmp_fp8 + profile;
   qa_graph_stats_t gs; /* of the warm-up and timed runs (taken before the first extra run) */
   for (int run = 0; run < warmup + repeats + extra_runs; run++) {
     const int extra = run - (warmup + repeats); /* < 0: a warm-up or timed run */
@@ -466,7 +473,8 @@ static int bench_model(int argc, char **argv) {
     const int nopdl_run = cmp_pdl && extra == cmp_graphs + cmp_gemv;
     const int flash_run = cmp_flash && extra == cmp_graphs + cmp_gemv + cmp_pdl;
     const int gemv_all_run = cmp_gemv_all && extra == cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash;
-    const int prof_run = profile && extra == cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash + cmp_gemv_all;
+    const int fp8_run = cmp_fp8 && extra == cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash + cmp_gemv_all;
+    const int prof_run = profile && extra == cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash + cmp_gemv_all + cmp_fp8;
     const int timed = run >= warmup && extra < 0;
     if (extra == 0) qa_model_graph_stats(bm.m, &gs); /* the warm-up and timed runs' steps, not the comparisons' */
 #ifdef ES_HAVE_CUDA_BACKEND
@@ -495,10 +503,14 @@ static int bench_model(int argc, char **argv) {
          (cmp_pdl && cuda_backend_set_pdl(bm.be, 1, &err)) ||
          (cmp_flash && cuda_backend_set_flash(bm.be, CUDA_FLASH_MMA, &err)) || cuda_backend_set_gemv(bm.be, 2, &err)))
       goto done;
+    if (fp8_run && ((graphs_were_on && cuda_backend_set_graphs(bm.be, 1, &err)) ||
+                    (cmp_pdl && cuda_backend_set_pdl(bm.be, 1, &err)) || cuda_backend_set_fp8_mma(bm.be, 0, &err)))
+      goto done;
     if (prof_run && strncmp(es_backend_name(bm.be), "cuda", 4) == 0 &&
         (cuda_backend_set_graphs(bm.be, 0, &err) || (cmp_gemv && cuda_backend_set_gemv(bm.be, gemv_mode, &err)) ||
          (cmp_pdl && cuda_backend_set_pdl(bm.be, 1, &err)) ||
-         (cmp_flash && cuda_backend_set_flash(bm.be, CUDA_FLASH_MMA, &err))))
+         (cmp_flash && cuda_backend_set_flash(bm.be, CUDA_FLASH_MMA, &err)) ||
+         (cmp_fp8 && cuda_backend_set_fp8_mma(bm.be, 1, &err))))
       goto done;
 #endif
     if (prof_run && es_backend_profile_start(bm.be, 4096, &err)) goto done;
@@ -570,6 +582,7 @@ static int bench_model(int argc, char **argv) {
       if (nogemv_run) t_nogemv[n_nogemv++] = es_now_s() - s0;
       if (nopdl_run) t_nopdl[n_nopdl++] = es_now_s() - s0;
       if (gemv_all_run) t_gemvall[n_gemvall++] = es_now_s() - s0;
+      if (fp8_run) t_fp8cc[n_fp8cc++] = es_now_s() - s0;
     }
     if (prof_run && es_backend_profile_stop(bm.be, &prof_decode, &err)) goto done;
     for (int b = 0; b < B; b++) kv_seq_release(bm.kv, &seqs[b]);
@@ -580,6 +593,7 @@ static int bench_model(int argc, char **argv) {
             : nopdl_run    ? " (PDL off)"
             : flash_run    ? " (wgmma flash kernel)"
             : gemv_all_run ? " (GEMV for every shape)"
+            : fp8_run      ? " (CUDA-core fp8 GEMV)"
             : prof_run     ? " (profiled, op by op)"
                            : " (warm-up)",
             1e3 * ttft);
@@ -617,6 +631,10 @@ static int bench_model(int argc, char **argv) {
   if (n_gemvall)
     printf("  decode step, GEMV for every shape it takes    %10.3f ms  (%.2fx the default's)\n", gemvall_ms,
            gemvall_ms / step_ms);
+  double fp8cc_ms = n_fp8cc ? 1e3 * median(t_fp8cc, n_fp8cc) : 0;
+  if (n_fp8cc)
+    printf("  decode step, CUDA-core fp8 GEMV               %10.3f ms  (the tensor-core GEMV: %.2fx faster)\n",
+           fp8cc_ms, fp8cc_ms / step_ms);
   if (flash_ttft_ms > 0)
     printf("  time to first token, wgmma flash kernel       %10.2f ms  (one run; %.2fx the mma kernel's median)\n",
            flash_ttft_ms, flash_ttft_ms / ttft_ms);
@@ -641,11 +659,12 @@ static int bench_model(int argc, char **argv) {
            "\"limit_ms_per_step\": %.4f, \"fraction_of_limit\": %.4f, \"graph_replays\": %lld, "
            "\"decode_ms_per_step_no_graphs\": %.4f, \"decode_ms_per_step_no_gemv\": %.4f, "
            "\"decode_ms_per_step_no_pdl\": %.4f, \"ttft_ms_wgmma\": %.4f, \"decode_ms_per_step_gemv_all\": %.4f, "
+           "\"decode_ms_per_step_fp8_cuda_cores\": %.4f, "
            "\"deterministic\": %s}\n",
            es_backend_name(bm.be), es_dtype_name(es_backend_act_dtype(bm.be)), rt_quantization_name(ro.quantization),
            ro.dummy_weights ? "true" : "false", B, seconds, N, P, n_out, warmup, repeats, load_s, ttft_ms, step_ms,
            B * 1e3 / step_ms, mbytes, bw, limit_ms, step_ms > 0 ? limit_ms / step_ms : 0.0, (long long)gs.replays,
-           eager_ms, nogemv_ms, nopdl_ms, flash_ttft_ms, gemvall_ms, ro.deterministic ? "true" : "false");
+           eager_ms, nogemv_ms, nopdl_ms, flash_ttft_ms, gemvall_ms, fp8cc_ms, ro.deterministic ? "true" : "false");
   rc = 0;
 done:
   if (rc) fprintf(stderr, "earshot bench model: %s\n", err.msg);
@@ -673,6 +692,7 @@ done:
   free(t_nogemv);
   free(t_nopdl);
   free(t_gemvall);
+  free(t_fp8cc);
   es_profile_free(&prof_first);
   es_profile_free(&prof_decode);
   return rc;

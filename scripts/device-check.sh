@@ -312,6 +312,9 @@ fp8, det = last_json("bench-fp8.log"), last_json("bench-deterministic.log")
 f_d, f_lim, d_d = fp8.get("decode_ms_per_step"), fp8.get("limit_ms_per_step"), det.get("decode_ms_per_step")
 print(f"| decode, batch 1, fp8 weights (ms/token) | {f(f_d, '{:.3f}')} | — | {f(f_lim, '{:.3f}')} | "
       f"{ratio(r_d, f_d)} | {ratio(f_lim, f_d)} |")
+f_cc = fp8.get("decode_ms_per_step_fp8_cuda_cores")
+print(f"| decode, batch 1, fp8 weights, CUDA-core GEMV (ms/token) | {f(f_cc, '{:.3f}')} | — | {f(f_lim, '{:.3f}')} | "
+      f"{ratio(r_d, f_cc)} | {ratio(f_lim, f_cc)} |")
 print(f"| decode, batch 1, --deterministic (ms/token) | {f(d_d, '{:.3f}')} | — | {f(lim, '{:.3f}')} | "
       f"{ratio(r_d, d_d)} | {ratio(lim, d_d)} |")
 print(f"| time to first token, --deterministic (ms) | {f(det.get('ttft_ms'))} | {f(r_t)} | — | "

@@ -511,6 +511,8 @@ extern "C" int es_backend_create_cuda(const es_backend_opts_t *opts, es_backend_
     cb->graphs_off = g && strcmp(g, "0") == 0;
     const char *gv = getenv("EARSHOT_GEMV"); // "0": decode GEMMs through cuBLASLt only (cuda_gemv.h)
     cb->gemv_mode = gv && strcmp(gv, "0") == 0 ? 0 : 1;
+    const char *fm = getenv("EARSHOT_FP8_MMA"); // "0": fp8 decode linears on the CUDA-core GEMV (cuda_fp8.h)
+    cb->fp8_mma = fm && strcmp(fm, "0") == 0 ? 0 : 1;
     const char *pd = getenv("EARSHOT_PDL");  // "0": every kernel launched normally (cuda_common.cuh, cuda_launch)
     cb->pdl = !(pd && strcmp(pd, "0") == 0); // and only if the probe below passes
   }

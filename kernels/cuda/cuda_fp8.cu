@@ -27,33 +27,11 @@
 #include "cuda_common.cuh"
 #include "cuda_fp8.h"
 #include "cuda_gemv.h" // cuda_gemv_loads
+#include "fp8_cvt.cuh"
 #include "fp8_math.h"
 
 #define FP8_WARPS 4 // warps (output rows) per block
 static_assert(CUDA_FP8_GEMV_MAX_M <= 8, "gemv() below instantiates the kernel for at most 8 rows");
-
-// fp16x2 bits -> two floats.
-__device__ __forceinline__ float2 f16x2_bits_to_f32(uint32_t h) {
-  __half2 v;
-  memcpy(&v, &h, sizeof v);
-  return __half22float2(v);
-}
-
-// sm_89 and later convert two e4m3 codes to fp16x2 in one instruction (exact values; e4m3 is a subset of fp16):
-// the GEMV's 16-byte chunks take 8 conversions instead of ~32 integer operations, which matters because at M = 1
-// the kernel issues ~5 instructions per weight — near the SMs' issue rate at the copy bandwidth (measured on an
-// H200 before this: 0.54–0.64 of the copy bandwidth where the bf16 GEMV reaches 0.76–0.86).
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-#define FP8_HW_CVT 1
-// codes (low byte -> low half, high byte -> high half) -> fp16x2 bits of their values
-__device__ __forceinline__ uint32_t fp8x2_cvt_f16x2(uint32_t two_codes) {
-  uint32_t h;
-  asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h) : "h"((unsigned short)two_codes));
-  return h;
-}
-#else
-#define FP8_HW_CVT 0
-#endif
 
 // Two fp8 codes (low bytes of each 16-bit half of pair) -> their values / 256.
 __device__ __forceinline__ float2 fp8x2_div256(uint32_t pair) {
@@ -112,17 +90,8 @@ __global__ void __launch_bounds__(FP8_WARPS * 32)
       for (int u = 0; u < U; u++) {
         const int64_t c = c0 + 32 * u;
         if (c < chunks) {
-          const uint32_t qw[4] = {qv[u].x, qv[u].y, qv[u].z, qv[u].w};
           uint32_t h2[8];
-#if FP8_HW_CVT
-#pragma unroll
-          for (int j = 0; j < 4; j++) { // codes 4j, 4j + 1 and 4j + 2, 4j + 3: the order below, exact values
-            h2[2 * j] = fp8x2_cvt_f16x2(qw[j] & 0xffffu);
-            h2[2 * j + 1] = fp8x2_cvt_f16x2(qw[j] >> 16);
-          }
-#else
-          es_fp8x16_to_f16x2_bits(qw, h2); // code order, CPU-tested (test_fp8_math); values / 256
-#endif
+          fp8x16_to_f16x2(qv[u], h2); // code order; exact values (sm_89+) or values / 256
           float wf[16];
 #pragma unroll
           for (int p = 0; p < 8; p++) {

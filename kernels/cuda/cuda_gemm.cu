@@ -388,7 +388,8 @@ extern "C" int cuda_op_linear(es_backend_t *be, void *y, int64_t ldy, const void
     // different orders, so a row computed in a batch of 8 and of 9 would differ — what the mode forbids
     // (backend.h). The dequantise path with the shape's one algorithm (or the plain kernel) is M-invariant.
     if (M <= CUDA_FP8_GEMV_MAX_M && !be->opts.deterministic)
-      return cuda_fp8_gemv(cb, y, ldy, x, ldx, w, bias, M, act, accumulate, err);
+      return cuda_fp8_mma_ok(cb, x, ldx, w, M) ? cuda_fp8_mma(cb, y, ldy, x, ldx, w, bias, M, act, accumulate, err)
+                                               : cuda_fp8_gemv(cb, y, ldy, x, ldx, w, bias, M, act, accumulate, err);
     if ((rc = cuda_fp8_dequant(cb, w, err))) return rc;
     return gemm(cb, y, ldy, be->act_dtype, x, ldx, cb->fp8_scratch, N, K, bias ? bias->data : NULL, M, act,
                 accumulate, err);

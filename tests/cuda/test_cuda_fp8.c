@@ -7,6 +7,9 @@
  *     GELU and accumulate, GPU outputs poisoned first; tolerance as test_cuda_ops' GEMMs, plus, on the
  *     dequantise path in bf16, the rounding of each dequantised weight to bf16 (dequant_tol);
  *   - the GEMV is batch-invariant: a row alone equals (memcmp) the same row among 8.
+ * Every case up to 8 rows runs twice: on the tensor-core GEMV (cuda_fp8_mma.cu; where it takes the call — K a
+ * multiple of 64, 16-byte aligned rows — which the test checks through cuda_backend_fp8_mma_calls) and on the
+ * CUDA-core GEMV (cuda_backend_set_fp8_mma off). Shapes include the 7B model's K (4096, 11008).
  * Skips (exit 77) without the CUDA backend or without a GPU.
  */
 #include "kernel_test.h"
@@ -18,7 +21,9 @@
 #include "cuda/cuda_fp8.h"
 #include "cuda/cuda_hooks.h"
 #define DEQUANT_PAST_M CUDA_FP8_GEMV_MAX_M
+#define GEMV_KIND(gpu) (cuda_backend_fp8_mma(gpu) ? "tensor-core" : "CUDA-core")
 #else
+#define GEMV_KIND(gpu) "no"
 #define DEQUANT_PAST_M INT64_MAX /* no CUDA backend: the test skips */
 #endif
 
@@ -84,7 +89,8 @@ static double *dequant_tol(es_dtype_t dt, const float *x, int64_t ldx, const es_
 static void test_linear(es_backend_t *cpu, es_backend_t *gpu, es_dtype_t dt, int64_t M, int64_t K, int64_t N,
                         int bias, es_act_t act, int acc, int strided) {
   es_error_t err;
-  int64_t ldx = strided ? K + 3 : K, ldy = strided ? N + 5 : N;
+  /* strided: odd (unaligned) x rows, or with K a multiple of 64 rows padded by 16 bytes (aligned) */
+  int64_t ldx = strided ? (K % 64 == 0 ? K + 16 / (int64_t)es_dtype_size(dt) : K + 3) : K, ldy = strided ? N + 5 : N;
   kt_weight_t w = kt_weight(ES_DT_BF16, N, K, -0.5f, 0.5f);
   kt_weight_t b = kt_weight(dt == ES_DT_BF16 ? ES_DT_BF16 : ES_DT_F32, N, 1, -0.5f, 0.5f);
   es_weight_t wc, wg, bc = kt_upload(cpu, &b), bg = kt_upload(gpu, &b);
@@ -94,16 +100,28 @@ static void test_linear(es_backend_t *cpu, es_backend_t *gpu, es_dtype_t dt, int
   round_to(dt, x, M * ldx);
   round_to(dt, y0, M * ldy);
   char what[200];
-  snprintf(what, sizeof what, "[%s] fp8 linear M=%lld K=%lld N=%lld bias=%d act=%d acc=%d ld=%lld/%lld",
+  snprintf(what, sizeof what, "[%s] fp8 linear M=%lld K=%lld N=%lld bias=%d act=%d acc=%d ld=%lld/%lld (%s GEMV)",
            es_dtype_name(dt), (long long)M, (long long)K, (long long)N, bias, (int)act, acc, (long long)ldx,
-           (long long)ldy);
+           (long long)ldy, GEMV_KIND(gpu));
   if (upload_fp8(cpu, &w, &wc) || upload_fp8(gpu, &w, &wg)) goto done;
   void *xc = kt_act(cpu, x, M * ldx), *xg = kt_act(gpu, x, M * ldx);
   void *yc = kt_act(cpu, y0, M * ldy), *yg = kt_act(gpu, acc ? y0 : NULL, M * ldy);
   T_CHECK(es_op_linear(cpu, yc, ldy, xc, ldx, &wc, bias ? &bc : NULL, M, act, acc, &err) == 0, "%s: cpu: %s", what,
           err.msg);
+#ifdef ES_HAVE_CUDA_BACKEND
+  const int64_t mma0 = cuda_backend_fp8_mma_calls(gpu);
+#endif
   T_CHECK(es_op_linear(gpu, yg, ldy, xg, ldx, &wg, bias ? &bg : NULL, M, act, acc, &err) == 0, "%s: gpu: %s", what,
           err.msg);
+#ifdef ES_HAVE_CUDA_BACKEND
+  { /* the tensor-core GEMV takes exactly the calls it can */
+    const size_t e = es_dtype_size(dt);
+    const int want =
+        cuda_backend_fp8_mma(gpu) && M <= CUDA_FP8_GEMV_MAX_M && K % 64 == 0 && (ldx * (int64_t)e) % 16 == 0;
+    T_CHECK(cuda_backend_fp8_mma_calls(gpu) - mma0 == want, "%s: tensor-core GEMV ran %lld times, want %d", what,
+            (long long)(cuda_backend_fp8_mma_calls(gpu) - mma0), want);
+  }
+#endif
   float *r = kt_read(cpu, yc, M * ldy), *g = kt_read(gpu, yg, M * ldy);
   double *ref = malloc(sizeof(double) * (size_t)(M * N));
   float *got = malloc(sizeof(float) * (size_t)(M * N));
@@ -148,7 +166,8 @@ static void test_gemv_invariance(es_backend_t *gpu, es_dtype_t dt) {
     if (memcmp(one, all + m * N, sizeof(float) * (size_t)N) != 0) bad++;
     free(one);
   }
-  T_CHECK(bad == 0, "[%s] %d GEMV rows differ alone vs among %lld", es_dtype_name(dt), bad, (long long)M);
+  T_CHECK(bad == 0, "[%s] %d GEMV rows differ alone vs among %lld (%s GEMV)", es_dtype_name(dt), bad, (long long)M,
+          GEMV_KIND(gpu));
 #ifdef ES_HAVE_CUDA_BACKEND
   /* loads in flight per lane change only the schedule: the same bits (K = 512: 32 chunks, one per lane) */
   static const int loads[] = {4, 16, 0};
@@ -186,16 +205,23 @@ int main(void) {
       if (mi == 0) test_upload(cpu, gpu, 8200, 4096); /* 33.6 MB: two staging chunks */
       test_upload(cpu, gpu, 37, 33);
       static const int64_t Ms[] = {1, 2, 3, 5, 8, 13, 16, 17, 64, 300};
-      static const int64_t KN[][2] = {{64, 96}, {33, 65}, {1024, 384}, {208, 257}, {16, 1}};
-      for (size_t i = 0; i < sizeof Ms / sizeof Ms[0]; i++)
-        for (size_t j = 0; j < sizeof KN / sizeof KN[0]; j++) {
-          size_t v = i + j;
-          test_linear(cpu, gpu, dt, Ms[i], KN[j][0], KN[j][1], (int)(v % 2), v % 3 == 1 ? ES_ACT_GELU : ES_ACT_NONE,
-                      v % 3 == 2, (int)(v % 4 == 3));
-        }
-      test_linear(cpu, gpu, dt, 4, 128, 64, 1, ES_ACT_GELU, 1, 1);   /* act + accumulate in the GEMV */
-      test_linear(cpu, gpu, dt, 100, 128, 64, 1, ES_ACT_GELU, 1, 1); /* ... and through the plain GEMM */
-      test_gemv_invariance(gpu, dt);
+      static const int64_t KN[][2] = {{64, 96}, {33, 65}, {1024, 384}, {208, 257}, {16, 1}, {4096, 40}, {11008, 17}};
+      for (int mma = 1; mma >= 0; mma--) { /* the tensor-core GEMV (default), then the CUDA-core one */
+#ifdef ES_HAVE_CUDA_BACKEND
+        T_CHECK(cuda_backend_set_fp8_mma(gpu, mma, &err) == 0, "set_fp8_mma: %s", err.msg);
+#endif
+        for (size_t i = 0; i < sizeof Ms / sizeof Ms[0]; i++)
+          for (size_t j = 0; j < sizeof KN / sizeof KN[0]; j++) {
+            size_t v = i + j;
+            if (!mma && Ms[i] > DEQUANT_PAST_M) continue; /* the dequantise path ran already */
+            test_linear(cpu, gpu, dt, Ms[i], KN[j][0], KN[j][1], (int)(v % 2), v % 3 == 1 ? ES_ACT_GELU : ES_ACT_NONE,
+                        v % 3 == 2, (int)(v % 4 == 3));
+          }
+        test_linear(cpu, gpu, dt, 4, 128, 64, 1, ES_ACT_GELU, 1, 1);   /* act + accumulate, strided, in the GEMV */
+        test_linear(cpu, gpu, dt, 8, 4096, 48, 1, ES_ACT_NONE, 1, 1);  /* the 7B K, aligned stride */
+        test_linear(cpu, gpu, dt, 100, 128, 64, 1, ES_ACT_GELU, 1, 1); /* ... and through the plain GEMM */
+        test_gemv_invariance(gpu, dt);
+      }
     }
     es_backend_free(gpu);
     es_backend_free(cpu);
