@@ -37,6 +37,9 @@
 #
 # Environment: JOBS (16), BUDGET (470 s; the whole run takes ~160 s on an H200; a budget under ~250 s leaves the
 #   later benchmarks out, the build and the tests still run), PYTHON (python3), BUILD_DIR (build/device),
+#   DEVICE_CHECK_ONLY=kernels: the quick loop for kernel work (~1 minute): builds only earshot and the kernel
+#   tests (test_cuda_ops, test_cuda_attention, test_cuda_fp8), runs those and `bench attention` / `bench linear`,
+#   and skips transformers, the model, engine, fp8 and deterministic benchmarks (their rows are n/a);
 #   DEVICE_CHECK_NO_GPU=1: build and test without a GPU (the GPU tests skip, the benchmarks are n/a) — how the
 #   script is checked on a development machine; it also hides the system's copies of the three libraries by
 #   requiring that CMake found the prefix's.
@@ -51,6 +54,16 @@ BUDGET=${BUDGET:-470}
 JOBS=${JOBS:-16}
 PY=${PYTHON:-python3}
 NO_GPU=${DEVICE_CHECK_NO_GPU:-0}
+ONLY=${DEVICE_CHECK_ONLY:-}
+case "$ONLY" in "" | kernels) ;; *)
+  echo "device-check: DEVICE_CHECK_ONLY=$ONLY: expected kernels (or unset)" >&2
+  exit 2
+  ;;
+esac
+KERNEL_TESTS=(test_cuda_ops test_cuda_attention test_cuda_fp8)
+# the model-level benchmarks run unless DEVICE_CHECK_ONLY narrows the run to the kernels
+MODEL_BENCH=1
+[ -n "$ONLY" ] && MODEL_BENCH=0
 BUILD=${BUILD_DIR:-$ROOT/build/device}
 PREFIX=$BUILD/prefix
 CONFIG7B=$ROOT/tests/data/configs/qwen2-audio-7b.json
@@ -82,7 +95,7 @@ run_limited() {
 STATUS=0
 BUILD_OK=0
 TESTS="n/a"
-log "earshot device check: $ROOT -> $OUT (budget ${BUDGET}s, ${JOBS} jobs, no-GPU mode ${NO_GPU})"
+log "earshot device check: $ROOT -> $OUT (budget ${BUDGET}s, ${JOBS} jobs, no-GPU mode ${NO_GPU}, only ${ONLY:-all})"
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "commit: $(git -C "$ROOT" describe --always --dirty --abbrev=12 2>/dev/null || echo unknown)"
@@ -156,7 +169,9 @@ if [ $DEPS_OK = 1 ] && run_limited "$(time_for 300 60)" "$OUT/configure.log" cma
   done
   if [ $FOUND_OK = 1 ]; then
     log "configured (CUDA architectures $ARCH; cJSON, PCRE2, utf8proc from the prefix)"
-    if run_limited "$(time_for 240 150)" "$OUT/build.log" cmake --build "$BUILD" -j "$JOBS"; then
+    TARGETS=()
+    [ -n "$ONLY" ] && TARGETS=(--target earshot "${KERNEL_TESTS[@]}")
+    if run_limited "$(time_for 240 150)" "$OUT/build.log" cmake --build "$BUILD" -j "$JOBS" "${TARGETS[@]}"; then
       BUILD_OK=1
       log "built"
     else
@@ -172,14 +187,16 @@ fi
 
 # ---- 3. tests -------------------------------------------------------------------------------------------
 if [ $BUILD_OK = 1 ]; then
-  if run_limited "$(time_for 200 90)" "$OUT/ctest.log" ctest --test-dir "$BUILD" -L cuda -j 4 \
+  SELECT=(-L cuda)
+  [ -n "$ONLY" ] && SELECT=(-R "^($(IFS='|'; echo "${KERNEL_TESTS[*]}"))\$")
+  if run_limited "$(time_for 200 90)" "$OUT/ctest.log" ctest --test-dir "$BUILD" "${SELECT[@]}" -j 4 \
     --timeout 150 --output-on-failure; then
     TESTS="passed"
   else
     TESTS="FAILED"
     STATUS=1
   fi
-  log "tests (ctest -L cuda): $TESTS — $(grep -E 'tests passed|tests failed' "$OUT/ctest.log" | tail -1)"
+  log "tests (ctest ${SELECT[*]}): $TESTS — $(grep -E 'tests passed|tests failed' "$OUT/ctest.log" | tail -1)"
   grep -E '^\s*[0-9]+/[0-9]+ Test' "$OUT/ctest.log" >>"$OUT/summary.log"
 fi
 
@@ -191,12 +208,12 @@ SANITIZER_RESERVE=0
 SHAPE=(--audio-seconds 30 --prompt-tokens 32 --output-tokens 32 --batch 1 --warmup 1 --repeats 3 --json)
 export PYTHONUNBUFFERED=1
 # transformers first: it is quick and predictable; earshot's --dummy-weights load then gets what is left
-if [ "$NO_GPU" != 1 ]; then
+if [ "$NO_GPU" != 1 ] && [ $MODEL_BENCH = 1 ]; then
   run_limited "$(($(left) - 150))" "$OUT/bench-transformers.log" "$PY" "$ROOT/scripts/bench_transformers.py" \
     --config "$CONFIG7B" --device cuda --dtype bfloat16 "${SHAPE[@]}"
   log "transformers bench: exit $? (see bench-transformers.log)"
 else
-  echo "skipped (no GPU)" >>"$OUT/bench-transformers.log"
+  echo "skipped (no GPU, or DEVICE_CHECK_ONLY)" >>"$OUT/bench-transformers.log"
 fi
 if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ]; then
   ATT_SECS=$(($(left) - 120))
@@ -210,16 +227,16 @@ if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ]; then
 else
   echo "skipped (no build or no GPU)" | tee -a "$OUT/bench-attention.log" >>"$OUT/bench-linear.log"
 fi
-if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ]; then
+if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ] && [ $MODEL_BENCH = 1 ]; then
   # bf16 with step graphs; the same run measures the decode step with graphs off (decode_ms_per_step_no_graphs)
   run_limited "$(($(left) - 100))" "$OUT/bench-earshot.log" "$BUILD/cli/earshot" bench model --device cuda \
     --dtype bfloat16 --dummy-weights --config "$CONFIG7B" "${SHAPE[@]}" --profile
   log "earshot bench model: exit $? (see bench-earshot.log)"
 else
-  echo "skipped (no build or no GPU)" >>"$OUT/bench-earshot.log"
+  echo "skipped (no build, no GPU, or DEVICE_CHECK_ONLY)" >>"$OUT/bench-earshot.log"
 fi
 # the continuous-batching engine at 1, 8, 32, 64 concurrent 30 s-clip requests (the batching issue's figures)
-if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ]; then
+if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ] && [ $MODEL_BENCH = 1 ]; then
   run_limited "$(($(left) - 70))" "$OUT/bench-engine.log" "$BUILD/cli/earshot" bench engine --device cuda \
     --dtype bfloat16 --dummy-weights --config "$CONFIG7B" --concurrency 1,8,32,64 --waves 1 --audio-seconds 30 \
     --prompt-tokens 32 --output-tokens 128 --json
@@ -230,11 +247,11 @@ if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ]; then
     --prompt-tokens 32 --output-tokens 256 --json
   log "earshot bench engine (64 in flight, 3 waves): exit $? (see bench-engine.log)"
 else
-  echo "skipped (no build or no GPU)" >>"$OUT/bench-engine.log"
+  echo "skipped (no build, no GPU, or DEVICE_CHECK_ONLY)" >>"$OUT/bench-engine.log"
 fi
 # part 3's options, same shapes: FP8 decoder weights (target >= 1.6x the bf16 decode), and the deterministic mode
 # (what batch invariance costs)
-if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ]; then
+if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ] && [ $MODEL_BENCH = 1 ]; then
   run_limited "$(($(left) - 35))" "$OUT/bench-fp8.log" "$BUILD/cli/earshot" bench model --device cuda \
     --dtype bfloat16 --quantization fp8 --dummy-weights --config "$CONFIG7B" "${SHAPE[@]}" --profile
   log "earshot bench model --quantization fp8: exit $? (see bench-fp8.log)"
@@ -242,7 +259,7 @@ if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ]; then
     --dtype bfloat16 --deterministic --dummy-weights --config "$CONFIG7B" "${SHAPE[@]}"
   log "earshot bench model --deterministic: exit $? (see bench-deterministic.log)"
 else
-  echo "skipped (no build or no GPU)" | tee -a "$OUT/bench-fp8.log" >>"$OUT/bench-deterministic.log"
+  echo "skipped (no build, no GPU, or DEVICE_CHECK_ONLY)" | tee -a "$OUT/bench-fp8.log" >>"$OUT/bench-deterministic.log"
 fi
 
 # ---- 6. failed GPU tests again under compute-sanitizer (memcheck): names the first bad access, if any ----
