@@ -185,6 +185,16 @@ else
 fi
 [ $BUILD_OK = 1 ] || STATUS=1
 
+# the GEMVs' first weight loads must sit before griddepcontrol.wait (ACQBULK) in the SASS, or PDL overlaps
+# nothing: ptxas moved ld.global.nc below it once (cuda_gemv.cu). Informational (sass-prewait.log).
+if [ $BUILD_OK = 1 ] && command -v cuobjdump >/dev/null; then
+  run_limited 40 "$OUT/sass-prewait.log" bash -c "cuobjdump -sass '$BUILD/cli/earshot' | awk '
+    /Function :/ { name = \$3; n = 0; done = 0; want = name ~ /gemv_kernel|fp8_mma_kernel/ && name !~ /Lb0E/ }
+    want && /LDG.E.128/ { if (!done) n++ }
+    want && /ACQBULK/ { if (!done) { print n, name; done = 1 } }' | sort -n"
+  log "SASS: 16-byte weight loads before the PDL wait, fewest over the GEMV kernels: $(head -1 "$OUT/sass-prewait.log")"
+fi
+
 # ---- 3. tests -------------------------------------------------------------------------------------------
 if [ $BUILD_OK = 1 ]; then
   SELECT=(-L cuda)

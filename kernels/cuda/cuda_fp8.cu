@@ -53,12 +53,16 @@ __device__ __forceinline__ void load16(const bf16 *xr, float *out) {
   bf16x8_to_f32(p[1], out + 8);
 }
 
-// The U 16-byte code loads of one round of a lane: chunks c0, c0 + 32, ... of row wr (zeros past the row).
-template <int U> __device__ __forceinline__ void fp8_load_w(uint4 *qv, const uint8_t *wr, int64_t c0, int64_t chunks) {
+// The U 16-byte code loads of one round of a lane: chunks c0, c0 + 32, ... of row wr (zeros past the row). NC:
+// through the read-only cache (the main loop); plain loads for the round before pdl_begin (ptxas may move
+// ld.global.nc below griddepcontrol.wait).
+template <int U, bool NC>
+__device__ __forceinline__ void fp8_load_w(uint4 *qv, const uint8_t *wr, int64_t c0, int64_t chunks) {
 #pragma unroll
   for (int u = 0; u < U; u++) {
     const int64_t c = c0 + 32 * u;
-    qv[u] = c < chunks ? __ldg(reinterpret_cast<const uint4 *>(wr) + c) : make_uint4(0, 0, 0, 0);
+    const uint4 *p = reinterpret_cast<const uint4 *>(wr) + c;
+    qv[u] = c < chunks ? (NC ? __ldg(p) : *p) : make_uint4(0, 0, 0, 0);
   }
 }
 
@@ -77,7 +81,7 @@ __global__ void __launch_bounds__(FP8_WARPS * 32)
   uint4 qv[U];
   // The first round of weight loads before pdl_begin: the codes are never written during a step, so under PDL
   // they stream while the kernel before this one finishes (cuda_common.cuh, pdl_launch_next).
-  if (VEC && n < N) fp8_load_w<U>(qv, wr, lane, chunks);
+  if (VEC && n < N) fp8_load_w<U, false>(qv, wr, lane, chunks);
   pdl_begin();        // before x is read or y written: launched with cuda_launch
   if (n >= N) return; // a whole warp leaves; nothing below synchronises the block
   float acc[MT];
@@ -85,7 +89,7 @@ __global__ void __launch_bounds__(FP8_WARPS * 32)
   for (int m = 0; m < MT; m++) acc[m] = 0.0f;
   if (VEC) {
     for (int64_t c0 = lane; c0 < chunks; c0 += 32 * U) {
-      if (c0 != lane) fp8_load_w<U>(qv, wr, c0, chunks); // all U loads first; chunks still added in order
+      if (c0 != lane) fp8_load_w<U, true>(qv, wr, c0, chunks); // all U loads first; chunks still added in order
 #pragma unroll
       for (int u = 0; u < U; u++) {
         const int64_t c = c0 + 32 * u;

@@ -19,7 +19,8 @@
 //   v = rnd(acc · scale[n] (· 256 before sm_89) + bias[n]);  GELU: v = rnd(gelu(v));  accumulate: y = y + v.
 // Batch invariance: a row of x is scaled by its own factor and a tensor-core column sums only its own products,
 // in an order fixed by K alone, so a row's result does not depend on M or on the other rows (M <= 8).
-// Needs K % 64 == 0 and 16-byte aligned weight and x rows (cuda_fp8_mma_ok); the CUDA-core GEMV takes the rest.
+// Needs bf16 compute (bf16 x · 2^e is exact in f16; fp32 x would be rounded to 11 bits), K % 64 == 0 and 16-byte
+// aligned weight and x rows (cuda_fp8_mma_ok); the CUDA-core GEMV takes the rest.
 #include <cuda_fp16.h>
 #include <string.h>
 
@@ -51,33 +52,34 @@ __device__ __forceinline__ void fp8m_load_x(const bf16 *p, float *out) {
   bf16x8_to_f32(q[0], out);
   bf16x8_to_f32(q[1], out + 8);
 }
-__device__ __forceinline__ void fp8m_load_x(const float *p, float *out) {
-  const float4 *q = reinterpret_cast<const float4 *>(p);
-#pragma unroll
-  for (int i = 0; i < 4; i++) {
-    const float4 v = q[i];
-    out[4 * i] = v.x, out[4 * i + 1] = v.y, out[4 * i + 2] = v.z, out[4 * i + 3] = v.w;
-  }
+
+// One 16-byte weight load: read-only cache (NC) in the main loop; a plain load for the round issued before
+// pdl_begin, because ptxas moves ld.global.nc below griddepcontrol.wait (seen in the sm_90 SASS) and plain loads
+// stay above it.
+template <bool NC> __device__ __forceinline__ uint4 fp8m_ld(const uint8_t *p) {
+  return NC ? __ldg(reinterpret_cast<const uint4 *>(p)) : *reinterpret_cast<const uint4 *>(p);
 }
 
 // The weight loads of one round: super steps j0, j0 + 8, ... (FP8M_U of them) of rows r0 (lo) and r0 + 8 (hi),
 // this lane's 16 codes (columns 16t ..) of each; zeros past the last super step or the last row.
+template <bool NC>
 __device__ __forceinline__ void fp8m_load_w(uint4 (*a)[2], const uint8_t *lo, const uint8_t *hi, int64_t j0,
                                             int64_t n_ss, int t) {
 #pragma unroll
   for (int u = 0; u < FP8M_U; u++) {
     const int64_t j = j0 + (int64_t)FP8M_WARPS * u, off = j * FP8M_KSTEP + 16 * t;
-    a[u][0] = lo && j < n_ss ? __ldg(reinterpret_cast<const uint4 *>(lo + off)) : make_uint4(0, 0, 0, 0);
-    a[u][1] = hi && j < n_ss ? __ldg(reinterpret_cast<const uint4 *>(hi + off)) : make_uint4(0, 0, 0, 0);
+    a[u][0] = lo && j < n_ss ? fp8m_ld<NC>(lo + off) : make_uint4(0, 0, 0, 0);
+    a[u][1] = hi && j < n_ss ? fp8m_ld<NC>(hi + off) : make_uint4(0, 0, 0, 0);
   }
 }
 
-// y (M, N) row stride ldy; x (M, K) row stride ldx; w (N, K) fp8 codes, contiguous; scale (N); bias (N) or NULL.
+// y (M, N) row stride ldy; x (M, K) row stride ldx; w (N, K) fp8 codes, contiguous; scale (N); bias (N) or NULL;
+// bf16 (x · 2^e is exact in f16 for bf16 x, not for fp32: the fp32 compute mode keeps the CUDA-core GEMV).
 // Grid: ceil(N / 16) blocks of FP8M_WARPS warps.
-template <typename T>
 __global__ void __launch_bounds__(FP8M_WARPS * 32)
-    fp8_mma_kernel(T *y, int64_t ldy, const T *x, int64_t ldx, const uint8_t *w, const float *scale, const T *bias,
-                   int M, int64_t N, int64_t K, int act, int accumulate) {
+    fp8_mma_kernel(bf16 *y, int64_t ldy, const bf16 *x, int64_t ldx, const uint8_t *w, const float *scale,
+                   const bf16 *bias, int M, int64_t N, int64_t K, int act, int accumulate) {
+  using T = bf16;
   __shared__ float part[FP8M_WARPS][32][4];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int64_t n0 = (int64_t)blockIdx.x * FP8M_ROWS, n_ss = K / FP8M_KSTEP;
@@ -85,27 +87,41 @@ __global__ void __launch_bounds__(FP8M_WARPS * 32)
   uint4 a[FP8M_U][2];
   // The first round of weight loads before pdl_begin: the codes are never written during a step, so under PDL
   // they stream while the kernel before this one finishes (cuda_common.cuh, pdl_launch_next).
-  fp8m_load_w(a, w_lo, w_hi, warp, n_ss, t);
+  fp8m_load_w<false>(a, w_lo, w_hi, warp, n_ss, t);
   pdl_begin(); // before x is read or y written: launched with cuda_launch
 
-  // row g of x: its largest |x| over this warp's columns (the 4 lanes of the row), then its power-of-two scale
+  // row g of x: its largest |x| over this warp's columns (the 4 lanes of the row; the bf16 bit patterns, one SIMD
+  // max per two values, 4 super steps' loads in flight), then its power-of-two scale
   const T *xr = g < M ? x + (int64_t)g * ldx : NULL;
-  float amax = 0.0f;
+  uint32_t am2 = 0;
   if (xr)
-    for (int64_t j = warp; j < n_ss; j += FP8M_WARPS) {
-      float xv[16];
-      fp8m_load_x(xr + j * FP8M_KSTEP + 16 * t, xv);
+    for (int64_t j0 = warp; j0 < n_ss; j0 += 4 * FP8M_WARPS) {
+      uint4 xq[4][2];
 #pragma unroll
-      for (int i = 0; i < 16; i++) amax = fmaxf(amax, fabsf(xv[i])); // NaN is dropped here, kept by the product
+      for (int u = 0; u < 4; u++) {
+        const int64_t j = j0 + (int64_t)FP8M_WARPS * u;
+        const uint4 *p = reinterpret_cast<const uint4 *>(xr + j * FP8M_KSTEP + 16 * t);
+        xq[u][0] = j < n_ss ? p[0] : make_uint4(0, 0, 0, 0);
+        xq[u][1] = j < n_ss ? p[1] : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int u = 0; u < 4; u++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          am2 = fp8m_bf16x2_absmax(am2, xq[u][h].x);
+          am2 = fp8m_bf16x2_absmax(am2, xq[u][h].y);
+          am2 = fp8m_bf16x2_absmax(am2, xq[u][h].z);
+          am2 = fp8m_bf16x2_absmax(am2, xq[u][h].w);
+        }
     }
-  amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-  amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-  const int ex = fp8m_x_scale_exp(amax);
+  am2 = fp8m_bf16x2_absmax(am2, __shfl_xor_sync(0xffffffffu, am2, 1));
+  am2 = fp8m_bf16x2_absmax(am2, __shfl_xor_sync(0xffffffffu, am2, 2));
+  const int ex = fp8m_x_scale_exp(fp8m_bf16x2_amax_value(am2));
   const float xs = fp8m_pow2(ex);
 
   float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   for (int64_t j0 = warp; j0 < n_ss; j0 += (int64_t)FP8M_WARPS * FP8M_U) {
-    if (j0 != warp) fp8m_load_w(a, w_lo, w_hi, j0, n_ss, t); // all FP8M_U rounds' loads first
+    if (j0 != warp) fp8m_load_w<true>(a, w_lo, w_hi, j0, n_ss, t); // all FP8M_U rounds' loads first
 #pragma unroll
     for (int u = 0; u < FP8M_U; u++) {
       const int64_t j = j0 + (int64_t)FP8M_WARPS * u;
@@ -151,21 +167,21 @@ __global__ void __launch_bounds__(FP8M_WARPS * 32)
   *yp = from_f<T>(v);
 }
 
-template <typename T>
 static int launch(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w,
                   const es_weight_t *bias, int64_t M, es_act_t act, int accumulate, es_error_t *err) {
   const int64_t N = w->n0, K = w->n1;
-  cuda_launch(cb, fp8_mma_kernel<T>, dim3((unsigned)((N + FP8M_ROWS - 1) / FP8M_ROWS)), dim3(FP8M_WARPS * 32), 0,
-              (T *)y, ldy, (const T *)x, ldx, (const uint8_t *)w->data, w->scale,
-              bias ? (const T *)bias->data : (const T *)NULL, (int)M, N, K, (int)act, accumulate);
+  cuda_launch(cb, fp8_mma_kernel, dim3((unsigned)((N + FP8M_ROWS - 1) / FP8M_ROWS)), dim3(FP8M_WARPS * 32), 0,
+              (bf16 *)y, ldy, (const bf16 *)x, ldx, (const uint8_t *)w->data, w->scale,
+              bias ? (const bf16 *)bias->data : (const bf16 *)NULL, (int)M, N, K, (int)act, accumulate);
   ES_CUDA_LAUNCHED(err);
   return ES_OK;
 }
 
 extern "C" int cuda_fp8_mma_ok(const cuda_backend_t *cb, const void *x, int64_t ldx, const es_weight_t *w, int64_t M) {
   const size_t e = cuda_act_size(cb);
-  return cb->fp8_mma && M >= 1 && M <= FP8M_MAX_M && w->n1 % FP8M_KSTEP == 0 && (uintptr_t)w->data % 16 == 0 &&
-         (uintptr_t)x % 16 == 0 && ((size_t)ldx * e) % 16 == 0 && (w->n0 + FP8M_ROWS - 1) / FP8M_ROWS <= 0x7fffffff;
+  return cb->fp8_mma && cb->base.act_dtype == ES_DT_BF16 && M >= 1 && M <= FP8M_MAX_M && w->n1 % FP8M_KSTEP == 0 &&
+         (uintptr_t)w->data % 16 == 0 && (uintptr_t)x % 16 == 0 && ((size_t)ldx * e) % 16 == 0 &&
+         (w->n0 + FP8M_ROWS - 1) / FP8M_ROWS <= 0x7fffffff;
 }
 
 extern "C" int cuda_fp8_mma(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w,
@@ -173,7 +189,7 @@ extern "C" int cuda_fp8_mma(cuda_backend_t *cb, void *y, int64_t ldy, const void
   if (!cuda_fp8_mma_ok(cb, x, ldx, w, M))
     return es_fail(err, ES_EINTERNAL, "%s: fp8 MMA GEMV called outside its conditions (M %lld, K %lld)", cb->base.name,
                    (long long)M, (long long)w->n1);
-  int rc = CUDA_DISPATCH(cb, launch, cb, y, ldy, x, ldx, w, bias, M, act, accumulate, err);
+  int rc = launch(cb, y, ldy, x, ldx, w, bias, M, act, accumulate, err);
   if (!rc) cb->fp8_mma_calls++;
   return rc;
 }

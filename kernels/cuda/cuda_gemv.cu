@@ -24,13 +24,16 @@
 static_assert(GEMV_MAX_M == CUDA_GEMV_MAX_M, "gemv_math.h and cuda_gemv.h disagree on the largest M");
 
 // The U 16-byte weight loads of one round of a lane: chunks c0, c0 + 32, ... of row n (zeros past the row).
-template <int U>
+// NC: through the read-only cache (the main loop); plain loads for the round before pdl_begin, because ptxas may
+// move ld.global.nc below griddepcontrol.wait (seen in the sm_90 SASS of the fp8 tensor-core GEMV).
+template <int U, bool NC>
 __device__ __forceinline__ void gemv_load_w(uint4 *wv, const bf16 *w, int64_t n, int64_t K, int64_t c0,
                                             int64_t chunks) {
 #pragma unroll
   for (int u = 0; u < U; u++) {
     const int64_t c = c0 + 32 * u;
-    wv[u] = c < chunks ? __ldg(reinterpret_cast<const uint4 *>(w + gemv_w_off(n, K, c))) : make_uint4(0, 0, 0, 0);
+    const uint4 *p = reinterpret_cast<const uint4 *>(w + gemv_w_off(n, K, c));
+    wv[u] = c < chunks ? (NC ? __ldg(p) : *p) : make_uint4(0, 0, 0, 0);
   }
 }
 
@@ -49,14 +52,14 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
   uint4 wv[U];
   // The first round of weight loads before pdl_begin: weights are never written during a step, so under PDL
   // they stream while the kernel before this one finishes (cuda_common.cuh, pdl_launch_next).
-  if (n < N) gemv_load_w<U>(wv, w, n, K, lane, chunks);
+  if (n < N) gemv_load_w<U, false>(wv, w, n, K, lane, chunks);
   pdl_begin();        // before x is read or y written: launched with cuda_launch
   if (n >= N) return; // a whole warp leaves; nothing below synchronises the block
   float acc[MT];
 #pragma unroll
   for (int m = 0; m < MT; m++) acc[m] = 0.0f;
   for (int64_t c0 = lane; c0 < chunks; c0 += 32 * U) {
-    if (c0 != lane) gemv_load_w<U>(wv, w, n, K, c0, chunks); // all U loads first
+    if (c0 != lane) gemv_load_w<U, true>(wv, w, n, K, c0, chunks); // all U loads first
 #pragma unroll
     for (int u = 0; u < U; u++) {
       const int64_t c = c0 + 32 * u;
@@ -120,7 +123,9 @@ static void dispatch(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, in
 
 extern "C" int cuda_gemv_ok(const cuda_backend_t *cb, es_dtype_t out_dt, const void *x, int64_t ldx, const void *w,
                             int64_t N, int64_t K, int64_t M) {
-  return cb->gemv_mode && !cb->base.opts.deterministic && cb->gemm_path == CUDA_GEMM_AUTO &&
+  // never the fp8 dequantise scratch: it is written in the step (the GEMV loads its first weights before it waits
+  // for the kernel before it, which is right only for weights no kernel of the step writes)
+  return w != cb->fp8_scratch && cb->gemv_mode && !cb->base.opts.deterministic && cb->gemm_path == CUDA_GEMM_AUTO &&
          (cb->gemv_mode == 2 || gemv_preferred(M, N, K)) && cb->base.act_dtype == ES_DT_BF16 &&
          (out_dt == ES_DT_BF16 || out_dt == ES_DT_F32) && gemv_shape_ok(M, N, K, ldx, (uintptr_t)x, (uintptr_t)w);
 }

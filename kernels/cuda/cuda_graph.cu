@@ -34,18 +34,25 @@
 
 // ---- the programmatic-dependent-launch probe ----
 
-// Adds only where pdl_wait() is compiled in (sm_90 code): a binary that runs on the card from older code (built
-// for sm_80 only, JIT-compiled) has kernels without the wait, must not use PDL, and makes the probe fail.
+// x = 10·x + add, only where pdl_begin() is compiled in (sm_90 code): a binary that runs on the card from older
+// code (built for sm_80 only, JIT-compiled) has kernels without the wait, must not use PDL, and makes the probe
+// fail. Started as the per-step kernels start (pdl_begin: wait, then let the next kernel be scheduled), and the
+// first kernel sleeps ~50 µs before its write, so a second kernel that did not wait would see x unwritten and
+// the order-dependent result would differ.
 __global__ void pdl_probe_kernel(int *x, int add) {
-  pdl_wait();
+  pdl_begin();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (threadIdx.x == 0) *x += add;
+  if (threadIdx.x == 0) {
+    if (add == 1)
+      for (int i = 0; i < 50; i++) __nanosleep(1000);
+    *x = *x * 10 + add;
+  }
 #else
   (void)x, (void)add;
 #endif
 }
 
-// Both launches and the graph, on a private stream; the result must be 1 + 2 + 1 + 2 (direct, then replayed).
+// Both launches and the graph, on a private stream: x goes 0 -> 1 -> 12 (direct), then 121 -> 1212 (replayed).
 static bool pdl_probe_run(cudaStream_t s, int *d) {
   cudaGraph_t g = NULL;
   cudaGraphExec_t exec = NULL;
@@ -65,7 +72,7 @@ static bool pdl_probe_run(cudaStream_t s, int *d) {
   }
   ok = ok && cudaGraphInstantiate(&exec, g, 0) == cudaSuccess && cudaGraphLaunch(exec, s) == cudaSuccess &&
        cudaMemcpyAsync(&h, d, sizeof(int), cudaMemcpyDeviceToHost, s) == cudaSuccess &&
-       cudaStreamSynchronize(s) == cudaSuccess && h == 6;
+       cudaStreamSynchronize(s) == cudaSuccess && h == 1212;
   if (exec) cudaGraphExecDestroy(exec);
   if (g) cudaGraphDestroy(g);
   return ok;

@@ -12,7 +12,7 @@
  * 4g + t holds A (row g or g + 8, logical k 2t, 2t + 1, 2t + 8, 2t + 9) and B (logical k 2t, 2t + 1, 2t + 8,
  * 2t + 9, column g): logical k 2t + 8h + e is physical column 16t + 4s + 2h + e (fp8m_col), for A and B alike.
  *
- * Activation scaling: x is bf16 (or fp32) and f16 covers only ±65504, so each warp scales its rows of x by 2^e,
+ * Activation scaling: x is bf16 and f16 covers only ±65504, so each warp scales its rows of x by 2^e,
  * e from the largest |x| of the row over the warp's columns (fp8m_x_scale_exp: amax · 2^e in [2^14, 2^15)), and
  * scales the row's partial sums back by 2^−e before the cross-warp sum. Powers of two: bf16's 8-bit significand
  * fits f16's 11 bits, so x · 2^e is exact in f16 down to 2^−28 of the row's largest value (f16 subnormals below).
@@ -53,6 +53,28 @@ FP8M_HD int fp8m_x_scale_exp(float amax) {
   if (E == 0) return 0;
   int e = 141 - E; /* amax in [2^(E−127), 2^(E−126)) */
   return e < -126 ? -126 : e > 126 ? 126 : e;
+}
+
+/* The largest magnitude of bf16 values, kept as 16-bit patterns: |x| orders like (bits & 0x7fff) as unsigned
+ * integers (NaN above inf above every finite value). acc and word each hold two bf16; returns the per-half
+ * maximum of acc and |word| (the kernel's pre-pass: one SIMD max per two values on the device). */
+FP8M_HD uint32_t fp8m_bf16x2_absmax(uint32_t acc, uint32_t word) {
+  const uint32_t a = word & 0x7fff7fffu;
+#ifdef __CUDA_ARCH__
+  return __vmaxu2(acc, a);
+#else
+  const uint32_t lo = (acc & 0xffffu) > (a & 0xffffu) ? acc & 0xffffu : a & 0xffffu;
+  const uint32_t hi = (acc >> 16) > (a >> 16) ? acc >> 16 : a >> 16;
+  return lo | hi << 16;
+#endif
+}
+
+/* The float value of the larger half of fp8m_bf16x2_absmax's result. */
+FP8M_HD float fp8m_bf16x2_amax_value(uint32_t acc) {
+  const uint32_t lo = acc & 0xffffu, hi = acc >> 16, b = (lo > hi ? lo : hi) << 16;
+  float f;
+  memcpy(&f, &b, sizeof f);
+  return f;
 }
 
 /* 2^e for e in [−126, 127], exactly. */

@@ -16,6 +16,8 @@
  *   - scale: fp8m_x_scale_exp puts a row's largest |x| into [2^14, 2^15), and 2^e · 2^−e == 1, over 300 binades
  *     and for 0, subnormals, inf and NaN.
  *   - out: the epilogue's 128 threads cover the 16 × 8 outputs once each, at the lane and float the C table says.
+ *   - absmax: the pre-pass's largest |x| over bf16 bit patterns (two per word) equals the largest |x| by value,
+ *     including −0, subnormals, inf (and NaN above everything).
  * Not covered (GPU only): the hardware, the f16 rounding of x·2^e (exact here: small integers), timing.
  */
 #include <math.h>
@@ -246,8 +248,40 @@ static void test_out(void) {
   T_CHECK(bad == 0, "out: %d outputs missed, repeated or read from the wrong lane", bad);
 }
 
+static uint16_t bf16_bits(float f) {
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  return (uint16_t)(u >> 16);
+}
+
+static void test_absmax(void) {
+  static const float special[] = {0.0f,  -0.0f,    0x1p-130f, -0x1p-133f, 1.0f,
+                                  -1.0f, 65504.0f, -3e38f,    INFINITY,   -INFINITY};
+  int bad = 0;
+  for (int trial = 0; trial < 200; trial++) {
+    const int n = 2 * (1 + kt_int(16));
+    uint16_t v[34];
+    float want = 0.0f;
+    for (int i = 0; i < n; i++) {
+      float f = trial < 10 ? special[(trial + i) % 10] : ldexpf(kt_uniform(-1, 1), kt_int(60) - 30);
+      v[i] = bf16_bits(f);
+      uint32_t b = (uint32_t)v[i] << 16;
+      memcpy(&f, &b, sizeof f);
+      if (fabsf(f) > want) want = fabsf(f);
+    }
+    uint32_t acc = 0;
+    for (int i = 0; i < n; i += 2) acc = fp8m_bf16x2_absmax(acc, (uint32_t)v[i] | (uint32_t)v[i + 1] << 16);
+    if (fp8m_bf16x2_amax_value(acc) != want && bad++ < 5)
+      fprintf(stderr, "absmax trial %d: %g, want %g\n", trial, (double)fp8m_bf16x2_amax_value(acc), (double)want);
+  }
+  const uint32_t nan2 = (uint32_t)bf16_bits(NAN) | (uint32_t)bf16_bits(INFINITY) << 16;
+  T_CHECK(isnan(fp8m_bf16x2_amax_value(fp8m_bf16x2_absmax(0, nan2))), "absmax: NaN must stay above inf");
+  T_CHECK(bad == 0, "absmax: %d wrong", bad);
+}
+
 int main(void) {
   test_step();
+  test_absmax();
   test_scale();
   test_out();
   static const int ms[3] = {1, 3, 8};
