@@ -847,14 +847,15 @@ static int step(qa_model_t *m, const es_batch_t *batch, const int32_t *ids, cons
   for (int i = 0; i < T; i++) {
     if (ids[i] < 0 || ids[i] >= c->vocab_size)
       return es_fail(err, ES_EINVAL, "step: token id %d outside the vocabulary (%d)", ids[i], c->vocab_size);
+    /* A row holding the placeholder id without an audio row takes the embedding table's row like any token: that
+     * is a generated <|AUDIO|> (transformers embeds it at decode: SPEC §3.6 — only the prefill merges audio). The
+     * prompt's placeholders all get audio rows (the engine checks their count at submit). */
     if (audio_row[i] >= 0) {
       if (audio_row[i] >= m->opts.audio_pool_rows)
         return es_fail(err, ES_EINVAL, "step: audio row %d outside the pool", audio_row[i]);
       m->idx_h[n_audio] = audio_row[i];
       m->idx2_h[n_audio] = i;
       n_audio++;
-    } else if (ids[i] == c->audio_token_index) {
-      return es_fail(err, ES_EINVAL, "step: row %d is an audio placeholder without audio", i);
     }
   }
   for (int r = 0; r < n_logits; r++)

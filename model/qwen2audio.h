@@ -105,8 +105,9 @@ int qa_encode(qa_model_t *m, const float *mel, const int *frames, int B, const i
 int qa_read_audio_rows(qa_model_t *m, int row, int n, float *out, es_error_t *err);
 
 /* One decoder step over batch (see es_batch_t). ids: host int32 [n_tokens] input ids; audio_row: host int32
- * [n_tokens], the audio-pool row that replaces row i's embedding, or -1 for a normal token (placeholder
- * rows must carry one). logit_rows: host int32 [n_logits] step rows whose logits are wanted (usually the
+ * [n_tokens], the audio-pool row that replaces row i's embedding, or -1 for a normal token (a prompt's
+ * placeholder rows carry one; a placeholder id without one — a generated <|AUDIO|> — is embedded like any token,
+ * as transformers does at decode). logit_rows: host int32 [n_logits] step rows whose logits are wanted (usually the
  * last row of each sequence); logits: host float32 [n_logits, vocab]. */
 int qa_step(qa_model_t *m, const es_batch_t *batch, const int32_t *ids, const int32_t *audio_row,
             const int32_t *logit_rows, int n_logits, float *logits, es_error_t *err);

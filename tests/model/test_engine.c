@@ -1,6 +1,7 @@
 /* test_engine: the engine API on tiny-b (ids only, no tokenizer): events, cancellation, the bounded queue,
  * request validation, KV blocks returned, seeded reproducibility, and greedy output equal to transformers'
- * for a request submitted with golden samples (mel computed by the engine from the ffmpeg samples). */
+ * for a request submitted with golden samples (mel computed by the engine from the ffmpeg samples); a generated
+ * <|AUDIO|> id is fed back like any token (transformers embeds it at decode), not an error. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -208,6 +209,27 @@ int main(void) {
   T_CHECK(st.kv_blocks_free == st.kv_blocks_total, "KV blocks not all free: %d of %d", st.kv_blocks_free,
           st.kv_blocks_total);
   T_CHECK(st.cancelled >= 2, "cancelled count %llu", (unsigned long long)st.cancelled);
+
+  /* 6. sampling that generates the audio placeholder id (tiny-b's vocabulary has 256 ids, so a seeded temperature-1
+   * request meets it within a few hundred tokens): the id goes back into the next step as a plain token — the
+   * request runs to its length, as transformers' generate() would (it merges audio only in the prefill) */
+  int found = 0;
+  for (uint64_t seed = 1; seed <= 40 && !found; seed++) {
+    sink_t sa;
+    sink_init(&sa);
+    T_CHECK(make_request(&q, &prompt, &sa, &err) == 0, "%s", err.msg);
+    q.sampling.temperature = 1.0;
+    q.sampling.has_seed = 1;
+    q.sampling.seed = seed;
+    q.sampling.max_tokens = 200;
+    T_CHECK(eng_submit(rt.engine, &q, &id, &err) == 0, "submit: %s", err.msg);
+    sink_wait(&sa);
+    T_CHECK(sa.finish == ENG_FINISH_LENGTH && sa.n_tokens == 200, "seed %llu: finish %d after %d tokens (%s)",
+            (unsigned long long)seed, sa.finish, sa.n_tokens, sa.error);
+    for (int i = 0; i + 1 < sa.n_tokens; i++) found |= sa.ids[i] == rt.cfg.audio_token_index;
+  }
+  T_CHECK(found, "no seed of 1..40 generated the placeholder id %d: the case is not exercised",
+          rt.cfg.audio_token_index);
 
   rt_close(&rt);
   npy_free(&prompt);
