@@ -105,7 +105,10 @@ static int op_run(const op_t *o, es_error_t *err) {
   return es_op_attention_paged(o->be, 0, o->out, o->q, o->ld, o->H, o->D, scale, err);
 }
 
-/* Mean seconds per call along a path (and flash kernel), after one warm-up call. */
+static cuda_flash_t g_flash_default = CUDA_FLASH_MMA; /* the flash kernel the backend was created with */
+
+/* Mean seconds per call along a path (and flash kernel), after one warm-up call; restores the fast path and the
+ * create-time flash kernel. */
 static int time_flash(const op_t *o, cuda_attn_path_t path, cuda_flash_t flash, int repeats, double *sec,
                       es_error_t *err) {
   int rc = cuda_backend_set_attention_path(o->be, path, err);
@@ -118,7 +121,7 @@ static int time_flash(const op_t *o, cuda_attn_path_t path, cuda_flash_t flash, 
   *sec = (es_now_s() - t0) / repeats;
   es_error_t e2;
   cuda_backend_set_attention_path(o->be, CUDA_ATTN_FAST, &e2);
-  cuda_backend_set_flash(o->be, CUDA_FLASH_MMA, &e2);
+  cuda_backend_set_flash(o->be, g_flash_default, &e2);
   return rc;
 }
 
@@ -229,6 +232,7 @@ int bench_attention(int argc, char **argv) {
     goto done;
   }
   if (es_backend_create_cuda(&bo, &be, &err)) goto done;
+  g_flash_default = cuda_backend_flash(be);
 
   /* floors: copy bandwidth, bf16 GEMM rate */
   double bw = 0, gemm = 0;

@@ -30,6 +30,8 @@
 #include "audio_decode.h"
 #endif
 #ifdef ES_HAVE_CUDA_BACKEND
+#include "cuda/cuda_fp8.h"  // CUDA_FP8_GEMV_MAX_M
+#include "cuda/cuda_gemv.h" // CUDA_GEMV_MAX_M
 #include "cuda/cuda_hooks.h"
 #endif
 
@@ -446,25 +448,26 @@ static int bench_model(int argc, char **argv) {
 #ifdef ES_HAVE_CUDA_BACKEND
   cmp_pdl = cuda_backend_pdl(bm.be);
 #endif
-  int cmp_flash = 0;
+  int cmp_flash = 0; /* the timed runs on the mma flash kernel, wgmma available, the fast attention path taken */
 #ifdef ES_HAVE_CUDA_BACKEND
-  cmp_flash = cuda_backend_flash_available(bm.be, CUDA_FLASH_WGMMA) && es_backend_act_dtype(bm.be) == ES_DT_BF16 &&
-              getenv("EARSHOT_FLASH") == NULL; /* unset: the timed runs used mma */
+  cmp_flash = cuda_backend_flash_available(bm.be, CUDA_FLASH_WGMMA) && cuda_backend_flash(bm.be) == CUDA_FLASH_MMA &&
+              cuda_backend_attention_path(bm.be) == CUDA_ATTN_FAST && es_backend_act_dtype(bm.be) == ES_DT_BF16;
 #endif
   double flash_ttft_ms = 0;
   int n_step = 0, n_eager = 0, n_nogemv = 0, n_nopdl = 0, n_gemvall = 0, n_fp8cc = 0;
 #ifdef ES_HAVE_CUDA_BACKEND
   int graphs_were_on = 0; /* graphs on when the graphs-off run began (not refused by then): on again after it */
 #endif
+  int cmp_gemv_all = 0; /* only where a decode step has GEMV-sized linears the default leaves to cuBLASLt */
+#ifdef ES_HAVE_CUDA_BACKEND
+  cmp_gemv_all = cmp_gemv && gemv_mode != 2 && B <= CUDA_GEMV_MAX_M;
+#endif
+  int cmp_fp8 = 0; /* only where the tensor-core fp8 GEMV runs the timed decode steps (bf16, at most 8 rows) */
+#ifdef ES_HAVE_CUDA_BACKEND
+  cmp_fp8 = ro.quantization == RT_QUANT_FP8 && !ro.deterministic && cuda_backend_fp8_mma(bm.be) &&
+            es_backend_act_dtype(bm.be) == ES_DT_BF16 && B <= CUDA_FP8_GEMV_MAX_M;
+#endif
   /* --profile: one last run op by op (graphs off: a replay would be one record), GEMV as in the timed runs */
-  int cmp_gemv_all = 0;
-#ifdef ES_HAVE_CUDA_BACKEND
-  cmp_gemv_all = cmp_gemv && gemv_mode != 2;
-#endif
-  int cmp_fp8 = 0;
-#ifdef ES_HAVE_CUDA_BACKEND
-  cmp_fp8 = ro.quantization == RT_QUANT_FP8 && !ro.deterministic && cuda_backend_fp8_mma(bm.be);
-#endif
   const int extra_runs = cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash + cmp_gemv_all + cmp_fp8 + profile;
   qa_graph_stats_t gs; /* of the warm-up and timed runs (taken before the first extra run) */
   for (int run = 0; run < warmup + repeats + extra_runs; run++) {
@@ -504,7 +507,9 @@ static int bench_model(int argc, char **argv) {
          (cmp_flash && cuda_backend_set_flash(bm.be, CUDA_FLASH_MMA, &err)) || cuda_backend_set_gemv(bm.be, 2, &err)))
       goto done;
     if (fp8_run && ((graphs_were_on && cuda_backend_set_graphs(bm.be, 1, &err)) ||
-                    (cmp_pdl && cuda_backend_set_pdl(bm.be, 1, &err)) || cuda_backend_set_fp8_mma(bm.be, 0, &err)))
+                    (cmp_pdl && cuda_backend_set_pdl(bm.be, 1, &err)) ||
+                    (cmp_flash && cuda_backend_set_flash(bm.be, CUDA_FLASH_MMA, &err)) ||
+                    cuda_backend_set_fp8_mma(bm.be, 0, &err)))
       goto done;
     if (prof_run && strncmp(es_backend_name(bm.be), "cuda", 4) == 0 &&
         (cuda_backend_set_graphs(bm.be, 0, &err) || (cmp_gemv && cuda_backend_set_gemv(bm.be, gemv_mode, &err)) ||

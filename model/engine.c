@@ -600,6 +600,14 @@ static int run_step(eng_t *e) {
         for (int k = 0; k < len; k++)
           if (start + k < r->n_prompt && r->tokens[start + k] == cfg->audio_token_index)
             e->arow[n_rows + k] = r->pool_row + seen++;
+      } else {
+        /* a prompt placeholder must have its audio (qa_step embeds a placeholder id without an audio row as a
+         * plain token, which is right only for a generated one) */
+        for (int k = 0; k < len; k++)
+          if (start + k < r->n_prompt && r->tokens[start + k] == cfg->audio_token_index) {
+            fail_all_running(e, "engine: internal error: a prompt's audio placeholder has no audio row");
+            return 1;
+          }
       }
       e->q_start[n_seqs] = n_rows;
       e->ctx_len[n_seqs] = start + len;

@@ -17,7 +17,8 @@
 #   4. scripts/bench_transformers.py on the card (bf16, sdpa, the 7B model built on the device, init skipped),
 #      then `earshot bench attention --json` (encoder, prefill and decode attention against the copy bandwidth
 #      and bf16 GEMM rate measured in the same run, encoder and prefill with each flash kernel; at most 75 s), then `earshot bench linear --json` (the
-#      decoder's linears at M = 1 .. 64: bf16 GEMV with 4/8/16 loads in flight, cuBLASLt, fp8 GEMV; <= 90 s);
+#      decoder's linears at M = 1 .. 64: bf16 GEMV with 4/8/16 loads in flight, cuBLASLt, the CUDA-core and the
+#      tensor-core fp8 GEMVs, fp8 dequantise + cuBLASLt; <= 90 s);
 #   5. `earshot bench model --profile` at full size with the same shapes (--dummy-weights with
 #      tests/data/configs/qwen2-audio-7b.json, 30 s clip, batch 1, bf16): time to first token, decode
 #      ms/token (CUDA graphs on, and off in the same run), the weight-streaming limit, and the op profile of
@@ -33,7 +34,7 @@
 # summary.log, configure.log, build.log, ctest.log, bench-earshot.log, bench-transformers.log,
 # bench-attention.log, bench-linear.log, bench-engine.log, bench-fp8.log, bench-deterministic.log, table.md;
 # sanitizer.log
-# when a test failed). The device tool brings back at most 8 files: pack the logs (tar) before handing them over.
+# when a test failed, sass-prewait.log when cuobjdump is there). The device tool brings back at most 8 files: pack the logs (tar) before handing them over.
 #
 # Environment: JOBS (16), BUDGET (470 s; the whole run takes ~160 s on an H200; a budget under ~250 s leaves the
 #   later benchmarks out, the build and the tests still run), PYTHON (python3), BUILD_DIR (build/device),

@@ -54,8 +54,9 @@ int attn_flash_q_tile(const cuda_backend_t *cb, int D);
 
 /* ---- the wgmma flash kernels (attn_wgmma.cu, sm_90a): the same calls as attn_flash_dense / _prefill ---- */
 
-/* Sets cb->wgmma_ok: 1 on a 9.0 device whose binary carries the sm_90a image (kernel limits raised), else 0.
- * Fails only when raising the limits fails on such a device. */
+/* Sets cb->wgmma_ok: 1 on a 9.0 device whose binary carries the sm_90a image and that gives the kernels their
+ * shared memory, else 0 (then EARSHOT_FLASH=wgmma fails at create, auto and mma take the mma kernel). Never
+ * fails. */
 int attn_wgmma_init(cuda_backend_t *cb, es_error_t *err);
 /* Query rows per block at head dim D. */
 int attn_wgmma_q_tile(int D);

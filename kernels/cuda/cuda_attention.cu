@@ -285,6 +285,15 @@ extern "C" int cuda_backend_set_flash(es_backend_t *be, cuda_flash_t kind, es_er
   return ES_OK;
 }
 
+extern "C" cuda_flash_t cuda_backend_flash(const es_backend_t *be) {
+  return strcmp(be->ops->kind, "cuda") == 0 ? (cuda_flash_t)((const cuda_backend_t *)be)->flash : CUDA_FLASH_MMA;
+}
+
+extern "C" cuda_attn_path_t cuda_backend_attention_path(const es_backend_t *be) {
+  return strcmp(be->ops->kind, "cuda") == 0 ? (cuda_attn_path_t)((const cuda_backend_t *)be)->attn_path
+                                            : CUDA_ATTN_SIMPLE;
+}
+
 extern "C" int cuda_backend_flash_available(const es_backend_t *be, cuda_flash_t kind) {
   if (strcmp(be->ops->kind, "cuda") != 0) return 0;
   return kind == CUDA_FLASH_MMA || (kind == CUDA_FLASH_WGMMA && ((const cuda_backend_t *)be)->wgmma_ok);

@@ -23,8 +23,9 @@ extern "C" {
 
 /* y[M, N] = act(x[M, K] · (decode(w) · scale)ᵀ + bias) (+ y), for M <= CUDA_FP8_GEMV_MAX_M, on tensor cores
  * (cuda_fp8_mma.cu) where cuda_fp8_mma_ok: cb->fp8_mma, bf16 compute, K % 64 == 0, 16-byte aligned weight and x
- * rows. The products are exact (bf16 x scaled by a power of two is exact in f16), so it agrees with cuda_fp8_gemv
- * (which takes the calls it does not) up to the fp32 summation order. */
+ * rows. The products are exact for every x within 2^-28 of its row's largest |x| (bf16 x scaled by a power of two
+ * is exact in f16 there; smaller ones land in f16 subnormals), so it agrees with cuda_fp8_gemv (which takes the
+ * calls it does not) up to the fp32 summation order. */
 int cuda_fp8_mma_ok(const cuda_backend_t *cb, const void *x, int64_t ldx, const es_weight_t *w, int64_t M);
 int cuda_fp8_mma(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w,
                  const es_weight_t *bias, int64_t M, es_act_t act, int accumulate, es_error_t *err);

@@ -31,6 +31,8 @@ typedef enum {
 } cuda_attn_path_t;
 
 int cuda_backend_set_attention_path(es_backend_t *be, cuda_attn_path_t path, es_error_t *err);
+/* The current attention path (CUDA_ATTN_SIMPLE for another backend). */
+cuda_attn_path_t cuda_backend_attention_path(const es_backend_t *be);
 
 /* Which flash-attention kernel runs prefill and encoder attention on the fast path: mma.sync (attn_flash.cu,
  * sm_80 and later; the default) or Hopper's wgmma (attn_wgmma.cu, sm_90a devices only). The default comes from
@@ -42,6 +44,8 @@ typedef enum {
 } cuda_flash_t;
 
 int cuda_backend_set_flash(es_backend_t *be, cuda_flash_t kind, es_error_t *err);
+/* The current flash kernel (CUDA_FLASH_MMA for another backend). */
+cuda_flash_t cuda_backend_flash(const es_backend_t *be);
 /* 1 when this backend's device runs that flash kernel (0 for another backend). */
 int cuda_backend_flash_available(const es_backend_t *be, cuda_flash_t kind);
 

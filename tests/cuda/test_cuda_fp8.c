@@ -21,7 +21,7 @@
 #include "cuda/cuda_fp8.h"
 #include "cuda/cuda_hooks.h"
 #define DEQUANT_PAST_M CUDA_FP8_GEMV_MAX_M
-#define GEMV_KIND(gpu) (cuda_backend_fp8_mma(gpu) ? "tensor-core" : "CUDA-core")
+#define GEMV_KIND(gpu) (cuda_backend_fp8_mma(gpu) ? "tensor-core where it fits" : "CUDA-core")
 #else
 #define GEMV_KIND(gpu) "no"
 #define DEQUANT_PAST_M INT64_MAX /* no CUDA backend: the test skips */
