@@ -402,6 +402,7 @@ static int wg_prefill(cuda_backend_t *cb, int layer, void *out, const void *q, i
       (bf16 *)out, (const bf16 *)q, ldq, (const bf16 *)cb->kv, layer, be->kv_blocks, H, sl, cb->d_q_start,
       cb->d_ctx_len, cb->d_block_table, be->batch.max_blocks, min_q);
   ES_CUDA_LAUNCHED(err);
+  cb->wgmma_launches++;
   return ES_OK;
 }
 
@@ -424,6 +425,7 @@ static int wg_dense(cuda_backend_t *cb, void *out, const void *q, int64_t ldq, c
     wg_dense_kernel<D><<<grid, WG_THREADS, wg_cfg<D>::SMEM, cb->stream>>>(
         (bf16 *)out, (const bf16 *)q, ldq, (const bf16 *)k, ldk, (const bf16 *)v, ldv, T, H, sl, b0, lens);
     ES_CUDA_LAUNCHED(err);
+    cb->wgmma_launches++;
   }
   return ES_OK;
 }

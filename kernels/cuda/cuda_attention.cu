@@ -318,6 +318,10 @@ extern "C" int cuda_backend_set_attention_splits(es_backend_t *be, int n_splits,
   return ES_OK;
 }
 
+extern "C" int64_t cuda_backend_wgmma_launches(const es_backend_t *be) {
+  return strcmp(be->ops->kind, "cuda") == 0 ? ((const cuda_backend_t *)be)->wgmma_launches : 0;
+}
+
 extern "C" void cuda_backend_attention_calls(const es_backend_t *be, int64_t *fast, int64_t *simple) {
   const cuda_backend_t *cb = (const cuda_backend_t *)be;
   int cuda = strcmp(be->ops->kind, "cuda") == 0;

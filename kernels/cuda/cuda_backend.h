@@ -106,6 +106,7 @@ typedef struct {
   float *attn_part;                           /* device, attn_part_bytes: partial (o, m, l) of split rows */
   int flash;    /* cuda_flash_t: the flash kernel of prefill and encoder attention (EARSHOT_FLASH at create) */
   int wgmma_ok; /* this device runs the wgmma flash kernels (sm_90a image loaded: attn_wgmma_init) */
+  int64_t wgmma_launches; /* launches of the wgmma flash kernels, for tests (cuda_backend_wgmma_launches) */
   size_t attn_part_bytes;                     /* allocated with the KV pool (attn_fast_part_bytes) */
 
   /* step graphs (cuda_graph.cu): the instantiated graph of each key, NULL when none */

@@ -46,6 +46,8 @@ typedef enum {
 int cuda_backend_set_flash(es_backend_t *be, cuda_flash_t kind, es_error_t *err);
 /* The current flash kernel (CUDA_FLASH_MMA for another backend). */
 cuda_flash_t cuda_backend_flash(const es_backend_t *be);
+/* Launches of the wgmma flash kernels since create (0 for another backend): tests check that they ran. */
+int64_t cuda_backend_wgmma_launches(const es_backend_t *be);
 /* 1 when this backend's device runs that flash kernel (0 for another backend). */
 int cuda_backend_flash_available(const es_backend_t *be, cuda_flash_t kind);
 

@@ -151,7 +151,10 @@ static int pair_open(pair_t *p, int H, int D) {
   return 0;
 }
 
+static int64_t g_wgmma_launches; /* launches of the wgmma flash kernels by the pairs closed so far */
+
 static void pair_close(pair_t *p) {
+  if (p->gpu) g_wgmma_launches += cuda_backend_wgmma_launches(p->gpu);
   es_backend_free(p->cpu);
   es_backend_free(p->gpu);
 }
@@ -453,11 +456,14 @@ int main(void) {
   dense_tests();
   paged_tests(2, 128, 1);
   paged_tests(3, 64, 1);
+  T_CHECK(g_wgmma_launches == 0, "the mma pass launched the wgmma kernels %lld times", (long long)g_wgmma_launches);
   if (wgmma_available()) { /* the flash cases again on Hopper's kernel */
     g_flash = CUDA_FLASH_WGMMA;
     dense_tests();
     paged_tests(2, 128, 0);
     paged_tests(3, 64, 0);
+    T_CHECK(g_wgmma_launches >= 20, "the wgmma pass launched the wgmma kernels only %lld times",
+            (long long)g_wgmma_launches);
   } else {
     printf("flash kernel wgmma: not available on this device; only mma tested\n");
   }
