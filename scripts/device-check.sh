@@ -24,7 +24,8 @@
 #      ms/token (CUDA graphs on, and off in the same run), the weight-streaming limit, and the op profile of
 #      the first token and of a decode step; the engine at 1, 8, 32, 64 concurrent requests (one wave each,
 #      128 output tokens: aggregate and steady-decode tokens/s), and 64 in flight for 3 waves of 256-token
-#      answers (a decode batch near 64); then the model bench with --quantization fp8
+#      answers (a decode batch near 64), and `bench model --batch 64 --profile` (the decode step of 64 sequences,
+#      op by op); then the model bench with --quantization fp8
 #      (profiled too) and with --deterministic;
 #   6. when a GPU test failed: each failed test again under compute-sanitizer --tool memcheck (sanitizer.log);
 #   7. short tables (the model, the engine, the linears, the attention kernels, the decode step's top ops),
@@ -32,7 +33,8 @@
 # Every step runs under a timeout from what is left of the budget (BUDGET seconds, default 470), and a step
 # that fails or times out leaves "n/a" in the table instead of stopping the script. Logs go to OUTDIR (11 files:
 # summary.log, configure.log, build.log, ctest.log, bench-earshot.log, bench-transformers.log,
-# bench-attention.log, bench-linear.log, bench-engine.log, bench-fp8.log, bench-deterministic.log, table.md;
+# bench-attention.log, bench-linear.log, bench-engine.log, bench-batch64.log, bench-fp8.log, bench-deterministic.log,
+# table.md;
 # sanitizer.log
 # when a test failed, sass-prewait.log when cuobjdump is there). The device tool brings back at most 8 files: pack the logs (tar) before handing them over.
 #
@@ -257,8 +259,14 @@ if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ] && [ $MODEL_BENCH = 1 ]; then
     --dtype bfloat16 --dummy-weights --config "$CONFIG7B" --concurrency 64 --waves 3 --audio-seconds 30 \
     --prompt-tokens 32 --output-tokens 256 --json
   log "earshot bench engine (64 in flight, 3 waves): exit $? (see bench-engine.log)"
+  # the engine's decode step at 64 in flight, op by op: 64 sequences of a 30 s clip decoding together (what the
+  # batching issue's 4,000 tokens/s on an H100 is made of: weights, ~29 GB of KV cache, sampling)
+  run_limited "$(($(left) - 60))" "$OUT/bench-batch64.log" "$BUILD/cli/earshot" bench model --device cuda \
+    --dtype bfloat16 --dummy-weights --config "$CONFIG7B" --audio-seconds 30 --prompt-tokens 32 --output-tokens 32 \
+    --batch 64 --warmup 1 --repeats 2 --json --profile
+  log "earshot bench model --batch 64: exit $? (see bench-batch64.log)"
 else
-  echo "skipped (no build, no GPU, or DEVICE_CHECK_ONLY)" >>"$OUT/bench-engine.log"
+  echo "skipped (no build, no GPU, or DEVICE_CHECK_ONLY)" | tee -a "$OUT/bench-engine.log" >>"$OUT/bench-batch64.log"
 fi
 # part 3's options, same shapes: FP8 decoder weights (target >= 1.6x the bf16 decode), and the deterministic mode
 # (what batch invariance costs)
@@ -394,7 +402,14 @@ if lin.get("rows"):
             v = [r for r in lin["rows"] if r["shape"] == sh and r["M"] == m and r["path"] == p]
             cells.append(f"{v[0]['bytes_per_s'] / lbw:.2f}" if v and lbw else "")
         print(f"| {sh} | {m} | " + " | ".join(cells) + " |")
-for name, title in (("bench-earshot.log", "bf16"), ("bench-fp8.log", "fp8")):
+b64 = last_json("bench-batch64.log")
+if b64:
+    s64 = b64.get("decode_ms_per_step")
+    print()
+    print(f"decode step at batch 64 (`bench model --batch 64`, contexts ~800-830): {f(s64, '{:.3f}')} ms = "
+          f"{f(64e3 / s64 if s64 else 0, '{:.0f}')} tokens/s; time to first token for 64 clips {f(b64.get('ttft_ms'))} ms; "
+          f"the weights alone {f(b64.get('limit_ms_per_step'), '{:.3f}')} ms")
+for name, title in (("bench-earshot.log", "bf16"), ("bench-batch64.log", "bf16, batch 64"), ("bench-fp8.log", "fp8")):
     try:
         lines = open(os.path.join(out, name)).read().splitlines()
     except OSError:
