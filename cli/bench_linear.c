@@ -5,8 +5,8 @@
  * o 4096 × 4096, gate|up 22016 × 4096, down 4096 × 11008, and the logits 156032 × 4096 (fp32 out). Rows M = 1 ..
  * 64 (the decode batch). Paths: bf16 weights through the GEMV with 4, 8 or 16 loads in flight per lane (M <= 4)
  * and through cuBLASLt (GEMV off, every M); fp8 weights (per-row scales) through the CUDA-core GEMV with 4, 8 or 16
- * loads in flight and the tensor-core GEMV (M <= 8, cuda_backend_set_fp8_mma), and past 8 rows through dequantise +
- * cuBLASLt. A decode step streams each weight once, so the figure of merit is the
+ * loads in flight (M <= 8), the tensor-core GEMV (M <= 64, cuda_backend_set_fp8_mma) and, past 8 rows with the
+ * tensor-core GEMV off, dequantise + cuBLASLt. A decode step streams each weight once, so the figure of merit is the
  * weight bytes (plus activations) over the time, against the copy bandwidth (bytes read + written).
  * Each figure is the device time of --repeats calls timed with the op profile's events (backend.h), rotating over
  * enough copies of the weight that together they are several times the L2 cache, so the weights come from memory.
@@ -194,11 +194,11 @@ int bench_linear(int argc, char **argv) {
       for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++) {
         const int64_t M = Ms[mi];
         /* paths: GEMV with each loads-in-flight where the GEMV takes M (p 0..2), then bf16: cuBLASLt (p 3); fp8:
-         * the tensor-core GEMV (p 4) up to 8 rows, dequantise + cuBLASLt (p 3) past them */
+         * dequantise + cuBLASLt (p 3) past the CUDA-core GEMV's 8 rows, the tensor-core GEMV (p 4) up to 64 */
         const int gemv_m = fp8 ? 8 : 4;
         for (int p = 0; p < 5; p++) {
           const int is_lt = p == 3, is_mma = p == 4;
-          if (is_mma ? !fp8 || M > gemv_m : is_lt ? fp8 && M <= gemv_m : M > gemv_m) continue;
+          if (is_mma ? !fp8 || M > 64 : is_lt ? fp8 && M <= gemv_m : M > gemv_m) continue;
           if (cuda_backend_set_gemv(be, is_lt ? 0 : 2, &err) ||
               cuda_backend_set_gemv_loads(be, is_lt || is_mma ? 0 : loads[p], &err) ||
               cuda_backend_set_fp8_mma(be, is_mma, &err))

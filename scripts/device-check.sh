@@ -25,7 +25,7 @@
 #      the first token and of a decode step; the engine at 1, 8, 32, 64 concurrent requests (one wave each,
 #      128 output tokens: aggregate and steady-decode tokens/s), and 64 in flight for 3 waves of 256-token
 #      answers (a decode batch near 64), and `bench model --batch 64 --profile` (the decode step of 64 sequences,
-#      op by op); then the model bench with --quantization fp8
+#      op by op), and the engine again at 64 in flight with fp8 weights; then the model bench with --quantization fp8
 #      (profiled too) and with --deterministic;
 #   6. when a GPU test failed: each failed test again under compute-sanitizer --tool memcheck (sanitizer.log);
 #   7. short tables (the model, the engine, the linears, the attention kernels, the decode step's top ops),
@@ -33,8 +33,8 @@
 # Every step runs under a timeout from what is left of the budget (BUDGET seconds, default 470), and a step
 # that fails or times out leaves "n/a" in the table instead of stopping the script. Logs go to OUTDIR (11 files:
 # summary.log, configure.log, build.log, ctest.log, bench-earshot.log, bench-transformers.log,
-# bench-attention.log, bench-linear.log, bench-engine.log, bench-batch64.log, bench-fp8.log, bench-deterministic.log,
-# table.md;
+# bench-attention.log, bench-linear.log, bench-engine.log, bench-batch64.log, bench-engine-fp8.log, bench-fp8.log,
+# bench-deterministic.log, table.md;
 # sanitizer.log
 # when a test failed, sass-prewait.log when cuobjdump is there). The device tool brings back at most 8 files: pack the logs (tar) before handing them over.
 #
@@ -265,8 +265,14 @@ if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ] && [ $MODEL_BENCH = 1 ]; then
     --dtype bfloat16 --dummy-weights --config "$CONFIG7B" --audio-seconds 30 --prompt-tokens 32 --output-tokens 32 \
     --batch 64 --warmup 1 --repeats 2 --json --profile
   log "earshot bench model --batch 64: exit $? (see bench-batch64.log)"
+  # the same 64 in flight with fp8 decoder weights: the tensor-core fp8 GEMV takes decode batches up to 64 rows
+  run_limited "$(($(left) - 60))" "$OUT/bench-engine-fp8.log" "$BUILD/cli/earshot" bench engine --device cuda \
+    --dtype bfloat16 --quantization fp8 --dummy-weights --config "$CONFIG7B" --concurrency 64 --waves 3 \
+    --audio-seconds 30 --prompt-tokens 32 --output-tokens 256 --json
+  log "earshot bench engine --quantization fp8 (64 in flight, 3 waves): exit $? (see bench-engine-fp8.log)"
 else
-  echo "skipped (no build, no GPU, or DEVICE_CHECK_ONLY)" | tee -a "$OUT/bench-engine.log" >>"$OUT/bench-batch64.log"
+  echo "skipped (no build, no GPU, or DEVICE_CHECK_ONLY)" | tee -a "$OUT/bench-engine.log" "$OUT/bench-batch64.log" \
+    >>"$OUT/bench-engine-fp8.log"
 fi
 # part 3's options, same shapes: FP8 decoder weights (target >= 1.6x the bf16 decode), and the deterministic mode
 # (what batch invariance costs)
@@ -373,8 +379,10 @@ print()
 print("| concurrent | requests | output tokens | aggregate tokens/s | steady decode tokens/s | mean decode batch | "
       "TTFT p50 (ms) | TTFT p99 (ms) | largest batch |")
 print("|---|---|---|---|---|---|---|---|---|")
-for e in all_json("bench-engine.log", "engine") or [{}]:
-    print(f"| {e.get('concurrency', 'n/a')} | {e.get('requests', 'n/a')} | {e.get('output_tokens', 'n/a')} | "
+engines = [(e, "") for e in all_json("bench-engine.log", "engine")]
+engines += [(e, " (fp8)") for e in all_json("bench-engine-fp8.log", "engine")]
+for e, tag in engines or [({}, "")]:
+    print(f"| {e.get('concurrency', 'n/a')}{tag} | {e.get('requests', 'n/a')} | {e.get('output_tokens', 'n/a')} | "
           f"{f(e.get('tokens_per_s'), '{:.0f}')} | "
           f"{f(e.get('decode_only_tokens_per_s'), '{:.0f}')} | {f(e.get('decode_only_mean_batch'), '{:.1f}')} | "
           f"{f(e.get('ttft_p50_ms'), '{:.0f}')} | {f(e.get('ttft_p99_ms'), '{:.0f}')} | {e.get('max_decode_batch', 'n/a')} |")

@@ -1,9 +1,11 @@
 /* cuda_fp8: es_op_linear with an FP8 e4m3 weight (es_backend_upload_weight_fp8) on the CUDA backend.
- *   M <= CUDA_FP8_GEMV_MAX_M (decode): a weight-only GEMV kernel that reads each fp8 weight once;
- *   larger M (larger decode batches, prefill): the weight dequantised into cb->fp8_scratch (compute dtype, sized at
- * upload for the largest fp8 weight) and the ordinary cuBLASLt GEMM (cuda_gemm.cu calls cuda_fp8_dequant, then its
- * gemm). The element math (decode, scale) is kernels/fp8_math.h's, tested on the CPU. Thread safety: the driving thread
- * (backend.h).
+ *   M <= CUDA_FP8_MMA_MAX_M (decode steps) in bf16 with K % 64 == 0: a weight-only GEMV on tensor cores
+ *   (cuda_fp8_mma.cu) that reads each fp8 weight once;
+ *   else M <= CUDA_FP8_GEMV_MAX_M: the same on CUDA cores (cuda_fp8.cu);
+ *   else (prefill, fp32 compute, odd K) and always in deterministic mode: the weight dequantised into cb->fp8_scratch
+ * (compute dtype, sized at upload for the largest fp8 weight) and the ordinary cuBLASLt GEMM (cuda_gemm.cu calls
+ * cuda_fp8_dequant, then its gemm). The element math (decode, scale) is kernels/fp8_math.h's, tested on the CPU. Thread
+ * safety: the driving thread (backend.h).
  */
 #pragma once
 
@@ -21,7 +23,10 @@ extern "C" {
  * path that ran the GEMV over 16-row chunks up to M = 64 was 10x slower than that at M = 64. */
 #define CUDA_FP8_GEMV_MAX_M 8
 
-/* y[M, N] = act(x[M, K] · (decode(w) · scale)ᵀ + bias) (+ y), for M <= CUDA_FP8_GEMV_MAX_M, on tensor cores
+/* The largest M the tensor-core fp8 GEMV takes (8 n-tiles of 8 rows: the decode batch of a step). */
+#define CUDA_FP8_MMA_MAX_M 64
+
+/* y[M, N] = act(x[M, K] · (decode(w) · scale)ᵀ + bias) (+ y), for M <= CUDA_FP8_MMA_MAX_M, on tensor cores
  * (cuda_fp8_mma.cu) where cuda_fp8_mma_ok: cb->fp8_mma, bf16 compute, K % 64 == 0, 16-byte aligned weight and x
  * rows. The products are exact for every x within 2^-28 of its row's largest |x| (bf16 x scaled by a power of two
  * is exact in f16 there; smaller ones land in f16 subnormals), so it agrees with cuda_fp8_gemv (which takes the

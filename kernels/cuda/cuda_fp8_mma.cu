@@ -1,24 +1,29 @@
-// cuda_fp8_mma: the decode-size fp8 linear (M <= 8 rows of x) on tensor cores — the weight-only GEMV of
-// cuda_fp8.cu with its multiply-adds moved from the CUDA cores to mma.sync. See cuda_fp8.h.
+// cuda_fp8_mma: the decode-size fp8 linear (M <= 64 rows of x: a decode step's batch) on tensor cores — the
+// weight-only GEMV of cuda_fp8.cu with its multiply-adds moved from the CUDA cores to mma.sync, and the dequantise
+// + cuBLASLt path's place from 9 to 64 rows (which moved 5 bytes per weight). See cuda_fp8.h.
 //
 // Why: the CUDA-core fp8 GEMV issues ~4 instructions per weight at M = 1 (decode the code, convert, load and
 // widen x, FMA) and M times the activation work at M rows; measured on an H200 it streams its 1-byte weights at
 // 0.39–0.71 of the copy bandwidth (docs/PERF.md), so fp8 decode was 1.47x bf16 where the bytes allow 1.83x. Here
-// one mma.sync m16n8k16 takes 256 weights and all 8 rows of x; per weight a lane issues 1/8 of a conversion
+// one mma.sync m16n8k16 takes 256 weights and 8 rows of x; per weight a lane issues 1/8 of a conversion
 // (cvt.rn.f16x2.e4m3x2 on sm_89+: 2 codes, exact) and ~1/64 of the rest, so the kernel is left to the bytes, and
-// M = 2..8 cost what M = 1 costs.
+// M = 2..8 cost what M = 1 costs; each further 8 rows (an n-tile) add their activation loads and 4 mma per 1 KB
+// of weights. Every block reads all of x (M · K · 2 bytes, from L2): at M = 64 that is ~8x the weight bytes
+// for K = 4096 — L2 traffic, still less than the dequantise path's 3 extra bytes of DRAM per weight.
 // Napkin math (Qwen2-Audio-7B, fp8 decoder linears 6.48 GB + bf16 lm_head 1.28 GB per step): at 4.2 TB/s copy
 // (H200) 1.84 ms per step; the target (issue 9) is fp8 decode >= 1.6x bf16.
 //
 // Kernel: a block of FP8M_WARPS = 8 warps owns 16 weight rows n0 .. n0 + 15 (all of K); warp w takes super steps
 // w, w + 8, ... of 64 columns (fp8_mma_math.h): per super step each lane loads 16 codes of two weight rows (two
-// 16-byte loads, FP8M_U super steps in flight) and 16 activations of one row of x, and the warp runs 4 mma steps
-// (f16 × f16 -> f32). x is scaled per row by a power of two into f16's range (a first pass over the warp's
-// columns finds each row's largest |x|) and the partials scaled back; the 8 warps' partials are summed in warp
-// order through shared memory, and the epilogue is the CUDA-core GEMV's (the plain GEMM kernel's rounding points):
+// 16-byte loads, FP8M_U super steps in flight) and, per n-tile of 8 rows of x, 16 activations of one row, and the
+// warp runs 4 mma steps per n-tile (f16 × f16 -> f32). x is scaled per row by a power of two into f16's range (a first
+// pass over the warp's columns finds each row's largest |x|) and the partials scaled back; the 8 warps' partials are
+// summed in warp order through shared memory, and the epilogue is the CUDA-core GEMV's (the plain GEMM kernel's
+// rounding points):
 //   v = rnd(acc · scale[n] (· 256 before sm_89) + bias[n]);  GELU: v = rnd(gelu(v));  accumulate: y = y + v.
 // Batch invariance: a row of x is scaled by its own factor and a tensor-core column sums only its own products,
-// in an order fixed by K alone, so a row's result does not depend on M or on the other rows (M <= 8).
+// in an order fixed by K alone (the same for every number of n-tiles), so a row's result does not depend on M or
+// on the other rows (M <= 64).
 // Needs bf16 compute (bf16 x · 2^e is exact in f16; fp32 x would be rounded to 11 bits), K % 64 == 0 and 16-byte
 // aligned weight and x rows (cuda_fp8_mma_ok); the CUDA-core GEMV takes the rest.
 #include <cuda_fp16.h>
@@ -30,6 +35,7 @@
 #include "fp8_mma_math.h" // the index math and the scaling, emulated on the CPU (tests/kernels/test_fp8_mma_emu.c)
 
 #define FP8M_U 4 // super steps whose weight loads a lane issues before it uses the first
+static_assert(CUDA_FP8_MMA_MAX_M == FP8M_MAX_M * FP8M_MAX_NT, "cuda_fp8.h and fp8_mma_math.h disagree on the rows");
 
 // d += a · b, one m16n8k16 tile in f16 with f32 accumulation (the bf16 form's fragment layout: attn_mma.cuh).
 __device__ __forceinline__ void mma_f16_16816(float *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
@@ -73,26 +79,9 @@ __device__ __forceinline__ void fp8m_load_w(uint4 (*a)[2], const uint8_t *lo, co
   }
 }
 
-// y (M, N) row stride ldy; x (M, K) row stride ldx; w (N, K) fp8 codes, contiguous; scale (N); bias (N) or NULL;
-// bf16 (x · 2^e is exact in f16 for bf16 x, not for fp32: the fp32 compute mode keeps the CUDA-core GEMV).
-// Grid: ceil(N / 16) blocks of FP8M_WARPS warps.
-__global__ void __launch_bounds__(FP8M_WARPS * 32)
-    fp8_mma_kernel(bf16 *y, int64_t ldy, const bf16 *x, int64_t ldx, const uint8_t *w, const float *scale,
-                   const bf16 *bias, int M, int64_t N, int64_t K, int act, int accumulate) {
-  using T = bf16;
-  __shared__ float part[FP8M_WARPS][32][4];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int64_t n0 = (int64_t)blockIdx.x * FP8M_ROWS, n_ss = K / FP8M_KSTEP;
-  const uint8_t *w_lo = n0 + g < N ? w + (n0 + g) * K : NULL, *w_hi = n0 + g + 8 < N ? w + (n0 + g + 8) * K : NULL;
-  uint4 a[FP8M_U][2];
-  // The first round of weight loads before pdl_begin: the codes are never written during a step, so under PDL
-  // they stream while the kernel before this one finishes (cuda_common.cuh, pdl_launch_next).
-  fp8m_load_w<false>(a, w_lo, w_hi, warp, n_ss, t);
-  pdl_begin(); // before x is read or y written: launched with cuda_launch
-
-  // row g of x: its largest |x| over this warp's columns (the 4 lanes of the row; the bf16 bit patterns, one SIMD
-  // max per two values, 4 super steps' loads in flight), then its power-of-two scale
-  const T *xr = g < M ? x + (int64_t)g * ldx : NULL;
+// The largest |x| of row xr (NULL: none) over this warp's super steps (the 4 lanes of the row, 16 columns each; the
+// bf16 bit patterns, one SIMD max per two values, 4 super steps' loads in flight), as its power-of-two exponent.
+__device__ __forceinline__ int fp8m_row_exp(const bf16 *xr, int64_t n_ss, int warp, int t) {
   uint32_t am2 = 0;
   if (xr)
     for (int64_t j0 = warp; j0 < n_ss; j0 += 4 * FP8M_WARPS) {
@@ -116,72 +105,127 @@ __global__ void __launch_bounds__(FP8M_WARPS * 32)
     }
   am2 = fp8m_bf16x2_absmax(am2, __shfl_xor_sync(0xffffffffu, am2, 1));
   am2 = fp8m_bf16x2_absmax(am2, __shfl_xor_sync(0xffffffffu, am2, 2));
-  const int ex = fp8m_x_scale_exp(fp8m_bf16x2_amax_value(am2));
-  const float xs = fp8m_pow2(ex);
+  return fp8m_x_scale_exp(fp8m_bf16x2_amax_value(am2));
+}
 
-  float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+// y (M, N) row stride ldy; x (M, K) row stride ldx; w (N, K) fp8 codes, contiguous; scale (N); bias (N) or NULL;
+// bf16 (x · 2^e is exact in f16 for bf16 x, not for fp32: the fp32 compute mode keeps the CUDA-core GEMV).
+// NT n-tiles of 8 rows of x (M <= 8·NT); n-tile nt's arithmetic is the same for every NT, so a row's result does
+// not depend on how many rows came with it. Grid: ceil(N / 16) blocks of FP8M_WARPS warps.
+template <int NT>
+__global__ void __launch_bounds__(FP8M_WARPS * 32)
+    fp8_mma_kernel(bf16 *y, int64_t ldy, const bf16 *x, int64_t ldx, const uint8_t *w, const float *scale,
+                   const bf16 *bias, int M, int64_t N, int64_t K, int act, int accumulate) {
+  using T = bf16;
+  __shared__ float part[FP8M_WARPS][32][4];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int64_t n0 = (int64_t)blockIdx.x * FP8M_ROWS, n_ss = K / FP8M_KSTEP;
+  const uint8_t *w_lo = n0 + g < N ? w + (n0 + g) * K : NULL, *w_hi = n0 + g + 8 < N ? w + (n0 + g + 8) * K : NULL;
+  uint4 a[FP8M_U][2];
+  // The first round of weight loads before pdl_begin: the codes are never written during a step, so under PDL
+  // they stream while the kernel before this one finishes (cuda_common.cuh, pdl_launch_next).
+  fp8m_load_w<false>(a, w_lo, w_hi, warp, n_ss, t);
+  pdl_begin(); // before x is read or y written: launched with cuda_launch
+
+  // row 8nt + g of x for each n-tile, and its power-of-two scale
+  const T *xr[NT];
+  int ex[NT];
+  float xs[NT];
+#pragma unroll
+  for (int nt = 0; nt < NT; nt++) {
+    xr[nt] = 8 * nt + g < M ? x + (int64_t)(8 * nt + g) * ldx : NULL;
+    ex[nt] = fp8m_row_exp(xr[nt], n_ss, warp, t);
+    xs[nt] = fp8m_pow2(ex[nt]);
+  }
+
+  float c[NT][4];
+#pragma unroll
+  for (int nt = 0; nt < NT; nt++) c[nt][0] = c[nt][1] = c[nt][2] = c[nt][3] = 0.0f;
   for (int64_t j0 = warp; j0 < n_ss; j0 += (int64_t)FP8M_WARPS * FP8M_U) {
     if (j0 != warp) fp8m_load_w<true>(a, w_lo, w_hi, j0, n_ss, t); // all FP8M_U rounds' loads first
 #pragma unroll
     for (int u = 0; u < FP8M_U; u++) {
       const int64_t j = j0 + (int64_t)FP8M_WARPS * u;
-      if (j >= n_ss) break; // warp-uniform
-      float xv[16];
-      if (xr) {
-        fp8m_load_x(xr + j * FP8M_KSTEP + 16 * t, xv);
-      } else {
-#pragma unroll
-        for (int i = 0; i < 16; i++) xv[i] = 0.0f;
-      }
+      if (j >= n_ss) break;    // warp-uniform
       uint32_t hlo[8], hhi[8]; // codes 16t .. 16t + 15 of rows g and g + 8, as f16 pairs in code order
       fp8x16_to_f16x2(a[u][0], hlo);
       fp8x16_to_f16x2(a[u][1], hhi);
 #pragma unroll
-      for (int s = 0; s < 4; s++) { // mma step s: columns 16t + 4s + 2h + e (fp8m_col), h = register pair
-        const uint32_t af[4] = {hlo[2 * s], hhi[2 * s], hlo[2 * s + 1], hhi[2 * s + 1]};
-        mma_f16_16816(c, af, f16x2_bits(xv[4 * s] * xs, xv[4 * s + 1] * xs),
-                      f16x2_bits(xv[4 * s + 2] * xs, xv[4 * s + 3] * xs));
+      for (int nt = 0; nt < NT; nt++) {
+        float xv[16];
+        if (xr[nt]) {
+          fp8m_load_x(xr[nt] + j * FP8M_KSTEP + 16 * t, xv);
+        } else {
+#pragma unroll
+          for (int i = 0; i < 16; i++) xv[i] = 0.0f;
+        }
+#pragma unroll
+        for (int s = 0; s < 4; s++) { // mma step s: columns 16t + 4s + 2h + e (fp8m_col), h = register pair
+          const uint32_t af[4] = {hlo[2 * s], hhi[2 * s], hlo[2 * s + 1], hhi[2 * s + 1]};
+          mma_f16_16816(c[nt], af, f16x2_bits(xv[4 * s] * xs[nt], xv[4 * s + 1] * xs[nt]),
+                        f16x2_bits(xv[4 * s + 2] * xs[nt], xv[4 * s + 3] * xs[nt]));
+        }
       }
     }
   }
-  // columns 2t, 2t + 1 of C are rows 2t, 2t + 1 of x: undo their scales (held by lanes 4·(2t), 4·(2t + 1))
-  const float inv0 = fp8m_pow2(-__shfl_sync(0xffffffffu, ex, 8 * t)),
-              inv1 = fp8m_pow2(-__shfl_sync(0xffffffffu, ex, 8 * t + 4));
-  part[warp][lane][0] = c[0] * inv0;
-  part[warp][lane][1] = c[1] * inv1;
-  part[warp][lane][2] = c[2] * inv0;
-  part[warp][lane][3] = c[3] * inv1;
-  __syncthreads();
-  if (threadIdx.x >= FP8M_ROWS * FP8M_MAX_M) return;
-  int r, m, src, i;
-  fp8m_out(threadIdx.x, &r, &m, &src, &i);
-  const int64_t n = n0 + r;
-  if (m >= M || n >= N) return;
-  float v = 0.0f;
+  // per n-tile: columns 2t, 2t + 1 of C are its rows 2t, 2t + 1: undo their scales (held by lanes 4·(2t),
+  // 4·(2t + 1)); the 8 warps' partials summed in warp order by 128 threads, then the epilogue
+  const float ws = FP8_HW_CVT ? 1.0f : 256.0f; // the software decode's 1/256, folded back
 #pragma unroll
-  for (int k = 0; k < FP8M_WARPS; k++) v += part[k][src][i]; // warp order: fixed
-  v = rnd<T>(v * (scale[n] * (FP8_HW_CVT ? 1.0f : 256.0f)) + (bias ? to_f(bias[n]) : 0.0f));
-  if (act == ES_ACT_GELU) v = rnd<T>(gelu_erf(v));
-  T *yp = y + (int64_t)m * ldy + n;
-  if (accumulate) v = to_f(*yp) + v;
-  *yp = from_f<T>(v);
+  for (int nt = 0; nt < NT; nt++) {
+    const float inv0 = fp8m_pow2(-__shfl_sync(0xffffffffu, ex[nt], 8 * t)),
+                inv1 = fp8m_pow2(-__shfl_sync(0xffffffffu, ex[nt], 8 * t + 4));
+    if (nt) __syncthreads(); // the previous n-tile's partials are read
+    part[warp][lane][0] = c[nt][0] * inv0;
+    part[warp][lane][1] = c[nt][1] * inv1;
+    part[warp][lane][2] = c[nt][2] * inv0;
+    part[warp][lane][3] = c[nt][3] * inv1;
+    __syncthreads();
+    if (threadIdx.x < FP8M_ROWS * FP8M_MAX_M) {
+      int r, ml, src, i;
+      fp8m_out(threadIdx.x, &r, &ml, &src, &i);
+      const int m = 8 * nt + ml;
+      const int64_t n = n0 + r;
+      if (m < M && n < N) {
+        float v = 0.0f;
+#pragma unroll
+        for (int k = 0; k < FP8M_WARPS; k++) v += part[k][src][i]; // warp order: fixed
+        v = rnd<T>(v * (scale[n] * ws) + (bias ? to_f(bias[n]) : 0.0f));
+        if (act == ES_ACT_GELU) v = rnd<T>(gelu_erf(v));
+        T *yp = y + (int64_t)m * ldy + n;
+        if (accumulate) v = to_f(*yp) + v;
+        *yp = from_f<T>(v);
+      }
+    }
+  }
+}
+
+template <int NT>
+static void launch_nt(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w,
+                      const es_weight_t *bias, int64_t M, es_act_t act, int accumulate) {
+  const int64_t N = w->n0, K = w->n1;
+  cuda_launch(cb, fp8_mma_kernel<NT>, dim3((unsigned)((N + FP8M_ROWS - 1) / FP8M_ROWS)), dim3(FP8M_WARPS * 32), 0,
+              (bf16 *)y, ldy, (const bf16 *)x, ldx, (const uint8_t *)w->data, w->scale,
+              bias ? (const bf16 *)bias->data : (const bf16 *)NULL, (int)M, N, K, (int)act, accumulate);
 }
 
 static int launch(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w,
                   const es_weight_t *bias, int64_t M, es_act_t act, int accumulate, es_error_t *err) {
-  const int64_t N = w->n0, K = w->n1;
-  cuda_launch(cb, fp8_mma_kernel, dim3((unsigned)((N + FP8M_ROWS - 1) / FP8M_ROWS)), dim3(FP8M_WARPS * 32), 0,
-              (bf16 *)y, ldy, (const bf16 *)x, ldx, (const uint8_t *)w->data, w->scale,
-              bias ? (const bf16 *)bias->data : (const bf16 *)NULL, (int)M, N, K, (int)act, accumulate);
+  switch (fp8m_n_tiles(M)) {
+  case 1: launch_nt<1>(cb, y, ldy, x, ldx, w, bias, M, act, accumulate); break;
+  case 2: launch_nt<2>(cb, y, ldy, x, ldx, w, bias, M, act, accumulate); break;
+  case 4: launch_nt<4>(cb, y, ldy, x, ldx, w, bias, M, act, accumulate); break;
+  default: launch_nt<8>(cb, y, ldy, x, ldx, w, bias, M, act, accumulate); break;
+  }
   ES_CUDA_LAUNCHED(err);
   return ES_OK;
 }
 
 extern "C" int cuda_fp8_mma_ok(const cuda_backend_t *cb, const void *x, int64_t ldx, const es_weight_t *w, int64_t M) {
   const size_t e = cuda_act_size(cb);
-  return cb->fp8_mma && cb->base.act_dtype == ES_DT_BF16 && M >= 1 && M <= FP8M_MAX_M && w->n1 % FP8M_KSTEP == 0 &&
-         (uintptr_t)w->data % 16 == 0 && (uintptr_t)x % 16 == 0 && ((size_t)ldx * e) % 16 == 0 &&
-         (w->n0 + FP8M_ROWS - 1) / FP8M_ROWS <= 0x7fffffff;
+  return cb->fp8_mma && cb->base.act_dtype == ES_DT_BF16 && M >= 1 && M <= CUDA_FP8_MMA_MAX_M &&
+         w->n1 % FP8M_KSTEP == 0 && (uintptr_t)w->data % 16 == 0 && (uintptr_t)x % 16 == 0 &&
+         ((size_t)ldx * e) % 16 == 0 && (w->n0 + FP8M_ROWS - 1) / FP8M_ROWS <= 0x7fffffff;
 }
 
 extern "C" int cuda_fp8_mma(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w,

@@ -2,15 +2,15 @@
  * written once for the host and the device so that CI emulates the kernel's warps on the CPU
  * (tests/kernels/test_fp8_mma_emu.c) with the formulas the kernel uses.
  *
- * The kernel computes y[m, n] = Σ_k x[m, k] · w[n, k] for M <= 8 with mma.sync m16n8k16 (f16 inputs, f32
+ * The kernel computes y[m, n] = Σ_k x[m, k] · w[n, k] for M <= 64 with mma.sync m16n8k16 (f16 inputs, f32
  * accumulation): A = 16 weight rows × 16 k (fp8 codes widened to f16, exact), B = x transposed (16 k × 8 rows of
- * x, f16 after a power-of-two scaling), C = 16 weight rows × 8 rows of x. A dot product does not care in which
- * order its k are paired, so the k of each mma step are a permutation chosen for the loads: per "super step" of
- * FP8M_KSTEP = 64 columns, lane 4g + t loads 16 contiguous codes of weight rows g and g + 8 (columns 16t .. 16t +
- * 15) and 16 contiguous activations of x row g (the same columns); mma step s (0..3) takes from each lane the 4
- * columns 16t + 4s .. + 3. In the fragment tables (PTX ISA, m16n8k16, the same layout for f16 and bf16) lane
- * 4g + t holds A (row g or g + 8, logical k 2t, 2t + 1, 2t + 8, 2t + 9) and B (logical k 2t, 2t + 1, 2t + 8,
- * 2t + 9, column g): logical k 2t + 8h + e is physical column 16t + 4s + 2h + e (fp8m_col), for A and B alike.
+ * x — n-tile nt holds rows 8nt .. 8nt + 7 —, f16 after a power-of-two scaling), C = 16 weight rows × 8 rows of x. A dot
+ * product does not care in which order its k are paired, so the k of each mma step are a permutation chosen for the
+ * loads: per "super step" of FP8M_KSTEP = 64 columns, lane 4g + t loads 16 contiguous codes of weight rows g and g + 8
+ * (columns 16t .. 16t + 15) and 16 contiguous activations of x row g (the same columns); mma step s (0..3) takes from
+ * each lane the 4 columns 16t + 4s .. + 3. In the fragment tables (PTX ISA, m16n8k16, the same layout for f16 and bf16)
+ * lane 4g + t holds A (row g or g + 8, logical k 2t, 2t + 1, 2t + 8, 2t + 9) and B (logical k 2t, 2t + 1, 2t + 8, 2t +
+ * 9, column g): logical k 2t + 8h + e is physical column 16t + 4s + 2h + e (fp8m_col), for A and B alike.
  *
  * Activation scaling: x is bf16 and f16 covers only ±65504, so each warp scales its rows of x by 2^e,
  * e from the largest |x| of the row over the warp's columns (fp8m_x_scale_exp: amax · 2^e in [2^14, 2^15)), and
@@ -35,12 +35,18 @@
 #define FP8M_WARPS 8  /* warps per block: each takes every 8th super step of the block's 16 rows */
 #define FP8M_ROWS 16  /* weight rows per block (the mma's M) */
 #define FP8M_KSTEP 64 /* columns per super step: 4 mma k-steps */
-#define FP8M_MAX_M 8  /* rows of x (the mma's N) */
+#define FP8M_MAX_M 8  /* rows of x per n-tile (the mma's N) */
+#define FP8M_MAX_NT 8 /* n-tiles: up to 64 rows of x (the decode batch of a step) */
 
 /* The physical column (0 .. 63, within the super step) of logical k = 2t + 8h + e of mma step s for lane
  * threadID_in_group t: A register 2h + (row half), B register h, element e (0 = low half). */
 FP8M_HD int fp8m_col(int s, int t, int h, int e) {
   return 16 * t + 4 * s + 2 * h + e;
+}
+
+/* n-tiles the kernel is instantiated with for M rows of x: 1, 2, 4 or 8 (0 past FP8M_MAX_NT tiles). */
+FP8M_HD int fp8m_n_tiles(int64_t M) {
+  return M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : M <= 64 ? 8 : 0;
 }
 
 /* The exponent e of the power of two that scales a row of x whose largest magnitude is amax: amax · 2^e in
@@ -85,9 +91,9 @@ FP8M_HD float fp8m_pow2(int e) {
   return f;
 }
 
-/* The output (weight row r of the block's 16, row m of x) that thread `tid` (0 .. 127) of the epilogue sums, and
- * where each warp's partial of it is: lane src_lane, accumulator i (C fragment: c0, c1 = row g, columns 2t,
- * 2t + 1; c2, c3 = row g + 8). */
+/* The output (weight row r of the block's 16, row m of x within the n-tile) that thread `tid` (0 .. 127) of the
+ * epilogue sums, and where each warp's partial of it is: lane src_lane, accumulator i (C fragment: c0, c1 = row
+ * g, columns 2t, 2t + 1; c2, c3 = row g + 8). */
 FP8M_HD void fp8m_out(int tid, int *r, int *m, int *src_lane, int *i) {
   *r = tid / FP8M_MAX_M;
   *m = tid % FP8M_MAX_M;

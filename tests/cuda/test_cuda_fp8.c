@@ -2,14 +2,16 @@
  * a dequantised double reference), in both compute dtypes:
  *   - the uploaded codes and scales are byte-identical to the CPU backend's (the same host quantiser, staged
  *     in row chunks through the pinned buffers: one weight larger than a staging buffer);
- *   - es_op_linear with an fp8 weight for M = 1 .. 300 (the GEMV kernel up to CUDA_FP8_GEMV_MAX_M = 8, the
+ *   - es_op_linear with an fp8 weight for M = 1 .. 300 (the tensor-core GEMV up to 64 rows where it fits, the
+ *     CUDA-core GEMV up to CUDA_FP8_GEMV_MAX_M = 8, the
  *     dequantise + cuBLASLt path above), odd K and N (the GEMV's byte-at-a-time loop), strided rows, bias,
  *     GELU and accumulate, GPU outputs poisoned first; tolerance as test_cuda_ops' GEMMs, plus, on the
  *     dequantise path in bf16, the rounding of each dequantised weight to bf16 (dequant_tol);
  *   - the GEMV is batch-invariant: a row alone equals (memcmp) the same row among 8.
- * Every case up to 8 rows runs twice: on the tensor-core GEMV (cuda_fp8_mma.cu; where it takes the call — K a
- * multiple of 64, 16-byte aligned rows — which the test checks through cuda_backend_fp8_mma_calls) and on the
- * CUDA-core GEMV (cuda_backend_set_fp8_mma off). Shapes include the 7B model's K (4096, 11008).
+ * Every case up to 8 rows runs twice: on the tensor-core GEMV (cuda_fp8_mma.cu; where it takes the call — bf16,
+ * up to 64 rows, K a multiple of 64, 16-byte aligned rows — which the test checks through
+ * cuda_backend_fp8_mma_calls) and on the CUDA-core GEMV (cuda_backend_set_fp8_mma off). The batch invariance is
+ * checked at 8 rows and at 40 (5 n-tiles of the tensor-core GEMV). Shapes include the 7B model's K (4096, 11008).
  * Skips (exit 77) without the CUDA backend or without a GPU.
  */
 #include "kernel_test.h"
@@ -108,19 +110,17 @@ static void test_linear(es_backend_t *cpu, es_backend_t *gpu, es_dtype_t dt, int
   void *yc = kt_act(cpu, y0, M * ldy), *yg = kt_act(gpu, acc ? y0 : NULL, M * ldy);
   T_CHECK(es_op_linear(cpu, yc, ldy, xc, ldx, &wc, bias ? &bc : NULL, M, act, acc, &err) == 0, "%s: cpu: %s", what,
           err.msg);
+  int mma_want = 0; /* the tensor-core GEMV takes exactly the calls it can: bf16, M <= 64, K % 64, aligned x */
 #ifdef ES_HAVE_CUDA_BACKEND
   const int64_t mma0 = cuda_backend_fp8_mma_calls(gpu);
+  mma_want = cuda_backend_fp8_mma(gpu) && dt == ES_DT_BF16 && M <= CUDA_FP8_MMA_MAX_M && K % 64 == 0 &&
+             (ldx * (int64_t)es_dtype_size(dt)) % 16 == 0;
 #endif
   T_CHECK(es_op_linear(gpu, yg, ldy, xg, ldx, &wg, bias ? &bg : NULL, M, act, acc, &err) == 0, "%s: gpu: %s", what,
           err.msg);
 #ifdef ES_HAVE_CUDA_BACKEND
-  { /* the tensor-core GEMV takes exactly the calls it can */
-    const size_t e = es_dtype_size(dt);
-    const int want = cuda_backend_fp8_mma(gpu) && dt == ES_DT_BF16 && M <= CUDA_FP8_GEMV_MAX_M && K % 64 == 0 &&
-                     (ldx * (int64_t)e) % 16 == 0;
-    T_CHECK(cuda_backend_fp8_mma_calls(gpu) - mma0 == want, "%s: tensor-core GEMV ran %lld times, want %d", what,
-            (long long)(cuda_backend_fp8_mma_calls(gpu) - mma0), want);
-  }
+  T_CHECK(cuda_backend_fp8_mma_calls(gpu) - mma0 == mma_want, "%s: tensor-core GEMV ran %lld times, want %d", what,
+          (long long)(cuda_backend_fp8_mma_calls(gpu) - mma0), mma_want);
 #endif
   float *r = kt_read(cpu, yc, M * ldy), *g = kt_read(gpu, yg, M * ldy);
   double *ref = malloc(sizeof(double) * (size_t)(M * N));
@@ -130,7 +130,7 @@ static void test_linear(es_backend_t *cpu, es_backend_t *gpu, es_dtype_t dt, int
       ref[m * N + n] = r[m * ldy + n];
       got[m * N + n] = g[m * ldy + n];
     }
-  double *tol = dequant_tol(dt, x, ldx, &wc, M);
+  double *tol = mma_want ? NULL : dequant_tol(dt, x, ldx, &wc, M); /* the GEMVs never round a weight */
   kt_close(what, got, ref, tol, M * N, atol_for(dt), rtol_for(dt));
   free(tol);
   free(ref);
@@ -144,9 +144,9 @@ done:
   kt_weight_free(&b);
 }
 
-/* GEMV rows alone vs among M = 8 (its most): the same bits. */
-static void test_gemv_invariance(es_backend_t *gpu, es_dtype_t dt) {
-  const int64_t M = 8, K = 512, N = 200;
+/* GEMV rows alone vs among M (8: the CUDA-core GEMV's most; 40: 5 n-tiles of the tensor-core one): the same bits. */
+static void test_gemv_invariance(es_backend_t *gpu, es_dtype_t dt, int64_t M) {
+  const int64_t K = 512, N = 200;
   es_error_t err;
   kt_weight_t w = kt_weight(ES_DT_BF16, N, K, -0.5f, 0.5f);
   es_weight_t wg;
@@ -220,7 +220,8 @@ int main(void) {
         test_linear(cpu, gpu, dt, 4, 128, 64, 1, ES_ACT_GELU, 1, 1);   /* act + accumulate, strided, in the GEMV */
         test_linear(cpu, gpu, dt, 8, 4096, 48, 1, ES_ACT_NONE, 1, 1);  /* the 7B K, aligned stride */
         test_linear(cpu, gpu, dt, 100, 128, 64, 1, ES_ACT_GELU, 1, 1); /* ... and through the plain GEMM */
-        test_gemv_invariance(gpu, dt);
+        test_gemv_invariance(gpu, dt, 8);
+        if (mma && dt == ES_DT_BF16) test_gemv_invariance(gpu, dt, 40);
       }
     }
     es_backend_free(gpu);

@@ -12,7 +12,8 @@
  *     mma steps — gives exactly Σ_k w[n][k] · x[m][k] over the 64 columns, for every M up to 8.
  *   - block: the whole kernel for one block (8 warps over every 8th super step, the per-row power-of-two scaling
  *     of x from each warp's largest |x|, the partials scaled back, summed in warp order by the epilogue threads
- *     through fp8m_out) for M = 1, 3, 8, N not a multiple of 16, K of 1 .. 21 super steps, against the exact sum.
+ *     through fp8m_out, per n-tile of 8 rows) for M = 1, 3, 8, 9, 27, 64, N not a multiple of 16, K of 1 .. 33
+ *     super steps, against the exact sum.
  *   - scale: fp8m_x_scale_exp puts a row's largest |x| into [2^14, 2^15), and 2^e · 2^−e == 1, over 300 binades
  *     and for 0, subnormals, inf and NaN.
  *   - out: the epilogue's 128 threads cover the 16 × 8 outputs once each, at the lane and float the C table says.
@@ -151,8 +152,9 @@ static void test_step(void) {
   }
 }
 
-/* The kernel for the block of rows n0 .. n0 + 15 of w (N × K): y[m][n] before the scale[n] epilogue. */
-static int emu_block(const uint8_t *w, int64_t N, int64_t K, const float *x, int M, int64_t n0, double *y) {
+/* The kernel for the block of rows n0 .. n0 + 15 of w (N × K) and one n-tile of up to 8 rows of x (M of them, x
+ * pointing at the tile's first row): y[m][n] (row stride ldy) before the scale[n] epilogue. */
+static int emu_tile(const uint8_t *w, int64_t N, int64_t K, const float *x, int M, int64_t n0, double *y, int64_t ldy) {
   const int64_t n_ss = K / FP8M_KSTEP;
   const int n_rows = N - n0 < 16 ? (int)(N - n0) : 16;
   double part[FP8M_WARPS][32][4];
@@ -183,7 +185,17 @@ static int emu_block(const uint8_t *w, int64_t N, int64_t K, const float *x, int
     if (m >= M || n0 + r >= N) continue;
     double v = 0;
     for (int k = 0; k < FP8M_WARPS; k++) v += part[k][src][i];
-    y[(int64_t)m * N + n0 + r] = v;
+    y[(int64_t)m * ldy + n0 + r] = v;
+  }
+  return ok;
+}
+
+/* The kernel's block (rows n0 .. n0 + 15) over all its n-tiles (fp8m_n_tiles(M) of 8 rows of x). */
+static int emu_block(const uint8_t *w, int64_t N, int64_t K, const float *x, int M, int64_t n0, double *y) {
+  int ok = 1;
+  for (int nt = 0; nt < fp8m_n_tiles(M); nt++) {
+    const int m_nt = M - 8 * nt < 8 ? M - 8 * nt : 8; /* <= 0: a tile of padding rows, nothing written */
+    if (m_nt > 0) ok &= emu_tile(w, N, K, x + (int64_t)8 * nt * K, m_nt, n0, y + (int64_t)8 * nt * N, N);
   }
   return ok;
 }
@@ -285,6 +297,13 @@ int main(void) {
   test_scale();
   test_out();
   static const int ms[3] = {1, 3, 8};
+  test_block(9, 21, 64 * 5, 1.0f); /* n-tiles: 2 (9 rows), 4 (27), 8 (64) */
+  test_block(27, 37, 64 * 3, 1.0f);
+  test_block(64, 16, 64 * 9, 1.0f);
+  for (int mm = 1; mm <= 64; mm++)
+    T_CHECK(fp8m_n_tiles(mm) * 8 >= mm && (mm <= 8 || fp8m_n_tiles(mm) * 4 < mm), "n-tiles for M = %d: %d", mm,
+            fp8m_n_tiles(mm));
+  T_CHECK(fp8m_n_tiles(65) == 0, "65 rows take no n-tile count");
   static const int64_t ns[3] = {16, 37, 5}, ks[4] = {64, 640, 64 * 21, 64 * 33};
   for (int a = 0; a < 3; a++)
     for (int b = 0; b < 3; b++)
