@@ -201,7 +201,7 @@ int bench_linear(int argc, char **argv) {
           if (is_mma ? !fp8 || M > 64 : is_lt ? fp8 && M <= gemv_m : M > gemv_m) continue;
           if (cuda_backend_set_gemv(be, is_lt ? 0 : 2, &err) ||
               cuda_backend_set_gemv_loads(be, is_lt || is_mma ? 0 : loads[p], &err) ||
-              cuda_backend_set_fp8_mma(be, is_mma, &err))
+              cuda_backend_set_fp8_mma(be, is_mma ? 2 : 0, &err))
             goto done;
           double sec = 0;
           if (time_calls(&l, M, (int)repeats, &sec, &err)) goto done;

@@ -30,7 +30,7 @@
 #include "audio_decode.h"
 #endif
 #ifdef ES_HAVE_CUDA_BACKEND
-#include "cuda/cuda_fp8.h"  // CUDA_FP8_GEMV_MAX_M
+#include "cuda/cuda_fp8.h" // CUDA_FP8_MMA_MAX_M, CUDA_FP8_MMA_DEFAULT_M
 #include "cuda/cuda_gemv.h" // CUDA_GEMV_MAX_M
 #include "cuda/cuda_hooks.h"
 #endif
@@ -462,11 +462,13 @@ static int bench_model(int argc, char **argv) {
 #ifdef ES_HAVE_CUDA_BACKEND
   cmp_gemv_all = cmp_gemv && gemv_mode != 2 && B <= CUDA_GEMV_MAX_M;
 #endif
-  int cmp_fp8 = 0; /* only where the tensor-core fp8 GEMV runs the timed decode steps (bf16, at most 64 rows);
-                      the comparison: the CUDA-core GEMV up to 8 rows, dequantise + cuBLASLt above */
+  int cmp_fp8 = 0; /* only where the tensor-core fp8 GEMV runs the timed decode steps (bf16, its rows); the
+                      comparison: the CUDA-core GEMV up to 8 rows, dequantise + cuBLASLt above */
 #ifdef ES_HAVE_CUDA_BACKEND
+  const int fp8_mode = cuda_backend_fp8_mma(bm.be); /* as the timed runs have it */
   cmp_fp8 = ro.quantization == RT_QUANT_FP8 && !ro.deterministic && cuda_backend_fp8_mma(bm.be) &&
-            es_backend_act_dtype(bm.be) == ES_DT_BF16 && B <= CUDA_FP8_MMA_MAX_M;
+            es_backend_act_dtype(bm.be) == ES_DT_BF16 &&
+            B <= (cuda_backend_fp8_mma(bm.be) == 2 ? CUDA_FP8_MMA_MAX_M : CUDA_FP8_MMA_DEFAULT_M);
 #endif
   /* --profile: one last run op by op (graphs off: a replay would be one record), GEMV as in the timed runs */
   const int extra_runs = cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash + cmp_gemv_all + cmp_fp8 + profile;
@@ -516,7 +518,7 @@ static int bench_model(int argc, char **argv) {
         (cuda_backend_set_graphs(bm.be, 0, &err) || (cmp_gemv && cuda_backend_set_gemv(bm.be, gemv_mode, &err)) ||
          (cmp_pdl && cuda_backend_set_pdl(bm.be, 1, &err)) ||
          (cmp_flash && cuda_backend_set_flash(bm.be, CUDA_FLASH_MMA, &err)) ||
-         (cmp_fp8 && cuda_backend_set_fp8_mma(bm.be, 1, &err))))
+         (cmp_fp8 && cuda_backend_set_fp8_mma(bm.be, fp8_mode, &err))))
       goto done;
 #endif
     if (prof_run && es_backend_profile_start(bm.be, 4096, &err)) goto done;

@@ -496,9 +496,9 @@ extern "C" int es_backend_create_cuda(const es_backend_opts_t *opts, es_backend_
   if (info.cc_major < 8)
     return es_fail(err, ES_EUNSUPPORTED, "cuda backend: %s is sm_%d%d; earshot needs sm_80 or newer (bf16)",
                    info.name, info.cc_major, info.cc_minor);
-  const char *fm = getenv("EARSHOT_FP8_MMA"); // "0": fp8 decode linears on the CUDA-core GEMV (cuda_fp8.h)
-  if (fm && *fm && strcmp(fm, "0") != 0 && strcmp(fm, "1") != 0)
-    return es_fail(err, ES_EINVAL, "cuda backend: EARSHOT_FP8_MMA=%.40s: expected 0 or 1", fm);
+  const char *fm = getenv("EARSHOT_FP8_MMA"); // 0 / 1 / 2: the tensor-core fp8 GEMV's mode (cuda_hooks.h)
+  if (fm && *fm && strcmp(fm, "0") != 0 && strcmp(fm, "1") != 0 && strcmp(fm, "2") != 0)
+    return es_fail(err, ES_EINVAL, "cuda backend: EARSHOT_FP8_MMA=%.40s: expected 0, 1 or 2", fm);
   cuda_backend_t *cb = (cuda_backend_t *)calloc(1, sizeof *cb);
   if (!cb) return es_fail(err, ES_ENOMEM, "cuda backend: out of memory");
   es_backend_t *be = &cb->base;
@@ -514,7 +514,7 @@ extern "C" int es_backend_create_cuda(const es_backend_opts_t *opts, es_backend_
     cb->graphs_off = g && strcmp(g, "0") == 0;
     const char *gv = getenv("EARSHOT_GEMV"); // "0": decode GEMMs through cuBLASLt only (cuda_gemv.h)
     cb->gemv_mode = gv && strcmp(gv, "0") == 0 ? 0 : 1;
-    cb->fp8_mma = !(fm && strcmp(fm, "0") == 0);
+    cb->fp8_mma = fm && *fm ? fm[0] - '0' : 1;
     const char *pd = getenv("EARSHOT_PDL");  // "0": every kernel launched normally (cuda_common.cuh, cuda_launch)
     cb->pdl = !(pd && strcmp(pd, "0") == 0); // and only if the probe below passes
   }

@@ -10,8 +10,9 @@
 //   Instructions, not bytes, bound it: per weight about one decode step, M activation loads and converts and M
 //   FMAs — ~4 at M = 1, which at 4.2 TB/s of weights is most of an H200's issue rate. Measured with
 //   `earshot bench linear` (H200, 2026-11-27), M = 1: 0.39–0.71 of the copy bandwidth (0.35–0.63 before the
-//   sm_89 hardware conversion), where the bf16 GEMV reaches 0.56–0.87; at M = 16, 0.06–0.10. So past
-//   CUDA_FP8_GEMV_MAX_M = 8 rows the weight is dequantised (3 bytes per weight) and cuBLASLt runs the GEMM.
+//   sm_89 hardware conversion), where the bf16 GEMV reaches 0.56–0.87; at M = 16, 0.06–0.10. So this kernel
+//   takes at most CUDA_FP8_GEMV_MAX_M = 8 rows, and only what the tensor-core GEMV (cuda_fp8_mma.cu, bf16, the
+//   default) does not; past it the weight is dequantised to a bf16 copy and cuBLASLt runs the GEMM.
 //
 // The GEMV kernel (fp8_gemv_kernel): one warp per output row n; lane j takes the 16-weight chunks j, j + 32, ...
 // of the row (one 16-byte load each), decodes them two at a time through fp16 (sm_89 and later: one cvt

@@ -1,5 +1,6 @@
 /* cuda_fp8: es_op_linear with an FP8 e4m3 weight (es_backend_upload_weight_fp8) on the CUDA backend.
- *   M <= CUDA_FP8_MMA_MAX_M (decode steps) in bf16 with K % 64 == 0: a weight-only GEMV on tensor cores
+ *   M <= CUDA_FP8_MMA_DEFAULT_M (decode steps; up to CUDA_FP8_MMA_MAX_M in mode 2) in bf16 with K % 64 == 0: a
+ *   weight-only GEMV on tensor cores
  *   (cuda_fp8_mma.cu) that reads each fp8 weight once;
  *   else M <= CUDA_FP8_GEMV_MAX_M: the same on CUDA cores (cuda_fp8.cu);
  *   else (prefill, fp32 compute, odd K) and always in deterministic mode: the weight dequantised into cb->fp8_scratch
@@ -23,14 +24,16 @@ extern "C" {
  * path that ran the GEMV over 16-row chunks up to M = 64 was 10x slower than that at M = 64. */
 #define CUDA_FP8_GEMV_MAX_M 8
 
-/* The largest M the tensor-core fp8 GEMV takes (8 n-tiles of 8 rows: the decode batch of a step). */
+/* The largest M the tensor-core fp8 GEMV takes (8 n-tiles of 8 rows: the decode batch of a step) in mode 2, and
+ * by default (mode 1; cuda_fp8_mma.cu says why). */
 #define CUDA_FP8_MMA_MAX_M 64
+#define CUDA_FP8_MMA_DEFAULT_M 32
 
-/* y[M, N] = act(x[M, K] · (decode(w) · scale)ᵀ + bias) (+ y), for M <= CUDA_FP8_MMA_MAX_M, on tensor cores
- * (cuda_fp8_mma.cu) where cuda_fp8_mma_ok: cb->fp8_mma, bf16 compute, K % 64 == 0, 16-byte aligned weight and x
- * rows. The products are exact for every x within 2^-28 of its row's largest |x| (bf16 x scaled by a power of two
- * is exact in f16 there; smaller ones land in f16 subnormals), so it agrees with cuda_fp8_gemv (which takes the
- * calls it does not) up to the fp32 summation order. */
+/* y[M, N] = act(x[M, K] · (decode(w) · scale)ᵀ + bias) (+ y) on tensor cores (cuda_fp8_mma.cu) where
+ * cuda_fp8_mma_ok: cb->fp8_mma (1: M <= CUDA_FP8_MMA_DEFAULT_M, 2: M <= CUDA_FP8_MMA_MAX_M), bf16 compute,
+ * K % 64 == 0, 16-byte aligned weight and x rows. The products are exact for every x within 2^-28 of its row's largest
+ * |x| (bf16 x scaled by a power of two is exact in f16 there; smaller ones land in f16 subnormals), so it agrees with
+ * cuda_fp8_gemv (which takes the calls it does not) up to the fp32 summation order. */
 int cuda_fp8_mma_ok(const cuda_backend_t *cb, const void *x, int64_t ldx, const es_weight_t *w, int64_t M);
 int cuda_fp8_mma(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w,
                  const es_weight_t *bias, int64_t M, es_act_t act, int accumulate, es_error_t *err);

@@ -1,6 +1,7 @@
 // cuda_fp8_mma: the decode-size fp8 linear (M <= 64 rows of x: a decode step's batch) on tensor cores — the
 // weight-only GEMV of cuda_fp8.cu with its multiply-adds moved from the CUDA cores to mma.sync, and the dequantise
-// + cuBLASLt path's place from 9 to 64 rows (which moved 5 bytes per weight). See cuda_fp8.h.
+// + cuBLASLt path's place from 9 to 32 rows by default (that path writes and reads a bf16 copy of every weight).
+// See cuda_fp8.h.
 //
 // Why: the CUDA-core fp8 GEMV issues ~4 instructions per weight at M = 1 (decode the code, convert, load and
 // widen x, FMA) and M times the activation work at M rows; measured on an H200 it streams its 1-byte weights at
@@ -8,8 +9,11 @@
 // one mma.sync m16n8k16 takes 256 weights and 8 rows of x; per weight a lane issues 1/8 of a conversion
 // (cvt.rn.f16x2.e4m3x2 on sm_89+: 2 codes, exact) and ~1/64 of the rest, so the kernel is left to the bytes, and
 // M = 2..8 cost what M = 1 costs; each further 8 rows (an n-tile) add their activation loads and 4 mma per 1 KB
-// of weights. Every block reads all of x (M · K · 2 bytes, from L2): at M = 64 that is ~8x the weight bytes
-// for K = 4096 — L2 traffic, still less than the dequantise path's 3 extra bytes of DRAM per weight.
+// of weights. Every block reads all of x twice (the scale pre-pass, then the loop: 2 · M · K · 2 bytes from L2
+// per 16 · K weight bytes): 4x the weight bytes at M = 16, 16x at M = 64, and each n-tile repeats the activation
+// work in every block — so by default (cb->fp8_mma = 1) it takes up to CUDA_FP8_MMA_DEFAULT_M = 32 rows, where it
+// should beat dequantise + cuBLASLt (~67 µs for q|k|v at any M, H200); mode 2 takes up to 64 for `bench linear`
+// to find the crossover (unmeasured: no GPU when this was written).
 // Napkin math (Qwen2-Audio-7B, fp8 decoder linears 6.48 GB + bf16 lm_head 1.28 GB per step): at 4.2 TB/s copy
 // (H200) 1.84 ms per step; the target (issue 9) is fp8 decode >= 1.6x bf16.
 //
@@ -152,6 +156,7 @@ __global__ void __launch_bounds__(FP8M_WARPS * 32)
       fp8x16_to_f16x2(a[u][1], hhi);
 #pragma unroll
       for (int nt = 0; nt < NT; nt++) {
+        if (8 * nt >= M) break; // a tile of padding rows (NT is M rounded up): block-uniform, no arithmetic
         float xv[16];
         if (xr[nt]) {
           fp8m_load_x(xr[nt] + j * FP8M_KSTEP + 16 * t, xv);
@@ -215,7 +220,8 @@ static int launch(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64
   case 1: launch_nt<1>(cb, y, ldy, x, ldx, w, bias, M, act, accumulate); break;
   case 2: launch_nt<2>(cb, y, ldy, x, ldx, w, bias, M, act, accumulate); break;
   case 4: launch_nt<4>(cb, y, ldy, x, ldx, w, bias, M, act, accumulate); break;
-  default: launch_nt<8>(cb, y, ldy, x, ldx, w, bias, M, act, accumulate); break;
+  case 8: launch_nt<8>(cb, y, ldy, x, ldx, w, bias, M, act, accumulate); break;
+  default: return es_fail(err, ES_EINTERNAL, "%s: fp8 MMA GEMV with %lld rows", cb->base.name, (long long)M);
   }
   ES_CUDA_LAUNCHED(err);
   return ES_OK;
@@ -223,9 +229,10 @@ static int launch(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64
 
 extern "C" int cuda_fp8_mma_ok(const cuda_backend_t *cb, const void *x, int64_t ldx, const es_weight_t *w, int64_t M) {
   const size_t e = cuda_act_size(cb);
-  return cb->fp8_mma && cb->base.act_dtype == ES_DT_BF16 && M >= 1 && M <= CUDA_FP8_MMA_MAX_M &&
-         w->n1 % FP8M_KSTEP == 0 && (uintptr_t)w->data % 16 == 0 && (uintptr_t)x % 16 == 0 &&
-         ((size_t)ldx * e) % 16 == 0 && (w->n0 + FP8M_ROWS - 1) / FP8M_ROWS <= 0x7fffffff;
+  const int64_t max_m = cb->fp8_mma == 2 ? CUDA_FP8_MMA_MAX_M : CUDA_FP8_MMA_DEFAULT_M;
+  return cb->fp8_mma && cb->base.act_dtype == ES_DT_BF16 && M >= 1 && M <= max_m && w->n1 % FP8M_KSTEP == 0 &&
+         (uintptr_t)w->data % 16 == 0 && (uintptr_t)x % 16 == 0 && ((size_t)ldx * e) % 16 == 0 &&
+         (w->n0 + FP8M_ROWS - 1) / FP8M_ROWS <= 0x7fffffff;
 }
 
 extern "C" int cuda_fp8_mma(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w,
@@ -238,12 +245,14 @@ extern "C" int cuda_fp8_mma(cuda_backend_t *cb, void *y, int64_t ldy, const void
   return rc;
 }
 
-extern "C" int cuda_backend_set_fp8_mma(es_backend_t *be, int on, es_error_t *err) {
+extern "C" int cuda_backend_set_fp8_mma(es_backend_t *be, int mode, es_error_t *err) {
   cuda_backend_t *cb = cuda_hook_backend(be, "fp8 MMA", err);
   if (!cb) return ES_EINVAL;
-  int rc = cuda_hook_change(cb, "fp8 MMA", cb->fp8_mma != (on != 0), err);
+  if (mode < 0 || mode > 2)
+    return es_fail(err, ES_EINVAL, "fp8 MMA mode %d (0 off, 1 up to 32 rows, 2 up to 64)", mode);
+  int rc = cuda_hook_change(cb, "fp8 MMA", cb->fp8_mma != mode, err);
   if (rc) return rc;
-  cb->fp8_mma = on != 0;
+  cb->fp8_mma = mode;
   return ES_OK;
 }
 

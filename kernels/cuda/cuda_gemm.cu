@@ -384,10 +384,11 @@ extern "C" int cuda_op_linear(es_backend_t *be, void *y, int64_t ldy, const void
   if (overlaps(x, (size_t)((M - 1) * ldx + K) * e, y, (size_t)((M - 1) * ldy + N) * e))
     return es_fail(err, ES_EINVAL, "linear: y overlaps x (in-place is not supported)");
   if (w->dtype == ES_DT_FP8E4M3) { /* ---- fp8 weights ---- (cuda_fp8.h: GEMV for decode, else dequantise) */
-    // Deterministic mode: one path for every M. The GEMVs (M <= 64 / 8) and dequantise + GEMM (larger M) sum a row in
-    // different orders, so a row computed in a batch of 8 and of 9 would differ — what the mode forbids
-    // (backend.h). The dequantise path with the shape's one algorithm (or the plain kernel) is M-invariant.
-    if (!be->opts.deterministic && cuda_fp8_mma_ok(cb, x, ldx, w, M)) /* tensor cores, up to 64 rows */
+    // Deterministic mode: one path for every M. The GEMVs (tensor cores up to 32 or 64 rows, CUDA cores up to 8) and
+    // dequantise + GEMM (larger M) sum a row in different orders, so a row computed in a batch of 32 and of 33
+    // would differ — what the mode forbids (backend.h). The dequantise path with the shape's one algorithm (or the
+    // plain kernel) is M-invariant.
+    if (!be->opts.deterministic && cuda_fp8_mma_ok(cb, x, ldx, w, M)) /* tensor cores (cuda_fp8.h) */
       return cuda_fp8_mma(cb, y, ldy, x, ldx, w, bias, M, act, accumulate, err);
     if (M <= CUDA_FP8_GEMV_MAX_M && !be->opts.deterministic)
       return cuda_fp8_gemv(cb, y, ldy, x, ldx, w, bias, M, act, accumulate, err);

@@ -2,7 +2,7 @@
  * a dequantised double reference), in both compute dtypes:
  *   - the uploaded codes and scales are byte-identical to the CPU backend's (the same host quantiser, staged
  *     in row chunks through the pinned buffers: one weight larger than a staging buffer);
- *   - es_op_linear with an fp8 weight for M = 1 .. 300 (the tensor-core GEMV up to 64 rows where it fits, the
+ *   - es_op_linear with an fp8 weight for M = 1 .. 300 (the tensor-core GEMV up to 32 or 64 rows where it fits, the
  *     CUDA-core GEMV up to CUDA_FP8_GEMV_MAX_M = 8, the
  *     dequantise + cuBLASLt path above), odd K and N (the GEMV's byte-at-a-time loop), strided rows, bias,
  *     GELU and accumulate, GPU outputs poisoned first; tolerance as test_cuda_ops' GEMMs, plus, on the
@@ -10,8 +10,9 @@
  *   - the GEMV is batch-invariant: a row alone equals (memcmp) the same row among 8.
  * Every case up to 8 rows runs twice: on the tensor-core GEMV (cuda_fp8_mma.cu; where it takes the call — bf16,
  * up to 64 rows, K a multiple of 64, 16-byte aligned rows — which the test checks through
- * cuda_backend_fp8_mma_calls) and on the CUDA-core GEMV (cuda_backend_set_fp8_mma off). The batch invariance is
- * checked at 8 rows and at 40 (5 n-tiles of the tensor-core GEMV). Shapes include the 7B model's K (4096, 11008).
+ * cuda_backend_fp8_mma_calls) and on the CUDA-core GEMV (cuda_backend_set_fp8_mma off), and up to 64 rows in its
+ * mode 2. The batch invariance is checked at 8 rows and at 32 and 40 (4 and 8 n-tiles of the tensor-core GEMV).
+ * Shapes include the 7B model's K (4096, 11008).
  * Skips (exit 77) without the CUDA backend or without a GPU.
  */
 #include "kernel_test.h"
@@ -65,7 +66,7 @@ done:
   kt_weight_free(&w);
 }
 
-/* Past CUDA_FP8_GEMV_MAX_M rows the GPU dequantises the weight into the compute dtype and runs the ordinary
+/* Past the GEMVs' rows the GPU dequantises the weight into the compute dtype and runs the ordinary
  * GEMM; in bf16 that rounds every weight decode(q)·scale once more, by up to half its spacing (at most 2^-8 of
  * itself), which the CPU's fp32 weights do not. Those errors are independent and uniform, so output (m, n) moves
  * by a sum with standard deviation at most 2^-8/√3 · sqrt(Σ_k (x[m,k] · w[n,k])²): allow six of them, per
@@ -113,7 +114,8 @@ static void test_linear(es_backend_t *cpu, es_backend_t *gpu, es_dtype_t dt, int
   int mma_want = 0; /* the tensor-core GEMV takes exactly the calls it can: bf16, M <= 64, K % 64, aligned x */
 #ifdef ES_HAVE_CUDA_BACKEND
   const int64_t mma0 = cuda_backend_fp8_mma_calls(gpu);
-  mma_want = cuda_backend_fp8_mma(gpu) && dt == ES_DT_BF16 && M <= CUDA_FP8_MMA_MAX_M && K % 64 == 0 &&
+  mma_want = cuda_backend_fp8_mma(gpu) && dt == ES_DT_BF16 &&
+             M <= (cuda_backend_fp8_mma(gpu) == 2 ? CUDA_FP8_MMA_MAX_M : CUDA_FP8_MMA_DEFAULT_M) && K % 64 == 0 &&
              (ldx * (int64_t)es_dtype_size(dt)) % 16 == 0;
 #endif
   T_CHECK(es_op_linear(gpu, yg, ldy, xg, ldx, &wg, bias ? &bg : NULL, M, act, acc, &err) == 0, "%s: gpu: %s", what,
@@ -144,7 +146,8 @@ done:
   kt_weight_free(&b);
 }
 
-/* GEMV rows alone vs among M (8: the CUDA-core GEMV's most; 40: 5 n-tiles of the tensor-core one): the same bits. */
+/* GEMV rows alone vs among M (8: the CUDA-core GEMV's most; 32 and 40: 4 and 8 n-tiles of the tensor-core one):
+ * the same bits. */
 static void test_gemv_invariance(es_backend_t *gpu, es_dtype_t dt, int64_t M) {
   const int64_t K = 512, N = 200;
   es_error_t err;
@@ -206,22 +209,33 @@ int main(void) {
       test_upload(cpu, gpu, 37, 33);
       static const int64_t Ms[] = {1, 2, 3, 5, 8, 13, 16, 17, 64, 300};
       static const int64_t KN[][2] = {{64, 96}, {33, 65}, {1024, 384}, {208, 257}, {16, 1}, {4096, 40}, {11008, 17}};
-      for (int mma = 1; mma >= 0; mma--) { /* the tensor-core GEMV (default), then the CUDA-core one */
+      /* tensor-core GEMV modes: 1 (the default: up to 32 rows), 2 (up to 64: only what it adds), 0 (off: the
+       * CUDA-core GEMV, and dequantise + cuBLASLt for the larger cases mode 1 took on tensor cores) */
+      static const int modes_mma[3] = {1, 2, 0};
+      for (int pass = 0; pass < 3; pass++) {
+        const int mma = modes_mma[pass];
 #ifdef ES_HAVE_CUDA_BACKEND
         T_CHECK(cuda_backend_set_fp8_mma(gpu, mma, &err) == 0, "set_fp8_mma: %s", err.msg);
 #endif
         for (size_t i = 0; i < sizeof Ms / sizeof Ms[0]; i++)
           for (size_t j = 0; j < sizeof KN / sizeof KN[0]; j++) {
+            const int64_t M = Ms[i], K = KN[j][0];
+            const int fits = dt == ES_DT_BF16 && K % 64 == 0; /* the tensor-core GEMV's shapes (strides aligned) */
+            if (mma == 2 && !(fits && M > 32 && M <= 64)) continue;
+            if (mma == 0 && M > DEQUANT_PAST_M && !(fits && M <= 32)) continue; /* dequantised in pass 0 */
             size_t v = i + j;
-            if (!mma && Ms[i] > DEQUANT_PAST_M) continue; /* the dequantise path ran already */
-            test_linear(cpu, gpu, dt, Ms[i], KN[j][0], KN[j][1], (int)(v % 2), v % 3 == 1 ? ES_ACT_GELU : ES_ACT_NONE,
-                        v % 3 == 2, (int)(v % 4 == 3));
+            test_linear(cpu, gpu, dt, M, K, KN[j][1], (int)(v % 2), v % 3 == 1 ? ES_ACT_GELU : ES_ACT_NONE, v % 3 == 2,
+                        (int)(v % 4 == 3));
           }
+        if (mma == 2) {
+          if (dt == ES_DT_BF16) test_gemv_invariance(gpu, dt, 40); /* 8 n-tiles, 3 of them padding */
+          continue;
+        }
         test_linear(cpu, gpu, dt, 4, 128, 64, 1, ES_ACT_GELU, 1, 1);   /* act + accumulate, strided, in the GEMV */
         test_linear(cpu, gpu, dt, 8, 4096, 48, 1, ES_ACT_NONE, 1, 1);  /* the 7B K, aligned stride */
         test_linear(cpu, gpu, dt, 100, 128, 64, 1, ES_ACT_GELU, 1, 1); /* ... and through the plain GEMM */
         test_gemv_invariance(gpu, dt, 8);
-        if (mma && dt == ES_DT_BF16) test_gemv_invariance(gpu, dt, 40);
+        if (mma == 1 && dt == ES_DT_BF16) test_gemv_invariance(gpu, dt, 32); /* 4 n-tiles */
       }
     }
     es_backend_free(gpu);

@@ -12,8 +12,9 @@
  *     mma steps — gives exactly Σ_k w[n][k] · x[m][k] over the 64 columns, for every M up to 8.
  *   - block: the whole kernel for one block (8 warps over every 8th super step, the per-row power-of-two scaling
  *     of x from each warp's largest |x|, the partials scaled back, summed in warp order by the epilogue threads
- *     through fp8m_out, per n-tile of 8 rows) for M = 1, 3, 8, 9, 27, 64, N not a multiple of 16, K of 1 .. 33
- *     super steps, against the exact sum.
+ *     through fp8m_out) for M = 1, 3, 8, N not a multiple of 16, K of 1 .. 33 super steps, against the exact
+ *     sum; for 9, 27 and 64 rows the same per n-tile of 8 rows (which checks the tile count and the tiles'
+ *     placement; the kernel's own n-tile indexing is checked on the GPU, test_cuda_fp8).
  *   - scale: fp8m_x_scale_exp puts a row's largest |x| into [2^14, 2^15), and 2^e · 2^−e == 1, over 300 binades
  *     and for 0, subnormals, inf and NaN.
  *   - out: the epilogue's 128 threads cover the 16 × 8 outputs once each, at the lane and float the C table says.
