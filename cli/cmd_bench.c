@@ -246,6 +246,29 @@ static double decoder_bytes(const model_config_t *c, es_dtype_t dt) {
 
 /* The next ids of B sequences, greedy, sampled on the backend from the step's device logits (the engine's path:
  * only the ids cross to the host). */
+#ifdef ES_HAVE_CUDA_BACKEND
+/* The CUDA settings `bench model`'s comparison runs change (one each), as the timed runs had them: each comparison
+ * run puts them all back first, so it differs from the timed runs in its one setting only, whatever ran before it. */
+typedef struct {
+  int graphs, gemv, pdl, fp8_mma;
+  cuda_flash_t flash;
+} timed_settings_t;
+
+static void timed_settings_get(const es_backend_t *be, timed_settings_t *s) {
+  s->graphs = es_backend_graphs_supported(be);
+  s->gemv = cuda_backend_gemv_mode(be);
+  s->pdl = cuda_backend_pdl(be);
+  s->fp8_mma = cuda_backend_fp8_mma(be);
+  s->flash = cuda_backend_flash(be);
+}
+
+static int timed_settings_put(es_backend_t *be, const timed_settings_t *s, es_error_t *err) {
+  return cuda_backend_set_graphs(be, s->graphs, err) || cuda_backend_set_gemv(be, s->gemv, err) ||
+         cuda_backend_set_pdl(be, s->pdl, err) || cuda_backend_set_flash(be, s->flash, err) ||
+         cuda_backend_set_fp8_mma(be, s->fp8_mma, err);
+}
+#endif
+
 static int next_ids(es_backend_t *be, float *logits_dev, int B, int64_t step, int32_t *tokens_dev, int32_t *next,
                     es_error_t *err) {
   es_sample_row_t rows[64];
@@ -456,7 +479,9 @@ static int bench_model(int argc, char **argv) {
   double flash_ttft_ms = 0;
   int n_step = 0, n_eager = 0, n_nogemv = 0, n_nopdl = 0, n_gemvall = 0, n_fp8cc = 0;
 #ifdef ES_HAVE_CUDA_BACKEND
-  int graphs_were_on = 0; /* graphs on when the graphs-off run began (not refused by then): on again after it */
+  const int is_cuda = strncmp(es_backend_name(bm.be), "cuda", 4) == 0;
+  timed_settings_t timed_cfg; /* taken when the first comparison run begins */
+  memset(&timed_cfg, 0, sizeof timed_cfg);
 #endif
   int cmp_gemv_all = 0; /* only where a decode step has GEMV-sized linears the default leaves to cuBLASLt */
 #ifdef ES_HAVE_CUDA_BACKEND
@@ -466,9 +491,9 @@ static int bench_model(int argc, char **argv) {
                       comparison: the CUDA-core GEMV up to 8 rows, dequantise + cuBLASLt above */
 #ifdef ES_HAVE_CUDA_BACKEND
   const int fp8_mode = cuda_backend_fp8_mma(bm.be); /* as the timed runs have it */
-  cmp_fp8 = ro.quantization == RT_QUANT_FP8 && !ro.deterministic && cuda_backend_fp8_mma(bm.be) &&
+  cmp_fp8 = ro.quantization == RT_QUANT_FP8 && !ro.deterministic && fp8_mode &&
             es_backend_act_dtype(bm.be) == ES_DT_BF16 &&
-            B <= (cuda_backend_fp8_mma(bm.be) == 2 ? CUDA_FP8_MMA_MAX_M : CUDA_FP8_MMA_DEFAULT_M);
+            B <= (fp8_mode == 2 ? CUDA_FP8_MMA_MAX_M : CUDA_FP8_MMA_DEFAULT_M);
 #endif
   /* --profile: one last run op by op (graphs off: a replay would be one record), GEMV as in the timed runs */
   const int extra_runs = cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash + cmp_gemv_all + cmp_fp8 + profile;
@@ -484,41 +509,18 @@ static int bench_model(int argc, char **argv) {
     const int timed = run >= warmup && extra < 0;
     if (extra == 0) qa_model_graph_stats(bm.m, &gs); /* the warm-up and timed runs' steps, not the comparisons' */
 #ifdef ES_HAVE_CUDA_BACKEND
-    if (eager_run) {
-      graphs_were_on = es_backend_graphs_supported(bm.be);
-      if (cuda_backend_set_graphs(bm.be, 0, &err)) goto done;
-    }
+    /* a comparison run: every setting back as the timed runs had it, then its one change */
+    if (extra == 0 && is_cuda) timed_settings_get(bm.be, &timed_cfg);
+    if (extra >= 0 && is_cuda && timed_settings_put(bm.be, &timed_cfg, &err)) goto done;
+    if ((eager_run || (prof_run && is_cuda)) && cuda_backend_set_graphs(bm.be, 0, &err)) goto done;
     if (nogemv_run) {
-      /* graphs back on only if the graphs-off run turned them off: with EARSHOT_CUDA_GRAPHS=0 (or after a refused
-       * recording) the timed runs ran op by op, and so must this one to be compared with them */
-      if ((graphs_were_on && cuda_backend_set_graphs(bm.be, 1, &err)) || cuda_backend_set_gemv(bm.be, 0, &err))
-        goto done;
+      if (cuda_backend_set_gemv(bm.be, 0, &err)) goto done;
       qa_model_forget_graphs(bm.m); /* the GEMM plans for M = B do not exist yet: warm up before recording */
     }
-    if (nopdl_run && ((cmp_gemv && cuda_backend_set_gemv(bm.be, gemv_mode, &err)) ||
-                      (graphs_were_on && cuda_backend_set_graphs(bm.be, 1, &err)) ||
-                      cuda_backend_set_pdl(bm.be, 0, &err))) /* everything else as in the timed runs */
-      goto done;
-    if (flash_run &&
-        ((cmp_gemv && cuda_backend_set_gemv(bm.be, gemv_mode, &err)) ||
-         (graphs_were_on && cuda_backend_set_graphs(bm.be, 1, &err)) ||
-         (cmp_pdl && cuda_backend_set_pdl(bm.be, 1, &err)) || cuda_backend_set_flash(bm.be, CUDA_FLASH_WGMMA, &err)))
-      goto done;
-    if (gemv_all_run &&
-        ((graphs_were_on && cuda_backend_set_graphs(bm.be, 1, &err)) ||
-         (cmp_pdl && cuda_backend_set_pdl(bm.be, 1, &err)) ||
-         (cmp_flash && cuda_backend_set_flash(bm.be, CUDA_FLASH_MMA, &err)) || cuda_backend_set_gemv(bm.be, 2, &err)))
-      goto done;
-    if (fp8_run && ((graphs_were_on && cuda_backend_set_graphs(bm.be, 1, &err)) ||
-                    (cmp_pdl && cuda_backend_set_pdl(bm.be, 1, &err)) ||
-                    (cmp_flash && cuda_backend_set_flash(bm.be, CUDA_FLASH_MMA, &err)) ||
-                    cuda_backend_set_fp8_mma(bm.be, 0, &err)))
-      goto done;
-    if (prof_run && strncmp(es_backend_name(bm.be), "cuda", 4) == 0 &&
-        (cuda_backend_set_graphs(bm.be, 0, &err) || (cmp_gemv && cuda_backend_set_gemv(bm.be, gemv_mode, &err)) ||
-         (cmp_pdl && cuda_backend_set_pdl(bm.be, 1, &err)) ||
-         (cmp_flash && cuda_backend_set_flash(bm.be, CUDA_FLASH_MMA, &err)) ||
-         (cmp_fp8 && cuda_backend_set_fp8_mma(bm.be, fp8_mode, &err))))
+    if ((nopdl_run && cuda_backend_set_pdl(bm.be, 0, &err)) ||
+        (flash_run && cuda_backend_set_flash(bm.be, CUDA_FLASH_WGMMA, &err)) ||
+        (gemv_all_run && cuda_backend_set_gemv(bm.be, 2, &err)) ||
+        (fp8_run && cuda_backend_set_fp8_mma(bm.be, 0, &err)))
       goto done;
 #endif
     if (prof_run && es_backend_profile_start(bm.be, 4096, &err)) goto done;
