@@ -312,9 +312,8 @@ static int fa_dense(cuda_backend_t *cb, void *out, const void *q, int64_t ldq, c
                     es_error_t *err) {
   constexpr int BR = fa_cfg<D>::BR;
   for (int64_t b0 = 0; b0 < B; b0 += FA_LENS) {
-    const int64_t nb = B - b0 < FA_LENS ? B - b0 : FA_LENS;
     fa_lens_t lens;
-    for (int64_t i = 0; i < FA_LENS; i++) lens.n[i] = i < nb ? valid_len[b0 + i] : 0;
+    const int64_t nb = fa_lens_at(valid_len, B, b0, &lens);
     dim3 grid((unsigned)((T + BR - 1) / BR), (unsigned)H, (unsigned)nb);
     fa_dense_kernel<D><<<grid, FA_THREADS, fa_cfg<D>::SMEM, cb->stream>>>(
         (bf16 *)out, (const bf16 *)q, ldq, (const bf16 *)k, ldk, (const bf16 *)v, ldv, T, H, sl, b0, lens);

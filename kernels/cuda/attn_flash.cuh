@@ -41,6 +41,14 @@ struct fa_lens_t {
   int32_t n[FA_LENS];
 };
 
+// The launch of batch entries b0 .. of B: their valid lengths (host array valid_len) in *lens, zeros past B; returns
+// how many entries it holds (the grid's z). The dense launchers loop b0 = 0, FA_LENS, ... < B.
+static inline int64_t fa_lens_at(const int32_t *valid_len, int64_t B, int64_t b0, fa_lens_t *lens) {
+  const int64_t nb = B - b0 < FA_LENS ? B - b0 : FA_LENS;
+  for (int64_t i = 0; i < FA_LENS; i++) lens->n[i] = i < nb ? valid_len[b0 + i] : 0;
+  return nb;
+}
+
 // Prefill block (qt, h, s) of a grid over (query tiles of br rows, heads, sequences): its query tile and keys.
 // Returns false when the block has nothing to do (the sequence has fewer than min_q new tokens — it belongs to
 // the decode kernel — or fewer than qt + 1 tiles); the answer is the same for every thread of the block.
