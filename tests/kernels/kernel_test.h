@@ -49,6 +49,27 @@ static inline uint16_t kt_to_bf16(float f, float *rounded) {
   return h;
 }
 
+/* The float a bf16 bit pattern holds (exactly), and f rounded to bf16 as bits. */
+static inline float kt_bf16_value(uint16_t h) {
+  uint32_t b = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &b, 4);
+  return f;
+}
+static inline uint16_t kt_bf16_bits(float f) {
+  float r;
+  return kt_to_bf16(f, &r);
+}
+
+/* Half e (0: the low 16 bits) of a 32-bit register of two 16-bit values, and two halves packed into one (lo in the
+ * low bits) — the register view of the mma fragment emulations. */
+static inline uint16_t kt_half(uint32_t r, int e) {
+  return (uint16_t)(e ? r >> 16 : r & 0xffffu);
+}
+static inline uint32_t kt_pack2(uint16_t lo, uint16_t hi) {
+  return (uint32_t)lo | (uint32_t)hi << 16;
+}
+
 /* IEEE half with round-to-nearest-even (|f| < 65504); the rounded value is computed from the fields. */
 static inline uint16_t kt_to_f16(float f, float *rounded) {
   uint16_t sign = signbit(f) ? 0x8000 : 0;

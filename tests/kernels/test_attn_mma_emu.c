@@ -39,16 +39,6 @@ static int emu_mt(int D) {
   return D == 64 ? 2 : 1;
 }
 
-static float bf(uint16_t h) {
-  uint32_t b = (uint32_t)h << 16;
-  float f;
-  memcpy(&f, &b, 4);
-  return f;
-}
-static uint16_t to_bf(float f) {
-  float r;
-  return kt_to_bf16(f, &r);
-}
 static const uint16_t BF_NAN = 0x7fc0;
 
 /* ---- the hardware, from the PTX ISA's tables (not from attn_mma_math.h) ------------------------------- */
@@ -72,13 +62,6 @@ static void ptx_c(int lane, int i, int *row, int *col) {
   *col = t * 2 + (i & 1);
 }
 
-static uint16_t half_of(uint32_t r, int e) {
-  return (uint16_t)(e ? r >> 16 : r & 0xffffu);
-}
-static uint32_t pack(uint16_t lo, uint16_t hi) {
-  return (uint32_t)lo | (uint32_t)hi << 16;
-}
-
 /* d[lane][0..3] += A·B over the warp's registers a[lane][0..3], b[lane][0..1] (mma.m16n8k16.row.col). */
 static int emu_mma(float d[32][4], const uint32_t a[32][4], const uint32_t b[32][2]) {
   float A[16][16], B[16][8];
@@ -87,13 +70,13 @@ static int emu_mma(float d[32][4], const uint32_t a[32][4], const uint32_t b[32]
     for (int i = 0; i < 8; i++) {
       int r, c;
       ptx_a(lane, i, &r, &c);
-      A[r][c] = bf(half_of(a[lane][i / 2], i % 2));
+      A[r][c] = kt_bf16_value(kt_half(a[lane][i / 2], i % 2));
       na[r][c]++;
     }
     for (int i = 0; i < 4; i++) {
       int r, c;
       ptx_b(lane, i, &r, &c);
-      B[r][c] = bf(half_of(b[lane][i / 2], i % 2));
+      B[r][c] = kt_bf16_value(kt_half(b[lane][i / 2], i % 2));
       nb[r][c]++;
     }
   }
@@ -122,8 +105,8 @@ static int emu_ldmatrix_x4(uint32_t r[32][4], const uint16_t *sm, int64_t sm_ele
     }
   for (int l = 0; l < 32; l++)
     for (int i = 0; i < 4; i++)
-      r[l][i] = trans ? pack(M[i][2 * (l % 4)][l / 4], M[i][2 * (l % 4) + 1][l / 4])
-                      : pack(M[i][l / 4][2 * (l % 4)], M[i][l / 4][2 * (l % 4) + 1]);
+      r[l][i] = trans ? kt_pack2(M[i][2 * (l % 4)][l / 4], M[i][2 * (l % 4) + 1][l / 4])
+                      : kt_pack2(M[i][l / 4][2 * (l % 4)], M[i][l / 4][2 * (l % 4) + 1]);
   return 1;
 }
 
@@ -137,9 +120,9 @@ static void test_qk(int D, int warp) {
   const int MT = emu_mt(D), LDS = D + EMU_PAD, KS = D / 16, NT = EMU_BC / 8, BR = EMU_WARPS * 16 * MT;
   const int ldq = D + 24; /* a row stride that is not D, as a fused QKV output */
   uint16_t *q = malloc(sizeof(uint16_t) * (size_t)(BR * ldq)), *ks = malloc(sizeof(uint16_t) * (size_t)(EMU_BC * LDS));
-  for (int i = 0; i < BR * ldq; i++) q[i] = to_bf((float)(kt_int(9) - 4));
+  for (int i = 0; i < BR * ldq; i++) q[i] = kt_bf16_bits((float)(kt_int(9) - 4));
   for (int j = 0; j < EMU_BC; j++)
-    for (int c = 0; c < LDS; c++) ks[j * LDS + c] = c < D ? to_bf((float)(kt_int(9) - 4)) : BF_NAN;
+    for (int c = 0; c < LDS; c++) ks[j * LDS + c] = c < D ? kt_bf16_bits((float)(kt_int(9) - 4)) : BF_NAN;
   int bad = 0, layout_ok = 1;
   for (int mt = 0; mt < MT; mt++) {
     const int rw = attn_fa_warp_row(warp, mt, MT);
@@ -149,7 +132,7 @@ static void test_qk(int D, int warp) {
         for (int reg = 0; reg < 4; reg++) { /* as the kernel: a b32 load at (row, col) of the A layout */
           const uint16_t *p = q + (rw + attn_mma_a_row(lane, reg)) * ldq + kk * 16 + attn_mma_a_col(lane, reg, 0);
           layout_ok &= attn_mma_a_col(lane, reg, 1) == attn_mma_a_col(lane, reg, 0) + 1;
-          qf[kk][lane][reg] = pack(p[0], p[1]);
+          qf[kk][lane][reg] = kt_pack2(p[0], p[1]);
         }
     for (int nt = 0; nt < NT; nt++) {
       float s[32][4] = {{0}};
@@ -169,7 +152,7 @@ static void test_qk(int D, int warp) {
         for (int i = 0; i < 4; i++) {
           const int r = rw + attn_mma_c_row(lane, i), j = nt * 8 + attn_mma_c_col(lane, i);
           double ref = 0;
-          for (int d = 0; d < D; d++) ref += (double)bf(q[r * ldq + d]) * bf(ks[j * LDS + d]);
+          for (int d = 0; d < D; d++) ref += (double)kt_bf16_value(q[r * ldq + d]) * kt_bf16_value(ks[j * LDS + d]);
           if (!(s[lane][i] == (float)ref) && bad++ < 5)
             fprintf(stderr, "qk D=%d warp %d: S[%d][%d] = %g, want %g (lane %d, float %d)\n", D, warp, r, j,
                     (double)s[lane][i], ref, lane, i);
@@ -187,7 +170,7 @@ static void test_pv(int D) {
   uint16_t *vs = malloc(sizeof(uint16_t) * (size_t)(EMU_BC * LDS));
   float P[16][EMU_BC];
   for (int j = 0; j < EMU_BC; j++)
-    for (int c = 0; c < LDS; c++) vs[j * LDS + c] = c < D ? to_bf((float)(kt_int(9) - 4)) : BF_NAN;
+    for (int c = 0; c < LDS; c++) vs[j * LDS + c] = c < D ? kt_bf16_bits((float)(kt_int(9) - 4)) : BF_NAN;
   for (int r = 0; r < 16; r++)
     for (int j = 0; j < EMU_BC; j++) P[r][j] = (float)(kt_int(7) - 3);
   /* S's C fragments holding P, as the softmax leaves them */
@@ -203,7 +186,7 @@ static void test_pv(int D) {
     for (int lane = 0; lane < 32; lane++)
       for (int reg = 0; reg < 4; reg++) {
         const float *sc = s[2 * kc + attn_mma_p_ntile(reg)][lane];
-        pa[lane][reg] = pack(to_bf(sc[attn_mma_p_elem(reg)]), to_bf(sc[attn_mma_p_elem(reg) + 1]));
+        pa[lane][reg] = kt_pack2(kt_bf16_bits(sc[attn_mma_p_elem(reg)]), kt_bf16_bits(sc[attn_mma_p_elem(reg) + 1]));
       }
     for (int dp = 0; dp < D / 16; dp++) {
       int addr[32];
@@ -223,7 +206,7 @@ static void test_pv(int D) {
       for (int i = 0; i < 4; i++) {
         const int r = attn_mma_c_row(lane, i), c = dt * 8 + attn_mma_c_col(lane, i);
         double ref = 0;
-        for (int j = 0; j < EMU_BC; j++) ref += (double)P[r][j] * bf(vs[j * LDS + c]);
+        for (int j = 0; j < EMU_BC; j++) ref += (double)P[r][j] * kt_bf16_value(vs[j * LDS + c]);
         if (!(o[dt][lane][i] == (float)ref) && bad++ < 5)
           fprintf(stderr, "pv D=%d: O[%d][%d] = %g, want %g\n", D, r, c, (double)o[dt][lane][i], ref);
       }
@@ -326,7 +309,7 @@ static void emu_fa_tile(int D, const emu_rows_t *t, emu_src_t *src, float sl, ui
           for (int reg = 0; reg < 4; reg++) {
             const int r = rw + attn_mma_a_row(lane, reg);
             const uint16_t *p = t->q + (int64_t)r * t->ldq + kk * 16 + attn_mma_a_col(lane, reg, 0);
-            qf[w][mt][kk][lane][reg] = r < t->n_rows ? pack(p[0], p[1]) : 0u;
+            qf[w][mt][kk][lane][reg] = r < t->n_rows ? kt_pack2(p[0], p[1]) : 0u;
           }
         for (int dt = 0; dt < DT; dt++)
           for (int i = 0; i < 4; i++) o[w][mt][dt][lane][i] = 0.0f;
@@ -407,7 +390,8 @@ static void emu_fa_tile(int D, const emu_rows_t *t, emu_src_t *src, float sl, ui
           for (int lane = 0; lane < 32; lane++)
             for (int reg = 0; reg < 4; reg++) {
               const float *sc = s[2 * kc + attn_mma_p_ntile(reg)][lane];
-              pa[lane][reg] = pack(to_bf(sc[attn_mma_p_elem(reg)]), to_bf(sc[attn_mma_p_elem(reg) + 1]));
+              pa[lane][reg] =
+                  kt_pack2(kt_bf16_bits(sc[attn_mma_p_elem(reg)]), kt_bf16_bits(sc[attn_mma_p_elem(reg) + 1]));
             }
           for (int dp = 0; dp < D / 16; dp++) {
             int addr[32];
@@ -439,8 +423,8 @@ static void emu_fa_tile(int D, const emu_rows_t *t, emu_src_t *src, float sl, ui
           uint16_t *orow = t->out + (int64_t)r * t->ldo;
           for (int dt = 0; dt < DT; dt++) {
             const int c = dt * 8 + attn_mma_c_col(lane, 2 * hf);
-            orow[c] = to_bf(o[w][mt][dt][lane][2 * hf] * inv);
-            orow[c + 1] = to_bf(o[w][mt][dt][lane][2 * hf + 1] * inv);
+            orow[c] = kt_bf16_bits(o[w][mt][dt][lane][2 * hf] * inv);
+            orow[c + 1] = kt_bf16_bits(o[w][mt][dt][lane][2 * hf + 1] * inv);
           }
         }
       }
@@ -452,7 +436,7 @@ static void ref_row(double *out, double *vmax, int D, const uint16_t *q, emu_src
   for (int j = 0; j < n; j++) {
     const uint16_t *k = emu_row(src, j, 0);
     double a = 0;
-    for (int d = 0; d < D; d++) a += (double)bf(q[d]) * bf(k[d]);
+    for (int d = 0; d < D; d++) a += (double)kt_bf16_value(q[d]) * kt_bf16_value(k[d]);
     s[j] = a * scale;
     if (s[j] > m) m = s[j];
   }
@@ -463,8 +447,8 @@ static void ref_row(double *out, double *vmax, int D, const uint16_t *q, emu_src
     double w = exp(s[j] - m);
     sum += w;
     for (int d = 0; d < D; d++) {
-      out[d] += w * bf(v[d]);
-      if (fabs(bf(v[d])) > *vmax) *vmax = fabs(bf(v[d]));
+      out[d] += w * kt_bf16_value(v[d]);
+      if (fabs(kt_bf16_value(v[d])) > *vmax) *vmax = fabs(kt_bf16_value(v[d]));
     }
   }
   for (int d = 0; d < D; d++) out[d] /= sum;
@@ -482,7 +466,7 @@ static int check_block(const char *what, int D, const emu_rows_t *t, emu_src_t *
     const int lim = attn_fa_row_lim(t->causal, t->lim0, t->n_rows, r);
     ref_row(ref, &vmax, D, t->q + (int64_t)r * t->ldq, src, lim, scale);
     for (int d = 0; d < D; d++) {
-      const double got = bf(t->out[(int64_t)r * t->ldo + d]);
+      const double got = kt_bf16_value(t->out[(int64_t)r * t->ldo + d]);
       /* P rounded to bf16 (2^-9 relative) and the output rounded once: 1/64 of the largest |v| is ~4x that */
       if (!(fabs(got - ref[d]) <= vmax / 64 + 1e-6) && bad++ < 5)
         fprintf(stderr, "%s D=%d: row %d col %d = %g, want %g (lim %d)\n", what, D, r, d, got, ref[d], lim);
@@ -504,13 +488,13 @@ static void test_dense(int D, int T, int valid_len) {
   uint16_t *q = malloc(sizeof(uint16_t) * (size_t)(rows_alloc * ld)), *k = malloc(sizeof(uint16_t) * (size_t)(T * ld)),
            *v = malloc(sizeof(uint16_t) * (size_t)(T * ld)),
            *out = malloc(sizeof(uint16_t) * (size_t)(rows_alloc * H * D));
-  for (int i = 0; i < rows_alloc * ld; i++) q[i] = i < T * ld ? to_bf(kt_uniform(-2, 2)) : BF_NAN;
+  for (int i = 0; i < rows_alloc * ld; i++) q[i] = i < T * ld ? kt_bf16_bits(kt_uniform(-2, 2)) : BF_NAN;
   for (int i = 0; i < T * ld; i++) {
-    k[i] = to_bf(kt_uniform(-2, 2));
-    v[i] = to_bf(kt_uniform(-1, 1));
+    k[i] = kt_bf16_bits(kt_uniform(-2, 2));
+    v[i] = kt_bf16_bits(kt_uniform(-1, 1));
   }
   for (int j = valid_len; j < T; j++) /* padded keys: huge, so a key the mask misses dominates its row */
-    for (int d = 0; d < ld; d++) k[j * ld + d] = to_bf(100.0f), v[j * ld + d] = to_bf(1000.0f);
+    for (int d = 0; d < ld; d++) k[j * ld + d] = kt_bf16_bits(100.0f), v[j * ld + d] = kt_bf16_bits(1000.0f);
   memset(out, 0xff, sizeof(uint16_t) * (size_t)(rows_alloc * H * D));
   int layout_ok = 1, bad = 0;
   emu_src_t src = {k + h * D, v + h * D, ld, NULL, 0, 0, 0, 0, D, 0, valid_len, 0};
@@ -558,9 +542,9 @@ static void test_paged(int D, int q_len, int ctx_len) {
   for (int j = 0; j < ctx_len; j++)
     for (int which = 0; which < 2; which++) {
       int64_t off = attn_kv_pos_offset(table, j, layer, n_blocks, which, H, h, D);
-      for (int d = 0; d < D; d++) pool[off + d] = to_bf(which ? kt_uniform(-1, 1) : kt_uniform(-2, 2));
+      for (int d = 0; d < D; d++) pool[off + d] = kt_bf16_bits(which ? kt_uniform(-1, 1) : kt_uniform(-2, 2));
     }
-  for (int i = 0; i < rows_alloc * ldq; i++) q[i] = i < q_len * ldq ? to_bf(kt_uniform(-2, 2)) : BF_NAN;
+  for (int i = 0; i < rows_alloc * ldq; i++) q[i] = i < q_len * ldq ? kt_bf16_bits(kt_uniform(-2, 2)) : BF_NAN;
   memset(out, 0xff, sizeof(uint16_t) * (size_t)(rows_alloc * H * D));
   int layout_ok = 1, bad = 0;
   const int n_qt = (q_len + BR - 1) / BR;

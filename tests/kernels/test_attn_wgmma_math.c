@@ -29,23 +29,6 @@
 #define MAXD 128
 #define MAXBC 128
 
-static float bf(uint16_t h) {
-  uint32_t b = (uint32_t)h << 16;
-  float f;
-  memcpy(&f, &b, 4);
-  return f;
-}
-static uint16_t to_bf(float f) {
-  float r;
-  return kt_to_bf16(f, &r);
-}
-static uint16_t half_of(uint32_t r, int e) {
-  return (uint16_t)(e ? r >> 16 : r & 0xffffu);
-}
-static uint32_t pack(uint16_t lo, uint16_t hi) {
-  return (uint32_t)lo | (uint32_t)hi << 16;
-}
-
 /* ---- the hardware (PTX ISA / CUTLASS), not from the helpers ------------------------------------------- */
 
 typedef struct {
@@ -98,7 +81,7 @@ static int emu_wgmma(float (*d)[MAXBC / 2 > MAXD / 2 ? MAXBC / 2 : MAXD / 2], co
       for (int e = 0; e < 2; e++) {
         int row, col;
         ptx_a(tid, r, e, &row, &col);
-        A[row][col] = bf(half_of(a[tid][r], e));
+        A[row][col] = kt_bf16_value(kt_half(a[tid][r], e));
         na[row][col]++;
       }
   for (int row = 0; row < 64; row++)
@@ -109,7 +92,7 @@ static int emu_wgmma(float (*d)[MAXBC / 2 > MAXD / 2 ? MAXBC / 2 : MAXD / 2], co
     for (int n = 0; n < N; n++) {
       const uint32_t addr = trans ? ptx_b_mnmajor(ds, k, n) : ptx_b_kmajor(ds, n, k);
       if (addr % 2 || addr + 2 > tile_bytes) return 0;
-      B[k][n] = bf(tile[addr / 2]);
+      B[k][n] = kt_bf16_value(tile[addr / 2]);
     }
   for (int tid = 0; tid < 128; tid++)
     for (int i = 0; i < N / 2; i++) {
@@ -185,8 +168,9 @@ static void test_gemm(int D, int bc) {
   const uint32_t bytes = (uint32_t)(bc * D * 2);
   uint16_t *q = malloc(sizeof(uint16_t) * (size_t)(64 * ldq)), *k = malloc(sizeof(uint16_t) * (size_t)(bc * D)),
            *v = malloc(sizeof(uint16_t) * (size_t)(bc * D)), *kt = malloc(bytes), *vt = malloc(bytes);
-  for (int i = 0; i < 64 * ldq; i++) q[i] = to_bf((float)(kt_int(9) - 4));
-  for (int i = 0; i < bc * D; i++) k[i] = to_bf((float)(kt_int(9) - 4)), v[i] = to_bf((float)(kt_int(9) - 4));
+  for (int i = 0; i < 64 * ldq; i++) q[i] = kt_bf16_bits((float)(kt_int(9) - 4));
+  for (int i = 0; i < bc * D; i++)
+    k[i] = kt_bf16_bits((float)(kt_int(9) - 4)), v[i] = kt_bf16_bits((float)(kt_int(9) - 4));
   T_REQUIRE(kernel_fill(kt, k, bc, D) && kernel_fill(vt, v, bc, D), "gemm: tile copy");
 
   static uint32_t qf[MAXD / 16][128][4], pa[MAXBC / 16][128][4];
@@ -197,7 +181,7 @@ static void test_gemm(int D, int bc) {
     for (int kk = 0; kk < KS; kk++)
       for (int reg = 0; reg < 4; reg++) {
         const uint16_t *p = q + (row_w + attn_mma_a_row(lane, reg)) * ldq + kk * 16 + attn_mma_a_col(lane, reg, 0);
-        qf[kk][tid][reg] = pack(p[0], p[1]);
+        qf[kk][tid][reg] = kt_pack2(p[0], p[1]);
       }
     for (int i = 0; i < ACC; i++) s[tid][i] = o[tid][i] = 0.0f;
   }
@@ -215,7 +199,7 @@ static void test_gemm(int D, int bc) {
         for (int e = 0; e < 2; e++) {
           const int r = row_w + attn_mma_c_row(lane, 2 * hf), j = nt * 8 + attn_mma_c_col(lane, 2 * hf + e);
           double ref = 0;
-          for (int d = 0; d < D; d++) ref += (double)bf(q[r * ldq + d]) * bf(k[j * D + d]);
+          for (int d = 0; d < D; d++) ref += (double)kt_bf16_value(q[r * ldq + d]) * kt_bf16_value(k[j * D + d]);
           if (!(s[tid][4 * nt + 2 * hf + e] == (float)ref) && bad++ < 5)
             fprintf(stderr, "gemm D=%d bc=%d: S[%d][%d] = %g, want %g\n", D, bc, r, j,
                     (double)s[tid][4 * nt + 2 * hf + e], ref);
@@ -234,7 +218,7 @@ static void test_gemm(int D, int bc) {
     for (int kc = 0; kc < KC; kc++)
       for (int reg = 0; reg < 4; reg++) {
         const float *sc = s[tid] + 4 * (2 * kc + attn_mma_p_ntile(reg));
-        pa[kc][tid][reg] = pack(to_bf(sc[attn_mma_p_elem(reg)]), to_bf(sc[attn_mma_p_elem(reg) + 1]));
+        pa[kc][tid][reg] = kt_pack2(kt_bf16_bits(sc[attn_mma_p_elem(reg)]), kt_bf16_bits(sc[attn_mma_p_elem(reg) + 1]));
       }
   }
   for (int kc = 0; kc < KC; kc++) {
@@ -251,7 +235,7 @@ static void test_gemm(int D, int bc) {
         for (int e = 0; e < 2; e++) {
           const int r = row_w + attn_mma_c_row(lane, 2 * hf), c = dt * 8 + attn_mma_c_col(lane, 2 * hf + e);
           double ref = 0;
-          for (int j = 0; j < bc; j++) ref += (double)P[r][j] * bf(v[j * D + c]);
+          for (int j = 0; j < bc; j++) ref += (double)P[r][j] * kt_bf16_value(v[j * D + c]);
           if (!(o[tid][4 * dt + 2 * hf + e] == (float)ref) && bad++ < 5)
             fprintf(stderr, "gemm D=%d bc=%d: O[%d][%d] = %g, want %g\n", D, bc, r, c,
                     (double)o[tid][4 * dt + 2 * hf + e], ref);
