@@ -23,6 +23,9 @@ int cmd_run(int argc, char **argv);
 #ifdef EARSHOT_HAVE_SERVER
 int cmd_serve(int argc, char **argv);
 #endif
+#ifdef EARSHOT_HAVE_AIRBENCH
+int cmd_airbench(int argc, char **argv);
+#endif
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 
@@ -33,6 +36,9 @@ static const command_t COMMANDS[] = {
     {"run", "answer one turn about audio files, streamed to stdout (--json for one object)", cmd_run},
 #ifdef EARSHOT_HAVE_SERVER
     {"serve", "the OpenAI-compatible HTTP server (chat completions, audio analysis, transcriptions)", cmd_serve},
+#endif
+#ifdef EARSHOT_HAVE_AIRBENCH
+    {"airbench", "AIR-Bench batch evaluation: answer the benchmark (resumable), score the results", cmd_airbench},
 #endif
     {"tokenize", "text or a chat file (--chat) -> token ids, as a JSON array", cmd_tokenize},
     {"detokenize", "token ids -> text", cmd_detokenize},
