@@ -6,8 +6,10 @@
  *          tokens, at least 1; the checkpoint's repetition penalty applies, as transformers' generate() applies
  *          it with do_sample=False). Each finished answer is appended to the track's result file
  *          (eval/airbench_results.h) at once, so a run stopped at any point — Ctrl-C, a crash, a lost machine —
- *          is resumed by running the same command again: finished items are skipped, failed ones retried.
- *          Items whose audio is missing are listed and skipped (the official scripts skip them too).
+ *          is resumed by running the same command again: finished items are skipped, items whose run failed
+ *          are retried, items that failed on their own input (undecodable audio) are kept unless
+ *          --retry-input-errors. Items whose audio is missing are listed and skipped (the official scripts skip
+ *          them too). A file written with other settings is never resumed (airbench_results.h).
  *          A manifest (what ran, how, counts, throughput) is written beside each result file; the Foundation
  *          track is scored at the end.
  *   score  Foundation accuracy from a result file (the official parse rule), or the Chat scores from the
@@ -15,7 +17,9 @@
  *
  * Threads: the main thread decodes audio, submits and writes the result files; the engine thread calls
  * on_event, which only copies text and hands finished items back under the run's mutex.
- * Exit codes: 0 success, 1 failure (or items that failed: see the manifest), 2 usage, 130 interrupted.
+ * Exit codes: 0 success (items that fail on their own input — undecodable or too short audio — are recorded with
+ * their error and do not count), 1 failure or items whose run failed (a rerun retries them), 2 usage,
+ * 130 interrupted.
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -66,6 +70,8 @@ static void usage(FILE *out) {
                "  --system TEXT            a system prompt instead of the template's default\n"
                "  --concurrency N          items in flight at once (default: the engine's batch + 4)\n"
                "  --no-score               do not score the Foundation track at the end\n"
+               "  --retry-input-errors     rerun items that failed on their own input before (undecodable or too\n"
+               "                           short audio, a prompt over the context); by default a rerun keeps them\n"
                "score: --results FILE scores a Foundation result file (official rule, per subset / task / category);\n"
                "  --judge FILE (Assistant 1 = reference) and --judge-swapped FILE (Assistant 1 = the model) are the\n"
                "  judge outputs of AIR-Bench's score_chat.py (\"gen\") or cal_score.py's input (\"gpt-score\").\n");
@@ -84,6 +90,7 @@ struct slot {
   eng_finish_t finish;
   eng_usage_t usage;
   char error[ES_ERROR_MSG_MAX];
+  int input_error;   /* failed before the engine, on the item's own input (not retried by a rerun) */
   slot_t *next_done; /* the finished list (run_t.done_head), under run_t.mu */
 };
 
@@ -123,12 +130,13 @@ static void on_event(void *ctx, const eng_event_t *ev) {
 
 typedef struct {
   const char *data_root, *system;
-  int raw, max_tokens, concurrency, score;
+  int raw, max_tokens, concurrency, score, retry_input_errors;
   ab_select_t sel;
+  char settings[17]; /* ab_settings_fingerprint of this run */
 } run_opts_t;
 
 typedef struct {
-  size_t selected, done_before, to_run, missing, ran, ok, failed;
+  size_t selected, done_before, input_failed_before, to_run, missing, ran, ok, failed, failed_input, unwritten;
   double audio_seconds, wall_s;
   int interrupted;
   cJSON *missing_list; /* the first AB_MAX_LISTED_MISSING missing audio paths */
@@ -163,8 +171,10 @@ static int build_prompt(rt_t *rt, const run_opts_t *o, ab_track_t track, const c
   return rc;
 }
 
-/* Writes one finished slot's line; frees its text. */
-static int write_slot(ab_results_t *res, ab_track_t track, slot_t *s, run_counts_t *c, es_error_t *err) {
+/* Writes one finished slot's line (unless an earlier write failed: then the answer is counted as unwritten) and
+ * frees the slot. Returns the append's status. */
+static int write_slot(const run_opts_t *o, ab_results_t *res, ab_track_t track, slot_t *s, run_counts_t *c,
+                      es_error_t *err) {
   const char *error = NULL;
   if (s->finish == ENG_FINISH_ERROR || s->finish == ENG_FINISH_CANCELLED)
     error = s->error[0] ? s->error : eng_finish_name(s->finish);
@@ -172,6 +182,8 @@ static int write_slot(ab_results_t *res, ab_track_t track, slot_t *s, run_counts
     error = "out of memory collecting the answer";
   ab_outcome_t oc = {.response = error ? "" : s->text.data,
                      .error = error,
+                     .input_error = s->input_error,
+                     .settings = o->settings,
                      .finish_reason = s->finish == ENG_FINISH_NONE ? NULL : eng_finish_name(s->finish),
                      .n_prompt_tokens = s->usage.prompt_tokens,
                      .n_audio_tokens = s->usage.audio_tokens,
@@ -179,15 +191,24 @@ static int write_slot(ab_results_t *res, ab_track_t track, slot_t *s, run_counts
                      .audio_seconds = s->audio_seconds,
                      .latency_s = error ? NAN : s->usage.total_s,
                      .first_token_s = error ? NAN : s->usage.first_token_s};
-  char *line = ab_result_line(track, s->item, &oc);
-  int rc = line ? ab_results_append(res, line, err) : es_fail(err, ES_ENOMEM, "out of memory for a result line");
-  cJSON_free(line);
+  int rc = ES_OK;
   c->ran++;
   c->audio_seconds += s->audio_seconds;
+  if (res->broken) {
+    c->unwritten++;
+  } else {
+    char *line = ab_result_line(track, s->item, &oc);
+    rc = line ? ab_results_append(res, line, err) : es_fail(err, ES_ENOMEM, "out of memory for a result line");
+    cJSON_free(line);
+    if (rc) c->unwritten++;
+  }
   if (error) {
-    c->failed++;
-    fprintf(stderr, "earshot airbench: %s uniq_id %lld: %s\n", ab_track_name(track),
-            (long long)ab_item_uniq_id(s->item), error);
+    if (s->input_error)
+      c->failed_input++;
+    else
+      c->failed++;
+    fprintf(stderr, "earshot airbench: %s uniq_id %lld: %s%s\n", ab_track_name(track),
+            (long long)ab_item_uniq_id(s->item), error, s->input_error ? " (the item's input; not retried)" : "");
   } else {
     c->ok++;
   }
@@ -196,27 +217,46 @@ static int write_slot(ab_results_t *res, ab_track_t track, slot_t *s, run_counts
   return rc;
 }
 
-/* Writes every finished slot; returns how many (or a negative error). */
-static int drain(run_sync_t *sy, ab_results_t *res, ab_track_t track, run_counts_t *c, es_error_t *err) {
+/* Writes every finished slot; *popped = how many slots were freed. Returns the first write error. */
+static int drain(const run_opts_t *o, run_sync_t *sy, ab_results_t *res, ab_track_t track, run_counts_t *c, int *popped,
+                 es_error_t *err) {
   pthread_mutex_lock(&sy->mu);
   slot_t *list = sy->done_head;
   sy->done_head = NULL;
   pthread_mutex_unlock(&sy->mu);
-  int n = 0, rc = ES_OK;
+  int rc = ES_OK;
+  *popped = 0;
   while (list) {
     slot_t *next = list->next_done;
-    int r = write_slot(res, track, list, c, err);
-    if (r && !rc) rc = r;
+    es_error_t werr;
+    int r = write_slot(o, res, track, list, c, &werr);
+    if (r && !rc) {
+      rc = r;
+      *err = werr;
+    }
     list = next;
-    n++;
+    (*popped)++;
   }
-  return rc ? rc : n;
+  return rc;
 }
 
+/* After the first failed write: say so once and stop submitting; what is in flight finishes unwritten. */
+static void stop_on_write_error(ab_track_t track, const es_error_t *werr, int in_flight, size_t *next, size_t n_todo) {
+  fprintf(stderr,
+          "earshot airbench: %s: %s\nearshot airbench: stopping: no new items; the %d in flight finish unwritten "
+          "(every line in the file is whole; a rerun redoes the rest)\n",
+          ab_track_name(track), werr->msg, in_flight);
+  *next = n_todo;
+}
+
+/* final: 0 while running, 1 at the end, 2 at the end of an interrupted run. */
 static void progress(ab_track_t track, const run_counts_t *c, double t0, int final) {
   double dt = es_now_s() - t0;
   fprintf(stderr, "earshot airbench: %s: %zu of %zu answered (%zu failed), %.2f items/s%s\n", ab_track_name(track),
-          c->ran, c->to_run, c->failed, dt > 0 ? (double)c->ran / dt : 0.0, final ? ", done" : "");
+          c->ran, c->to_run, c->failed, dt > 0 ? (double)c->ran / dt : 0.0,
+          final == 2 ? ", stopped"
+          : final    ? ", done"
+                     : "");
 }
 
 static int run_track(rt_t *rt, const run_opts_t *o, const ab_meta_t *m, ab_results_t *res, run_counts_t *c,
@@ -245,14 +285,27 @@ static int run_track(rt_t *rt, const run_opts_t *o, const ab_meta_t *m, ab_resul
     }
     if ((rc = ab_item_audio_path(o->data_root, track, it, path, sizeof path, err))) goto out;
     if (!es_path_exists(path)) {
-      if (c->missing++ < AB_MAX_LISTED_MISSING) cJSON_AddItemToArray(c->missing_list, cJSON_CreateString(path));
+      if (c->missing++ < AB_MAX_LISTED_MISSING) {
+        cJSON *p = cJSON_CreateString(path);
+        if (!p || !cJSON_AddItemToArray(c->missing_list, p)) {
+          cJSON_Delete(p);
+          rc = es_fail(err, ES_ENOMEM, "out of memory listing missing audio");
+          goto out;
+        }
+      }
       continue;
     }
     todo[n_todo++] = it;
   }
   c->to_run = n_todo;
+  c->input_failed_before = res->n_input_failed;
   fprintf(stderr, "earshot airbench: %s: %zu items selected, %zu done before, %zu missing audio, %zu to run\n",
           ab_track_name(track), c->selected, c->done_before, c->missing, n_todo);
+  if (res->n_input_failed)
+    fprintf(stderr,
+            "earshot airbench: %s: %zu items of the file failed on their input before and are not retried "
+            "(--retry-input-errors retries them)\n",
+            ab_track_name(track), res->n_input_failed);
 
   double t0 = es_now_s(), last_report = t0;
   size_t next = 0;
@@ -260,12 +313,14 @@ static int run_track(rt_t *rt, const run_opts_t *o, const ab_meta_t *m, ab_resul
   audio_decode_opts_t dopts;
   audio_decode_opts_default(&dopts);
   while (next < n_todo || in_flight > 0) {
-    int d = drain(&sy, res, track, c, err);
-    if (d < 0) { /* the result file cannot be written: stop submitting, let the rest finish unwritten */
+    int popped = 0;
+    es_error_t werr;
+    int d = drain(o, &sy, res, track, c, &popped, &werr);
+    in_flight -= popped;
+    if (d && !rc) { /* the result file cannot be written: stop submitting, let the rest finish unwritten */
       rc = d;
-      next = n_todo;
-    } else {
-      in_flight -= d;
+      *err = werr;
+      stop_on_write_error(track, &werr, in_flight, &next, n_todo);
     }
     if (g_interrupted && next < n_todo) {
       fprintf(stderr,
@@ -290,8 +345,8 @@ static int run_track(rt_t *rt, const run_opts_t *o, const ab_meta_t *m, ab_resul
       tok_ids_t ids = {0};
       s->busy = 1;
       s->item = it;
-      ab_item_audio_path(o->data_root, track, it, path, sizeof path, &ierr);
-      int irc = audio_decode_file(path, &dopts, &pcm, &ierr);
+      int irc = ab_item_audio_path(o->data_root, track, it, path, sizeof path, &ierr);
+      if (!irc) irc = audio_decode_file(path, &dopts, &pcm, &ierr);
       if (!irc) s->audio_seconds = (double)pcm.n / 16000.0;
       if (!irc) irc = build_prompt(rt, o, track, it, pcm.n, &ids, &ierr);
       eng_request_t req;
@@ -335,13 +390,15 @@ static int run_track(rt_t *rt, const run_opts_t *o, const ab_meta_t *m, ab_resul
       audio_pcm_free(&pcm);
       tok_ids_free(&ids);
       next++;
-      if (irc) { /* this item failed before it reached the engine: its line says why */
+      if (irc) { /* this item failed on its input before it reached the engine: its line says why */
         s->finish = ENG_FINISH_ERROR;
+        s->input_error = irc != ES_ENOMEM;
         snprintf(s->error, sizeof s->error, "%s", ierr.msg);
-        int w = write_slot(res, track, s, c, err);
-        if (w) {
+        int w = write_slot(o, res, track, s, c, &werr);
+        if (w && !rc) {
           rc = w;
-          next = n_todo;
+          *err = werr;
+          stop_on_write_error(track, &werr, in_flight, &next, n_todo);
         }
       } else {
         in_flight++;
@@ -363,7 +420,7 @@ static int run_track(rt_t *rt, const run_opts_t *o, const ab_meta_t *m, ab_resul
     pthread_mutex_unlock(&sy.mu);
   }
   c->wall_s = es_now_s() - t0;
-  progress(track, c, t0, 1);
+  progress(track, c, t0, c->interrupted || rc ? 2 : 1);
 out:
   if (slots)
     for (int k = 0; k < cap; k++) tok_text_free(&slots[k].text);
@@ -397,6 +454,7 @@ static int write_manifest(const char *result_path, const rt_t *rt, const rt_opts
   cJSON_AddStringToObject(mo, "device", rt->device_desc);
   cJSON_AddStringToObject(mo, "quantization", rt_quantization_name(rt->quantization));
   cJSON_AddBoolToObject(mo, "deterministic", ro->deterministic);
+  cJSON_AddStringToObject(j, "settings", o->settings);
   cJSON *pr = cJSON_AddObjectToObject(j, "prompt");
   cJSON_AddStringToObject(pr, "format", o->raw ? "raw" : "chat");
   if (o->system)
@@ -436,9 +494,13 @@ static int write_manifest(const char *result_path, const rt_t *rt, const rt_opts
   cJSON_AddNumberToObject(co, "missing_audio", (double)c->missing);
   cJSON_AddNumberToObject(co, "ran", (double)c->ran);
   cJSON_AddNumberToObject(co, "answered", (double)c->ok);
-  cJSON_AddNumberToObject(co, "failed", (double)c->failed);
+  cJSON_AddNumberToObject(co, "failed_run", (double)c->failed);
+  cJSON_AddNumberToObject(co, "failed_input", (double)c->failed_input);
+  cJSON_AddNumberToObject(co, "failed_input_before_not_retried", (double)c->input_failed_before);
+  cJSON_AddNumberToObject(co, "unwritten", (double)c->unwritten);
   /* ids done in the whole file (other selections included): those found at the start plus this run's answers */
-  cJSON_AddNumberToObject(co, "done_in_file", (double)(res->n_done + c->ok));
+  cJSON_AddNumberToObject(co, "done_in_file",
+                          (double)(res->n_done + c->ok + (o->retry_input_errors ? 0 : c->failed_input)));
   cJSON_AddItemToObject(j, "missing_audio_first", cJSON_Duplicate(c->missing_list, 1));
   cJSON *ru = cJSON_AddObjectToObject(j, "run");
   cJSON_AddStringToObject(ru, "started_utc", started);
@@ -533,6 +595,8 @@ static int airbench_run(int argc, char **argv) {
       }
     } else if (!strcmp(a, "--no-score")) {
       o.score = 0;
+    } else if (!strcmp(a, "--retry-input-errors")) {
+      o.retry_input_errors = 1;
     } else {
       fprintf(stderr, "earshot airbench run: unknown argument '%s'\n\n", a);
       usage(stderr);
@@ -576,8 +640,12 @@ static int airbench_run(int argc, char **argv) {
   memset(res, 0, sizeof res);
   memset(counts, 0, sizeof counts);
   rt_t rt;
-  /* the data first: a wrong path or a bad meta file is reported before the model is loaded */
-  int n_tracks = 0;
+  /* the data first: a wrong path or a bad meta file is reported before the model is loaded. With --track all a
+   * --task / --dataset value must name something in one of the tracks, and a track it selects nothing of is
+   * skipped (Foundation and Chat task names differ). */
+  int n_tracks = 0, all = want[AB_FOUNDATION] == 2;
+  const ab_meta_t *loaded[2];
+  o.sel.unmatched_ok = all;
   for (int t = 0; t < 2; t++) {
     if (!want[t]) continue;
     char probe[4200];
@@ -587,20 +655,36 @@ static int airbench_run(int argc, char **argv) {
       continue;
     }
     if ((rc = ab_meta_load(o.data_root, (ab_track_t)t, &o.sel, &meta[t], &err))) goto fail;
-    counts[t].selected = meta[t].n_items;
-    counts[t].missing_list = cJSON_CreateArray();
-    n_tracks++;
+    loaded[n_tracks++] = &meta[t];
   }
   if (!n_tracks) {
     rc =
         es_fail(&err, ES_ENOTFOUND, "%s: neither Foundation/Foundation_meta.json nor Chat/Chat_meta.json", o.data_root);
     goto fail;
   }
+  if (all && (rc = ab_meta_check_filters(loaded, n_tracks, &o.sel, &err))) goto fail;
+  for (int t = 0; t < 2; t++) {
+    if (!want[t]) continue;
+    if (all && meta[t].n_items == 0 && (o.sel.tasks || o.sel.datasets)) {
+      fprintf(stderr, "earshot airbench: %s: the --task / --dataset filters select nothing here; skipped\n",
+              ab_track_name((ab_track_t)t));
+      want[t] = 0;
+      continue;
+    }
+    counts[t].selected = meta[t].n_items;
+    if (!(counts[t].missing_list = cJSON_CreateArray())) {
+      rc = es_fail(&err, ES_ENOMEM, "out of memory");
+      goto fail;
+    }
+  }
   char default_name[256], paths[2][4600];
   if (!model_name) {
     default_model_name(&ro, default_name, sizeof default_name);
     model_name = default_name;
   }
+  ab_settings_fingerprint(model_name, o.raw ? "raw" : "chat", o.system, o.max_tokens,
+                          rt_quantization_name(ro.quantization), o.settings);
+  ab_results_opts_t ropts = {.settings = o.settings, .retry_input_errors = o.retry_input_errors};
   /* the result files before the model: a second run on the same files stops here, not after loading */
   for (int t = 0; t < 2; t++) {
     if (!want[t]) continue;
@@ -608,7 +692,7 @@ static int airbench_run(int argc, char **argv) {
     if ((rc = ab_result_file_name((ab_track_t)t, model_name, o.sel.shard_index, o.sel.shard_count, name, sizeof name,
                                   &err)) ||
         (rc = es_path_join(paths[t], sizeof paths[t], out_dir, name, &err)) ||
-        (rc = ab_results_open(paths[t], &res[t], &err)))
+        (rc = ab_results_open(paths[t], &ropts, &res[t], &err)))
       goto fail;
     if (res[t].truncated_tail)
       fprintf(stderr, "earshot airbench: %s: cut a partial last line (a run stopped while writing it)\n", paths[t]);
@@ -628,24 +712,23 @@ static int airbench_run(int argc, char **argv) {
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_signal;
   sa.sa_flags = SA_RESETHAND; /* a second Ctrl-C ends the process at once */
-  sigaction(SIGINT, &sa, NULL);
-  sigaction(SIGTERM, &sa, NULL);
+  if (sigaction(SIGINT, &sa, NULL) || sigaction(SIGTERM, &sa, NULL)) {
+    rc = es_fail(&err, ES_EINTERNAL, "cannot install the Ctrl-C handler: %s", strerror(errno));
+    goto fail;
+  }
 
   int any_failed = 0;
   for (int t = 0; t < 2 && !g_interrupted; t++) {
     if (!want[t]) continue;
     const char *path = paths[t];
     int run_rc = run_track(&rt, &o, &meta[t], &res[t], &counts[t], &err);
-    es_error_t cerr;
-    int c_rc = ab_results_compact(&res[t], &cerr);
-    int m_rc = write_manifest(path, &rt, &ro, &o, &meta[t], model_name, &counts[t], &res[t], started, &cerr);
-    if (run_rc) {
-      rc = run_rc;
-      goto fail;
-    }
-    if (c_rc || m_rc) {
-      err = cerr;
-      rc = c_rc ? c_rc : m_rc;
+    es_error_t cerr, merr;
+    int c_rc = run_rc ? ES_OK : ab_results_compact(&res[t], &cerr);
+    int m_rc = write_manifest(path, &rt, &ro, &o, &meta[t], model_name, &counts[t], &res[t], started, &merr);
+    if (run_rc || c_rc || m_rc) {
+      rc = run_rc ? run_rc : c_rc ? c_rc : m_rc;
+      if (!run_rc) err = c_rc ? cerr : merr;
+      if (!run_rc && c_rc && m_rc) fprintf(stderr, "earshot airbench run: %s\n", merr.msg);
       goto fail;
     }
     any_failed |= counts[t].failed > 0;
@@ -663,7 +746,7 @@ static int airbench_run(int argc, char **argv) {
   if (g_interrupted)
     fprintf(stderr, "earshot airbench: interrupted; run the same command again to resume\n");
   else if (any_failed)
-    fprintf(stderr, "earshot airbench: some items failed (see their \"error\"); a rerun retries them\n");
+    fprintf(stderr, "earshot airbench: some items failed in the run (see their \"error\"); a rerun retries them\n");
   goto out;
 fail:
   fprintf(stderr, "earshot airbench run: %s\n", err.msg);

@@ -53,26 +53,38 @@ static int in_list(const char *list, const char *name) {
   return 0;
 }
 
-/* Every entry of list names something some item has under key. */
-static int check_list(const cJSON *root, const char *list, const char *key, const char *flag, const char *meta,
+/* Every entry of list names something some item of the n meta files has under key. */
+static int check_list(const ab_meta_t *const *metas, int n, const char *list, const char *key, const char *flag,
                       es_error_t *err) {
   if (!list || !*list) return ES_OK;
   for (const char *p = list; *p;) {
     const char *c = strchr(p, ',');
     size_t len = c ? (size_t)(c - p) : strlen(p);
     int found = 0;
-    const cJSON *it;
-    cJSON_ArrayForEach(it, root) {
-      const char *v = ab_item_string(it, key);
-      if (strlen(v) == len && !strncmp(v, p, len)) {
-        found = 1;
-        break;
+    for (int m = 0; m < n && !found; m++) {
+      const cJSON *it;
+      cJSON_ArrayForEach(it, metas[m]->root) {
+        const char *v = ab_item_string(it, key);
+        if (strlen(v) == len && !strncmp(v, p, len)) {
+          found = 1;
+          break;
+        }
       }
     }
-    if (!found) return es_fail(err, ES_EINVAL, "%s '%.*s': no item of %s has that %s", flag, (int)len, p, meta, key);
+    if (!found) {
+      char where[4200] = "";
+      for (int m = 0; m < n; m++)
+        snprintf(where + strlen(where), sizeof where - strlen(where), "%s%s", m ? " or " : "", metas[m]->meta_path);
+      return es_fail(err, ES_EINVAL, "%s '%.*s': no item of %s has that %s", flag, (int)len, p, where, key);
+    }
     p += len + (c != NULL);
   }
   return ES_OK;
+}
+
+int ab_meta_check_filters(const ab_meta_t *const *metas, int n, const ab_select_t *sel, es_error_t *err) {
+  int rc = check_list(metas, n, sel->tasks, "task_name", "--task", err);
+  return rc ? rc : check_list(metas, n, sel->datasets, "dataset_name", "--dataset", err);
 }
 
 static int cmp_i64(const void *a, const void *b) {
@@ -147,9 +159,8 @@ int ab_meta_load(const char *root, ab_track_t track, const ab_select_t *sel, ab_
       rc = es_fail(err, ES_EINVAL, "%s: uniq_id %lld appears more than once", meta, (long long)ids[i]);
       goto fail;
     }
-  if ((rc = check_list(out->root, sel ? sel->tasks : NULL, "task_name", "--task", meta, err)) ||
-      (rc = check_list(out->root, sel ? sel->datasets : NULL, "dataset_name", "--dataset", meta, err)))
-    goto fail;
+  const ab_meta_t *self = out;
+  if (sel && !sel->unmatched_ok && (rc = ab_meta_check_filters(&self, 1, sel, err))) goto fail;
 
   size_t n = 0;
   cJSON_ArrayForEach(it, out->root) {

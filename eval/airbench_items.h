@@ -38,6 +38,8 @@ typedef struct {
   int shard_index;      /* 0-based; with shard_count */
   int shard_count;      /* 0 or 1 = no sharding */
   long limit;           /* 0 = no limit */
+  int unmatched_ok;     /* 1: a filter value that names nothing in this track is not an error (several tracks
+                           are searched; ab_meta_check_filters checks them together) */
 } ab_select_t;
 
 typedef struct {
@@ -57,6 +59,10 @@ typedef struct {
  * file is an error too (a typo should not run zero items quietly). */
 int ab_meta_load(const char *root, ab_track_t track, const ab_select_t *sel, ab_meta_t *out, es_error_t *err);
 void ab_meta_free(ab_meta_t *m);
+
+/* Every --task / --dataset value of sel names something in at least one of the n meta files (their whole
+ * item lists, before selection); else an error naming the value. */
+int ab_meta_check_filters(const ab_meta_t *const *metas, int n, const ab_select_t *sel, es_error_t *err);
 
 int64_t ab_item_uniq_id(const cJSON *item);
 const char *ab_item_string(const cJSON *item, const char *key); /* the string field, or NULL */

@@ -38,9 +38,16 @@ char *ab_result_line(ab_track_t track, const cJSON *item, const ab_outcome_t *o)
   size_t n_keys =
       track == AB_CHAT ? sizeof CHAT_KEYS / sizeof *CHAT_KEYS : sizeof FOUNDATION_KEYS / sizeof *FOUNDATION_KEYS;
   for (size_t k = 0; ok && k < n_keys; k++) ok = add_copy(line, item, keys[k]);
-  ok = ok && cJSON_AddStringToObject(line, "response", o->response ? o->response : "");
+  /* a failed item: "" for score_foundation.py (it strips the response), null for score_chat.py (it skips null
+   * responses; "" would be judged as an empty answer) */
+  if (o->error && track == AB_CHAT)
+    ok = ok && cJSON_AddNullToObject(line, "response");
+  else
+    ok = ok && cJSON_AddStringToObject(line, "response", o->response && !o->error ? o->response : "");
   ok = ok && add_copy(line, item, "uniq_id");
   ok = ok && (o->error ? cJSON_AddStringToObject(line, "error", o->error) : cJSON_AddNullToObject(line, "error"));
+  ok = ok && (o->error ? cJSON_AddStringToObject(line, "error_kind", o->input_error ? "input" : "run")
+                       : cJSON_AddNullToObject(line, "error_kind"));
   ok = ok && (o->finish_reason ? cJSON_AddStringToObject(line, "finish_reason", o->finish_reason)
                                : cJSON_AddNullToObject(line, "finish_reason"));
   ok = ok && cJSON_AddNumberToObject(line, "n_prompt_tokens", o->n_prompt_tokens);
@@ -50,6 +57,8 @@ char *ab_result_line(ab_track_t track, const cJSON *item, const ab_outcome_t *o)
   ok = ok && add_number_or_null(line, "audio_seconds", round(o->audio_seconds * 1000.0) / 1000.0);
   ok = ok && add_number_or_null(line, "latency_ms", round(o->latency_s * 1e4) / 10.0);
   ok = ok && add_number_or_null(line, "first_token_ms", round(o->first_token_s * 1e4) / 10.0);
+  ok = ok &&
+       (o->settings ? cJSON_AddStringToObject(line, "settings", o->settings) : cJSON_AddNullToObject(line, "settings"));
   char *s = ok ? cJSON_PrintUnformatted(line) : NULL;
   cJSON_Delete(line);
   return s;
@@ -75,12 +84,32 @@ int ab_result_file_name(ab_track_t track, const char *model, int shard_index, in
   return ES_OK;
 }
 
+static uint64_t fnv1a64_add(uint64_t h, const char *s) {
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+  return (h ^ 0xff) * 0x100000001b3ull; /* a separator byte no UTF-8 text holds */
+}
+
+void ab_settings_fingerprint(const char *model_name, const char *prompt_format, const char *system, int max_new_tokens,
+                             const char *quantization, char out[17]) {
+  char tokens[32];
+  snprintf(tokens, sizeof tokens, "%d", max_new_tokens);
+  uint64_t h = 0xcbf29ce484222325ull;
+  h = fnv1a64_add(h, "earshot-airbench-settings-1");
+  h = fnv1a64_add(h, model_name ? model_name : "");
+  h = fnv1a64_add(h, prompt_format ? prompt_format : "");
+  h = fnv1a64_add(h, system ? system : "(default)");
+  h = fnv1a64_add(h, tokens);
+  h = fnv1a64_add(h, quantization ? quantization : "");
+  snprintf(out, 17, "%016llx", (unsigned long long)h);
+}
+
 /* ---- reading what a file holds ---- */
 
 typedef struct {
   int64_t id;
   size_t order; /* record index: the last one of an id wins */
   int ok;       /* error absent or null */
+  int input;    /* failed, error_kind "input" */
 } id_rec_t;
 
 static int cmp_rec(const void *a, const void *b) {
@@ -102,7 +131,10 @@ static int collect_ids(const char *path, const jsonl_t *j, id_rec_t **out, es_er
                      j->line_numbers[i]);
     }
     const cJSON *e = cJSON_GetObjectItemCaseSensitive(j->records[i], "error");
-    (*out)[i] = (id_rec_t){(int64_t)id->valuedouble, i, !e || cJSON_IsNull(e)};
+    const cJSON *kind = cJSON_GetObjectItemCaseSensitive(j->records[i], "error_kind");
+    int ok = !e || cJSON_IsNull(e);
+    (*out)[i] =
+        (id_rec_t){(int64_t)id->valuedouble, i, ok, !ok && cJSON_IsString(kind) && !strcmp(kind->valuestring, "input")};
   }
   qsort(*out, j->n, sizeof **out, cmp_rec);
   return ES_OK;
@@ -136,28 +168,71 @@ static int read_fd(int fd, const char *path, char **data, size_t *len, es_error_
 
 void ab_results_close(ab_results_t *r) {
   if (!r) return;
-  if (r->f) fclose(r->f); /* closing the descriptor drops the lock */
+  if (r->path[0] && r->fd >= 0) close(r->fd); /* closing the descriptor drops the lock */
   free(r->done);
   memset(r, 0, sizeof *r);
+  r->fd = -1;
 }
 
-static int open_locked(const char *path, int flags, es_error_t *err) {
-  int fd = open(path, flags | O_CLOEXEC, 0644);
-  if (fd < 0) return es_fail(err, ES_EIO, "%s: cannot open: %s", path, strerror(errno));
-  if (flock(fd, LOCK_EX | LOCK_NB)) {
-    int e = errno;
-    close(fd);
-    if (e == EWOULDBLOCK) return es_fail(err, ES_EIO, "%s: another run is writing this file", path);
-    return es_fail(err, ES_EIO, "%s: cannot lock: %s", path, strerror(e));
+/* Syncs the folder holding path, so that a rename into it survives a power loss. */
+static int sync_dir_of(const char *path, es_error_t *err) {
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s", path);
+  char *slash = strrchr(dir, '/');
+  if (slash == dir)
+    dir[1] = '\0';
+  else if (slash)
+    *slash = '\0';
+  else
+    snprintf(dir, sizeof dir, ".");
+  int fd = open(dir, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return es_fail(err, ES_EIO, "%s: cannot open to sync: %s", dir, strerror(errno));
+  int rc = fsync(fd) && errno != EINVAL ? es_fail(err, ES_EIO, "%s: fsync: %s", dir, strerror(errno)) : ES_OK;
+  close(fd);
+  return rc;
+}
+
+/* Opens path and takes its lock; the descriptor is then checked to be the file still at path (the previous
+ * holder may have renamed a rewrite over it while we waited for nothing: the old file would be locked by us
+ * and unreachable), else it tries again. truncate: cut the file to 0 once it is ours. */
+static int open_locked(const char *path, int flags, int truncate, es_error_t *err) {
+  for (int attempt = 0; attempt < 8; attempt++) {
+    int fd = open(path, flags | O_CLOEXEC, 0644);
+    if (fd < 0) return es_fail(err, ES_EIO, "%s: cannot open: %s", path, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB)) {
+      int e = errno;
+      close(fd);
+      if (e == EWOULDBLOCK) return es_fail(err, ES_EIO, "%s: another run is writing this file", path);
+      return es_fail(err, ES_EIO, "%s: cannot lock: %s", path, strerror(e));
+    }
+    struct stat held, named;
+    if (fstat(fd, &held) == 0 && stat(path, &named) == 0 && held.st_dev == named.st_dev &&
+        held.st_ino == named.st_ino) {
+      if (truncate && ftruncate(fd, 0)) {
+        int e = errno;
+        close(fd);
+        return es_fail(err, ES_EIO, "%s: cannot truncate: %s", path, strerror(e));
+      }
+      return fd;
+    }
+    close(fd); /* replaced under us: open the file now at the path */
   }
-  return fd;
+  return es_fail(err, ES_EIO, "%s: the file keeps being replaced by another process", path);
 }
 
-int ab_results_open(const char *path, ab_results_t *r, es_error_t *err) {
+/* 1 when data[a, b) holds only NUL bytes (a file tail a lost machine left unwritten). */
+static int all_nul(const char *data, size_t a, size_t b) {
+  for (size_t i = a; i < b; i++)
+    if (data[i]) return 0;
+  return a < b;
+}
+
+int ab_results_open(const char *path, const ab_results_opts_t *opts, ab_results_t *r, es_error_t *err) {
   memset(r, 0, sizeof *r);
+  r->fd = -1;
   if (snprintf(r->path, sizeof r->path, "%s", path) >= (int)sizeof r->path)
     return es_fail(err, ES_ETOOBIG, "result path is too long");
-  int fd = open_locked(path, O_RDWR | O_CREAT, err);
+  int fd = open_locked(path, O_RDWR | O_CREAT, 0, err);
   if (fd < 0) return fd;
   char *data = NULL;
   size_t len = 0;
@@ -165,20 +240,22 @@ int ab_results_open(const char *path, ab_results_t *r, es_error_t *err) {
   id_rec_t *recs = NULL;
   int rc = read_fd(fd, path, &data, &len, err);
   if (rc) goto fail;
+  /* a tail of NUL bytes after the last newline: blocks the file system allocated but never got */
+  const char *last_nl = NULL;
+  for (size_t k = len; k > 0 && !last_nl; k--)
+    if (data[k - 1] == '\n') last_nl = data + k - 1;
+  size_t tail = last_nl ? (size_t)(last_nl - data) + 1 : 0;
+  int nul_tail = all_nul(data, tail, len);
   size_t lead = 0;
   while (lead < len && strchr(" \t\r\n", data[lead])) lead++;
   if (lead < len && data[lead] == '[') {
     rc = es_fail(err, ES_EINVAL, "%s: a JSON array, not the JSONL this command appends to", path);
     goto fail;
   }
-  if ((rc = jsonl_parse(path, data, len, &j, err))) goto fail;
+  if ((rc = jsonl_parse(path, data, nul_tail ? tail : len, &j, err))) goto fail;
   if (len && data[len - 1] != '\n') {
-    if (j.truncated_tail) { /* cut the partial line */
-      const char *nl = NULL;
-      for (size_t k = len; k > 0 && !nl; k--)
-        if (data[k - 1] == '\n') nl = data + k - 1;
-      off_t keep = nl ? (off_t)(nl - data) + 1 : 0;
-      if (ftruncate(fd, keep)) {
+    if (j.truncated_tail || nul_tail) { /* cut the partial line */
+      if (ftruncate(fd, (off_t)tail)) {
         rc = es_fail(err, ES_EIO, "%s: cannot cut the partial last line: %s", path, strerror(errno));
         goto fail;
       }
@@ -189,24 +266,45 @@ int ab_results_open(const char *path, ab_results_t *r, es_error_t *err) {
     }
   }
   if ((rc = collect_ids(path, &j, &recs, err))) goto fail;
+  if (opts && opts->settings) {
+    size_t other = 0;
+    const char *example = NULL;
+    for (size_t i = 0; i < j.n; i++) {
+      const cJSON *st = cJSON_GetObjectItemCaseSensitive(j.records[i], "settings");
+      if (cJSON_IsString(st) && strcmp(st->valuestring, opts->settings)) {
+        other++;
+        example = st->valuestring;
+      }
+    }
+    if (other) {
+      rc = es_fail(err, ES_EINVAL,
+                   "%s: %zu lines were made with other settings (fingerprint %s, this run %s: the model name, "
+                   "prompt format, system prompt, max new tokens or quantization differ); resuming would mix two "
+                   "runs in one file: use another --out or --model-name, or the earlier settings",
+                   path, other, example, opts->settings);
+      goto fail;
+    }
+  }
   r->n_lines = j.n;
   r->done = malloc((j.n + 1) * sizeof *r->done);
   if (!r->done) {
     rc = es_fail(err, ES_ENOMEM, "%s: out of memory", path);
     goto fail;
   }
+  int retry_input = opts && opts->retry_input_errors;
   for (size_t i = 0; i < j.n; i++) {
     if (i + 1 < j.n && recs[i + 1].id == recs[i].id) continue; /* not the last line of this id */
-    if (recs[i].ok)
+    if (recs[i].ok || (recs[i].input && !retry_input))
       r->done[r->n_done++] = recs[i].id;
     else
       r->n_failed++;
+    r->n_input_failed += recs[i].input && !retry_input;
   }
-  r->f = fdopen(fd, "a");
-  if (!r->f) {
+  if (lseek(fd, 0, SEEK_END) < 0) {
     rc = es_fail(err, ES_EIO, "%s: %s", path, strerror(errno));
     goto fail;
   }
+  r->fd = fd;
   free(recs);
   jsonl_free(&j);
   free(data);
@@ -234,14 +332,35 @@ int ab_results_done(const ab_results_t *r, int64_t id) {
 }
 
 int ab_results_append(ab_results_t *r, const char *line, es_error_t *err) {
+  if (r->broken) return es_fail(err, ES_EIO, "%s: an earlier write failed; no more lines are written", r->path);
   size_t n = strlen(line);
-  if (fwrite(line, 1, n, r->f) != n || fputc('\n', r->f) == EOF || fflush(r->f))
-    return es_fail(err, ES_EIO, "%s: write failed: %s", r->path, strerror(errno));
-  return ES_OK;
+  char *buf = malloc(n + 1);
+  if (!buf) return es_fail(err, ES_ENOMEM, "%s: out of memory for a line", r->path);
+  memcpy(buf, line, n);
+  buf[n] = '\n';
+  off_t start = lseek(r->fd, 0, SEEK_END);
+  size_t done = 0;
+  int e = start < 0 ? errno : 0;
+  while (!e && done < n + 1) {
+    ssize_t w = write(r->fd, buf + done, n + 1 - done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0)
+      e = w < 0 ? errno : EIO;
+    else
+      done += (size_t)w;
+  }
+  if (!e && fdatasync(r->fd)) e = errno;
+  free(buf);
+  if (!e) return ES_OK;
+  r->broken = 1;
+  /* undo a partial line so the file stays whole lines (what a later run can read) */
+  int cut = start >= 0 && ftruncate(r->fd, start) == 0;
+  return es_fail(err, ES_EIO, "%s: write failed: %s%s", r->path, strerror(e),
+                 cut ? "" : " (and the partial line could not be removed: the next run cuts it)");
 }
 
 int ab_results_compact(ab_results_t *r, es_error_t *err) {
-  if (fflush(r->f)) return es_fail(err, ES_EIO, "%s: write failed: %s", r->path, strerror(errno));
+  if (r->broken) return es_fail(err, ES_EIO, "%s: an earlier write failed; not rewritten", r->path);
   char tmp[4200];
   snprintf(tmp, sizeof tmp, "%s.tmp", r->path);
   char *data = NULL;
@@ -249,17 +368,20 @@ int ab_results_compact(ab_results_t *r, es_error_t *err) {
   jsonl_t j = {0};
   id_rec_t *recs = NULL;
   FILE *out = NULL;
-  int rc = read_fd(fileno(r->f), r->path, &data, &len, err);
+  int rc = read_fd(r->fd, r->path, &data, &len, err);
   if (!rc) rc = jsonl_parse(r->path, data, len, &j, err);
   if (!rc) rc = collect_ids(r->path, &j, &recs, err);
   if (rc) goto done;
-  int fd = open_locked(tmp, O_WRONLY | O_CREAT | O_TRUNC, err);
+  /* opened without O_TRUNC and emptied only once locked: another run's rewrite in progress is never cut */
+  int fd = open_locked(tmp, O_WRONLY | O_CREAT, 1, err);
   if (fd < 0) {
     rc = fd;
     goto done;
   }
-  out = fdopen(fd, "w");
+  int out_fd = dup(fd); /* fclose(out) closes its own copy; fd (locked) is kept */
+  out = out_fd >= 0 ? fdopen(out_fd, "w") : NULL;
   if (!out) {
+    if (out_fd >= 0) close(out_fd);
     close(fd);
     rc = es_fail(err, ES_EIO, "%s: %s", tmp, strerror(errno));
     goto done;
@@ -273,18 +395,19 @@ int ab_results_compact(ab_results_t *r, es_error_t *err) {
       rc = es_fail(err, ES_EIO, "%s: write failed", tmp);
     cJSON_free(s);
   }
-  if (!rc && (fflush(out) || fsync(fileno(out))))
-    rc = es_fail(err, ES_EIO, "%s: write failed: %s", tmp, strerror(errno));
+  if (!rc && (fflush(out) || fsync(fd))) rc = es_fail(err, ES_EIO, "%s: write failed: %s", tmp, strerror(errno));
+  if (fclose(out) && !rc) rc = es_fail(err, ES_EIO, "%s: write failed: %s", tmp, strerror(errno));
   if (!rc && rename(tmp, r->path))
     rc = es_fail(err, ES_EIO, "cannot rename %s over %s: %s", tmp, r->path, strerror(errno));
   if (rc) {
-    fclose(out);
     unlink(tmp);
+    close(fd);
     goto done;
   }
-  fclose(r->f); /* the old file's lock goes with it; out (locked) is the file under the name now */
-  r->f = out;
-  if (fseek(r->f, 0, SEEK_END)) rc = es_fail(err, ES_EIO, "%s: %s", r->path, strerror(errno));
+  close(r->fd); /* the old file's lock goes with it; fd (locked) is the file under the name now */
+  r->fd = fd;
+  if (lseek(r->fd, 0, SEEK_END) < 0) rc = es_fail(err, ES_EIO, "%s: %s", r->path, strerror(errno));
+  if (!rc) rc = sync_dir_of(r->path, err);
 done:
   free(recs);
   jsonl_free(&j);

@@ -3,10 +3,12 @@
  * the sorted rewrite) on hand-made files in the build folder (argv[1]). */
 #include <fcntl.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -157,6 +159,8 @@ static void test_meta(void) {
     T_CHECK(rc == ES_EINVAL && strstr(err.msg, bad[k].expect), "bad meta %zu: rc %d, '%s'", k, rc, err.msg);
   }
   write_text(p, FOUNDATION_META);
+  snprintf(p, sizeof p, "%s/Chat/Chat_meta.json", ROOT);
+  unlink(p); /* an earlier run's */
   T_CHECK(ab_meta_load(ROOT, AB_CHAT, NULL, &m, &err) == ES_ENOTFOUND, "no Chat meta: %s", err.msg);
 
   /* chat items need no choices; the question is the question alone */
@@ -238,8 +242,8 @@ static void test_results(void) {
       "{\"path\":\"2.wav\",\"question\":\"How old?\",\"choice_a\":\"young\",\"choice_b\":\"old\","
       "\"choice_c\":null,\"choice_d\":null,\"answer_gt\":\"old\",\"task_name\":\"Speaker_Age_Prediction\","
       "\"dataset_name\":\"common_voice_13.0_en\",\"response\":\"B\",\"uniq_id\":3,\"error\":null,"
-      "\"finish_reason\":\"stop\",\"n_prompt_tokens\":40,\"n_audio_tokens\":25,\"n_gen_tokens\":2,"
-      "\"audio_seconds\":1,\"latency_ms\":250,\"first_token_ms\":125}";
+      "\"error_kind\":null,\"finish_reason\":\"stop\",\"n_prompt_tokens\":40,\"n_audio_tokens\":25,"
+      "\"n_gen_tokens\":2,\"audio_seconds\":1,\"latency_ms\":250,\"first_token_ms\":125,\"settings\":null}";
   T_CHECK(line && !strcmp(line, want), "foundation line:\n%s\n%s", line ? line : "(null)", want);
   cJSON_free(line);
 
@@ -247,10 +251,10 @@ static void test_results(void) {
   snprintf(path, sizeof path, "%s/Foundation_result_t.jsonl", ROOT);
   unlink(path);
   ab_results_t r;
-  T_REQUIRE(ab_results_open(path, &r, &err) == 0, "open new: %s", err.msg);
+  T_REQUIRE(ab_results_open(path, NULL, &r, &err) == 0, "open new: %s", err.msg);
   T_CHECK(r.n_done == 0 && r.n_lines == 0, "a new file is empty");
   ab_results_t second;
-  T_CHECK(ab_results_open(path, &second, &err) == ES_EIO && strstr(err.msg, "another run"),
+  T_CHECK(ab_results_open(path, NULL, &second, &err) == ES_EIO && strstr(err.msg, "another run"),
           "a second writer is refused: %s", err.msg);
   ab_outcome_t failed = {.error = "cannot decode", .latency_s = NAN};
   for (int i = 3; i >= 0; i--) { /* ids 5, 12, 3 (failed), 7 in this order */
@@ -263,7 +267,7 @@ static void test_results(void) {
   FILE *f = fopen(path, "a");
   fputs("{\"path\": \"9.wav\", \"question\": \"cut h", f);
   fclose(f);
-  T_REQUIRE(ab_results_open(path, &r, &err) == 0, "reopen: %s", err.msg);
+  T_REQUIRE(ab_results_open(path, NULL, &r, &err) == 0, "reopen: %s", err.msg);
   T_CHECK(r.truncated_tail && r.n_lines == 4 && r.n_done == 3 && r.n_failed == 1,
           "resume: %zu lines, %zu done, %zu failed", r.n_lines, r.n_done, r.n_failed);
   T_CHECK(ab_results_done(&r, 5) && ab_results_done(&r, 12) && ab_results_done(&r, 7) && !ab_results_done(&r, 3) &&
@@ -276,7 +280,7 @@ static void test_results(void) {
   cJSON_free(line);
   T_CHECK(ab_results_compact(&r, &err) == 0, "compact: %s", err.msg);
   /* still locked after the rewrite, and still appendable */
-  T_CHECK(ab_results_open(path, &second, &err) == ES_EIO, "the rewritten file is still locked");
+  T_CHECK(ab_results_open(path, NULL, &second, &err) == ES_EIO, "the rewritten file is still locked");
   ab_results_close(&r);
   jsonl_t j;
   T_REQUIRE(jsonl_read(path, 1 << 20, &j, &err) == 0, "read back: %s", err.msg);
@@ -291,7 +295,7 @@ static void test_results(void) {
   T_CHECK(sorted, "sorted by uniq_id");
   T_CHECK(j.n && cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(j.records[0], "error")), "id 3's retry won");
   jsonl_free(&j);
-  T_REQUIRE(ab_results_open(path, &r, &err) == 0, "reopen after rewrite: %s", err.msg);
+  T_REQUIRE(ab_results_open(path, NULL, &r, &err) == 0, "reopen after rewrite: %s", err.msg);
   T_CHECK(r.n_done == 4 && r.n_failed == 0 && !r.truncated_tail, "all done");
   ab_results_close(&r);
 
@@ -299,17 +303,92 @@ static void test_results(void) {
   f = fopen(path, "a");
   fputs("{\"uniq_id\": 99, \"response\": \"A\", \"error\": null}", f);
   fclose(f);
-  T_REQUIRE(ab_results_open(path, &r, &err) == 0, "reopen: %s", err.msg);
+  T_REQUIRE(ab_results_open(path, NULL, &r, &err) == 0, "reopen: %s", err.msg);
   T_CHECK(r.n_done == 5 && ab_results_done(&r, 99) && !r.truncated_tail, "a record without its newline counts");
   T_CHECK(ab_results_append(&r, "{\"uniq_id\": 100, \"error\": null}", &err) == 0, "append");
   ab_results_close(&r);
   T_CHECK(count_lines(path) == 6, "six lines: %d", count_lines(path));
 
+  /* a failed Chat item: response null (score_chat.py skips it); a failed Foundation one: "" */
+  cJSON *chat_item = cJSON_Parse("{\"meta_info\": \"m\", \"question\": \"q\", \"answer_gt\": \"a\", \"path\": \"p\", "
+                                 "\"task_name\": \"sound_QA\", \"dataset_name\": \"clotho\", \"uniq_id\": 1}");
+  ab_outcome_t bad_audio = {.response = "ignored", .error = "cannot decode", .input_error = 1, .settings = "s1"};
+  line = ab_result_line(AB_CHAT, chat_item, &bad_audio);
+  T_CHECK(line &&
+              strstr(line, "\"response\":null,\"uniq_id\":1,\"error\":\"cannot decode\",\"error_kind\":\"input\"") &&
+              strstr(line, "\"settings\":\"s1\"}"),
+          "chat failure line: %s", line ? line : "");
+  cJSON_free(line);
+  cJSON_Delete(chat_item);
+  line = ab_result_line(AB_FOUNDATION, m.items[0], &bad_audio);
+  T_CHECK(line && strstr(line, "\"response\":\"\",\"uniq_id\":7,") && strstr(line, "\"error_kind\":\"input\""),
+          "foundation failure line: %s", line ? line : "");
+
+  /* input failures stay done unless retried; run failures run again; other settings refuse the file */
+  write_text(path, "");
+  ab_results_opts_t s1 = {.settings = "s1"};
+  T_REQUIRE(ab_results_open(path, &s1, &r, &err) == 0, "open: %s", err.msg);
+  T_CHECK(ab_results_append(&r, line, &err) == 0, "append input failure");
+  cJSON_free(line);
+  ab_outcome_t run_fail = {.error = "engine failed", .settings = "s1"};
+  line = ab_result_line(AB_FOUNDATION, m.items[1], &run_fail);
+  T_CHECK(ab_results_append(&r, line, &err) == 0, "append run failure");
+  cJSON_free(line);
+  ab_results_close(&r);
+  T_REQUIRE(ab_results_open(path, &s1, &r, &err) == 0, "reopen: %s", err.msg);
+  T_CHECK(ab_results_done(&r, 7) && !ab_results_done(&r, 3) && r.n_input_failed == 1 && r.n_failed == 1,
+          "input failure kept, run failure retried");
+  ab_results_close(&r);
+  ab_results_opts_t retry = {.settings = "s1", .retry_input_errors = 1};
+  T_REQUIRE(ab_results_open(path, &retry, &r, &err) == 0, "reopen: %s", err.msg);
+  T_CHECK(!ab_results_done(&r, 7) && r.n_failed == 2 && r.n_input_failed == 0, "--retry-input-errors");
+  ab_results_close(&r);
+  ab_results_opts_t s2 = {.settings = "s2"};
+  T_CHECK(ab_results_open(path, &s2, &r, &err) == ES_EINVAL && strstr(err.msg, "2 lines were made with other settings"),
+          "other settings refused: %s", err.msg);
+  char fa[17], fb[17], fc[17];
+  ab_settings_fingerprint("m", "chat", NULL, 256, "none", fa);
+  ab_settings_fingerprint("m", "chat", NULL, 255, "none", fb);
+  ab_settings_fingerprint("m", "chat", "", 256, "none", fc);
+  T_CHECK(strlen(fa) == 16 && strcmp(fa, fb) && strcmp(fa, fc), "fingerprints differ: %s %s %s", fa, fb, fc);
+
+  /* a tail of NUL bytes (a machine lost before the file system wrote the last blocks) is cut like a partial line */
+  FILE *nf = fopen(path, "a");
+  fwrite("\0\0\0\0\0\0\0\0", 1, 8, nf);
+  fclose(nf);
+  T_REQUIRE(ab_results_open(path, &s1, &r, &err) == 0, "NUL tail: %s", err.msg);
+  T_CHECK(r.truncated_tail && r.n_lines == 2, "NUL tail cut");
+  ab_results_close(&r);
+  T_CHECK(count_lines(path) == 2, "two whole lines remain");
+
+  /* a failed write leaves only whole lines, and the file takes no more */
+  struct rlimit old_lim, lim;
+  getrlimit(RLIMIT_FSIZE, &old_lim);
+  void (*old_sig)(int) = signal(SIGXFSZ, SIG_IGN);
+  struct stat st, st2;
+  stat(path, &st);
+  T_REQUIRE(ab_results_open(path, &s1, &r, &err) == 0, "open: %s", err.msg);
+  lim = old_lim;
+  lim.rlim_cur = (rlim_t)st.st_size + 100;
+  setrlimit(RLIMIT_FSIZE, &lim);
+  line = ab_result_line(AB_FOUNDATION, m.items[2], &o); /* over 100 bytes: cut by the limit */
+  int wrc = ab_results_append(&r, line, &err);
+  setrlimit(RLIMIT_FSIZE, &old_lim);
+  signal(SIGXFSZ, old_sig);
+  T_CHECK(wrc == ES_EIO && r.broken && strstr(err.msg, "write failed"), "the write fails: %s", err.msg);
+  stat(path, &st2);
+  T_CHECK(st2.st_size == st.st_size, "the partial line was removed: %lld -> %lld bytes", (long long)st.st_size,
+          (long long)st2.st_size);
+  T_CHECK(ab_results_append(&r, line, &err) == ES_EIO && strstr(err.msg, "earlier write failed"), "no more appends");
+  T_CHECK(ab_results_compact(&r, &err) == ES_EIO, "no rewrite of a broken file");
+  cJSON_free(line);
+  ab_results_close(&r);
+
   /* files that are not ours */
   write_text(path, "[{\"uniq_id\": 1}]");
-  T_CHECK(ab_results_open(path, &r, &err) == ES_EINVAL && strstr(err.msg, "JSON array"), "array file refused");
+  T_CHECK(ab_results_open(path, NULL, &r, &err) == ES_EINVAL && strstr(err.msg, "JSON array"), "array file refused");
   write_text(path, "{\"uniq_id\": 1}\n{\"id\": 2}\n");
-  T_CHECK(ab_results_open(path, &r, &err) == ES_EINVAL && strstr(err.msg, ":2:"), "no uniq_id: %s", err.msg);
+  T_CHECK(ab_results_open(path, NULL, &r, &err) == ES_EINVAL && strstr(err.msg, ":2:"), "no uniq_id: %s", err.msg);
   ab_meta_free(&m);
 }
 
