@@ -150,6 +150,9 @@ double ab_ratio(double num, long den) {
 
 /* v printed with fmt ("%.1f": percent as the leaderboard prints it), or "-" when undefined. */
 const char *ab_fmt_num(char *buf, size_t cap, const char *fmt, double v) {
-  snprintf(buf, cap, isnan(v) ? "-" : fmt, v); /* "-" leaves v unused, which C allows */
+  if (isnan(v))
+    snprintf(buf, cap, "-");
+  else
+    snprintf(buf, cap, fmt, v);
   return buf;
 }
