@@ -194,6 +194,7 @@ static int write_slot(const run_opts_t *o, ab_results_t *res, ab_track_t track, 
   int rc = ES_OK;
   c->ran++;
   c->audio_seconds += s->audio_seconds;
+  int written = 0;
   if (res->broken) {
     c->unwritten++;
   } else {
@@ -201,17 +202,15 @@ static int write_slot(const run_opts_t *o, ab_results_t *res, ab_track_t track, 
     rc = line ? ab_results_append(res, line, err) : es_fail(err, ES_ENOMEM, "out of memory for a result line");
     cJSON_free(line);
     if (rc) c->unwritten++;
+    written = !rc;
   }
-  if (error) {
-    if (s->input_error)
-      c->failed_input++;
-    else
-      c->failed++;
+  /* ok / failed / failed_input count lines that are in the file (the manifest's done_in_file adds them up) */
+  if (error && written && s->input_error) c->failed_input++;
+  if (error && written && !s->input_error) c->failed++;
+  if (!error && written) c->ok++;
+  if (error)
     fprintf(stderr, "earshot airbench: %s uniq_id %lld: %s%s\n", ab_track_name(track),
             (long long)ab_item_uniq_id(s->item), error, s->input_error ? " (the item's input; not retried)" : "");
-  } else {
-    c->ok++;
-  }
   tok_text_free(&s->text);
   memset(s, 0, sizeof *s);
   return rc;
@@ -244,7 +243,7 @@ static int drain(const run_opts_t *o, run_sync_t *sy, ab_results_t *res, ab_trac
 static void stop_on_write_error(ab_track_t track, const es_error_t *werr, int in_flight, size_t *next, size_t n_todo) {
   fprintf(stderr,
           "earshot airbench: %s: %s\nearshot airbench: stopping: no new items; the %d in flight finish unwritten "
-          "(every line in the file is whole; a rerun redoes the rest)\n",
+          "(a rerun redoes them)\n",
           ab_track_name(track), werr->msg, in_flight);
   *next = n_todo;
 }
@@ -345,9 +344,20 @@ static int run_track(rt_t *rt, const run_opts_t *o, const ab_meta_t *m, ab_resul
       tok_ids_t ids = {0};
       s->busy = 1;
       s->item = it;
+      /* input = the failure is the item's own (its audio cannot be decoded or is too short, its prompt does not
+       * fit): recorded, not retried; anything else (a read error, the tokenizer, the engine) is the run's */
+      int input = 0;
       int irc = ab_item_audio_path(o->data_root, track, it, path, sizeof path, &ierr);
-      if (!irc) irc = audio_decode_file(path, &dopts, &pcm, &ierr);
+      if (!irc) {
+        irc = audio_decode_file(path, &dopts, &pcm, &ierr); /* ES_EIO / ES_ENOTFOUND: reading, not the audio */
+        input = irc == ES_EINVAL || irc == ES_EUNSUPPORTED || irc == ES_ETOOBIG;
+      }
       if (!irc) s->audio_seconds = (double)pcm.n / 16000.0;
+      if (!irc && eng_audio_tokens(pcm.n, AUDIO_LONG_TRUNCATE) < 1) {
+        irc = es_fail(&ierr, ES_EINVAL, "%s: %zu samples (%.1f ms) give no audio token", path, pcm.n,
+                      (double)pcm.n / 16.0);
+        input = 1;
+      }
       if (!irc) irc = build_prompt(rt, o, track, it, pcm.n, &ids, &ierr);
       eng_request_t req;
       memset(&req, 0, sizeof req);
@@ -365,8 +375,10 @@ static int run_track(rt_t *rt, const run_opts_t *o, const ab_meta_t *m, ab_resul
         if (req.sampling.max_tokens > rt->max_model_len - (int)ids.n)
           req.sampling.max_tokens = rt->max_model_len - (int)ids.n;
         req.sampling.min_tokens = 1;
-        if (req.sampling.max_tokens < 1)
+        if (req.sampling.max_tokens < 1) {
           irc = es_fail(&ierr, ES_ETOOBIG, "the prompt (%zu tokens) fills the context (%d)", ids.n, rt->max_model_len);
+          input = 1;
+        }
       }
       if (!irc) {
         req.skip_special = 1;
@@ -386,13 +398,14 @@ static int run_track(rt_t *rt, const run_opts_t *o, const ab_meta_t *m, ab_resul
           goto wait;
         }
         if (!irc) pcm.samples = NULL; /* the engine owns them now */
+        input = irc == ES_ETOOBIG;    /* over a limit of this configuration (context, KV cache, audio tokens) */
       }
       audio_pcm_free(&pcm);
       tok_ids_free(&ids);
       next++;
-      if (irc) { /* this item failed on its input before it reached the engine: its line says why */
+      if (irc) { /* this item failed before it reached the engine: its line says why */
         s->finish = ENG_FINISH_ERROR;
-        s->input_error = irc != ES_ENOMEM;
+        s->input_error = input;
         snprintf(s->error, sizeof s->error, "%s", ierr.msg);
         int w = write_slot(o, res, track, s, c, &werr);
         if (w && !rc) {
@@ -663,6 +676,14 @@ static int airbench_run(int argc, char **argv) {
     goto fail;
   }
   if (all && (rc = ab_meta_check_filters(loaded, n_tracks, &o.sel, &err))) goto fail;
+  if (all && (o.sel.tasks || o.sel.datasets)) {
+    size_t selected = 0;
+    for (int t = 0; t < 2; t++) selected += want[t] ? meta[t].n_items : 0;
+    if (!selected) {
+      rc = es_fail(&err, ES_EINVAL, "the --task / --dataset filters together select no item of any track");
+      goto fail;
+    }
+  }
   for (int t = 0; t < 2; t++) {
     if (!want[t]) continue;
     if (all && meta[t].n_items == 0 && (o.sel.tasks || o.sel.datasets)) {
@@ -682,8 +703,10 @@ static int airbench_run(int argc, char **argv) {
     default_model_name(&ro, default_name, sizeof default_name);
     model_name = default_name;
   }
-  ab_settings_fingerprint(model_name, o.raw ? "raw" : "chat", o.system, o.max_tokens,
-                          rt_quantization_name(ro.quantization), o.settings);
+  char quant[96]; /* what the weights and arithmetic are: quantization, compute dtype, random weights */
+  snprintf(quant, sizeof quant, "%s/%s%s", rt_quantization_name(ro.quantization), es_dtype_name(ro.dtype),
+           ro.dummy_weights ? "/dummy-weights" : "");
+  ab_settings_fingerprint(model_name, o.raw ? "raw" : "chat", o.raw ? NULL : o.system, o.max_tokens, quant, o.settings);
   ab_results_opts_t ropts = {.settings = o.settings, .retry_input_errors = o.retry_input_errors};
   /* the result files before the model: a second run on the same files stops here, not after loading */
   for (int t = 0; t < 2; t++) {
@@ -728,7 +751,7 @@ static int airbench_run(int argc, char **argv) {
     if (run_rc || c_rc || m_rc) {
       rc = run_rc ? run_rc : c_rc ? c_rc : m_rc;
       if (!run_rc) err = c_rc ? cerr : merr;
-      if (!run_rc && c_rc && m_rc) fprintf(stderr, "earshot airbench run: %s\n", merr.msg);
+      if (m_rc && (run_rc || c_rc)) fprintf(stderr, "earshot airbench run: %s\n", merr.msg);
       goto fail;
     }
     any_failed |= counts[t].failed > 0;

@@ -187,7 +187,10 @@ static int sync_dir_of(const char *path, es_error_t *err) {
     snprintf(dir, sizeof dir, ".");
   int fd = open(dir, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return es_fail(err, ES_EIO, "%s: cannot open to sync: %s", dir, strerror(errno));
-  int rc = fsync(fd) && errno != EINVAL ? es_fail(err, ES_EIO, "%s: fsync: %s", dir, strerror(errno)) : ES_OK;
+  /* some file systems cannot sync a folder (EINVAL, ENOTSUP, ENOSYS): the rename stands, nothing to do */
+  int rc = fsync(fd) && errno != EINVAL && errno != ENOTSUP && errno != ENOSYS
+               ? es_fail(err, ES_EIO, "%s: fsync: %s", dir, strerror(errno))
+               : ES_OK;
   close(fd);
   return rc;
 }
@@ -373,12 +376,12 @@ int ab_results_compact(ab_results_t *r, es_error_t *err) {
   if (!rc) rc = collect_ids(r->path, &j, &recs, err);
   if (rc) goto done;
   /* opened without O_TRUNC and emptied only once locked: another run's rewrite in progress is never cut */
-  int fd = open_locked(tmp, O_WRONLY | O_CREAT, 1, err);
+  int fd = open_locked(tmp, O_RDWR | O_CREAT, 1, err); /* read and write: it is the file afterwards */
   if (fd < 0) {
     rc = fd;
     goto done;
   }
-  int out_fd = dup(fd); /* fclose(out) closes its own copy; fd (locked) is kept */
+  int out_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0); /* fclose(out) closes its own copy; fd (locked) is kept */
   out = out_fd >= 0 ? fdopen(out_fd, "w") : NULL;
   if (!out) {
     if (out_fd >= 0) close(out_fd);

@@ -7,7 +7,8 @@
  * cannot be answered — undecodable or too short audio, a prompt over the context — or "run": the engine
  * failed), finish_reason, n_prompt_tokens, n_audio_tokens, n_gen_tokens, audio_seconds, latency_ms,
  * first_token_ms, settings (a fingerprint of what shapes the answers: model name, prompt format, system
- * prompt, max new tokens, quantization). response is a string, "" for a failed Foundation item
+ * prompt, max new tokens, quantization / compute dtype / random weights; lines without one — other tools'
+ * files — are not checked). response is a string, "" for a failed Foundation item
  * (score_foundation.py strips it and counts it unparsed) and null for a failed Chat item (score_chat.py skips
  * null responses instead of sending an empty answer to the judge). The official scorers ignore extra keys.
  *

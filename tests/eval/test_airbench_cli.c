@@ -270,6 +270,9 @@ static void test_resume(void) {
   const char *retry[] = {"--track", "foundation", "--retry-input-errors", NULL};
   T_CHECK(airbench_run(OUT, retry) == 0 && strstr(g_err, "3 done before, 1 missing audio, 1 to run"),
           "--retry-input-errors runs item 14 again: %s", g_err);
+  const char *limited[] = {"--track", "foundation", "--limit", "2", "--concurrency", "1", NULL};
+  T_CHECK(airbench_run(OUT, limited) == 0 && strstr(g_err, "2 items selected, 2 done before"),
+          "--limit and --concurrency are not settings: %s", g_err);
   const char *other[] = {"--track", "foundation", "--max-tokens", "4", NULL};
   T_CHECK(airbench_run(OUT, other) == 1 && strstr(g_err, "lines were made with other settings"),
           "resuming with other settings is refused: %s", g_err);
@@ -329,6 +332,12 @@ static void test_selection(void) {
   const char *both[] = {"--task", "Speaker_Gender_Recognition", "--model-name", "m2", "--no-score", NULL};
   T_CHECK(airbench_run(out2, both) == 0 && strstr(g_err, "chat: the --task / --dataset filters select nothing here"),
           "a task of one track with --track all: %s", g_err);
+  char chat_m2[4400];
+  snprintf(chat_m2, sizeof chat_m2, "%s/Chat_result_m2.jsonl", out2);
+  T_CHECK(!es_path_exists(chat_m2), "the skipped track has no result file");
+  const char *crossed[] = {"--task", "Speaker_Gender_Recognition", "--dataset", "clotho", NULL};
+  T_CHECK(airbench_run(out2, crossed) == 1 && strstr(g_err, "select no item of any track"),
+          "filters that select nothing anywhere: %s", g_err);
   const char *typo[] = {"--task", "Speaker_Gender_Recognitoin", NULL};
   T_CHECK(airbench_run(out2, typo) == 1 && strstr(g_err, "no item of"), "a task name that matches nothing: %s", g_err);
 }
@@ -412,7 +421,7 @@ static void test_write_failure(void) {
   snprintf(results, sizeof results, "%s/Chat_result_tiny-a.jsonl", out4);
   char *argv[] = {(char *)EARSHOT, "airbench",     "run", "--data",        data2, "--model", MODEL, "--device",
                   "cpu",           "--max-tokens", "2",   "--concurrency", "2",   "--out",   out4,  NULL};
-  g_fsize_limit = 3000; /* room for a few lines of ~500 bytes */
+  g_fsize_limit = 8000; /* room for some lines of ~500 bytes (and the few lines of stderr, a file too) */
   time_t t0 = time(NULL);
   int st = run_argv(argv);
   g_fsize_limit = 0;
@@ -428,9 +437,52 @@ static void test_write_failure(void) {
     jsonl_free(&j);
   }
   T_CHECK(got >= 1, "the result file is readable: %s", err.msg);
+  /* the manifest counts what is in the file, not the answers that could not be written */
+  char mp[4400], *m = NULL;
+  size_t mn;
+  snprintf(mp, sizeof mp, "%s/Chat_result_tiny-a.manifest.json", out4);
+  cJSON *man = es_read_file(mp, 1 << 20, &m, &mn, &err) == 0 ? cJSON_Parse(m) : NULL;
+  free(m);
+  const cJSON *co = cJSON_GetObjectItemCaseSensitive(man, "counts");
+  T_CHECK(co && num(co, "answered") + num(co, "failed_run") + num(co, "failed_input") == got &&
+              num(co, "done_in_file") == got && num(co, "ran") == got + num(co, "unwritten"),
+          "manifest counts after a write failure (%d lines)", got);
+  cJSON_Delete(man);
   T_CHECK(run_argv(argv) == 0, "a rerun with room: %s", g_err);
   T_CHECK(jsonl_read(results, 1 << 24, &j, &err) == 0 && j.n == 40, "completes all 40");
   jsonl_free(&j);
+}
+
+/* A failure that is not the item's fault (here: its audio path is a folder, a read error) is a run error: exit 1,
+ * error_kind "run", and the next run retries it. */
+static void test_run_error(void) {
+  char data3[4200], out5[4200], p[4400], results[4400];
+  snprintf(data3, sizeof data3, "%s-unreadable", DATA);
+  snprintf(out5, sizeof out5, "%s-unreadable", OUT);
+  mkdir(data3, 0755);
+  mkdir(out5, 0755);
+  snprintf(p, sizeof p, "%s/Chat", data3);
+  mkdir(p, 0755);
+  snprintf(p, sizeof p, "%s/Chat/sound_QA_clotho", data3);
+  mkdir(p, 0755);
+  snprintf(p, sizeof p, "%s/Chat/sound_QA_clotho/d.wav", data3);
+  mkdir(p, 0755);
+  snprintf(p, sizeof p, "%s/Chat/Chat_meta.json", data3);
+  write_text(p, "[{\"meta_info\": \"m\", \"question\": \"q?\", \"answer_gt\": \"a\", \"path\": \"d.wav\", "
+                "\"task_name\": \"sound_QA\", \"dataset_name\": \"clotho\", \"uniq_id\": 5}]");
+  char *argv[] = {(char *)EARSHOT, "airbench", "run",          "--data", data3,   "--model", MODEL,
+                  "--device",      "cpu",      "--max-tokens", "2",      "--out", out5,      NULL};
+  T_CHECK(run_argv(argv) == 1 && strstr(g_err, "some items failed in the run"), "a read error fails the run: %s",
+          g_err);
+  snprintf(results, sizeof results, "%s/Chat_result_tiny-a.jsonl", out5);
+  jsonl_t j;
+  es_error_t err;
+  T_CHECK(jsonl_read(results, 1 << 20, &j, &err) == 0 && j.n == 1 && str(j.records[0], "error_kind") &&
+              !strcmp(str(j.records[0], "error_kind"), "run") &&
+              cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(j.records[0], "response")),
+          "error_kind run, response null on a Chat line");
+  jsonl_free(&j);
+  T_CHECK(run_argv(argv) == 1 && strstr(g_err, "0 done before, 0 missing audio, 1 to run"), "retried: %s", g_err);
 }
 
 static void test_score_and_usage(void) {
@@ -479,6 +531,7 @@ int main(int argc, char **argv) {
   test_selection();
   test_interrupt();
   test_write_failure();
+  test_run_error();
   test_score_and_usage();
   free(g_out);
   free(g_err);
