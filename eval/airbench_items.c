@@ -34,10 +34,17 @@ void ab_meta_free(ab_meta_t *m) {
   memset(m, 0, sizeof *m);
 }
 
-static uint64_t fnv1a64(const char *p, size_t n) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 0x100000001b3ull;
+uint64_t ab_fnv1a64(uint64_t h, const void *data, size_t n) {
+  const unsigned char *p = data;
+  for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
   return h;
+}
+
+int ab_record_uniq_id(const cJSON *record, int64_t *id) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(record, "uniq_id");
+  if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || fabs(v->valuedouble) > 9e15) return 0;
+  *id = (int64_t)v->valuedouble;
+  return 1;
 }
 
 /* 1 when name is one of the comma-separated entries of list (NULL or "" matches everything). */
@@ -94,28 +101,28 @@ static int cmp_i64(const void *a, const void *b) {
 
 static int check_item(const cJSON *it, size_t index, ab_track_t track, const char *meta, es_error_t *err) {
   if (!cJSON_IsObject(it)) return es_fail(err, ES_EINVAL, "%s: item %zu is not an object", meta, index);
-  const cJSON *id = cJSON_GetObjectItemCaseSensitive(it, "uniq_id");
-  if (!cJSON_IsNumber(id) || id->valuedouble != floor(id->valuedouble) || fabs(id->valuedouble) > 9e15)
+  int64_t id;
+  if (!ab_record_uniq_id(it, &id))
     return es_fail(err, ES_EINVAL, "%s: item %zu: uniq_id is not an integer", meta, index);
   static const char *const common[] = {"path", "task_name", "dataset_name", "question"};
   static const char *const foundation[] = {"choice_a", "choice_b", "answer_gt"};
   for (size_t k = 0; k < sizeof common / sizeof *common; k++)
     if (!ab_item_string(it, common[k]))
-      return es_fail(err, ES_EINVAL, "%s: item %zu (uniq_id %.0f): %s is missing or not a string", meta, index,
-                     id->valuedouble, common[k]);
+      return es_fail(err, ES_EINVAL, "%s: item %zu (uniq_id %lld): %s is missing or not a string", meta, index,
+                     (long long)id, common[k]);
   if (!*ab_item_string(it, "path"))
-    return es_fail(err, ES_EINVAL, "%s: item %zu (uniq_id %.0f): path is empty", meta, index, id->valuedouble);
+    return es_fail(err, ES_EINVAL, "%s: item %zu (uniq_id %lld): path is empty", meta, index, (long long)id);
   if (track != AB_FOUNDATION) return ES_OK;
   for (size_t k = 0; k < sizeof foundation / sizeof *foundation; k++)
     if (!ab_item_string(it, foundation[k]))
-      return es_fail(err, ES_EINVAL, "%s: item %zu (uniq_id %.0f): %s is missing or not a string", meta, index,
-                     id->valuedouble, foundation[k]);
+      return es_fail(err, ES_EINVAL, "%s: item %zu (uniq_id %lld): %s is missing or not a string", meta, index,
+                     (long long)id, foundation[k]);
   static const char *const optional[] = {"choice_c", "choice_d"};
   for (size_t k = 0; k < 2; k++) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(it, optional[k]);
     if (v && !cJSON_IsNull(v) && !cJSON_IsString(v))
-      return es_fail(err, ES_EINVAL, "%s: item %zu (uniq_id %.0f): %s is neither a string nor null", meta, index,
-                     id->valuedouble, optional[k]);
+      return es_fail(err, ES_EINVAL, "%s: item %zu (uniq_id %lld): %s is neither a string nor null", meta, index,
+                     (long long)id, optional[k]);
   }
   return ES_OK;
 }
@@ -131,7 +138,7 @@ int ab_meta_load(const char *root, ab_track_t track, const ab_select_t *sel, ab_
   char *data = NULL;
   size_t len = 0;
   if ((rc = es_read_file(out->meta_path, AB_MAX_META_BYTES, &data, &len, err))) return rc;
-  out->meta_fnv1a = fnv1a64(data, len);
+  out->meta_fnv1a = ab_fnv1a64(AB_FNV1A64_BASIS, data, len);
   out->root = cJSON_ParseWithLength(data, len);
   free(data);
   const char *meta = out->meta_path;

@@ -64,7 +64,16 @@ void ab_meta_free(ab_meta_t *m);
  * item lists, before selection); else an error naming the value. */
 int ab_meta_check_filters(const ab_meta_t *const *metas, int n, const ab_select_t *sel, es_error_t *err);
 
-int64_t ab_item_uniq_id(const cJSON *item);
+int64_t ab_item_uniq_id(const cJSON *item); /* of a checked item (ab_meta_load) */
+
+/* 1 and *id when record's uniq_id is an integer (|id| <= 9e15, exact in a double), else 0: the check that meta
+ * items and result lines share. */
+int ab_record_uniq_id(const cJSON *record, int64_t *id);
+
+/* FNV-1a 64 over n bytes, continuing from h (start from AB_FNV1A64_BASIS): the meta file's checksum and the
+ * result lines' settings fingerprint. */
+#define AB_FNV1A64_BASIS 0xcbf29ce484222325ull
+uint64_t ab_fnv1a64(uint64_t h, const void *data, size_t n);
 const char *ab_item_string(const cJSON *item, const char *key); /* the string field, or NULL */
 
 /* ROOT/<Track>/<task_name>_<dataset_name>/<path> (the Audio_Grounding .wav -> .flac swap applied). */

@@ -84,17 +84,16 @@ int ab_result_file_name(ab_track_t track, const char *model, int shard_index, in
   return ES_OK;
 }
 
+/* One field of the fingerprint: its bytes, then a separator byte no UTF-8 text holds. */
 static uint64_t fnv1a64_add(uint64_t h, const char *s) {
-  for (; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
-  return (h ^ 0xff) * 0x100000001b3ull; /* a separator byte no UTF-8 text holds */
+  return ab_fnv1a64(ab_fnv1a64(h, s, strlen(s)), "\xff", 1);
 }
 
 void ab_settings_fingerprint(const char *model_name, const char *prompt_format, const char *system, int max_new_tokens,
                              const char *quantization, char out[17]) {
   char tokens[32];
   snprintf(tokens, sizeof tokens, "%d", max_new_tokens);
-  uint64_t h = 0xcbf29ce484222325ull;
-  h = fnv1a64_add(h, "earshot-airbench-settings-1");
+  uint64_t h = fnv1a64_add(AB_FNV1A64_BASIS, "earshot-airbench-settings-1");
   h = fnv1a64_add(h, model_name ? model_name : "");
   h = fnv1a64_add(h, prompt_format ? prompt_format : "");
   h = fnv1a64_add(h, system ? system : "(default)");
@@ -123,8 +122,8 @@ static int collect_ids(const char *path, const jsonl_t *j, id_rec_t **out, es_er
   *out = malloc((j->n + 1) * sizeof **out);
   if (!*out) return es_fail(err, ES_ENOMEM, "%s: out of memory for %zu lines", path, j->n);
   for (size_t i = 0; i < j->n; i++) {
-    const cJSON *id = cJSON_GetObjectItemCaseSensitive(j->records[i], "uniq_id");
-    if (!cJSON_IsNumber(id) || id->valuedouble != floor(id->valuedouble) || fabs(id->valuedouble) > 9e15) {
+    int64_t id;
+    if (!ab_record_uniq_id(j->records[i], &id)) {
       free(*out);
       *out = NULL;
       return es_fail(err, ES_EINVAL, "%s:%d: no integer uniq_id (is this an AIR-Bench result file?)", path,
@@ -133,8 +132,7 @@ static int collect_ids(const char *path, const jsonl_t *j, id_rec_t **out, es_er
     const cJSON *e = cJSON_GetObjectItemCaseSensitive(j->records[i], "error");
     const cJSON *kind = cJSON_GetObjectItemCaseSensitive(j->records[i], "error_kind");
     int ok = !e || cJSON_IsNull(e);
-    (*out)[i] =
-        (id_rec_t){(int64_t)id->valuedouble, i, ok, !ok && cJSON_IsString(kind) && !strcmp(kind->valuestring, "input")};
+    (*out)[i] = (id_rec_t){id, i, ok, !ok && cJSON_IsString(kind) && !strcmp(kind->valuestring, "input")};
   }
   qsort(*out, j->n, sizeof **out, cmp_rec);
   return ES_OK;
