@@ -36,6 +36,8 @@ static void usage(FILE *out) {
                "  --max-queue N               requests waiting for the engine before 429 (default 64)\n"
                "  --keepalive S               SSE keep-alive comment after S seconds of silence (default 5)\n"
                "  --shutdown-grace S          on SIGINT/SIGTERM, let streams finish for S seconds (default 10)\n"
+               "  --max-voice-sessions N      live voice sessions (WebSocket /v1/realtime) open at once (default 64)\n"
+               "  --voice-buffer-seconds S    a voice session's input buffer, i.e. its longest turn (default 300)\n"
                "  --quiet                     no log line per request\n");
   mf_usage(out, MF_OPEN | MF_SIZING);
 }
@@ -112,6 +114,11 @@ int cmd_serve(int argc, char **argv) {
       if (num(a, v, 0.05, 3600, &so.keepalive_s)) return 2;
     } else if (!strcmp(a, "--shutdown-grace")) {
       if (num(a, v, 0.01, 3600, &so.shutdown_grace_s)) return 2;
+    } else if (!strcmp(a, "--max-voice-sessions")) {
+      if (num(a, v, 1, 4096, &d)) return 2;
+      so.max_voice_sessions = (int)d;
+    } else if (!strcmp(a, "--voice-buffer-seconds")) {
+      if (num(a, v, 1, 3600, &so.voice_buffer_s)) return 2;
     } else {
       fprintf(stderr, "earshot serve: unknown argument '%s'\n\n", a);
       usage(stderr);

@@ -13,8 +13,8 @@ PACKAGES=(
   libcjson-dev libpcre2-dev libutf8proc-dev
   # kernels/cpu: BLAS (optional at build time; a blocked C GEMM is the fallback)
   libopenblas-dev
-  # server: HTTP and WebSocket framing
-  libmicrohttpd-dev libwslay-dev
+  # server: HTTP, WebSocket framing, SHA-1/base64 for the WebSocket handshake
+  libmicrohttpd-dev libwslay-dev nettle-dev
   # tests and tools: fuzzing and sanitizers (clang + compiler-rt), HTTP client, Python venv
   clang libclang-rt-14-dev curl python3 python3-venv
 )

@@ -29,14 +29,16 @@ typedef struct {
 
 #define N_FINISH 4
 static const char *FINISH_NAMES[N_FINISH] = {"stop", "length", "abort", "error"};
-#define N_STATUS 12
-static const int STATUSES[N_STATUS] = {200, 400, 401, 404, 405, 413, 415, 429, 500, 503, 0, 0};
+#define N_STATUS 13
+static const int STATUSES[N_STATUS] = {101, 200, 400, 401, 404, 405, 413, 415, 426, 429, 500, 503, 0};
 
 struct met {
   pthread_mutex_t mu;
   hist_t h[MET_N_HIST];
   unsigned long long finished[N_FINISH];
   unsigned long long http[N_STATUS]; /* the last slot: any other status */
+  long long voice_open;              /* voice (WebSocket) sessions open now */
+  unsigned long long voice_total;    /* ever opened */
 };
 
 int met_init(met_t **out, es_error_t *err) {
@@ -53,6 +55,13 @@ int met_init(met_t **out, es_error_t *err) {
 #undef H
   *out = m;
   return ES_OK;
+}
+
+void met_voice_session(met_t *m, int opened) {
+  pthread_mutex_lock(&m->mu);
+  m->voice_open += opened ? 1 : -1;
+  if (opened) m->voice_total++;
+  pthread_mutex_unlock(&m->mu);
 }
 
 void met_free(met_t *m) {
@@ -179,6 +188,16 @@ int met_render(met_t *m, const char *model_name, const eng_stats_t *st, char **o
   for (int i = 0; i < N_FINISH; i++)
     bprintf(&b, "earshot:requests_finished_total{%s,finished_reason=\"%s\"} %llu\n", label, FINISH_NAMES[i],
             m->finished[i]);
+  bprintf(&b,
+          "# HELP earshot:voice_sessions Live voice (WebSocket /v1/realtime) sessions open now.\n"
+          "# TYPE earshot:voice_sessions gauge\n"
+          "earshot:voice_sessions{%s} %lld\n",
+          label, m->voice_open);
+  bprintf(&b,
+          "# HELP earshot:voice_sessions_total Live voice sessions opened.\n"
+          "# TYPE earshot:voice_sessions_total counter\n"
+          "earshot:voice_sessions_total{%s} %llu\n",
+          label, m->voice_total);
   bprintf(&b, "# HELP earshot:http_responses_total HTTP responses, by status.\n"
               "# TYPE earshot:http_responses_total counter\n");
   for (int i = 0; i < N_STATUS; i++) {

@@ -36,5 +36,8 @@ void met_finished(met_t *m, const char *finish);
 /* One HTTP response with this status (earshot:http_responses_total{status}). */
 void met_http(met_t *m, int status);
 
+/* A voice session opened (1) or ended (0): earshot:voice_sessions (gauge), earshot:voice_sessions_total. */
+void met_voice_session(met_t *m, int opened);
+
 /* Renders the exposition text (malloc'd, *len bytes). stats may be NULL (model not loaded yet). */
 int met_render(met_t *m, const char *model_name, const eng_stats_t *stats, char **out, size_t *len, es_error_t *err);

@@ -41,7 +41,7 @@ void srv_req_free(srv_req_t *r) {
   if (!r) return;
   cJSON_Delete(r->json);
   for (size_t i = 0; i < r->n_owned; i++) free(r->owned[i]);
-  for (size_t i = 0; i < r->n_audio; i++) free(r->audio[i].data);
+  for (size_t i = 0; i < r->n_audio; i++) free(r->audio[i].data), free(r->audio[i].pcm);
   for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
   memset(r, 0, sizeof *r);
 }
@@ -402,6 +402,24 @@ int srv_req_parse_chat(srv_req_t *r, const srv_req_ctx_t *ctx, const char *body,
   return ES_OK;
 }
 
+int srv_req_sampling_fields(srv_req_t *r, const cJSON *o, srv_fail_t *f) {
+  static const char *const NUMBERS[] = {
+      "temperature",       "top_p", "top_k",      "min_p", "repetition_penalty", "presence_penalty",
+      "frequency_penalty", "seed",  "min_tokens", NULL};
+  const cJSON *v;
+  for (const char *const *k = NUMBERS; *k; k++) {
+    if (!(v = field(o, *k))) continue;
+    if (!cJSON_IsNumber(v)) return srv_fail(f, 400, *k, "'%s' must be a number", *k);
+    int rc = set_number(r, *k, v->valuedouble, f);
+    if (rc) return rc;
+  }
+  if ((v = field(o, "ignore_eos"))) {
+    if (!cJSON_IsBool(v)) return srv_fail(f, 400, "ignore_eos", "'ignore_eos' must be true or false");
+    r->sampling.ignore_eos = cJSON_IsTrue(v);
+  }
+  return ES_OK;
+}
+
 /* ---- multipart forms ------------------------------------------------------------------------------------------- */
 
 static int parse_form_number(const char *key, const char *s, double *out, srv_fail_t *f) {
@@ -547,7 +565,10 @@ int srv_req_build(srv_req_t *r, const srv_req_ctx_t *ctx, eng_request_t *q, tok_
   r->audio_seconds = 0;
   for (size_t k = 0; k < r->n_audio; k++) {
     audio_pcm_t pcm;
-    if ((rc = audio_decode_memory(r->audio[k].data, r->audio[k].len, r->audio[k].label, &dopts, &pcm, &e))) {
+    if (r->audio[k].pcm) { /* already 16 kHz samples: moved as they are */
+      pcm = (audio_pcm_t){.samples = r->audio[k].pcm, .n = r->audio[k].n_pcm};
+      r->audio[k].pcm = NULL;
+    } else if ((rc = audio_decode_memory(r->audio[k].data, r->audio[k].len, r->audio[k].label, &dopts, &pcm, &e))) {
       if (rc == ES_ETOOBIG)
         rc = srv_fail(f, 413, audio_param, "%s", e.msg);
       else if (rc == ES_ENOMEM)
@@ -602,6 +623,7 @@ int srv_req_build(srv_req_t *r, const srv_req_ctx_t *ctx, eng_request_t *q, tok_
                   "This model's maximum context length is %d tokens. However, your request has %d input tokens "
                   "(audio included). Please reduce the length of the input.",
                   L, n);
+    f->context_overflow = 1;
     goto fail;
   }
   if (r->max_tokens_given && n + r->sampling.max_tokens > L) {
@@ -609,6 +631,7 @@ int srv_req_build(srv_req_t *r, const srv_req_ctx_t *ctx, eng_request_t *q, tok_
                   "This model's maximum context length is %d tokens. However, you requested %d tokens (%d in the "
                   "messages, %d in the completion). Please reduce the length of the messages or completion.",
                   L, n + r->sampling.max_tokens, n, r->sampling.max_tokens);
+    f->context_overflow = 1;
     goto fail;
   }
   if (!r->max_tokens_given && r->sampling.max_tokens > L - n) r->sampling.max_tokens = L - n;

@@ -31,9 +31,10 @@ typedef enum { SRV_KIND_CHAT = 0, SRV_KIND_ANALYZE, SRV_KIND_TRANSCRIBE } srv_ki
 typedef enum { SRV_FMT_JSON = 0, SRV_FMT_TEXT, SRV_FMT_VERBOSE_JSON } srv_fmt_t;
 
 typedef struct {
-  int status;     /* HTTP status: 400, 404, 413, 415, 429, 500, 503 */
-  char param[64]; /* the request field concerned, "" when none */
-  es_error_t err; /* the message */
+  int status;           /* HTTP status: 400, 404, 413, 415, 429, 500, 503 */
+  char param[64];       /* the request field concerned, "" when none */
+  es_error_t err;       /* the message */
+  int context_overflow; /* srv_req_build: the prompt (or prompt + max_tokens) does not fit the context */
 } srv_fail_t;
 
 /* Records a failure; returns the matching ES_E* code (ES_EINVAL for 4xx, ES_EINTERNAL for 5xx). */
@@ -55,8 +56,10 @@ typedef struct {
 } srv_req_ctx_t;
 
 typedef struct {
-  unsigned char *data; /* owned */
+  unsigned char *data; /* owned: encoded audio (a file's bytes), decoded by srv_req_build */
   size_t len;
+  float *pcm; /* owned: or samples already at 16 kHz (a voice session's turn), used as they are */
+  size_t n_pcm;
   char label[112]; /* names it in errors: "messages[0].content[1] (input_audio)", "file 2 (x.wav)" */
 } srv_blob_t;
 
@@ -100,6 +103,11 @@ int srv_req_form_field(srv_req_t *r, const srv_req_ctx_t *ctx, const char *key, 
 int srv_req_form_finish(srv_req_t *r, const srv_req_ctx_t *ctx, srv_fail_t *f);
 /* Takes ownership of data (malloc'd) as the next audio. */
 int srv_req_add_audio(srv_req_t *r, unsigned char *data, size_t len, const char *label, srv_fail_t *f);
+
+/* Applies the sampling fields present in o (JSON null: absent) — temperature, top_p, top_k, min_p, the
+ * penalties, seed, min_tokens, ignore_eos — with the same checks as a chat request; other keys are left alone.
+ * For front ends that carry these fields in their own objects (the voice session). */
+int srv_req_sampling_fields(srv_req_t *r, const cJSON *o, srv_fail_t *f);
 
 /* Decodes the audios and fills q (prompt ids in *ids, which must outlive q until eng_submit returns). On
  * success q's sample buffers are owned by the caller until eng_submit accepts them; on failure they are

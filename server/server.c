@@ -12,6 +12,7 @@
 #include "server.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <limits.h>
 #include <microhttpd.h>
 #include <netdb.h>
@@ -30,6 +31,8 @@
 #include "gen.h"
 #include "metrics.h"
 #include "request.h"
+#include "voice.h"
+#include "ws.h"
 
 #define MAX_WORKERS 16
 #define FIELD_CAP (64u << 10) /* one multipart text field */
@@ -57,7 +60,18 @@ struct srv {
   int n_workers;
   pthread_t ticker;
   int ticker_started;
+  struct voice_slot *voices; /* live voice sessions (their threads remove themselves) */
+  int n_voices;
 };
+
+/* One live voice session: its thread, its connection and how the server asks it to stop. */
+typedef struct voice_slot {
+  struct voice_slot *next;
+  srv_t *s;
+  ws_conn_t *conn;
+  struct MHD_UpgradeResponseHandle *urh;
+  atomic_int stop; /* voice.h: 1 finish and close, 2 close now */
+} voice_slot_t;
 
 typedef enum {
   R_NONE = 0,
@@ -68,6 +82,7 @@ typedef enum {
   R_HEALTH,
   R_VERSION,
   R_METRICS,
+  R_REALTIME,
 } route_t;
 
 static const struct {
@@ -82,6 +97,7 @@ static const struct {
     {"/health", R_HEALTH, 0},
     {"/version", R_VERSION, 0},
     {"/metrics", R_METRICS, 0},
+    {"/v1/realtime", R_REALTIME, 0},
 };
 
 /* Per-request state (libmicrohttpd's *con_cls), owned by the HTTP thread. */
@@ -130,6 +146,24 @@ static enum MHD_Result send_error(srv_t *s, struct MHD_Connection *mc, int statu
   char *b = gen_error_json(status, msg, param);
   if (!b) return MHD_NO;
   return send_body(s, mc, status, "application/json", b, strlen(b), status == 429 || status == 503 ? 1 : 0);
+}
+
+/* 426 Upgrade Required (RFC 6455 §4.2.2, §4.4): names the protocol and the version this server speaks. */
+static enum MHD_Result send_upgrade_required(srv_t *s, struct MHD_Connection *mc, const char *msg) {
+  char *b = gen_error_json(426, msg, NULL);
+  if (!b) return MHD_NO;
+  struct MHD_Response *r = MHD_create_response_from_buffer(strlen(b), b, MHD_RESPMEM_MUST_FREE);
+  if (!r) {
+    free(b);
+    return MHD_NO;
+  }
+  MHD_add_response_header(r, "Content-Type", "application/json");
+  MHD_add_response_header(r, "Upgrade", "websocket");
+  MHD_add_response_header(r, "Sec-WebSocket-Version", "13");
+  enum MHD_Result ret = MHD_queue_response(mc, 426, r);
+  MHD_destroy_response(r);
+  met_http(s->met, 426);
+  return ret;
 }
 
 static enum MHD_Result send_json(srv_t *s, struct MHD_Connection *mc, cJSON *o) {
@@ -521,6 +555,129 @@ static enum MHD_Result route_post(srv_t *s, struct MHD_Connection *mc, conn_t *c
   return send_body(s, mc, status, ctype, body, len, status == 503 ? 1 : 0);
 }
 
+/* ---- voice sessions (WebSocket) --------------------------------------------------------------------------------- */
+
+static void *voice_main(void *arg) {
+  voice_slot_t *v = arg;
+  srv_t *s = v->s;
+  pthread_mutex_lock(&s->mu);
+  voice_opts_t o = {
+      .ctx = s->ctx, .eng = s->rt->engine, .met = s->met, .max_buffer_s = s->o.voice_buffer_s, .verbose = s->o.verbose};
+  pthread_mutex_unlock(&s->mu);
+  voice_session_run(v->conn, &o, &v->stop);
+  MHD_upgrade_action(v->urh, MHD_UPGRADE_ACTION_CLOSE); /* the socket goes back to libmicrohttpd, which closes it */
+  pthread_mutex_lock(&s->mu);
+  for (voice_slot_t **p = &s->voices; *p; p = &(*p)->next)
+    if (*p == v) {
+      *p = v->next;
+      break;
+    }
+  s->n_voices--;
+  pthread_cond_broadcast(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+  met_voice_session(s->met, 0);
+  ws_conn_free(v->conn);
+  free(v);
+  return NULL;
+}
+
+/* libmicrohttpd sent the 101: the socket is ours until MHD_upgrade_action. Runs on the polling thread: starts
+ * the session's thread and returns. */
+static void on_upgrade(void *cls, struct MHD_Connection *mc, void *con_cls, const char *extra_in, size_t extra_in_size,
+                       MHD_socket sock, struct MHD_UpgradeResponseHandle *urh) {
+  (void)mc, (void)con_cls;
+  srv_t *s = cls;
+  voice_slot_t *v = calloc(1, sizeof *v);
+  es_error_t e;
+  ws_opts_t wo = {0};
+  if (!v || ws_conn_new(sock, extra_in, extra_in_size, &wo, &v->conn, &e)) {
+    free(v);
+    MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
+    return;
+  }
+  v->s = s;
+  v->urh = urh;
+  atomic_init(&v->stop, 0);
+  pthread_mutex_lock(&s->mu);
+  int refuse = s->stopping || s->n_voices >= s->o.max_voice_sessions;
+  pthread_t th;
+  pthread_attr_t at;
+  int started = 0;
+  if (!refuse && pthread_attr_init(&at) == 0) {
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    v->next = s->voices;
+    s->voices = v;
+    s->n_voices++;
+    started = pthread_create(&th, &at, voice_main, v) == 0;
+    pthread_attr_destroy(&at);
+    if (!started) {
+      s->voices = v->next;
+      s->n_voices--;
+    }
+  }
+  pthread_mutex_unlock(&s->mu);
+  if (!started) { /* raced past the limit (or no thread): the client sees the upgrade, then a close */
+    ws_conn_free(v->conn);
+    free(v);
+    MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
+    return;
+  }
+  met_voice_session(s->met, 1);
+}
+
+/* 1 if the comma-separated header value h holds token (case-insensitive). */
+static int header_has(const char *h, const char *token) {
+  size_t n = strlen(token);
+  for (const char *p = h; p && *p;) {
+    while (*p == ' ' || *p == '\t' || *p == ',') p++;
+    const char *end = p;
+    while (*end && *end != ',') end++;
+    const char *e = end;
+    while (e > p && (e[-1] == ' ' || e[-1] == '\t')) e--;
+    if ((size_t)(e - p) == n && !strncasecmp(p, token, n)) return 1;
+    p = end;
+  }
+  return 0;
+}
+
+/* GET /v1/realtime: the WebSocket handshake (RFC 6455 §4.2), then the voice session. */
+static enum MHD_Result route_realtime(srv_t *s, struct MHD_Connection *mc) {
+  pthread_mutex_lock(&s->mu);
+  int ready = s->rt != NULL, stopping = s->stopping, full = s->n_voices >= s->o.max_voice_sessions;
+  pthread_mutex_unlock(&s->mu);
+  const char *up = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "Upgrade");
+  const char *ver = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "Sec-WebSocket-Version");
+  const char *key = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "Sec-WebSocket-Key");
+  const char *model = MHD_lookup_connection_value(mc, MHD_GET_ARGUMENT_KIND, "model");
+  const char *intent = MHD_lookup_connection_value(mc, MHD_GET_ARGUMENT_KIND, "intent");
+  if (!up || !header_has(up, "websocket"))
+    return send_upgrade_required(s, mc, "/v1/realtime is a WebSocket endpoint: connect with 'Upgrade: websocket'");
+  if (!ver || strcmp(ver, "13") != 0)
+    return send_upgrade_required(s, mc, "only WebSocket version 13 (RFC 6455) is supported");
+  char accept[29];
+  es_error_t e;
+  if (ws_accept_key(key, accept, &e)) return send_error(s, mc, 400, e.msg, NULL);
+  if (model && strcmp(model, s->model_name) != 0) {
+    char msg[400];
+    snprintf(msg, sizeof msg, "The model `%.200s` does not exist.", model);
+    return send_error(s, mc, 404, msg, "model");
+  }
+  if (intent && strcmp(intent, "conversation") != 0 && strcmp(intent, "realtime") != 0)
+    return send_error(s, mc, 400, "only conversation sessions are served (no transcription intent)", "intent");
+  if (stopping) return send_error(s, mc, 503, "the server is shutting down", NULL);
+  if (!ready) return send_error(s, mc, 503, "the model is loading; retry shortly", NULL);
+  if (full) return send_error(s, mc, 429, "too many voice sessions are open (--max-voice-sessions); retry later", NULL);
+  struct MHD_Response *r = MHD_create_response_for_upgrade(on_upgrade, s);
+  if (!r) return MHD_NO;
+  /* not "Connection: Upgrade": libmicrohttpd 0.9.75 adds it itself (API-NOTES §B2) */
+  MHD_add_response_header(r, "Upgrade", "websocket");
+  MHD_add_response_header(r, "Sec-WebSocket-Accept", accept);
+  enum MHD_Result ret = MHD_queue_response(mc, MHD_HTTP_SWITCHING_PROTOCOLS, r);
+  MHD_destroy_response(r);
+  met_http(s->met, 101);
+  return ret;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const char *url, const char *method,
                                   const char *version, const char *upload_data, size_t *upload_data_size,
                                   void **con_cls) {
@@ -586,6 +743,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
     return MHD_YES;
   }
   if (c->route == R_CHAT || c->route == R_ANALYZE || c->route == R_TRANSCRIBE) return route_post(s, mc, c);
+  if (c->route == R_REALTIME) return route_realtime(s, mc);
   return route_get(s, mc, c->route);
 }
 
@@ -656,6 +814,7 @@ int srv_start(const srv_opts_t *opts, srv_t **out, es_error_t *err) {
   if (s->o.max_pending <= 0) s->o.max_pending = 64;
   if (s->o.keepalive_s <= 0) s->o.keepalive_s = 5.0;
   if (s->o.shutdown_grace_s <= 0) s->o.shutdown_grace_s = 10.0;
+  if (s->o.max_voice_sessions <= 0) s->o.max_voice_sessions = 64;
   pthread_mutex_init(&s->mu, NULL);
   pthread_cond_init(&s->cv, NULL);
   int rc = met_init(&s->met, err);
@@ -681,7 +840,7 @@ int srv_start(const srv_opts_t *opts, srv_t **out, es_error_t *err) {
     rc = es_fail(err, ES_EINVAL, "--host %s: %s", s->host, gai_strerror(gai));
     goto fail;
   }
-  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_ALLOW_SUSPEND_RESUME;
+  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_ALLOW_SUSPEND_RESUME | MHD_ALLOW_UPGRADE;
   if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
   s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
                           MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
@@ -728,6 +887,28 @@ int srv_set_runtime(srv_t *s, rt_t *rt, es_error_t *err) {
   return ES_OK;
 }
 
+/* Asks every voice session to stop (1: after its response, 2: now); caller holds s->mu. */
+static void stop_voices(srv_t *s, int how) {
+  for (voice_slot_t *v = s->voices; v; v = v->next) {
+    atomic_store(&v->stop, how);
+    ws_conn_wake(v->conn);
+  }
+}
+
+/* Waits until no voice session is left or the deadline passes; caller holds s->mu. */
+static void wait_voices(srv_t *s, double deadline) {
+  while (s->n_voices > 0 && gen_now() < deadline) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 50 * 1000 * 1000;
+    if (ts.tv_nsec >= 1000000000) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000;
+    }
+    pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+  }
+}
+
 /* Waits until no gen is live or the deadline passes; caller holds s->mu. */
 static void wait_live(srv_t *s, double deadline) {
   while (s->n_live > 0 && gen_now() < deadline) {
@@ -754,7 +935,12 @@ void srv_shutdown(srv_t *s) {
   /* 1. let in-flight requests finish, 2. cancel what is left and wait for the final events, 3. give up on
    * any the engine has not finished (a long step) so that no connection stays suspended */
   pthread_mutex_lock(&s->mu);
-  wait_live(s, gen_now() + s->o.shutdown_grace_s);
+  double grace_end = gen_now() + s->o.shutdown_grace_s;
+  stop_voices(s, 1); /* voice sessions finish the reply in flight, then close with 1001 */
+  wait_live(s, grace_end);
+  wait_voices(s, grace_end);
+  stop_voices(s, 2);
+  wait_voices(s, gen_now() + 5.0); /* a close handshake waits at most 2 s for the peer */
   for (srv_gen_t *g = s->live; g; g = g->next) {
     pthread_mutex_lock(&g->mu);
     int cancel = g->submitted && !g->done;

@@ -1,8 +1,9 @@
 /* server: earshot's OpenAI-compatible HTTP server (libmicrohttpd).
  *
  * Routes: POST /v1/chat/completions, POST /v1/audio/analyze, POST /v1/audio/transcriptions, GET /v1/models,
- * GET /health, GET /version, GET /metrics. Wire formats follow vLLM (SERVING.md §1); errors are OpenAI error
- * objects with the status they deserve (400, 401, 404, 405, 413, 415, 429/503 with Retry-After, 500).
+ * GET /health, GET /version, GET /metrics, and GET /v1/realtime: live voice chat over a WebSocket (voice.h). Wire
+ * formats follow vLLM (SERVING.md §1); errors are OpenAI error objects with the status they deserve (400, 401, 404,
+ * 405, 413, 415, 429/503 with Retry-After, 500).
  *
  * Threads (docs/ARCHITECTURE.md, "Server"):
  *   - libmicrohttpd's one internal polling thread parses headers, accumulates bodies (multipart through its
@@ -13,6 +14,8 @@
  *   - the engine thread's callbacks format chunks into per-request buffers and resume suspended connections.
  *   - a ticker thread sends SSE keep-alive comments to idle streams, so a client that vanished while its
  *     request waited in the queue is noticed (the next write fails) and the request is cancelled.
+ *   - one thread per voice session (WebSocket): the upgrade hands it the socket; it reads the client's events,
+ *     converts audio, detects turns, submits responses and writes the events (voice.h, ws.h).
  * The server starts before the model is loaded: /health answers 503 until srv_set_runtime.
  *
  * Thread safety: srv_start / srv_set_runtime / srv_shutdown / srv_free from one (the main) thread.
@@ -39,6 +42,8 @@ typedef struct {
   int max_pending;                /* requests waiting for a decode worker before 429 (0 = 64) */
   double keepalive_s;             /* SSE keep-alive comment after this much silence (0 = 5 s) */
   double shutdown_grace_s;        /* srv_shutdown waits this long for streams to finish (0 = 10 s) */
+  int max_voice_sessions;         /* open WebSocket voice sessions before 429 (0 = 64) */
+  double voice_buffer_s;          /* a voice session's input audio buffer / longest turn (0 = 300 s) */
   const char *version_info;       /* /version's "git" field */
   int verbose;                    /* 1: one line per request on stderr */
 } srv_opts_t;

@@ -1,0 +1,795 @@
+/* test_voice: live voice chat over a WebSocket (GET /v1/realtime) end to end, against `earshot serve` on the
+ * bundled tiny checkpoint (tiny-a, CPU), with a small WebSocket client written here (raw frames, so that broken
+ * ones can be sent too):
+ *   - the handshake: the RFC 6455 example key gets the RFC's accept value; no Upgrade / another version -> 426,
+ *     a bad key -> 400, no API key -> 401, another model -> 404, POST -> 405, too many sessions -> 429;
+ *   - a turn committed by the client (turn_detection null) at 16 kHz, appended as base64 events, and at
+ *     22.05 kHz, sent as binary messages in odd-sized pieces: the greedy reply equals `earshot run` on the same
+ *     audio as a WAV file (the resampling is the decoder's, sample for sample), and the events come in the
+ *     OpenAI Realtime order;
+ *   - the conversation goes on: a text follow-up's reply equals /v1/chat/completions with the same three messages;
+ *   - server VAD: silence, speech, silence -> speech_started / speech_stopped where the speech is (to 60 ms),
+ *     committed, a response created by itself; speech during a response cancels it (turn_detected);
+ *   - errors are `error` events and the session goes on (bad JSON, unknown event, empty commit, nothing to
+ *     cancel, audio output, bad format, unknown fields, a second response, bad base64, unknown item); ping ->
+ *     pong; protocol violations close with 1002 / 1007 / 1009; a close is answered;
+ *   - a client that vanishes mid-response: the response is cancelled and its KV blocks are freed;
+ *   - the official `openai` client's Realtime API (tests/server/openai_realtime.py) gets the same reply;
+ *   - SIGTERM with a response running: the session closes with 1001 and the server exits 0.
+ * argv: EARSHOT SCRATCH_DIR (the official client runs with build/test-venv's Python: scripts/test-venv.sh)
+ */
+#define _GNU_SOURCE /* strcasestr */
+#include <arpa/inet.h>
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include "serve_proc.h"
+#include "test_util.h"
+
+#define AUTH "-H 'Authorization: Bearer " KEY "' "
+#define SPEECH DATA "/speech-espeak-22k.wav"
+
+#define PYTHON ES_SOURCE_DIR "/build/test-venv/bin/python"
+static int16_t *speech; /* the espeak recording's samples (22.05 kHz) */
+static size_t n_speech;
+
+/* ---- a small WebSocket client ---------------------------------------------------------------------------------- */
+
+typedef struct {
+  int fd;
+  char *events; /* the types of the events received, space-separated, for order checks */
+  size_t n_events;
+  int close_code; /* the server's close frame (-1 none yet) */
+} wsc_t;
+
+/* Connects and sends a handshake for path with these extra header lines ("" for none); the response's status
+ * lands in *status and its head in head (cap bytes). Returns the socket (the upgrade succeeded or not) or -1. */
+static int wsc_handshake(const server_t *s, const char *method, const char *path, const char *headers, int *status,
+                         char *head, size_t cap) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)s->port)};
+  inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+  if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+    close(fd);
+    return -1;
+  }
+  char req[2048];
+  int n = snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s\r\n", method, path, headers);
+  if (write(fd, req, (size_t)n) != n) {
+    close(fd);
+    return -1;
+  }
+  size_t got = 0;
+  head[0] = '\0';
+  while (got + 1 < cap && !strstr(head, "\r\n\r\n")) { /* byte by byte: nothing past the head is consumed */
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (poll(&p, 1, 30000) != 1 || read(fd, head + got, 1) != 1) break;
+    head[++got] = '\0';
+  }
+  *status = strncmp(head, "HTTP/1.1 ", 9) == 0 ? atoi(head + 9) : 0;
+  return fd;
+}
+
+#define WS_HEADERS(extra)                                                                                              \
+  "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"                                         \
+  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" extra
+
+static int wsc_open(const server_t *s, wsc_t *c) {
+  char head[4096];
+  int status = 0;
+  memset(c, 0, sizeof *c);
+  c->close_code = -1;
+  c->fd = wsc_handshake(s, "GET", "/v1/realtime?model=" MODEL, WS_HEADERS("Authorization: Bearer " KEY "\r\n"), &status,
+                        head, sizeof head);
+  if (c->fd < 0 || status != 101) {
+    fprintf(stderr, "handshake: %d %s\n", status, head);
+    if (c->fd >= 0) close(c->fd);
+    c->fd = -1;
+    return -1;
+  }
+  return 0;
+}
+
+static void wsc_free(wsc_t *c) {
+  if (c->fd >= 0) close(c->fd);
+  c->fd = -1;
+  free(c->events);
+  c->events = NULL;
+}
+
+/* One frame; masked as a client must (masked = 0 breaks the rule on purpose). */
+static int wsc_frame(wsc_t *c, int opcode, const void *data, size_t n, int masked) {
+  uint8_t h[14];
+  size_t k = 0;
+  h[k++] = (uint8_t)(0x80 | opcode);
+  uint8_t m = masked ? 0x80 : 0;
+  if (n < 126) {
+    h[k++] = (uint8_t)(m | n);
+  } else if (n < 65536) {
+    h[k++] = m | 126, h[k++] = (uint8_t)(n >> 8), h[k++] = (uint8_t)n;
+  } else {
+    h[k++] = m | 127;
+    for (int i = 7; i >= 0; i--) h[k++] = (uint8_t)((uint64_t)n >> (8 * i));
+  }
+  static const uint8_t mask[4] = {0x37, 0xfa, 0x21, 0x3d};
+  if (masked) memcpy(h + k, mask, 4), k += 4;
+  uint8_t *f = malloc(k + n);
+  memcpy(f, h, k);
+  for (size_t i = 0; i < n; i++) f[k + i] = ((const uint8_t *)data)[i] ^ (masked ? mask[i & 3] : 0);
+  size_t off = 0;
+  while (off < k + n) {
+    ssize_t w = send(c->fd, f + off, k + n - off, MSG_NOSIGNAL);
+    if (w <= 0) break;
+    off += (size_t)w;
+  }
+  free(f);
+  return off == k + n ? 0 : -1;
+}
+
+static int wsc_text(wsc_t *c, const char *json) {
+  return wsc_frame(c, 1, json, strlen(json), 1);
+}
+
+static int read_full(int fd, void *buf, size_t n, int timeout_ms) {
+  size_t got = 0;
+  while (got < n) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (poll(&p, 1, timeout_ms) != 1) return -1;
+    ssize_t r = read(fd, (char *)buf + got, n - got);
+    if (r <= 0) return -1;
+    got += (size_t)r;
+  }
+  return 0;
+}
+
+/* The next frame from the server: its opcode (-1 on timeout / EOF) and payload (malloc'd, NUL-terminated). */
+static int wsc_read(wsc_t *c, char **payload, size_t *len, int timeout_ms) {
+  uint8_t h[2];
+  *payload = NULL;
+  *len = 0;
+  if (read_full(c->fd, h, 2, timeout_ms)) return -1;
+  uint64_t n = h[1] & 0x7f;
+  if (h[1] & 0x80) return -1; /* a server must not mask */
+  if (n == 126) {
+    uint8_t e[2];
+    if (read_full(c->fd, e, 2, timeout_ms)) return -1;
+    n = (uint64_t)e[0] << 8 | e[1];
+  } else if (n == 127) {
+    uint8_t e[8];
+    if (read_full(c->fd, e, 8, timeout_ms)) return -1;
+    n = 0;
+    for (int i = 0; i < 8; i++) n = n << 8 | e[i];
+  }
+  char *p = malloc(n + 1);
+  if (!p || read_full(c->fd, p, n, timeout_ms)) {
+    free(p);
+    return -1;
+  }
+  p[n] = '\0';
+  *payload = p;
+  *len = n;
+  int op = h[0] & 0x0f;
+  if (op == 8) c->close_code = n >= 2 ? ((uint8_t)p[0] << 8 | (uint8_t)p[1]) : 1005;
+  return op;
+}
+
+/* The next event (a text frame, parsed); NULL on timeout, EOF or a close frame. Records its type. */
+static cJSON *wsc_event(wsc_t *c, int timeout_ms) {
+  for (;;) {
+    char *p;
+    size_t n;
+    int op = wsc_read(c, &p, &n, timeout_ms);
+    if (op != 1) {
+      free(p);
+      if (op == 9 || op == 10) continue; /* ping / pong */
+      return NULL;
+    }
+    cJSON *j = cJSON_Parse(p);
+    free(p);
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "type");
+    if (cJSON_IsString(t)) {
+      size_t k = strlen(t->valuestring);
+      c->events = realloc(c->events, c->n_events + k + 2);
+      memcpy(c->events + c->n_events, t->valuestring, k);
+      c->n_events += k;
+      c->events[c->n_events++] = ' ';
+      c->events[c->n_events] = '\0';
+    }
+    return j;
+  }
+}
+
+static const char *ev_type(const cJSON *e) {
+  const cJSON *t = cJSON_GetObjectItemCaseSensitive(e, "type");
+  return cJSON_IsString(t) ? t->valuestring : "";
+}
+
+/* Events up to the first of this type (returned; the caller frees) or an error event (returned too). */
+static cJSON *wsc_until(wsc_t *c, const char *type, int timeout_ms) {
+  for (;;) {
+    cJSON *e = wsc_event(c, timeout_ms);
+    if (!e) return NULL;
+    if (!strcmp(ev_type(e), type) || !strcmp(ev_type(e), "error")) return e;
+    cJSON_Delete(e);
+  }
+}
+
+static const char *jstr(const cJSON *o, const char *a, const char *b) {
+  const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, a);
+  if (b) x = cJSON_GetObjectItemCaseSensitive(x, b);
+  return cJSON_IsString(x) ? x->valuestring : NULL;
+}
+
+static double jnum(const cJSON *o, const char *a, const char *b, const char *c) {
+  const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, a);
+  if (b) x = cJSON_GetObjectItemCaseSensitive(x, b);
+  if (c) x = cJSON_GetObjectItemCaseSensitive(x, c);
+  return cJSON_IsNumber(x) ? x->valuedouble : -1;
+}
+
+/* Sends an event and expects an error event with this code back (the session goes on). */
+static void expect_error(wsc_t *c, const char *event, const char *code) {
+  T_CHECK(wsc_text(c, event) == 0, "send %s", event);
+  cJSON *e = wsc_until(c, "error", 30000);
+  const char *got = jstr(e, "error", "code");
+  T_CHECK(e && !strcmp(ev_type(e), "error") && got && !strcmp(got, code), "%.80s: expected error %s, got %s %s", event,
+          code, ev_type(e), got ? got : "-");
+  if (strstr(event, "\"event_id\":\"client-7\""))
+    T_CHECK(jstr(e, "error", "event_id") && !strcmp(jstr(e, "error", "event_id"), "client-7"), "event_id echoed");
+  cJSON_Delete(e);
+}
+
+/* ---- audio ---------------------------------------------------------------------------------------------------- */
+
+static char *b64(const unsigned char *p, size_t n) {
+  static const char A[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  char *o = malloc(n / 3 * 4 + 5), *q = o;
+  size_t i = 0;
+  for (; i + 3 <= n; i += 3, q += 4) {
+    unsigned v = (unsigned)p[i] << 16 | (unsigned)p[i + 1] << 8 | p[i + 2];
+    q[0] = A[v >> 18], q[1] = A[v >> 12 & 63], q[2] = A[v >> 6 & 63], q[3] = A[v & 63];
+  }
+  if (n - i == 1) {
+    unsigned v = (unsigned)p[i] << 16;
+    q[0] = A[v >> 18], q[1] = A[v >> 12 & 63], q[2] = '=', q[3] = '=', q += 4;
+  } else if (n - i == 2) {
+    unsigned v = (unsigned)p[i] << 16 | (unsigned)p[i + 1] << 8;
+    q[0] = A[v >> 18], q[1] = A[v >> 12 & 63], q[2] = A[v >> 6 & 63], q[3] = '=', q += 4;
+  }
+  *q = '\0';
+  return o;
+}
+
+/* Writes a mono 16-bit WAV of these samples at rate. */
+static void write_wav(const char *path, const int16_t *x, size_t n, int rate) {
+  FILE *f = fopen(path, "wb");
+  uint32_t data = (uint32_t)(2 * n), riff = 36 + data, fmt = 16, br = (uint32_t)rate * 2, r = (uint32_t)rate;
+  uint16_t pcm = 1, ch = 1, align = 2, bits = 16;
+  fwrite("RIFF", 1, 4, f), fwrite(&riff, 4, 1, f), fwrite("WAVEfmt ", 1, 8, f), fwrite(&fmt, 4, 1, f);
+  fwrite(&pcm, 2, 1, f), fwrite(&ch, 2, 1, f), fwrite(&r, 4, 1, f), fwrite(&br, 4, 1, f), fwrite(&align, 2, 1, f);
+  fwrite(&bits, 2, 1, f), fwrite("data", 1, 4, f), fwrite(&data, 4, 1, f), fwrite(x, 2, n, f);
+  fclose(f);
+}
+
+static int load_speech(void) {
+  size_t n = 0;
+  char *w = slurp(SPEECH, &n);
+  if (!w || n < 44 || memcmp(w + 36, "data", 4) != 0) return -1; /* a canonical 44-byte header */
+  n_speech = (n - 44) / 2;
+  speech = malloc(2 * n_speech);
+  memcpy(speech, w + 44, 2 * n_speech);
+  free(w);
+  return 0;
+}
+
+/* `earshot run --json` greedy text for a WAV file (what the voice session must answer). */
+static char *run_text(const char *wav, const char *prompt) {
+  static char out[1 << 20];
+  char cmd[4096];
+  snprintf(cmd, sizeof cmd,
+           "%s run --model %s --device cpu --temperature 0 --repetition-penalty 1 --max-tokens 20 --ignore-eos "
+           "--json --audio %s %s%s%s 2>/dev/null",
+           EARSHOT, CK, wav, prompt ? "--prompt '" : "", prompt ? prompt : "", prompt ? "'" : "");
+  if (sh(cmd, out, sizeof out) != 0) return NULL;
+  cJSON *j = cJSON_Parse(out);
+  const char *t = jstr(j, "text", NULL);
+  char *r = t ? strdup(t) : NULL;
+  cJSON_Delete(j);
+  return r;
+}
+
+static const char *GREEDY = "\"temperature\":0,\"repetition_penalty\":1,\"ignore_eos\":true";
+
+/* session.update: turn detection off, PCM at rate, greedy. */
+static void manual_session(wsc_t *c, int rate) {
+  char ev[512];
+  snprintf(ev, sizeof ev,
+           "{\"type\":\"session.update\",\"session\":{\"type\":\"realtime\",\"output_modalities\":[\"text\"],"
+           "\"audio\":{\"input\":{\"format\":{\"type\":\"audio/pcm\",\"rate\":%d},\"turn_detection\":null}},%s}}",
+           rate, GREEDY);
+  wsc_text(c, ev);
+  cJSON *e = wsc_until(c, "session.updated", 30000);
+  T_CHECK(e && !strcmp(ev_type(e), "session.updated"), "session.updated (%s)", e ? ev_type(e) : "timeout");
+  T_CHECK(
+      e && cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(
+               cJSON_GetObjectItemCaseSensitive(
+                   cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(e, "session"), "audio"), "input"),
+               "turn_detection")),
+      "turn_detection is null now");
+  cJSON_Delete(e);
+}
+
+/* response.create (max 20 tokens unless extra says) and the reply's text; *done gets the response.done event. */
+static char *respond(wsc_t *c, const char *extra, cJSON **done) {
+  char ev[512];
+  snprintf(ev, sizeof ev, "{\"type\":\"response.create\",\"response\":{\"max_output_tokens\":20%s}}", extra);
+  wsc_text(c, ev);
+  char *text = calloc(1, 1);
+  size_t n = 0;
+  *done = NULL;
+  for (;;) {
+    cJSON *e = wsc_event(c, 60000);
+    if (!e) break;
+    if (!strcmp(ev_type(e), "response.output_text.delta")) {
+      const char *d = jstr(e, "delta", NULL);
+      size_t k = d ? strlen(d) : 0;
+      text = realloc(text, n + k + 1);
+      memcpy(text + n, d, k);
+      text[n += k] = '\0';
+    }
+    if (!strcmp(ev_type(e), "response.done") || !strcmp(ev_type(e), "error")) {
+      *done = e;
+      break;
+    }
+    cJSON_Delete(e);
+  }
+  return text;
+}
+
+/* ---- the checks ----------------------------------------------------------------------------------------------- */
+
+static void test_handshake(const server_t *s) {
+  char head[4096];
+  int st = 0, fd;
+  fd = wsc_handshake(s, "GET", "/v1/realtime", WS_HEADERS("Authorization: Bearer " KEY "\r\n"), &st, head, sizeof head);
+  T_CHECK(st == 101, "handshake: %d %s", st, head);
+  T_CHECK(strcasestr(head, "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=") != NULL, "RFC 6455 accept: %s", head);
+  T_CHECK(strcasestr(head, "Upgrade: websocket") != NULL, "Upgrade header: %s", head);
+  wsc_t c = {.fd = fd, .close_code = -1};
+  cJSON *e = wsc_event(&c, 30000);
+  T_CHECK(e && !strcmp(ev_type(e), "session.created"), "session.created first (%s)", e ? ev_type(e) : "timeout");
+  const char *sid = jstr(cJSON_GetObjectItemCaseSensitive(e, "session"), "id", NULL);
+  T_CHECK(sid && !strncmp(sid, "sess_", 5), "session id %s", sid ? sid : "-");
+  char *txt = cJSON_PrintUnformatted(e);
+  T_CHECK(txt && strstr(txt, "\"format\":{\"type\":\"audio/pcm\",\"rate\":24000}") &&
+              strstr(txt, "\"turn_detection\":{\"type\":\"server_vad\",\"threshold\":0.5,\"prefix_padding_ms\":300,"
+                          "\"silence_duration_ms\":500") &&
+              strstr(txt, "\"output_modalities\":[\"text\"]") && strstr(txt, "\"model\":\"" MODEL "\""),
+          "session defaults: %s", txt);
+  free(txt);
+  cJSON_Delete(e);
+  /* the close handshake: ours is answered with the server's */
+  wsc_frame(&c, 8, "\x03\xe8", 2, 1);
+  char *p;
+  size_t n;
+  int op = wsc_read(&c, &p, &n, 10000);
+  T_CHECK(op == 8 && c.close_code == 1000, "close answered: op %d code %d", op, c.close_code);
+  free(p);
+  wsc_free(&c);
+
+  struct {
+    const char *method, *path, *headers;
+    int status;
+    const char *in_body;
+  } bad[] = {
+      {"GET", "/v1/realtime", "Authorization: Bearer " KEY "\r\n", 426, "WebSocket endpoint"},
+      {"GET", "/v1/realtime",
+       "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: "
+       "dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer " KEY "\r\n",
+       426, "version 13"},
+      {"GET", "/v1/realtime",
+       "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: abc\r\n"
+       "Authorization: Bearer " KEY "\r\n",
+       400, "Sec-WebSocket-Key"},
+      {"GET", "/v1/realtime", WS_HEADERS(""), 401, "Unauthorized"},
+      {"GET", "/v1/realtime?model=other", WS_HEADERS("Authorization: Bearer " KEY "\r\n"), 404, "other"},
+      {"GET", "/v1/realtime?intent=transcription", WS_HEADERS("Authorization: Bearer " KEY "\r\n"), 400, "intent"},
+      {"POST", "/v1/realtime", WS_HEADERS("Authorization: Bearer " KEY "\r\nContent-Length: 0\r\n"), 405, "GET"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    fd = wsc_handshake(s, bad[i].method, bad[i].path, bad[i].headers, &st, head, sizeof head);
+    char body[2048] = "";
+    if (fd >= 0) {
+      struct pollfd pf = {.fd = fd, .events = POLLIN};
+      size_t got = 0;
+      while (got + 1 < sizeof body && poll(&pf, 1, 2000) == 1) {
+        ssize_t r = read(fd, body + got, sizeof body - 1 - got);
+        if (r <= 0) break;
+        got += (size_t)r;
+        body[got] = '\0';
+        if (strchr(body, '}') && body[got - 1] == '}') break;
+      }
+      close(fd);
+    }
+    T_CHECK(st == bad[i].status, "bad handshake %zu: %d, expected %d", i, st, bad[i].status);
+    T_CHECK(strstr(body, "\"error\"") && strstr(body, bad[i].in_body), "bad handshake %zu body: %s", i, body);
+    if (bad[i].status == 426)
+      T_CHECK(strcasestr(head, "Sec-WebSocket-Version: 13") != NULL, "426 names version 13: %s", head);
+  }
+}
+
+static char *wav16, *wav22; /* the speech as 16 kHz (the samples as they are) and as the 22.05 kHz original */
+static char *expect16, *expect22;
+
+static void test_manual_turns(const server_t *s) {
+  wsc_t c;
+  T_REQUIRE(wsc_open(s, &c) == 0, "connect");
+  cJSON_Delete(wsc_until(&c, "session.created", 30000));
+  manual_session(&c, 16000);
+  /* 16 kHz, base64 appends of 0.2 s */
+  for (size_t i = 0; i < n_speech; i += 3200) {
+    size_t k = n_speech - i < 3200 ? n_speech - i : 3200;
+    char *enc = b64((const unsigned char *)(speech + i), 2 * k);
+    char *ev = malloc(strlen(enc) + 64);
+    sprintf(ev, "{\"type\":\"input_audio_buffer.append\",\"audio\":\"%s\"}", enc);
+    wsc_text(&c, ev);
+    free(enc), free(ev);
+  }
+  wsc_text(&c, "{\"type\":\"input_audio_buffer.commit\"}");
+  cJSON *e = wsc_until(&c, "conversation.item.done", 30000);
+  T_CHECK(e && !strcmp(ev_type(e), "conversation.item.done"), "commit: %s", e ? ev_type(e) : "timeout");
+  cJSON_Delete(e);
+  cJSON *done = NULL;
+  char *text = respond(&c, "", &done);
+  T_CHECK(expect16 && !strcmp(text, expect16), "16 kHz turn: '%s' != earshot run '%s'", text, expect16);
+  T_CHECK(done && !strcmp(ev_type(done), "response.done"), "response.done (%s)", done ? ev_type(done) : "timeout");
+  const cJSON *r = cJSON_GetObjectItemCaseSensitive(done, "response");
+  T_CHECK(jstr(r, "status", NULL) && !strcmp(jstr(r, "status", NULL), "incomplete") &&
+              !strcmp(jstr(cJSON_GetObjectItemCaseSensitive(r, "status_details"), "reason", NULL), "max_output_tokens"),
+          "20 tokens: incomplete / max_output_tokens");
+  T_CHECK(jnum(r, "usage", "output_tokens", NULL) == 20 && jnum(r, "usage", "input_token_details", "audio_tokens") > 0,
+          "usage");
+  const cJSON *item = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(r, "output"), 0);
+  const char *itext = jstr(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(item, "content"), 0), "text", NULL);
+  T_CHECK(itext && !strcmp(itext, text), "the output item holds the reply");
+  T_CHECK(c.events &&
+              strstr(c.events, "input_audio_buffer.committed conversation.item.added conversation.item.done "
+                               "response.created response.output_item.added conversation.item.added "
+                               "response.content_part.added response.output_text.delta") &&
+              strstr(c.events, "response.output_text.done response.content_part.done response.output_item.done "
+                               "conversation.item.done response.done"),
+          "event order: %s", c.events);
+  char *first = text;
+  cJSON_Delete(done);
+
+  /* the conversation goes on: a text question about the same audio, answered from all three messages */
+  wsc_text(&c, "{\"type\":\"conversation.item.create\",\"item\":{\"type\":\"message\",\"role\":\"user\",\"content\":"
+               "[{\"type\":\"input_text\",\"text\":\"Say it again.\"}]}}");
+  cJSON_Delete(wsc_until(&c, "conversation.item.done", 30000));
+  text = respond(&c, "", &done);
+  cJSON_Delete(done);
+  size_t wn = 0;
+  char *wav = slurp(wav16, &wn);
+  char *enc = b64((const unsigned char *)wav, wn);
+  cJSON *msgs = cJSON_CreateArray(), *u = cJSON_CreateObject(), *ua = cJSON_CreateArray(), *p = cJSON_CreateObject();
+  cJSON_AddStringToObject(p, "type", "input_audio");
+  cJSON *ia = cJSON_AddObjectToObject(p, "input_audio");
+  cJSON_AddStringToObject(ia, "data", enc), cJSON_AddStringToObject(ia, "format", "wav");
+  cJSON_AddItemToArray(ua, p);
+  cJSON_AddStringToObject(u, "role", "user"), cJSON_AddItemToObject(u, "content", ua), cJSON_AddItemToArray(msgs, u);
+  cJSON *as = cJSON_CreateObject();
+  cJSON_AddStringToObject(as, "role", "assistant"), cJSON_AddStringToObject(as, "content", first);
+  cJSON_AddItemToArray(msgs, as);
+  cJSON *u2 = cJSON_CreateObject();
+  cJSON_AddStringToObject(u2, "role", "user"), cJSON_AddStringToObject(u2, "content", "Say it again.");
+  cJSON_AddItemToArray(msgs, u2);
+  cJSON *body = cJSON_CreateObject();
+  cJSON_AddStringToObject(body, "model", MODEL), cJSON_AddItemToObject(body, "messages", msgs);
+  cJSON_AddNumberToObject(body, "temperature", 0), cJSON_AddNumberToObject(body, "repetition_penalty", 1);
+  cJSON_AddNumberToObject(body, "max_tokens", 20), cJSON_AddBoolToObject(body, "ignore_eos", 1);
+  char path[1200], args[1400], *resp = NULL;
+  snprintf(path, sizeof path, "%s/followup.json", SCRATCH);
+  char *js = cJSON_PrintUnformatted(body);
+  FILE *f = fopen(path, "wb");
+  fputs(js, f), fclose(f);
+  snprintf(args, sizeof args, AUTH "-d @%s", path);
+  T_CHECK(http(s, "/v1/chat/completions", args, &resp, NULL) == 200, "follow-up chat: %s", resp);
+  cJSON *rj = cJSON_Parse(resp);
+  const char *want = jstr(cJSON_GetObjectItemCaseSensitive(
+                              cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(rj, "choices"), 0), "message"),
+                          "content", NULL);
+  T_CHECK(want && !strcmp(text, want), "follow-up: voice '%s' != chat '%s'", text, want ? want : "-");
+  cJSON_Delete(rj), cJSON_Delete(body), free(js), free(resp), free(enc), free(wav), free(text), free(first);
+  wsc_free(&c);
+
+  /* 22.05 kHz as binary messages of odd sizes (a sample split across two messages) */
+  T_REQUIRE(wsc_open(s, &c) == 0, "connect");
+  cJSON_Delete(wsc_until(&c, "session.created", 30000));
+  manual_session(&c, 22050);
+  const uint8_t *bytes = (const uint8_t *)speech;
+  for (size_t i = 0, k = 777; i < 2 * n_speech; i += k, k = k * 7 % 5003 + 1)
+    wsc_frame(&c, 2, bytes + i, i + k > 2 * n_speech ? 2 * n_speech - i : k, 1);
+  wsc_text(&c, "{\"type\":\"input_audio_buffer.commit\"}");
+  cJSON_Delete(wsc_until(&c, "conversation.item.done", 30000));
+  text = respond(&c, "", &done);
+  T_CHECK(expect22 && !strcmp(text, expect22), "22.05 kHz turn: '%s' != earshot run '%s'", text, expect22);
+  free(text), cJSON_Delete(done);
+  wsc_free(&c);
+}
+
+/* Sends ms of silence (or of the speech from sample *at on) at 16 kHz, as binary messages of 100 ms. */
+static void send_audio(wsc_t *c, int ms, int speak, size_t *at) {
+  int16_t buf[1600];
+  for (int sent = 0; sent < ms; sent += 100) {
+    for (int i = 0; i < 1600; i++) buf[i] = speak && *at < n_speech ? speech[(*at)++] : 0;
+    wsc_frame(c, 2, buf, sizeof buf, 1);
+  }
+}
+
+static void test_vad(const server_t *s) {
+  wsc_t c;
+  T_REQUIRE(wsc_open(s, &c) == 0, "connect");
+  cJSON_Delete(wsc_until(&c, "session.created", 30000));
+  char ev[512];
+  snprintf(ev, sizeof ev,
+           "{\"type\":\"session.update\",\"session\":{\"audio\":{\"input\":{\"format\":{\"type\":\"audio/pcm\","
+           "\"rate\":16000},\"turn_detection\":{\"type\":\"server_vad\"}}},\"max_output_tokens\":5,%s}}",
+           GREEDY);
+  wsc_text(&c, ev);
+  cJSON_Delete(wsc_until(&c, "session.updated", 30000));
+  size_t at = 0;
+  send_audio(&c, 1000, 0, &at);
+  send_audio(&c, (int)(n_speech / 16 / 100 + 1) * 100, 1, &at); /* the recording, read as 16 kHz: 8.0 s */
+  send_audio(&c, 1500, 0, &at);
+  cJSON *st = wsc_until(&c, "input_audio_buffer.speech_started", 30000);
+  cJSON *sp = wsc_until(&c, "input_audio_buffer.speech_stopped", 30000);
+  double t0 = jnum(st, "audio_start_ms", NULL, NULL), t1 = jnum(sp, "audio_end_ms", NULL, NULL);
+  /* the recording's speech runs from its start (its first 50 ms are quiet) to 5.417 s at 22.05 kHz: to 7.465 s
+   * when read as 16 kHz */
+  T_CHECK(t0 >= 1000 && t0 < 1100, "speech started at %.0f ms", t0);
+  T_CHECK(fabs(t1 - (1000 + 7465)) < 60, "speech stopped at %.0f ms", t1);
+  const char *id0 = jstr(st, "item_id", NULL), *id1 = jstr(sp, "item_id", NULL);
+  T_CHECK(id0 && id1 && !strcmp(id0, id1), "one item id for the turn");
+  cJSON *cm = wsc_until(&c, "input_audio_buffer.committed", 30000);
+  T_CHECK(cm && id0 && jstr(cm, "item_id", NULL) && !strcmp(jstr(cm, "item_id", NULL), id0), "committed the turn");
+  cJSON *done = wsc_until(&c, "response.done", 60000);
+  const cJSON *r = cJSON_GetObjectItemCaseSensitive(done, "response");
+  T_CHECK(done && !strcmp(ev_type(done), "response.done") && jnum(r, "usage", "output_tokens", NULL) == 5,
+          "a response by itself (%s)", done ? ev_type(done) : "timeout");
+  /* the turn's audio: from 300 ms before the start to 500 ms after the stop (to a 10 ms frame) */
+  double turn_s = (t1 + 500 - (t0 - 300)) / 1000.0, tokens = jnum(r, "usage", "input_token_details", "audio_tokens");
+  T_CHECK(fabs(tokens - turn_s * 25) <= 2, "%.0f audio tokens for a %.2f s turn", tokens, turn_s);
+  cJSON_Delete(st), cJSON_Delete(sp), cJSON_Delete(cm), cJSON_Delete(done);
+
+  /* barge-in: speech while a long response runs cancels it */
+  wsc_text(&c, "{\"type\":\"response.create\",\"response\":{\"max_output_tokens\":3000}}");
+  cJSON *cr = wsc_until(&c, "response.created", 30000);
+  T_CHECK(cr && !strcmp(ev_type(cr), "response.created"), "long response created");
+  cJSON_Delete(cr);
+  at = 0;
+  send_audio(&c, 300, 1, &at);
+  done = wsc_until(&c, "response.done", 60000);
+  r = cJSON_GetObjectItemCaseSensitive(done, "response");
+  T_CHECK(jstr(r, "status", NULL) && !strcmp(jstr(r, "status", NULL), "cancelled") &&
+              jstr(cJSON_GetObjectItemCaseSensitive(r, "status_details"), "reason", NULL) &&
+              !strcmp(jstr(cJSON_GetObjectItemCaseSensitive(r, "status_details"), "reason", NULL), "turn_detected"),
+          "barge-in cancels: %s", jstr(r, "status", NULL) ? jstr(r, "status", NULL) : "-");
+  T_CHECK(jnum(r, "usage", "output_tokens", NULL) < 3000, "cancelled early");
+  cJSON_Delete(done);
+  wsc_free(&c);
+}
+
+static void test_errors(const server_t *s) {
+  wsc_t c;
+  T_REQUIRE(wsc_open(s, &c) == 0, "connect");
+  cJSON_Delete(wsc_until(&c, "session.created", 30000));
+  expect_error(&c, "{not json", "invalid_json");
+  expect_error(&c, "{\"type\":\"no.such.event\",\"event_id\":\"client-7\"}", "unknown_event");
+  expect_error(&c, "{\"event_id\":\"x\"}", "invalid_event");
+  expect_error(&c, "{\"type\":\"input_audio_buffer.commit\"}", "input_audio_buffer_commit_empty");
+  expect_error(&c, "{\"type\":\"response.cancel\"}", "response_cancel_not_active");
+  expect_error(&c, "{\"type\":\"session.update\",\"session\":{\"output_modalities\":[\"audio\"]}}", "invalid_value");
+  expect_error(&c,
+               "{\"type\":\"session.update\",\"session\":{\"audio\":{\"input\":{\"format\":{\"type\":\"audio/pcm\","
+               "\"rate\":96000}}}}}",
+               "invalid_value");
+  expect_error(&c,
+               "{\"type\":\"session.update\",\"session\":{\"audio\":{\"input\":{\"turn_detection\":{\"type\":"
+               "\"semantic_vad\"}}}}}",
+               "unsupported");
+  expect_error(&c, "{\"type\":\"session.update\",\"session\":{\"voicee\":1}}", "unknown_parameter");
+  expect_error(&c, "{\"type\":\"session.update\",\"session\":{\"temperature\":-1}}", "invalid_value");
+  expect_error(&c, "{\"type\":\"session.update\",\"session\":{\"model\":\"other\"}}", "invalid_value");
+  expect_error(&c, "{\"type\":\"input_audio_buffer.append\",\"audio\":\"@@@\"}", "invalid_value");
+  expect_error(&c, "{\"type\":\"conversation.item.delete\",\"item_id\":\"nope\"}", "item_not_found");
+  expect_error(&c, "{\"type\":\"conversation.item.create\",\"item\":{\"type\":\"function_call\"}}", "unsupported");
+  expect_error(&c, "{\"type\":\"response.create\",\"response\":{\"conversation\":\"none\"}}", "unsupported");
+  /* a failed update changed nothing: the format is still 24 kHz */
+  wsc_text(&c, "{\"type\":\"session.update\",\"session\":{}}");
+  cJSON *e = wsc_until(&c, "session.updated", 30000);
+  char *txt = cJSON_PrintUnformatted(e);
+  T_CHECK(txt && strstr(txt, "\"rate\":24000") && strstr(txt, "server_vad"), "unchanged session: %s", txt);
+  free(txt), cJSON_Delete(e);
+  /* one response at a time; then cancel it */
+  wsc_text(&c, "{\"type\":\"conversation.item.create\",\"item\":{\"type\":\"message\",\"role\":\"user\",\"content\":"
+               "[{\"type\":\"input_text\",\"text\":\"Hello\"}]}}");
+  cJSON_Delete(wsc_until(&c, "conversation.item.done", 30000));
+  wsc_text(&c, "{\"type\":\"response.create\",\"response\":{\"max_output_tokens\":3000,\"ignore_eos\":true}}");
+  cJSON_Delete(wsc_until(&c, "response.created", 30000));
+  expect_error(&c, "{\"type\":\"response.create\"}", "conversation_already_has_active_response");
+  wsc_text(&c, "{\"type\":\"response.cancel\"}");
+  e = wsc_until(&c, "response.done", 60000);
+  const cJSON *r = cJSON_GetObjectItemCaseSensitive(e, "response");
+  T_CHECK(jstr(r, "status", NULL) && !strcmp(jstr(r, "status", NULL), "cancelled") &&
+              !strcmp(jstr(cJSON_GetObjectItemCaseSensitive(r, "status_details"), "reason", NULL), "client_cancelled"),
+          "response.cancel: %s", jstr(r, "status", NULL) ? jstr(r, "status", NULL) : "-");
+  cJSON_Delete(e);
+  /* ping -> pong with the same payload */
+  wsc_frame(&c, 9, "abc", 3, 1);
+  char *p = NULL;
+  size_t n;
+  int op;
+  while ((op = wsc_read(&c, &p, &n, 10000)) == 1) free(p); /* events still arriving */
+  T_CHECK(op == 10 && n == 3 && !memcmp(p, "abc", 3), "pong: op %d", op);
+  free(p);
+  wsc_free(&c);
+
+  /* protocol violations close the connection with the right code */
+  struct {
+    int opcode, masked;
+    size_t len;
+    int code;
+  } viol[] = {{1, 0, 10, 1002}, {1, 1, 4, 1007}, {2, 1, (size_t)17 << 20, 1009}};
+  for (size_t i = 0; i < sizeof viol / sizeof viol[0]; i++) {
+    T_REQUIRE(wsc_open(s, &c) == 0, "connect");
+    cJSON_Delete(wsc_until(&c, "session.created", 30000));
+    char *data = calloc(1, viol[i].len);
+    if (viol[i].code == 1007) memcpy(data, "\xc3\x28\xa0\xa1", 4);
+    wsc_frame(&c, viol[i].opcode, data, viol[i].len, viol[i].masked);
+    free(data);
+    while ((op = wsc_read(&c, &p, &n, 20000)) >= 0 && op != 8) free(p);
+    free(p);
+    T_CHECK(op == 8 && c.close_code == viol[i].code, "violation %zu: close %d, expected %d", i, c.close_code,
+            viol[i].code);
+    wsc_free(&c);
+  }
+}
+
+static void test_vanish(const server_t *s) {
+  double cancelled0 = metric(s, "earshot:engine_requests_cancelled_total");
+  wsc_t c;
+  T_REQUIRE(wsc_open(s, &c) == 0, "connect");
+  cJSON_Delete(wsc_until(&c, "session.created", 30000));
+  wsc_text(&c, "{\"type\":\"conversation.item.create\",\"item\":{\"type\":\"message\",\"role\":\"user\",\"content\":"
+               "[{\"type\":\"input_text\",\"text\":\"Hello\"}]}}");
+  wsc_text(&c, "{\"type\":\"response.create\",\"response\":{\"max_output_tokens\":3000,\"ignore_eos\":true}}");
+  cJSON *d = wsc_until(&c, "response.output_text.delta", 30000);
+  T_CHECK(d && !strcmp(ev_type(d), "response.output_text.delta"), "generating");
+  cJSON_Delete(d);
+  wsc_free(&c); /* gone without a close frame */
+  int ok = 0;
+  for (double t0 = es_now_s(); es_now_s() - t0 < 30 && !ok; usleep(100000))
+    ok = metric(s, "earshot:engine_requests_cancelled_total") >= cancelled0 + 1 &&
+         metric(s, "vllm:num_requests_running") == 0 && metric(s, "vllm:kv_cache_usage_perc") == 0 &&
+         metric(s, "earshot:voice_sessions") == 0;
+  T_CHECK(ok, "a vanished client's response is cancelled, its KV blocks freed, its session gone");
+  T_CHECK(metric(s, "earshot:voice_sessions_total") >= 5, "sessions counted");
+}
+
+static void test_openai_client(const server_t *s) {
+  char pcm[1200], cmd[4096], out[1 << 16];
+  if (access(PYTHON, X_OK) != 0) {
+    T_CHECK(0, "%s is missing: run scripts/test-venv.sh (scripts/test.sh does, stage venv)", PYTHON);
+    return;
+  }
+  snprintf(pcm, sizeof pcm, "%s/speech16k.pcm", SCRATCH);
+  FILE *f = fopen(pcm, "wb");
+  fwrite(speech, 2, n_speech, f);
+  fclose(f);
+  snprintf(cmd, sizeof cmd, "%s %s/tests/server/openai_realtime.py http://127.0.0.1:%d/v1 %s %s %s 2>&1", PYTHON,
+           ES_SOURCE_DIR, s->port, KEY, MODEL, pcm);
+  int rc = sh(cmd, out, sizeof out);
+  T_CHECK(rc == 0, "openai_realtime.py: %s", out);
+  cJSON *j = cJSON_Parse(strrchr(out, '{') ? out : "{}");
+  for (char *p = out; !j && (p = strchr(p + 1, '{'));) j = cJSON_Parse(p);
+  const char *t = jstr(j, "text", NULL), *second = jstr(j, "second_status", NULL);
+  T_CHECK(t && expect16 && !strcmp(t, expect16), "openai realtime '%s' != earshot run '%s'", t ? t : "-", expect16);
+  T_CHECK(second && (!strcmp(second, "cancelled") || !strcmp(second, "incomplete")), "second response: %s",
+          second ? second : "-");
+  cJSON_Delete(j);
+}
+
+/* A second server: one session at most, and SIGTERM with a response running. */
+static void test_limit_and_shutdown(void) {
+  server_t s;
+  if (server_start(&s, "serve-voice-1", "--max-voice-sessions 1 --shutdown-grace 0.5 --quiet") != 0) {
+    T_CHECK(0, "second server start");
+    if (s.pid > 0) server_stop(&s, 10, NULL);
+    return;
+  }
+  wsc_t c;
+  T_REQUIRE(wsc_open(&s, &c) == 0, "connect");
+  cJSON_Delete(wsc_until(&c, "session.created", 30000));
+  char head[4096];
+  int st = 0;
+  int fd =
+      wsc_handshake(&s, "GET", "/v1/realtime", WS_HEADERS("Authorization: Bearer " KEY "\r\n"), &st, head, sizeof head);
+  T_CHECK(st == 429 && strcasestr(head, "Retry-After"), "a second session: %d %s", st, head);
+  if (fd >= 0) close(fd);
+  wsc_text(&c, "{\"type\":\"conversation.item.create\",\"item\":{\"type\":\"message\",\"role\":\"user\",\"content\":"
+               "[{\"type\":\"input_text\",\"text\":\"Hello\"}]}}");
+  wsc_text(&c, "{\"type\":\"response.create\",\"response\":{\"max_output_tokens\":8000,\"ignore_eos\":true}}");
+  cJSON_Delete(wsc_until(&c, "response.output_text.delta", 30000));
+  double took = 0;
+  kill(s.pid, SIGTERM);
+  char *p;
+  size_t n;
+  int op, saw_done = 0;
+  while ((op = wsc_read(&c, &p, &n, 20000)) >= 0 && op != 8) {
+    if (op == 1 && strstr(p, "\"type\":\"response.done\"")) saw_done = 1;
+    free(p);
+  }
+  free(p);
+  T_CHECK(op == 8 && c.close_code == 1001, "shutdown closes with 1001: op %d code %d", op, c.close_code);
+  (void)saw_done; /* the reply may or may not finish in the grace; the close is what matters */
+  wsc_frame(&c, 8, "\x03\xe9", 2, 1);
+  int status = -1; /* no second SIGTERM: that one would mean "quit now" */
+  for (double t0 = es_now_s(); es_now_s() - t0 < 30 && status < 0; usleep(20000)) {
+    int w = 0;
+    if (waitpid(s.pid, &w, WNOHANG) == s.pid) status = WIFEXITED(w) ? WEXITSTATUS(w) : 128 + WTERMSIG(w);
+    took = es_now_s() - t0;
+  }
+  if (status < 0) server_stop(&s, 5, NULL);
+  T_CHECK(status == 0, "exit status %d after SIGTERM (%.1f s more)", status, took);
+  wsc_free(&c);
+}
+
+int main(int argc, char **argv) {
+  if (argc < 3) {
+    fprintf(stderr, "usage: test_voice EARSHOT SCRATCH_DIR\n");
+    return 2;
+  }
+  EARSHOT = argv[1];
+  static char scratch[1024];
+  snprintf(scratch, sizeof scratch, "%s/voice", argv[2]);
+  mkdir(scratch, 0755);
+  SCRATCH = scratch;
+  signal(SIGPIPE, SIG_IGN);
+  if (load_speech()) {
+    T_CHECK(0, "cannot read %s", SPEECH);
+    return t_finish();
+  }
+  static char w16[1200], w22[1200];
+  snprintf(w16, sizeof w16, "%s/speech-16k.wav", SCRATCH);
+  snprintf(w22, sizeof w22, "%s", SPEECH);
+  write_wav(w16, speech, n_speech, 16000);
+  wav16 = w16, wav22 = w22;
+  expect16 = run_text(wav16, NULL);
+  expect22 = run_text(wav22, NULL);
+  T_CHECK(expect16 && expect22 && strlen(expect16) > 0, "earshot run gave no text");
+
+  server_t s;
+  if (server_start(&s, "serve-voice", "--max-model-len 2048 --shutdown-grace 1") != 0) {
+    char *log = slurp(s.log, NULL);
+    T_CHECK(0, "the server did not start: %s", log ? log : "(no log)");
+    free(log);
+    if (s.pid > 0) server_stop(&s, 10, NULL);
+    return t_finish();
+  }
+  test_handshake(&s);
+  test_manual_turns(&s);
+  test_vad(&s);
+  test_errors(&s);
+  test_openai_client(&s);
+  test_vanish(&s);
+  T_CHECK(http(&s, "/health", "", NULL, NULL) == 200, "still healthy after everything");
+  T_CHECK(server_stop(&s, 30, NULL) == 0, "clean exit");
+  test_limit_and_shutdown();
+  free(speech), free(expect16), free(expect22);
+  return t_finish();
+}
