@@ -940,7 +940,7 @@ void srv_shutdown(srv_t *s) {
   wait_live(s, grace_end);
   wait_voices(s, grace_end);
   stop_voices(s, 2);
-  wait_voices(s, gen_now() + 5.0); /* a close handshake waits at most 2 s for the peer */
+  wait_voices(s, gen_now() + 6.0); /* a close waits at most 2 s for the peer, its lingering read 2 s more */
   for (srv_gen_t *g = s->live; g; g = g->next) {
     pthread_mutex_lock(&g->mu);
     int cancel = g->submitted && !g->done;

@@ -25,7 +25,7 @@
 #define MIN_COMMIT_SAMPLES (SR / 10)  /* 100 ms: OpenAI's minimum for a commit */
 #define MAX_ITEMS 200                 /* conversation items kept (a message each, under SRV_MAX_MESSAGES) */
 #define MAX_ITEM_PARTS 8              /* content parts per item */
-#define MAX_CONVERSATION_AUDIO_S 600. /* audio the conversation keeps; the context holds ~5 min of it anyway */
+#define AUDIO_TOKENS_PER_S 25         /* one audio token per 40 ms */
 #define DEFAULT_BUFFER_S 300.0
 
 typedef enum { ROLE_USER = 0, ROLE_ASSISTANT, ROLE_SYSTEM } role_t;
@@ -545,7 +545,10 @@ static void make_room(voice_t *v, size_t audio) {
     size_t n_aud = audio ? 1 : 0;
     for (size_t i = 0; i < v->n_items; i++)
       for (size_t k = 0; k < v->items[i]->n_parts; k++) n_aud += v->items[i]->parts[k].audio != NULL;
-    if (v->n_items < MAX_ITEMS && held <= (size_t)(MAX_CONVERSATION_AUDIO_S * SR) && n_aud <= ENG_MAX_AUDIOS) return;
+    /* audio kept: what the context could hold (at least one 30 s window), more is never in a prompt */
+    size_t max_held = (size_t)v->o.ctx.rt->max_model_len / AUDIO_TOKENS_PER_S * SR;
+    if (max_held < 30 * SR) max_held = 30 * SR;
+    if (v->n_items < MAX_ITEMS && held <= max_held && n_aud <= ENG_MAX_AUDIOS) return;
     if (!v->n_items || v->items[0]->in_progress) return;
     char id[40];
     snprintf(id, sizeof id, "%s", v->items[0]->id);

@@ -33,6 +33,7 @@ struct ws_conn {
   const ws_handlers_t *h;
   double last_heard, last_ping, close_at;
   int closing, failed;
+  int peer_gone; /* the socket gave EOF or an error */
   atomic_int woken;
 };
 
@@ -57,10 +58,12 @@ static ssize_t on_recv(wslay_event_context_ptr ws, uint8_t *buf, size_t len, int
   do r = recv(c->fd, buf, len, 0);
   while (r < 0 && errno == EINTR);
   if (r > 0) return r;
-  if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+  if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
     wslay_event_set_error(ws, WSLAY_ERR_WOULDBLOCK);
-  else
+  } else {
+    c->peer_gone = 1;
     wslay_event_set_error(ws, WSLAY_ERR_CALLBACK_FAILURE); /* EOF or a socket error: the peer is gone */
+  }
   return -1;
 }
 
@@ -169,6 +172,24 @@ void ws_conn_wake(ws_conn_t *c) {
   (void)r;
 }
 
+/* The lingering close: our side is done, but a peer may still be sending (a message we refused as too large,
+ * frames after our close). Closing a socket with unread bytes makes TCP send a reset, which can destroy our
+ * close frame before the peer reads it; so send FIN and read (and drop) what still comes, until the peer
+ * closes too or CLOSE_WAIT_S passes. */
+static void linger(ws_conn_t *c) {
+  if (c->peer_gone) return;
+  shutdown(c->fd, SHUT_WR);
+  char sink[16384];
+  for (double end = now_s() + CLOSE_WAIT_S; now_s() < end;) {
+    struct pollfd p = {.fd = c->fd, .events = POLLIN};
+    int n = poll(&p, 1, 100);
+    if (n < 0 && errno != EINTR) return;
+    if (n <= 0) continue;
+    ssize_t r = recv(c->fd, sink, sizeof sink, 0);
+    if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) return;
+  }
+}
+
 void ws_conn_run(ws_conn_t *c, const ws_handlers_t *h) {
   c->h = h;
   if (c->n_extra && wslay_event_recv(c->ws) != 0) c->failed = 1; /* frames that came with the upgrade request */
@@ -205,6 +226,7 @@ void ws_conn_run(ws_conn_t *c, const ws_handlers_t *h) {
   }
   c->failed = 1;
   c->closing = 1;
+  linger(c);
 }
 
 /* ---- the handshake -------------------------------------------------------------------------------------------- */

@@ -13,7 +13,8 @@
  *   - a peer that went away silently is found: after ping_interval_s without a frame from it the loop sends a
  *     ping, and after three intervals it gives up;
  *   - ws_conn_close ends the connection in bounded time: the close frame is sent and the peer's answer awaited
- *     for at most 2 s.
+ *     for at most 2 s; then (a lingering close) FIN is sent and whatever the peer still sends is read and dropped
+ *     for at most 2 s more, so that a peer still sending does not get a TCP reset that destroys the close frame.
  * The socket itself belongs to libmicrohttpd: the caller ends the upgrade with MHD_upgrade_action after
  * ws_conn_run returns; nothing here closes it.
  * Thread safety: everything runs on the loop thread except ws_conn_wake (any thread).

@@ -10,6 +10,8 @@
  *   - the conversation goes on: a text follow-up's reply equals /v1/chat/completions with the same three messages;
  *   - server VAD: silence, speech, silence -> speech_started / speech_stopped where the speech is (to 60 ms),
  *     committed, a response created by itself; speech during a response cancels it (turn_detected);
+ *   - a conversation over the context: truncation "disabled" fails the response, "auto" leaves the oldest item
+ *     out of the prompt; past what the context could ever hold, the oldest item is deleted;
  *   - errors are `error` events and the session goes on (bad JSON, unknown event, empty commit, nothing to
  *     cancel, audio output, bad format, unknown fields, a second response, bad base64, unknown item); ping ->
  *     pong; protocol violations close with 1002 / 1007 / 1009; a close is answered;
@@ -584,6 +586,55 @@ static void test_vad(const server_t *s) {
   wsc_free(&c);
 }
 
+/* conversation.item.create with n seconds of the speech (tiled) as a user audio item. */
+static void create_audio_item(wsc_t *c, const char *id, int seconds) {
+  size_t n = (size_t)seconds * 16000;
+  int16_t *x = malloc(2 * n);
+  for (size_t i = 0; i < n; i++) x[i] = speech[i % n_speech];
+  char *enc = b64((const unsigned char *)x, 2 * n);
+  char *ev = malloc(strlen(enc) + 256);
+  sprintf(ev,
+          "{\"type\":\"conversation.item.create\",\"item\":{\"id\":\"%s\",\"type\":\"message\",\"role\":\"user\","
+          "\"content\":[{\"type\":\"input_audio\",\"audio\":\"%s\"}]}}",
+          id, enc);
+  wsc_text(c, ev);
+  free(x), free(enc), free(ev);
+}
+
+/* The context (--max-model-len 2048) holds 81 s of audio: three 27 s items overflow it (2025 audio tokens). */
+static void test_context_limits(const server_t *s) {
+  wsc_t c;
+  T_REQUIRE(wsc_open(s, &c) == 0, "connect");
+  cJSON_Delete(wsc_until(&c, "session.created", 30000));
+  manual_session(&c, 16000);
+  const char *ids[] = {"item_a", "item_b", "item_c"};
+  for (int i = 0; i < 3; i++) {
+    create_audio_item(&c, ids[i], 27);
+    cJSON *e = wsc_until(&c, "conversation.item.done", 30000);
+    T_CHECK(e && !strcmp(ev_type(e), "conversation.item.done"), "item %s: %s", ids[i], e ? ev_type(e) : "timeout");
+    cJSON_Delete(e);
+  }
+  wsc_text(&c, "{\"type\":\"session.update\",\"session\":{\"truncation\":\"disabled\"}}");
+  cJSON_Delete(wsc_until(&c, "session.updated", 30000));
+  expect_error(&c, "{\"type\":\"response.create\",\"response\":{\"max_output_tokens\":5}}", "context_length_exceeded");
+  wsc_text(&c, "{\"type\":\"session.update\",\"session\":{\"truncation\":\"auto\"}}");
+  cJSON_Delete(wsc_until(&c, "session.updated", 30000));
+  cJSON *done = NULL;
+  free(respond(&c, ",\"max_output_tokens\":5", &done));
+  const cJSON *r = cJSON_GetObjectItemCaseSensitive(done, "response");
+  T_CHECK(jnum(r, "usage", "input_token_details", "audio_tokens") == 2 * 675,
+          "truncation auto: the oldest audio left out (%.0f audio tokens)",
+          jnum(r, "usage", "input_token_details", "audio_tokens"));
+  cJSON_Delete(done);
+  /* a fourth 27 s item: the conversation keeps at most what the context could hold, the oldest item goes */
+  create_audio_item(&c, "item_d", 27);
+  cJSON *del = wsc_until(&c, "conversation.item.deleted", 30000);
+  T_CHECK(del && jstr(del, "item_id", NULL) && !strcmp(jstr(del, "item_id", NULL), "item_a"), "item_a deleted: %s",
+          del ? ev_type(del) : "timeout");
+  cJSON_Delete(del);
+  wsc_free(&c);
+}
+
 static void test_errors(const server_t *s) {
   wsc_t c;
   T_REQUIRE(wsc_open(s, &c) == 0, "connect");
@@ -784,6 +835,7 @@ int main(int argc, char **argv) {
   test_handshake(&s);
   test_manual_turns(&s);
   test_vad(&s);
+  test_context_limits(&s);
   test_errors(&s);
   test_openai_client(&s);
   test_vanish(&s);
