@@ -60,8 +60,8 @@ struct srv {
   int n_workers;
   pthread_t ticker;
   int ticker_started;
-  struct voice_slot *voices; /* live voice sessions (their threads remove themselves) */
-  int n_voices;
+  struct voice_slot *voices; /* voice sessions whose thread has not been joined yet */
+  int n_voices;              /* of them, the ones still running */
 };
 
 /* One live voice session: its thread, its connection and how the server asks it to stop. */
@@ -71,6 +71,8 @@ typedef struct voice_slot {
   ws_conn_t *conn;
   struct MHD_UpgradeResponseHandle *urh;
   atomic_int stop; /* voice.h: 1 finish and close, 2 close now */
+  pthread_t th;
+  int finished; /* (server mutex) the thread gave the socket back and is about to return: join it */
 } voice_slot_t;
 
 typedef enum {
@@ -405,16 +407,37 @@ static void body_chunk(conn_t *c, const char *data, size_t n) {
 
 /* ---- routes --------------------------------------------------------------------------------------------------- */
 
+/* 1 if the hn bytes at h are the API key; constant time in the key's length: every byte of the key is compared
+ * whatever h holds. */
+static int key_equal(const srv_t *s, const char *h, size_t hn) {
+  size_t kn = strlen(s->api_key);
+  unsigned diff = hn != kn;
+  for (size_t i = 0; i < kn; i++) diff |= (unsigned)(unsigned char)(i < hn ? h[i] : 0) ^ (unsigned char)s->api_key[i];
+  return diff == 0;
+}
+
 static int key_ok(const srv_t *s, struct MHD_Connection *mc) {
   if (!s->has_key) return 1;
   const char *h = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "Authorization");
   if (!h || strncmp(h, "Bearer ", 7) != 0) return 0;
-  h += 7;
-  /* constant time in the key's length: every byte of the key is compared whatever the header holds */
-  size_t hn = strlen(h), kn = strlen(s->api_key);
-  unsigned diff = hn != kn;
-  for (size_t i = 0; i < kn; i++) diff |= (unsigned)(unsigned char)(i < hn ? h[i] : 0) ^ (unsigned char)s->api_key[i];
-  return diff == 0;
+  return key_equal(s, h + 7, strlen(h + 7));
+}
+
+#define WS_KEY_PROTOCOL "openai-insecure-api-key."
+
+/* Browsers cannot set headers on a WebSocket: OpenAI's clients send the key as a subprotocol instead,
+ * "Sec-WebSocket-Protocol: realtime, openai-insecure-api-key.KEY". 1 if that key is the API key. */
+static int ws_protocol_key_ok(const srv_t *s, struct MHD_Connection *mc) {
+  const char *h = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "Sec-WebSocket-Protocol");
+  for (const char *p = h; p && *p;) {
+    while (*p == ' ' || *p == '\t' || *p == ',') p++;
+    const char *end = p;
+    while (*end && *end != ',' && *end != ' ' && *end != '\t') end++;
+    size_t n = (size_t)(end - p), pn = strlen(WS_KEY_PROTOCOL);
+    if (n > pn && !strncmp(p, WS_KEY_PROTOCOL, pn) && key_equal(s, p + pn, n - pn)) return 1;
+    p = end;
+  }
+  return 0;
 }
 
 static enum MHD_Result route_get(srv_t *s, struct MHD_Connection *mc, route_t route) {
@@ -566,19 +589,37 @@ static void *voice_main(void *arg) {
   pthread_mutex_unlock(&s->mu);
   voice_session_run(v->conn, &o, &v->stop);
   MHD_upgrade_action(v->urh, MHD_UPGRADE_ACTION_CLOSE); /* the socket goes back to libmicrohttpd, which closes it */
+  met_voice_session(s->met, 0);
   pthread_mutex_lock(&s->mu);
-  for (voice_slot_t **p = &s->voices; *p; p = &(*p)->next)
-    if (*p == v) {
-      *p = v->next;
-      break;
-    }
+  v->finished = 1;
   s->n_voices--;
   pthread_cond_broadcast(&s->cv);
   pthread_mutex_unlock(&s->mu);
-  met_voice_session(s->met, 0);
-  ws_conn_free(v->conn);
-  free(v);
-  return NULL;
+  return NULL; /* the slot and the connection are freed by whoever joins the thread (reap_voices) */
+}
+
+/* Joins the threads of finished sessions and frees their slots (all = 1: every session, waiting for each). */
+static void reap_voices(srv_t *s, int all) {
+  voice_slot_t *done = NULL;
+  pthread_mutex_lock(&s->mu);
+  for (voice_slot_t **p = &s->voices; *p;) {
+    voice_slot_t *v = *p;
+    if (v->finished || all) {
+      *p = v->next;
+      v->next = done;
+      done = v;
+    } else {
+      p = &v->next;
+    }
+  }
+  pthread_mutex_unlock(&s->mu);
+  while (done) {
+    voice_slot_t *v = done;
+    done = v->next;
+    pthread_join(v->th, NULL);
+    ws_conn_free(v->conn);
+    free(v);
+  }
 }
 
 /* libmicrohttpd sent the 101: the socket is ours until MHD_upgrade_action. Runs on the polling thread: starts
@@ -598,31 +639,25 @@ static void on_upgrade(void *cls, struct MHD_Connection *mc, void *con_cls, cons
   v->s = s;
   v->urh = urh;
   atomic_init(&v->stop, 0);
+  reap_voices(s, 0);
+  met_voice_session(s->met, 1); /* before the thread can end and count itself out */
   pthread_mutex_lock(&s->mu);
-  int refuse = s->stopping || s->n_voices >= s->o.max_voice_sessions;
-  pthread_t th;
-  pthread_attr_t at;
   int started = 0;
-  if (!refuse && pthread_attr_init(&at) == 0) {
-    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-    v->next = s->voices;
-    s->voices = v;
-    s->n_voices++;
-    started = pthread_create(&th, &at, voice_main, v) == 0;
-    pthread_attr_destroy(&at);
-    if (!started) {
-      s->voices = v->next;
-      s->n_voices--;
+  if (!s->stopping && s->n_voices < s->o.max_voice_sessions) {
+    started = pthread_create(&v->th, NULL, voice_main, v) == 0;
+    if (started) {
+      v->next = s->voices;
+      s->voices = v;
+      s->n_voices++;
     }
   }
   pthread_mutex_unlock(&s->mu);
-  if (!started) { /* raced past the limit (or no thread): the client sees the upgrade, then a close */
+  if (!started) { /* raced past the limit or shutdown (or no thread): the client sees the upgrade, then a close */
+    met_voice_session(s->met, 0);
     ws_conn_free(v->conn);
     free(v);
     MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
-    return;
   }
-  met_voice_session(s->met, 1);
 }
 
 /* 1 if the comma-separated header value h holds token (case-insensitive). */
@@ -650,8 +685,12 @@ static enum MHD_Result route_realtime(srv_t *s, struct MHD_Connection *mc) {
   const char *key = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "Sec-WebSocket-Key");
   const char *model = MHD_lookup_connection_value(mc, MHD_GET_ARGUMENT_KIND, "model");
   const char *intent = MHD_lookup_connection_value(mc, MHD_GET_ARGUMENT_KIND, "intent");
+  const char *conn = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "Connection");
+  const char *protocols = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "Sec-WebSocket-Protocol");
   if (!up || !header_has(up, "websocket"))
     return send_upgrade_required(s, mc, "/v1/realtime is a WebSocket endpoint: connect with 'Upgrade: websocket'");
+  if (!conn || !header_has(conn, "upgrade"))
+    return send_error(s, mc, 400, "a WebSocket handshake needs 'Connection: Upgrade' (RFC 6455 4.2.1)", NULL);
   if (!ver || strcmp(ver, "13") != 0)
     return send_upgrade_required(s, mc, "only WebSocket version 13 (RFC 6455) is supported");
   char accept[29];
@@ -672,6 +711,8 @@ static enum MHD_Result route_realtime(srv_t *s, struct MHD_Connection *mc) {
   /* not "Connection: Upgrade": libmicrohttpd 0.9.75 adds it itself (API-NOTES §B2) */
   MHD_add_response_header(r, "Upgrade", "websocket");
   MHD_add_response_header(r, "Sec-WebSocket-Accept", accept);
+  if (protocols && header_has(protocols, "realtime")) /* OpenAI's browser clients offer it (and the key) */
+    MHD_add_response_header(r, "Sec-WebSocket-Protocol", "realtime");
   enum MHD_Result ret = MHD_queue_response(mc, MHD_HTTP_SWITCHING_PROTOCOLS, r);
   MHD_destroy_response(r);
   met_http(s->met, 101);
@@ -699,7 +740,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
       snprintf(msg, sizeof msg, "Method Not Allowed: %s takes %s", url, post ? "POST" : "GET");
       return send_error(s, mc, 405, msg, NULL);
     }
-    if (!strncmp(url, "/v1/", 4) && !key_ok(s, mc))
+    if (route == R_REALTIME && strcmp(method, "GET") != 0)
+      return send_error(s, mc, 405, "Method Not Allowed: /v1/realtime takes GET (a WebSocket upgrade)", NULL);
+    if (!strncmp(url, "/v1/", 4) && !key_ok(s, mc) && !(route == R_REALTIME && ws_protocol_key_ok(s, mc)))
       return send_error(s, mc, 401, "Unauthorized: a valid 'Authorization: Bearer <key>' header is required", NULL);
     if (post) {
       const char *cl = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "Content-Length");
@@ -887,11 +930,16 @@ int srv_set_runtime(srv_t *s, rt_t *rt, es_error_t *err) {
   return ES_OK;
 }
 
-/* Asks every voice session to stop (1: after its response, 2: now); caller holds s->mu. */
+/* Asks every running voice session to stop (1: after its response, 2: now, 3: drop the connection at once);
+ * caller holds s->mu. */
 static void stop_voices(srv_t *s, int how) {
   for (voice_slot_t *v = s->voices; v; v = v->next) {
-    atomic_store(&v->stop, how);
-    ws_conn_wake(v->conn);
+    if (v->finished) continue;
+    atomic_store(&v->stop, how < 3 ? how : 2);
+    if (how == 3)
+      ws_conn_abort(v->conn);
+    else
+      ws_conn_wake(v->conn);
   }
 }
 
@@ -940,7 +988,8 @@ void srv_shutdown(srv_t *s) {
   wait_live(s, grace_end);
   wait_voices(s, grace_end);
   stop_voices(s, 2);
-  wait_voices(s, gen_now() + 6.0); /* a close waits at most 2 s for the peer, its lingering read 2 s more */
+  wait_voices(s, gen_now() + 5.0); /* a close waits at most 2 s for the peer, its lingering read 2 s more */
+  stop_voices(s, 3);               /* whatever is left: the socket is shut down under it */
   for (srv_gen_t *g = s->live; g; g = g->next) {
     pthread_mutex_lock(&g->mu);
     int cancel = g->submitted && !g->done;
@@ -972,6 +1021,7 @@ void srv_shutdown(srv_t *s) {
     pthread_mutex_unlock(&g->mu);
   }
   pthread_mutex_unlock(&s->mu);
+  reap_voices(s, 1); /* every voice thread has given its socket back: only then may the daemon stop */
   if (s->d) MHD_stop_daemon(s->d);
   s->d = NULL;
 }

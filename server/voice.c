@@ -26,6 +26,7 @@
 #define MAX_ITEMS 200                 /* conversation items kept (a message each, under SRV_MAX_MESSAGES) */
 #define MAX_ITEM_PARTS 8              /* content parts per item */
 #define AUDIO_TOKENS_PER_S 25         /* one audio token per 40 ms */
+#define MAX_CONVERSATION_TEXT (1 << 20) /* text bytes the conversation keeps (the context holds ~30 KiB) */
 #define DEFAULT_BUFFER_S 300.0
 
 typedef enum { ROLE_USER = 0, ROLE_ASSISTANT, ROLE_SYSTEM } role_t;
@@ -140,6 +141,16 @@ static void ev_send(voice_t *v, cJSON *o) {
   free(s);
 }
 
+/* Replaces every byte that is not part of valid UTF-8 with '?': messages quote client strings cut to a byte
+ * count ("%.60s"), which can split a character, and a text frame must be valid UTF-8 (RFC 6455 §8.1). */
+static void utf8_scrub(char *s) {
+  size_t n = strlen(s), off = 0, bad = 0;
+  while (off < n && !tok_utf8_valid(s + off, n - off, &bad)) {
+    s[off + bad] = '?';
+    off += bad + 1;
+  }
+}
+
 /* An `error` event: type "invalid_request_error" (the client's mistake) or "server_error". */
 static void send_error(voice_t *v, const char *type, const char *code, const char *param, const char *client_event,
                        const char *fmt, ...) __attribute__((format(printf, 6, 7)));
@@ -150,6 +161,7 @@ static void send_error(voice_t *v, const char *type, const char *code, const cha
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
+  utf8_scrub(msg);
   cJSON *o = ev_new(v, "error");
   cJSON *e = cJSON_AddObjectToObject(o, "error");
   cJSON_AddStringToObject(e, "type", type);
@@ -246,6 +258,7 @@ static int bad(bad_t *b, const char *code, const char *param, const char *fmt, .
   va_start(ap, fmt);
   vsnprintf(b->msg, sizeof b->msg, fmt, ap);
   va_end(ap);
+  utf8_scrub(b->msg);
   return ES_EINVAL;
 }
 
@@ -536,36 +549,68 @@ static void send_deleted(voice_t *v, const char *id) {
   ev_send(v, o);
 }
 
-/* Makes room for one more item (and `audio` more samples): the oldest items go, each with a deleted event. */
-static void make_room(voice_t *v, size_t audio) {
+/* What items hold, against the conversation's limits. */
+typedef struct {
+  size_t audio;  /* samples */
+  size_t audios; /* audio parts */
+  size_t text;   /* bytes */
+} held_t;
+
+static held_t item_held(const item_t *it) {
+  held_t h = {0};
+  for (size_t k = 0; k < it->n_parts; k++) {
+    h.audio += it->parts[k].n_audio;
+    h.audios += it->parts[k].audio != NULL;
+    h.text += it->parts[k].text ? strlen(it->parts[k].text) : 0;
+  }
+  return h;
+}
+
+/* Audio the conversation keeps: what the context could hold (at least one 30 s window); more is never in a
+ * prompt. */
+static size_t max_audio_held(const voice_t *v) {
+  size_t max = (size_t)v->o.ctx.rt->max_model_len / AUDIO_TOKENS_PER_S * SR;
+  return max < 30 * SR ? 30 * SR : max;
+}
+
+/* Makes room for one more item holding `add`: the oldest items (never the reply being generated) go, each with
+ * a deleted event. ES_ETOOBIG when the item alone is over a limit (nothing is deleted then). */
+static int make_room(voice_t *v, held_t add) {
+  if (add.audio > max_audio_held(v) || add.text > MAX_CONVERSATION_TEXT || add.audios > ENG_MAX_AUDIOS)
+    return ES_ETOOBIG;
   for (;;) {
-    size_t held = audio;
-    for (size_t i = 0; i < v->n_items; i++)
-      for (size_t k = 0; k < v->items[i]->n_parts; k++) held += v->items[i]->parts[k].n_audio;
-    size_t n_aud = audio ? 1 : 0;
-    for (size_t i = 0; i < v->n_items; i++)
-      for (size_t k = 0; k < v->items[i]->n_parts; k++) n_aud += v->items[i]->parts[k].audio != NULL;
-    /* audio kept: what the context could hold (at least one 30 s window), more is never in a prompt */
-    size_t max_held = (size_t)v->o.ctx.rt->max_model_len / AUDIO_TOKENS_PER_S * SR;
-    if (max_held < 30 * SR) max_held = 30 * SR;
-    if (v->n_items < MAX_ITEMS && held <= max_held && n_aud <= ENG_MAX_AUDIOS) return;
-    if (!v->n_items || v->items[0]->in_progress) return;
+    held_t h = add;
+    for (size_t i = 0; i < v->n_items; i++) {
+      held_t x = item_held(v->items[i]);
+      h.audio += x.audio, h.audios += x.audios, h.text += x.text;
+    }
+    if (v->n_items < MAX_ITEMS && h.audio <= max_audio_held(v) && h.audios <= ENG_MAX_AUDIOS &&
+        h.text <= MAX_CONVERSATION_TEXT)
+      return ES_OK;
+    size_t i = 0;
+    while (i < v->n_items && v->items[i]->in_progress) i++;
+    if (i == v->n_items) return ES_ETOOBIG; /* only the running reply is left (cannot happen: it holds nothing) */
     char id[40];
-    snprintf(id, sizeof id, "%s", v->items[0]->id);
-    remove_item_at(v, 0);
+    snprintf(id, sizeof id, "%s", v->items[i]->id);
+    remove_item_at(v, i);
     send_deleted(v, id);
   }
 }
 
-/* Inserts it after position `after` (SIZE_MAX: at the start, "root"); sends added + done. */
-static void insert_item(voice_t *v, item_t *it, size_t after) {
-  size_t audio = 0;
-  for (size_t k = 0; k < it->n_parts; k++) audio += it->parts[k].n_audio;
+/* Inserts it after position `after` (SIZE_MAX: at the start, "root") and sends added + done; takes it. Fails
+ * (ES_ETOOBIG, it freed) when the item alone is over the conversation's limits. */
+static int insert_item(voice_t *v, item_t *it, size_t after) {
   char after_id[40] = "";
   if (after != SIZE_MAX && after < v->n_items) snprintf(after_id, sizeof after_id, "%s", v->items[after]->id);
-  make_room(v, audio);
-  size_t pos = after == SIZE_MAX ? 0 : after_id[0] ? find_item(v, after_id) + 1 : 0; /* a deleted anchor: first */
-  if (pos > v->n_items) pos = v->n_items;
+  if (make_room(v, item_held(it))) {
+    item_free(it);
+    return ES_ETOOBIG;
+  }
+  size_t pos = 0;
+  if (after != SIZE_MAX && after_id[0]) { /* an anchor deleted to make room was the oldest: insert first */
+    size_t a = find_item(v, after_id);
+    pos = a == SIZE_MAX ? 0 : a + 1;
+  }
   memmove(v->items + pos + 1, v->items + pos, (v->n_items - pos) * sizeof v->items[0]);
   v->items[pos] = it;
   v->n_items++;
@@ -578,13 +623,30 @@ static void insert_item(voice_t *v, item_t *it, size_t after) {
     cJSON_AddItemToObject(o, "item", item_json(it));
     ev_send(v, o);
   }
+  return ES_OK;
+}
+
+/* The error event for an item over the conversation's limits. */
+static void send_item_too_big(voice_t *v, const char *client_event) {
+  send_error(v, "invalid_request_error", "item_too_large", "item", client_event,
+             "the item is larger than a conversation may hold (%.0f s of audio, %d audios, %d KiB of text)",
+             max_audio_held(v) / (double)SR, ENG_MAX_AUDIOS, MAX_CONVERSATION_TEXT >> 10);
 }
 
 /* ---- input audio ---------------------------------------------------------------------------------------------- */
 
+/* Restarts the detector at the buffer's end (settings changed, a commit, a clear); a turn in progress ends
+ * there (speech_stopped), its audio left to whatever caused the reset. */
 static void vad_reset(voice_t *v) {
+  uint64_t end = v->buf_start + v->buf.n;
+  if (v->speaking) {
+    cJSON *o = ev_new(v, "input_audio_buffer.speech_stopped");
+    cJSON_AddNumberToObject(o, "audio_end_ms", (double)(end / 16));
+    cJSON_AddStringToObject(o, "item_id", v->turn_item);
+    ev_send(v, o);
+  }
   audio_vad_init(&v->vad, &(audio_vad_opts_t){.threshold = v->cfg.threshold, .silence_duration_ms = v->cfg.silence_ms});
-  v->vad_base = v->buf_start + v->buf.n;
+  v->vad_base = end;
   v->speaking = 0;
 }
 
@@ -613,6 +675,11 @@ static int commit_range(voice_t *v, uint64_t from, uint64_t to, const char *item
                  "buffer too small: %.0f ms of audio, at least 100 ms are needed", n / 16.0);
     return ES_EINVAL;
   }
+  if (n > max_audio_held(v)) { /* longer than the conversation may hold: a context's worth of audio */
+    buf_drop(v, to);
+    send_item_too_big(v, client_event);
+    return ES_ETOOBIG;
+  }
   item_t *it = calloc(1, sizeof *it);
   float *a = it ? malloc(n * sizeof *a) : NULL;
   if (!a) {
@@ -634,8 +701,7 @@ static int commit_range(voice_t *v, uint64_t from, uint64_t to, const char *item
              : (void)cJSON_AddNullToObject(o, "previous_item_id");
   cJSON_AddStringToObject(o, "item_id", it->id);
   ev_send(v, o);
-  insert_item(v, it, v->n_items ? v->n_items - 1 : SIZE_MAX);
-  return ES_OK;
+  return insert_item(v, it, v->n_items ? v->n_items - 1 : SIZE_MAX); /* fits: checked above */
 }
 
 static int response_start(voice_t *v, const cJSON *params, const char *client_event);
@@ -680,8 +746,9 @@ static void vad_feed(voice_t *v, size_t from) {
       }
     }
   }
-  if (!v->speaking) { /* keep what a coming turn's padding may need */
+  if (!v->speaking) { /* keep what a coming turn's padding may need (at most half the buffer) */
     uint64_t keep = (uint64_t)v->cfg.prefix_ms * SR / 1000 + (AUDIO_VAD_ONSET_FRAMES + 1) * AUDIO_VAD_FRAME;
+    if (keep > v->buf.max / 2) keep = v->buf.max / 2;
     uint64_t end = v->buf_start + v->buf.n;
     if (end > keep) buf_drop(v, end - keep);
   }
@@ -694,17 +761,13 @@ static void append_audio(voice_t *v, const uint8_t *bytes, size_t n, const char 
   int rc = audio_stream_push(v->conv, bytes, n, &v->buf, &e);
   if (rc == ES_ETOOBIG && v->cfg.vad && v->speaking) { /* a turn as long as the buffer: it ends here */
     uint64_t end = v->buf_start + v->buf.n;
-    cJSON *o = ev_new(v, "input_audio_buffer.speech_stopped");
-    cJSON_AddNumberToObject(o, "audio_end_ms", (double)(end / 16));
-    cJSON_AddStringToObject(o, "item_id", v->turn_item);
-    ev_send(v, o);
+    vad_reset(v); /* speech_stopped at the buffer's end */
     if (commit_range(v, v->turn_start, end, v->turn_item, client_event, 1) == ES_OK && v->cfg.create_response) {
       if (v->resp.active)
         v->auto_pending = 1;
       else
         response_start(v, NULL, NULL);
     }
-    vad_reset(v);
     before = v->buf.n;
     rc = audio_stream_push(v->conv, bytes, n, &v->buf, &e);
   }
@@ -946,7 +1009,8 @@ static int parse_response(voice_t *v, const cJSON *r, rparams_t *p, bad_t *b) {
   return check_sampling(v, r, "response", b);
 }
 
-/* Fills r with the conversation from item `first` on; ES_ETOOBIG when it holds more audios than a request may. */
+/* Fills r with the conversation from item `first` on; ES_ETOOBIG when it holds more audios, parts or messages than
+ * a request may. */
 static int conversation_request(voice_t *v, srv_req_t *r, size_t first, const char *instructions, srv_fail_t *f) {
   const char *sys = instructions ? instructions : v->cfg.instructions;
   if (sys) r->msgs[r->n_msgs++] = (prompt_message_t){.role = "system", .content = sys};
@@ -954,6 +1018,7 @@ static int conversation_request(voice_t *v, srv_req_t *r, size_t first, const ch
     const item_t *it = v->items[i];
     if (it->in_progress) continue;
     size_t p0 = r->n_parts;
+    if (r->n_parts + it->n_parts > SRV_MAX_PARTS || r->n_msgs == SRV_MAX_MESSAGES) return ES_ETOOBIG;
     for (size_t k = 0; k < it->n_parts; k++) {
       const part_t *p = &it->parts[k];
       if (p->audio) {
@@ -971,7 +1036,6 @@ static int conversation_request(voice_t *v, srv_req_t *r, size_t first, const ch
       }
     }
     if (r->n_parts == p0) continue; /* nothing to say */
-    if (r->n_msgs == SRV_MAX_MESSAGES) return ES_ETOOBIG;
     r->msgs[r->n_msgs++] =
         (prompt_message_t){.role = ROLE_NAMES[it->role], .parts = r->parts + p0, .n_parts = r->n_parts - p0};
   }
@@ -985,14 +1049,46 @@ static size_t last_item(const voice_t *v) {
   return 0;
 }
 
+/* One prompt from item `first` on: ES_OK with q and ids filled (r holds what they point to), or the failure in
+ * f (r and ids emptied); *overflow: leaving older items out could make it fit. */
+static int build_from(voice_t *v, srv_req_t *r, size_t first, const rparams_t *p, int max_out, eng_request_t *q,
+                      tok_ids_t *ids, srv_fail_t *f, int *overflow) {
+  memset(f, 0, sizeof *f);
+  *overflow = 0;
+  srv_req_init(r, SRV_KIND_CHAT, &v->o.ctx);
+  int rc = srv_req_sampling_fields(r, v->cfg.sampling, f);
+  if (!rc && p->sampling) rc = srv_req_sampling_fields(r, p->sampling, f);
+  if (!rc && max_out) r->sampling.max_tokens = max_out; /* a cap: srv_req_build clamps it to the context left */
+  if (!rc && (rc = conversation_request(v, r, first, p->instructions, f)) == ES_ETOOBIG) {
+    *overflow = 1;
+    rc = srv_fail(f, 400, "", "the conversation holds more than a request may (%d audios, %d messages, %d parts)",
+                  ENG_MAX_AUDIOS, SRV_MAX_MESSAGES, SRV_MAX_PARTS);
+  }
+  if (!rc) rc = srv_req_build(r, &v->o.ctx, q, ids, f);
+  if (rc) {
+    *overflow = *overflow || f->context_overflow;
+    srv_req_free(r);
+    tok_ids_free(ids);
+  }
+  return rc;
+}
+
+/* Frees a successful build that will not be submitted. */
+static void release_build(srv_req_t *r, eng_request_t *q, tok_ids_t *ids) {
+  for (size_t k = 0; k < q->n_audios; k++) free(q->audios[k].samples);
+  memset(q, 0, sizeof *q);
+  srv_req_free(r);
+  tok_ids_free(ids);
+}
+
 /* Builds the prompt from the conversation and submits it; sends created / added events. */
 static int response_start(voice_t *v, const cJSON *params, const char *client_event) {
-  v->auto_pending = 0;
   if (v->resp.active) {
     send_error(v, "invalid_request_error", "conversation_already_has_active_response", NULL, client_event,
                "Conversation already has an active response in progress: %s", v->resp.id);
     return ES_EINVAL;
   }
+  v->auto_pending = 0; /* this response answers the turns so far */
   if (atomic_load(v->stop)) {
     send_error(v, "server_error", "server_shutting_down", NULL, client_event, "the server is shutting down");
     return ES_EINVAL;
@@ -1008,33 +1104,42 @@ static int response_start(voice_t *v, const cJSON *params, const char *client_ev
   int max_out = p.has_max ? p.max_output_tokens : v->cfg.max_output_tokens;
   srv_fail_t f;
   memset(&f, 0, sizeof f);
-  eng_request_t q;
-  tok_ids_t ids = {0};
-  srv_req_t *r = calloc(1, sizeof *r);
+  /* two build slots: the best build so far, and a probe */
+  eng_request_t qs[2];
+  tok_ids_t idss[2] = {{0}, {0}};
+  srv_req_t *rs[2] = {calloc(1, sizeof(srv_req_t)), calloc(1, sizeof(srv_req_t))};
+  int cur = 0, overflow = 0;
   size_t first = v->trunc_first < v->n_items ? v->trunc_first : 0, last = last_item(v);
-  int rc = r ? ES_OK : ES_ENOMEM;
-  for (; !rc;) {
-    memset(&f, 0, sizeof f);
-    srv_req_init(r, SRV_KIND_CHAT, &v->o.ctx);
-    rc = srv_req_sampling_fields(r, v->cfg.sampling, &f);
-    if (!rc && p.sampling) rc = srv_req_sampling_fields(r, p.sampling, &f);
-    if (!rc && max_out) r->sampling.max_tokens = max_out; /* a cap: srv_req_build clamps it to the context left */
-    int too_many = 0;
-    if (!rc) {
-      rc = conversation_request(v, r, first, p.instructions, &f);
-      too_many = rc == ES_ETOOBIG;
-      if (too_many) rc = srv_fail(&f, 400, "", "the conversation holds more than %d audios", ENG_MAX_AUDIOS);
+  int rc = rs[0] && rs[1] ? ES_OK : ES_ENOMEM;
+  if (!rc) rc = build_from(v, rs[0], first, &p, max_out, &qs[0], &idss[0], &f, &overflow);
+  if (rc && overflow && v->cfg.truncation && first < last) {
+    /* truncation "auto": the fewest oldest items to leave out, by bisection (a prompt from a later item is never
+     * longer); each probe is a whole build, so about log2(items) of them rather than one per item */
+    size_t bad = first, good = last;
+    rc = build_from(v, rs[0], good, &p, max_out, &qs[0], &idss[0], &f, &overflow); /* the newest item alone */
+    while (!rc && good - bad > 1) {
+      size_t mid = bad + (good - bad) / 2;
+      int o = 0, k = 1 - cur;
+      srv_fail_t fm;
+      if (build_from(v, rs[k], mid, &p, max_out, &qs[k], &idss[k], &fm, &o) == ES_OK) {
+        release_build(rs[cur], &qs[cur], &idss[cur]);
+        cur = k;
+        good = mid;
+      } else if (o) {
+        bad = mid;
+      } else { /* not a matter of length: report it */
+        release_build(rs[cur], &qs[cur], &idss[cur]);
+        f = fm;
+        rc = ES_EINVAL;
+      }
     }
-    if (!rc) rc = srv_req_build(r, &v->o.ctx, &q, &ids, &f);
-    if (rc && (f.context_overflow || too_many) && v->cfg.truncation && first < last) {
-      srv_req_free(r); /* leave the oldest item out and try again */
-      tok_ids_free(&ids);
-      first++;
-      rc = ES_OK;
-      continue;
-    }
-    break;
+    first = good;
   }
+  srv_req_t *r = rs[cur];
+  eng_request_t q = qs[cur];
+  tok_ids_t ids = idss[cur];
+  free(rs[1 - cur]); /* the probe slot holds nothing now */
+  rs[1 - cur] = NULL;
   if (rc) {
     send_error(v, f.status >= 500 || !r ? "server_error" : "invalid_request_error",
                f.context_overflow      ? "context_length_exceeded"
@@ -1091,7 +1196,7 @@ static int response_start(voice_t *v, const cJSON *params, const char *client_ev
   cJSON_AddNumberToObject(o, "output_index", 0);
   cJSON_AddItemToObject(o, "item", item_json(it));
   ev_send(v, o);
-  insert_item(v, it, v->n_items ? v->n_items - 1 : SIZE_MAX);
+  insert_item(v, it, v->n_items ? v->n_items - 1 : SIZE_MAX); /* holds nothing yet: always fits */
   o = part_event(v, "response.content_part.added");
   cJSON *part = cJSON_AddObjectToObject(o, "part");
   cJSON_AddStringToObject(part, "type", "text");
@@ -1214,9 +1319,10 @@ static void on_append(voice_t *v, const cJSON *ev, const char *cid) {
 static void on_commit(voice_t *v, const char *cid) {
   es_error_t e;
   if (!v->cfg.vad) audio_stream_flush(v->conv, &v->buf, &e); /* with VAD on, the stream goes on across turns */
-  if (commit_range(v, v->buf_start, v->buf_start + v->buf.n, v->speaking ? v->turn_item : NULL, cid, 0) == ES_OK &&
-      v->cfg.vad) {
-    vad_reset(v);
+  char item[40];
+  snprintf(item, sizeof item, "%s", v->speaking ? v->turn_item : "");
+  if (v->cfg.vad) vad_reset(v); /* a turn in progress ends here (speech_stopped) */
+  if (commit_range(v, v->buf_start, v->buf_start + v->buf.n, item, cid, 0) == ES_OK && v->cfg.vad) {
     if (v->cfg.create_response) {
       if (v->resp.active)
         v->auto_pending = 1;
@@ -1340,7 +1446,7 @@ static void on_item_create(voice_t *v, const cJSON *ev, const char *cid) {
       return;
     }
   }
-  insert_item(v, it, after);
+  if (insert_item(v, it, after)) send_item_too_big(v, cid);
 }
 
 static void on_item_delete(voice_t *v, const cJSON *ev, const char *cid) {

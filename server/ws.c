@@ -11,6 +11,7 @@
 #include <nettle/sha1.h>
 #include <poll.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -22,7 +23,8 @@
 #include "b64.h"
 #include "tokenizer.h"
 
-#define CLOSE_WAIT_S 2.0 /* how long a sent close waits for the peer's */
+#define CLOSE_WAIT_S 2.0         /* how long a sent close waits for the peer's */
+#define RECV_BUDGET (256u << 10) /* bytes one wslay_event_recv may read before the loop looks around again */
 
 struct ws_conn {
   int fd, wake_fd;
@@ -33,7 +35,14 @@ struct ws_conn {
   const ws_handlers_t *h;
   double last_heard, last_ping, close_at;
   int closing, failed;
-  int peer_gone; /* the socket gave EOF or an error */
+  int peer_gone;       /* the socket gave EOF or an error */
+  size_t recv_budget;  /* bytes the current wslay_event_recv may still read */
+  double last_message; /* when the peer last sent a text or binary message */
+  atomic_int aborted;  /* ws_conn_abort */
+  int close_pending;   /* ws_conn_close waits for the queued messages to go out first */
+  uint16_t close_code;
+  char close_reason[124];
+  double close_asked;
   atomic_int woken;
 };
 
@@ -54,10 +63,18 @@ static ssize_t on_recv(wslay_event_context_ptr ws, uint8_t *buf, size_t len, int
     c->extra_off += k;
     return (ssize_t)k;
   }
+  if (c->recv_budget == 0 || atomic_load(&c->aborted)) { /* let the loop check its limits and wakes first */
+    wslay_event_set_error(ws, WSLAY_ERR_WOULDBLOCK);
+    return -1;
+  }
+  if (len > c->recv_budget) len = c->recv_budget;
   ssize_t r;
   do r = recv(c->fd, buf, len, 0);
   while (r < 0 && errno == EINTR);
-  if (r > 0) return r;
+  if (r > 0) {
+    c->recv_budget -= (size_t)r;
+    return r;
+  }
   if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
     wslay_event_set_error(ws, WSLAY_ERR_WOULDBLOCK);
   } else {
@@ -83,6 +100,7 @@ static void on_msg(wslay_event_context_ptr ws, const struct wslay_event_on_msg_r
   ws_conn_t *c = user;
   c->last_heard = now_s();
   if (a->opcode == WSLAY_CONNECTION_CLOSE) { /* wslay answers it; nothing more will be read */
+    if (!c->closing) c->close_at = c->last_heard;
     c->closing = 1;
     return;
   }
@@ -95,6 +113,7 @@ static void on_msg(wslay_event_context_ptr ws, const struct wslay_event_on_msg_r
     c->close_at = now_s();
     return;
   }
+  c->last_message = c->last_heard;
   if (c->h && c->h->on_message) c->h->on_message(c->h->ctx, c, a->opcode == WSLAY_BINARY_FRAME, a->msg, a->msg_length);
 }
 
@@ -109,6 +128,8 @@ int ws_conn_new(int fd, const char *extra_in, size_t n_extra, const ws_opts_t *o
   if (!c->o.max_message) c->o.max_message = (size_t)16 << 20;
   if (!c->o.max_queued) c->o.max_queued = (size_t)32 << 20;
   if (c->o.ping_interval_s <= 0) c->o.ping_interval_s = 20;
+  if (c->o.idle_timeout_s <= 0) c->o.idle_timeout_s = 900;
+  atomic_init(&c->aborted, 0);
   c->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (c->wake_fd < 0) {
     free(c);
@@ -131,7 +152,7 @@ int ws_conn_new(int fd, const char *extra_in, size_t n_extra, const ws_opts_t *o
     return es_fail(err, ES_ENOMEM, "websocket: out of memory");
   }
   wslay_event_config_set_max_recv_msg_length(c->ws, c->o.max_message);
-  c->last_heard = c->last_ping = now_s();
+  c->last_heard = c->last_ping = c->last_message = now_s();
   *out = c;
   return ES_OK;
 }
@@ -152,17 +173,32 @@ int ws_conn_send_text(ws_conn_t *c, const char *text, size_t len) {
   return r ? ES_EIO : ES_OK;
 }
 
+/* Queues the close frame itself. wslay sends control frames before queued messages and drops what is left once
+ * a close is out, so it is queued only when the messages before it have gone (or could not, in time). */
+static void queue_close(ws_conn_t *c) {
+  c->close_pending = 0;
+  wslay_event_queue_close(c->ws, c->close_code, (const uint8_t *)c->close_reason, strlen(c->close_reason));
+  c->close_at = now_s();
+}
+
 void ws_conn_close(ws_conn_t *c, uint16_t code, const char *reason) {
   if (c->closing) return;
-  size_t n = reason ? strlen(reason) : 0;
-  if (n > 123) n = 123; /* a control frame's payload is at most 125 bytes, 2 of them the code */
-  wslay_event_queue_close(c->ws, code, (const uint8_t *)reason, n);
   c->closing = 1;
-  c->close_at = now_s();
+  c->close_code = code;
+  snprintf(c->close_reason, sizeof c->close_reason, "%.123s", reason ? reason : ""); /* control payload <= 125 */
+  c->close_pending = 1;
+  c->close_asked = c->close_at = now_s();
+  if (wslay_event_get_queued_msg_count(c->ws) == 0) queue_close(c);
 }
 
 int ws_conn_closing(const ws_conn_t *c) {
   return c->closing || c->failed;
+}
+
+void ws_conn_abort(ws_conn_t *c) {
+  atomic_store(&c->aborted, 1);
+  shutdown(c->fd, SHUT_RDWR); /* the loop's next recv/send fails; the descriptor stays valid (MHD closes it) */
+  ws_conn_wake(c);
 }
 
 void ws_conn_wake(ws_conn_t *c) {
@@ -177,7 +213,7 @@ void ws_conn_wake(ws_conn_t *c) {
  * close frame before the peer reads it; so send FIN and read (and drop) what still comes, until the peer
  * closes too or CLOSE_WAIT_S passes. */
 static void linger(ws_conn_t *c) {
-  if (c->peer_gone) return;
+  if (c->peer_gone || atomic_load(&c->aborted)) return;
   shutdown(c->fd, SHUT_WR);
   char sink[16384];
   for (double end = now_s() + CLOSE_WAIT_S; now_s() < end;) {
@@ -192,15 +228,28 @@ static void linger(ws_conn_t *c) {
 
 void ws_conn_run(ws_conn_t *c, const ws_handlers_t *h) {
   c->h = h;
+  c->recv_budget = RECV_BUDGET;
   if (c->n_extra && wslay_event_recv(c->ws) != 0) c->failed = 1; /* frames that came with the upgrade request */
-  while (!c->failed) {
+  while (!c->failed && !atomic_load(&c->aborted)) {
     if (wslay_event_want_write(c->ws) && wslay_event_send(c->ws) != 0) break;
     int rd = wslay_event_want_read(c->ws), wr = wslay_event_want_write(c->ws);
     if (!rd && !wr) break; /* the close handshake is complete */
     double now = now_s();
-    if (c->closing && now - c->close_at > CLOSE_WAIT_S) break;
+    if (!c->closing && wslay_event_get_close_sent(c->ws)) { /* wslay failed the connection itself (1002, 1009) */
+      c->closing = 1;
+      c->close_at = now;
+    }
+    if (c->close_pending && (wslay_event_get_queued_msg_count(c->ws) == 0 || now - c->close_asked > CLOSE_WAIT_S)) {
+      queue_close(c); /* what was sent before the close has gone out (or the peer is too slow to wait for) */
+      continue;
+    }
+    if (c->closing && !c->close_pending && now - c->close_at > CLOSE_WAIT_S) break;
     if (wslay_event_get_queued_msg_length(c->ws) > c->o.max_queued) break; /* the peer does not read */
     if (now - c->last_heard > 3 * c->o.ping_interval_s) break;             /* the peer is gone */
+    if (!c->closing && now - c->last_message > c->o.idle_timeout_s) {
+      ws_conn_close(c, 1000, "idle for too long");
+      continue;
+    }
     if (!c->closing && now - c->last_heard > c->o.ping_interval_s && now - c->last_ping > c->o.ping_interval_s) {
       struct wslay_event_msg ping = {.opcode = WSLAY_PING, .msg = NULL, .msg_length = 0};
       wslay_event_queue_msg(c->ws, &ping);
@@ -220,6 +269,7 @@ void ws_conn_run(ws_conn_t *c, const ws_handlers_t *h) {
     }
     if (atomic_exchange(&c->woken, 0) && h->on_wake) h->on_wake(h->ctx, c);
     if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+      c->recv_budget = RECV_BUDGET;
       if (wslay_event_recv(c->ws) != 0) break;
     }
     if ((p[0].revents & POLLOUT) && wslay_event_send(c->ws) != 0) break;

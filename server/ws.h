@@ -5,17 +5,21 @@
  * client frames, fragmented messages reassembled, ping answered with pong, the close handshake, and protocol
  * errors failed with the right close code (1002; 1009 for a message over max_message). This file adds what the
  * server needs around it:
- *   - text messages must be valid UTF-8 (else close 1007, RFC 6455 §8.1);
+ *   - text messages must be valid UTF-8 (else close 1007, RFC 6455 §8.1; wslay 1.1 checks it too);
  *   - a poll loop over the socket and an eventfd, so that other threads (the engine's callbacks, shutdown) can
  *     wake the loop with ws_conn_wake: the loop thread is the only one that touches the connection;
  *   - a peer that stops reading cannot make the server buffer without end: past max_queued bytes waiting to be
  *     sent, the connection is dropped;
+ *   - a peer that sends faster than the session handles cannot keep the loop inside one read: each read pass
+ *     is capped (256 KiB), so the limits, the wakes and the outgoing queue are looked at in between;
  *   - a peer that went away silently is found: after ping_interval_s without a frame from it the loop sends a
- *     ping, and after three intervals it gives up;
- *   - ws_conn_close ends the connection in bounded time: the close frame is sent and the peer's answer awaited
- *     for at most 2 s; then (a lingering close) FIN is sent and whatever the peer still sends is read and dropped
- *     for at most 2 s more, so that a peer still sending does not get a TCP reset that destroys the close frame.
- * The socket itself belongs to libmicrohttpd: the caller ends the upgrade with MHD_upgrade_action after
+ *     ping, and after three intervals it gives up; a peer that sends no message for idle_timeout_s is closed
+ *     (1000) even if it answers pings;
+ *   - ws_conn_close ends the connection in bounded time: the messages queued before it go out first (at most
+ *     2 s; wslay would otherwise send the close ahead of them and drop them), then the close frame is sent and
+ *     the peer's answer awaited for at most 2 s; then (a lingering close) FIN is sent and whatever the peer still sends
+ * is read and dropped for at most 2 s more, so that a peer still sending does not get a TCP reset that destroys the
+ * close frame. The socket itself belongs to libmicrohttpd: the caller ends the upgrade with MHD_upgrade_action after
  * ws_conn_run returns; nothing here closes it.
  * Thread safety: everything runs on the loop thread except ws_conn_wake (any thread).
  */
@@ -32,6 +36,7 @@ typedef struct {
   size_t max_message;     /* largest incoming message (bytes, after reassembly); 0 = 16 MiB */
   size_t max_queued;      /* outgoing bytes waiting for a slow peer before it is dropped; 0 = 32 MiB */
   double ping_interval_s; /* 0 = 20 s */
+  double idle_timeout_s;  /* no text or binary message for this long: closed; 0 = 900 s */
 } ws_opts_t;
 
 typedef struct {
@@ -61,6 +66,9 @@ int ws_conn_closing(const ws_conn_t *c);
 
 /* Wakes the loop thread (its on_wake runs soon). Any thread; never blocks. */
 void ws_conn_wake(ws_conn_t *c);
+/* Ends the connection at once, from any thread (server shutdown): the socket is shut down, so whatever the loop
+ * is doing fails and ws_conn_run returns promptly; no close handshake. */
+void ws_conn_abort(ws_conn_t *c);
 
 /* Sec-WebSocket-Accept for a client's Sec-WebSocket-Key (RFC 6455 §4.2.2): base64(SHA-1(key + GUID)); out gets
  * 28 characters and a NUL. Fails (ES_EINVAL) unless key is 24 base64 characters encoding 16 bytes. */

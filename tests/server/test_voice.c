@@ -2,7 +2,8 @@
  * bundled tiny checkpoint (tiny-a, CPU), with a small WebSocket client written here (raw frames, so that broken
  * ones can be sent too):
  *   - the handshake: the RFC 6455 example key gets the RFC's accept value; no Upgrade / another version -> 426,
- *     a bad key -> 400, no API key -> 401, another model -> 404, POST -> 405, too many sessions -> 429;
+ *     a bad key or no "Connection: Upgrade" -> 400, no API key -> 401 (the key as OpenAI's browser subprotocol
+ *     works), another model -> 404, POST / HEAD -> 405, too many sessions -> 429;
  *   - a turn committed by the client (turn_detection null) at 16 kHz, appended as base64 events, and at
  *     22.05 kHz, sent as binary messages in odd-sized pieces: the greedy reply equals `earshot run` on the same
  *     audio as a WAV file (the resampling is the decoder's, sample for sample), and the events come in the
@@ -16,8 +17,12 @@
  *     cancel, audio output, bad format, unknown fields, a second response, bad base64, unknown item); ping ->
  *     pong; protocol violations close with 1002 / 1007 / 1009; a close is answered;
  *   - a client that vanishes mid-response: the response is cancelled and its KV blocks are freed;
+ *   - limits a client could push past: 210 items while a reply runs (200 kept, never the running reply), 560
+ *     content parts (the oldest left out), a flood of events from a client that never reads (dropped), a
+ *     message quoting a string cut inside a UTF-8 character (still valid UTF-8: the client's frame check passes);
  *   - the official `openai` client's Realtime API (tests/server/openai_realtime.py) gets the same reply;
- *   - SIGTERM with a response running: the session closes with 1001 and the server exits 0.
+ *   - SIGTERM with two sessions generating: the short reply is delivered within the grace, the long one is cut,
+ *     both close with 1001 and the server exits 0.
  * argv: EARSHOT SCRATCH_DIR (the official client runs with build/test-venv's Python: scripts/test-venv.sh)
  */
 #define _GNU_SOURCE /* strcasestr */
@@ -180,7 +185,26 @@ static int wsc_read(wsc_t *c, char **payload, size_t *len, int timeout_ms) {
   return op;
 }
 
-/* The next event (a text frame, parsed); NULL on timeout, EOF or a close frame. Records its type. */
+/* 1 if the n bytes at p are valid UTF-8 (RFC 3629: no overlongs, no surrogates, at most U+10FFFF). */
+static int utf8_ok(const unsigned char *p, size_t n) {
+  for (size_t i = 0; i < n;) {
+    unsigned c = p[i];
+    size_t k = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (!k || i + k > n) return 0;
+    unsigned cp = k == 1 ? c : k == 2 ? c & 0x1f : k == 3 ? c & 0x0f : c & 0x07;
+    for (size_t j = 1; j < k; j++) {
+      if ((p[i + j] & 0xc0) != 0x80) return 0;
+      cp = cp << 6 | (p[i + j] & 0x3f);
+    }
+    static const unsigned MIN[5] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < MIN[k] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+    i += k;
+  }
+  return 1;
+}
+
+/* The next event (a text frame, parsed); NULL on timeout, EOF or a close frame. Records its type. Every text
+ * frame the server sends must be valid UTF-8 (RFC 6455 §8.1). */
 static cJSON *wsc_event(wsc_t *c, int timeout_ms) {
   for (;;) {
     char *p;
@@ -191,6 +215,7 @@ static cJSON *wsc_event(wsc_t *c, int timeout_ms) {
       if (op == 9 || op == 10) continue; /* ping / pong */
       return NULL;
     }
+    if (!utf8_ok((const unsigned char *)p, n)) T_CHECK(0, "a text frame that is not UTF-8: %.200s", p);
     cJSON *j = cJSON_Parse(p);
     free(p);
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "type");
@@ -384,6 +409,13 @@ static void test_handshake(const server_t *s) {
   free(p);
   wsc_free(&c);
 
+  /* a browser cannot set headers: OpenAI's clients send the key as a subprotocol, and "realtime" is chosen */
+  fd = wsc_handshake(s, "GET", "/v1/realtime",
+                     WS_HEADERS("Sec-WebSocket-Protocol: realtime, openai-insecure-api-key." KEY "\r\n"), &st, head,
+                     sizeof head);
+  T_CHECK(st == 101 && strcasestr(head, "Sec-WebSocket-Protocol: realtime\r\n"), "subprotocol key: %d %s", st, head);
+  if (fd >= 0) close(fd);
+
   struct {
     const char *method, *path, *headers;
     int status;
@@ -402,6 +434,13 @@ static void test_handshake(const server_t *s) {
       {"GET", "/v1/realtime?model=other", WS_HEADERS("Authorization: Bearer " KEY "\r\n"), 404, "other"},
       {"GET", "/v1/realtime?intent=transcription", WS_HEADERS("Authorization: Bearer " KEY "\r\n"), 400, "intent"},
       {"POST", "/v1/realtime", WS_HEADERS("Authorization: Bearer " KEY "\r\nContent-Length: 0\r\n"), 405, "GET"},
+      {"HEAD", "/v1/realtime", WS_HEADERS("Authorization: Bearer " KEY "\r\n"), 405, ""},
+      {"GET", "/v1/realtime",
+       "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+       "Authorization: Bearer " KEY "\r\n",
+       400, "Connection: Upgrade"},
+      {"GET", "/v1/realtime", WS_HEADERS("Sec-WebSocket-Protocol: realtime, openai-insecure-api-key.wrong\r\n"), 401,
+       "Unauthorized"},
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     fd = wsc_handshake(s, bad[i].method, bad[i].path, bad[i].headers, &st, head, sizeof head);
@@ -419,7 +458,8 @@ static void test_handshake(const server_t *s) {
       close(fd);
     }
     T_CHECK(st == bad[i].status, "bad handshake %zu: %d, expected %d", i, st, bad[i].status);
-    T_CHECK(strstr(body, "\"error\"") && strstr(body, bad[i].in_body), "bad handshake %zu body: %s", i, body);
+    if (strcmp(bad[i].method, "HEAD") != 0) /* a HEAD answer has no body */
+      T_CHECK(strstr(body, "\"error\"") && strstr(body, bad[i].in_body), "bad handshake %zu body: %s", i, body);
     if (bad[i].status == 426)
       T_CHECK(strcasestr(head, "Sec-WebSocket-Version: 13") != NULL, "426 names version 13: %s", head);
   }
@@ -755,40 +795,59 @@ static void test_openai_client(const server_t *s) {
   cJSON_Delete(j);
 }
 
-/* A second server: one session at most, and SIGTERM with a response running. */
+/* Reads frames until the server's close; *done_status gets the last response.done's status ("" if none). */
+static int read_to_close(wsc_t *c, char *done_status, size_t cap) {
+  char *p;
+  size_t n;
+  int op;
+  done_status[0] = '\0';
+  while ((op = wsc_read(c, &p, &n, 30000)) >= 0 && op != 8) {
+    cJSON *j = op == 1 ? cJSON_Parse(p) : NULL;
+    if (j && !strcmp(ev_type(j), "response.done"))
+      snprintf(done_status, cap, "%s", jstr(cJSON_GetObjectItemCaseSensitive(j, "response"), "status", NULL));
+    cJSON_Delete(j);
+    free(p);
+  }
+  free(p);
+  return op;
+}
+
+/* A second server: two sessions at most; SIGTERM while both generate. The short reply finishes within the grace
+ * and is delivered before the 1001 close; the long one is cut at the grace. */
 static void test_limit_and_shutdown(void) {
   server_t s;
-  if (server_start(&s, "serve-voice-1", "--max-voice-sessions 1 --shutdown-grace 0.5 --quiet") != 0) {
+  if (server_start(&s, "serve-voice-2", "--max-voice-sessions 2 --shutdown-grace 4 --quiet") != 0) {
     T_CHECK(0, "second server start");
     if (s.pid > 0) server_stop(&s, 10, NULL);
     return;
   }
-  wsc_t c;
-  T_REQUIRE(wsc_open(&s, &c) == 0, "connect");
-  cJSON_Delete(wsc_until(&c, "session.created", 30000));
+  wsc_t a, b;
+  T_REQUIRE(wsc_open(&s, &a) == 0 && wsc_open(&s, &b) == 0, "connect two");
+  cJSON_Delete(wsc_until(&a, "session.created", 30000));
+  cJSON_Delete(wsc_until(&b, "session.created", 30000));
   char head[4096];
   int st = 0;
   int fd =
       wsc_handshake(&s, "GET", "/v1/realtime", WS_HEADERS("Authorization: Bearer " KEY "\r\n"), &st, head, sizeof head);
-  T_CHECK(st == 429 && strcasestr(head, "Retry-After"), "a second session: %d %s", st, head);
+  T_CHECK(st == 429 && strcasestr(head, "Retry-After"), "a third session: %d %s", st, head);
   if (fd >= 0) close(fd);
-  wsc_text(&c, "{\"type\":\"conversation.item.create\",\"item\":{\"type\":\"message\",\"role\":\"user\",\"content\":"
-               "[{\"type\":\"input_text\",\"text\":\"Hello\"}]}}");
-  wsc_text(&c, "{\"type\":\"response.create\",\"response\":{\"max_output_tokens\":8000,\"ignore_eos\":true}}");
-  cJSON_Delete(wsc_until(&c, "response.output_text.delta", 30000));
+  const char *hello = "{\"type\":\"conversation.item.create\",\"item\":{\"type\":\"message\",\"role\":\"user\","
+                      "\"content\":[{\"type\":\"input_text\",\"text\":\"Hello\"}]}}";
+  wsc_text(&a, hello), wsc_text(&b, hello);
+  wsc_text(&a, "{\"type\":\"response.create\",\"response\":{\"max_output_tokens\":8000,\"ignore_eos\":true}}");
+  wsc_text(&b, "{\"type\":\"response.create\",\"response\":{\"max_output_tokens\":100,\"ignore_eos\":true}}");
+  cJSON_Delete(wsc_until(&a, "response.output_text.delta", 30000));
+  cJSON_Delete(wsc_until(&b, "response.created", 30000));
   double took = 0;
   kill(s.pid, SIGTERM);
-  char *p;
-  size_t n;
-  int op, saw_done = 0;
-  while ((op = wsc_read(&c, &p, &n, 20000)) >= 0 && op != 8) {
-    if (op == 1 && strstr(p, "\"type\":\"response.done\"")) saw_done = 1;
-    free(p);
-  }
-  free(p);
-  T_CHECK(op == 8 && c.close_code == 1001, "shutdown closes with 1001: op %d code %d", op, c.close_code);
-  (void)saw_done; /* the reply may or may not finish in the grace; the close is what matters */
-  wsc_frame(&c, 8, "\x03\xe9", 2, 1);
+  char sa[32], sb[32];
+  int opb = read_to_close(&b, sb, sizeof sb);
+  T_CHECK(opb == 8 && b.close_code == 1001, "short reply's session closes with 1001: op %d code %d", opb, b.close_code);
+  T_CHECK(!strcmp(sb, "incomplete"), "the short reply finished within the grace (response.done '%s')", sb);
+  int opa = read_to_close(&a, sa, sizeof sa);
+  T_CHECK(opa == 8 && a.close_code == 1001, "long reply's session closes with 1001: op %d code %d", opa, a.close_code);
+  T_CHECK(strcmp(sa, "incomplete") != 0 && strcmp(sa, "completed") != 0, "the long reply was cut ('%s')", sa);
+  wsc_frame(&a, 8, "\x03\xe9", 2, 1), wsc_frame(&b, 8, "\x03\xe9", 2, 1);
   int status = -1; /* no second SIGTERM: that one would mean "quit now" */
   for (double t0 = es_now_s(); es_now_s() - t0 < 30 && status < 0; usleep(20000)) {
     int w = 0;
@@ -797,7 +856,115 @@ static void test_limit_and_shutdown(void) {
   }
   if (status < 0) server_stop(&s, 5, NULL);
   T_CHECK(status == 0, "exit status %d after SIGTERM (%.1f s more)", status, took);
+  wsc_free(&a), wsc_free(&b);
+}
+
+/* Limits a client could push past: many items while a reply runs, items with many parts, a flood of events
+ * from a client that never reads, strings cut inside a UTF-8 character. */
+static void test_abuse(const server_t *s) {
+  wsc_t c;
+  T_REQUIRE(wsc_open(s, &c) == 0, "connect");
+  cJSON_Delete(wsc_until(&c, "session.created", 30000));
+  /* a long reply, then 210 items: the conversation keeps 200, the running reply is never the one deleted */
+  wsc_text(&c, "{\"type\":\"conversation.item.create\",\"item\":{\"type\":\"message\",\"role\":\"user\",\"content\":"
+               "[{\"type\":\"input_text\",\"text\":\"Hello\"}]}}");
+  wsc_text(&c, "{\"type\":\"response.create\",\"response\":{\"max_output_tokens\":3000,\"ignore_eos\":true}}");
+  cJSON *e = wsc_until(&c, "response.created", 30000);
+  const char *rid = jstr(cJSON_GetObjectItemCaseSensitive(e, "response"), "id", NULL);
+  char resp_id[64];
+  snprintf(resp_id, sizeof resp_id, "%s", rid ? rid : "");
+  cJSON_Delete(e);
+  for (int i = 0; i < 210; i++)
+    wsc_text(&c, "{\"type\":\"conversation.item.create\",\"item\":{\"type\":\"message\",\"role\":\"user\","
+                 "\"content\":[{\"type\":\"input_text\",\"text\":\"more\"}]}}");
+  wsc_text(&c, "{\"type\":\"response.cancel\"}");
+  int deleted = 0, errors = 0;
+  cJSON *done = NULL;
+  while (!done && (e = wsc_event(&c, 60000))) {
+    if (!strcmp(ev_type(e), "conversation.item.deleted")) deleted++;
+    if (!strcmp(ev_type(e), "error")) errors++;
+    if (!strcmp(ev_type(e), "response.done"))
+      done = e;
+    else
+      cJSON_Delete(e);
+  }
+  T_CHECK(deleted >= 12 && errors == 0, "200 items kept: %d deleted, %d errors", deleted, errors);
+  const cJSON *r = cJSON_GetObjectItemCaseSensitive(done, "response");
+  T_CHECK(jstr(r, "id", NULL) && !strcmp(jstr(r, "id", NULL), resp_id) && !strcmp(jstr(r, "status", NULL), "cancelled"),
+          "the running reply survived and was cancelled");
+  cJSON_Delete(done);
   wsc_free(&c);
+
+  /* 70 items of 8 text parts (560 parts, more than one request may carry): the oldest are left out */
+  T_REQUIRE(wsc_open(s, &c) == 0, "connect");
+  cJSON_Delete(wsc_until(&c, "session.created", 30000));
+  for (int i = 0; i < 70; i++) {
+    char ev[1024];
+    int k = snprintf(ev, sizeof ev,
+                     "{\"type\":\"conversation.item.create\",\"item\":{\"type\":\"message\",\"role\":\"user\","
+                     "\"content\":[");
+    for (int j = 0; j < 8; j++)
+      k += snprintf(ev + k, sizeof ev - (size_t)k, "%s{\"type\":\"input_text\",\"text\":\"w%d \"}", j ? "," : "", j);
+    snprintf(ev + k, sizeof ev - (size_t)k, "]}}");
+    wsc_text(&c, ev);
+  }
+  free(respond(&c, ",\"max_output_tokens\":3", &done));
+  r = cJSON_GetObjectItemCaseSensitive(done, "response");
+  T_CHECK(done && !strcmp(ev_type(done), "response.done") && jnum(r, "usage", "output_tokens", NULL) == 3,
+          "560 parts: a reply from the newest items (%s %s)", done ? ev_type(done) : "timeout",
+          jstr(cJSON_GetObjectItemCaseSensitive(done, "error"), "message", NULL)
+              ? jstr(cJSON_GetObjectItemCaseSensitive(done, "error"), "message", NULL)
+              : "");
+  cJSON_Delete(done);
+
+  /* an error message quoting a client string cut inside a character is still valid UTF-8 */
+  char ev[512] = "{\"type\":\"a";
+  for (int i = 0; i < 40; i++) strcat(ev, "\xe6\x97\xa5");
+  strcat(ev, "\"}");
+  wsc_text(&c, ev);
+  e = wsc_until(&c, "error", 30000);
+  T_CHECK(e && !strcmp(ev_type(e), "error"), "a long unknown type: error event (the frame was valid UTF-8: %s)",
+          e ? "yes" : "no");
+  cJSON_Delete(e);
+  wsc_frame(&c, 9, "x", 1, 1);
+  char *p = NULL;
+  size_t n;
+  int op;
+  while ((op = wsc_read(&c, &p, &n, 10000)) == 1) free(p);
+  T_CHECK(op == 10, "the session goes on after it (pong: op %d)", op);
+  free(p);
+  wsc_free(&c);
+
+  /* a client that floods events and never reads what they answer: dropped, not buffered without end */
+  T_REQUIRE(wsc_open(s, &c) == 0, "connect");
+  const char *msg = "{\"type\":\"session.update\",\"session\":{}}";
+  size_t one = strlen(msg) + 6, batch = 2000;
+  uint8_t *frames = malloc(one * batch), *q = frames;
+  static const uint8_t mask[4] = {1, 2, 3, 4};
+  for (size_t i = 0; i < batch; i++) {
+    *q++ = 0x81, *q++ = (uint8_t)(0x80 | strlen(msg));
+    memcpy(q, mask, 4), q += 4;
+    for (size_t j = 0; j < strlen(msg); j++) *q++ = (uint8_t)msg[j] ^ mask[j & 3];
+  }
+  size_t sent = 0;
+  double t0 = es_now_s();
+  int dropped = 0;
+  while (!dropped && es_now_s() - t0 < 60) {
+    ssize_t w = send(c.fd, frames, one * batch, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w > 0) sent += (size_t)w;
+    if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) dropped = 1;
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      struct pollfd pf = {.fd = c.fd, .events = POLLOUT};
+      if (poll(&pf, 1, 100) == 1 && (pf.revents & (POLLERR | POLLHUP))) dropped = 1;
+    }
+  }
+  free(frames);
+  T_CHECK(dropped, "a flooding client that does not read is dropped (%zu bytes sent in %.1f s)", sent, es_now_s() - t0);
+  wsc_free(&c);
+  int gone = 0;
+  for (double t1 = es_now_s(); es_now_s() - t1 < 30 && !gone; usleep(100000))
+    gone = metric(s, "earshot:voice_sessions") == 0;
+  T_CHECK(gone, "its session ended");
 }
 
 int main(int argc, char **argv) {
@@ -837,6 +1004,7 @@ int main(int argc, char **argv) {
   test_vad(&s);
   test_context_limits(&s);
   test_errors(&s);
+  test_abuse(&s);
   test_openai_client(&s);
   test_vanish(&s);
   T_CHECK(http(&s, "/health", "", NULL, NULL) == 200, "still healthy after everything");
