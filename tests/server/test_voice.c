@@ -812,11 +812,12 @@ static int read_to_close(wsc_t *c, char *done_status, size_t cap) {
   return op;
 }
 
-/* A second server: two sessions at most; SIGTERM while both generate. The short reply finishes within the grace
- * and is delivered before the 1001 close; the long one is cut at the grace. */
+/* A second server: two sessions at most; SIGTERM while both generate. The short reply (20 tokens) finishes within
+ * the grace (8 s, ample on a loaded sanitizer build) and is delivered before the 1001 close; the long one (8000
+ * tokens) is cut at the grace. */
 static void test_limit_and_shutdown(void) {
   server_t s;
-  if (server_start(&s, "serve-voice-2", "--max-voice-sessions 2 --shutdown-grace 4 --quiet") != 0) {
+  if (server_start(&s, "serve-voice-2", "--max-voice-sessions 2 --shutdown-grace 8 --quiet") != 0) {
     T_CHECK(0, "second server start");
     if (s.pid > 0) server_stop(&s, 10, NULL);
     return;
@@ -835,7 +836,7 @@ static void test_limit_and_shutdown(void) {
                       "\"content\":[{\"type\":\"input_text\",\"text\":\"Hello\"}]}}";
   wsc_text(&a, hello), wsc_text(&b, hello);
   wsc_text(&a, "{\"type\":\"response.create\",\"response\":{\"max_output_tokens\":8000,\"ignore_eos\":true}}");
-  wsc_text(&b, "{\"type\":\"response.create\",\"response\":{\"max_output_tokens\":100,\"ignore_eos\":true}}");
+  wsc_text(&b, "{\"type\":\"response.create\",\"response\":{\"max_output_tokens\":20,\"ignore_eos\":true}}");
   cJSON_Delete(wsc_until(&a, "response.output_text.delta", 30000));
   cJSON_Delete(wsc_until(&b, "response.created", 30000));
   double took = 0;
