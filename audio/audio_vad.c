@@ -10,11 +10,15 @@ double audio_vad_gate_dbfs(double threshold) {
   return -70.0 + 50.0 * threshold;
 }
 
-void audio_vad_init(audio_vad_t *v, const audio_vad_opts_t *o) {
-  memset(v, 0, sizeof *v);
+void audio_vad_set(audio_vad_t *v, const audio_vad_opts_t *o) {
   v->gate_ms = pow(10.0, audio_vad_gate_dbfs(o->threshold) / 10.0);
   int ms = o->silence_duration_ms < 10 ? 10 : o->silence_duration_ms;
   v->silence_frames = (ms + 9) / 10;
+}
+
+void audio_vad_init(audio_vad_t *v, const audio_vad_opts_t *o) {
+  memset(v, 0, sizeof *v);
+  audio_vad_set(v, o);
 }
 
 /* One complete frame ending at v->pos; returns 1 and fills *ev when it starts or stops speech. */

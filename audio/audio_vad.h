@@ -51,6 +51,9 @@ typedef struct {
 
 /* Starts a detector at sample 0. */
 void audio_vad_init(audio_vad_t *v, const audio_vad_opts_t *o);
+/* Changes the threshold and silence duration from the next frame on, keeping the state (a turn in progress
+ * goes on). */
+void audio_vad_set(audio_vad_t *v, const audio_vad_opts_t *o);
 /* Feeds n samples; writes the events they complete to ev (at most max_ev; a frame yields at most one event, so
  * n / AUDIO_VAD_FRAME + 1 is always enough) and returns how many. */
 size_t audio_vad_feed(audio_vad_t *v, const float *x, size_t n, audio_vad_event_t *ev, size_t max_ev);

@@ -38,6 +38,7 @@ static void usage(FILE *out) {
                "  --shutdown-grace S          on SIGINT/SIGTERM, let streams finish for S seconds (default 10)\n"
                "  --max-voice-sessions N      live voice sessions (WebSocket /v1/realtime) open at once (default 64)\n"
                "  --voice-buffer-seconds S    a voice session's input buffer, i.e. its longest turn (default 300)\n"
+               "  --voice-idle-seconds S      close a voice session that sends nothing for S seconds (default 900)\n"
                "  --quiet                     no log line per request\n");
   mf_usage(out, MF_OPEN | MF_SIZING);
 }
@@ -119,6 +120,8 @@ int cmd_serve(int argc, char **argv) {
       so.max_voice_sessions = (int)d;
     } else if (!strcmp(a, "--voice-buffer-seconds")) {
       if (num(a, v, 1, 3600, &so.voice_buffer_s)) return 2;
+    } else if (!strcmp(a, "--voice-idle-seconds")) {
+      if (num(a, v, 0.1, 86400, &so.voice_idle_s)) return 2;
     } else {
       fprintf(stderr, "earshot serve: unknown argument '%s'\n\n", a);
       usage(stderr);

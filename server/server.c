@@ -72,6 +72,7 @@ typedef struct voice_slot {
   struct MHD_UpgradeResponseHandle *urh;
   atomic_int stop; /* voice.h: 1 finish and close, 2 close now */
   pthread_t th;
+  int released; /* (server mutex) the socket is being given back: no more aborts on it */
   int finished; /* (server mutex) the thread gave the socket back and is about to return: join it */
 } voice_slot_t;
 
@@ -588,6 +589,9 @@ static void *voice_main(void *arg) {
       .ctx = s->ctx, .eng = s->rt->engine, .met = s->met, .max_buffer_s = s->o.voice_buffer_s, .verbose = s->o.verbose};
   pthread_mutex_unlock(&s->mu);
   voice_session_run(v->conn, &o, &v->stop);
+  pthread_mutex_lock(&s->mu);
+  v->released = 1; /* stop_voices must not shut down a descriptor libmicrohttpd may close and reuse */
+  pthread_mutex_unlock(&s->mu);
   MHD_upgrade_action(v->urh, MHD_UPGRADE_ACTION_CLOSE); /* the socket goes back to libmicrohttpd, which closes it */
   met_voice_session(s->met, 0);
   pthread_mutex_lock(&s->mu);
@@ -630,7 +634,7 @@ static void on_upgrade(void *cls, struct MHD_Connection *mc, void *con_cls, cons
   srv_t *s = cls;
   voice_slot_t *v = calloc(1, sizeof *v);
   es_error_t e;
-  ws_opts_t wo = {0};
+  ws_opts_t wo = {.idle_timeout_s = s->o.voice_idle_s};
   if (!v || ws_conn_new(sock, extra_in, extra_in_size, &wo, &v->conn, &e)) {
     free(v);
     MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
@@ -934,7 +938,7 @@ int srv_set_runtime(srv_t *s, rt_t *rt, es_error_t *err) {
  * caller holds s->mu. */
 static void stop_voices(srv_t *s, int how) {
   for (voice_slot_t *v = s->voices; v; v = v->next) {
-    if (v->finished) continue;
+    if (v->released) continue;
     atomic_store(&v->stop, how < 3 ? how : 2);
     if (how == 3)
       ws_conn_abort(v->conn);
@@ -988,7 +992,7 @@ void srv_shutdown(srv_t *s) {
   wait_live(s, grace_end);
   wait_voices(s, grace_end);
   stop_voices(s, 2);
-  wait_voices(s, gen_now() + 5.0); /* a close waits at most 2 s for the peer, its lingering read 2 s more */
+  wait_voices(s, gen_now() + 6.5); /* a close: 2 s for queued events, 2 s for the peer's close, 2 s lingering */
   stop_voices(s, 3);               /* whatever is left: the socket is shut down under it */
   for (srv_gen_t *g = s->live; g; g = g->next) {
     pthread_mutex_lock(&g->mu);

@@ -44,6 +44,7 @@ typedef struct {
   double shutdown_grace_s;        /* srv_shutdown waits this long for streams to finish (0 = 10 s) */
   int max_voice_sessions;         /* open WebSocket voice sessions before 429 (0 = 64) */
   double voice_buffer_s;          /* a voice session's input audio buffer / longest turn (0 = 300 s) */
+  double voice_idle_s;            /* a voice session that sends no message for this long is closed (0 = 900 s) */
   const char *version_info;       /* /version's "git" field */
   int verbose;                    /* 1: one line per request on stderr */
 } srv_opts_t;

@@ -575,7 +575,7 @@ static size_t max_audio_held(const voice_t *v) {
 
 /* Makes room for one more item holding `add`: the oldest items (never the reply being generated) go, each with
  * a deleted event. ES_ETOOBIG when the item alone is over a limit (nothing is deleted then). */
-static int make_room(voice_t *v, held_t add) {
+static int make_room(voice_t *v, held_t add, size_t *after) {
   if (add.audio > max_audio_held(v) || add.text > MAX_CONVERSATION_TEXT || add.audios > ENG_MAX_AUDIOS)
     return ES_ETOOBIG;
   for (;;) {
@@ -594,23 +594,20 @@ static int make_room(voice_t *v, held_t add) {
     snprintf(id, sizeof id, "%s", v->items[i]->id);
     remove_item_at(v, i);
     send_deleted(v, id);
+    if (*after != SIZE_MAX && i <= *after) /* the anchor moved down, or went: insert where it was */
+      *after = *after == 0 ? SIZE_MAX : *after - 1;
   }
 }
 
 /* Inserts it after position `after` (SIZE_MAX: at the start, "root") and sends added + done; takes it. Fails
  * (ES_ETOOBIG, it freed) when the item alone is over the conversation's limits. */
 static int insert_item(voice_t *v, item_t *it, size_t after) {
-  char after_id[40] = "";
-  if (after != SIZE_MAX && after < v->n_items) snprintf(after_id, sizeof after_id, "%s", v->items[after]->id);
-  if (make_room(v, item_held(it))) {
+  if (after != SIZE_MAX && after >= v->n_items) after = v->n_items ? v->n_items - 1 : SIZE_MAX;
+  if (make_room(v, item_held(it), &after)) {
     item_free(it);
     return ES_ETOOBIG;
   }
-  size_t pos = 0;
-  if (after != SIZE_MAX && after_id[0]) { /* an anchor deleted to make room was the oldest: insert first */
-    size_t a = find_item(v, after_id);
-    pos = a == SIZE_MAX ? 0 : a + 1;
-  }
+  size_t pos = after == SIZE_MAX ? 0 : after + 1;
   memmove(v->items + pos + 1, v->items + pos, (v->n_items - pos) * sizeof v->items[0]);
   v->items[pos] = it;
   v->n_items++;
@@ -635,11 +632,11 @@ static void send_item_too_big(voice_t *v, const char *client_event) {
 
 /* ---- input audio ---------------------------------------------------------------------------------------------- */
 
-/* Restarts the detector at the buffer's end (settings changed, a commit, a clear); a turn in progress ends
- * there (speech_stopped), its audio left to whatever caused the reset. */
-static void vad_reset(voice_t *v) {
+/* Restarts the detector at the buffer's end (VAD turned on, a commit, a clear). A turn in progress ends there:
+ * announced (speech_stopped, for a commit that follows at once) or dropped silently (a clear, VAD turned off). */
+static void vad_reset(voice_t *v, int announce) {
   uint64_t end = v->buf_start + v->buf.n;
-  if (v->speaking) {
+  if (v->speaking && announce) {
     cJSON *o = ev_new(v, "input_audio_buffer.speech_stopped");
     cJSON_AddNumberToObject(o, "audio_end_ms", (double)(end / 16));
     cJSON_AddStringToObject(o, "item_id", v->turn_item);
@@ -761,7 +758,7 @@ static void append_audio(voice_t *v, const uint8_t *bytes, size_t n, const char 
   int rc = audio_stream_push(v->conv, bytes, n, &v->buf, &e);
   if (rc == ES_ETOOBIG && v->cfg.vad && v->speaking) { /* a turn as long as the buffer: it ends here */
     uint64_t end = v->buf_start + v->buf.n;
-    vad_reset(v); /* speech_stopped at the buffer's end */
+    vad_reset(v, 1); /* speech_stopped at the buffer's end, then the commit */
     if (commit_range(v, v->turn_start, end, v->turn_item, client_event, 1) == ES_OK && v->cfg.create_response) {
       if (v->resp.active)
         v->auto_pending = 1;
@@ -1110,7 +1107,7 @@ static int response_start(voice_t *v, const cJSON *params, const char *client_ev
   srv_req_t *rs[2] = {calloc(1, sizeof(srv_req_t)), calloc(1, sizeof(srv_req_t))};
   int cur = 0, overflow = 0;
   size_t first = v->trunc_first < v->n_items ? v->trunc_first : 0, last = last_item(v);
-  int rc = rs[0] && rs[1] ? ES_OK : ES_ENOMEM;
+  int rc = rs[0] && rs[1] ? ES_OK : srv_fail(&f, 500, "", "out of memory");
   if (!rc) rc = build_from(v, rs[0], first, &p, max_out, &qs[0], &idss[0], &f, &overflow);
   if (rc && overflow && v->cfg.truncation && first < last) {
     /* truncation "auto": the fewest oldest items to leave out, by bisection (a prompt from a later item is never
@@ -1290,9 +1287,14 @@ static void on_session_update(voice_t *v, const cJSON *ev, const char *cid) {
     if (v->cfg.vad) vad_feed(v, before);
   }
   int vad_changed = c.vad != v->cfg.vad || c.threshold != v->cfg.threshold || c.silence_ms != v->cfg.silence_ms;
+  int was_vad = v->cfg.vad;
   cfg_free(&v->cfg);
   v->cfg = c;
-  if (vad_changed) vad_reset(v);
+  if (vad_changed && v->cfg.vad && was_vad) /* new threshold / silence: a turn in progress goes on */
+    audio_vad_set(&v->vad,
+                  &(audio_vad_opts_t){.threshold = v->cfg.threshold, .silence_duration_ms = v->cfg.silence_ms});
+  else if (vad_changed) /* turned on: from here; turned off: a turn in progress stays in the buffer, uncommitted */
+    vad_reset(v, 0);
   cJSON *o = ev_new(v, "session.updated");
   cJSON_AddItemToObject(o, "session", session_json(v));
   ev_send(v, o);
@@ -1321,7 +1323,9 @@ static void on_commit(voice_t *v, const char *cid) {
   if (!v->cfg.vad) audio_stream_flush(v->conv, &v->buf, &e); /* with VAD on, the stream goes on across turns */
   char item[40];
   snprintf(item, sizeof item, "%s", v->speaking ? v->turn_item : "");
-  if (v->cfg.vad) vad_reset(v); /* a turn in progress ends here (speech_stopped) */
+  /* a turn in progress ends here: speech_stopped, then committed with its item id (a commit that is refused
+   * leaves the turn going on) */
+  if (v->cfg.vad && v->buf.n >= MIN_COMMIT_SAMPLES && v->buf.n <= max_audio_held(v)) vad_reset(v, 1);
   if (commit_range(v, v->buf_start, v->buf_start + v->buf.n, item, cid, 0) == ES_OK && v->cfg.vad) {
     if (v->cfg.create_response) {
       if (v->resp.active)
@@ -1336,7 +1340,7 @@ static void on_clear(voice_t *v) {
   es_error_t e;
   audio_stream_flush(v->conv, &v->buf, &e);
   buf_drop(v, v->buf_start + v->buf.n);
-  vad_reset(v);
+  vad_reset(v, 0);
   ev_send(v, ev_new(v, "input_audio_buffer.cleared"));
 }
 
@@ -1515,8 +1519,8 @@ static void on_wake(void *ctx, ws_conn_t *c) {
   voice_t *v = ctx;
   response_drain(v);
   int st = atomic_load(v->stop);
-  if (st >= 2 && v->resp.active) response_cancel(v, NULL);
-  if ((st >= 2 || (st == 1 && !v->resp.active)) && !v->closing) {
+  if (st >= 2 && v->resp.active) response_cancel(v, NULL); /* its final event wakes us again: done, then close */
+  if (st >= 1 && !v->resp.active && !v->closing) {
     v->closing = 1;
     ws_conn_close(c, 1001, "the server is shutting down");
   }
@@ -1550,7 +1554,7 @@ void voice_session_run(ws_conn_t *c, const voice_opts_t *o, atomic_int *stop) {
   if (!v->cfg.sampling || audio_stream_open(v->cfg.fmt, v->cfg.rate, &v->conv, &e)) {
     ws_conn_close(c, 1011, "out of memory");
   } else {
-    vad_reset(v);
+    vad_reset(v, 0);
     cJSON *ev = ev_new(v, "session.created");
     cJSON_AddItemToObject(ev, "session", session_json(v));
     ev_send(v, ev);

@@ -244,7 +244,10 @@ void ws_conn_run(ws_conn_t *c, const ws_handlers_t *h) {
       continue;
     }
     if (c->closing && !c->close_pending && now - c->close_at > CLOSE_WAIT_S) break;
-    if (wslay_event_get_queued_msg_length(c->ws) > c->o.max_queued) break; /* the peer does not read */
+    if (wslay_event_get_queued_msg_length(c->ws) > c->o.max_queued) { /* the peer does not read: dropped */
+      c->peer_gone = 1;                                               /* no lingering for it */
+      break;
+    }
     if (now - c->last_heard > 3 * c->o.ping_interval_s) break;             /* the peer is gone */
     if (!c->closing && now - c->last_message > c->o.idle_timeout_s) {
       ws_conn_close(c, 1000, "idle for too long");

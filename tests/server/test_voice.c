@@ -34,6 +34,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 
 #include "serve_proc.h"
 #include "test_util.h"
@@ -847,7 +848,7 @@ static void test_limit_and_shutdown(void) {
   T_CHECK(!strcmp(sb, "incomplete"), "the short reply finished within the grace (response.done '%s')", sb);
   int opa = read_to_close(&a, sa, sizeof sa);
   T_CHECK(opa == 8 && a.close_code == 1001, "long reply's session closes with 1001: op %d code %d", opa, a.close_code);
-  T_CHECK(strcmp(sa, "incomplete") != 0 && strcmp(sa, "completed") != 0, "the long reply was cut ('%s')", sa);
+  T_CHECK(!strcmp(sa, "cancelled"), "the long reply was cut at the grace, and told so: response.done '%s'", sa);
   wsc_frame(&a, 8, "\x03\xe9", 2, 1), wsc_frame(&b, 8, "\x03\xe9", 2, 1);
   int status = -1; /* no second SIGTERM: that one would mean "quit now" */
   for (double t0 = es_now_s(); es_now_s() - t0 < 30 && status < 0; usleep(20000)) {
@@ -889,34 +890,40 @@ static void test_abuse(const server_t *s) {
     else
       cJSON_Delete(e);
   }
-  T_CHECK(deleted >= 12 && errors == 0, "200 items kept: %d deleted, %d errors", deleted, errors);
+  T_CHECK(deleted == 12 && errors == 0, "200 items kept of 212: %d deleted, %d errors", deleted, errors);
   const cJSON *r = cJSON_GetObjectItemCaseSensitive(done, "response");
   T_CHECK(jstr(r, "id", NULL) && !strcmp(jstr(r, "id", NULL), resp_id) && !strcmp(jstr(r, "status", NULL), "cancelled"),
           "the running reply survived and was cancelled");
   cJSON_Delete(done);
   wsc_free(&c);
 
-  /* 70 items of 8 text parts (560 parts, more than one request may carry): the oldest are left out */
-  T_REQUIRE(wsc_open(s, &c) == 0, "connect");
-  cJSON_Delete(wsc_until(&c, "session.created", 30000));
-  for (int i = 0; i < 70; i++) {
-    char ev[1024];
-    int k = snprintf(ev, sizeof ev,
-                     "{\"type\":\"conversation.item.create\",\"item\":{\"type\":\"message\",\"role\":\"user\","
-                     "\"content\":[");
-    for (int j = 0; j < 8; j++)
-      k += snprintf(ev + k, sizeof ev - (size_t)k, "%s{\"type\":\"input_text\",\"text\":\"w%d \"}", j ? "," : "", j);
-    snprintf(ev + k, sizeof ev - (size_t)k, "]}}");
-    wsc_text(&c, ev);
+  /* 70 items of 8 text parts (560 parts, more than one request may carry, 512): the oldest are left out, exactly
+   * as many as needed: the prompt is the one of a session holding the newest 64 (all items are alike) */
+  double tokens[2] = {-1, -1};
+  const int n_items[2] = {70, 64};
+  for (int round = 0; round < 2; round++) {
+    T_REQUIRE(wsc_open(s, &c) == 0, "connect");
+    cJSON_Delete(wsc_until(&c, "session.created", 30000));
+    for (int i = 0; i < n_items[round]; i++) {
+      char ev[1024];
+      int k = snprintf(ev, sizeof ev,
+                       "{\"type\":\"conversation.item.create\",\"item\":{\"type\":\"message\",\"role\":\"user\","
+                       "\"content\":[");
+      for (int j = 0; j < 8; j++)
+        k += snprintf(ev + k, sizeof ev - (size_t)k, "%s{\"type\":\"input_text\",\"text\":\"w%d \"}", j ? "," : "", j);
+      snprintf(ev + k, sizeof ev - (size_t)k, "]}}");
+      wsc_text(&c, ev);
+    }
+    free(respond(&c, ",\"max_output_tokens\":3", &done));
+    r = cJSON_GetObjectItemCaseSensitive(done, "response");
+    T_CHECK(done && !strcmp(ev_type(done), "response.done") && jnum(r, "usage", "output_tokens", NULL) == 3,
+            "%d items of 8 parts: a reply (%s)", n_items[round], done ? ev_type(done) : "timeout");
+    tokens[round] = jnum(r, "usage", "input_tokens", NULL);
+    cJSON_Delete(done);
+    if (round == 0) wsc_free(&c); /* the second session goes on below */
   }
-  free(respond(&c, ",\"max_output_tokens\":3", &done));
-  r = cJSON_GetObjectItemCaseSensitive(done, "response");
-  T_CHECK(done && !strcmp(ev_type(done), "response.done") && jnum(r, "usage", "output_tokens", NULL) == 3,
-          "560 parts: a reply from the newest items (%s %s)", done ? ev_type(done) : "timeout",
-          jstr(cJSON_GetObjectItemCaseSensitive(done, "error"), "message", NULL)
-              ? jstr(cJSON_GetObjectItemCaseSensitive(done, "error"), "message", NULL)
-              : "");
-  cJSON_Delete(done);
+  T_CHECK(tokens[0] > 0 && tokens[0] == tokens[1], "560 parts: the newest 64 items kept (%.0f tokens, 64 alone %.0f)",
+          tokens[0], tokens[1]);
 
   /* an error message quoting a client string cut inside a character is still valid UTF-8 */
   char ev[512] = "{\"type\":\"a";
@@ -947,25 +954,115 @@ static void test_abuse(const server_t *s) {
     memcpy(q, mask, 4), q += 4;
     for (size_t j = 0; j < strlen(msg); j++) *q++ = (uint8_t)msg[j] ^ mask[j & 3];
   }
-  size_t sent = 0;
+  /* blocking sends (a frame is never split between two sends that could each fail): the server answers every
+   * event, the answers pile up unread, and past 32 MiB queued it drops us. It reads at most 256 KiB between two
+   * looks at its queue, so that happens after a few MB of events, not after everything we could send. */
+  struct timeval tv = {.tv_sec = 20};
+  setsockopt(c.fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  size_t sent = 0, limit = (size_t)64 << 20;
   double t0 = es_now_s();
   int dropped = 0;
-  while (!dropped && es_now_s() - t0 < 60) {
-    ssize_t w = send(c.fd, frames, one * batch, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (w > 0) sent += (size_t)w;
-    if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) dropped = 1;
-    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      struct pollfd pf = {.fd = c.fd, .events = POLLOUT};
-      if (poll(&pf, 1, 100) == 1 && (pf.revents & (POLLERR | POLLHUP))) dropped = 1;
+  while (!dropped && sent < limit) {
+    for (size_t off = 0; off < one * batch && !dropped;) {
+      ssize_t w = send(c.fd, frames + off, one * batch - off, MSG_NOSIGNAL);
+      if (w > 0)
+        off += (size_t)w, sent += (size_t)w;
+      else if (!(w < 0 && errno == EINTR))
+        dropped = 1; /* EPIPE / ECONNRESET, or the timeout: the server stopped reading */
     }
   }
   free(frames);
-  T_CHECK(dropped, "a flooding client that does not read is dropped (%zu bytes sent in %.1f s)", sent, es_now_s() - t0);
+  T_CHECK(dropped && sent < limit / 2, "a flooding client that does not read is dropped after %zu MB (%.1f s)",
+          sent >> 20, es_now_s() - t0);
   wsc_free(&c);
   int gone = 0;
   for (double t1 = es_now_s(); es_now_s() - t1 < 30 && !gone; usleep(100000))
     gone = metric(s, "earshot:voice_sessions") == 0;
   T_CHECK(gone, "its session ended");
+}
+
+/* A third server: --voice-idle-seconds 1 closes a session that sends nothing (pings answered or not). */
+static void test_idle(void) {
+  server_t s;
+  if (server_start(&s, "serve-voice-idle", "--voice-idle-seconds 1 --quiet") != 0) {
+    T_CHECK(0, "idle server start");
+    if (s.pid > 0) server_stop(&s, 10, NULL);
+    return;
+  }
+  wsc_t c;
+  if (wsc_open(&s, &c) == 0) {
+    char st[32];
+    double t0 = es_now_s();
+    int op = read_to_close(&c, st, sizeof st);
+    double took = es_now_s() - t0;
+    T_CHECK(op == 8 && c.close_code == 1000 && took > 0.8 && took < 10,
+            "idle session closed: op %d code %d after %.1f s", op, c.close_code, took);
+    wsc_free(&c);
+  }
+  T_CHECK(server_stop(&s, 30, NULL) == 0, "idle server exit");
+}
+
+/* Items a conversation cannot hold, items placed by previous_item_id, and a VAD setting changed mid-turn. */
+static void test_items(const server_t *s) {
+  wsc_t c;
+  T_REQUIRE(wsc_open(s, &c) == 0, "connect");
+  cJSON_Delete(wsc_until(&c, "session.created", 30000));
+  manual_session(&c, 16000);
+  /* --max-model-len 2048 holds 81.9 s of audio: a 90 s item alone is refused, and nothing is deleted for it */
+  create_audio_item(&c, "big", 90);
+  cJSON *e = wsc_until(&c, "error", 30000);
+  T_CHECK(jstr(e, "error", "code") && !strcmp(jstr(e, "error", "code"), "item_too_large"), "90 s item: %s",
+          jstr(e, "error", "code") ? jstr(e, "error", "code") : "-");
+  cJSON_Delete(e);
+  /* previous_item_id: after an item, or "root" for the start */
+  const char *mk = "{\"type\":\"conversation.item.create\",%s\"item\":{\"id\":\"%s\",\"type\":\"message\","
+                   "\"role\":\"user\",\"content\":[{\"type\":\"input_text\",\"text\":\"x\"}]}}";
+  char ev[512];
+  const char *prev[][2] = {
+      {"", "i1"}, {"", "i2"}, {"\"previous_item_id\":\"i1\",", "i3"}, {"\"previous_item_id\":\"root\",", "i0"}};
+  const char *want_prev[] = {NULL, "i1", "i1", NULL};
+  for (int i = 0; i < 4; i++) {
+    snprintf(ev, sizeof ev, mk, prev[i][0], prev[i][1]);
+    wsc_text(&c, ev);
+    e = wsc_until(&c, "conversation.item.added", 30000);
+    const cJSON *pv = cJSON_GetObjectItemCaseSensitive(e, "previous_item_id");
+    int ok = want_prev[i] ? cJSON_IsString(pv) && !strcmp(pv->valuestring, want_prev[i]) : cJSON_IsNull(pv);
+    T_CHECK(ok, "item %s placed after %s", prev[i][1], want_prev[i] ? want_prev[i] : "nothing");
+    cJSON_Delete(e);
+  }
+  wsc_free(&c);
+
+  /* server VAD: a threshold changed in the middle of a turn leaves the turn going: one start, one stop, and the
+   * committed item has the started item's id */
+  T_REQUIRE(wsc_open(s, &c) == 0, "connect");
+  cJSON_Delete(wsc_until(&c, "session.created", 30000));
+  snprintf(ev, sizeof ev,
+           "{\"type\":\"session.update\",\"session\":{\"audio\":{\"input\":{\"format\":{\"type\":\"audio/pcm\","
+           "\"rate\":16000},\"turn_detection\":{\"type\":\"server_vad\",\"create_response\":false}}}}}");
+  wsc_text(&c, ev);
+  cJSON_Delete(wsc_until(&c, "session.updated", 30000));
+  size_t at = 0;
+  send_audio(&c, 500, 0, &at);
+  send_audio(&c, 1000, 1, &at);
+  wsc_text(&c, "{\"type\":\"session.update\",\"session\":{\"audio\":{\"input\":{\"turn_detection\":{\"type\":"
+               "\"server_vad\",\"threshold\":0.55}}}}}");
+  send_audio(&c, 1000, 1, &at);
+  send_audio(&c, 1000, 0, &at);
+  char started[64] = "", committed[64] = "";
+  int n_start = 0, n_stop = 0;
+  while ((e = wsc_event(&c, 10000))) {
+    if (!strcmp(ev_type(e), "input_audio_buffer.speech_started"))
+      n_start++, snprintf(started, sizeof started, "%s", jstr(e, "item_id", NULL));
+    if (!strcmp(ev_type(e), "input_audio_buffer.speech_stopped")) n_stop++;
+    int last = !strcmp(ev_type(e), "input_audio_buffer.committed");
+    if (last) snprintf(committed, sizeof committed, "%s", jstr(e, "item_id", NULL));
+    cJSON_Delete(e);
+    if (last) break;
+  }
+  T_CHECK(n_start == 1 && n_stop == 1 && started[0] && !strcmp(started, committed),
+          "threshold changed mid-turn: %d starts, %d stops, started %s, committed %s", n_start, n_stop, started,
+          committed);
+  wsc_free(&c);
 }
 
 int main(int argc, char **argv) {
@@ -1006,11 +1103,13 @@ int main(int argc, char **argv) {
   test_context_limits(&s);
   test_errors(&s);
   test_abuse(&s);
+  test_items(&s);
   test_openai_client(&s);
   test_vanish(&s);
   T_CHECK(http(&s, "/health", "", NULL, NULL) == 200, "still healthy after everything");
   T_CHECK(server_stop(&s, 30, NULL) == 0, "clean exit");
   test_limit_and_shutdown();
+  test_idle();
   free(speech), free(expect16), free(expect22);
   return t_finish();
 }
