@@ -4,7 +4,7 @@
 usage: openai_realtime.py BASE_URL API_KEY MODEL PCM16_16K_FILE
 One session: turn detection off, 16 kHz PCM input, greedy sampling; the file's samples are appended in pieces,
 committed and answered (max 20 tokens, ignore_eos); then a second response in the same conversation is cancelled
-right away. Prints one JSON object ({"text": the first reply, "events": the event types in order, ...}) and exits
+right away. Every event is validated against the SDK's pydantic models of server events. Prints one JSON object ({"text": the first reply, "events": the event types in order, ...}) and exits
 0, or prints what went wrong and exits 1.
 """
 import base64
@@ -12,6 +12,8 @@ import json
 import sys
 
 from openai import OpenAI
+from openai.types.realtime import RealtimeServerEvent
+from pydantic import TypeAdapter
 
 base_url, api_key, model, pcm_path = sys.argv[1:5]
 client = OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120)
@@ -24,10 +26,25 @@ def check(cond, what):
         failures.append(what)
 
 
+SERVER_EVENT = TypeAdapter(RealtimeServerEvent)
+
+
 def until(conn, done_type):
-    """Events up to and including the first of done_type (an error event is recorded and ends the wait)."""
+    """Events up to and including the first of done_type (an error event is recorded and ends the wait). Each
+    event's JSON is validated against the SDK's own server-event models (its parser does not check them)."""
     got = []
-    for ev in conn:
+    while True:
+        raw = conn.recv_bytes()
+        try:
+            data = json.loads(raw)
+            # earshot's one extension to the schema: audio/pcm at any rate (OpenAI's model allows only 24000)
+            fmt = data.get("session", {}).get("audio", {}).get("input", {}).get("format") or {}
+            if data.get("type", "").startswith("session.") and fmt.get("type") == "audio/pcm":
+                fmt["rate"] = 24000
+            SERVER_EVENT.validate_python(data)
+        except Exception as e:  # noqa: BLE001 - any validation failure is a finding
+            failures.append("event does not match the SDK's model: %s: %s" % (raw[:200], str(e)[:300]))
+        ev = conn.parse_event(raw)
         out["events"].append(ev.type)
         got.append(ev)
         if ev.type == done_type or ev.type == "error":
