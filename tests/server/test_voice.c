@@ -21,6 +21,7 @@
  *     content parts (the oldest left out), a flood of events from a client that never reads (dropped), a
  *     message quoting a string cut inside a UTF-8 character (still valid UTF-8: the client's frame check passes);
  *   - the official `openai` client's Realtime API (tests/server/openai_realtime.py) gets the same reply;
+ *   - scripts/voice-latency.py (the voice latency benchmark) runs two VAD turns and reports consistent times;
  *   - SIGTERM with two sessions generating: the short reply is delivered within the grace, the long one is cut,
  *     both close with 1001 and the server exits 0.
  * argv: EARSHOT SCRATCH_DIR (the official client runs with build/test-venv's Python: scripts/test-venv.sh)
@@ -813,6 +814,31 @@ static int read_to_close(wsc_t *c, char *done_status, size_t cap) {
   return op;
 }
 
+/* scripts/voice-latency.py (the voice-chat latency benchmark) runs two VAD turns against the server and reports
+ * sane numbers: every turn answered, events in order, the second prompt holding the first turn too. */
+static void test_latency_script(const server_t *s) {
+  char cmd[4096], out[1 << 16];
+  snprintf(cmd, sizeof cmd,
+           "%s %s/scripts/voice-latency.py --url ws://127.0.0.1:%d/v1/realtime --api-key %s --audio %s --turns 2 "
+           "--speed 0 --max-output-tokens 8 --json 2>&1",
+           PYTHON, ES_SOURCE_DIR, s->port, KEY, wav16);
+  T_CHECK(sh(cmd, out, sizeof out) == 0, "voice-latency.py: %s", out);
+  cJSON *j = cJSON_Parse(out);
+  const cJSON *turns = cJSON_GetObjectItemCaseSensitive(j, "turns");
+  T_CHECK(cJSON_GetArraySize(turns) == 2, "two turns: %s", out);
+  double in_prev = 0;
+  for (int i = 0; i < cJSON_GetArraySize(turns); i++) {
+    const cJSON *t = cJSON_GetArrayItem(turns, i);
+    double stop = jnum(t, "stop_ms", NULL, NULL), first = jnum(t, "first_ms", NULL, NULL),
+           done = jnum(t, "done_ms", NULL, NULL), in = jnum(t, "input_tokens", NULL, NULL),
+           outk = jnum(t, "output_tokens", NULL, NULL);
+    T_CHECK(stop >= 0 && first >= stop && done >= first && outk >= 1 && outk <= 8 && in > in_prev,
+            "turn %d: stop %.0f first %.0f done %.0f ms, %.0f in / %.0f out", i + 1, stop, first, done, in, outk);
+    in_prev = in;
+  }
+  cJSON_Delete(j);
+}
+
 /* A second server: two sessions at most; SIGTERM while both generate. The short reply (20 tokens) finishes within
  * the grace (8 s, ample on a loaded sanitizer build) and is delivered before the 1001 close; the long one (8000
  * tokens) is cut at the grace. */
@@ -1105,6 +1131,7 @@ int main(int argc, char **argv) {
   test_abuse(&s);
   test_items(&s);
   test_openai_client(&s);
+  test_latency_script(&s);
   test_vanish(&s);
   T_CHECK(http(&s, "/health", "", NULL, NULL) == 200, "still healthy after everything");
   T_CHECK(server_stop(&s, 30, NULL) == 0, "clean exit");
