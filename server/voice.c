@@ -943,8 +943,10 @@ static void response_finish(voice_t *v, eng_finish_t finish, const eng_usage_t *
             u->prompt_tokens, u->audio_tokens, u->completion_tokens, status);
   if (pos != SIZE_MAX &&
       (!it->parts[0].text || !it->parts[0].text[0])) { /* an empty reply would be an empty message in the next prompt */
-    remove_item_at(v, pos);
-    send_deleted(v, it->id);
+    char id[40];
+    snprintf(id, sizeof id, "%s", it->id);
+    remove_item_at(v, pos); /* frees it */
+    send_deleted(v, id);
   }
   tok_text_free(&v->resp.text);
   cJSON_Delete(v->resp.metadata);
