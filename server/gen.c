@@ -369,11 +369,7 @@ void gen_on_event(void *ctx, const eng_event_t *ev) {
   gen_wake_locked(g);
   pthread_mutex_unlock(&g->mu);
   if (final) {
-    met_observe(g->met, MET_E2E, now - g->t_arrival);
-    met_observe(g->met, MET_QUEUE, ev->usage.queue_s);
-    met_observe(g->met, MET_PROMPT_LEN, ev->usage.prompt_tokens);
-    met_observe(g->met, MET_GEN_LEN, ev->usage.completion_tokens);
-    met_finished(g->met, finish_reason(ev->finish));
+    met_request_done(g->met, now - g->t_arrival, ev);
     gen_unref(g); /* the engine's reference */
   }
 }

@@ -57,6 +57,17 @@ int met_init(met_t **out, es_error_t *err) {
   return ES_OK;
 }
 
+void met_request_done(met_t *m, double e2e_s, const eng_event_t *final) {
+  met_observe(m, MET_E2E, e2e_s);
+  met_observe(m, MET_QUEUE, final->usage.queue_s);
+  met_observe(m, MET_PROMPT_LEN, final->usage.prompt_tokens);
+  met_observe(m, MET_GEN_LEN, final->usage.completion_tokens);
+  met_finished(m, final->finish == ENG_FINISH_STOP        ? "stop"
+                  : final->finish == ENG_FINISH_LENGTH    ? "length"
+                  : final->finish == ENG_FINISH_CANCELLED ? "abort"
+                                                          : "error");
+}
+
 void met_voice_session(met_t *m, int opened) {
   pthread_mutex_lock(&m->mu);
   m->voice_open += opened ? 1 : -1;

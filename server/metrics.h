@@ -33,6 +33,9 @@ void met_observe(met_t *m, met_hist_t h, double v);
 /* A finished request: finish is "stop", "length", "abort" or "error" (vllm:request_success_total counts the
  * first two, as vLLM does; earshot:requests_finished_total all). */
 void met_finished(met_t *m, const char *finish);
+/* A request's final engine event, e2e_s after the request arrived: E2E, queue time, prompt and generation
+ * lengths, and met_finished with the finish as vLLM names it (cancelled = "abort"). */
+void met_request_done(met_t *m, double e2e_s, const eng_event_t *final);
 /* One HTTP response with this status (earshot:http_responses_total{status}). */
 void met_http(met_t *m, int status);
 

@@ -424,20 +424,30 @@ static int key_ok(const srv_t *s, struct MHD_Connection *mc) {
   return key_equal(s, h + 7, strlen(h + 7));
 }
 
+/* The next comma-separated token of a header value at *p (spaces around it trimmed; NULL when none is left);
+ * its length in *n, *p moved past it. */
+static const char *header_token(const char **p, size_t *n) {
+  const char *q = *p;
+  while (*q == ' ' || *q == '\t' || *q == ',') q++;
+  if (!*q) return NULL;
+  const char *end = q;
+  while (*end && *end != ',') end++;
+  const char *e = end;
+  while (e > q && (e[-1] == ' ' || e[-1] == '\t')) e--;
+  *p = end;
+  *n = (size_t)(e - q);
+  return q;
+}
+
 #define WS_KEY_PROTOCOL "openai-insecure-api-key."
 
 /* Browsers cannot set headers on a WebSocket: OpenAI's clients send the key as a subprotocol instead,
  * "Sec-WebSocket-Protocol: realtime, openai-insecure-api-key.KEY". 1 if that key is the API key. */
 static int ws_protocol_key_ok(const srv_t *s, struct MHD_Connection *mc) {
   const char *h = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "Sec-WebSocket-Protocol");
-  for (const char *p = h; p && *p;) {
-    while (*p == ' ' || *p == '\t' || *p == ',') p++;
-    const char *end = p;
-    while (*end && *end != ',' && *end != ' ' && *end != '\t') end++;
-    size_t n = (size_t)(end - p), pn = strlen(WS_KEY_PROTOCOL);
-    if (n > pn && !strncmp(p, WS_KEY_PROTOCOL, pn) && key_equal(s, p + pn, n - pn)) return 1;
-    p = end;
-  }
+  size_t n, pn = strlen(WS_KEY_PROTOCOL);
+  for (const char *t; h && (t = header_token(&h, &n));)
+    if (n > pn && !strncmp(t, WS_KEY_PROTOCOL, pn) && key_equal(s, t + pn, n - pn)) return 1;
   return 0;
 }
 
@@ -666,16 +676,9 @@ static void on_upgrade(void *cls, struct MHD_Connection *mc, void *con_cls, cons
 
 /* 1 if the comma-separated header value h holds token (case-insensitive). */
 static int header_has(const char *h, const char *token) {
-  size_t n = strlen(token);
-  for (const char *p = h; p && *p;) {
-    while (*p == ' ' || *p == '\t' || *p == ',') p++;
-    const char *end = p;
-    while (*end && *end != ',') end++;
-    const char *e = end;
-    while (e > p && (e[-1] == ' ' || e[-1] == '\t')) e--;
-    if ((size_t)(e - p) == n && !strncasecmp(p, token, n)) return 1;
-    p = end;
-  }
+  size_t n, tn = strlen(token);
+  for (const char *t; h && (t = header_token(&h, &n));)
+    if (n == tn && !strncasecmp(t, token, n)) return 1;
   return 0;
 }
 
@@ -947,23 +950,10 @@ static void stop_voices(srv_t *s, int how) {
   }
 }
 
-/* Waits until no voice session is left or the deadline passes; caller holds s->mu. */
-static void wait_voices(srv_t *s, double deadline) {
-  while (s->n_voices > 0 && gen_now() < deadline) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += 50 * 1000 * 1000;
-    if (ts.tv_nsec >= 1000000000) {
-      ts.tv_sec++;
-      ts.tv_nsec -= 1000000000;
-    }
-    pthread_cond_timedwait(&s->cv, &s->mu, &ts);
-  }
-}
-
-/* Waits until no gen is live or the deadline passes; caller holds s->mu. */
-static void wait_live(srv_t *s, double deadline) {
-  while (s->n_live > 0 && gen_now() < deadline) {
+/* Waits until *count (a field under s->mu: live gens, running voice sessions) is 0 or the deadline passes;
+ * caller holds s->mu. */
+static void wait_zero(srv_t *s, const int *count, double deadline) {
+  while (*count > 0 && gen_now() < deadline) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     ts.tv_nsec += 50 * 1000 * 1000;
@@ -989,10 +979,11 @@ void srv_shutdown(srv_t *s) {
   pthread_mutex_lock(&s->mu);
   double grace_end = gen_now() + s->o.shutdown_grace_s;
   stop_voices(s, 1); /* voice sessions finish the reply in flight, then close with 1001 */
-  wait_live(s, grace_end);
-  wait_voices(s, grace_end);
+  wait_zero(s, &s->n_live, grace_end);
+  wait_zero(s, &s->n_voices, grace_end);
   stop_voices(s, 2);
-  wait_voices(s, gen_now() + 6.5); /* a close: 2 s for queued events, 2 s for the peer's close, 2 s lingering */
+  wait_zero(s, &s->n_voices,
+            gen_now() + 6.5);      /* a close: 2 s for queued events, 2 s for the peer's close, 2 s lingering */
   stop_voices(s, 3);               /* whatever is left: the socket is shut down under it */
   for (srv_gen_t *g = s->live; g; g = g->next) {
     pthread_mutex_lock(&g->mu);
@@ -1001,7 +992,7 @@ void srv_shutdown(srv_t *s) {
     pthread_mutex_unlock(&g->mu);
     if (cancel) eng_cancel(g->eng, id); /* not under g->mu: the engine may be inside g's callback */
   }
-  wait_live(s, gen_now() + 2.0);
+  wait_zero(s, &s->n_live, gen_now() + 2.0);
   s->workers_stop = 1;
   s->ticker_stop = 1;
   pthread_cond_broadcast(&s->cv);
@@ -1016,7 +1007,7 @@ void srv_shutdown(srv_t *s) {
     gen_abandon_locked(g, "the server is shutting down");
     pthread_mutex_unlock(&g->mu);
   }
-  wait_live(s, gen_now() + 1.0); /* the abandoned responses are written */
+  wait_zero(s, &s->n_live, gen_now() + 1.0); /* the abandoned responses are written */
   /* whatever is still suspended now (a peer that stopped reading) must be resumed before the daemon stops */
   for (srv_gen_t *g = s->live; g; g = g->next) {
     pthread_mutex_lock(&g->mu);

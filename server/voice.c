@@ -19,6 +19,7 @@
 #include "audio_stream.h"
 #include "audio_vad.h"
 #include "b64.h"
+#include "es_clock.h"
 #include "prompt.h"
 
 #define SR 16000
@@ -704,6 +705,15 @@ static int commit_range(voice_t *v, uint64_t from, uint64_t to, const char *item
 static int response_start(voice_t *v, const cJSON *params, const char *client_event);
 static void response_cancel(voice_t *v, const char *reason);
 
+/* A turn was committed: with create_response, answer it now, or when the running reply is done. */
+static void answer_turn(voice_t *v) {
+  if (!v->cfg.create_response) return;
+  if (v->resp.active)
+    v->auto_pending = 1;
+  else
+    response_start(v, NULL, NULL);
+}
+
 /* Runs the detector over the samples the buffer gained from `from` on. */
 static void vad_feed(voice_t *v, size_t from) {
   audio_vad_event_t ev[64];
@@ -732,13 +742,7 @@ static void vad_feed(voice_t *v, size_t from) {
         ev_send(v, o);
         /* samples the detector has not reached yet stay in the buffer (positions are kept by buf_start) */
         uint64_t buf_start_before = v->buf_start;
-        if (commit_range(v, v->turn_start, v->vad_base + ev[e].cut_at, v->turn_item, NULL, 1) == ES_OK &&
-            v->cfg.create_response) {
-          if (v->resp.active)
-            v->auto_pending = 1;
-          else
-            response_start(v, NULL, NULL);
-        }
+        if (commit_range(v, v->turn_start, v->vad_base + ev[e].cut_at, v->turn_item, NULL, 1) == ES_OK) answer_turn(v);
         i -= (size_t)(v->buf_start - buf_start_before); /* the buffer lost its front */
       }
     }
@@ -759,12 +763,7 @@ static void append_audio(voice_t *v, const uint8_t *bytes, size_t n, const char 
   if (rc == ES_ETOOBIG && v->cfg.vad && v->speaking) { /* a turn as long as the buffer: it ends here */
     uint64_t end = v->buf_start + v->buf.n;
     vad_reset(v, 1); /* speech_stopped at the buffer's end, then the commit */
-    if (commit_range(v, v->turn_start, end, v->turn_item, client_event, 1) == ES_OK && v->cfg.create_response) {
-      if (v->resp.active)
-        v->auto_pending = 1;
-      else
-        response_start(v, NULL, NULL);
-    }
+    if (commit_range(v, v->turn_start, end, v->turn_item, client_event, 1) == ES_OK) answer_turn(v);
     before = v->buf.n;
     rc = audio_stream_push(v->conv, bytes, n, &v->buf, &e);
   }
@@ -802,23 +801,10 @@ static void link_unref(link_t *l) {
   free(l);
 }
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static const char *finish_metric(eng_finish_t f) {
-  return f == ENG_FINISH_STOP        ? "stop"
-         : f == ENG_FINISH_LENGTH    ? "length"
-         : f == ENG_FINISH_CANCELLED ? "abort"
-                                     : "error";
-}
-
 /* The engine thread's callback. */
 static void on_engine_event(void *ctx, const eng_event_t *ev) {
   link_t *l = ctx;
-  double now = now_s();
+  double now = es_now_s();
   int final = ev->finish != ENG_FINISH_NONE;
   if (ev->token >= 0) {
     met_observe(l->met, l->n_tokens ? MET_ITL : MET_TTFT, now - (l->n_tokens ? l->t_last : l->t_submit));
@@ -837,11 +823,7 @@ static void on_engine_event(void *ctx, const eng_event_t *ev) {
   if (l->c) ws_conn_wake(l->c);
   pthread_mutex_unlock(&l->mu);
   if (final) {
-    met_observe(l->met, MET_E2E, now - l->t_submit);
-    met_observe(l->met, MET_QUEUE, ev->usage.queue_s);
-    met_observe(l->met, MET_PROMPT_LEN, ev->usage.prompt_tokens);
-    met_observe(l->met, MET_GEN_LEN, ev->usage.completion_tokens);
-    met_finished(l->met, finish_metric(ev->finish));
+    met_request_done(l->met, now - l->t_submit, ev);
     link_unref(l); /* the engine's reference */
   }
 }
@@ -901,6 +883,15 @@ static cJSON *part_event(voice_t *v, const char *type) {
   return o;
 }
 
+/* response.output_item.added / .done: the response's one output item. */
+static void send_output_item(voice_t *v, const char *type, const item_t *it) {
+  cJSON *o = ev_new(v, type);
+  cJSON_AddStringToObject(o, "response_id", v->resp.id);
+  cJSON_AddNumberToObject(o, "output_index", 0);
+  cJSON_AddItemToObject(o, "item", item_json(it));
+  ev_send(v, o);
+}
+
 /* The engine's final event arrived: the closing events, in OpenAI's order. */
 static void response_finish(voice_t *v, eng_finish_t finish, const eng_usage_t *u, const char *error) {
   item_t *it = v->resp.item;
@@ -917,11 +908,7 @@ static void response_finish(voice_t *v, eng_finish_t finish, const eng_usage_t *
   cJSON_AddStringToObject(p, "type", "text");
   cJSON_AddStringToObject(p, "text", text);
   ev_send(v, o);
-  o = ev_new(v, "response.output_item.done");
-  cJSON_AddStringToObject(o, "response_id", v->resp.id);
-  cJSON_AddNumberToObject(o, "output_index", 0);
-  cJSON_AddItemToObject(o, "item", item_json(it));
-  ev_send(v, o);
+  send_output_item(v, "response.output_item.done", it);
   size_t pos = find_item(v, it->id);
   o = ev_new(v, "conversation.item.done");
   pos != SIZE_MAX &&pos > 0 ? (void)cJSON_AddStringToObject(o, "previous_item_id", v->items[pos - 1]->id)
@@ -1161,7 +1148,7 @@ static int response_start(voice_t *v, const cJSON *params, const char *client_ev
   l->refs = 2;
   l->c = v->c;
   l->met = v->o.met;
-  l->t_submit = now_s();
+  l->t_submit = es_now_s();
   q.callback = on_engine_event;
   q.callback_ctx = l;
   uint64_t id = 0;
@@ -1190,11 +1177,7 @@ static int response_start(voice_t *v, const cJSON *params, const char *client_ev
   cJSON *o = ev_new(v, "response.created");
   cJSON_AddItemToObject(o, "response", response_json(v, "in_progress", NULL, NULL, NULL));
   ev_send(v, o);
-  o = ev_new(v, "response.output_item.added");
-  cJSON_AddStringToObject(o, "response_id", v->resp.id);
-  cJSON_AddNumberToObject(o, "output_index", 0);
-  cJSON_AddItemToObject(o, "item", item_json(it));
-  ev_send(v, o);
+  send_output_item(v, "response.output_item.added", it);
   insert_item(v, it, v->n_items ? v->n_items - 1 : SIZE_MAX); /* holds nothing yet: always fits */
   o = part_event(v, "response.content_part.added");
   cJSON *part = cJSON_AddObjectToObject(o, "part");
@@ -1328,14 +1311,7 @@ static void on_commit(voice_t *v, const char *cid) {
   /* a turn in progress ends here: speech_stopped, then committed with its item id (a commit that is refused
    * leaves the turn going on) */
   if (v->cfg.vad && v->buf.n >= MIN_COMMIT_SAMPLES && v->buf.n <= max_audio_held(v)) vad_reset(v, 1);
-  if (commit_range(v, v->buf_start, v->buf_start + v->buf.n, item, cid, 0) == ES_OK && v->cfg.vad) {
-    if (v->cfg.create_response) {
-      if (v->resp.active)
-        v->auto_pending = 1;
-      else
-        response_start(v, NULL, NULL);
-    }
-  }
+  if (commit_range(v, v->buf_start, v->buf_start + v->buf.n, item, cid, 0) == ES_OK && v->cfg.vad) answer_turn(v);
 }
 
 static void on_clear(voice_t *v) {
@@ -1539,7 +1515,7 @@ void voice_session_run(ws_conn_t *c, const voice_opts_t *o, atomic_int *stop) {
   v->c = c;
   v->stop = stop;
   if (getrandom(&v->rng, sizeof v->rng, 0) != (ssize_t)sizeof v->rng || !v->rng)
-    v->rng = (uint64_t)(uintptr_t)v ^ (uint64_t)(now_s() * 1e9) ^ 0x9e3779b97f4a7c15ull;
+    v->rng = (uint64_t)(uintptr_t)v ^ (uint64_t)(es_now_s() * 1e9) ^ 0x9e3779b97f4a7c15ull;
   new_id(v, "sess_", v->id);
   v->cfg = (cfg_t){.fmt = AUDIO_STREAM_PCM16,
                    .rate = 24000,

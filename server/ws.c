@@ -21,6 +21,7 @@
 #include <wslay/wslay.h>
 
 #include "b64.h"
+#include "es_clock.h"
 #include "tokenizer.h"
 
 #define CLOSE_WAIT_S 2.0         /* how long a sent close waits for the peer's */
@@ -45,12 +46,6 @@ struct ws_conn {
   double close_asked;
   atomic_int woken;
 };
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* ---- wslay callbacks ------------------------------------------------------------------------------------------ */
 
@@ -98,7 +93,7 @@ static ssize_t on_send(wslay_event_context_ptr ws, const uint8_t *data, size_t l
 
 static void on_msg(wslay_event_context_ptr ws, const struct wslay_event_on_msg_recv_arg *a, void *user) {
   ws_conn_t *c = user;
-  c->last_heard = now_s();
+  c->last_heard = es_now_s();
   if (a->opcode == WSLAY_CONNECTION_CLOSE) { /* wslay answers it; nothing more will be read */
     if (!c->closing) c->close_at = c->last_heard;
     c->closing = 1;
@@ -110,7 +105,7 @@ static void on_msg(wslay_event_context_ptr ws, const struct wslay_event_on_msg_r
     static const char why[] = "a text message is not valid UTF-8";
     wslay_event_queue_close(ws, WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA, (const uint8_t *)why, sizeof why - 1);
     c->closing = 1;
-    c->close_at = now_s();
+    c->close_at = es_now_s();
     return;
   }
   c->last_message = c->last_heard;
@@ -152,7 +147,7 @@ int ws_conn_new(int fd, const char *extra_in, size_t n_extra, const ws_opts_t *o
     return es_fail(err, ES_ENOMEM, "websocket: out of memory");
   }
   wslay_event_config_set_max_recv_msg_length(c->ws, c->o.max_message);
-  c->last_heard = c->last_ping = c->last_message = now_s();
+  c->last_heard = c->last_ping = c->last_message = es_now_s();
   *out = c;
   return ES_OK;
 }
@@ -178,7 +173,7 @@ int ws_conn_send_text(ws_conn_t *c, const char *text, size_t len) {
 static void queue_close(ws_conn_t *c) {
   c->close_pending = 0;
   wslay_event_queue_close(c->ws, c->close_code, (const uint8_t *)c->close_reason, strlen(c->close_reason));
-  c->close_at = now_s();
+  c->close_at = es_now_s();
 }
 
 void ws_conn_close(ws_conn_t *c, uint16_t code, const char *reason) {
@@ -187,7 +182,7 @@ void ws_conn_close(ws_conn_t *c, uint16_t code, const char *reason) {
   c->close_code = code;
   snprintf(c->close_reason, sizeof c->close_reason, "%.123s", reason ? reason : ""); /* control payload <= 125 */
   c->close_pending = 1;
-  c->close_asked = c->close_at = now_s();
+  c->close_asked = c->close_at = es_now_s();
   if (wslay_event_get_queued_msg_count(c->ws) == 0) queue_close(c);
 }
 
@@ -216,7 +211,7 @@ static void linger(ws_conn_t *c) {
   if (c->peer_gone || atomic_load(&c->aborted)) return;
   shutdown(c->fd, SHUT_WR);
   char sink[16384];
-  for (double end = now_s() + CLOSE_WAIT_S; now_s() < end;) {
+  for (double end = es_now_s() + CLOSE_WAIT_S; es_now_s() < end;) {
     struct pollfd p = {.fd = c->fd, .events = POLLIN};
     int n = poll(&p, 1, 100);
     if (n < 0 && errno != EINTR) return;
@@ -234,7 +229,7 @@ void ws_conn_run(ws_conn_t *c, const ws_handlers_t *h) {
     if (wslay_event_want_write(c->ws) && wslay_event_send(c->ws) != 0) break;
     int rd = wslay_event_want_read(c->ws), wr = wslay_event_want_write(c->ws);
     if (!rd && !wr) break; /* the close handshake is complete */
-    double now = now_s();
+    double now = es_now_s();
     if (!c->closing && wslay_event_get_close_sent(c->ws)) { /* wslay failed the connection itself (1002, 1009) */
       c->closing = 1;
       c->close_at = now;
