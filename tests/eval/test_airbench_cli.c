@@ -99,6 +99,16 @@ static void put_audio(const char *track, const char *folder, const char *name, c
   copy_file(from, p);
 }
 
+/* root, root/Chat and root/Chat/sound_QA_clotho: a one-task Chat tree for the runs that need their own data. */
+static void make_chat_tree(const char *root) {
+  char p[4300];
+  mkdir(root, 0755);
+  snprintf(p, sizeof p, "%s/Chat", root);
+  mkdir(p, 0755);
+  snprintf(p, sizeof p, "%s/Chat/sound_QA_clotho", root);
+  mkdir(p, 0755);
+}
+
 static void write_text(const char *path, const char *text) {
   es_error_t err;
   if (es_write_file(path, text, strlen(text), &err)) fprintf(stderr, "%s\n", err.msg);
@@ -346,11 +356,7 @@ static void test_selection(void) {
 static void test_interrupt(void) {
   char data2[4200], p[4300], src[4200];
   snprintf(data2, sizeof data2, "%s-many", DATA);
-  mkdir(data2, 0755);
-  snprintf(p, sizeof p, "%s/Chat", data2);
-  mkdir(p, 0755);
-  snprintf(p, sizeof p, "%s/Chat/sound_QA_clotho", data2);
-  mkdir(p, 0755);
+  make_chat_tree(data2);
   snprintf(src, sizeof src, "%s/speech-espeak.mp3", AUDIO);
   snprintf(p, sizeof p, "%s/Chat/sound_QA_clotho/s.mp3", data2);
   copy_file(src, p);
@@ -459,12 +465,8 @@ static void test_run_error(void) {
   char data3[4200], out5[4200], p[4400], results[4400];
   snprintf(data3, sizeof data3, "%s-unreadable", DATA);
   snprintf(out5, sizeof out5, "%s-unreadable", OUT);
-  mkdir(data3, 0755);
+  make_chat_tree(data3);
   mkdir(out5, 0755);
-  snprintf(p, sizeof p, "%s/Chat", data3);
-  mkdir(p, 0755);
-  snprintf(p, sizeof p, "%s/Chat/sound_QA_clotho", data3);
-  mkdir(p, 0755);
   snprintf(p, sizeof p, "%s/Chat/sound_QA_clotho/d.wav", data3);
   mkdir(p, 0755);
   snprintf(p, sizeof p, "%s/Chat/Chat_meta.json", data3);

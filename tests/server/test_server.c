@@ -38,41 +38,6 @@
 
 #define AUTH "-H 'Authorization: Bearer " KEY "' "
 
-/* `earshot run --json` greedy text for these arguments. */
-static char *run_text(const char *args) {
-  static char out[1 << 20];
-  char cmd[4096];
-  snprintf(cmd, sizeof cmd,
-           "%s run --model %s --device cpu --temperature 0 --repetition-penalty 1 --max-tokens 20 --ignore-eos "
-           "--json %s 2>/dev/null",
-           EARSHOT, CK, args);
-  if (sh(cmd, out, sizeof out) != 0) return NULL;
-  cJSON *j = cJSON_Parse(out);
-  const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "text");
-  char *r = cJSON_IsString(t) ? strdup(t->valuestring) : NULL;
-  cJSON_Delete(j);
-  return r;
-}
-
-static char *b64(const unsigned char *p, size_t n) {
-  static const char A[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  char *o = malloc(n / 3 * 4 + 5), *q = o;
-  size_t i = 0;
-  for (; i + 3 <= n; i += 3, q += 4) {
-    unsigned v = (unsigned)p[i] << 16 | (unsigned)p[i + 1] << 8 | p[i + 2];
-    q[0] = A[v >> 18], q[1] = A[v >> 12 & 63], q[2] = A[v >> 6 & 63], q[3] = A[v & 63];
-  }
-  if (n - i == 1) {
-    unsigned v = (unsigned)p[i] << 16;
-    q[0] = A[v >> 18], q[1] = A[v >> 12 & 63], q[2] = '=', q[3] = '=', q += 4;
-  } else if (n - i == 2) {
-    unsigned v = (unsigned)p[i] << 16 | (unsigned)p[i + 1] << 8;
-    q[0] = A[v >> 18], q[1] = A[v >> 12 & 63], q[2] = A[v >> 6 & 63], q[3] = '=', q += 4;
-  }
-  *q = '\0';
-  return o;
-}
-
 /* Writes a chat request with audio parts (input_audio or audio_url, one per file) and a text part to path. */
 static void write_chat(const char *path, const char *const *audio, int n_audio, const char *kind, const char *text,
                        const char *extra) {

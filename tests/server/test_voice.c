@@ -42,6 +42,10 @@
 
 #define AUTH "-H 'Authorization: Bearer " KEY "' "
 #define SPEECH DATA "/speech-espeak-22k.wav"
+/* a user text item, for sessions that need something to answer */
+#define HELLO_ITEM                                                                                                     \
+  "{\"type\":\"conversation.item.create\",\"item\":{\"type\":\"message\",\"role\":\"user\",\"content\":"               \
+  "[{\"type\":\"input_text\",\"text\":\"Hello\"}]}}"
 
 #define PYTHON ES_SOURCE_DIR "/build/test-venv/bin/python"
 static int16_t *speech; /* the espeak recording's samples (22.05 kHz) */
@@ -248,6 +252,15 @@ static cJSON *wsc_until(wsc_t *c, const char *type, int timeout_ms) {
   }
 }
 
+/* wsc_open, then the session.created event every session starts with; -1 if either is missing. */
+static int wsc_session(const server_t *s, wsc_t *c) {
+  if (wsc_open(s, c)) return -1;
+  cJSON *e = wsc_until(c, "session.created", 30000);
+  int ok = e && !strcmp(ev_type(e), "session.created");
+  cJSON_Delete(e);
+  return ok ? 0 : -1;
+}
+
 static const char *jstr(const cJSON *o, const char *a, const char *b) {
   const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, a);
   if (b) x = cJSON_GetObjectItemCaseSensitive(x, b);
@@ -275,25 +288,6 @@ static void expect_error(wsc_t *c, const char *event, const char *code) {
 
 /* ---- audio ---------------------------------------------------------------------------------------------------- */
 
-static char *b64(const unsigned char *p, size_t n) {
-  static const char A[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  char *o = malloc(n / 3 * 4 + 5), *q = o;
-  size_t i = 0;
-  for (; i + 3 <= n; i += 3, q += 4) {
-    unsigned v = (unsigned)p[i] << 16 | (unsigned)p[i + 1] << 8 | p[i + 2];
-    q[0] = A[v >> 18], q[1] = A[v >> 12 & 63], q[2] = A[v >> 6 & 63], q[3] = A[v & 63];
-  }
-  if (n - i == 1) {
-    unsigned v = (unsigned)p[i] << 16;
-    q[0] = A[v >> 18], q[1] = A[v >> 12 & 63], q[2] = '=', q[3] = '=', q += 4;
-  } else if (n - i == 2) {
-    unsigned v = (unsigned)p[i] << 16 | (unsigned)p[i + 1] << 8;
-    q[0] = A[v >> 18], q[1] = A[v >> 12 & 63], q[2] = A[v >> 6 & 63], q[3] = '=', q += 4;
-  }
-  *q = '\0';
-  return o;
-}
-
 /* Writes a mono 16-bit WAV of these samples at rate. */
 static void write_wav(const char *path, const int16_t *x, size_t n, int rate) {
   FILE *f = fopen(path, "wb");
@@ -314,22 +308,6 @@ static int load_speech(void) {
   memcpy(speech, w + 44, 2 * n_speech);
   free(w);
   return 0;
-}
-
-/* `earshot run --json` greedy text for a WAV file (what the voice session must answer). */
-static char *run_text(const char *wav, const char *prompt) {
-  static char out[1 << 20];
-  char cmd[4096];
-  snprintf(cmd, sizeof cmd,
-           "%s run --model %s --device cpu --temperature 0 --repetition-penalty 1 --max-tokens 20 --ignore-eos "
-           "--json --audio %s %s%s%s 2>/dev/null",
-           EARSHOT, CK, wav, prompt ? "--prompt '" : "", prompt ? prompt : "", prompt ? "'" : "");
-  if (sh(cmd, out, sizeof out) != 0) return NULL;
-  cJSON *j = cJSON_Parse(out);
-  const char *t = jstr(j, "text", NULL);
-  char *r = t ? strdup(t) : NULL;
-  cJSON_Delete(j);
-  return r;
 }
 
 static const char *GREEDY = "\"temperature\":0,\"repetition_penalty\":1,\"ignore_eos\":true";
@@ -472,8 +450,7 @@ static char *expect16, *expect22;
 
 static void test_manual_turns(const server_t *s) {
   wsc_t c;
-  T_REQUIRE(wsc_open(s, &c) == 0, "connect");
-  cJSON_Delete(wsc_until(&c, "session.created", 30000));
+  T_REQUIRE(wsc_session(s, &c) == 0, "connect");
   manual_session(&c, 16000);
   /* 16 kHz, base64 appends of 0.2 s */
   for (size_t i = 0; i < n_speech; i += 3200) {
@@ -552,8 +529,7 @@ static void test_manual_turns(const server_t *s) {
   wsc_free(&c);
 
   /* 22.05 kHz as binary messages of odd sizes (a sample split across two messages) */
-  T_REQUIRE(wsc_open(s, &c) == 0, "connect");
-  cJSON_Delete(wsc_until(&c, "session.created", 30000));
+  T_REQUIRE(wsc_session(s, &c) == 0, "connect");
   manual_session(&c, 22050);
   const uint8_t *bytes = (const uint8_t *)speech;
   for (size_t i = 0, k = 777; i < 2 * n_speech; i += k, k = k * 7 % 5003 + 1)
@@ -577,8 +553,7 @@ static void send_audio(wsc_t *c, int ms, int speak, size_t *at) {
 
 static void test_vad(const server_t *s) {
   wsc_t c;
-  T_REQUIRE(wsc_open(s, &c) == 0, "connect");
-  cJSON_Delete(wsc_until(&c, "session.created", 30000));
+  T_REQUIRE(wsc_session(s, &c) == 0, "connect");
   char ev[512];
   snprintf(ev, sizeof ev,
            "{\"type\":\"session.update\",\"session\":{\"audio\":{\"input\":{\"format\":{\"type\":\"audio/pcm\","
@@ -646,8 +621,7 @@ static void create_audio_item(wsc_t *c, const char *id, int seconds) {
 /* The context (--max-model-len 2048) holds 81 s of audio: three 27 s items overflow it (2025 audio tokens). */
 static void test_context_limits(const server_t *s) {
   wsc_t c;
-  T_REQUIRE(wsc_open(s, &c) == 0, "connect");
-  cJSON_Delete(wsc_until(&c, "session.created", 30000));
+  T_REQUIRE(wsc_session(s, &c) == 0, "connect");
   manual_session(&c, 16000);
   const char *ids[] = {"item_a", "item_b", "item_c"};
   for (int i = 0; i < 3; i++) {
@@ -679,8 +653,7 @@ static void test_context_limits(const server_t *s) {
 
 static void test_errors(const server_t *s) {
   wsc_t c;
-  T_REQUIRE(wsc_open(s, &c) == 0, "connect");
-  cJSON_Delete(wsc_until(&c, "session.created", 30000));
+  T_REQUIRE(wsc_session(s, &c) == 0, "connect");
   expect_error(&c, "{not json", "invalid_json");
   expect_error(&c, "{\"type\":\"no.such.event\",\"event_id\":\"client-7\"}", "unknown_event");
   expect_error(&c, "{\"event_id\":\"x\"}", "invalid_event");
@@ -709,8 +682,7 @@ static void test_errors(const server_t *s) {
   T_CHECK(txt && strstr(txt, "\"rate\":24000") && strstr(txt, "server_vad"), "unchanged session: %s", txt);
   free(txt), cJSON_Delete(e);
   /* one response at a time; then cancel it */
-  wsc_text(&c, "{\"type\":\"conversation.item.create\",\"item\":{\"type\":\"message\",\"role\":\"user\",\"content\":"
-               "[{\"type\":\"input_text\",\"text\":\"Hello\"}]}}");
+  wsc_text(&c, HELLO_ITEM);
   cJSON_Delete(wsc_until(&c, "conversation.item.done", 30000));
   wsc_text(&c, "{\"type\":\"response.create\",\"response\":{\"max_output_tokens\":3000,\"ignore_eos\":true}}");
   cJSON_Delete(wsc_until(&c, "response.created", 30000));
@@ -769,8 +741,7 @@ static void test_errors(const server_t *s) {
     int code;
   } viol[] = {{1, 0, 10, 1002}, {1, 1, 4, 1007}, {2, 1, (size_t)17 << 20, 1009}};
   for (size_t i = 0; i < sizeof viol / sizeof viol[0]; i++) {
-    T_REQUIRE(wsc_open(s, &c) == 0, "connect");
-    cJSON_Delete(wsc_until(&c, "session.created", 30000));
+    T_REQUIRE(wsc_session(s, &c) == 0, "connect");
     char *data = calloc(1, viol[i].len);
     if (viol[i].code == 1007) memcpy(data, "\xc3\x28\xa0\xa1", 4);
     wsc_frame(&c, viol[i].opcode, data, viol[i].len, viol[i].masked);
@@ -786,10 +757,8 @@ static void test_errors(const server_t *s) {
 static void test_vanish(const server_t *s) {
   double cancelled0 = metric(s, "earshot:engine_requests_cancelled_total");
   wsc_t c;
-  T_REQUIRE(wsc_open(s, &c) == 0, "connect");
-  cJSON_Delete(wsc_until(&c, "session.created", 30000));
-  wsc_text(&c, "{\"type\":\"conversation.item.create\",\"item\":{\"type\":\"message\",\"role\":\"user\",\"content\":"
-               "[{\"type\":\"input_text\",\"text\":\"Hello\"}]}}");
+  T_REQUIRE(wsc_session(s, &c) == 0, "connect");
+  wsc_text(&c, HELLO_ITEM);
   wsc_text(&c, "{\"type\":\"response.create\",\"response\":{\"max_output_tokens\":3000,\"ignore_eos\":true}}");
   cJSON *d = wsc_until(&c, "response.output_text.delta", 30000);
   T_CHECK(d && !strcmp(ev_type(d), "response.output_text.delta"), "generating");
@@ -880,18 +849,14 @@ static void test_limit_and_shutdown(void) {
     return;
   }
   wsc_t a, b;
-  T_REQUIRE(wsc_open(&s, &a) == 0 && wsc_open(&s, &b) == 0, "connect two");
-  cJSON_Delete(wsc_until(&a, "session.created", 30000));
-  cJSON_Delete(wsc_until(&b, "session.created", 30000));
+  T_REQUIRE(wsc_session(&s, &a) == 0 && wsc_session(&s, &b) == 0, "connect two");
   char head[4096];
   int st = 0;
   int fd =
       wsc_handshake(&s, "GET", "/v1/realtime", WS_HEADERS("Authorization: Bearer " KEY "\r\n"), &st, head, sizeof head);
   T_CHECK(st == 429 && strcasestr(head, "Retry-After"), "a third session: %d %s", st, head);
   if (fd >= 0) close(fd);
-  const char *hello = "{\"type\":\"conversation.item.create\",\"item\":{\"type\":\"message\",\"role\":\"user\","
-                      "\"content\":[{\"type\":\"input_text\",\"text\":\"Hello\"}]}}";
-  wsc_text(&a, hello), wsc_text(&b, hello);
+  wsc_text(&a, HELLO_ITEM), wsc_text(&b, HELLO_ITEM);
   wsc_text(&a, "{\"type\":\"response.create\",\"response\":{\"max_output_tokens\":8000,\"ignore_eos\":true}}");
   wsc_text(&b, "{\"type\":\"response.create\",\"response\":{\"max_output_tokens\":20,\"ignore_eos\":true}}");
   cJSON_Delete(wsc_until(&a, "response.output_text.delta", 30000));
@@ -921,11 +886,9 @@ static void test_limit_and_shutdown(void) {
  * from a client that never reads, strings cut inside a UTF-8 character. */
 static void test_abuse(const server_t *s) {
   wsc_t c;
-  T_REQUIRE(wsc_open(s, &c) == 0, "connect");
-  cJSON_Delete(wsc_until(&c, "session.created", 30000));
+  T_REQUIRE(wsc_session(s, &c) == 0, "connect");
   /* a long reply, then 210 items: the conversation keeps 200, the running reply is never the one deleted */
-  wsc_text(&c, "{\"type\":\"conversation.item.create\",\"item\":{\"type\":\"message\",\"role\":\"user\",\"content\":"
-               "[{\"type\":\"input_text\",\"text\":\"Hello\"}]}}");
+  wsc_text(&c, HELLO_ITEM);
   wsc_text(&c, "{\"type\":\"response.create\",\"response\":{\"max_output_tokens\":3000,\"ignore_eos\":true}}");
   cJSON *e = wsc_until(&c, "response.created", 30000);
   const char *rid = jstr(cJSON_GetObjectItemCaseSensitive(e, "response"), "id", NULL);
@@ -958,8 +921,7 @@ static void test_abuse(const server_t *s) {
   double tokens[2] = {-1, -1};
   const int n_items[2] = {70, 64};
   for (int round = 0; round < 2; round++) {
-    T_REQUIRE(wsc_open(s, &c) == 0, "connect");
-    cJSON_Delete(wsc_until(&c, "session.created", 30000));
+    T_REQUIRE(wsc_session(s, &c) == 0, "connect");
     for (int i = 0; i < n_items[round]; i++) {
       char ev[1024];
       int k = snprintf(ev, sizeof ev,
@@ -1061,8 +1023,7 @@ static void test_idle(void) {
 /* Items a conversation cannot hold, items placed by previous_item_id, and a VAD setting changed mid-turn. */
 static void test_items(const server_t *s) {
   wsc_t c;
-  T_REQUIRE(wsc_open(s, &c) == 0, "connect");
-  cJSON_Delete(wsc_until(&c, "session.created", 30000));
+  T_REQUIRE(wsc_session(s, &c) == 0, "connect");
   manual_session(&c, 16000);
   /* --max-model-len 2048 holds 81.9 s of audio: a 90 s item alone is refused, and nothing is deleted for it */
   create_audio_item(&c, "big", 90);
@@ -1090,8 +1051,7 @@ static void test_items(const server_t *s) {
 
   /* server VAD: a threshold changed in the middle of a turn leaves the turn going: one start, one stop, and the
    * committed item has the started item's id */
-  T_REQUIRE(wsc_open(s, &c) == 0, "connect");
-  cJSON_Delete(wsc_until(&c, "session.created", 30000));
+  T_REQUIRE(wsc_session(s, &c) == 0, "connect");
   snprintf(ev, sizeof ev,
            "{\"type\":\"session.update\",\"session\":{\"audio\":{\"input\":{\"format\":{\"type\":\"audio/pcm\","
            "\"rate\":16000},\"turn_detection\":{\"type\":\"server_vad\",\"create_response\":false}}}}}");
@@ -1141,8 +1101,11 @@ int main(int argc, char **argv) {
   snprintf(w22, sizeof w22, "%s", SPEECH);
   write_wav(w16, speech, n_speech, 16000);
   wav16 = w16, wav22 = w22;
-  expect16 = run_text(wav16, NULL);
-  expect22 = run_text(wav22, NULL);
+  char args[1300];
+  snprintf(args, sizeof args, "--audio %s", wav16);
+  expect16 = run_text(args);
+  snprintf(args, sizeof args, "--audio %s", wav22);
+  expect22 = run_text(args);
   T_CHECK(expect16 && expect22 && strlen(expect16) > 0, "earshot run gave no text");
 
   server_t s;

@@ -1,10 +1,12 @@
 /* serve_proc: `earshot serve` as a child process for the server tests (test_server, test_voice): start it on a
- * free loopback port (the port is read from its log), stop it with SIGTERM, talk to it with curl, read a metric.
+ * free loopback port (the port is read from its log), stop it with SIGTERM, talk to it with curl, read a metric;
+ * and what both compare with: `earshot run`'s greedy text, and base64 for audio sent inside JSON.
  * The including test sets EARSHOT (the binary) and SCRATCH (a folder for logs and bodies) before using these.
  * Header-only: each test binary has one copy; every function is static and marked unused-ok.
  */
 #pragma once
 
+#include <cjson/cJSON.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -133,4 +135,39 @@ static SP_UNUSED double metric(const server_t *s, const char *name) {
   if (p && (p = strchr(p, '}'))) v = atof(p + 1);
   free(body);
   return v;
+}
+
+/* `earshot run --json` greedy text for these arguments. */
+static SP_UNUSED char *run_text(const char *args) {
+  static char out[1 << 20];
+  char cmd[4096];
+  snprintf(cmd, sizeof cmd,
+           "%s run --model %s --device cpu --temperature 0 --repetition-penalty 1 --max-tokens 20 --ignore-eos "
+           "--json %s 2>/dev/null",
+           EARSHOT, CK, args);
+  if (sh(cmd, out, sizeof out) != 0) return NULL;
+  cJSON *j = cJSON_Parse(out);
+  const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "text");
+  char *r = cJSON_IsString(t) ? strdup(t->valuestring) : NULL;
+  cJSON_Delete(j);
+  return r;
+}
+
+static SP_UNUSED char *b64(const unsigned char *p, size_t n) {
+  static const char A[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  char *o = malloc(n / 3 * 4 + 5), *q = o;
+  size_t i = 0;
+  for (; i + 3 <= n; i += 3, q += 4) {
+    unsigned v = (unsigned)p[i] << 16 | (unsigned)p[i + 1] << 8 | p[i + 2];
+    q[0] = A[v >> 18], q[1] = A[v >> 12 & 63], q[2] = A[v >> 6 & 63], q[3] = A[v & 63];
+  }
+  if (n - i == 1) {
+    unsigned v = (unsigned)p[i] << 16;
+    q[0] = A[v >> 18], q[1] = A[v >> 12 & 63], q[2] = '=', q[3] = '=', q += 4;
+  } else if (n - i == 2) {
+    unsigned v = (unsigned)p[i] << 16 | (unsigned)p[i + 1] << 8;
+    q[0] = A[v >> 18], q[1] = A[v >> 12 & 63], q[2] = A[v >> 6 & 63], q[3] = '=', q += 4;
+  }
+  *q = '\0';
+  return o;
 }
