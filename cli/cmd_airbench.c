@@ -466,6 +466,7 @@ static int write_manifest(const char *result_path, const rt_t *rt, const rt_opts
   cJSON_AddBoolToObject(mo, "dummy_weights", ro->dummy_weights);
   cJSON_AddStringToObject(mo, "device", rt->device_desc);
   cJSON_AddStringToObject(mo, "quantization", rt_quantization_name(rt->quantization));
+  cJSON_AddStringToObject(mo, "kv_cache_dtype", rt->kv_fp8 ? "fp8" : "auto");
   cJSON_AddBoolToObject(mo, "deterministic", ro->deterministic);
   cJSON_AddStringToObject(j, "settings", o->settings);
   cJSON *pr = cJSON_AddObjectToObject(j, "prompt");
@@ -704,8 +705,8 @@ static int airbench_run(int argc, char **argv) {
     model_name = default_name;
   }
   char quant[96]; /* what the weights and arithmetic are: quantization, compute dtype, random weights */
-  snprintf(quant, sizeof quant, "%s/%s%s", rt_quantization_name(ro.quantization), es_dtype_name(ro.dtype),
-           ro.dummy_weights ? "/dummy-weights" : "");
+  snprintf(quant, sizeof quant, "%s/%s%s%s", rt_quantization_name(ro.quantization), es_dtype_name(ro.dtype),
+           ro.kv_fp8 ? "/kv-fp8" : "", ro.dummy_weights ? "/dummy-weights" : "");
   ab_settings_fingerprint(model_name, o.raw ? "raw" : "chat", o.raw ? NULL : o.system, o.max_tokens, quant, o.settings);
   ab_results_opts_t ropts = {.settings = o.settings, .retry_input_errors = o.retry_input_errors};
   /* the result files before the model: a second run on the same files stops here, not after loading */

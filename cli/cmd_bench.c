@@ -384,7 +384,8 @@ static int bench_model(int argc, char **argv) {
                           .max_tokens = (size_t)(B * T),
                           .max_seqs = (size_t)B,
                           .max_blocks = (size_t)max_blocks,
-                          .deterministic = ro.deterministic};
+                          .deterministic = ro.deterministic,
+                          .kv_fp8 = ro.kv_fp8};
   if (dev == RT_DEVICE_AUTO) {
     int n_gpu = 0;
     char why[128] = "";
@@ -415,8 +416,9 @@ static int bench_model(int argc, char **argv) {
   for (int b = 0; b < B; b++) /* greedy without penalties: the slots' contents do not matter, but are defined */
     if (es_backend_sampler_reset(bm.be, b, NULL, 0, NULL, 0, NULL, 0, &err)) goto done;
   double load_s = es_now_s() - t_load0;
-  fprintf(stderr, "earshot bench model: %s, %s weights loaded in %.1f s, quantization %s\n", es_backend_name(bm.be),
-          ro.dummy_weights ? "dummy" : "checkpoint", load_s, rt_quantization_name(ro.quantization));
+  fprintf(stderr, "earshot bench model: %s, %s weights loaded in %.1f s, quantization %s, KV cache %s\n",
+          es_backend_name(bm.be), ro.dummy_weights ? "dummy" : "checkpoint", load_s,
+          rt_quantization_name(ro.quantization), ro.kv_fp8 ? "fp8" : "auto");
 
   /* prompts: P text ids around <|audio_bos|> N x <|AUDIO|> <|audio_eos|>, the same for every sequence */
   int V = c->vocab_size, audio = c->audio_token_index;
@@ -615,10 +617,10 @@ static int bench_model(int argc, char **argv) {
     mbytes += qa_decode_weight_bytes(c, a, QA_QUANT_FP8) - qa_decode_weight_bytes(c, a, QA_QUANT_NONE);
   }
   double limit_ms = bw > 0 ? 1e3 * mbytes / bw : 0;
-  printf("bench model: %s, %s, quantization %s, batch %d, %.1f s audio (%d audio tokens) + %d text tokens, "
-         "%d output tokens, %d repeats (median), deterministic %s\n",
-         es_backend_name(bm.be), ro.dummy_weights ? "dummy weights" : dir, rt_quantization_name(ro.quantization), B,
-         seconds, N, P, n_out, repeats, ro.deterministic ? "on" : "off");
+  printf("bench model: %s, %s, quantization %s, KV cache %s, batch %d, %.1f s audio (%d audio tokens) + %d text "
+         "tokens, %d output tokens, %d repeats (median), deterministic %s\n",
+         es_backend_name(bm.be), ro.dummy_weights ? "dummy weights" : dir, rt_quantization_name(ro.quantization),
+         ro.kv_fp8 ? "fp8" : "auto", B, seconds, N, P, n_out, repeats, ro.deterministic ? "on" : "off");
   printf("  time to first token (samples -> id on host)  %10.2f ms\n", ttft_ms);
   printf("  decode step (batch %d)                       %10.3f ms  (%.1f tokens/s)\n", B, step_ms, B * 1e3 / step_ms);
   printf("  weight-streaming limit                        %10.3f ms  (%.2f GB of decoder weights / %.0f GB/s copy)\n",
@@ -662,7 +664,7 @@ static int bench_model(int argc, char **argv) {
   }
   if (json)
     printf("{\"bench\": \"model\", \"backend\": \"%s\", \"dtype\": \"%s\", \"quantization\": \"%s\", "
-           "\"dummy_weights\": %s, \"batch\": %d, "
+           "\"kv_cache_dtype\": \"%s\", \"dummy_weights\": %s, \"batch\": %d, "
            "\"audio_seconds\": %.3f, \"audio_tokens\": %d, \"prompt_tokens\": %d, \"output_tokens\": %d, "
            "\"warmup\": %d, \"repeats\": %d, \"load_s\": %.3f, \"ttft_ms\": %.4f, \"decode_ms_per_step\": %.4f, "
            "\"decode_tokens_per_s\": %.3f, \"decoder_weight_bytes\": %.0f, \"copy_bytes_per_s\": %.0f, "
@@ -672,9 +674,10 @@ static int bench_model(int argc, char **argv) {
            "\"decode_ms_per_step_fp8_cuda_cores\": %.4f, "
            "\"deterministic\": %s}\n",
            es_backend_name(bm.be), es_dtype_name(es_backend_act_dtype(bm.be)), rt_quantization_name(ro.quantization),
-           ro.dummy_weights ? "true" : "false", B, seconds, N, P, n_out, warmup, repeats, load_s, ttft_ms, step_ms,
-           B * 1e3 / step_ms, mbytes, bw, limit_ms, step_ms > 0 ? limit_ms / step_ms : 0.0, (long long)gs.replays,
-           eager_ms, nogemv_ms, nopdl_ms, flash_ttft_ms, gemvall_ms, fp8cc_ms, ro.deterministic ? "true" : "false");
+           ro.kv_fp8 ? "fp8" : "auto", ro.dummy_weights ? "true" : "false", B, seconds, N, P, n_out, warmup, repeats,
+           load_s, ttft_ms, step_ms, B * 1e3 / step_ms, mbytes, bw, limit_ms, step_ms > 0 ? limit_ms / step_ms : 0.0,
+           (long long)gs.replays, eager_ms, nogemv_ms, nopdl_ms, flash_ttft_ms, gemvall_ms, fp8cc_ms,
+           ro.deterministic ? "true" : "false");
   rc = 0;
 done:
   if (rc) fprintf(stderr, "earshot bench model: %s\n", err.msg);

@@ -135,7 +135,9 @@ int es_backend_sync(es_backend_t *be, es_error_t *err) {
 }
 
 size_t es_backend_kv_block_bytes(const es_backend_t *be, int n_layers, int n_heads, int head_dim) {
-  return (size_t)n_layers * 2 * (size_t)n_heads * ES_KV_BLOCK * (size_t)head_dim * es_dtype_size(be->act_dtype);
+  const size_t rows = (size_t)n_layers * 2 * (size_t)n_heads * ES_KV_BLOCK; /* (token, head) rows of K and V */
+  if (be->opts.kv_fp8) return rows * ((size_t)head_dim + sizeof(float));    /* codes + one scale per row */
+  return rows * (size_t)head_dim * es_dtype_size(be->act_dtype);
 }
 
 int es_backend_kv_init(es_backend_t *be, int n_layers, int n_blocks, int n_heads, int head_dim, es_error_t *err) {
@@ -144,6 +146,9 @@ int es_backend_kv_init(es_backend_t *be, int n_layers, int n_blocks, int n_heads
   if (n_layers < 1 || n_blocks < 2 || n_heads < 1 || head_dim < 1)
     return es_fail(err, ES_EINVAL, "%s: KV cache needs >= 1 layer, >= 2 blocks (block 0 is scratch), heads, dims",
                    be->name);
+  if (be->opts.kv_fp8 && head_dim > ES_KV_FP8_MAX_D)
+    return es_fail(err, ES_EUNSUPPORTED, "%s: fp8 KV cache with head dim %d (at most %d)", be->name, head_dim,
+                   ES_KV_FP8_MAX_D);
   be->kv_layers = n_layers;
   be->kv_blocks = n_blocks;
   be->kv_heads = n_heads;

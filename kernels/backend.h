@@ -62,9 +62,22 @@ const char *es_dtype_name(es_dtype_t dt);
  * so that one (layer, block, K|V, head) is a contiguous [16][D] tile: a warp reading one head of one block
  * reads 16·D contiguous elements (4 KiB at D = 128 in bf16). Block 0 is reserved as the scratch block that
  * padded batch slots write to; allocators hand out ids 1..n_blocks-1.
+ *
+ * The fp8 KV cache (es_backend_opts_t.kv_fp8): the same layout holds one-byte FP8 e4m3 codes, and a second
+ * pool of the same shape without D holds one fp32 scale per (token, head), for K and for V:
+ *
+ *     scale[L][n_blocks][2][H][ES_KV_BLOCK]
+ *
+ * A stored row (one token's K or V of one head, as the compute dtype holds it after RoPE) x[0..D) becomes
+ * scale = amax|x| / 448, code[d] = e4m3(x[d] / scale) (fp8_math.h, es_fp8_quantize_row) and is read back as
+ * decode(code[d]) · scale. Per token and head, so nothing is calibrated and an outlier token or head keeps its
+ * own range; 132 bytes per row at D = 128 instead of 256 in bf16 (0.52x of the memory a decode step streams).
+ * Attention then sees the quantised keys and values everywhere (prefill of the prefix and of the new chunk
+ * alike, decode), so a prefix-cache hit, a chunk boundary or a recomputation after preemption changes nothing.
  * Change only with a measured reason, written here.
  * ------------------------------------------------------------------------------------------------------ */
 #define ES_KV_BLOCK 16
+#define ES_KV_FP8_MAX_D 512 /* the largest head dim of an fp8 KV cache */
 
 /* ------------------------------------------------------------------------------------------------------
  * The batched, variable-length step.
@@ -110,6 +123,9 @@ typedef struct {
                         row is bit-identical alone or in any batch. The CPU backend always is; CUDA then fixes
                         one GEMM algorithm per weight shape (no split-K) and a fixed decode split size
                         (docs/ARCHITECTURE.md, "Deterministic mode"). 0: CUDA picks per batch, faster. */
+  /* ---- fp8 KV cache ---- */
+  int kv_fp8; /* 1: the KV cache holds FP8 e4m3 codes and per-(token, head) scales (the paged KV cache, above);
+                 CUDA: bf16 compute and the fast attention kernels (head dim 64 or 128) only. 0: compute dtype */
 } es_backend_opts_t;
 
 typedef struct es_backend es_backend_t;
@@ -176,7 +192,8 @@ int es_backend_sync(es_backend_t *be, es_error_t *err);
 
 /* ---- KV cache ------------------------------------------------------------------------------------------ */
 
-/* Allocates the pool: kv[n_layers][n_blocks][2][n_heads][ES_KV_BLOCK][head_dim] in the compute dtype. */
+/* Allocates the pool: kv[n_layers][n_blocks][2][n_heads][ES_KV_BLOCK][head_dim] in the compute dtype (fp8: codes
+ * and the scale pool, head_dim <= ES_KV_FP8_MAX_D). */
 int es_backend_kv_init(es_backend_t *be, int n_layers, int n_blocks, int n_heads, int head_dim, es_error_t *err);
 /* Bytes one block takes across all layers (for sizing the pool from a memory budget). */
 size_t es_backend_kv_block_bytes(const es_backend_t *be, int n_layers, int n_heads, int head_dim);

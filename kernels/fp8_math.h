@@ -78,6 +78,22 @@ ES_FP8_FN float es_fp8_scale(float amax) {
   return amax > 0.0f ? amax / ES_FP8_MAX : 1.0f;
 }
 
+/* The fp8 KV cache's form of one stored row x[0..D) (one token's K or V of one head; backend.h, "The fp8 KV
+ * cache"): codes[d] = e4m3(x[d] / scale) with scale = es_fp8_scale(amax|x|); returns scale. The row is read back
+ * as decode(codes[d]) · scale. Per row rather than per channel: a key's largest element sets its own range.
+ * A NaN element gives a NaN code; an infinite one an infinite scale (garbage in, NaN out of the attention, as
+ * with the compute dtype). */
+ES_FP8_FN float es_fp8_quantize_row(const float *x, int D, uint8_t *codes) {
+  float amax = 0.0f;
+  for (int d = 0; d < D; d++) {
+    const float a = x[d] < 0.0f ? -x[d] : x[d];
+    if (a > amax) amax = a;
+  }
+  const float scale = es_fp8_scale(amax);
+  for (int d = 0; d < D; d++) codes[d] = es_fp8_encode(x[d] / scale);
+  return scale;
+}
+
 /* Two codes at once as fp16, for kernels without FP8 hardware (sm_80) — the bit trick of FasterTransformer's
  * and Marlin's fp8 dequantisation, written here from the formats:
  *   in:  w = b0 | b1 << 16 (two codes in the low byte of each 16-bit half)

@@ -30,6 +30,18 @@ int rt_parse_quantization(const char *s, int *out, es_error_t *err) {
   return ES_OK;
 }
 
+int rt_parse_kv_cache_dtype(const char *s, int *kv_fp8, es_error_t *err) {
+  if (!strcmp(s, "auto"))
+    *kv_fp8 = 0;
+  else if (!strcmp(s, "fp8") || !strcmp(s, "fp8_e4m3"))
+    *kv_fp8 = 1;
+  else if (!strcmp(s, "fp8_e5m2"))
+    return es_fail(err, ES_EINVAL, "--kv-cache-dtype fp8_e5m2: not supported (fp8 is e4m3 with per-token scales)");
+  else
+    return es_fail(err, ES_EINVAL, "--kv-cache-dtype '%s': expected auto, fp8 or fp8_e4m3", s);
+  return ES_OK;
+}
+
 const char *rt_quantization_name(int q) {
   return q == RT_QUANT_FP8 ? "fp8" : q == RT_QUANT_NONE ? "none" : "?";
 }
@@ -118,8 +130,9 @@ int rt_open(const rt_opts_t *o, rt_t *rt, es_error_t *err) {
   /* sizes: context, batch, KV pool, activations */
   const model_config_t *c = &rt->cfg;
   int is_cpu_guess = o->device == RT_DEVICE_CPU || (o->device == RT_DEVICE_AUTO && !es_gpu_compiled());
-  double kv_per_token = 2.0 * c->num_hidden_layers * c->num_key_value_heads * c->head_dim *
-                        (is_cpu_guess ? 4.0 : (double)es_dtype_size(o->dtype));
+  double kv_per_token = 2.0 * c->num_hidden_layers * c->num_key_value_heads *
+                        (o->kv_fp8 ? c->head_dim + 4.0 /* codes + a scale per row */
+                                   : c->head_dim * (is_cpu_guess ? 4.0 : (double)es_dtype_size(o->dtype)));
   int ctx = o->max_model_len;
   if (ctx <= 0) {
     ctx = c->max_position_embeddings < 8192 ? c->max_position_embeddings : 8192;
@@ -170,9 +183,13 @@ int rt_open(const rt_opts_t *o, rt_t *rt, es_error_t *err) {
     }
     kv_blocks = max_blocks + 1;
   }
-  es_backend_opts_t bo = {.compute_dtype = o->dtype, .n_threads = o->threads, .max_tokens = (size_t)(chunk + seqs),
-                          .max_seqs = (size_t)seqs, .max_blocks = (size_t)max_blocks,
-                          .deterministic = o->deterministic};
+  es_backend_opts_t bo = {.compute_dtype = o->dtype,
+                          .n_threads = o->threads,
+                          .max_tokens = (size_t)(chunk + seqs),
+                          .max_seqs = (size_t)seqs,
+                          .max_blocks = (size_t)max_blocks,
+                          .deterministic = o->deterministic,
+                          .kv_fp8 = o->kv_fp8};
   if ((rc = open_backend(o, rt, &bo, err))) goto fail;
   qa_model_opts_t mo = {.max_tokens = chunk + seqs, .max_seqs = seqs, .max_logit_rows = seqs,
                         .max_audio_batch = audio_batch,
@@ -186,12 +203,14 @@ int rt_open(const rt_opts_t *o, rt_t *rt, es_error_t *err) {
   rt->kv_blocks = (int)kv_blocks;
   rt->max_num_seqs = seqs;
   rt->quantization = o->quantization;
+  rt->kv_fp8 = o->kv_fp8;
   if (o->verbose)
     fprintf(stderr,
-            "earshot: %s on %s, context %d tokens, KV cache %d blocks (%.2f GiB, %d full contexts), "
+            "earshot: %s on %s, context %d tokens, KV cache %d blocks (%.2f GiB %s, %d full contexts), "
             "max %d sequences per step, prefill chunk %d, quantization %s%s%s\n",
             rt->dir[0] ? rt->dir : "(config only)", rt->device_desc, ctx, rt->kv_blocks - 1,
             (double)(rt->kv_blocks - 1) * kv_per_token * ES_KV_BLOCK / (1024.0 * 1024 * 1024),
+            o->kv_fp8 ? "fp8 e4m3, per-token scales" : es_dtype_name(es_backend_act_dtype(rt->be)),
             (rt->kv_blocks - 1) / max_blocks, seqs, chunk,
             o->quantization == RT_QUANT_FP8 ? "fp8 (decoder linears, e4m3, per-channel scales)" : "none",
             o->dummy_weights ? ", dummy weights" : "",

@@ -44,6 +44,7 @@ typedef struct {
   int deterministic;         /* es_backend_opts_t.deterministic: answers bit-identical alone or in any batch */
 
   int quantization;          /* rt_quant_t: --quantization fp8|none (default none) */
+  int kv_fp8;                /* --kv-cache-dtype fp8: es_backend_opts_t.kv_fp8 (default 0: the compute dtype) */
 } rt_opts_t;
 
 typedef struct {
@@ -60,6 +61,7 @@ typedef struct {
   int max_num_seqs;
   char device_desc[256];     /* what was chosen, for logs and /version */
   int quantization;          /* rt_quant_t in effect */
+  int kv_fp8;                /* 1: the KV cache is fp8 e4m3 with per-(token, head) scales */
 } rt_t;
 
 int rt_open(const rt_opts_t *opts, rt_t *rt, es_error_t *err);
@@ -72,6 +74,8 @@ int rt_parse_dtype(const char *s, es_dtype_t *out, es_error_t *err);
 int rt_parse_quantization(const char *s, int *out, es_error_t *err);
 /* "fp8" / "none". */
 const char *rt_quantization_name(int q);
+/* Parses --kv-cache-dtype: "auto" (the compute dtype) -> 0, "fp8" or "fp8_e4m3" -> 1 (vLLM's names). */
+int rt_parse_kv_cache_dtype(const char *s, int *kv_fp8, es_error_t *err);
 
 /* The checkpoint's generation_config.json sampling defaults as sampler parameters (vLLM's behaviour:
  * the model's generation config provides the defaults a request does not override). */

@@ -62,13 +62,21 @@ typedef struct {
   const float *q;
   int64_t ldq;
   float scale;
+  float *row; /* fp8 KV cache: the task's buffer for one dequantised row (D floats) */
 } paged_job_t;
 
+/* Key or value j of the task's sequence and head. With an fp8 KV cache the row is dequantised into p->row,
+ * decode(code) · scale for each element (backend.h), so the arithmetic below is the fp32 one on those values. */
 static const float *paged_row(const void *ctx, int64_t j) {
   const paged_job_t *p = ctx;
   const es_batch_t *b = &p->cb->base.batch;
   int32_t blk = b->block_table[(int64_t)p->seq * b->max_blocks + j / ES_KV_BLOCK];
-  return cpu_kv_tile(p->cb, p->layer, blk, p->kv, p->h) + (j % ES_KV_BLOCK) * p->D;
+  const int off = (int)(j % ES_KV_BLOCK);
+  if (!p->cb->base.opts.kv_fp8) return cpu_kv_tile(p->cb, p->layer, blk, p->kv, p->h) + (int64_t)off * p->D;
+  const uint8_t *codes = cpu_kv_codes(p->cb, p->layer, blk, p->kv, p->h) + (int64_t)off * p->D;
+  const float sc = cpu_kv_scales(p->cb, p->layer, blk, p->kv, p->h)[off];
+  for (int d = 0; d < p->D; d++) p->row[d] = p->cb->fp8_lut[codes[d]] * sc;
+  return p->row;
 }
 
 static int32_t seq_of_row(const es_batch_t *b, int64_t i) {
@@ -88,6 +96,8 @@ static void paged_task(void *ctx, int64_t task, int tid) {
   const es_batch_t *b = &job->cb->base.batch;
   int64_t i = task / job->H;
   paged_job_t p = *job;
+  float row[ES_KV_FP8_MAX_D]; /* backend.c refuses an fp8 KV cache with a larger head dim */
+  p.row = row;
   p.h = (int)(task % job->H);
   p.seq = seq_of_row(b, i);
   int64_t pos = b->ctx_len[p.seq] - (b->q_start[p.seq + 1] - i), n = pos + 1;

@@ -44,6 +44,7 @@ static void cpu_destroy(es_backend_t *be) {
   for (size_t i = 0; i < cb->n_allocs; i++) free(cb->allocs[i]);
   free(cb->allocs);
   free(cb->kv);
+  free(cb->kv_scale);
   es_backend_base_free(be);
   free(cb);
 }
@@ -137,13 +138,20 @@ static int cpu_sync(es_backend_t *be, es_error_t *err) {
 
 static int cpu_kv_init(es_backend_t *be, es_error_t *err) {
   cpu_backend_t *cb = cpu_be(be);
-  size_t per_block = (size_t)be->kv_layers * 2 * (size_t)be->kv_heads * ES_KV_BLOCK * (size_t)be->kv_head_dim;
+  const size_t rows = (size_t)be->kv_layers * 2 * (size_t)be->kv_heads * ES_KV_BLOCK; /* per block */
+  const size_t per_block = rows * (size_t)be->kv_head_dim, elem = be->opts.kv_fp8 ? 1 : sizeof(float);
   if ((size_t)be->kv_blocks > (((size_t)1 << 46) / sizeof(float)) / per_block)
-    return es_fail(err, ES_ETOOBIG, "cpu: KV cache of %d blocks x %zu floats", be->kv_blocks, per_block);
-  cb->kv = calloc((size_t)be->kv_blocks * per_block, sizeof(float));
-  if (!cb->kv)
+    return es_fail(err, ES_ETOOBIG, "cpu: KV cache of %d blocks x %zu values", be->kv_blocks, per_block);
+  cb->kv = calloc((size_t)be->kv_blocks * per_block, elem);
+  if (cb->kv && be->opts.kv_fp8) cb->kv_scale = calloc((size_t)be->kv_blocks * rows, sizeof(float));
+  if (!cb->kv || (be->opts.kv_fp8 && !cb->kv_scale)) {
+    free(cb->kv);
+    free(cb->kv_scale);
+    cb->kv = NULL;
     return es_fail(err, ES_ENOMEM, "cpu: cannot allocate the KV cache (%d blocks, %.1f MiB)", be->kv_blocks,
-                   (double)be->kv_blocks * (double)per_block * 4.0 / 1048576.0);
+                   (double)be->kv_blocks *
+                       (double)es_backend_kv_block_bytes(be, be->kv_layers, be->kv_heads, be->kv_head_dim) / 1048576.0);
+  }
   return ES_OK;
 }
 

@@ -1,8 +1,8 @@
 /* cpu_backend: the fp32 reference backend (backend.h) — its state, its memory and its worker pool.
  *
  * What it owns: every block handed out by es_backend_alloc (tracked, freed at destroy), the KV pool
- * kv[L][n_blocks][2][H][16][D] fp32, per-thread scratch (weight tiles widened to fp32, conv windows,
- * attention scores) and the worker pool. Weights are NOT owned: upload keeps the stored dtype
+ * kv[L][n_blocks][2][H][16][D] fp32 (or fp8 codes and their scales), per-thread scratch (weight tiles widened to fp32,
+ * conv windows, attention scores) and the worker pool. Weights are NOT owned: upload keeps the stored dtype
  * (bf16/fp16/fp32) and aliases the caller's memory (the checkpoint mmap, which must outlive the backend),
  * copying only when the host pointer is not aligned for its dtype.
  *
@@ -57,7 +57,8 @@ typedef struct {
   cpu_scratch_t *scratch; /* [n_threads], indexed by the pool's tid */
   void **allocs;          /* es_backend_alloc blocks and weight copies, freed at destroy */
   size_t n_allocs, cap_allocs;
-  float *kv;     /* (L, n_blocks, 2, H, 16, D) fp32, owned */
+  void *kv;        /* (L, n_blocks, 2, H, 16, D) fp32, or e4m3 codes with an fp8 KV cache; owned */
+  float *kv_scale; /* fp8 KV cache: (L, n_blocks, 2, H, 16) the scale of each stored row; owned; else NULL */
   int64_t max_k; /* largest n1 of any uploaded weight: the GEMM scratch is sized for it */
   cpu_gemm_path_t gemm_path;
   cpu_isa_t isa;

@@ -9,6 +9,8 @@
 
 #include <math.h>
 
+#include "fp8_math.h"
+
 /* Rows per task: about 16 K elements of work each. */
 static int64_t rows_per_task(int64_t C) {
   return C >= 16384 ? 1 : 16384 / C;
@@ -142,9 +144,16 @@ static void rope_task(void *ctx, int64_t i, int tid) {
     float *q = j->q + i * j->ldq + (int64_t)h * j->D, *k = j->k + i * j->ldk + (int64_t)h * j->D;
     rotate(q, cs, sn, half);
     rotate(k, cs, sn, half);
+    const float *v = j->v + i * j->ldv + (int64_t)h * j->D;
+    if (j->cb->base.opts.kv_fp8) { /* fp8 KV cache: codes and the row's scale (fp8_math.h) */
+      cpu_kv_scales(j->cb, j->layer, blk, 0, h)[off] =
+          es_fp8_quantize_row(k, j->D, cpu_kv_codes(j->cb, j->layer, blk, 0, h) + (size_t)off * j->D);
+      cpu_kv_scales(j->cb, j->layer, blk, 1, h)[off] =
+          es_fp8_quantize_row(v, j->D, cpu_kv_codes(j->cb, j->layer, blk, 1, h) + (size_t)off * j->D);
+      continue;
+    }
     memcpy(cpu_kv_tile(j->cb, j->layer, blk, 0, h) + (size_t)off * j->D, k, (size_t)j->D * sizeof(float));
-    memcpy(cpu_kv_tile(j->cb, j->layer, blk, 1, h) + (size_t)off * j->D, j->v + i * j->ldv + (int64_t)h * j->D,
-           (size_t)j->D * sizeof(float));
+    memcpy(cpu_kv_tile(j->cb, j->layer, blk, 1, h) + (size_t)off * j->D, v, (size_t)j->D * sizeof(float));
   }
 }
 

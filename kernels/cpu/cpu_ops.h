@@ -23,10 +23,21 @@ int cpu_op_gather_rows(es_backend_t *be, void *y, const void *x, const int32_t *
 int cpu_op_scatter_rows(es_backend_t *be, void *y, const void *x, const int32_t *idx, int64_t M, int64_t C,
                         es_error_t *err);
 
-/* The KV cache tile of (layer, block, K|V, head): [16][D] fp32 (backend.h layout). */
-static inline float *cpu_kv_tile(const cpu_backend_t *cb, int layer, int32_t block, int kv, int h) {
+/* The index of the KV cache tile of (layer, block, K|V, head) among all tiles (backend.h layout). */
+static inline size_t cpu_kv_index(const cpu_backend_t *cb, int layer, int32_t block, int kv, int h) {
   const es_backend_t *b = &cb->base;
-  size_t idx =
-      (((size_t)layer * (size_t)b->kv_blocks + (size_t)block) * 2 + (size_t)kv) * (size_t)b->kv_heads + (size_t)h;
-  return cb->kv + idx * ES_KV_BLOCK * (size_t)b->kv_head_dim;
+  return (((size_t)layer * (size_t)b->kv_blocks + (size_t)block) * 2 + (size_t)kv) * (size_t)b->kv_heads + (size_t)h;
+}
+
+/* The tile as [16][D] fp32 (the default KV cache). */
+static inline float *cpu_kv_tile(const cpu_backend_t *cb, int layer, int32_t block, int kv, int h) {
+  return (float *)cb->kv + cpu_kv_index(cb, layer, block, kv, h) * ES_KV_BLOCK * (size_t)cb->base.kv_head_dim;
+}
+
+/* The tile as [16][D] e4m3 codes and its [16] row scales (the fp8 KV cache). */
+static inline uint8_t *cpu_kv_codes(const cpu_backend_t *cb, int layer, int32_t block, int kv, int h) {
+  return (uint8_t *)cb->kv + cpu_kv_index(cb, layer, block, kv, h) * ES_KV_BLOCK * (size_t)cb->base.kv_head_dim;
+}
+static inline float *cpu_kv_scales(const cpu_backend_t *cb, int layer, int32_t block, int kv, int h) {
+  return cb->kv_scale + cpu_kv_index(cb, layer, block, kv, h) * ES_KV_BLOCK;
 }

@@ -43,6 +43,7 @@
 #include "attn_mma.cuh"
 #include "attn_mma_math.h"
 #include "cuda_common.cuh"
+#include "fp8_cvt.cuh"
 
 #define FA_WARPS 4
 #define FA_THREADS (FA_WARPS * 32)
@@ -58,7 +59,19 @@ template <int D> struct fa_cfg {
   static_assert(D % 32 == 0 && (FA_BC * D / 8) % FA_THREADS == 0, "tile loads must divide evenly");
 };
 
+// 8 e4m3 codes (one 8-byte load) times their row's scale, as 8 bf16 in one 16-byte word (column order).
+__device__ __forceinline__ uint4 fa_fp8x8_to_bf16x8(const uint8_t *codes, float scale) {
+  float f[8];
+  fp8x8_to_f32(*reinterpret_cast<const uint2 *>(codes), f);
+  return make_uint4(pack_bf16(f[0] * scale, f[1] * scale), pack_bf16(f[2] * scale, f[3] * scale),
+                    pack_bf16(f[4] * scale, f[5] * scale), pack_bf16(f[6] * scale, f[7] * scale));
+}
+
 // Issues the copies of keys j0 .. j0 + 63 into ks / vs (row stride LDS); rows j >= kv_end are zero-filled.
+// From an fp8 KV cache the chunks are loaded, converted and stored by the thread itself (not asynchronous: the
+// wait for the next tile's loads happens here, before the current tile's mma, hidden only by the other blocks
+// on the SM — a prefill over an fp8 cache is expected to run somewhat slower than over bf16; measured by
+// `earshot bench attention`).
 template <int D, class KV>
 __device__ __forceinline__ void fa_load_tile(bf16 *ks, bf16 *vs, const KV &src, int j0, int kv_end) {
   constexpr int CH = D / 8, LDS = fa_cfg<D>::LDS; // 16-byte chunks per row
@@ -69,8 +82,19 @@ __device__ __forceinline__ void fa_load_tile(bf16 *ks, bf16 *vs, const KV &src, 
     const int j = j0 + r;
     bool ok = j < kv_end;
     int js = ok ? j : 0; // a valid address; nothing is read from it when !ok
-    cp_async_16(ks + r * LDS + col, src.krow(js) + col, ok);
-    cp_async_16(vs + r * LDS + col, src.vrow(js) + col, ok);
+    if constexpr (KV::kFp8) {
+      uint4 kw = make_uint4(0u, 0u, 0u, 0u), vw = kw;
+      if (ok) {
+        const int64_t rk = src.krow(js), rv = src.vrow(js);
+        kw = fa_fp8x8_to_bf16x8(src.codes + rk * D + col, src.scale[rk]);
+        vw = fa_fp8x8_to_bf16x8(src.codes + rv * D + col, src.scale[rv]);
+      }
+      *reinterpret_cast<uint4 *>(ks + r * LDS + col) = kw;
+      *reinterpret_cast<uint4 *>(vs + r * LDS + col) = vw;
+    } else {
+      cp_async_16(ks + r * LDS + col, src.krow(js) + col, ok);
+      cp_async_16(vs + r * LDS + col, src.vrow(js) + col, ok);
+    }
   }
 }
 
@@ -249,6 +273,21 @@ __global__ void __launch_bounds__(FA_THREADS)
   fa_tile<D>(t, src, sl);
 }
 
+// The same over an fp8 KV cache: codes (L, n_blocks, 2, H, 16, D) e4m3 and scales (L, n_blocks, 2, H, 16).
+template <int D>
+__global__ void __launch_bounds__(FA_THREADS)
+    fa_prefill_fp8_kernel(bf16 *out, const bf16 *q, int64_t ldq, const uint8_t *codes, const float *scales, int layer,
+                          int n_blocks, int H, float sl, const int32_t *q_start, const int32_t *ctx_len,
+                          const int32_t *block_table, int max_blocks, int min_q) {
+  fa_rows_t t;
+  fa_paged_kv_t where; // the tile and the sequence's block-table row; its kv pointer is not used
+  if (!fa_prefill_block(D, fa_cfg<D>::BR, gridDim.x - 1 - blockIdx.x, blockIdx.y, blockIdx.z, out, q, ldq, NULL, layer,
+                        n_blocks, H, q_start, ctx_len, block_table, max_blocks, min_q, &t, &where))
+    return; // block-uniform
+  const fa_paged_fp8_kv_t src = {codes, scales, where.table, where.layer, where.n_blocks, where.H, where.h, where.D};
+  fa_tile<D>(t, src, sl);
+}
+
 // Grid (ceil(T / BR), H, nb) for batch entries b0 .. b0 + nb − 1. q/k/v (B, T, ld*); out (B, T, H, D). bf16.
 template <int D>
 __global__ void __launch_bounds__(FA_THREADS)
@@ -266,6 +305,7 @@ __global__ void __launch_bounds__(FA_THREADS)
 template <int D> static int fa_set_smem(es_error_t *err) {
   const int bytes = (int)fa_cfg<D>::SMEM;
   ES_CUDA_TRY(err, cudaFuncSetAttribute(fa_prefill_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  ES_CUDA_TRY(err, cudaFuncSetAttribute(fa_prefill_fp8_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   ES_CUDA_TRY(err, cudaFuncSetAttribute(fa_dense_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   return ES_OK;
 }
@@ -281,7 +321,7 @@ extern "C" int attn_fast_init(cuda_backend_t *cb, es_error_t *err) {
 }
 
 extern "C" int attn_flash_q_tile(const cuda_backend_t *cb, int D) {
-  if (cb->flash == CUDA_FLASH_WGMMA) return attn_wgmma_q_tile(D);
+  if (cb->flash == CUDA_FLASH_WGMMA && !cb->base.opts.kv_fp8) return attn_wgmma_q_tile(D);
   return D == 64 ? fa_cfg<64>::BR : fa_cfg<128>::BR;
 }
 
@@ -290,9 +330,14 @@ static int fa_prefill(cuda_backend_t *cb, int layer, void *out, const void *q, i
                       int max_q_tiles, es_error_t *err) {
   const es_backend_t *be = &cb->base;
   dim3 grid((unsigned)max_q_tiles, (unsigned)H, (unsigned)be->batch.n_seqs);
-  fa_prefill_kernel<D><<<grid, FA_THREADS, fa_cfg<D>::SMEM, cb->stream>>>(
-      (bf16 *)out, (const bf16 *)q, ldq, (const bf16 *)cb->kv, layer, be->kv_blocks, H, sl, cb->d_q_start,
-      cb->d_ctx_len, cb->d_block_table, be->batch.max_blocks, min_q);
+  if (be->opts.kv_fp8)
+    fa_prefill_fp8_kernel<D><<<grid, FA_THREADS, fa_cfg<D>::SMEM, cb->stream>>>(
+        (bf16 *)out, (const bf16 *)q, ldq, (const uint8_t *)cb->kv, cb->kv_scale, layer, be->kv_blocks, H, sl,
+        cb->d_q_start, cb->d_ctx_len, cb->d_block_table, be->batch.max_blocks, min_q);
+  else
+    fa_prefill_kernel<D><<<grid, FA_THREADS, fa_cfg<D>::SMEM, cb->stream>>>(
+        (bf16 *)out, (const bf16 *)q, ldq, (const bf16 *)cb->kv, layer, be->kv_blocks, H, sl, cb->d_q_start,
+        cb->d_ctx_len, cb->d_block_table, be->batch.max_blocks, min_q);
   ES_CUDA_LAUNCHED(err);
   return ES_OK;
 }
@@ -300,7 +345,7 @@ static int fa_prefill(cuda_backend_t *cb, int layer, void *out, const void *q, i
 extern "C" int attn_flash_prefill(cuda_backend_t *cb, int layer, void *out, const void *q, int64_t ldq, int H, int D,
                                   float scale, int min_q, int max_q_tiles, es_error_t *err) {
   const float sl = scale * ATTN_LOG2E;
-  if (cb->flash == CUDA_FLASH_WGMMA)
+  if (cb->flash == CUDA_FLASH_WGMMA && !cb->base.opts.kv_fp8) // the wgmma kernel reads bf16 caches only
     return attn_wgmma_prefill(cb, layer, out, q, ldq, H, D, sl, min_q, max_q_tiles, err);
   return D == 64 ? fa_prefill<64>(cb, layer, out, q, ldq, H, sl, min_q, max_q_tiles, err)
                  : fa_prefill<128>(cb, layer, out, q, ldq, H, sl, min_q, max_q_tiles, err);

@@ -22,6 +22,7 @@ struct fa_rows_t {
 
 // Keys and values of the encoder: rows j of k and v, at this head's columns.
 struct fa_dense_kv_t {
+  static constexpr bool kFp8 = false; // rows are bf16, copied into shared memory as they are (cp.async)
   const bf16 *k, *v;
   int64_t ldk, ldv;
   __device__ const bf16 *krow(int j) const { return k + (int64_t)j * ldk; }
@@ -30,12 +31,26 @@ struct fa_dense_kv_t {
 
 // Keys and values of one sequence and head in the paged pool, through its block-table row.
 struct fa_paged_kv_t {
+  static constexpr bool kFp8 = false;
   const bf16 *kv;       // (L, n_blocks, 2, H, 16, D)
   const int32_t *table; // this sequence's block-table row
   int64_t layer, n_blocks, H, h, D;
   __device__ const bf16 *krow(int j) const { return kv + attn_kv_pos_offset(table, j, layer, n_blocks, 0, H, h, D); }
   __device__ const bf16 *vrow(int j) const { return kv + attn_kv_pos_offset(table, j, layer, n_blocks, 1, H, h, D); }
 };
+// The same keys and values in an fp8 KV cache (backend.h): krow/vrow give the index of position j's K or V row,
+// whose D codes start at codes + index · D and whose scale is scale[index]. The mma kernel's tile loader converts
+// them to bf16 (decode(code) · scale, rounded) on their way into shared memory.
+struct fa_paged_fp8_kv_t {
+  static constexpr bool kFp8 = true;
+  const uint8_t *codes; // (L, n_blocks, 2, H, 16, D) e4m3
+  const float *scale;   // (L, n_blocks, 2, H, 16)
+  const int32_t *table; // this sequence's block-table row
+  int64_t layer, n_blocks, H, h, D;
+  __device__ int64_t krow(int j) const { return attn_kv_pos_offset(table, j, layer, n_blocks, 0, H, h, 1); }
+  __device__ int64_t vrow(int j) const { return attn_kv_pos_offset(table, j, layer, n_blocks, 1, H, h, 1); }
+};
+
 // The valid lengths of up to FA_LENS encoder batch entries, passed by value.
 struct fa_lens_t {
   int32_t n[FA_LENS];

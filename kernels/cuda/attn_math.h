@@ -175,7 +175,9 @@ ATTN_HD int64_t attn_kv_offset(int64_t layer, int64_t n_blocks, int64_t block, i
   return ((((layer * n_blocks + block) * 2 + which) * H + h) * ES_KV_BLOCK + off) * D;
 }
 
-/* Element offset of position j's K (which = 0) or V (which = 1) row, through a sequence's block-table row. */
+/* Element offset of position j's K (which = 0) or V (which = 1) row, through a sequence's block-table row.
+ * With D = 1 both give the index of the row's scale in an fp8 KV cache's scale pool (backend.h): the codes of
+ * a row start at D times that index. */
 ATTN_HD int64_t attn_kv_pos_offset(const int32_t *table_row, int64_t j, int64_t layer, int64_t n_blocks, int which,
                                    int64_t H, int64_t h, int64_t D) {
   return attn_kv_offset(layer, n_blocks, (int64_t)table_row[j / ES_KV_BLOCK], which, H, h, D, j % ES_KV_BLOCK);

@@ -28,14 +28,18 @@
 #include <string.h>
 
 #include "attn_fast.h"
+#include "attn_math.h"
 #include "cuda_attention.h"
 #include "cuda_common.cuh"
+#include "fp8_math.h"
 
 #define ATT_THREADS 128
 #define ATT_MAX_D 256       // head dims the shared-memory budget is sized for at create
 #define ATT_LENS 256        // key lengths passed by value per dense launch
 
-// The row's attention. q (D) T; key j's K row at kr(j) and V row at vr(j); out (D) T. sm: (D + n) floats.
+// The row's attention. q (D) T; element d of key j's K row is rows.key(j, d), of its V row rows.val(j, d) (fp32:
+// the stored value, or with an fp8 KV cache decode(code) · scale as the CPU backend reads it); out (D) T.
+// sm: (D + n) floats.
 template <typename T, typename Rows>
 __device__ void attend(T *out, const T *q, int D, int64_t n, float scale, const Rows &rows, float *sm) {
   __shared__ float red[32];
@@ -44,9 +48,8 @@ __device__ void attend(T *out, const T *q, int D, int64_t n, float scale, const 
   for (int d = threadIdx.x; d < D; d += blockDim.x) qs[d] = to_f(q[d]);
   __syncthreads();
   for (int64_t j = warp; j < n; j += nw) {
-    const T *kr = rows.k(j);
     float acc = 0.0f;
-    for (int d = lane; d < D; d += 32) acc = fmaf(qs[d], to_f(kr[d]), acc);
+    for (int d = lane; d < D; d += 32) acc = fmaf(qs[d], rows.key(j, d), acc);
     acc = warp_sum(acc);
     if (lane == 0) s[j] = rnd<T>(rnd<T>(acc) * scale);
   }
@@ -65,7 +68,7 @@ __device__ void attend(T *out, const T *q, int D, int64_t n, float scale, const 
   __syncthreads();
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float acc = 0.0f;
-    for (int64_t j = 0; j < n; j++) acc = fmaf(s[j], to_f(rows.v(j)[d]), acc);
+    for (int64_t j = 0; j < n; j++) acc = fmaf(s[j], rows.val(j, d), acc);
     out[d] = from_f<T>(acc);
   }
 }
@@ -81,15 +84,31 @@ template <typename T> struct paged_rows_t {
     int64_t tile = ((layer * n_blocks + blk) * 2 + which) * H + h;
     return kv + (tile * ES_KV_BLOCK + j % ES_KV_BLOCK) * D;
   }
-  __device__ const T *k(int64_t j) const { return row(j, 0); }
-  __device__ const T *v(int64_t j) const { return row(j, 1); }
+  __device__ float key(int64_t j, int d) const { return to_f(row(j, 0)[d]); }
+  __device__ float val(int64_t j, int d) const { return to_f(row(j, 1)[d]); }
 };
 
-// Grid (n_tokens, H). q (n_tokens, ldq) T; out (n_tokens, H, D) T; batch arrays on the device.
-template <typename T>
-__global__ void attention_paged_kernel(T *out, const T *q, int64_t ldq, const T *kv, int layer, int n_blocks, int H,
-                                       int D, float scale, int n_seqs, const int32_t *q_start, const int32_t *ctx_len,
-                                       const int32_t *block_table, int max_blocks) {
+// The same rows in an fp8 KV cache: e4m3 codes (L, n_blocks, 2, H, 16, D) and one scale per row (backend.h).
+struct paged_fp8_rows_t {
+  const uint8_t *codes;
+  const float *scale;
+  const int32_t *table;
+  int64_t layer, n_blocks, H, h, D;
+  __device__ float at(int64_t j, int which, int d) const {
+    const int64_t r = attn_kv_pos_offset(table, j, layer, n_blocks, which, H, h, 1); // the row's index
+    return es_fp8_decode(codes[r * D + d]) * scale[r];
+  }
+  __device__ float key(int64_t j, int d) const { return at(j, 0, d); }
+  __device__ float val(int64_t j, int d) const { return at(j, 1, d); }
+};
+
+// Grid (n_tokens, H). q (n_tokens, ldq) T; out (n_tokens, H, D) T; kv the pool (T, or FP8: codes and kv_scale);
+// batch arrays on the device.
+template <typename T, bool FP8>
+__global__ void attention_paged_kernel(T *out, const T *q, int64_t ldq, const void *kv, const float *kv_scale,
+                                       int layer, int n_blocks, int H, int D, float scale, int n_seqs,
+                                       const int32_t *q_start, const int32_t *ctx_len, const int32_t *block_table,
+                                       int max_blocks) {
   extern __shared__ float sm[];
   int64_t i = blockIdx.x;
   int h = blockIdx.y;
@@ -102,8 +121,14 @@ __global__ void attention_paged_kernel(T *out, const T *q, int64_t ldq, const T 
       hi = mid - 1;
   }
   int64_t pos = ctx_len[lo] - (q_start[lo + 1] - i); // causal: keys 0 .. pos
-  paged_rows_t<T> rows = {kv, block_table + (int64_t)lo * max_blocks, layer, n_blocks, H, h, D};
-  attend(out + (i * H + h) * D, q + i * ldq + (int64_t)h * D, D, pos + 1, scale, rows, sm);
+  const int32_t *table = block_table + (int64_t)lo * max_blocks;
+  if constexpr (FP8) {
+    paged_fp8_rows_t rows = {(const uint8_t *)kv, kv_scale, table, layer, n_blocks, H, h, D};
+    attend(out + (i * H + h) * D, q + i * ldq + (int64_t)h * D, D, pos + 1, scale, rows, sm);
+  } else {
+    paged_rows_t<T> rows = {(const T *)kv, table, layer, n_blocks, H, h, D};
+    attend(out + (i * H + h) * D, q + i * ldq + (int64_t)h * D, D, pos + 1, scale, rows, sm);
+  }
 }
 
 // ---- dense: encoder rows with key padding ------------------------------------------------------------------
@@ -111,8 +136,8 @@ __global__ void attention_paged_kernel(T *out, const T *q, int64_t ldq, const T 
 template <typename T> struct dense_kv_t {
   const T *kb, *vb;
   int64_t ldk, ldv;
-  __device__ const T *k(int64_t j) const { return kb + j * ldk; }
-  __device__ const T *v(int64_t j) const { return vb + j * ldv; }
+  __device__ float key(int64_t j, int d) const { return to_f(kb[j * ldk + d]); }
+  __device__ float val(int64_t j, int d) const { return to_f(vb[j * ldv + d]); }
 };
 
 struct att_lens_t {
@@ -136,8 +161,11 @@ __global__ void attention_dense_kernel(T *out, const T *q, int64_t ldq, const T 
 
 static int set_smem(cuda_backend_t *cb, size_t bytes, es_error_t *err) {
   int b = (int)bytes;
-  ES_CUDA_TRY(err, cudaFuncSetAttribute(attention_paged_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize, b));
-  ES_CUDA_TRY(err, cudaFuncSetAttribute(attention_paged_kernel<bf16>, cudaFuncAttributeMaxDynamicSharedMemorySize, b));
+  const cudaFuncAttribute smem = cudaFuncAttributeMaxDynamicSharedMemorySize;
+  ES_CUDA_TRY(err, cudaFuncSetAttribute(attention_paged_kernel<float, false>, smem, b));
+  ES_CUDA_TRY(err, cudaFuncSetAttribute(attention_paged_kernel<bf16, false>, smem, b));
+  ES_CUDA_TRY(err, cudaFuncSetAttribute(attention_paged_kernel<float, true>, smem, b));
+  ES_CUDA_TRY(err, cudaFuncSetAttribute(attention_paged_kernel<bf16, true>, smem, b));
   ES_CUDA_TRY(err, cudaFuncSetAttribute(attention_dense_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize, b));
   ES_CUDA_TRY(err, cudaFuncSetAttribute(attention_dense_kernel<bf16>, cudaFuncAttributeMaxDynamicSharedMemorySize, b));
   cb->attn_smem_max = bytes;
@@ -191,9 +219,15 @@ static int paged(cuda_backend_t *cb, int layer, void *out, const void *q, int64_
   const es_backend_t *be = &cb->base;
   const es_batch_t *b = &be->batch;
   dim3 grid((unsigned)b->n_tokens, (unsigned)H);
-  attention_paged_kernel<T><<<grid, ATT_THREADS, (size_t)(D + max_ctx) * sizeof(float), cb->stream>>>(
-      (T *)out, (const T *)q, ldq, (const T *)cb->kv, layer, be->kv_blocks, H, D, scale, b->n_seqs, cb->d_q_start,
-      cb->d_ctx_len, cb->d_block_table, b->max_blocks);
+  const size_t smem = (size_t)(D + max_ctx) * sizeof(float);
+  if (be->opts.kv_fp8)
+    attention_paged_kernel<T, true><<<grid, ATT_THREADS, smem, cb->stream>>>(
+        (T *)out, (const T *)q, ldq, cb->kv, cb->kv_scale, layer, be->kv_blocks, H, D, scale, b->n_seqs, cb->d_q_start,
+        cb->d_ctx_len, cb->d_block_table, b->max_blocks);
+  else
+    attention_paged_kernel<T, false><<<grid, ATT_THREADS, smem, cb->stream>>>(
+        (T *)out, (const T *)q, ldq, cb->kv, (const float *)NULL, layer, be->kv_blocks, H, D, scale, b->n_seqs,
+        cb->d_q_start, cb->d_ctx_len, cb->d_block_table, b->max_blocks);
   ES_CUDA_LAUNCHED(err);
   return ES_OK;
 }

@@ -296,6 +296,9 @@ static int cuda_kv_init(es_backend_t *be, es_error_t *err) {
     return es_fail(err, ES_ETOOBIG, "%s: KV cache of %d blocks x %zu bytes", be->name, be->kv_blocks, per_block);
   size_t bytes = (size_t)be->kv_blocks * per_block;
   if ((rc = dev_alloc(cb, bytes, "the KV cache", &cb->kv, err))) return rc;
+  if (be->opts.kv_fp8) // codes first (a multiple of 16 bytes: 16 rows per tile), then one float per row
+    cb->kv_scale = (float *)((char *)cb->kv + (size_t)be->kv_blocks * (size_t)be->kv_layers * 2 * (size_t)be->kv_heads *
+                                                  ES_KV_BLOCK * (size_t)be->kv_head_dim);
   size_t part = attn_fast_part_bytes(&be->opts, be->kv_heads, be->kv_head_dim); // split-KV decode scratch
   if (part && (rc = dev_alloc(cb, part, "the attention split scratch", (void **)&cb->attn_part, err))) return rc;
   cb->attn_part_bytes = part;

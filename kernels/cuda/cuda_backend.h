@@ -84,7 +84,8 @@ typedef struct {
   int next_evict;
   cuda_gemm_path_t gemm_path;
 
-  void *kv; /* (L, n_blocks, 2, H, 16, D) in the compute dtype */
+  void *kv;        /* (L, n_blocks, 2, H, 16, D) in the compute dtype, or e4m3 codes with an fp8 KV cache */
+  float *kv_scale; /* fp8 KV cache: (L, n_blocks, 2, H, 16) row scales, in the same allocation after the codes */
 
   /* the step's batch on the device (fixed buffers, sized from opts), and its pinned host staging */
   int32_t *d_q_start;     /* [max_seqs + 1] */

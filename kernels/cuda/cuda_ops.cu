@@ -21,6 +21,7 @@
 #include "attn_math.h"
 #include "cuda_common.cuh"
 #include "cuda_ops.h"
+#include "fp8_math.h"
 
 #define ROW_THREADS 256
 
@@ -357,12 +358,18 @@ extern "C" int cuda_op_scatter_rows(es_backend_t *be, void *y, const void *x, co
 // slot [n_tokens] int32. Dynamic shared: D floats (the token's cos and sin, computed once per block by the
 // threads of y = 0). Every thread issues its six loads before any store: one round trip to memory per step at
 // decode (a block per token walking the heads in turn waited on memory once per pair: 24 µs per call on an H200).
+// With an fp8 KV cache (FP8: kv holds e4m3 codes, kv_scale the row scales) the K and V rows are stored as
+// es_fp8_quantize_row stores them (fp8_math.h: the same integer encode as the CPU backend): the row's amax over
+// its D/2 threads through shared memory (every thread of row y reads the D/2 partial maxima: a max is exact in any
+// order), then each thread encodes its two values of K and of V; thread 0 of the row writes the two scales.
+// Dynamic shared memory then also holds 2 · ROPE_HEADS · D/2 floats of partial maxima.
 #define ROPE_HEADS 4
-template <typename T>
-__global__ void rope_kv_kernel(T *q, int64_t ldq, T *k, int64_t ldk, const T *v, int64_t ldv, T *kv, int layer,
-                               int n_blocks, int H, int D, float theta, const int32_t *positions, const int32_t *slot) {
+template <typename T, bool FP8>
+__global__ void rope_kv_kernel(T *q, int64_t ldq, T *k, int64_t ldk, const T *v, int64_t ldv, void *kv, float *kv_scale,
+                               int layer, int n_blocks, int H, int D, float theta, const int32_t *positions,
+                               const int32_t *slot) {
   pdl_begin();                  // first: launched with cuda_launch
-  extern __shared__ float cs[]; // [half] cos, then [half] sin
+  extern __shared__ float cs[]; // [half] cos, then [half] sin (then, FP8: the K and V partial maxima of each row)
   const int half = D / 2, f = threadIdx.x, h = blockIdx.y * ROPE_HEADS + threadIdx.y;
   const int64_t i = blockIdx.x;
   const bool on = h < H;
@@ -386,24 +393,54 @@ __global__ void rope_kv_kernel(T *q, int64_t ldq, T *k, int64_t ldk, const T *v,
     cs[half + f] = rnd<T>((float)sn);
   }
   __syncthreads();
-  if (!on) return;
+  if (!FP8 && !on) return; // FP8: every thread reaches the barrier of the maxima below
   const float c = cs[f], sn = cs[half + f];
   // out[f] = a·cos − b·sin; out[f + half] = b·cos + a·sin, each product and the sum rounded (bf16 eager)
   // (__fmul_rn/__fadd_rn: no contraction into FMA, so fp32 mode does the CPU reference's IEEE operations)
-  qh[f] = from_f<T>(__fadd_rn(rnd<T>(__fmul_rn(qa, c)), rnd<T>(-__fmul_rn(qb, sn))));
-  qh[f + half] = from_f<T>(__fadd_rn(rnd<T>(__fmul_rn(qb, c)), rnd<T>(__fmul_rn(qa, sn))));
+  if (on) {
+    qh[f] = from_f<T>(__fadd_rn(rnd<T>(__fmul_rn(qa, c)), rnd<T>(-__fmul_rn(qb, sn))));
+    qh[f + half] = from_f<T>(__fadd_rn(rnd<T>(__fmul_rn(qb, c)), rnd<T>(__fmul_rn(qa, sn))));
+  }
   const T k0 = from_f<T>(__fadd_rn(rnd<T>(__fmul_rn(ka, c)), rnd<T>(-__fmul_rn(kb, sn))));
   const T k1 = from_f<T>(__fadd_rn(rnd<T>(__fmul_rn(kb, c)), rnd<T>(__fmul_rn(ka, sn))));
-  kh[f] = k0;
-  kh[f + half] = k1;
+  if (on) {
+    kh[f] = k0;
+    kh[f + half] = k1;
+  }
   // the same CPU-tested addressing the attention kernels read with (attn_math.h, test_attn_math)
   const int32_t s = slot[i], blk = s / ES_KV_BLOCK, off = s % ES_KV_BLOCK;
-  T *kc = kv + attn_kv_offset(layer, n_blocks, blk, 0, H, h, D, off); // K of (blk, h), row off
-  T *vc = kv + attn_kv_offset(layer, n_blocks, blk, 1, H, h, D, off); // V of (blk, h), row off
-  kc[f] = k0;
-  kc[f + half] = k1;
-  vc[f] = va;
-  vc[f + half] = vb;
+  if constexpr (FP8) {
+    float *kmax = cs + D + threadIdx.y * half, *vmax = cs + D + (ROPE_HEADS + threadIdx.y) * half;
+    const float k0f = to_f(k0), k1f = to_f(k1), v0f = to_f(va), v1f = to_f(vb);
+    kmax[f] = fmaxf(fabsf(k0f), fabsf(k1f)); // fmaxf drops a NaN: the NaN element still encodes as NaN
+    vmax[f] = fmaxf(fabsf(v0f), fabsf(v1f));
+    __syncthreads();
+    if (!on) return;
+    float ka_max = 0.0f, va_max = 0.0f;
+    for (int x = 0; x < half; x++) {
+      ka_max = fmaxf(ka_max, kmax[x]);
+      va_max = fmaxf(va_max, vmax[x]);
+    }
+    const float ks = es_fp8_scale(ka_max), vs = es_fp8_scale(va_max);
+    uint8_t *codes = (uint8_t *)kv;
+    uint8_t *kc = codes + attn_kv_offset(layer, n_blocks, blk, 0, H, h, D, off);
+    uint8_t *vc = codes + attn_kv_offset(layer, n_blocks, blk, 1, H, h, D, off);
+    kc[f] = es_fp8_encode(__fdiv_rn(k0f, ks));
+    kc[f + half] = es_fp8_encode(__fdiv_rn(k1f, ks));
+    vc[f] = es_fp8_encode(__fdiv_rn(v0f, vs));
+    vc[f + half] = es_fp8_encode(__fdiv_rn(v1f, vs));
+    if (f == 0) {
+      kv_scale[attn_kv_offset(layer, n_blocks, blk, 0, H, h, 1, off)] = ks;
+      kv_scale[attn_kv_offset(layer, n_blocks, blk, 1, H, h, 1, off)] = vs;
+    }
+  } else {
+    T *kc = (T *)kv + attn_kv_offset(layer, n_blocks, blk, 0, H, h, D, off); // K of (blk, h), row off
+    T *vc = (T *)kv + attn_kv_offset(layer, n_blocks, blk, 1, H, h, D, off); // V of (blk, h), row off
+    kc[f] = k0;
+    kc[f + half] = k1;
+    vc[f] = va;
+    vc[f + half] = vb;
+  }
 }
 
 template <typename T>
@@ -412,8 +449,14 @@ static int rope_kv(cuda_backend_t *cb, int layer, void *q, int64_t ldq, void *k,
   const es_backend_t *be = &cb->base;
   const dim3 grid((unsigned)be->batch.n_tokens, (unsigned)((H + ROPE_HEADS - 1) / ROPE_HEADS)),
       block((unsigned)(D / 2), ROPE_HEADS);
-  cuda_launch(cb, rope_kv_kernel<T>, grid, block, (size_t)D * sizeof(float), (T *)q, ldq, (T *)k, ldk, (const T *)v,
-              ldv, (T *)cb->kv, layer, be->kv_blocks, H, D, theta, cb->d_positions, cb->d_slot);
+  if (be->opts.kv_fp8)
+    cuda_launch(cb, rope_kv_kernel<T, true>, grid, block, (size_t)D * (1 + ROPE_HEADS) * sizeof(float), (T *)q, ldq,
+                (T *)k, ldk, (const T *)v, ldv, cb->kv, cb->kv_scale, layer, be->kv_blocks, H, D, theta,
+                cb->d_positions, cb->d_slot);
+  else
+    cuda_launch(cb, rope_kv_kernel<T, false>, grid, block, (size_t)D * sizeof(float), (T *)q, ldq, (T *)k, ldk,
+                (const T *)v, ldv, cb->kv, (float *)NULL, layer, be->kv_blocks, H, D, theta, cb->d_positions,
+                cb->d_slot);
   ES_CUDA_LAUNCHED(err);
   return ES_OK;
 }

@@ -47,3 +47,24 @@ __device__ __forceinline__ void fp8x16_to_f16x2(const uint4 &q, uint32_t *h) {
   es_fp8x16_to_f16x2_bits(qw, h);
 #endif
 }
+
+// The 8 codes of one 8-byte load (code i is byte i % 4 of word i / 4, little-endian: the order they are stored in
+// the fp8 KV cache) as their exact values, in code order. sm_89 and later: 4 hardware conversions; before: the bit
+// trick (values / 256) and a multiply by 256, exact.
+__device__ __forceinline__ void fp8x8_to_f32(const uint2 &q, float *out) {
+  const uint32_t qw[2] = {q.x, q.y};
+#pragma unroll
+  for (int j = 0; j < 2; j++) {
+#if FP8_HW_CVT
+    const float2 a = f16x2_bits_to_f32(fp8x2_cvt_f16x2(qw[j] & 0xffffu)); // codes 4j, 4j + 1
+    const float2 b = f16x2_bits_to_f32(fp8x2_cvt_f16x2(qw[j] >> 16));     // codes 4j + 2, 4j + 3
+    out[4 * j] = a.x, out[4 * j + 1] = a.y, out[4 * j + 2] = b.x, out[4 * j + 3] = b.y;
+#else
+    const uint32_t w = qw[j];
+    const float2 a = f16x2_bits_to_f32(es_fp8x2_to_f16x2_bits((w & 0xffu) | ((w & 0xff00u) << 8)));
+    const float2 b = f16x2_bits_to_f32(es_fp8x2_to_f16x2_bits(((w >> 16) & 0xffu) | ((w >> 8) & 0xff0000u)));
+    out[4 * j] = a.x * 256.0f, out[4 * j + 1] = a.y * 256.0f, out[4 * j + 2] = b.x * 256.0f,
+            out[4 * j + 3] = b.y * 256.0f;
+#endif
+  }
+}

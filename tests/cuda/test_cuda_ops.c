@@ -21,18 +21,21 @@ typedef struct {
   es_backend_t *be[2]; /* 0: CPU reference, 1: CUDA */
   es_dtype_t dt;       /* the CUDA backend's compute dtype */
   const char *name;
+  int kv_fp8; /* both backends with the fp8 KV cache */
 } duo_t;
 
-/* Tolerances: elementwise ops, row ops (norms), GEMMs, attention. */
+/* Tolerances: elementwise ops, row ops (norms), GEMMs, attention, attention over an fp8 KV cache. The last: both
+ * backends quantise their own K rows (the CPU's fp32 RoPE output, the GPU's rounded to the compute dtype), so a
+ * value near a rounding boundary of e4m3 can take the neighbouring code (2^-4 of its binade) on one side only. */
 static double tol_atol(const duo_t *d, int kind) {
-  static const double f32[4] = {1e-6, 2e-6, 1e-4, 2e-5}, b16[4] = {1e-3, 2e-2, 2e-2, 3e-2};
+  static const double f32[5] = {1e-6, 2e-6, 1e-4, 2e-5, 1e-2}, b16[5] = {1e-3, 2e-2, 2e-2, 3e-2, 6e-2};
   return d->dt == ES_DT_BF16 ? b16[kind] : f32[kind];
 }
 static double tol_rtol(const duo_t *d, int kind) {
-  static const double f32[4] = {1e-6, 2e-6, 1e-4, 2e-5}, b16[4] = {8e-3, 1.6e-2, 1.6e-2, 2e-2};
+  static const double f32[5] = {1e-6, 2e-6, 1e-4, 2e-5, 1e-2}, b16[5] = {8e-3, 1.6e-2, 1.6e-2, 2e-2, 4e-2};
   return d->dt == ES_DT_BF16 ? b16[kind] : f32[kind];
 }
-enum { K_ELEM, K_ROW, K_GEMM, K_ATT };
+enum { K_ELEM, K_ROW, K_GEMM, K_ATT, K_ATT_FP8 };
 
 /* x rounded in place to the compute dtype. */
 static void round_to(const duo_t *d, float *x, int64_t n) {
@@ -463,11 +466,38 @@ static void run_step(const duo_t *d, const kt_batch_t *kb, int H, int D, int lay
     T_CHECK(es_backend_end_step(d->be[i], &err) == 0, "end_step: %s", err.msg);
   }
   char what[120];
-  snprintf(what, sizeof what, "rope q|k (%s) H=%d D=%d", label, H, D);
+  snprintf(what, sizeof what, "rope q|k (%s) H=%d D=%d%s", label, H, D, d->kv_fp8 ? " fp8 KV" : "");
   /* rotated q and k (the v columns and row padding come back unchanged on both) */
   cmp(d, what, pqkv, n * ld, K_ROW);
-  snprintf(what, sizeof what, "attention_paged (%s) H=%d D=%d", label, H, D);
-  cmp(d, what, pout, n * HD, K_ATT);
+  snprintf(what, sizeof what, "attention_paged (%s) H=%d D=%d%s", label, H, D, d->kv_fp8 ? " fp8 KV" : "");
+  cmp(d, what, pout, n * HD, d->kv_fp8 ? K_ATT_FP8 : K_ATT);
+#ifdef ES_HAVE_CUDA_BACKEND
+  if (d->kv_fp8 && d->dt == ES_DT_BF16 && (D == 64 || D == 128)) {
+    /* the same codes read by the fast kernels (split-KV decode, flash prefill) and by the simple kernel: only the
+     * arithmetic differs, so the attention tolerance applies between the two */
+    void *simple[2] = {pout[1], kt_act(d->be[1], NULL, n * HD)};
+    int64_t fast0, simple0, fast1, simple1;
+    cuda_backend_attention_calls(d->be[1], &fast0, &simple0);
+    char *q1 = pqkv[1];
+    T_CHECK(cuda_backend_set_attention_path(d->be[1], CUDA_ATTN_SIMPLE, &err) == 0, "simple path: %s", err.msg);
+    T_CHECK(es_backend_begin_step(d->be[1], &kb->b, &err) == 0, "begin_step: %s", err.msg);
+    T_CHECK(es_op_attention_paged(d->be[1], layer, simple[1], q1, ld, H, D, scale, &err) == 0, "attention: %s",
+            err.msg);
+    T_CHECK(es_backend_end_step(d->be[1], &err) == 0, "end_step: %s", err.msg);
+    T_CHECK(cuda_backend_set_attention_path(d->be[1], CUDA_ATTN_FAST, &err) == 0, "fast path: %s", err.msg);
+    cuda_backend_attention_calls(d->be[1], &fast1, &simple1);
+    T_CHECK(simple1 == simple0 + 1 && fast1 == fast0, "the simple kernel ran (%lld, %lld)",
+            (long long)(simple1 - simple0), (long long)(fast1 - fast0));
+    float *a = kt_read(d->be[1], simple[0], n * HD), *b = kt_read(d->be[1], simple[1], n * HD);
+    double *ref = malloc(sizeof(double) * (size_t)(n * HD));
+    for (int64_t i = 0; i < n * HD; i++) ref[i] = b[i];
+    snprintf(what, sizeof what, "[%s] fp8 KV: fast kernels vs simple (%s) H=%d D=%d", d->name, label, H, D);
+    kt_close(what, a, ref, NULL, n * HD, tol_atol(d, K_ATT), tol_rtol(d, K_ATT));
+    free(ref);
+    free(a);
+    free(b);
+  }
+#endif
   free(qkv);
 }
 
@@ -513,12 +543,17 @@ static void test_dense(const duo_t *d, int64_t B, int64_t T, int H, int D, const
 
 /* ---- driver ---------------------------------------------------------------------------------------------- */
 
-static int open_duo(duo_t *d, es_dtype_t dt) {
+static int open_duo(duo_t *d, es_dtype_t dt, int kv_fp8) {
   memset(d, 0, sizeof *d);
   d->dt = dt;
   d->name = es_dtype_name(dt);
-  es_backend_opts_t o = {
-      .compute_dtype = ES_DT_F32, .n_threads = 2, .max_tokens = KT_MAX_TOKENS, .max_seqs = 8, .max_blocks = P_MAXB};
+  d->kv_fp8 = kv_fp8;
+  es_backend_opts_t o = {.compute_dtype = ES_DT_F32,
+                         .n_threads = 2,
+                         .max_tokens = KT_MAX_TOKENS,
+                         .max_seqs = 8,
+                         .max_blocks = P_MAXB,
+                         .kv_fp8 = kv_fp8};
   es_error_t err;
   int rc = es_backend_create_cpu(&o, &d->be[0], &err);
   T_CHECK(rc == 0, "cpu backend: %s", err.msg);
@@ -536,9 +571,9 @@ static void close_duo(duo_t *d) {
 }
 
 /* A fresh pair of backends per paged test: the KV pool is sized once per backend. */
-static void paged_case(es_dtype_t dt, int H, int D, int n_seqs, const int32_t *q2, const int32_t *c2) {
+static void paged_case(es_dtype_t dt, int kv_fp8, int H, int D, int n_seqs, const int32_t *q2, const int32_t *c2) {
   duo_t d;
-  if (open_duo(&d, dt) == 0) test_paged(&d, H, D, n_seqs, q2, c2);
+  if (open_duo(&d, dt, kv_fp8) == 0) test_paged(&d, H, D, n_seqs, q2, c2);
   close_duo(&d);
 }
 
@@ -548,7 +583,7 @@ int main(void) {
   static const es_dtype_t modes[2] = {ES_DT_F32, ES_DT_BF16};
   for (int mi = 0; mi < 2; mi++) {
     duo_t d;
-    if (open_duo(&d, modes[mi]) == 0) {
+    if (open_duo(&d, modes[mi], 0) == 0) {
       static const int64_t shapes[][3] = {{1, 64, 96}, {7, 33, 65}, {37, 128, 257}, {300, 256, 512}, {3, 8, 151}};
       for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         int64_t M = shapes[s][0], K = shapes[s][1], N = shapes[s][2];
@@ -598,15 +633,23 @@ int main(void) {
     }
     close_duo(&d);
     /* prefill + (chunk over a cached prefix, decodes); contexts off and on block boundaries */
-    {
-      int32_t q[4] = {7, 1, 1, 16}, c[4] = {40, 17, 1, 32};
-      paged_case(modes[mi], 3, 10, 4, q, c);
-      paged_case(modes[mi], 2, 64, 4, q, c);
-      paged_case(modes[mi], 2, 128, 4, q, c);
-    }
-    {
-      int32_t q[1] = {1}, c[1] = {150};
-      paged_case(modes[mi], 1, 128, 1, q, c);
+    /* each with the compute dtype's KV cache and with the fp8 one (the simple kernel at D = 10 and in fp32, the
+     * split-KV decode and flash prefill kernels at D = 64 and 128 in bf16) */
+    for (int kv_fp8 = 0; kv_fp8 < 2; kv_fp8++) {
+      {
+        int32_t q[4] = {7, 1, 1, 16}, c[4] = {40, 17, 1, 32};
+        paged_case(modes[mi], kv_fp8, 3, 10, 4, q, c);
+        paged_case(modes[mi], kv_fp8, 2, 64, 4, q, c);
+        paged_case(modes[mi], kv_fp8, 2, 128, 4, q, c);
+      }
+      {
+        int32_t q[1] = {1}, c[1] = {150};
+        paged_case(modes[mi], kv_fp8, 1, 128, 1, q, c);
+      }
+      {
+        int32_t q[2] = {70, 1}, c[2] = {150, 190}; /* flash prefill tiles over a cached prefix; a decode */
+        paged_case(modes[mi], kv_fp8, 2, 128, 2, q, c);
+      }
     }
   }
   return t_finish();

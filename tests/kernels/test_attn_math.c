@@ -395,6 +395,11 @@ static void test_addressing(void) {
               fprintf(stderr, "  seq %d pos %lld layer %d kv %d head %d: offset %lld, want %lld\n", s, (long long)j,
                       layer, which, h, (long long)attn_kv_pos_offset(row, j, layer, NB, which, H, h, D),
                       (long long)want);
+            /* the fp8 KV cache's scale of that row: index want / D in the [L][NB][2][H][16] scale pool */
+            if (attn_kv_pos_offset(row, j, layer, NB, which, H, h, 1) * D != want && bad++ < 5)
+              fprintf(stderr, "  seq %d pos %lld layer %d kv %d head %d: scale index %lld, want %lld\n", s,
+                      (long long)j, layer, which, h, (long long)attn_kv_pos_offset(row, j, layer, NB, which, H, h, 1),
+                      (long long)(want / D));
           }
       if (attn_slot(row, j) != (int64_t)blk * ES_KV_BLOCK + j % ES_KV_BLOCK && bad++ < 5)
         fprintf(stderr, "  seq %d pos %lld: slot %lld\n", s, (long long)j, (long long)attn_slot(row, j));

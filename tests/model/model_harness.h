@@ -31,17 +31,22 @@ static inline void mh_close(mh_model_t *h) {
   memset(h, 0, sizeof *h);
 }
 
-/* create(opts, &be, err) makes the backend (CPU or CUDA); quantization is qa_model_opts_t's. */
+/* create(opts, &be, err) makes the backend (CPU or CUDA); quantization is qa_model_opts_t's, kv_fp8
+ * es_backend_opts_t's (the fp8 KV cache). */
 static inline int mh_open_quant(mh_model_t *h, const char *dir,
                                 int (*create)(const es_backend_opts_t *, es_backend_t **, es_error_t *),
-                                es_dtype_t dtype, int quantization, es_error_t *err) {
+                                es_dtype_t dtype, int quantization, int kv_fp8, es_error_t *err) {
   memset(h, 0, sizeof *h);
   int rc = cfg_load_dir(dir, &h->cfg, err);
   if (!rc) rc = ckpt_open(dir, &h->cfg, 0, &h->ck, err);
   if (rc) return rc;
   int max_blocks = MH_MAX_TOKENS / ES_KV_BLOCK;
-  es_backend_opts_t bo = {.compute_dtype = dtype, .n_threads = 0, .max_tokens = MH_MAX_TOKENS, .max_seqs = 8,
-                          .max_blocks = (size_t)max_blocks};
+  es_backend_opts_t bo = {.compute_dtype = dtype,
+                          .n_threads = 0,
+                          .max_tokens = MH_MAX_TOKENS,
+                          .max_seqs = 8,
+                          .max_blocks = (size_t)max_blocks,
+                          .kv_fp8 = kv_fp8};
   rc = create(&bo, &h->be, err);
   if (rc) return rc;
   qa_model_opts_t mo = {.max_tokens = MH_MAX_TOKENS, .max_seqs = 8, .max_logit_rows = 64,
@@ -56,7 +61,7 @@ static inline int mh_open_quant(mh_model_t *h, const char *dir,
 static inline int mh_open(mh_model_t *h, const char *dir,
                           int (*create)(const es_backend_opts_t *, es_backend_t **, es_error_t *), es_dtype_t dtype,
                           es_error_t *err) {
-  return mh_open_quant(h, dir, create, dtype, QA_QUANT_NONE, err);
+  return mh_open_quant(h, dir, create, dtype, QA_QUANT_NONE, 0, err);
 }
 
 /* Encodes every window of a case's audios (golden features) into the pool from row 0, audio after audio.

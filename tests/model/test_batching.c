@@ -4,7 +4,10 @@
  * hits (which must give the same tokens as misses, and never join two different audios). "Identical" is the
  * token ids and the log-probability of every token, bit for bit.
  *
- *   test_batching [cpu|cuda] [default|deterministic]      (default: cpu default)
+ *   test_batching [cpu|cuda] [default|deterministic] [kvfp8]      (default: cpu default)
+ *
+ * kvfp8 runs everything with the fp8 KV cache (--kv-cache-dtype fp8): the promises are the same, since every
+ * attention reads keys and values as the cache stores them (a prefix hit or a recomputation quantises alike).
  *
  * cpu (either mode; the CPU backend is batch-invariant by construction) and cuda deterministic
  * (es_backend_opts_t.deterministic, issue 9) run every check above bit for bit. cuda default is held to
@@ -42,7 +45,7 @@ typedef struct {
   float lp[MAX_OUT + 1]; /* the log-probability of each id (the request asks for logprobs) */
 } sink_t;
 
-static int USE_CUDA, DETERMINISTIC; /* from argv */
+static int USE_CUDA, DETERMINISTIC, KV_FP8; /* from argv */
 
 static void on_event(void *ctx, const eng_event_t *ev) {
   sink_t *s = ctx;
@@ -140,9 +143,15 @@ static int submit(eng_t *e, const recipe_t *r, sink_t *s, uint64_t *id, es_error
 
 static int open_engine(rt_t *rt, int max_num_seqs, double kv_gb, es_error_t *err) {
   rt_opts_t ro = {.model = ES_SOURCE_DIR "/tests/golden/checkpoints/tiny-b",
-                  .device = USE_CUDA ? RT_DEVICE_CUDA : RT_DEVICE_CPU, .dtype = ES_DT_BF16,
-                  .max_model_len = 1024, .prefill_chunk = 64, .max_queue = 256, .max_num_seqs = max_num_seqs,
-                  .kv_cache_gb = kv_gb, .deterministic = DETERMINISTIC};
+                  .device = USE_CUDA ? RT_DEVICE_CUDA : RT_DEVICE_CPU,
+                  .dtype = ES_DT_BF16,
+                  .max_model_len = 1024,
+                  .prefill_chunk = 64,
+                  .max_queue = 256,
+                  .max_num_seqs = max_num_seqs,
+                  .kv_cache_gb = kv_gb,
+                  .deterministic = DETERMINISTIC,
+                  .kv_fp8 = KV_FP8};
   return rt_open(&ro, rt, err);
 }
 
@@ -285,8 +294,9 @@ static void test_cancel(void) {
 static void test_preemption(void) {
   eng_stats_t st;
   /* tiny-b: 2 layers x 2 (K, V) x 256 x 4 bytes = 4 KiB per token, 64 KiB per block; 0.0045 GiB = 73 blocks,
-   * enough for one full context (64 blocks) but far from 32 sequences of up to ~900 tokens */
-  run_batched(16, 0.0045, -1, &st);
+   * enough for one full context (64 blocks) but far from 32 sequences of up to ~900 tokens (bf16 on CUDA: 147
+   * blocks). fp8 KV cache: 2 x 2 x 2 heads x (128 + 4) bytes = 1056 bytes per token: the same 73 blocks */
+  run_batched(16, KV_FP8 ? 0.0045 * 1056.0 / 4096.0 : 0.0045, -1, &st);
   int diff = 0;
   for (int i = 0; i < N_REQ; i++)
     if (!same(&ALONE[i], &BATCH[i])) diff++;
@@ -412,8 +422,10 @@ int main(int argc, char **argv) {
       USE_CUDA = !strcmp(argv[i], "cuda");
     else if (!strcmp(argv[i], "default") || !strcmp(argv[i], "deterministic"))
       DETERMINISTIC = !strcmp(argv[i], "deterministic");
+    else if (!strcmp(argv[i], "kvfp8"))
+      KV_FP8 = 1;
     else {
-      fprintf(stderr, "usage: test_batching [cpu|cuda] [default|deterministic]\n");
+      fprintf(stderr, "usage: test_batching [cpu|cuda] [default|deterministic] [kvfp8]\n");
       return 2;
     }
   }
@@ -421,7 +433,8 @@ int main(int argc, char **argv) {
     int skip = t_need_gpu();
     if (skip) return skip;
   }
-  printf("test_batching: %s backend, %s mode\n", USE_CUDA ? "cuda" : "cpu", DETERMINISTIC ? "deterministic" : "default");
+  printf("test_batching: %s backend, %s mode, KV cache %s\n", USE_CUDA ? "cuda" : "cpu",
+         DETERMINISTIC ? "deterministic" : "default", KV_FP8 ? "fp8" : "auto");
   if (golden_open(&G, ES_SOURCE_DIR, &err)) {
     fprintf(stderr, "%s\n", err.msg);
     return 1;
