@@ -29,6 +29,7 @@
 #include "es_clock.h"
 #include "es_error.h"
 #include "es_gpu.h"
+#include "runtime.h"
 #ifdef ES_HAVE_CUDA_BACKEND
 #include "cuda/cuda_hooks.h"
 #endif
@@ -36,12 +37,14 @@
 int bench_attention(int argc, char **argv);
 
 static void usage(FILE *out) {
-  fprintf(out, "usage: earshot bench attention [--repeats N] [--copy-mib N] [--device N] [--json]\n"
+  fprintf(out, "usage: earshot bench attention [--repeats N] [--copy-mib N] [--device N] [--kv-cache-dtype auto|fp8]\n"
+               "                               [--json]\n"
                "\n"
                "Times the CUDA backend's attention at the shapes of the 7B model (encoder 1500 x 20 x 64, causal\n"
                "prefill of 2048 tokens x 32 x 128, split-KV decode at batch 1..32 and context 800..8k), fast kernels\n"
                "and the simple reference, against the copy bandwidth and bf16 GEMM rate measured in the same run.\n"
-               "N repeats per figure (default 20); the copy bandwidth over N MiB (default 1024).\n");
+               "N repeats per figure (default 20); the copy bandwidth over N MiB (default 1024). With\n"
+               "--kv-cache-dtype fp8 the paged cache holds e4m3 codes and row scales (decode bytes: D + 4 per row).\n");
 }
 
 #ifndef ES_HAVE_CUDA_BACKEND
@@ -67,6 +70,29 @@ int bench_attention(int argc, char **argv) {
 
 static uint32_t rng = 12345u;
 static uint16_t rand_bf16(void) { return bench_rand_bf16(&rng, 1.0f); } /* uniform in [-1, 1) */
+
+/* An fp8 KV pool of one layer (backend.h): n_rows · D random e4m3 codes (never the NaN codes), then n_rows scales
+ * between 2^-8 and 2^-7 (stored values of magnitude up to ~3.5, as a model's keys and values). */
+static int fill_fp8_pool(es_backend_t *be, void *pool, size_t n_rows, int D, es_error_t *err) {
+  size_t chunk = (size_t)16 << 20, codes = n_rows * (size_t)D;
+  unsigned char *h = malloc(chunk);
+  if (!h) return es_fail(err, ES_ENOMEM, "out of memory");
+  for (size_t i = 0; i < chunk; i++) {
+    unsigned char c = (unsigned char)(bench_lcg(&rng) >> 8);
+    h[i] = (c & 0x7f) == 0x7f ? (unsigned char)(c ^ 1u) : c;
+  }
+  int rc = 0;
+  for (size_t off = 0; off < codes && !rc; off += chunk)
+    rc = es_backend_write(be, (char *)pool + off, h, codes - off < chunk ? codes - off : chunk, err);
+  float *sc = (float *)h;
+  for (size_t i = 0; i < chunk / sizeof(float); i++)
+    sc[i] = (1.0f + (float)(bench_lcg(&rng) >> 8) / 16777216.0f) / 256.0f;
+  for (size_t off = 0; off < n_rows * sizeof(float) && !rc; off += chunk)
+    rc = es_backend_write(be, (char *)pool + codes + off, h,
+                          n_rows * sizeof(float) - off < chunk ? n_rows * sizeof(float) - off : chunk, err);
+  free(h);
+  return rc;
+}
 
 /* bytes of random bf16 at dst (device), written through a 16 MiB host pattern repeated */
 static int fill_random(es_backend_t *be, void *dst, size_t bytes, es_error_t *err) {
@@ -175,7 +201,7 @@ static void report(result_t *r, double floor_rate, double per_use) {
 }
 
 int bench_attention(int argc, char **argv) {
-  int repeats = 20, copy_mib = 1024, device = 0, json = 0;
+  int repeats = 20, copy_mib = 1024, device = 0, json = 0, kv_fp8 = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     int more = i + 1 < argc;
@@ -190,7 +216,13 @@ int bench_attention(int argc, char **argv) {
       device = atoi(argv[++i]);
     else if (!strcmp(a, "--json"))
       json = 1;
-    else {
+    else if (!strcmp(a, "--kv-cache-dtype") && more) {
+      es_error_t perr;
+      if (rt_parse_kv_cache_dtype(argv[++i], &kv_fp8, &perr)) {
+        fprintf(stderr, "earshot bench attention: %s\n", perr.msg);
+        return 2;
+      }
+    } else {
       fprintf(stderr, "earshot bench attention: unknown or incomplete option '%s'\n", a);
       usage(stderr);
       return 2;
@@ -217,7 +249,8 @@ int bench_attention(int argc, char **argv) {
                           .device = device,
                           .max_tokens = PREFILL_T,
                           .max_seqs = MAX_B,
-                          .max_blocks = (size_t)max_blocks};
+                          .max_blocks = (size_t)max_blocks,
+                          .kv_fp8 = kv_fp8};
   es_backend_t *be = NULL;
   int32_t *order = malloc(sizeof(int32_t) * (size_t)n_blocks),
           *table = calloc((size_t)MAX_B * max_blocks, sizeof(int32_t)),
@@ -261,8 +294,9 @@ int bench_attention(int argc, char **argv) {
     gemm = 2.0 * (double)G * G * G * reps / (es_now_s() - t0);
   }
   printf("bench attention: %s; floors measured here: copy bandwidth %.0f GB/s (read + write), bf16 GEMM %.0f "
-         "TFLOP/s (8192^3, cuBLASLt); %d repeats\n",
-         es_backend_name(be), bw / 1e9, gemm / 1e12, repeats);
+         "TFLOP/s (8192^3, cuBLASLt); %d repeats; KV cache %s\n",
+         es_backend_name(be), bw / 1e9, gemm / 1e12, repeats,
+         kv_fp8 ? "fp8 (e4m3 codes + a scale per row; prefill on the mma flash kernel only)" : "bf16");
 
   /* encoder */
   {
@@ -284,8 +318,9 @@ int bench_attention(int argc, char **argv) {
 
   /* the paged cache: one layer of n_blocks random blocks; tables from a shuffled pool */
   if (es_backend_kv_init(be, 1, n_blocks, H_DEC, D_DEC, &err) ||
-      fill_random(be, cuda_backend_kv_pool(be), (size_t)n_blocks * es_backend_kv_block_bytes(be, 1, H_DEC, D_DEC),
-                  &err))
+      (kv_fp8 ? fill_fp8_pool(be, cuda_backend_kv_pool(be), (size_t)n_blocks * 2 * H_DEC * ES_KV_BLOCK, D_DEC, &err)
+              : fill_random(be, cuda_backend_kv_pool(be),
+                            (size_t)n_blocks * es_backend_kv_block_bytes(be, 1, H_DEC, D_DEC), &err)))
     goto done;
   for (int i = 0; i < n_blocks - 1; i++) order[i] = i + 1;
   for (int i = n_blocks - 2; i > 0; i--) {
@@ -337,16 +372,17 @@ int bench_attention(int argc, char **argv) {
     } else {
       snprintf(r->name, sizeof r->name, "decode");
       snprintf(r->shape, sizeof r->shape, "B=%d ctx=%d H=%d D=%d", B, P, H_DEC, D_DEC);
-      r->work = (double)B * P * 2.0 * H_DEC * D_DEC * 2.0; /* K and V of every visible position */
+      /* K and V of every visible position: bf16 values, or fp8 codes and the row's 4-byte scale */
+      r->work = (double)B * P * 2.0 * H_DEC * (kv_fp8 ? D_DEC + 4.0 : D_DEC * 2.0);
       r->is_bytes = 1;
       r->target = B >= 8 && P >= 2048 ? 0.7 : 0; /* the target applies at batch >= 8, context >= 2k */
       report(r, bw, 1);
     }
   }
   if (json) {
-    printf("{\"bench\": \"attention\", \"backend\": \"%s\", \"repeats\": %d, \"copy_bytes_per_s\": %.0f, "
-           "\"gemm_flops_per_s\": %.0f, \"cases\": [",
-           es_backend_name(be), repeats, bw, gemm);
+    printf("{\"bench\": \"attention\", \"backend\": \"%s\", \"kv_cache_dtype\": \"%s\", \"repeats\": %d, "
+           "\"copy_bytes_per_s\": %.0f, \"gemm_flops_per_s\": %.0f, \"cases\": [",
+           es_backend_name(be), kv_fp8 ? "fp8" : "auto", repeats, bw, gemm);
     for (int i = 0; i < n_res; i++) {
       const result_t *r = &res[i];
       printf("%s{\"use\": \"%s\", \"shape\": \"%s\", \"fast_ms\": %.5f, \"simple_ms\": %.5f, \"%s\": %.4g, "

@@ -26,14 +26,16 @@
 #      128 output tokens: aggregate and steady-decode tokens/s), and 64 in flight for 3 waves of 256-token
 #      answers (a decode batch near 64), and `bench model --batch 64 --profile` (the decode step of 64 sequences,
 #      op by op); then the model bench with --quantization fp8
-#      (profiled too) and with --deterministic, and last the engine at 64 in flight with fp8 weights (<= 75 s);
+#      (profiled too) and with --deterministic, and last the engine at 64 in flight with fp8 weights and the fp8
+#      KV cache (<= 75 s); the attention bench and the 64-in-flight engine also run with --kv-cache-dtype fp8;
 #   6. when a GPU test failed: each failed test again under compute-sanitizer --tool memcheck (sanitizer.log);
 #   7. short tables (the model, the engine, the linears, the attention kernels, the decode step's top ops),
 #      printed last and written to OUTDIR/table.md.
 # Every step runs under a timeout from what is left of the budget (BUDGET seconds, default 470), and a step
-# that fails or times out leaves "n/a" in the table instead of stopping the script. Logs go to OUTDIR (14 files:
+# that fails or times out leaves "n/a" in the table instead of stopping the script. Logs go to OUTDIR (16 files:
 # summary.log, configure.log, build.log, ctest.log, bench-earshot.log, bench-transformers.log,
-# bench-attention.log, bench-linear.log, bench-engine.log, bench-batch64.log, bench-engine-fp8.log, bench-fp8.log,
+# bench-attention.log, bench-attention-kvfp8.log, bench-linear.log, bench-engine.log, bench-engine-kvfp8.log,
+# bench-batch64.log, bench-engine-fp8.log, bench-fp8.log,
 # bench-deterministic.log, table.md;
 # sanitizer.log
 # when a test failed, sass-prewait.log when cuobjdump is there). The device tool brings back at most 8 files: pack the logs (tar) before handing them over.
@@ -234,6 +236,12 @@ if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ]; then
   ((ATT_SECS > 75)) && ATT_SECS=75
   run_limited "$ATT_SECS" "$OUT/bench-attention.log" "$BUILD/cli/earshot" bench attention --json
   log "earshot bench attention: exit $? (see bench-attention.log)"
+  # the same kernels over an fp8 KV cache (decode reads D + 4 bytes per row instead of 2D; the prefill converts)
+  ATT8_SECS=$(($(left) - 150))
+  ((ATT8_SECS > 45)) && ATT8_SECS=45
+  run_limited "$ATT8_SECS" "$OUT/bench-attention-kvfp8.log" "$BUILD/cli/earshot" bench attention --json --repeats 10 \
+    --kv-cache-dtype fp8
+  log "earshot bench attention --kv-cache-dtype fp8: exit $? (see bench-attention-kvfp8.log)"
   LIN_SECS=$(($(left) - 130))
   ((LIN_SECS > 90)) && LIN_SECS=90
   run_limited "$LIN_SECS" "$OUT/bench-linear.log" "$BUILD/cli/earshot" bench linear --json
@@ -260,6 +268,12 @@ if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ] && [ $MODEL_BENCH = 1 ]; then
     --dtype bfloat16 --dummy-weights --config "$CONFIG7B" --concurrency 64 --waves 3 --audio-seconds 30 \
     --prompt-tokens 32 --output-tokens 256 --json
   log "earshot bench engine (64 in flight, 3 waves): exit $? (see bench-engine.log)"
+  # the same with the fp8 KV cache: at 64 sequences of ~900 tokens the cache is ~2/3 of the bytes a decode step
+  # reads in bf16 (30 GB of KV against 14 GB of weights); fp8 halves that part
+  run_limited "$(($(left) - 70))" "$OUT/bench-engine-kvfp8.log" "$BUILD/cli/earshot" bench engine --device cuda \
+    --dtype bfloat16 --kv-cache-dtype fp8 --dummy-weights --config "$CONFIG7B" --concurrency 64 --waves 3 \
+    --audio-seconds 30 --prompt-tokens 32 --output-tokens 256 --json
+  log "earshot bench engine --kv-cache-dtype fp8 (64 in flight, 3 waves): exit $? (see bench-engine-kvfp8.log)"
   # the engine's decode step at 64 in flight, op by op: 64 sequences of a 30 s clip decoding together (what the
   # batching issue's 4,000 tokens/s on an H100 is made of: weights, ~29 GB of KV cache, sampling)
   run_limited "$(($(left) - 60))" "$OUT/bench-batch64.log" "$BUILD/cli/earshot" bench model --device cuda \
@@ -267,7 +281,8 @@ if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ] && [ $MODEL_BENCH = 1 ]; then
     --batch 64 --warmup 1 --repeats 2 --json --profile
   log "earshot bench model --batch 64: exit $? (see bench-batch64.log)"
 else
-  echo "skipped (no build, no GPU, or DEVICE_CHECK_ONLY)" | tee -a "$OUT/bench-engine.log" >>"$OUT/bench-batch64.log"
+  echo "skipped (no build, no GPU, or DEVICE_CHECK_ONLY)" | tee -a "$OUT/bench-engine.log" "$OUT/bench-engine-kvfp8.log" \
+    >>"$OUT/bench-batch64.log"
 fi
 # part 3's options, same shapes: FP8 decoder weights (target >= 1.6x the bf16 decode), and the deterministic mode
 # (what batch invariance costs)
@@ -283,9 +298,9 @@ if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ] && [ $MODEL_BENCH = 1 ]; then
   ENG8_SECS=$(($(left) - 3 - SANITIZER_RESERVE))
   ((ENG8_SECS > 75)) && ENG8_SECS=75
   run_limited "$ENG8_SECS" "$OUT/bench-engine-fp8.log" "$BUILD/cli/earshot" bench engine --device cuda \
-    --dtype bfloat16 --quantization fp8 --dummy-weights --config "$CONFIG7B" --concurrency 64 --waves 3 \
-    --audio-seconds 30 --prompt-tokens 32 --output-tokens 256 --json
-  log "earshot bench engine --quantization fp8 (64 in flight, 3 waves): exit $? (see bench-engine-fp8.log)"
+    --dtype bfloat16 --quantization fp8 --kv-cache-dtype fp8 --dummy-weights --config "$CONFIG7B" --concurrency 64 \
+    --waves 3 --audio-seconds 30 --prompt-tokens 32 --output-tokens 256 --json
+  log "earshot bench engine --quantization fp8 --kv-cache-dtype fp8 (64 in flight, 3 waves): exit $? (see bench-engine-fp8.log)"
 else
   echo "skipped (no build, no GPU, or DEVICE_CHECK_ONLY)" | tee -a "$OUT/bench-fp8.log" "$OUT/bench-deterministic.log" \
     >>"$OUT/bench-engine-fp8.log"
@@ -384,7 +399,8 @@ print("| concurrent | requests | output tokens | aggregate tokens/s | steady dec
       "TTFT p50 (ms) | TTFT p99 (ms) | largest batch |")
 print("|---|---|---|---|---|---|---|---|---|")
 engines = [(e, "") for e in all_json("bench-engine.log", "engine")]
-engines += [(e, " (fp8)") for e in all_json("bench-engine-fp8.log", "engine")]
+engines += [(e, " (fp8 KV cache)") for e in all_json("bench-engine-kvfp8.log", "engine")]
+engines += [(e, " (fp8 weights and KV cache)") for e in all_json("bench-engine-fp8.log", "engine")]
 for e, tag in engines or [({}, "")]:
     print(f"| {e.get('concurrency', 'n/a')}{tag} | {e.get('requests', 'n/a')} | {e.get('output_tokens', 'n/a')} | "
           f"{f(e.get('tokens_per_s'), '{:.0f}')} | "
@@ -434,6 +450,11 @@ for name, title in (("bench-earshot.log", "bf16"), ("bench-batch64.log", "bf16, 
             print("\n".join(lines[i + 1:i + 13]))
             print("```")
 att = last_json("bench-attention.log")
+att8 = last_json("bench-attention-kvfp8.log")
+att8_cases = [c for c in att8.get("cases", []) if c.get("use") in ("prefill", "decode")]
+for c in att8_cases:
+    c["use"] += " (fp8 KV)"
+att = dict(att, cases=(att.get("cases") or []) + att8_cases) if att8_cases else att
 print()
 print(f"attention kernels (`earshot bench attention`, bf16; floors measured in the same run: copy "
       f"{f((att.get('copy_bytes_per_s') or 0) / 1e9, '{:.0f}')} GB/s, bf16 GEMM "

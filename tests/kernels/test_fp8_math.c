@@ -126,7 +126,37 @@ static void test_scale(void) {
   T_CHECK(bad == 0, "%d row maxima did not quantise to +-448", bad);
 }
 
+/* es_fp8_quantize_row, the fp8 KV cache's row form: the scale is the row's amax / 448, the largest element
+ * lands on ±448, every code is e4m3(x / scale); a row of zeros gets scale 1; a NaN element a NaN code. */
+static void test_quantize_row(void) {
+  float x[96], zero[5] = {0};
+  uint8_t c[96];
+  uint64_t z = 99;
+  int bad = 0;
+  for (int t = 0; t < 2000; t++) {
+    const int D = 1 + t % 96;
+    float amax = 0.0f;
+    for (int d = 0; d < D; d++) {
+      z = z * 6364136223846793005ull + 1442695040888963407ull;
+      x[d] = ldexpf((float)(int32_t)(z >> 32) * 0x1p-31f, (int)(t % 40) - 20);
+      amax = fabsf(x[d]) > amax ? fabsf(x[d]) : amax;
+    }
+    const float s = es_fp8_quantize_row(x, D, c);
+    if (s != es_fp8_scale(amax)) bad++;
+    for (int d = 0; d < D; d++) {
+      if (c[d] != es_fp8_encode(x[d] / s)) bad++;
+      if (fabsf(x[d]) == amax && amax > 0.0f && (c[d] & 0x7f) != 0x7e) bad++;
+    }
+  }
+  T_CHECK(bad == 0, "quantize_row: %d scales or codes differ from amax / 448 and e4m3(x / scale)", bad);
+  T_CHECK(es_fp8_quantize_row(zero, 5, c) == 1.0f && c[0] == 0 && c[4] == 0, "a row of zeros: scale 1, codes 0");
+  float with_nan[3] = {1.0f, NAN, -2.0f};
+  T_CHECK(es_fp8_quantize_row(with_nan, 3, c) == 2.0f / 448.0f && (c[1] & 0x7f) == 0x7f && c[2] == 0xfe,
+          "a NaN element: its code is NaN, the others keep their scale");
+}
+
 int main(void) {
+  test_quantize_row();
   test_table();
   test_round_trip_and_specials();
   test_pair_decode();
