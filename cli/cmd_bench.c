@@ -476,7 +476,8 @@ static int bench_model(int argc, char **argv) {
   int cmp_flash = 0; /* the timed runs on the mma flash kernel, wgmma available, the fast attention path taken */
 #ifdef ES_HAVE_CUDA_BACKEND
   cmp_flash = cuda_backend_flash_available(bm.be, CUDA_FLASH_WGMMA) && cuda_backend_flash(bm.be) == CUDA_FLASH_MMA &&
-              cuda_backend_attention_path(bm.be) == CUDA_ATTN_FAST && es_backend_act_dtype(bm.be) == ES_DT_BF16;
+              cuda_backend_attention_path(bm.be) == CUDA_ATTN_FAST && es_backend_act_dtype(bm.be) == ES_DT_BF16 &&
+              !ro.kv_fp8; /* over an fp8 KV cache the prefill always takes the mma kernel */
 #endif
   double flash_ttft_ms = 0;
   int n_step = 0, n_eager = 0, n_nogemv = 0, n_nopdl = 0, n_gemvall = 0, n_fp8cc = 0;

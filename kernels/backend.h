@@ -73,7 +73,10 @@ const char *es_dtype_name(es_dtype_t dt);
  * decode(code[d]) · scale. Per token and head, so nothing is calibrated and an outlier token or head keeps its
  * own range; 132 bytes per row at D = 128 instead of 256 in bf16 (0.52x of the memory a decode step streams).
  * Attention then sees the quantised keys and values everywhere (prefill of the prefix and of the new chunk
- * alike, decode), so a prefix-cache hit, a chunk boundary or a recomputation after preemption changes nothing.
+ * alike, decode), so a prefix-cache hit, a chunk boundary or a recomputation after preemption quantises alike
+ * (bit-identical results where the backend is batch-invariant: the CPU, CUDA's deterministic mode; by default
+ * CUDA's flash prefill rounds decode(code) · scale to bf16 where the decode kernel keeps fp32, as it rounds
+ * probabilities a bf16 cache would not).
  * Change only with a measured reason, written here.
  * ------------------------------------------------------------------------------------------------------ */
 #define ES_KV_BLOCK 16
@@ -125,7 +128,8 @@ typedef struct {
                         (docs/ARCHITECTURE.md, "Deterministic mode"). 0: CUDA picks per batch, faster. */
   /* ---- fp8 KV cache ---- */
   int kv_fp8; /* 1: the KV cache holds FP8 e4m3 codes and per-(token, head) scales (the paged KV cache, above);
-                 CUDA: bf16 compute and the fast attention kernels (head dim 64 or 128) only. 0: compute dtype */
+                 CUDA: every attention path reads it (the fast kernels in bf16 at head dim 64/128, the simple kernel
+                 otherwise); the wgmma flash kernel is not used with it. 0: the compute dtype */
 } es_backend_opts_t;
 
 typedef struct es_backend es_backend_t;

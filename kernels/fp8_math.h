@@ -81,8 +81,8 @@ ES_FP8_FN float es_fp8_scale(float amax) {
 /* The fp8 KV cache's form of one stored row x[0..D) (one token's K or V of one head; backend.h, "The fp8 KV
  * cache"): codes[d] = e4m3(x[d] / scale) with scale = es_fp8_scale(amax|x|); returns scale. The row is read back
  * as decode(codes[d]) · scale. Per row rather than per channel: a key's largest element sets its own range.
- * A NaN element gives a NaN code; an infinite one an infinite scale (garbage in, NaN out of the attention, as
- * with the compute dtype). */
+ * A NaN element gives a NaN code; an infinite one an infinite scale (garbage in, garbage out: NaN on the CPU and
+ * on sm_89+, finite values on sm_80, whose software decode reads the NaN codes as ±480). */
 ES_FP8_FN float es_fp8_quantize_row(const float *x, int D, uint8_t *codes) {
   float amax = 0.0f;
   for (int d = 0; d < D; d++) {
