@@ -467,15 +467,13 @@ static void check_fp8_cache(const duo_t *d, const kt_batch_t *kb, int H, int D, 
   const float *sc = (const float *)(pool + rows * (size_t)D);
   uint8_t want[256];
   int bad = 0;
-#define ROW(blk, which, h, off)                                                                                        \
-  (((((size_t)layer * P_BLOCKS + (size_t)(blk)) * 2 + (which)) * (size_t)H + (h)) * ES_KV_BLOCK + (off))
   for (int64_t i = 0; i < n; i++) {
     const int32_t slot = kb->b.slot[i], blk = slot / ES_KV_BLOCK, off = slot % ES_KV_BLOCK;
     for (int h = 0; h < H; h++)
       for (int which = 0; which < 2; which++) {
         const float *x = which ? host_qkv + i * ld + 2 * HD + (int64_t)h * D : qkv + i * ld + HD + (int64_t)h * D;
         const float s = es_fp8_quantize_row(x, D, want);
-        const size_t r = ROW(blk, which, h, off);
+        const size_t r = kt_kv_row(P_BLOCKS, H, layer, blk, which, h, off);
         if (sc[r] != s || memcmp(pool + r * (size_t)D, want, (size_t)D) != 0) bad++;
       }
   }
@@ -489,7 +487,7 @@ static void check_fp8_cache(const duo_t *d, const kt_batch_t *kb, int H, int D, 
         double *sco = malloc(sizeof(double) * (size_t)(p + 1)), m = -INFINITY, sum = 0;
         for (int32_t j = 0; j <= p; j++) {
           const int32_t bj = kb->b.block_table[s * kb->b.max_blocks + j / ES_KV_BLOCK];
-          const size_t r = ROW(bj, 0, h, j % ES_KV_BLOCK);
+          const size_t r = kt_kv_row(P_BLOCKS, H, layer, bj, 0, h, j % ES_KV_BLOCK);
           double acc = 0;
           for (int c = 0; c < D; c++) acc += (double)qkv[i * ld + h * D + c] * es_fp8_decode(pool[r * D + c]) * sc[r];
           sco[j] = acc / sqrt((double)D);
@@ -498,13 +496,12 @@ static void check_fp8_cache(const duo_t *d, const kt_batch_t *kb, int H, int D, 
         for (int32_t j = 0; j <= p; j++) sum += (sco[j] = exp(sco[j] - m));
         for (int32_t j = 0; j <= p; j++) {
           const int32_t bj = kb->b.block_table[s * kb->b.max_blocks + j / ES_KV_BLOCK];
-          const size_t r = ROW(bj, 1, h, j % ES_KV_BLOCK);
+          const size_t r = kt_kv_row(P_BLOCKS, H, layer, bj, 1, h, j % ES_KV_BLOCK);
           for (int c = 0; c < D; c++) ref[i * HD + h * D + c] += sco[j] / sum * es_fp8_decode(pool[r * D + c]) * sc[r];
         }
         free(sco);
       }
     }
-#undef ROW
   char what[160];
   snprintf(what, sizeof what, "[%s] attention_paged over the GPU's fp8 cache (%s) H=%d D=%d", d->name, label, H, D);
   kt_close(what, out, ref, NULL, n * HD, tol_atol(d, K_ATT), tol_rtol(d, K_ATT));

@@ -261,10 +261,16 @@ static inline void kt_shuffled_blocks(int32_t *order, int n_blocks) {
   }
 }
 
-/* Address of cache position `off` of (layer, block, kv, head) in the pool layout of backend.h:
- * kv[L][n_blocks][2][H][16][D]. */
+/* Index of the stored row (cache position `off` of (layer, block, kv, head)) among all rows of the pool layout
+ * of backend.h, kv[L][n_blocks][2][H][16][D]: the row's D values start at D times it; in an fp8 KV cache it is
+ * also the index of the row's scale. */
+static inline size_t kt_kv_row(int n_blocks, int H, int layer, int32_t block, int kv, int h, int off) {
+  size_t tile = (((size_t)layer * (size_t)n_blocks + (size_t)block) * 2 + (size_t)kv) * (size_t)H + (size_t)h;
+  return tile * ES_KV_BLOCK + (size_t)off;
+}
+
+/* Address of that row in an fp32 pool. */
 static inline float *kt_kv_at(float *pool, int n_blocks, int H, int D, int layer, int32_t block, int kv, int h,
                               int off) {
-  size_t tile = (((size_t)layer * (size_t)n_blocks + (size_t)block) * 2 + (size_t)kv) * (size_t)H + (size_t)h;
-  return pool + (tile * ES_KV_BLOCK + (size_t)off) * (size_t)D;
+  return pool + kt_kv_row(n_blocks, H, layer, block, kv, h, off) * (size_t)D;
 }

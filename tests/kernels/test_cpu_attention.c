@@ -30,68 +30,12 @@ static void ref_attend(double *out, const float *q, const float *const *krows, c
   free(s);
 }
 
-static void test_paged(int H, int D, int n_seqs, const int32_t *q_len, const int32_t *ctx_len) {
-  const int L = 2, layer = 1, n_blocks = 48, max_blocks = 12;
-  es_backend_t *be = kt_backend(3, KT_MAX_TOKENS, 8, max_blocks);
-  if (!be) return;
-  es_error_t err;
-  T_CHECK(es_backend_kv_init(be, L, n_blocks, H, D, &err) == 0, "kv_init: %s", err.msg);
-  float *pool = ((cpu_backend_t *)be)->kv;
-  size_t pool_n = (size_t)L * n_blocks * 2 * (size_t)H * ES_KV_BLOCK * (size_t)D;
-  kt_fill(pool, (int64_t)pool_n, 50, 60); /* garbage everywhere; the positions in use get real values below */
-  int32_t order[64];
-  kt_shuffled_blocks(order, n_blocks);
-  int next = 0;
-  kt_batch_t kb;
-  kt_batch(&kb, n_seqs, q_len, ctx_len, max_blocks, order, &next);
-  for (int s = 0; s < n_seqs; s++)
-    for (int32_t p = 0; p < ctx_len[s]; p++) {
-      int32_t blk = kb.table[s * max_blocks + p / ES_KV_BLOCK];
-      for (int kv = 0; kv < 2; kv++)
-        for (int h = 0; h < H; h++)
-          kt_fill(kt_kv_at(pool, n_blocks, H, D, layer, blk, kv, h, p % ES_KV_BLOCK), D, -1, 1);
-    }
-  int64_t n = kb.b.n_tokens, HD = (int64_t)H * D, ldq = HD + 5;
-  float *q = malloc(sizeof(float) * (size_t)(n * ldq));
-  kt_fill(q, n * ldq, -2, 2);
-  void *dq = kt_act(be, q, n * ldq), *dout = kt_act(be, NULL, n * HD);
-  float scale = 1.0f / sqrtf((float)D);
-  T_CHECK(es_backend_begin_step(be, &kb.b, &err) == 0, "begin_step: %s", err.msg);
-  T_CHECK(es_op_attention_paged(be, layer, dout, dq, ldq, H, D, scale, &err) == 0, "attention_paged: %s", err.msg);
-  T_CHECK(es_backend_end_step(be, &err) == 0, "end_step: %s", err.msg);
-  float *out = kt_read(be, dout, n * HD);
-  double *ref = calloc((size_t)(n * HD), sizeof(double));
-  const float **kr = malloc(sizeof(float *) * KT_MAX_BLOCKS * ES_KV_BLOCK),
-              **vr = malloc(sizeof(float *) * KT_MAX_BLOCKS * ES_KV_BLOCK);
-  for (int s = 0; s < n_seqs; s++)
-    for (int32_t i = kb.q_start[s]; i < kb.q_start[s + 1]; i++) {
-      int32_t p = kb.pos[i];
-      for (int h = 0; h < H; h++) {
-        for (int32_t j = 0; j <= p; j++) {
-          int32_t blk = kb.table[s * max_blocks + j / ES_KV_BLOCK];
-          kr[j] = kt_kv_at(pool, n_blocks, H, D, layer, blk, 0, h, j % ES_KV_BLOCK);
-          vr[j] = kt_kv_at(pool, n_blocks, H, D, layer, blk, 1, h, j % ES_KV_BLOCK);
-        }
-        ref_attend(ref + (int64_t)i * HD + h * D, q + (int64_t)i * ldq + h * D, kr, vr, p + 1, D, scale);
-      }
-    }
-  char what[96];
-  snprintf(what, sizeof what, "attention_paged H=%d D=%d seqs=%d tokens=%lld", H, D, n_seqs, (long long)n);
-  kt_close(what, out, ref, NULL, n * HD, 2e-6, 1e-5);
-  free(kr);
-  free(vr);
-  free(ref);
-  free(out);
-  free(q);
-  es_backend_free(be);
-}
-
 /* ---- the fp8 KV cache (backend.h) ----------------------------------------------------------------------------
  * 1. The store: one prefill step of es_op_rope_kv_store writes every position; each stored row's scale must be
  *    amax / 448 of the row as the op left it (k rotated in place, v as given) and each code e4m3(x / scale),
  *    computed here from the formula (the encoder itself is checked against torch in test_fp8_math).
- * 2. The read: a mixed step (prefill, chunk over a cached prefix, decodes) over a pool of random codes and
- *    scales against the double reference on decode(code) · scale. */
+ * 2. The read: test_paged's mixed step with fp8 = 1, over a pool of random codes and scales, against the double
+ *    reference on decode(code) · scale. */
 
 static double fp8_value(const cpu_backend_t *cb, size_t row, int D, int d) {
   return (double)es_fp8_decode(((const uint8_t *)cb->kv)[row * (size_t)D + (size_t)d]) * cb->kv_scale[row];
@@ -147,9 +91,7 @@ static void test_fp8_store(int H, int D) {
       for (int kv = 0; kv < 2; kv++)
         for (int h = 0; h < H; h++) {
           const float *x = after + (int64_t)i * ld + (1 + kv) * HD + (int64_t)h * D;
-          size_t row =
-              ((((size_t)layer * n_blocks + (size_t)blk) * 2 + (size_t)kv) * (size_t)H + (size_t)h) * ES_KV_BLOCK +
-              (size_t)(p % ES_KV_BLOCK);
+          size_t row = kt_kv_row(n_blocks, H, layer, blk, kv, h, p % ES_KV_BLOCK);
           float amax = 0.0f;
           for (int d = 0; d < D; d++) amax = fabsf(x[d]) > amax ? fabsf(x[d]) : amax;
           float want_scale = amax > 0.0f ? amax / 448.0f : 1.0f;
@@ -171,27 +113,41 @@ static void test_fp8_store(int H, int D) {
   es_backend_free(be);
 }
 
-static void test_fp8_paged(int H, int D, int n_seqs, const int32_t *q_len, const int32_t *ctx_len) {
+/* fp8: the pool holds random codes (every one but the two NaNs) and row scales instead of fp32 values, and the
+ * reference reads decode(code) · scale (the fp8 KV cache of backend.h). */
+static void test_paged(int H, int D, int n_seqs, const int32_t *q_len, const int32_t *ctx_len, int fp8) {
   const int L = 2, layer = 1, n_blocks = 48, max_blocks = 12;
-  es_backend_t *be = fp8_backend(max_blocks);
+  es_backend_t *be = fp8 ? fp8_backend(max_blocks) : kt_backend(3, KT_MAX_TOKENS, 8, max_blocks);
   if (!be) return;
   es_error_t err;
   T_CHECK(es_backend_kv_init(be, L, n_blocks, H, D, &err) == 0, "kv_init: %s", err.msg);
   cpu_backend_t *cb = (cpu_backend_t *)be;
+  float *pool = cb->kv;
   size_t rows = (size_t)L * n_blocks * 2 * (size_t)H * ES_KV_BLOCK;
-  uint8_t *codes = cb->kv;
-  unsigned r = 7;
-  for (size_t i = 0; i < rows * (size_t)D; i++) { /* every code but the two NaNs */
-    uint8_t c = (uint8_t)((r = r * 1103515245u + 12345u) >> 16);
-    codes[i] = (c & 0x7f) == 0x7f ? (uint8_t)(c ^ 1u) : c;
-  }
-  for (size_t i = 0; i < rows; i++) cb->kv_scale[i] = (float)(1 + (i * 7919) % 13) / 1024.0f; /* 2^-10 .. 13·2^-10 */
   int32_t order[64];
   kt_shuffled_blocks(order, n_blocks);
   int next = 0;
   kt_batch_t kb;
   kt_batch(&kb, n_seqs, q_len, ctx_len, max_blocks, order, &next);
-  int64_t n = kb.b.n_tokens, HD = (int64_t)H * D, ldq = HD + 3;
+  if (fp8) {
+    uint8_t *codes = cb->kv;
+    unsigned r = 7;
+    for (size_t i = 0; i < rows * (size_t)D; i++) {
+      uint8_t c = (uint8_t)((r = r * 1103515245u + 12345u) >> 16);
+      codes[i] = (c & 0x7f) == 0x7f ? (uint8_t)(c ^ 1u) : c;
+    }
+    for (size_t i = 0; i < rows; i++) cb->kv_scale[i] = (float)(1 + (i * 7919) % 13) / 1024.0f; /* 2^-10 .. 13·2^-10 */
+  } else {
+    kt_fill(pool, (int64_t)(rows * (size_t)D), 50, 60); /* garbage everywhere; the positions in use get real values */
+    for (int s = 0; s < n_seqs; s++)
+      for (int32_t p = 0; p < ctx_len[s]; p++) {
+        int32_t blk = kb.table[s * max_blocks + p / ES_KV_BLOCK];
+        for (int kv = 0; kv < 2; kv++)
+          for (int h = 0; h < H; h++)
+            kt_fill(kt_kv_at(pool, n_blocks, H, D, layer, blk, kv, h, p % ES_KV_BLOCK), D, -1, 1);
+      }
+  }
+  int64_t n = kb.b.n_tokens, HD = (int64_t)H * D, ldq = HD + 5;
   float *q = malloc(sizeof(float) * (size_t)(n * ldq));
   kt_fill(q, n * ldq, -2, 2);
   void *dq = kt_act(be, q, n * ldq), *dout = kt_act(be, NULL, n * HD);
@@ -201,7 +157,7 @@ static void test_fp8_paged(int H, int D, int n_seqs, const int32_t *q_len, const
   T_CHECK(es_backend_end_step(be, &err) == 0, "end_step: %s", err.msg);
   float *out = kt_read(be, dout, n * HD);
   double *ref = calloc((size_t)(n * HD), sizeof(double));
-  float *deq = malloc(sizeof(float) * (size_t)(2 * KT_MAX_BLOCKS * ES_KV_BLOCK * D));
+  float *deq = fp8 ? malloc(sizeof(float) * (size_t)(2 * KT_MAX_BLOCKS * ES_KV_BLOCK * D)) : NULL;
   const float **kr = malloc(sizeof(float *) * KT_MAX_BLOCKS * ES_KV_BLOCK),
               **vr = malloc(sizeof(float *) * KT_MAX_BLOCKS * ES_KV_BLOCK);
   for (int s = 0; s < n_seqs; s++)
@@ -211,9 +167,11 @@ static void test_fp8_paged(int H, int D, int n_seqs, const int32_t *q_len, const
         for (int32_t j = 0; j <= p; j++) {
           int32_t blk = kb.table[s * max_blocks + j / ES_KV_BLOCK];
           for (int kv = 0; kv < 2; kv++) {
-            size_t row =
-                ((((size_t)layer * n_blocks + (size_t)blk) * 2 + (size_t)kv) * (size_t)H + (size_t)h) * ES_KV_BLOCK +
-                (size_t)(j % ES_KV_BLOCK);
+            if (!fp8) {
+              (kv ? vr : kr)[j] = kt_kv_at(pool, n_blocks, H, D, layer, blk, kv, h, j % ES_KV_BLOCK);
+              continue;
+            }
+            size_t row = kt_kv_row(n_blocks, H, layer, blk, kv, h, j % ES_KV_BLOCK);
             float *dst = deq + ((size_t)(2 * j + kv)) * (size_t)D;
             for (int d = 0; d < D; d++) dst[d] = (float)fp8_value(cb, row, D, d);
             (kv ? vr : kr)[j] = dst;
@@ -222,8 +180,9 @@ static void test_fp8_paged(int H, int D, int n_seqs, const int32_t *q_len, const
         ref_attend(ref + (int64_t)i * HD + h * D, q + (int64_t)i * ldq + h * D, kr, vr, p + 1, D, scale);
       }
     }
-  char what[96];
-  snprintf(what, sizeof what, "attention_paged, fp8 KV cache, H=%d D=%d seqs=%d", H, D, n_seqs);
+  char what[112];
+  snprintf(what, sizeof what, "attention_paged%s H=%d D=%d seqs=%d tokens=%lld", fp8 ? ", fp8 KV cache," : "", H, D,
+           n_seqs, (long long)n);
   kt_close(what, out, ref, NULL, n * HD, 2e-6, 1e-5);
   free(kr);
   free(vr);
@@ -274,8 +233,8 @@ int main(void) {
   test_fp8_store(2, 128);
   {
     int32_t q[4] = {21, 7, 1, 1}, c[4] = {21, 40, 17, 1};
-    test_fp8_paged(3, 10, 4, q, c);
-    test_fp8_paged(2, 64, 4, q, c);
+    test_paged(3, 10, 4, q, c, 1);
+    test_paged(2, 64, 4, q, c, 1);
   }
   {
     es_backend_t *be = fp8_backend(4); /* head dims past the dequantisation buffer are refused at kv_init */
@@ -285,16 +244,16 @@ int main(void) {
   }
   {
     int32_t q[4] = {21, 7, 1, 1}, c[4] = {21, 40, 17, 1}; /* prefill, chunk over a 33-token prefix, decodes */
-    test_paged(3, 10, 4, q, c);
-    test_paged(2, 64, 4, q, c);
+    test_paged(3, 10, 4, q, c, 0);
+    test_paged(2, 64, 4, q, c, 0);
   }
   {
     int32_t q[1] = {1}, c[1] = {150}; /* one decode over ten blocks */
-    test_paged(1, 128, 1, q, c);
+    test_paged(1, 128, 1, q, c, 0);
   }
   {
     int32_t q[3] = {16, 33, 2}, c[3] = {32, 33, 18};
-    test_paged(4, 8, 3, q, c);
+    test_paged(4, 8, 3, q, c, 0);
   }
   {
     int32_t v[3] = {13, 5, 1};
