@@ -24,7 +24,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -694,16 +693,7 @@ static void test_shutdown(server_t *s) {
 }
 
 int main(int argc, char **argv) {
-  if (argc < 3) {
-    fprintf(stderr, "usage: test_server EARSHOT SCRATCH_DIR\n");
-    return 2;
-  }
-  EARSHOT = argv[1];
-  static char scratch[1024];
-  snprintf(scratch, sizeof scratch, "%s/server", argv[2]);
-  mkdir(scratch, 0755);
-  SCRATCH = scratch;
-  signal(SIGPIPE, SIG_IGN);
+  if (sp_init(argc, argv, "server")) return 2;
 
   server_t s;
   if (server_start(&s, "serve",

@@ -34,7 +34,6 @@
 #include <poll.h>
 #include <stdint.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/time.h>
 
 #include "serve_proc.h"
@@ -1082,16 +1081,7 @@ static void test_items(const server_t *s) {
 }
 
 int main(int argc, char **argv) {
-  if (argc < 3) {
-    fprintf(stderr, "usage: test_voice EARSHOT SCRATCH_DIR\n");
-    return 2;
-  }
-  EARSHOT = argv[1];
-  static char scratch[1024];
-  snprintf(scratch, sizeof scratch, "%s/voice", argv[2]);
-  mkdir(scratch, 0755);
-  SCRATCH = scratch;
-  signal(SIGPIPE, SIG_IGN);
+  if (sp_init(argc, argv, "voice")) return 2;
   if (load_speech()) {
     T_CHECK(0, "cannot read %s", SPEECH);
     return t_finish();

@@ -1,7 +1,8 @@
 /* serve_proc: `earshot serve` as a child process for the server tests (test_server, test_voice): start it on a
  * free loopback port (the port is read from its log), stop it with SIGTERM, talk to it with curl, read a metric;
  * and what both compare with: `earshot run`'s greedy text, and base64 for audio sent inside JSON.
- * The including test sets EARSHOT (the binary) and SCRATCH (a folder for logs and bodies) before using these.
+ * The including test's main calls sp_init, which sets EARSHOT (the binary) and SCRATCH (a folder for logs and
+ * bodies) from its arguments.
  * Header-only: each test binary has one copy; every function is static and marked unused-ok.
  */
 #pragma once
@@ -11,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -24,6 +26,22 @@
 #define MODEL "tiny"
 
 static const char *EARSHOT, *SCRATCH;
+
+/* A server test's arguments, EARSHOT SCRATCH_DIR: sets EARSHOT, makes SCRATCH = SCRATCH_DIR/name, ignores SIGPIPE
+ * (a server that hangs up must not kill the test). 0, or 2 after a usage message. */
+static SP_UNUSED int sp_init(int argc, char **argv, const char *name) {
+  if (argc < 3) {
+    fprintf(stderr, "usage: test_%s EARSHOT SCRATCH_DIR\n", name);
+    return 2;
+  }
+  EARSHOT = argv[1];
+  static char scratch[1024];
+  snprintf(scratch, sizeof scratch, "%s/%s", argv[2], name);
+  mkdir(scratch, 0755);
+  SCRATCH = scratch;
+  signal(SIGPIPE, SIG_IGN);
+  return 0;
+}
 
 typedef struct {
   pid_t pid;
