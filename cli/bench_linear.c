@@ -3,9 +3,10 @@
  *
  * Shapes (Qwen2-7B, E = 4096, I = 11008, fused projections as the CUDA backend loads them): q|k|v 12288 × 4096,
  * o 4096 × 4096, gate|up 22016 × 4096, down 4096 × 11008, and the logits 156032 × 4096 (fp32 out). Rows M = 1 ..
- * 64 (the decode batch). Paths: bf16 weights through the GEMV with 4, 8 or 16 loads in flight per lane (M <= 4)
+ * 64 (the decode batch). Paths: bf16 weights through the GEMV with 4, 8 or 16 loads in flight per lane (M <= 4;
+ * pipelined as by default, and with 4 loads also not: cuda_backend_set_gemv_pipe)
  * and through cuBLASLt (GEMV off, every M); fp8 weights (per-row scales) through the CUDA-core GEMV with 4, 8 or 16
- * loads in flight (M <= 8), the tensor-core GEMV (M <= 64, cuda_backend_set_fp8_mma) and, past 8 rows with the
+ * loads in flight (M <= 8), the tensor-core GEMV (M 2 .. 64, cuda_backend_set_fp8_mma) and, past 8 rows with the
  * tensor-core GEMV off, dequantise + cuBLASLt. A decode step streams each weight once, so the figure of merit is the
  * weight bytes (plus activations) over the time, against the copy bandwidth (bytes read + written).
  * Each figure is the device time of --repeats calls timed with the op profile's events (backend.h), rotating over
@@ -22,6 +23,7 @@
 #include "bench_random.h"
 #include "es_error.h"
 #ifdef ES_HAVE_CUDA_BACKEND
+#include "cuda/cuda_fp8.h" // CUDA_FP8_MMA_MIN_M, CUDA_FP8_MMA_MAX_M
 #include "cuda/cuda_hooks.h"
 #endif
 
@@ -111,7 +113,7 @@ static int time_calls(layer_t *l, int64_t M, int repeats, double *sec, es_error_
 }
 
 typedef struct {
-  char shape[24], path[24];
+  char shape[24], path[40];
   int64_t M;
   double us, bytes_per_s;
 } row_t;
@@ -193,15 +195,23 @@ int bench_linear(int argc, char **argv) {
       if (layer_open(be, s, fp8, &l, &err)) goto done;
       for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++) {
         const int64_t M = Ms[mi];
-        /* paths: GEMV with each loads-in-flight where the GEMV takes M (p 0..2), then bf16: cuBLASLt (p 3); fp8:
-         * dequantise + cuBLASLt (p 3) past the CUDA-core GEMV's 8 rows, the tensor-core GEMV (p 4) up to 64 */
+        /* paths: GEMV with each loads-in-flight where the GEMV takes M (p 0..2, pipelined as by default), then
+         * bf16: cuBLASLt (p 3); fp8: dequantise + cuBLASLt (p 3) past the CUDA-core GEMV's 8 rows, the tensor-core
+         * GEMV (p 4) from 2 to 64; the GEMV with 4 loads in flight not pipelined (p 5) */
         const int gemv_m = fp8 ? 8 : 4;
-        for (int p = 0; p < 5; p++) {
-          const int is_lt = p == 3, is_mma = p == 4;
-          if (is_mma ? !fp8 || M > 64 : is_lt ? fp8 && M <= gemv_m : M > gemv_m) continue;
+        for (int p = 0; p < 6; p++) {
+          const int is_lt = p == 3, is_mma = p == 4, unpiped = p == 5;
+          if (is_mma  ? !fp8 || M > CUDA_FP8_MMA_MAX_M || M < CUDA_FP8_MMA_MIN_M
+              : is_lt ? fp8 && M <= gemv_m
+                      : M > gemv_m)
+            continue;
           if (cuda_backend_set_gemv(be, is_lt ? 0 : 2, &err) ||
-              cuda_backend_set_gemv_loads(be, is_lt || is_mma ? 0 : loads[p], &err) ||
-              cuda_backend_set_fp8_mma(be, is_mma ? 2 : 0, &err))
+              cuda_backend_set_gemv_loads(be,
+                                          is_lt || is_mma ? 0
+                                          : unpiped       ? 4
+                                                          : loads[p],
+                                          &err) ||
+              cuda_backend_set_gemv_pipe(be, !unpiped, &err) || cuda_backend_set_fp8_mma(be, is_mma ? 2 : 0, &err))
             goto done;
           double sec = 0;
           if (time_calls(&l, M, (int)repeats, &sec, &err)) goto done;
@@ -211,6 +221,8 @@ int bench_linear(int argc, char **argv) {
             snprintf(r->path, sizeof r->path, fp8 ? "fp8 dequant+cuBLASLt" : "bf16 cuBLASLt");
           else if (is_mma)
             snprintf(r->path, sizeof r->path, "fp8 tensor-core GEMV");
+          else if (unpiped)
+            snprintf(r->path, sizeof r->path, "%s GEMV loads=4 unpipelined", fp8 ? "fp8" : "bf16");
           else
             snprintf(r->path, sizeof r->path, "%s GEMV loads=%d", fp8 ? "fp8" : "bf16", loads[p]);
           r->M = M;
@@ -224,7 +236,7 @@ int bench_linear(int argc, char **argv) {
         }
       }
       if (cuda_backend_set_gemv(be, 1, &err) || cuda_backend_set_gemv_loads(be, 0, &err) ||
-          cuda_backend_set_fp8_mma(be, 1, &err))
+          cuda_backend_set_gemv_pipe(be, 1, &err) || cuda_backend_set_fp8_mma(be, 1, &err))
         goto done;
       /* the weights stay until the backend goes (no free in backend.h); at most ~0.6 GB per shape */
     }

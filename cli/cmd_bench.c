@@ -250,7 +250,7 @@ static double decoder_bytes(const model_config_t *c, es_dtype_t dt) {
 /* The CUDA settings `bench model`'s comparison runs change (one each), as the timed runs had them: each comparison
  * run puts them all back first, so it differs from the timed runs in its one setting only, whatever ran before it. */
 typedef struct {
-  int graphs, gemv, pdl, fp8_mma;
+  int graphs, gemv, pdl, fp8_mma, gemv_pipe;
   cuda_flash_t flash;
 } timed_settings_t;
 
@@ -260,12 +260,13 @@ static void timed_settings_get(const es_backend_t *be, timed_settings_t *s) {
   s->pdl = cuda_backend_pdl(be);
   s->fp8_mma = cuda_backend_fp8_mma(be);
   s->flash = cuda_backend_flash(be);
+  s->gemv_pipe = cuda_backend_gemv_pipe(be);
 }
 
 static int timed_settings_put(es_backend_t *be, const timed_settings_t *s, es_error_t *err) {
   return cuda_backend_set_graphs(be, s->graphs, err) || cuda_backend_set_gemv(be, s->gemv, err) ||
          cuda_backend_set_pdl(be, s->pdl, err) || cuda_backend_set_flash(be, s->flash, err) ||
-         cuda_backend_set_fp8_mma(be, s->fp8_mma, err);
+         cuda_backend_set_fp8_mma(be, s->fp8_mma, err) || cuda_backend_set_gemv_pipe(be, s->gemv_pipe, err);
 }
 #endif
 
@@ -338,7 +339,7 @@ static int bench_model(int argc, char **argv) {
   int32_t *ids = NULL, *arow = NULL, *pos = NULL, *slot = NULL, *table = NULL, *lrows = NULL, *q_start = NULL,
           *ctx = NULL;
   double *t_ttft = NULL, *t_step = NULL, *t_eager = NULL, *t_nogemv = NULL, *t_nopdl = NULL, *t_gemvall = NULL,
-         *t_fp8cc = NULL;
+         *t_fp8cc = NULL, *t_nopipe = NULL;
   kv_seq_t *seqs = NULL;
   char dir[4096] = "";
   es_profile_t prof_first = {0}, prof_decode = {0}; /* --profile: the first token, the decode steps */
@@ -438,8 +439,9 @@ static int bench_model(int argc, char **argv) {
   t_nopdl = calloc((size_t)n_out, sizeof(double));
   t_gemvall = calloc((size_t)n_out, sizeof(double));
   t_fp8cc = calloc((size_t)n_out, sizeof(double));
+  t_nopipe = calloc((size_t)n_out, sizeof(double));
   if (!ids || !arow || !pos || !slot || !table || !lrows || !q_start || !ctx || !seqs || !t_ttft || !t_step ||
-      !t_eager || !t_nogemv || !t_nopdl || !t_gemvall || !t_fp8cc) {
+      !t_eager || !t_nogemv || !t_nopdl || !t_gemvall || !t_fp8cc || !t_nopipe) {
     es_fail(&err, ES_ENOMEM, "out of memory");
     goto done;
   }
@@ -458,10 +460,11 @@ static int bench_model(int argc, char **argv) {
    * (what they save); on CUDA in bf16 without fp8, one run with the decode GEMV off (cuBLASLt for every GEMM:
    * what the GEMV gains; graphs as in the timed runs); on a GPU with programmatic dependent launch, one run with
    * it off (what it gains; graphs and GEMV as in the timed runs); on an sm_90a GPU whose timed runs used the
-   * mma.sync flash kernel, one run with the wgmma one (its time to first token; all else as in the timed runs);
-   * where the GEMV is compared, one run with it for every shape it takes (mode 2: also where cuBLASLt won in
-   * isolation — in a step its first weight loads overlap the kernel before it under PDL); with fp8 weights on the
-   * tensor-core GEMV, one run with the CUDA-core fp8 GEMV instead. */
+   * mma.sync flash kernel, three runs with the wgmma one (the median time to first token of the last two: the
+   * first loads its kernels; all else as in the timed runs); where the GEMV is compared at a batch of 2 to 4, one
+   * run with it for every shape it takes (mode 2; at one row the default already has it everywhere); with fp8
+   * weights on the tensor-core GEMV, one run with the CUDA-core fp8 GEMV instead; at batch 1 with the GEMVs
+   * pipelined, one run without (EARSHOT_GEMV_PIPE=0). */
   const int cmp_graphs = es_backend_graphs_supported(bm.be);
   int cmp_gemv = 0;
 #ifdef ES_HAVE_CUDA_BACKEND
@@ -473,14 +476,15 @@ static int bench_model(int argc, char **argv) {
 #ifdef ES_HAVE_CUDA_BACKEND
   cmp_pdl = cuda_backend_pdl(bm.be);
 #endif
-  int cmp_flash = 0; /* the timed runs on the mma flash kernel, wgmma available, the fast attention path taken */
+  int cmp_flash = 0; /* runs: the timed runs on the mma flash kernel, wgmma available, the fast attention path */
 #ifdef ES_HAVE_CUDA_BACKEND
   cmp_flash = cuda_backend_flash_available(bm.be, CUDA_FLASH_WGMMA) && cuda_backend_flash(bm.be) == CUDA_FLASH_MMA &&
               cuda_backend_attention_path(bm.be) == CUDA_ATTN_FAST && es_backend_act_dtype(bm.be) == ES_DT_BF16 &&
               !ro.kv_fp8; /* over an fp8 KV cache the prefill always takes the mma kernel */
+  cmp_flash *= 3;
 #endif
-  double flash_ttft_ms = 0;
-  int n_step = 0, n_eager = 0, n_nogemv = 0, n_nopdl = 0, n_gemvall = 0, n_fp8cc = 0;
+  double flash_ttft_ms = 0, t_flash[3] = {0, 0, 0};
+  int n_step = 0, n_eager = 0, n_nogemv = 0, n_nopdl = 0, n_gemvall = 0, n_fp8cc = 0, n_nopipe = 0;
 #ifdef ES_HAVE_CUDA_BACKEND
   const int is_cuda = strncmp(es_backend_name(bm.be), "cuda", 4) == 0;
   timed_settings_t timed_cfg; /* taken when the first comparison run begins */
@@ -488,27 +492,34 @@ static int bench_model(int argc, char **argv) {
 #endif
   int cmp_gemv_all = 0; /* only where a decode step has GEMV-sized linears the default leaves to cuBLASLt */
 #ifdef ES_HAVE_CUDA_BACKEND
-  cmp_gemv_all = cmp_gemv && gemv_mode != 2 && B <= CUDA_GEMV_MAX_M;
+  cmp_gemv_all = cmp_gemv && gemv_mode != 2 && B >= 2 && B <= CUDA_GEMV_MAX_M;
 #endif
   int cmp_fp8 = 0; /* only where the tensor-core fp8 GEMV runs the timed decode steps (bf16, its rows); the
                       comparison: the CUDA-core GEMV up to 8 rows, dequantise + cuBLASLt above */
 #ifdef ES_HAVE_CUDA_BACKEND
   const int fp8_mode = cuda_backend_fp8_mma(bm.be); /* as the timed runs have it */
   cmp_fp8 = ro.quantization == RT_QUANT_FP8 && !ro.deterministic && fp8_mode &&
-            es_backend_act_dtype(bm.be) == ES_DT_BF16 &&
+            es_backend_act_dtype(bm.be) == ES_DT_BF16 && B >= CUDA_FP8_MMA_MIN_M &&
             B <= (fp8_mode == 2 ? CUDA_FP8_MMA_MAX_M : CUDA_FP8_MMA_DEFAULT_M);
 #endif
+  int cmp_pipe = 0; /* batch 1 (the bf16 and the CUDA-core fp8 GEMVs run its linears), pipelined GEMVs */
+#ifdef ES_HAVE_CUDA_BACKEND
+  cmp_pipe = is_cuda && B == 1 && !ro.deterministic && cuda_backend_gemv_pipe(bm.be);
+#endif
   /* --profile: one last run op by op (graphs off: a replay would be one record), GEMV as in the timed runs */
-  const int extra_runs = cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash + cmp_gemv_all + cmp_fp8 + profile;
+  const int extra_runs = cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash + cmp_gemv_all + cmp_fp8 + cmp_pipe + profile;
   qa_graph_stats_t gs; /* of the warm-up and timed runs (taken before the first extra run) */
   for (int run = 0; run < warmup + repeats + extra_runs; run++) {
     const int extra = run - (warmup + repeats); /* < 0: a warm-up or timed run */
     const int eager_run = cmp_graphs && extra == 0, nogemv_run = cmp_gemv && extra == cmp_graphs;
     const int nopdl_run = cmp_pdl && extra == cmp_graphs + cmp_gemv;
-    const int flash_run = cmp_flash && extra == cmp_graphs + cmp_gemv + cmp_pdl;
+    const int flash_i = extra - (cmp_graphs + cmp_gemv + cmp_pdl); /* which of the wgmma runs */
+    const int flash_run = cmp_flash && flash_i >= 0 && flash_i < cmp_flash;
     const int gemv_all_run = cmp_gemv_all && extra == cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash;
     const int fp8_run = cmp_fp8 && extra == cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash + cmp_gemv_all;
-    const int prof_run = profile && extra == cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash + cmp_gemv_all + cmp_fp8;
+    const int pipe_run = cmp_pipe && extra == cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash + cmp_gemv_all + cmp_fp8;
+    const int prof_run =
+        profile && extra == cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash + cmp_gemv_all + cmp_fp8 + cmp_pipe;
     const int timed = run >= warmup && extra < 0;
     if (extra == 0) qa_model_graph_stats(bm.m, &gs); /* the warm-up and timed runs' steps, not the comparisons' */
 #ifdef ES_HAVE_CUDA_BACKEND
@@ -523,7 +534,8 @@ static int bench_model(int argc, char **argv) {
     if ((nopdl_run && cuda_backend_set_pdl(bm.be, 0, &err)) ||
         (flash_run && cuda_backend_set_flash(bm.be, CUDA_FLASH_WGMMA, &err)) ||
         (gemv_all_run && cuda_backend_set_gemv(bm.be, 2, &err)) ||
-        (fp8_run && cuda_backend_set_fp8_mma(bm.be, 0, &err)))
+        (fp8_run && cuda_backend_set_fp8_mma(bm.be, 0, &err)) ||
+        (pipe_run && cuda_backend_set_gemv_pipe(bm.be, 0, &err)))
       goto done;
 #endif
     if (prof_run && es_backend_profile_start(bm.be, 4096, &err)) goto done;
@@ -562,7 +574,7 @@ static int bench_model(int argc, char **argv) {
       goto done;
     double ttft = es_now_s() - t0;
     if (extra < 0) t_ttft[run] = ttft;
-    if (flash_run) flash_ttft_ms = 1e3 * ttft;
+    if (flash_run) t_flash[flash_i] = ttft;
     if (prof_run && (es_backend_profile_stop(bm.be, &prof_first, &err) ||
                      es_backend_profile_start(bm.be, 1024 + 512 * n_out, &err)))
       goto done;
@@ -596,6 +608,7 @@ static int bench_model(int argc, char **argv) {
       if (nopdl_run) t_nopdl[n_nopdl++] = es_now_s() - s0;
       if (gemv_all_run) t_gemvall[n_gemvall++] = es_now_s() - s0;
       if (fp8_run) t_fp8cc[n_fp8cc++] = es_now_s() - s0;
+      if (pipe_run) t_nopipe[n_nopipe++] = es_now_s() - s0;
     }
     if (prof_run && es_backend_profile_stop(bm.be, &prof_decode, &err)) goto done;
     for (int b = 0; b < B; b++) kv_seq_release(bm.kv, &seqs[b]);
@@ -604,14 +617,16 @@ static int bench_model(int argc, char **argv) {
             : eager_run    ? " (graphs off)"
             : nogemv_run   ? " (GEMV off)"
             : nopdl_run    ? " (PDL off)"
-            : flash_run    ? " (wgmma flash kernel)"
+            : flash_run    ? (flash_i ? " (wgmma flash kernel)" : " (wgmma flash kernel, warm-up)")
             : gemv_all_run ? " (GEMV for every shape)"
             : fp8_run      ? " (fp8 without the tensor-core GEMV)"
+            : pipe_run     ? " (GEMVs not pipelined)"
             : prof_run     ? " (profiled, op by op)"
                            : " (warm-up)",
             1e3 * ttft);
   }
   double ttft_ms = 1e3 * median(t_ttft + warmup, repeats), step_ms = 1e3 * median(t_step, n_step);
+  if (cmp_flash) flash_ttft_ms = 1e3 * median(t_flash + 1, cmp_flash - 1);
   double mbytes = decoder_bytes(c, es_backend_act_dtype(bm.be));
   if (ro.quantization == RT_QUANT_FP8) { /* the decoder linears stream 1 byte per weight + a scale per row */
     size_t a = es_dtype_size(es_backend_act_dtype(bm.be));
@@ -648,8 +663,13 @@ static int bench_model(int argc, char **argv) {
   if (n_fp8cc)
     printf("  decode step, fp8 without the tensor-core GEMV %10.3f ms  (the tensor-core GEMV: %.2fx faster)\n",
            fp8cc_ms, fp8cc_ms / step_ms);
+  double nopipe_ms = n_nopipe ? 1e3 * median(t_nopipe, n_nopipe) : 0;
+  if (n_nopipe)
+    printf("  decode step, GEMVs not pipelined              %10.3f ms  (pipelined: %.2fx faster)\n", nopipe_ms,
+           nopipe_ms / step_ms);
   if (flash_ttft_ms > 0)
-    printf("  time to first token, wgmma flash kernel       %10.2f ms  (one run; %.2fx the mma kernel's median)\n",
+    printf("  time to first token, wgmma flash kernel       %10.2f ms  (median of 2 after a warm-up; %.2fx the mma "
+           "kernel's)\n",
            flash_ttft_ms, flash_ttft_ms / ttft_ms);
   printf("  steps of the timed and warm-up runs: %lld graph replays (%lld recorded, %lld refused), %lld padded op by "
          "op, %lld unpadded%s\n",
@@ -672,12 +692,12 @@ static int bench_model(int argc, char **argv) {
            "\"limit_ms_per_step\": %.4f, \"fraction_of_limit\": %.4f, \"graph_replays\": %lld, "
            "\"decode_ms_per_step_no_graphs\": %.4f, \"decode_ms_per_step_no_gemv\": %.4f, "
            "\"decode_ms_per_step_no_pdl\": %.4f, \"ttft_ms_wgmma\": %.4f, \"decode_ms_per_step_gemv_all\": %.4f, "
-           "\"decode_ms_per_step_fp8_cuda_cores\": %.4f, "
+           "\"decode_ms_per_step_fp8_cuda_cores\": %.4f, \"decode_ms_per_step_no_gemv_pipe\": %.4f, "
            "\"deterministic\": %s}\n",
            es_backend_name(bm.be), es_dtype_name(es_backend_act_dtype(bm.be)), rt_quantization_name(ro.quantization),
            ro.kv_fp8 ? "fp8" : "auto", ro.dummy_weights ? "true" : "false", B, seconds, N, P, n_out, warmup, repeats,
            load_s, ttft_ms, step_ms, B * 1e3 / step_ms, mbytes, bw, limit_ms, step_ms > 0 ? limit_ms / step_ms : 0.0,
-           (long long)gs.replays, eager_ms, nogemv_ms, nopdl_ms, flash_ttft_ms, gemvall_ms, fp8cc_ms,
+           (long long)gs.replays, eager_ms, nogemv_ms, nopdl_ms, flash_ttft_ms, gemvall_ms, fp8cc_ms, nopipe_ms,
            ro.deterministic ? "true" : "false");
   rc = 0;
 done:
@@ -707,6 +727,7 @@ done:
   free(t_nopdl);
   free(t_gemvall);
   free(t_fp8cc);
+  free(t_nopipe);
   es_profile_free(&prof_first);
   es_profile_free(&prof_decode);
   return rc;

@@ -25,17 +25,17 @@
 #      the first token and of a decode step; the engine at 1, 8, 32, 64 concurrent requests (one wave each,
 #      128 output tokens: aggregate and steady-decode tokens/s), and 64 in flight for 3 waves of 256-token
 #      answers (a decode batch near 64), and `bench model --batch 64 --profile` (the decode step of 64 sequences,
-#      op by op); then the model bench with --quantization fp8
+#      op by op; then once more over the fp8 KV cache, unprofiled); then the model bench with --quantization fp8
 #      (profiled too) and with --deterministic, and last the engine at 64 in flight with fp8 weights and the fp8
 #      KV cache (<= 75 s); the attention bench and the 64-in-flight engine also run with --kv-cache-dtype fp8;
 #   6. when a GPU test failed: each failed test again under compute-sanitizer --tool memcheck (sanitizer.log);
 #   7. short tables (the model, the engine, the linears, the attention kernels, the decode step's top ops),
 #      printed last and written to OUTDIR/table.md.
 # Every step runs under a timeout from what is left of the budget (BUDGET seconds, default 470), and a step
-# that fails or times out leaves "n/a" in the table instead of stopping the script. Logs go to OUTDIR (16 files:
+# that fails or times out leaves "n/a" in the table instead of stopping the script. Logs go to OUTDIR (17 files:
 # summary.log, configure.log, build.log, ctest.log, bench-earshot.log, bench-transformers.log,
 # bench-attention.log, bench-attention-kvfp8.log, bench-linear.log, bench-engine.log, bench-engine-kvfp8.log,
-# bench-batch64.log, bench-engine-fp8.log, bench-fp8.log,
+# bench-batch64.log, bench-batch64-kvfp8.log, bench-engine-fp8.log, bench-fp8.log,
 # bench-deterministic.log, table.md;
 # sanitizer.log
 # when a test failed, sass-prewait.log when cuobjdump is there). The device tool brings back at most 8 files: pack the logs (tar) before handing them over.
@@ -280,6 +280,11 @@ if [ $BUILD_OK = 1 ] && [ "$NO_GPU" != 1 ] && [ $MODEL_BENCH = 1 ]; then
     --dtype bfloat16 --dummy-weights --config "$CONFIG7B" --audio-seconds 30 --prompt-tokens 32 --output-tokens 32 \
     --batch 64 --warmup 1 --repeats 2 --json --profile
   log "earshot bench model --batch 64: exit $? (see bench-batch64.log)"
+  # the same decode step over the fp8 KV cache: what 64 sequences decoding together reach when the cache reads halve
+  run_limited "$(($(left) - 60))" "$OUT/bench-batch64-kvfp8.log" "$BUILD/cli/earshot" bench model --device cuda \
+    --dtype bfloat16 --kv-cache-dtype fp8 --dummy-weights --config "$CONFIG7B" --audio-seconds 30 --prompt-tokens 32 \
+    --output-tokens 32 --batch 64 --warmup 1 --repeats 2 --json
+  log "earshot bench model --batch 64 --kv-cache-dtype fp8: exit $? (see bench-batch64-kvfp8.log)"
 else
   echo "skipped (no build, no GPU, or DEVICE_CHECK_ONLY)" | tee -a "$OUT/bench-engine.log" "$OUT/bench-engine-kvfp8.log" \
     >>"$OUT/bench-batch64.log"
@@ -354,7 +359,7 @@ print("| metric | earshot | transformers | limit | transformers / earshot | limi
 print("|---|---|---|---|---|---|")
 print(f"| time to first token (ms) | {f(o_t)} | {f(r_t)} | — | {ratio(r_t, o_t)} | — |")
 o_tw = ours.get("ttft_ms_wgmma")
-print(f"| time to first token, wgmma flash kernel (ms, one run) | {f(o_tw)} | {f(r_t)} | — | {ratio(r_t, o_tw)} | — |")
+print(f"| time to first token, wgmma flash kernel (ms, median of 2 after a warm-up) | {f(o_tw)} | {f(r_t)} | — | {ratio(r_t, o_tw)} | — |")
 print(f"| decode, batch 1 (ms/token) | {f(o_d, '{:.3f}')} | {f(r_d, '{:.3f}')} | {f(lim, '{:.3f}')} | "
       f"{ratio(r_d, o_d)} | {ratio(lim, o_d)} |")
 o_ng = ours.get("decode_ms_per_step_no_graphs")
@@ -376,6 +381,12 @@ print(f"| decode, batch 1, fp8 weights (ms/token) | {f(f_d, '{:.3f}')} | — | {
 f_cc = fp8.get("decode_ms_per_step_fp8_cuda_cores")
 print(f"| decode, batch 1, fp8 weights, CUDA-core GEMV (ms/token) | {f(f_cc, '{:.3f}')} | — | {f(f_lim, '{:.3f}')} | "
       f"{ratio(r_d, f_cc)} | {ratio(f_lim, f_cc)} |")
+o_pp = ours.get("decode_ms_per_step_no_gemv_pipe")
+print(f"| decode, batch 1, GEMVs not pipelined (ms/token) | {f(o_pp, '{:.3f}')} | — | {f(lim, '{:.3f}')} | "
+      f"{ratio(r_d, o_pp)} | {ratio(lim, o_pp)} |")
+f_pp = fp8.get("decode_ms_per_step_no_gemv_pipe")
+print(f"| decode, batch 1, fp8 weights, GEMVs not pipelined (ms/token) | {f(f_pp, '{:.3f}')} | — | "
+      f"{f(f_lim, '{:.3f}')} | {ratio(r_d, f_pp)} | {ratio(f_lim, f_pp)} |")
 print(f"| decode, batch 1, --deterministic (ms/token) | {f(d_d, '{:.3f}')} | — | {f(lim, '{:.3f}')} | "
       f"{ratio(r_d, d_d)} | {ratio(lim, d_d)} |")
 print(f"| time to first token, --deterministic (ms) | {f(det.get('ttft_ms'))} | {f(r_t)} | — | "
@@ -430,13 +441,14 @@ if lin.get("rows"):
             v = [r for r in lin["rows"] if r["shape"] == sh and r["M"] == m and r["path"] == p]
             cells.append(f"{v[0]['bytes_per_s'] / lbw:.2f}" if v and lbw else "")
         print(f"| {sh} | {m} | " + " | ".join(cells) + " |")
-b64 = last_json("bench-batch64.log")
-if b64:
-    s64 = b64.get("decode_ms_per_step")
-    print()
-    print(f"decode step at batch 64 (`bench model --batch 64`, contexts ~800-830): {f(s64, '{:.3f}')} ms = "
-          f"{f(64e3 / s64 if s64 else 0, '{:.0f}')} tokens/s; time to first token for 64 clips {f(b64.get('ttft_ms'))} ms; "
-          f"the weights alone {f(b64.get('limit_ms_per_step'), '{:.3f}')} ms")
+for name, tag in (("bench-batch64.log", ""), ("bench-batch64-kvfp8.log", ", fp8 KV cache")):
+    b64 = last_json(name)
+    if b64:
+        s64 = b64.get("decode_ms_per_step")
+        print()
+        print(f"decode step at batch 64{tag} (`bench model --batch 64`, contexts ~800-830): {f(s64, '{:.3f}')} ms = "
+              f"{f(64e3 / s64 if s64 else 0, '{:.0f}')} tokens/s; time to first token for 64 clips "
+              f"{f(b64.get('ttft_ms'))} ms; the weights alone {f(b64.get('limit_ms_per_step'), '{:.3f}')} ms")
 for name, title in (("bench-earshot.log", "bf16"), ("bench-batch64.log", "bf16, batch 64"), ("bench-fp8.log", "fp8")):
     try:
         lines = open(os.path.join(out, name)).read().splitlines()

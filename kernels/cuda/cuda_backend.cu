@@ -517,6 +517,8 @@ extern "C" int es_backend_create_cuda(const es_backend_opts_t *opts, es_backend_
     cb->graphs_off = g && strcmp(g, "0") == 0;
     const char *gv = getenv("EARSHOT_GEMV"); // "0": decode GEMMs through cuBLASLt only (cuda_gemv.h)
     cb->gemv_mode = gv && strcmp(gv, "0") == 0 ? 0 : 1;
+    const char *gp = getenv("EARSHOT_GEMV_PIPE"); // "0": the GEMVs without software pipelining (cuda_gemv.h)
+    cb->gemv_pipe_off = gp && strcmp(gp, "0") == 0;
     cb->fp8_mma = fm && *fm ? fm[0] - '0' : 1;
     const char *pd = getenv("EARSHOT_PDL");  // "0": every kernel launched normally (cuda_common.cuh, cuda_launch)
     cb->pdl = !(pd && strcmp(pd, "0") == 0); // and only if the probe below passes

@@ -70,8 +70,9 @@ __device__ __forceinline__ void fp8_load_w(uint4 *qv, const uint8_t *wr, int64_t
 // y (M, N) row stride ldy; x (M, K) row stride ldx; w (N, K) fp8 codes, contiguous; scale (N) fp32; bias (N)
 // or NULL. Block: FP8_WARPS warps, warp -> output row n = blockIdx.x · FP8_WARPS + warp. MT >= M rows are
 // accumulated (compile-time, so acc stays in registers). VEC: K % 16 == 0, w and x rows 16-byte aligned; U
-// 16-byte weight loads per lane in flight (cuda_gemv_loads; every U gives the same bits).
-template <typename T, int MT, bool VEC, int U>
+// 16-byte weight loads per lane in flight (cuda_gemv_loads); PIPE: the next round's loads issued before this
+// round's arithmetic (cuda_gemv_pipe). Every U and PIPE give the same bits.
+template <typename T, int MT, bool VEC, int U, bool PIPE>
 __global__ void __launch_bounds__(FP8_WARPS * 32)
     fp8_gemv_kernel(T *y, int64_t ldy, const T *x, int64_t ldx, const uint8_t *w, const float *scale, const T *bias,
                     int M, int64_t N, int64_t K, int act, int accumulate) {
@@ -90,7 +91,11 @@ __global__ void __launch_bounds__(FP8_WARPS * 32)
   for (int m = 0; m < MT; m++) acc[m] = 0.0f;
   if (VEC) {
     for (int64_t c0 = lane; c0 < chunks; c0 += 32 * U) {
-      if (c0 != lane) fp8_load_w<U, true>(qv, wr, c0, chunks); // all U loads first; chunks still added in order
+      uint4 qn[PIPE ? U : 1];
+      if constexpr (PIPE)
+        fp8_load_w<U, true>(qn, wr, c0 + 32 * U, chunks); // the next round streams during this one's arithmetic
+      else if (c0 != lane)
+        fp8_load_w<U, true>(qv, wr, c0, chunks); // all U loads first; chunks still added in order
 #pragma unroll
       for (int u = 0; u < U; u++) {
         const int64_t c = c0 + 32 * u;
@@ -113,6 +118,10 @@ __global__ void __launch_bounds__(FP8_WARPS * 32)
             }
           }
         }
+      }
+      if constexpr (PIPE) {
+#pragma unroll
+        for (int u = 0; u < U; u++) qv[u] = qn[u];
       }
     }
   } else {
@@ -146,12 +155,16 @@ static void launch_gemv_u(cuda_backend_t *cb, bool vec, void *y, int64_t ldy, co
   int64_t N = w->n0, K = w->n1;
   unsigned grid = (unsigned)((N + FP8_WARPS - 1) / FP8_WARPS);
   const T *bp = bias ? (const T *)bias->data : NULL;
-  if (vec)
-    cuda_launch(cb, fp8_gemv_kernel<T, MT, true, U>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y, ldy, (const T *)x,
-                ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate);
+  constexpr bool PIPE_OK = U <= 8; // 16 loads pipelined spill at 8 rows (ptxas -v); 16 is a bench setting
+  if (vec && cuda_gemv_pipe(cb))
+    cuda_launch(cb, fp8_gemv_kernel<T, MT, true, U, PIPE_OK>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y, ldy,
+                (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate);
+  else if (vec)
+    cuda_launch(cb, fp8_gemv_kernel<T, MT, true, U, false>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y, ldy,
+                (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate);
   else
-    cuda_launch(cb, fp8_gemv_kernel<T, MT, false, 1>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y, ldy, (const T *)x,
-                ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate);
+    cuda_launch(cb, fp8_gemv_kernel<T, MT, false, 1, false>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y, ldy,
+                (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate);
 }
 
 template <typename T, int MT>

@@ -1,5 +1,6 @@
 /* cuda_fp8: es_op_linear with an FP8 e4m3 weight (es_backend_upload_weight_fp8) on the CUDA backend.
- *   M <= CUDA_FP8_MMA_DEFAULT_M (decode steps; up to CUDA_FP8_MMA_MAX_M in mode 2) in bf16 with K % 64 == 0: a
+ *   CUDA_FP8_MMA_MIN_M <= M <= CUDA_FP8_MMA_DEFAULT_M (decode steps; up to CUDA_FP8_MMA_MAX_M in mode 2) in bf16
+ *   with K % 64 == 0: a
  *   weight-only GEMV on tensor cores
  *   (cuda_fp8_mma.cu) that reads each fp8 weight once;
  *   else M <= CUDA_FP8_GEMV_MAX_M: the same on CUDA cores (cuda_fp8.cu);
@@ -28,9 +29,16 @@ extern "C" {
  * by default (mode 1; cuda_fp8_mma.cu says why). */
 #define CUDA_FP8_MMA_MAX_M 64
 #define CUDA_FP8_MMA_DEFAULT_M 32
+/* The fewest rows it takes: one row goes to the CUDA-core GEMV, measured faster there (H100, 2026-11-28): in
+ * isolation (`bench linear`, fraction of the copy bandwidth, CUDA cores vs tensor cores) q|k|v 0.67 vs 0.65, o 0.49
+ * vs 0.44, gate|up 0.80 vs 0.77, down 0.58 vs 0.56, and the 7B decode step at batch 1 3.710 vs 4.170 ms (`bench
+ * model --quantization fp8`, the same run: this kernel's per-row scale pass over x comes after its PDL wait). From
+ * 2 rows on it wins (q|k|v at M = 4: 0.63 vs 0.38). */
+#define CUDA_FP8_MMA_MIN_M 2
 
 /* y[M, N] = act(x[M, K] · (decode(w) · scale)ᵀ + bias) (+ y) on tensor cores (cuda_fp8_mma.cu) where
- * cuda_fp8_mma_ok: cb->fp8_mma (1: M <= CUDA_FP8_MMA_DEFAULT_M, 2: M <= CUDA_FP8_MMA_MAX_M), bf16 compute,
+ * cuda_fp8_mma_ok: cb->fp8_mma (1: M <= CUDA_FP8_MMA_DEFAULT_M, 2: M <= CUDA_FP8_MMA_MAX_M; both from
+ * CUDA_FP8_MMA_MIN_M rows), bf16 compute,
  * K % 64 == 0, 16-byte aligned weight and x rows. The products are exact for every x within 2^-28 of its row's largest
  * |x| (bf16 x scaled by a power of two is exact in f16 there; smaller ones land in f16 subnormals), so it agrees with
  * cuda_fp8_gemv (which takes the calls it does not) up to the fp32 summation order. */

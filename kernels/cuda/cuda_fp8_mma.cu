@@ -230,9 +230,9 @@ static int launch(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64
 extern "C" int cuda_fp8_mma_ok(const cuda_backend_t *cb, const void *x, int64_t ldx, const es_weight_t *w, int64_t M) {
   const size_t e = cuda_act_size(cb);
   const int64_t max_m = cb->fp8_mma == 2 ? CUDA_FP8_MMA_MAX_M : CUDA_FP8_MMA_DEFAULT_M;
-  return cb->fp8_mma && cb->base.act_dtype == ES_DT_BF16 && M >= 1 && M <= max_m && w->n1 % FP8M_KSTEP == 0 &&
-         (uintptr_t)w->data % 16 == 0 && (uintptr_t)x % 16 == 0 && ((size_t)ldx * e) % 16 == 0 &&
-         (w->n0 + FP8M_ROWS - 1) / FP8M_ROWS <= 0x7fffffff;
+  return cb->fp8_mma && cb->base.act_dtype == ES_DT_BF16 && M >= CUDA_FP8_MMA_MIN_M && M <= max_m &&
+         w->n1 % FP8M_KSTEP == 0 && (uintptr_t)w->data % 16 == 0 && (uintptr_t)x % 16 == 0 &&
+         ((size_t)ldx * e) % 16 == 0 && (w->n0 + FP8M_ROWS - 1) / FP8M_ROWS <= 0x7fffffff;
 }
 
 extern "C" int cuda_fp8_mma(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w,

@@ -40,9 +40,10 @@ __device__ __forceinline__ void gemv_load_w(uint4 *wv, const bf16 *w, int64_t n,
 // y (M, N) row stride ldy, TO = bf16 (linear) or float (logits); x (M, K) bf16 row stride ldx; w (N, K) bf16,
 // contiguous; bias (N) bf16 or NULL. K % 8 == 0 and x, w rows 16-byte aligned (cuda_gemv_ok). Block: GEMV_WARPS
 // warps, warp -> output row n = blockIdx.x · GEMV_WARPS + warp; MT >= M rows accumulated (compile-time).
-// U: 16-byte weight loads each lane issues before it uses the first (loads in flight); the lane still adds its
-// chunks j, j + 32, ... in increasing order, so every U gives the same bits.
-template <typename TO, int MT, int U>
+// U: 16-byte weight loads each lane issues before it uses the first (loads in flight); PIPE: the next round of U
+// is issued before this round's arithmetic (2·U in flight while it runs; cuda_gemv_pipe). The lane still adds its
+// chunks j, j + 32, ... in increasing order, so every U and PIPE give the same bits.
+template <typename TO, int MT, int U, bool PIPE>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
     bf16_gemv_kernel(TO *y, int64_t ldy, const bf16 *x, int64_t ldx, const bf16 *w, const bf16 *bias, int M, int64_t N,
                      int64_t K, int act, int accumulate) {
@@ -59,7 +60,11 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
 #pragma unroll
   for (int m = 0; m < MT; m++) acc[m] = 0.0f;
   for (int64_t c0 = lane; c0 < chunks; c0 += 32 * U) {
-    if (c0 != lane) gemv_load_w<U, true>(wv, w, n, K, c0, chunks); // all U loads first
+    uint4 wn[PIPE ? U : 1];
+    if constexpr (PIPE)
+      gemv_load_w<U, true>(wn, w, n, K, c0 + 32 * U, chunks); // the next round streams during this one's FMAs
+    else if (c0 != lane)
+      gemv_load_w<U, true>(wv, w, n, K, c0, chunks); // all U loads first
 #pragma unroll
     for (int u = 0; u < U; u++) {
       const int64_t c = c0 + 32 * u;
@@ -76,6 +81,10 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
           }
         }
       }
+    }
+    if constexpr (PIPE) {
+#pragma unroll
+      for (int u = 0; u < U; u++) wv[u] = wn[u];
     }
   }
   const float b = bias ? to_f(bias[n]) : 0.0f;
@@ -96,8 +105,12 @@ template <typename TO, int MT, int U>
 static void launch_u(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const void *w, int64_t N,
                      int64_t K, const void *bias, int M, int act, int accumulate) {
   const unsigned grid = (unsigned)gemv_grid(N);
-  cuda_launch(cb, bf16_gemv_kernel<TO, MT, U>, dim3(grid), dim3(GEMV_WARPS * 32), 0, (TO *)y, ldy, (const bf16 *)x, ldx,
-              (const bf16 *)w, (const bf16 *)bias, M, N, K, act, accumulate);
+  if (cuda_gemv_pipe(cb))
+    cuda_launch(cb, bf16_gemv_kernel<TO, MT, U, true>, dim3(grid), dim3(GEMV_WARPS * 32), 0, (TO *)y, ldy,
+                (const bf16 *)x, ldx, (const bf16 *)w, (const bf16 *)bias, M, N, K, act, accumulate);
+  else
+    cuda_launch(cb, bf16_gemv_kernel<TO, MT, U, false>, dim3(grid), dim3(GEMV_WARPS * 32), 0, (TO *)y, ldy,
+                (const bf16 *)x, ldx, (const bf16 *)w, (const bf16 *)bias, M, N, K, act, accumulate);
 }
 
 template <typename TO, int MT>
@@ -162,6 +175,20 @@ extern "C" int cuda_backend_set_gemv_loads(es_backend_t *be, int loads, es_error
   if (rc) return rc;
   cb->gemv_loads = loads;
   return ES_OK;
+}
+
+extern "C" int cuda_backend_set_gemv_pipe(es_backend_t *be, int on, es_error_t *err) {
+  cuda_backend_t *cb = cuda_hook_backend(be, "GEMV pipelining", err);
+  if (!cb) return ES_EINVAL;
+  if (on != 0 && on != 1) return es_fail(err, ES_EINVAL, "GEMV pipelining: %d (0 off, 1 on)", on);
+  int rc = cuda_hook_change(cb, "GEMV pipelining", cb->gemv_pipe_off != !on, err);
+  if (rc) return rc;
+  cb->gemv_pipe_off = !on;
+  return ES_OK;
+}
+
+extern "C" int cuda_backend_gemv_pipe(const es_backend_t *be) {
+  return strcmp(be->ops->kind, "cuda") == 0 ? cuda_gemv_pipe((const cuda_backend_t *)be) : 0;
 }
 
 extern "C" int cuda_backend_set_gemv(es_backend_t *be, int mode, es_error_t *err) {

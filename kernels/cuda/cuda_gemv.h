@@ -1,7 +1,7 @@
 /* cuda_gemv: es_op_linear / es_op_logits at decode sizes (M <= CUDA_GEMV_MAX_M rows) with bf16 weights and
  * bf16 activations, as a weight-streaming GEMV instead of cuBLASLt (cuda_gemm.cu's gemm() takes it first when
- * cuda_gemv_ok): by default only for the shapes where it was measured faster (gemv_math.h, gemv_preferred: one
- * row); every shape it takes under cuda_backend_set_gemv(be, 2). Off in deterministic mode (cuBLASLt sums larger
+ * cuda_gemv_ok): by default for every linear of one row (gemv_math.h, gemv_preferred: measured faster there in a decode
+ * step); every shape it takes under cuda_backend_set_gemv(be, 2). Off in deterministic mode (cuBLASLt sums larger
  * M in another order), under the plain-GEMM test path, and with EARSHOT_GEMV=0 at create or
  * cuda_backend_set_gemv(be, 0) (bisecting, and `bench model`'s side-by-side measurement).
  * Thread safety: the driving thread (backend.h).
@@ -24,6 +24,14 @@ extern "C" {
 #define CUDA_GEMV_LOADS_DEFAULT 4
 static inline int cuda_gemv_loads(const cuda_backend_t *cb) {
   return cb->gemv_loads ? cb->gemv_loads : CUDA_GEMV_LOADS_DEFAULT;
+}
+/* 1: each lane of the GEMVs issues its next round of weight loads before the arithmetic on the current one
+ * (software pipelining: the loads of a round no longer wait for the FMAs of the one before, which matter in the
+ * fp8 GEMV: ~4 instructions per weight; not with 16 loads in flight there, which would spill); the same bits
+ * either way. On by default; EARSHOT_GEMV_PIPE=0 at create
+ * or cuda_backend_set_gemv_pipe turn it off (`bench model` and `bench linear` time both). */
+static inline int cuda_gemv_pipe(const cuda_backend_t *cb) {
+  return !cb->gemv_pipe_off;
 }
 
 /* 1 when the GEMV takes y[M, N] = x[M, K] · w[N, K]ᵀ on this backend now (see the file comment for when not). */

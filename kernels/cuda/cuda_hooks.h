@@ -71,8 +71,9 @@ int cuda_backend_set_pdl(es_backend_t *be, int on, es_error_t *err);
 int cuda_backend_pdl(const es_backend_t *be);
 
 /* The decode-size GEMV (cuda_gemv.h): mode 1 (the default unless EARSHOT_GEMV=0 at create) where it was measured
- * faster than cuBLASLt (gemv_math.h, gemv_preferred), 0 off (cuBLASLt for every GEMM), 2 for every shape the
- * kernel takes (tests; bench linear). Drops recorded step graphs (they hold the other path's kernels). */
+ * faster than cuBLASLt in a decode step (gemv_math.h, gemv_preferred: one row), 0 off (cuBLASLt for every GEMM), 2 for
+ * every shape the kernel takes (tests; bench linear). Drops recorded step graphs (they hold the other path's kernels).
+ */
 int cuda_backend_set_gemv(es_backend_t *be, int mode, es_error_t *err);
 /* The current GEMV mode (0 for another backend). */
 int cuda_backend_gemv_mode(const es_backend_t *be);
@@ -88,6 +89,12 @@ int64_t cuda_backend_fp8_mma_calls(const es_backend_t *be);
 /* 16-byte weight loads in flight per lane in the bf16 and fp8 GEMVs: 4, 8 or 16, 0 = the default
  * (CUDA_GEMV_LOADS_DEFAULT). The same bits for every value; `earshot bench linear` times them. */
 int cuda_backend_set_gemv_loads(es_backend_t *be, int loads, es_error_t *err);
+/* The bf16 and fp8 GEMVs with (1, the default unless EARSHOT_GEMV_PIPE=0 at create) or without (0) the next round
+ * of weight loads issued before the current round's arithmetic (cuda_gemv.h: cuda_gemv_pipe); the same bits.
+ * Drops recorded step graphs. */
+int cuda_backend_set_gemv_pipe(es_backend_t *be, int on, es_error_t *err);
+/* 1 when the GEMVs are pipelined (0 for another backend). */
+int cuda_backend_gemv_pipe(const es_backend_t *be);
 /* How many GEMMs the decode GEMV has run on this backend (0 for another backend): tests check that the shapes
  * meant for it reach it. */
 int64_t cuda_backend_gemv_calls(const es_backend_t *be);

@@ -7,9 +7,10 @@
  *     dequantise + cuBLASLt path above), odd K and N (the GEMV's byte-at-a-time loop), strided rows, bias,
  *     GELU and accumulate, GPU outputs poisoned first; tolerance as test_cuda_ops' GEMMs, plus, on the
  *     dequantise path in bf16, the rounding of each dequantised weight to bf16 (dequant_tol);
- *   - the GEMV is batch-invariant: a row alone equals (memcmp) the same row among 8.
+ *   - the GEMV is batch-invariant: a pair of rows alone equals (memcmp) the same rows among 8 (pairs: one row
+ *     goes to the CUDA-core GEMV, which sums in another order, from two rows on the tensor-core one takes it).
  * Every case up to 8 rows runs twice: on the tensor-core GEMV (cuda_fp8_mma.cu; where it takes the call — bf16,
- * up to 64 rows, K a multiple of 64, 16-byte aligned rows — which the test checks through
+ * 2 to 32 or 64 rows, K a multiple of 64, 16-byte aligned rows — which the test checks through
  * cuda_backend_fp8_mma_calls) and on the CUDA-core GEMV (cuda_backend_set_fp8_mma off), and up to 64 rows in its
  * mode 2. The batch invariance is checked at 8 rows and at 32 and 40 (4 and 8 n-tiles of the tensor-core GEMV).
  * Shapes include the 7B model's K (4096, 11008).
@@ -111,10 +112,10 @@ static void test_linear(es_backend_t *cpu, es_backend_t *gpu, es_dtype_t dt, int
   void *yc = kt_act(cpu, y0, M * ldy), *yg = kt_act(gpu, acc ? y0 : NULL, M * ldy);
   T_CHECK(es_op_linear(cpu, yc, ldy, xc, ldx, &wc, bias ? &bc : NULL, M, act, acc, &err) == 0, "%s: cpu: %s", what,
           err.msg);
-  int mma_want = 0; /* the tensor-core GEMV takes exactly the calls it can: bf16, M <= 64, K % 64, aligned x */
+  int mma_want = 0; /* the tensor-core GEMV takes exactly the calls it can: bf16, M 2..64, K % 64, aligned x */
 #ifdef ES_HAVE_CUDA_BACKEND
   const int64_t mma0 = cuda_backend_fp8_mma_calls(gpu);
-  mma_want = cuda_backend_fp8_mma(gpu) && dt == ES_DT_BF16 &&
+  mma_want = cuda_backend_fp8_mma(gpu) && dt == ES_DT_BF16 && M >= CUDA_FP8_MMA_MIN_M &&
              M <= (cuda_backend_fp8_mma(gpu) == 2 ? CUDA_FP8_MMA_MAX_M : CUDA_FP8_MMA_DEFAULT_M) && K % 64 == 0 &&
              (ldx * (int64_t)es_dtype_size(dt)) % 16 == 0;
 #endif
@@ -149,7 +150,7 @@ done:
 /* GEMV rows alone vs among M (8: the CUDA-core GEMV's most; 32 and 40: 4 and 8 n-tiles of the tensor-core one):
  * the same bits. */
 static void test_gemv_invariance(es_backend_t *gpu, es_dtype_t dt, int64_t M) {
-  const int64_t K = 512, N = 200;
+  const int64_t K = 4672, N = 200; /* 64 · 73: 292 chunks of 16, three rounds of 4 per lane, the last partial */
   es_error_t err;
   kt_weight_t w = kt_weight(ES_DT_BF16, N, K, -0.5f, 0.5f);
   es_weight_t wg;
@@ -162,20 +163,21 @@ static void test_gemv_invariance(es_backend_t *gpu, es_dtype_t dt, int64_t M) {
   float *all = kt_read(gpu, yg, M * N);
   size_t es = es_dtype_size(dt);
   int bad = 0;
-  for (int64_t m = 0; m < M; m++) {
-    T_CHECK(es_op_linear(gpu, yg, N, (char *)xg + (size_t)(m * K) * es, K, &wg, NULL, 1, ES_ACT_NONE, 0, &err) == 0,
-            "gemv row: %s", err.msg);
-    float *one = kt_read(gpu, yg, N);
-    if (memcmp(one, all + m * N, sizeof(float) * (size_t)N) != 0) bad++;
-    free(one);
+  for (int64_t m = 0; m + 1 < M; m += 2) { /* M is even */
+    T_CHECK(es_op_linear(gpu, yg, N, (char *)xg + (size_t)(m * K) * es, K, &wg, NULL, 2, ES_ACT_NONE, 0, &err) == 0,
+            "gemv rows: %s", err.msg);
+    float *two = kt_read(gpu, yg, 2 * N);
+    if (memcmp(two, all + m * N, sizeof(float) * (size_t)(2 * N)) != 0) bad++;
+    free(two);
   }
-  T_CHECK(bad == 0, "[%s] %d GEMV rows differ alone vs among %lld (%s GEMV)", es_dtype_name(dt), bad, (long long)M,
+  T_CHECK(bad == 0, "[%s] %d GEMV row pairs differ alone vs among %lld (%s GEMV)", es_dtype_name(dt), bad, (long long)M,
           GEMV_KIND(gpu));
 #ifdef ES_HAVE_CUDA_BACKEND
-  /* loads in flight per lane change only the schedule: the same bits (K = 512: 32 chunks, one per lane) */
-  static const int loads[] = {4, 16, 0};
-  for (int i = 0; i < 3; i++) {
+  /* loads in flight per lane and the pipelining of their rounds change only the schedule: the same bits */
+  static const int loads[] = {4, 16, 8, 4, 0};
+  for (int i = 0; i < 5; i++) {
     T_CHECK(cuda_backend_set_gemv_loads(gpu, loads[i], &err) == 0, "set_gemv_loads: %s", err.msg);
+    T_CHECK(cuda_backend_set_gemv_pipe(gpu, i < 3 || loads[i] == 0, &err) == 0, "set_gemv_pipe: %s", err.msg);
     T_CHECK(es_op_linear(gpu, yg, N, xg, K, &wg, NULL, M, ES_ACT_NONE, 0, &err) == 0, "gemv: %s", err.msg);
     float *again = kt_read(gpu, yg, M * N);
     T_CHECK(memcmp(again, all, sizeof(float) * (size_t)(M * N)) == 0, "[%s] fp8 GEMV with %d loads in flight differs",

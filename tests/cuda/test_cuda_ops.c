@@ -242,7 +242,8 @@ static void test_gemv_invariance(const duo_t *d) {
 #ifdef ES_HAVE_CUDA_BACKEND
   if (d->dt != ES_DT_BF16) return;
   es_error_t err;
-  const int64_t M = 4, K = 296, N = 70, ldx = K + 8, ldy = N + 5; /* K = 8 · 37: lanes 0..4 take a second chunk */
+  /* K = 8 · 293: lanes 0..4 take 10 chunks, the others 9 — three rounds of 4 loads, the last one partial */
+  const int64_t M = 4, K = 2344, N = 70, ldx = K + 8, ldy = N + 5;
   kt_weight_t w = rand_weight(d, N, K, -0.5f, 0.5f), b = rand_weight(d, N, 1, -0.5f, 0.5f);
   es_weight_t dw = kt_upload(d->be[1], &w), db = kt_upload(d->be[1], &b);
   float *x = rand_act(d, M * ldx, -1, 1);
@@ -267,16 +268,19 @@ static void test_gemv_invariance(const duo_t *d) {
     }
   T_CHECK(cuda_backend_gemv_calls(d->be[1]) - before == runs, "[%s] GEMV invariance: %lld GEMV launches of %d",
           d->name, (long long)(cuda_backend_gemv_calls(d->be[1]) - before), runs);
-  /* loads in flight per lane (cuda_backend_set_gemv_loads) change only the schedule: the same bits */
-  static const int loads[] = {4, 16, 0};
-  for (int i = 0; i < 3; i++) {
+  /* loads in flight per lane (cuda_backend_set_gemv_loads) and the pipelining of their rounds
+   * (cuda_backend_set_gemv_pipe) change only the schedule: the same bits */
+  static const int loads[] = {4, 16, 8, 4, 0};
+  for (int i = 0; i < 5; i++) {
+    const int piped = i < 3; /* the last two not pipelined; the default (0) last, with the default pipelining */
     T_CHECK(cuda_backend_set_gemv_loads(d->be[1], loads[i], &err) == 0, "set_gemv_loads: %s", err.msg);
+    T_CHECK(cuda_backend_set_gemv_pipe(d->be[1], piped || loads[i] == 0, &err) == 0, "set_gemv_pipe: %s", err.msg);
     T_CHECK(es_op_linear(d->be[1], dys, ldy, dx, ldx, &dw, &db, M, ES_ACT_GELU, 0, &err) == 0, "linear: %s", err.msg);
     float *ys = kt_read(d->be[1], dys, M * ldy);
     for (int64_t m = 0; m < M; m++)
       T_CHECK(memcmp(yb + m * ldy, ys + m * ldy, sizeof(float) * (size_t)N) == 0,
-              "[%s] GEMV with %d loads in flight: row %lld differs from the default's", d->name, loads[i],
-              (long long)m);
+              "[%s] GEMV with %d loads in flight (%s): row %lld differs from the default's", d->name, loads[i],
+              piped ? "pipelined" : "not pipelined", (long long)m);
     free(ys);
   }
   set_path(d, P_AUTO);
