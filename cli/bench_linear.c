@@ -197,21 +197,33 @@ int bench_linear(int argc, char **argv) {
         const int64_t M = Ms[mi];
         /* paths: GEMV with each loads-in-flight where the GEMV takes M (p 0..2, pipelined as by default), then
          * bf16: cuBLASLt (p 3); fp8: dequantise + cuBLASLt (p 3) past the CUDA-core GEMV's 8 rows, the tensor-core
-         * GEMV (p 4) from 2 to 64; the GEMV with 4 loads in flight not pipelined (p 5) */
+         * GEMV (p 4) from 2 to 64 in one launch; the GEMV with 4 loads in flight not pipelined (p 5); the tensor-core
+         * GEMV in launches of at most 32 rows (p 6, its default) past 32 */
         const int gemv_m = fp8 ? 8 : 4;
-        for (int p = 0; p < 6; p++) {
-          const int is_lt = p == 3, is_mma = p == 4, unpiped = p == 5;
-          if (is_mma  ? !fp8 || M > CUDA_FP8_MMA_MAX_M || M < CUDA_FP8_MMA_MIN_M
-              : is_lt ? fp8 && M <= gemv_m
-                      : M > gemv_m)
-            continue;
-          if (cuda_backend_set_gemv(be, is_lt ? 0 : 2, &err) ||
-              cuda_backend_set_gemv_loads(be,
-                                          is_lt || is_mma ? 0
-                                          : unpiped       ? 4
-                                                          : loads[p],
-                                          &err) ||
-              cuda_backend_set_gemv_pipe(be, !unpiped, &err) || cuda_backend_set_fp8_mma(be, is_mma ? 2 : 0, &err))
+        for (int p = 0; p < 7; p++) {
+          const int is_lt = p == 3, is_mma = p == 4 || p == 6, unpiped = p == 5;
+          int skip;
+          if (p == 6)
+            skip = !fp8 || M <= CUDA_FP8_MMA_DEFAULT_M || M > CUDA_FP8_MMA_MAX_M;
+          else if (is_mma)
+            skip = !fp8 || M > CUDA_FP8_MMA_MAX_M || M < CUDA_FP8_MMA_MIN_M;
+          else if (is_lt)
+            skip = fp8 && M <= gemv_m;
+          else
+            skip = M > gemv_m;
+          if (skip) continue;
+          int n_loads = loads[0]; /* unpiped: 4 */
+          if (is_lt || is_mma)
+            n_loads = 0;
+          else if (!unpiped)
+            n_loads = loads[p];
+          if (cuda_backend_set_gemv(be, is_lt ? 0 : 2, &err) || cuda_backend_set_gemv_loads(be, n_loads, &err) ||
+              cuda_backend_set_gemv_pipe(be, !unpiped, &err) ||
+              cuda_backend_set_fp8_mma(be,
+                                       p == 6   ? 1
+                                       : is_mma ? 2
+                                                : 0,
+                                       &err))
             goto done;
           double sec = 0;
           if (time_calls(&l, M, (int)repeats, &sec, &err)) goto done;
@@ -219,6 +231,8 @@ int bench_linear(int argc, char **argv) {
           snprintf(r->shape, sizeof r->shape, "%s %lldx%lld", s->name, (long long)s->N, (long long)s->K);
           if (is_lt)
             snprintf(r->path, sizeof r->path, fp8 ? "fp8 dequant+cuBLASLt" : "bf16 cuBLASLt");
+          else if (p == 6)
+            snprintf(r->path, sizeof r->path, "fp8 tensor-core GEMV, 32-row launches");
           else if (is_mma)
             snprintf(r->path, sizeof r->path, "fp8 tensor-core GEMV");
           else if (unpiped)

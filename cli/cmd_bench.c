@@ -30,7 +30,7 @@
 #include "audio_decode.h"
 #endif
 #ifdef ES_HAVE_CUDA_BACKEND
-#include "cuda/cuda_fp8.h" // CUDA_FP8_MMA_MAX_M, CUDA_FP8_MMA_DEFAULT_M
+#include "cuda/cuda_fp8.h" // CUDA_FP8_MMA_MIN_M, CUDA_FP8_MMA_MAX_M
 #include "cuda/cuda_gemv.h" // CUDA_GEMV_MAX_M
 #include "cuda/cuda_hooks.h"
 #endif
@@ -499,8 +499,7 @@ static int bench_model(int argc, char **argv) {
 #ifdef ES_HAVE_CUDA_BACKEND
   const int fp8_mode = cuda_backend_fp8_mma(bm.be); /* as the timed runs have it */
   cmp_fp8 = ro.quantization == RT_QUANT_FP8 && !ro.deterministic && fp8_mode &&
-            es_backend_act_dtype(bm.be) == ES_DT_BF16 && B >= CUDA_FP8_MMA_MIN_M &&
-            B <= (fp8_mode == 2 ? CUDA_FP8_MMA_MAX_M : CUDA_FP8_MMA_DEFAULT_M);
+            es_backend_act_dtype(bm.be) == ES_DT_BF16 && B >= CUDA_FP8_MMA_MIN_M && B <= CUDA_FP8_MMA_MAX_M;
 #endif
   int cmp_pipe = 0; /* batch 1 (the bf16 and the CUDA-core fp8 GEMVs run its linears), pipelined GEMVs */
 #ifdef ES_HAVE_CUDA_BACKEND

@@ -150,9 +150,10 @@ typedef struct {
   int pdl;            /* launch the per-step kernels with programmatic dependent launch (cuda_common.cuh): sm_90
                          and later, unless EARSHOT_PDL=0 at create or cuda_backend_set_pdl */
   int pdl_ok;         /* the device passed cuda_pdl_probe at create: cuda_backend_set_pdl may turn it on */
-  int fp8_mma;        /* fp8 decode linears on tensor cores (cuda_fp8_mma.cu) where they fit: 1 up to 32 rows (the
-                         default), 2 up to 64, 0 off; EARSHOT_FP8_MMA at create (cuda_backend_set_fp8_mma) */
-  int64_t fp8_mma_calls; /* launches of the tensor-core fp8 GEMV, for tests (cuda_backend_fp8_mma_calls) */
+  int fp8_mma;        /* fp8 decode linears (2 to 64 rows) on tensor cores (cuda_fp8_mma.cu) where they fit: 1 in
+                         launches of up to 32 rows (the default), 2 in one launch, 0 off; EARSHOT_FP8_MMA at create
+                         (cuda_backend_set_fp8_mma) */
+  int64_t fp8_mma_calls; /* linears run by the tensor-core fp8 GEMV, for tests (cuda_backend_fp8_mma_calls) */
 
   /* ---- op profiles (backend.h): timing events on the op stream, between profile_start and _stop ---- */
   cudaEvent_t *prof_ev;

@@ -1,6 +1,5 @@
 /* cuda_fp8: es_op_linear with an FP8 e4m3 weight (es_backend_upload_weight_fp8) on the CUDA backend.
- *   CUDA_FP8_MMA_MIN_M <= M <= CUDA_FP8_MMA_DEFAULT_M (decode steps; up to CUDA_FP8_MMA_MAX_M in mode 2) in bf16
- *   with K % 64 == 0: a
+ *   CUDA_FP8_MMA_MIN_M <= M <= CUDA_FP8_MMA_MAX_M (decode steps) in bf16 with K % 64 == 0: a
  *   weight-only GEMV on tensor cores
  *   (cuda_fp8_mma.cu) that reads each fp8 weight once;
  *   else M <= CUDA_FP8_GEMV_MAX_M: the same on CUDA cores (cuda_fp8.cu);
@@ -25,8 +24,11 @@ extern "C" {
  * path that ran the GEMV over 16-row chunks up to M = 64 was 10x slower than that at M = 64. */
 #define CUDA_FP8_GEMV_MAX_M 8
 
-/* The largest M the tensor-core fp8 GEMV takes (8 n-tiles of 8 rows: the decode batch of a step) in mode 2, and
- * by default (mode 1; cuda_fp8_mma.cu says why). */
+/* The largest M the tensor-core fp8 GEMV takes (8 n-tiles of 8 rows: the decode batch of a step), and the most
+ * rows of one launch by default (mode 1; more rows in launches of at most this many, fp8m_launch_rows; mode 2: one
+ * launch). Every block reads all of x's rows, so the time grows faster than the rows: H100, 2026-11-28 (`bench
+ * linear`), q|k|v 36.6 µs at 16 rows, 66.7 at 32, 188 at 64 in one launch (2 launches of 32: ~133); dequantise +
+ * cuBLASLt 246 µs at any of these. */
 #define CUDA_FP8_MMA_MAX_M 64
 #define CUDA_FP8_MMA_DEFAULT_M 32
 /* The fewest rows it takes: one row goes to the CUDA-core GEMV, measured faster there (H100, 2026-11-28): in
@@ -37,8 +39,8 @@ extern "C" {
 #define CUDA_FP8_MMA_MIN_M 2
 
 /* y[M, N] = act(x[M, K] · (decode(w) · scale)ᵀ + bias) (+ y) on tensor cores (cuda_fp8_mma.cu) where
- * cuda_fp8_mma_ok: cb->fp8_mma (1: M <= CUDA_FP8_MMA_DEFAULT_M, 2: M <= CUDA_FP8_MMA_MAX_M; both from
- * CUDA_FP8_MMA_MIN_M rows), bf16 compute,
+ * cuda_fp8_mma_ok: cb->fp8_mma (1: launches of at most CUDA_FP8_MMA_DEFAULT_M rows, 2: one launch), from
+ * CUDA_FP8_MMA_MIN_M to CUDA_FP8_MMA_MAX_M rows, bf16 compute,
  * K % 64 == 0, 16-byte aligned weight and x rows. The products are exact for every x within 2^-28 of its row's largest
  * |x| (bf16 x scaled by a power of two is exact in f16 there; smaller ones land in f16 subnormals), so it agrees with
  * cuda_fp8_gemv (which takes the calls it does not) up to the fp32 summation order. */

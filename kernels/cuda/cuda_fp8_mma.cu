@@ -11,9 +11,10 @@
 // M = 2..8 cost what M = 1 costs; each further 8 rows (an n-tile) add their activation loads and 4 mma per 1 KB
 // of weights. Every block reads all of x twice (the scale pre-pass, then the loop: 2 · M · K · 2 bytes from L2
 // per 16 · K weight bytes): 4x the weight bytes at M = 16, 16x at M = 64, and each n-tile repeats the activation
-// work in every block — so by default (cb->fp8_mma = 1) it takes up to CUDA_FP8_MMA_DEFAULT_M = 32 rows, where it
-// should beat dequantise + cuBLASLt (~67 µs for q|k|v at any M, H200); mode 2 takes up to 64 for `bench linear`
-// to find the crossover (unmeasured: no GPU when this was written).
+// work in every block — so by default (cb->fp8_mma = 1) one launch takes at most CUDA_FP8_MMA_DEFAULT_M = 32 rows
+// and 33 to 64 rows run in two launches (measured on an H100 in cuda_fp8.h: both beat dequantise + cuBLASLt, two
+// launches of 32 beat one of 64); mode 2 runs up to 64 in one launch (bench linear, tests). One row goes to the
+// CUDA-core GEMV (CUDA_FP8_MMA_MIN_M).
 // Napkin math (Qwen2-Audio-7B, fp8 decoder linears 6.48 GB + bf16 lm_head 1.28 GB per step): at 4.2 TB/s copy
 // (H200) 1.84 ms per step; the target (issue 9) is fp8 decode >= 1.6x bf16.
 //
@@ -229,8 +230,7 @@ static int launch(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64
 
 extern "C" int cuda_fp8_mma_ok(const cuda_backend_t *cb, const void *x, int64_t ldx, const es_weight_t *w, int64_t M) {
   const size_t e = cuda_act_size(cb);
-  const int64_t max_m = cb->fp8_mma == 2 ? CUDA_FP8_MMA_MAX_M : CUDA_FP8_MMA_DEFAULT_M;
-  return cb->fp8_mma && cb->base.act_dtype == ES_DT_BF16 && M >= CUDA_FP8_MMA_MIN_M && M <= max_m &&
+  return cb->fp8_mma && cb->base.act_dtype == ES_DT_BF16 && M >= CUDA_FP8_MMA_MIN_M && M <= CUDA_FP8_MMA_MAX_M &&
          w->n1 % FP8M_KSTEP == 0 && (uintptr_t)w->data % 16 == 0 && (uintptr_t)x % 16 == 0 &&
          ((size_t)ldx * e) % 16 == 0 && (w->n0 + FP8M_ROWS - 1) / FP8M_ROWS <= 0x7fffffff;
 }
@@ -240,7 +240,14 @@ extern "C" int cuda_fp8_mma(cuda_backend_t *cb, void *y, int64_t ldy, const void
   if (!cuda_fp8_mma_ok(cb, x, ldx, w, M))
     return es_fail(err, ES_EINTERNAL, "%s: fp8 MMA GEMV called outside its conditions (M %lld, K %lld)", cb->base.name,
                    (long long)M, (long long)w->n1);
-  int rc = launch(cb, y, ldy, x, ldx, w, bias, M, act, accumulate, err);
+  // mode 1: launches of at most CUDA_FP8_MMA_DEFAULT_M rows (cuda_fp8.h says why); a row's result does not depend on
+  // the other rows of its launch, so the split changes no bits
+  const int64_t per = cb->fp8_mma == 2 ? M : fp8m_launch_rows(M, CUDA_FP8_MMA_DEFAULT_M);
+  const size_t e = cuda_act_size(cb);
+  int rc = ES_OK;
+  for (int64_t m0 = 0; m0 < M && !rc; m0 += per)
+    rc = launch(cb, (char *)y + (size_t)(m0 * ldy) * e, ldy, (const char *)x + (size_t)(m0 * ldx) * e, ldx, w, bias,
+                M - m0 < per ? M - m0 : per, act, accumulate, err);
   if (!rc) cb->fp8_mma_calls++;
   return rc;
 }
@@ -249,7 +256,7 @@ extern "C" int cuda_backend_set_fp8_mma(es_backend_t *be, int mode, es_error_t *
   cuda_backend_t *cb = cuda_hook_backend(be, "fp8 MMA", err);
   if (!cb) return ES_EINVAL;
   if (mode < 0 || mode > 2)
-    return es_fail(err, ES_EINVAL, "fp8 MMA mode %d (0 off, 1 up to 32 rows, 2 up to 64)", mode);
+    return es_fail(err, ES_EINVAL, "fp8 MMA mode %d (0 off, 1 launches of up to 32 rows, 2 one launch)", mode);
   int rc = cuda_hook_change(cb, "fp8 MMA", cb->fp8_mma != mode, err);
   if (rc) return rc;
   cb->fp8_mma = mode;

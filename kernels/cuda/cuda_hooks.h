@@ -77,10 +77,10 @@ int cuda_backend_pdl(const es_backend_t *be);
 int cuda_backend_set_gemv(es_backend_t *be, int mode, es_error_t *err);
 /* The current GEMV mode (0 for another backend). */
 int cuda_backend_gemv_mode(const es_backend_t *be);
-/* fp8 linears at decode sizes on tensor cores (cuda_fp8_mma.cu): mode 1 (the default; EARSHOT_FP8_MMA=0|1|2 at
- * create) up to CUDA_FP8_MMA_DEFAULT_M = 32 rows, 2 up to 64, 0 off (the CUDA-core GEMV up to 8 rows, dequantise +
- * cuBLASLt above). cuda_backend_fp8_mma: the current mode (0 for another backend). Drops recorded step graphs.
- * For tests and bench linear / bench model comparisons. */
+/* fp8 linears at decode sizes (2 to 64 rows) on tensor cores (cuda_fp8_mma.cu): mode 1 (the default;
+ * EARSHOT_FP8_MMA=0|1|2 at create) in launches of up to CUDA_FP8_MMA_DEFAULT_M = 32 rows, 2 in one launch, 0 off (the
+ * CUDA-core GEMV up to 8 rows, dequantise + cuBLASLt above). cuda_backend_fp8_mma: the current mode (0 for another
+ * backend). Drops recorded step graphs. For tests and bench linear / bench model comparisons. */
 int cuda_backend_set_fp8_mma(es_backend_t *be, int mode, es_error_t *err);
 int cuda_backend_fp8_mma(const es_backend_t *be);
 /* How many linears the tensor-core fp8 GEMV has run on this backend (0 for another backend). */

@@ -49,6 +49,18 @@ FP8M_HD int fp8m_n_tiles(int64_t M) {
   return M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : M <= 64 ? 8 : 0;
 }
 
+/* Rows per launch when M >= 2 rows are run in launches of at most `most` rows (a multiple of FP8M_MAX_M): the
+ * fewest launches; each a whole number of n-tiles and the last one the rest, unless that rest would be a single row
+ * (under the kernel's CUDA_FP8_MMA_MIN_M): then as even as the rows allow. Every launch but the last takes this
+ * many; 1 <= result <= most. */
+FP8M_HD int64_t fp8m_launch_rows(int64_t M, int64_t most) {
+  if (M < 1) return 1;
+  const int64_t n = (M + most - 1) / most, per = (M + n - 1) / n;
+  int64_t r = (per + FP8M_MAX_M - 1) / FP8M_MAX_M * FP8M_MAX_M;
+  if (r > most) r = most;
+  return M - (n - 1) * r < 2 ? per : r;
+}
+
 /* The exponent e of the power of two that scales a row of x whose largest magnitude is amax: amax · 2^e in
  * [2^14, 2^15) for normal amax; 0 for amax = 0 or subnormal (the row is ~0 anyway); finite for inf / NaN (which
  * then propagate as they would unscaled). Clamped to [−126, 126] so that 2^e and 2^−e are normal floats. */

@@ -2,7 +2,8 @@
  * a dequantised double reference), in both compute dtypes:
  *   - the uploaded codes and scales are byte-identical to the CPU backend's (the same host quantiser, staged
  *     in row chunks through the pinned buffers: one weight larger than a staging buffer);
- *   - es_op_linear with an fp8 weight for M = 1 .. 300 (the tensor-core GEMV up to 32 or 64 rows where it fits, the
+ *   - es_op_linear with an fp8 weight for M = 1 .. 300 (the tensor-core GEMV from 2 to 64 rows where it fits, in
+ *     launches of up to 32 rows or in one, the
  *     CUDA-core GEMV up to CUDA_FP8_GEMV_MAX_M = 8, the
  *     dequantise + cuBLASLt path above), odd K and N (the GEMV's byte-at-a-time loop), strided rows, bias,
  *     GELU and accumulate, GPU outputs poisoned first; tolerance as test_cuda_ops' GEMMs, plus, on the
@@ -12,7 +13,8 @@
  * Every case up to 8 rows runs twice: on the tensor-core GEMV (cuda_fp8_mma.cu; where it takes the call — bf16,
  * 2 to 32 or 64 rows, K a multiple of 64, 16-byte aligned rows — which the test checks through
  * cuda_backend_fp8_mma_calls) and on the CUDA-core GEMV (cuda_backend_set_fp8_mma off), and up to 64 rows in its
- * mode 2. The batch invariance is checked at 8 rows and at 32 and 40 (4 and 8 n-tiles of the tensor-core GEMV).
+ * mode 2 (one launch). The batch invariance is checked at 8 rows and at 32 and 40 (4 and 8 n-tiles of the
+ * tensor-core GEMV in one launch; 40 also in mode 1's two launches of 24 and 16 rows).
  * Shapes include the 7B model's K (4096, 11008).
  * Skips (exit 77) without the CUDA backend or without a GPU.
  */
@@ -115,9 +117,8 @@ static void test_linear(es_backend_t *cpu, es_backend_t *gpu, es_dtype_t dt, int
   int mma_want = 0; /* the tensor-core GEMV takes exactly the calls it can: bf16, M 2..64, K % 64, aligned x */
 #ifdef ES_HAVE_CUDA_BACKEND
   const int64_t mma0 = cuda_backend_fp8_mma_calls(gpu);
-  mma_want = cuda_backend_fp8_mma(gpu) && dt == ES_DT_BF16 && M >= CUDA_FP8_MMA_MIN_M &&
-             M <= (cuda_backend_fp8_mma(gpu) == 2 ? CUDA_FP8_MMA_MAX_M : CUDA_FP8_MMA_DEFAULT_M) && K % 64 == 0 &&
-             (ldx * (int64_t)es_dtype_size(dt)) % 16 == 0;
+  mma_want = cuda_backend_fp8_mma(gpu) && dt == ES_DT_BF16 && M >= CUDA_FP8_MMA_MIN_M && M <= CUDA_FP8_MMA_MAX_M &&
+             K % 64 == 0 && (ldx * (int64_t)es_dtype_size(dt)) % 16 == 0;
 #endif
   T_CHECK(es_op_linear(gpu, yg, ldy, xg, ldx, &wg, bias ? &bg : NULL, M, act, acc, &err) == 0, "%s: gpu: %s", what,
           err.msg);
@@ -211,8 +212,9 @@ int main(void) {
       test_upload(cpu, gpu, 37, 33);
       static const int64_t Ms[] = {1, 2, 3, 5, 8, 13, 16, 17, 64, 300};
       static const int64_t KN[][2] = {{64, 96}, {33, 65}, {1024, 384}, {208, 257}, {16, 1}, {4096, 40}, {11008, 17}};
-      /* tensor-core GEMV modes: 1 (the default: up to 32 rows), 2 (up to 64: only what it adds), 0 (off: the
-       * CUDA-core GEMV, and dequantise + cuBLASLt for the larger cases mode 1 took on tensor cores) */
+      /* tensor-core GEMV modes: 1 (the default: launches of up to 32 rows), 2 (one launch: only where that differs,
+       * 33 to 64 rows), 0 (off: the CUDA-core GEMV, and dequantise + cuBLASLt for the larger cases mode 1 took on
+       * tensor cores) */
       static const int modes_mma[3] = {1, 2, 0};
       for (int pass = 0; pass < 3; pass++) {
         const int mma = modes_mma[pass];
@@ -224,7 +226,7 @@ int main(void) {
             const int64_t M = Ms[i], K = KN[j][0];
             const int fits = dt == ES_DT_BF16 && K % 64 == 0; /* the tensor-core GEMV's shapes (strides aligned) */
             if (mma == 2 && !(fits && M > 32 && M <= 64)) continue;
-            if (mma == 0 && M > DEQUANT_PAST_M && !(fits && M <= 32)) continue; /* dequantised in pass 0 */
+            if (mma == 0 && M > DEQUANT_PAST_M && !(fits && M <= 64)) continue; /* dequantised in pass 0 */
             size_t v = i + j;
             test_linear(cpu, gpu, dt, M, K, KN[j][1], (int)(v % 2), v % 3 == 1 ? ES_ACT_GELU : ES_ACT_NONE, v % 3 == 2,
                         (int)(v % 4 == 3));
@@ -237,7 +239,10 @@ int main(void) {
         test_linear(cpu, gpu, dt, 8, 4096, 48, 1, ES_ACT_NONE, 1, 1);  /* the 7B K, aligned stride */
         test_linear(cpu, gpu, dt, 100, 128, 64, 1, ES_ACT_GELU, 1, 1); /* ... and through the plain GEMM */
         test_gemv_invariance(gpu, dt, 8);
-        if (mma == 1 && dt == ES_DT_BF16) test_gemv_invariance(gpu, dt, 32); /* 4 n-tiles */
+        if (mma == 1 && dt == ES_DT_BF16) {
+          test_gemv_invariance(gpu, dt, 32); /* 4 n-tiles */
+          test_gemv_invariance(gpu, dt, 40); /* two launches: 24 + 16 rows */
+        }
       }
     }
     es_backend_free(gpu);

@@ -292,7 +292,35 @@ static void test_absmax(void) {
   T_CHECK(bad == 0, "absmax: %d wrong", bad);
 }
 
+/* fp8m_launch_rows: the launches of mode 1 cover M rows exactly, fewest launches, none past `most` rows or under
+ * the kernel's 2 rows (M from 2 to 4·most). */
+static void test_launch_rows(void) {
+  int bad = 0;
+  for (int64_t most = 8; most <= 64; most += 8)
+    for (int64_t M = 2; M <= 4 * most; M++) {
+      const int64_t per = fp8m_launch_rows(M, most);
+      int64_t launches = 0, covered = 0, smallest = M;
+      for (int64_t m0 = 0; m0 < M; m0 += per) {
+        const int64_t rows = M - m0 < per ? M - m0 : per;
+        covered += rows;
+        launches++;
+        if (rows < smallest) smallest = rows;
+      }
+      if (covered != M || per > most || per < 1 || launches != (M + most - 1) / most || smallest < 2) {
+        if (bad++ < 5)
+          fprintf(stderr, "  M %lld most %lld: %lld rows per launch, %lld launches, smallest %lld\n", (long long)M,
+                  (long long)most, (long long)per, (long long)launches, (long long)smallest);
+      }
+    }
+  T_CHECK(bad == 0, "fp8m_launch_rows: %d bad plans", bad);
+  T_CHECK(fp8m_launch_rows(64, 32) == 32 && fp8m_launch_rows(33, 32) == 24 && fp8m_launch_rows(40, 32) == 24 &&
+              fp8m_launch_rows(32, 32) == 32 && fp8m_launch_rows(5, 32) == 8,
+          "launch rows: 64 -> %lld, 33 -> %lld, 40 -> %lld", (long long)fp8m_launch_rows(64, 32),
+          (long long)fp8m_launch_rows(33, 32), (long long)fp8m_launch_rows(40, 32));
+}
+
 int main(void) {
+  test_launch_rows();
   test_step();
   test_absmax();
   test_scale();
