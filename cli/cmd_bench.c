@@ -250,7 +250,7 @@ static double decoder_bytes(const model_config_t *c, es_dtype_t dt) {
 /* The CUDA settings `bench model`'s comparison runs change (one each), as the timed runs had them: each comparison
  * run puts them all back first, so it differs from the timed runs in its one setting only, whatever ran before it. */
 typedef struct {
-  int graphs, gemv, pdl, fp8_mma, gemv_pipe;
+  int graphs, gemv, pdl, fp8_mma, gemv_pipe, gemv_loads;
   cuda_flash_t flash;
 } timed_settings_t;
 
@@ -261,12 +261,14 @@ static void timed_settings_get(const es_backend_t *be, timed_settings_t *s) {
   s->fp8_mma = cuda_backend_fp8_mma(be);
   s->flash = cuda_backend_flash(be);
   s->gemv_pipe = cuda_backend_gemv_pipe(be);
+  s->gemv_loads = cuda_backend_gemv_loads(be);
 }
 
 static int timed_settings_put(es_backend_t *be, const timed_settings_t *s, es_error_t *err) {
   return cuda_backend_set_graphs(be, s->graphs, err) || cuda_backend_set_gemv(be, s->gemv, err) ||
          cuda_backend_set_pdl(be, s->pdl, err) || cuda_backend_set_flash(be, s->flash, err) ||
-         cuda_backend_set_fp8_mma(be, s->fp8_mma, err) || cuda_backend_set_gemv_pipe(be, s->gemv_pipe, err);
+         cuda_backend_set_fp8_mma(be, s->fp8_mma, err) || cuda_backend_set_gemv_pipe(be, s->gemv_pipe, err) ||
+         cuda_backend_set_gemv_loads(be, s->gemv_loads, err);
 }
 #endif
 
@@ -339,7 +341,7 @@ static int bench_model(int argc, char **argv) {
   int32_t *ids = NULL, *arow = NULL, *pos = NULL, *slot = NULL, *table = NULL, *lrows = NULL, *q_start = NULL,
           *ctx = NULL;
   double *t_ttft = NULL, *t_step = NULL, *t_eager = NULL, *t_nogemv = NULL, *t_nopdl = NULL, *t_gemvall = NULL,
-         *t_fp8cc = NULL, *t_nopipe = NULL;
+         *t_fp8cc = NULL, *t_nopipe = NULL, *t_loads8 = NULL;
   kv_seq_t *seqs = NULL;
   char dir[4096] = "";
   es_profile_t prof_first = {0}, prof_decode = {0}; /* --profile: the first token, the decode steps */
@@ -440,8 +442,9 @@ static int bench_model(int argc, char **argv) {
   t_gemvall = calloc((size_t)n_out, sizeof(double));
   t_fp8cc = calloc((size_t)n_out, sizeof(double));
   t_nopipe = calloc((size_t)n_out, sizeof(double));
+  t_loads8 = calloc((size_t)n_out, sizeof(double));
   if (!ids || !arow || !pos || !slot || !table || !lrows || !q_start || !ctx || !seqs || !t_ttft || !t_step ||
-      !t_eager || !t_nogemv || !t_nopdl || !t_gemvall || !t_fp8cc || !t_nopipe) {
+      !t_eager || !t_nogemv || !t_nopdl || !t_gemvall || !t_fp8cc || !t_nopipe || !t_loads8) {
     es_fail(&err, ES_ENOMEM, "out of memory");
     goto done;
   }
@@ -460,11 +463,12 @@ static int bench_model(int argc, char **argv) {
    * (what they save); on CUDA in bf16 without fp8, one run with the decode GEMV off (cuBLASLt for every GEMM:
    * what the GEMV gains; graphs as in the timed runs); on a GPU with programmatic dependent launch, one run with
    * it off (what it gains; graphs and GEMV as in the timed runs); on an sm_90a GPU whose timed runs used the
-   * mma.sync flash kernel, three runs with the wgmma one (the median time to first token of the last two: the
-   * first loads its kernels; all else as in the timed runs); where the GEMV is compared at a batch of 2 to 4, one
-   * run with it for every shape it takes (mode 2; at one row the default already has it everywhere); with fp8
-   * weights on the tensor-core GEMV, one run with the CUDA-core fp8 GEMV instead; at batch 1 with the GEMVs
-   * pipelined, one run without (EARSHOT_GEMV_PIPE=0). */
+   * device that has both flash kernels, three runs with the one the timed runs did not use (the median time to first
+   * token of the last two: the first loads its kernels; all else as in the timed runs); where the GEMV is compared at a
+   * batch of 2 to 4, one run with it for every shape it takes (mode 2; at one row the default already has it
+   * everywhere); with fp8 weights on the tensor-core GEMV, one run with the CUDA-core fp8 GEMV instead; at batch 1 with
+   * the GEMVs pipelined, one run without (EARSHOT_GEMV_PIPE=0); at batch 1 with the GEMVs' default loads in flight, one
+   * run with 8. */
   const int cmp_graphs = es_backend_graphs_supported(bm.be);
   int cmp_gemv = 0;
 #ifdef ES_HAVE_CUDA_BACKEND
@@ -476,15 +480,21 @@ static int bench_model(int argc, char **argv) {
 #ifdef ES_HAVE_CUDA_BACKEND
   cmp_pdl = cuda_backend_pdl(bm.be);
 #endif
-  int cmp_flash = 0; /* runs: the timed runs on the mma flash kernel, wgmma available, the fast attention path */
+  int cmp_flash = 0; /* runs: both flash kernels on the device, the fast attention path */
+  const char *flash_name = "mma", *flash_alt_name = "wgmma";
 #ifdef ES_HAVE_CUDA_BACKEND
-  cmp_flash = cuda_backend_flash_available(bm.be, CUDA_FLASH_WGMMA) && cuda_backend_flash(bm.be) == CUDA_FLASH_MMA &&
+  cmp_flash = cuda_backend_flash_available(bm.be, CUDA_FLASH_WGMMA) &&
               cuda_backend_attention_path(bm.be) == CUDA_ATTN_FAST && es_backend_act_dtype(bm.be) == ES_DT_BF16 &&
-              !ro.kv_fp8; /* over an fp8 KV cache the prefill always takes the mma kernel */
+              !ro.kv_fp8; /* over an fp8 KV cache the paged prefill always takes the mma kernel */
   cmp_flash *= 3;
+  const cuda_flash_t flash_alt = cuda_backend_flash(bm.be) == CUDA_FLASH_MMA ? CUDA_FLASH_WGMMA : CUDA_FLASH_MMA;
+  if (flash_alt == CUDA_FLASH_MMA) {
+    flash_name = "wgmma";
+    flash_alt_name = "mma";
+  }
 #endif
   double flash_ttft_ms = 0, t_flash[3] = {0, 0, 0};
-  int n_step = 0, n_eager = 0, n_nogemv = 0, n_nopdl = 0, n_gemvall = 0, n_fp8cc = 0, n_nopipe = 0;
+  int n_step = 0, n_eager = 0, n_nogemv = 0, n_nopdl = 0, n_gemvall = 0, n_fp8cc = 0, n_nopipe = 0, n_loads8 = 0;
 #ifdef ES_HAVE_CUDA_BACKEND
   const int is_cuda = strncmp(es_backend_name(bm.be), "cuda", 4) == 0;
   timed_settings_t timed_cfg; /* taken when the first comparison run begins */
@@ -505,20 +515,27 @@ static int bench_model(int argc, char **argv) {
 #ifdef ES_HAVE_CUDA_BACKEND
   cmp_pipe = is_cuda && B == 1 && !ro.deterministic && cuda_backend_gemv_pipe(bm.be);
 #endif
+  int cmp_loads8 = 0; /* batch 1, the GEMVs' default loads in flight: one run with 8 (the same bits) */
+#ifdef ES_HAVE_CUDA_BACKEND
+  cmp_loads8 = is_cuda && B == 1 && !ro.deterministic && cuda_backend_gemv_loads(bm.be) == 0;
+#endif
   /* --profile: one last run op by op (graphs off: a replay would be one record), GEMV as in the timed runs */
-  const int extra_runs = cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash + cmp_gemv_all + cmp_fp8 + cmp_pipe + profile;
+  const int extra_runs =
+      cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash + cmp_gemv_all + cmp_fp8 + cmp_pipe + cmp_loads8 + profile;
   qa_graph_stats_t gs; /* of the warm-up and timed runs (taken before the first extra run) */
   for (int run = 0; run < warmup + repeats + extra_runs; run++) {
     const int extra = run - (warmup + repeats); /* < 0: a warm-up or timed run */
     const int eager_run = cmp_graphs && extra == 0, nogemv_run = cmp_gemv && extra == cmp_graphs;
     const int nopdl_run = cmp_pdl && extra == cmp_graphs + cmp_gemv;
-    const int flash_i = extra - (cmp_graphs + cmp_gemv + cmp_pdl); /* which of the wgmma runs */
+    const int flash_i = extra - (cmp_graphs + cmp_gemv + cmp_pdl); /* which of the other kernel's runs */
     const int flash_run = cmp_flash && flash_i >= 0 && flash_i < cmp_flash;
     const int gemv_all_run = cmp_gemv_all && extra == cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash;
     const int fp8_run = cmp_fp8 && extra == cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash + cmp_gemv_all;
     const int pipe_run = cmp_pipe && extra == cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash + cmp_gemv_all + cmp_fp8;
-    const int prof_run =
-        profile && extra == cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash + cmp_gemv_all + cmp_fp8 + cmp_pipe;
+    const int loads8_run =
+        cmp_loads8 && extra == cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash + cmp_gemv_all + cmp_fp8 + cmp_pipe;
+    const int prof_run = profile && extra == cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash + cmp_gemv_all + cmp_fp8 +
+                                                 cmp_pipe + cmp_loads8;
     const int timed = run >= warmup && extra < 0;
     if (extra == 0) qa_model_graph_stats(bm.m, &gs); /* the warm-up and timed runs' steps, not the comparisons' */
 #ifdef ES_HAVE_CUDA_BACKEND
@@ -531,10 +548,11 @@ static int bench_model(int argc, char **argv) {
       qa_model_forget_graphs(bm.m); /* the GEMM plans for M = B do not exist yet: warm up before recording */
     }
     if ((nopdl_run && cuda_backend_set_pdl(bm.be, 0, &err)) ||
-        (flash_run && cuda_backend_set_flash(bm.be, CUDA_FLASH_WGMMA, &err)) ||
+        (flash_run && cuda_backend_set_flash(bm.be, flash_alt, &err)) ||
         (gemv_all_run && cuda_backend_set_gemv(bm.be, 2, &err)) ||
         (fp8_run && cuda_backend_set_fp8_mma(bm.be, 0, &err)) ||
-        (pipe_run && cuda_backend_set_gemv_pipe(bm.be, 0, &err)))
+        (pipe_run && cuda_backend_set_gemv_pipe(bm.be, 0, &err)) ||
+        (loads8_run && cuda_backend_set_gemv_loads(bm.be, 8, &err)))
       goto done;
 #endif
     if (prof_run && es_backend_profile_start(bm.be, 4096, &err)) goto done;
@@ -608,6 +626,7 @@ static int bench_model(int argc, char **argv) {
       if (gemv_all_run) t_gemvall[n_gemvall++] = es_now_s() - s0;
       if (fp8_run) t_fp8cc[n_fp8cc++] = es_now_s() - s0;
       if (pipe_run) t_nopipe[n_nopipe++] = es_now_s() - s0;
+      if (loads8_run) t_loads8[n_loads8++] = es_now_s() - s0;
     }
     if (prof_run && es_backend_profile_stop(bm.be, &prof_decode, &err)) goto done;
     for (int b = 0; b < B; b++) kv_seq_release(bm.kv, &seqs[b]);
@@ -616,10 +635,11 @@ static int bench_model(int argc, char **argv) {
             : eager_run    ? " (graphs off)"
             : nogemv_run   ? " (GEMV off)"
             : nopdl_run    ? " (PDL off)"
-            : flash_run    ? (flash_i ? " (wgmma flash kernel)" : " (wgmma flash kernel, warm-up)")
+            : flash_run    ? (flash_i ? " (the other flash kernel)" : " (the other flash kernel, warm-up)")
             : gemv_all_run ? " (GEMV for every shape)"
             : fp8_run      ? " (fp8 without the tensor-core GEMV)"
             : pipe_run     ? " (GEMVs not pipelined)"
+            : loads8_run   ? " (GEMVs with 8 loads in flight)"
             : prof_run     ? " (profiled, op by op)"
                            : " (warm-up)",
             1e3 * ttft);
@@ -666,10 +686,14 @@ static int bench_model(int argc, char **argv) {
   if (n_nopipe)
     printf("  decode step, GEMVs not pipelined              %10.3f ms  (pipelined: %.2fx faster)\n", nopipe_ms,
            nopipe_ms / step_ms);
+  double loads8_ms = n_loads8 ? 1e3 * median(t_loads8, n_loads8) : 0;
+  if (n_loads8)
+    printf("  decode step, GEMVs with 8 loads in flight     %10.3f ms  (%.2fx the default's)\n", loads8_ms,
+           loads8_ms / step_ms);
   if (flash_ttft_ms > 0)
-    printf("  time to first token, wgmma flash kernel       %10.2f ms  (median of 2 after a warm-up; %.2fx the mma "
+    printf("  time to first token, %-5s flash kernel       %10.2f ms  (median of 2 after a warm-up; %.2fx the %s "
            "kernel's)\n",
-           flash_ttft_ms, flash_ttft_ms / ttft_ms);
+           flash_alt_name, flash_ttft_ms, flash_ttft_ms / ttft_ms, flash_name);
   printf("  steps of the timed and warm-up runs: %lld graph replays (%lld recorded, %lld refused), %lld padded op by "
          "op, %lld unpadded%s\n",
          (long long)gs.replays, (long long)gs.records, (long long)gs.record_failures, (long long)gs.padded_eager,
@@ -690,14 +714,16 @@ static int bench_model(int argc, char **argv) {
            "\"decode_tokens_per_s\": %.3f, \"decoder_weight_bytes\": %.0f, \"copy_bytes_per_s\": %.0f, "
            "\"limit_ms_per_step\": %.4f, \"fraction_of_limit\": %.4f, \"graph_replays\": %lld, "
            "\"decode_ms_per_step_no_graphs\": %.4f, \"decode_ms_per_step_no_gemv\": %.4f, "
-           "\"decode_ms_per_step_no_pdl\": %.4f, \"ttft_ms_wgmma\": %.4f, \"decode_ms_per_step_gemv_all\": %.4f, "
+           "\"decode_ms_per_step_no_pdl\": %.4f, \"flash_kernel\": \"%s\", \"flash_kernel_alt\": \"%s\", "
+           "\"ttft_ms_flash_alt\": %.4f, \"decode_ms_per_step_gemv_all\": %.4f, "
            "\"decode_ms_per_step_fp8_cuda_cores\": %.4f, \"decode_ms_per_step_no_gemv_pipe\": %.4f, "
+           "\"decode_ms_per_step_gemv_loads8\": %.4f, "
            "\"deterministic\": %s}\n",
            es_backend_name(bm.be), es_dtype_name(es_backend_act_dtype(bm.be)), rt_quantization_name(ro.quantization),
            ro.kv_fp8 ? "fp8" : "auto", ro.dummy_weights ? "true" : "false", B, seconds, N, P, n_out, warmup, repeats,
            load_s, ttft_ms, step_ms, B * 1e3 / step_ms, mbytes, bw, limit_ms, step_ms > 0 ? limit_ms / step_ms : 0.0,
-           (long long)gs.replays, eager_ms, nogemv_ms, nopdl_ms, flash_ttft_ms, gemvall_ms, fp8cc_ms, nopipe_ms,
-           ro.deterministic ? "true" : "false");
+           (long long)gs.replays, eager_ms, nogemv_ms, nopdl_ms, flash_name, cmp_flash ? flash_alt_name : "",
+           flash_ttft_ms, gemvall_ms, fp8cc_ms, nopipe_ms, loads8_ms, ro.deterministic ? "true" : "false");
   rc = 0;
 done:
   if (rc) fprintf(stderr, "earshot bench model: %s\n", err.msg);
@@ -727,6 +753,7 @@ done:
   free(t_gemvall);
   free(t_fp8cc);
   free(t_nopipe);
+  free(t_loads8);
   es_profile_free(&prof_first);
   es_profile_free(&prof_decode);
   return rc;

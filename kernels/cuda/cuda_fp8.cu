@@ -27,7 +27,7 @@
 
 #include "cuda_common.cuh"
 #include "cuda_fp8.h"
-#include "cuda_gemv.h" // cuda_gemv_loads
+#include "cuda_gemv.h" // cuda_fp8_gemv_loads, cuda_gemv_pipe
 #include "fp8_cvt.cuh"
 #include "fp8_math.h"
 
@@ -70,7 +70,7 @@ __device__ __forceinline__ void fp8_load_w(uint4 *qv, const uint8_t *wr, int64_t
 // y (M, N) row stride ldy; x (M, K) row stride ldx; w (N, K) fp8 codes, contiguous; scale (N) fp32; bias (N)
 // or NULL. Block: FP8_WARPS warps, warp -> output row n = blockIdx.x · FP8_WARPS + warp. MT >= M rows are
 // accumulated (compile-time, so acc stays in registers). VEC: K % 16 == 0, w and x rows 16-byte aligned; U
-// 16-byte weight loads per lane in flight (cuda_gemv_loads); PIPE: the next round's loads issued before this
+// 16-byte weight loads per lane in flight (cuda_fp8_gemv_loads); PIPE: the next round's loads issued before this
 // round's arithmetic (cuda_gemv_pipe). Every U and PIPE give the same bits.
 template <typename T, int MT, bool VEC, int U, bool PIPE>
 __global__ void __launch_bounds__(FP8_WARPS * 32)
@@ -170,7 +170,7 @@ static void launch_gemv_u(cuda_backend_t *cb, bool vec, void *y, int64_t ldy, co
 template <typename T, int MT>
 static void launch_gemv(cuda_backend_t *cb, bool vec, void *y, int64_t ldy, const void *x, int64_t ldx,
                         const es_weight_t *w, const es_weight_t *bias, int M, int act, int accumulate) {
-  switch (cuda_gemv_loads(cb)) {
+  switch (cuda_fp8_gemv_loads(cb)) {
   case 4: launch_gemv_u<T, MT, 4>(cb, vec, y, ldy, x, ldx, w, bias, M, act, accumulate); break;
   case 16: launch_gemv_u<T, MT, 16>(cb, vec, y, ldy, x, ldx, w, bias, M, act, accumulate); break;
   default: launch_gemv_u<T, MT, 8>(cb, vec, y, ldy, x, ldx, w, bias, M, act, accumulate); break;

@@ -177,6 +177,10 @@ extern "C" int cuda_backend_set_gemv_loads(es_backend_t *be, int loads, es_error
   return ES_OK;
 }
 
+extern "C" int cuda_backend_gemv_loads(const es_backend_t *be) {
+  return strcmp(be->ops->kind, "cuda") == 0 ? ((const cuda_backend_t *)be)->gemv_loads : 0;
+}
+
 extern "C" int cuda_backend_set_gemv_pipe(es_backend_t *be, int on, es_error_t *err) {
   cuda_backend_t *cb = cuda_hook_backend(be, "GEMV pipelining", err);
   if (!cb) return ES_EINVAL;

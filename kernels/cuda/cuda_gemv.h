@@ -25,6 +25,12 @@ extern "C" {
 static inline int cuda_gemv_loads(const cuda_backend_t *cb) {
   return cb->gemv_loads ? cb->gemv_loads : CUDA_GEMV_LOADS_DEFAULT;
 }
+/* The same for the CUDA-core fp8 GEMV (cuda_fp8.cu), whose rounds carry twice the weights per load and ~4
+ * instructions per weight: its own default, the same setting (cuda_backend_set_gemv_loads) overrides both. */
+#define CUDA_FP8_GEMV_LOADS_DEFAULT 4
+static inline int cuda_fp8_gemv_loads(const cuda_backend_t *cb) {
+  return cb->gemv_loads ? cb->gemv_loads : CUDA_FP8_GEMV_LOADS_DEFAULT;
+}
 /* 1: each lane of the GEMVs issues its next round of weight loads before the arithmetic on the current one
  * (software pipelining: the loads of a round no longer wait for the FMAs of the one before, which matter in the
  * fp8 GEMV: ~4 instructions per weight; not with 16 loads in flight there, which would spill); the same bits

@@ -35,9 +35,9 @@ int cuda_backend_set_attention_path(es_backend_t *be, cuda_attn_path_t path, es_
 cuda_attn_path_t cuda_backend_attention_path(const es_backend_t *be);
 
 /* Which flash-attention kernel runs prefill and encoder attention on the fast path: mma.sync (attn_flash.cu,
- * sm_80 and later; the default) or Hopper's wgmma (attn_wgmma.cu, sm_90a devices only). The default comes from
- * EARSHOT_FLASH=mma|wgmma|auto at create (auto: wgmma where available, else mma; unset: mma until the wgmma kernel
- * has been measured on a GPU). WGMMA where it is not available fails with ES_EUNSUPPORTED. */
+ * sm_80 and later) or Hopper's wgmma (attn_wgmma.cu, sm_90a devices only). The default comes from
+ * EARSHOT_FLASH=mma|wgmma|auto at create (unset = auto: wgmma where available, else mma; over an fp8 KV cache the
+ * paged prefill takes the mma kernel either way). WGMMA where it is not available fails with ES_EUNSUPPORTED. */
 typedef enum {
   CUDA_FLASH_MMA = 0,
   CUDA_FLASH_WGMMA = 1,
@@ -86,9 +86,12 @@ int cuda_backend_fp8_mma(const es_backend_t *be);
 /* How many linears the tensor-core fp8 GEMV has run on this backend (0 for another backend). */
 int64_t cuda_backend_fp8_mma_calls(const es_backend_t *be);
 
-/* 16-byte weight loads in flight per lane in the bf16 and fp8 GEMVs: 4, 8 or 16, 0 = the default
- * (CUDA_GEMV_LOADS_DEFAULT). The same bits for every value; `earshot bench linear` times them. */
+/* 16-byte weight loads in flight per lane in the bf16 and fp8 GEMVs: 4, 8 or 16, 0 = the defaults
+ * (CUDA_GEMV_LOADS_DEFAULT, CUDA_FP8_GEMV_LOADS_DEFAULT). The same bits for every value; `earshot bench linear` times
+ * them. */
 int cuda_backend_set_gemv_loads(es_backend_t *be, int loads, es_error_t *err);
+/* The loads setting (0: each GEMV's default; 0 for another backend). */
+int cuda_backend_gemv_loads(const es_backend_t *be);
 /* The bf16 and fp8 GEMVs with (1, the default unless EARSHOT_GEMV_PIPE=0 at create) or without (0) the next round
  * of weight loads issued before the current round's arithmetic (cuda_gemv.h: cuda_gemv_pipe); the same bits.
  * Drops recorded step graphs. */
