@@ -697,8 +697,7 @@ static int bench_model(int argc, char **argv) {
   printf("  steps of the timed and warm-up runs: %lld graph replays (%lld recorded, %lld refused), %lld padded op by "
          "op, %lld unpadded%s\n",
          (long long)gs.replays, (long long)gs.records, (long long)gs.record_failures, (long long)gs.padded_eager,
-         (long long)gs.eager,
-         es_backend_graphs_supported(bm.be) ? "" : " (no step graphs on this backend)");
+         (long long)gs.eager, cmp_graphs ? "" : " (no step graphs on this backend)");
   if (profile) {
     bench_profile_print(stdout, "first token (encoder, prefill, logits, sampling; mel on the host not included)",
                         &prof_first, 1, bw, 24);
