@@ -481,14 +481,18 @@ static int bench_model(int argc, char **argv) {
   cmp_pdl = cuda_backend_pdl(bm.be);
 #endif
   int cmp_flash = 0; /* runs: both flash kernels on the device, the fast attention path */
-  const char *flash_name = "mma", *flash_alt_name = "wgmma";
+  const char *flash_name = "none", *flash_alt_name = "none"; /* no flash kernels off CUDA */
 #ifdef ES_HAVE_CUDA_BACKEND
+  if (strncmp(es_backend_name(bm.be), "cuda", 4) == 0) {
+    flash_name = "mma";
+    flash_alt_name = "wgmma";
+  }
   cmp_flash = cuda_backend_flash_available(bm.be, CUDA_FLASH_WGMMA) &&
               cuda_backend_attention_path(bm.be) == CUDA_ATTN_FAST && es_backend_act_dtype(bm.be) == ES_DT_BF16 &&
               !ro.kv_fp8; /* over an fp8 KV cache the paged prefill always takes the mma kernel */
   cmp_flash *= 3;
   const cuda_flash_t flash_alt = cuda_backend_flash(bm.be) == CUDA_FLASH_MMA ? CUDA_FLASH_WGMMA : CUDA_FLASH_MMA;
-  if (flash_alt == CUDA_FLASH_MMA) {
+  if (flash_alt == CUDA_FLASH_MMA && strncmp(es_backend_name(bm.be), "cuda", 4) == 0) {
     flash_name = "wgmma";
     flash_alt_name = "mma";
   }
@@ -513,11 +517,13 @@ static int bench_model(int argc, char **argv) {
 #endif
   int cmp_pipe = 0; /* batch 1 (the bf16 and the CUDA-core fp8 GEMVs run its linears), pipelined GEMVs */
 #ifdef ES_HAVE_CUDA_BACKEND
-  cmp_pipe = is_cuda && B == 1 && !ro.deterministic && cuda_backend_gemv_pipe(bm.be);
+  cmp_pipe = is_cuda && B == 1 && !ro.deterministic && cuda_backend_gemv_pipe(bm.be) &&
+             es_backend_act_dtype(bm.be) == ES_DT_BF16 && (gemv_mode != 0 || ro.quantization == RT_QUANT_FP8);
 #endif
   int cmp_loads8 = 0; /* batch 1, the GEMVs' default loads in flight: one run with 8 (the same bits) */
 #ifdef ES_HAVE_CUDA_BACKEND
-  cmp_loads8 = is_cuda && B == 1 && !ro.deterministic && cuda_backend_gemv_loads(bm.be) == 0;
+  cmp_loads8 = is_cuda && B == 1 && !ro.deterministic && cuda_backend_gemv_loads(bm.be) == 0 &&
+               es_backend_act_dtype(bm.be) == ES_DT_BF16 && (gemv_mode != 0 || ro.quantization == RT_QUANT_FP8);
 #endif
   /* --profile: one last run op by op (graphs off: a replay would be one record), GEMV as in the timed runs */
   const int extra_runs =

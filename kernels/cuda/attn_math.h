@@ -37,12 +37,13 @@
 
 #define ATTN_DECODE_MAX_Q 4         /* sequences with at most this many new tokens take the split-KV decode path */
 #define ATTN_SPLIT_ALIGN 64         /* a split's length is a multiple of this many keys */
-#define ATTN_SPLIT_MIN_KEYS                                                                                            \
-  64                                /* no more splits than leave each at least this many keys (of the longest):        \
-                                     * one pass of a block's 4 warps (16 keys each at D = 128). 256 gave a batch-1     \
-                                     * decode at context 800 4 splits (128 blocks for 132 SMs): 20 µs per layer for   \
-                                     * 13 MB on an H200; 128 gave 7 splits of two passes each: 15 µs on an H100       \
-                                     * (bench attention, 2026-11-28, 0.29 of the copy bandwidth) */
+#define ATTN_SPLIT_MIN_KEYS                                                                                             \
+  64                                /* no more splits than leave each at least this many keys (of the longest):         \
+                                     * two passes of a block's 4 warps over a bf16 cache at D = 128 (8 keys per warp    \
+                                     * and pass), one over fp8. 256 gave a batch-1 decode at context 800 4 splits (128  \
+                                     * blocks for 132 SMs): 20 µs per layer for 13 MB on an H200; 128 gave 7 splits of \
+                                     * 4 passes: 15.0 µs on an H100, 64 13 splits: 11.8 µs (bench attention,          \
+                                     * 2026-11-28: 0.29 and 0.37 of the copy bandwidth) */
 #define ATTN_MAX_SPLITS 128         /* hard cap on splits per row */
 #define ATTN_TARGET_BLOCKS_PER_SM 8 /* decode blocks (4 warps each) wanted per SM to keep enough loads in flight */
 

@@ -384,7 +384,7 @@ extern "C" int cuda_op_linear(es_backend_t *be, void *y, int64_t ldy, const void
   if (overlaps(x, (size_t)((M - 1) * ldx + K) * e, y, (size_t)((M - 1) * ldy + N) * e))
     return es_fail(err, ES_EINVAL, "linear: y overlaps x (in-place is not supported)");
   if (w->dtype == ES_DT_FP8E4M3) { /* ---- fp8 weights ---- (cuda_fp8.h: GEMV for decode, else dequantise) */
-    // Deterministic mode: one path for every M. The GEMVs (tensor cores up to 32 or 64 rows, CUDA cores up to 8) and
+    // Deterministic mode: one path for every M. The GEMVs (tensor cores for 2 to 64 rows, CUDA cores up to 8) and
     // dequantise + GEMM (larger M) sum a row in different orders, so a row computed in a batch of 32 and of 33
     // would differ — what the mode forbids (backend.h). The dequantise path with the shape's one algorithm (or the
     // plain kernel) is M-invariant.

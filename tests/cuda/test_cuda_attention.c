@@ -409,7 +409,8 @@ static void path_tests(void) {
   }
   unsetenv("EARSHOT_ATTENTION");
 
-  /* EARSHOT_FLASH: mma by default; wgmma where the device runs it, a clear refusal elsewhere */
+  /* EARSHOT_FLASH: unset = auto (wgmma where the device runs it, else mma); wgmma where the device runs it, a clear
+   * refusal elsewhere */
   o.compute_dtype = ES_DT_BF16;
   setenv("EARSHOT_FLASH", "bogus", 1);
   rc = es_backend_create_cuda(&o, &be, &err);

@@ -279,7 +279,7 @@ static void test_split_bound(void) {
    * 1056 / 32; the 64-key minimum would allow 128) */
   T_CHECK(attn_split_bound(32, 8192, 132, 128, 0) == 33, "bound at batch 1, 8k: %d",
           attn_split_bound(32, 8192, 132, 128, 0));
-  /* a batch-1 decode at the context of a 30 s clip (~800 keys) is split 13 ways (64 keys each: one pass of a
+  /* a batch-1 decode at the context of a 30 s clip (~800 keys) is split 13 ways (64 keys each: two passes of a
    * block), not 4 or 7 */
   T_CHECK(attn_split_plan(32, 800, 132, 128, 0).n_splits == 13 && attn_split_plan(32, 800, 132, 128, 0).chunk == 64,
           "batch 1 at 800: %d splits", attn_split_plan(32, 800, 132, 128, 0).n_splits);
