@@ -56,6 +56,34 @@ static double median(double *v, int n) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+/* `bench model`'s comparison runs after the timed ones, in this order (bench_model says what each changes). */
+typedef enum {
+  CMP_EAGER,    /* step graphs off */
+  CMP_NOGEMV,   /* cuBLASLt for every GEMM */
+  CMP_NOPDL,    /* programmatic dependent launch off */
+  CMP_FLASH,    /* the other flash kernel (a warm-up run, then timed ones: time to first token only) */
+  CMP_GEMV_ALL, /* the GEMV for every shape it takes */
+  CMP_FP8CC,    /* fp8 without the tensor-core GEMV */
+  CMP_NOPIPE,   /* the GEMVs not pipelined */
+  CMP_LOADS8,   /* the GEMVs with 8 loads in flight */
+  CMP_PROFILE,  /* op by op under the profiler */
+  CMP_KINDS     /* none: a warm-up or timed run */
+} cmp_kind_t;
+
+/* The comparison that run `extra` (counted from the first run after the timed ones; < 0: not a comparison) is,
+ * given how many runs each kind has; *index: its place among that kind's runs. */
+static cmp_kind_t cmp_of_run(const int *runs, int extra, int *index) {
+  *index = 0;
+  for (int k = 0; k < CMP_KINDS && extra >= 0; k++) {
+    if (extra < runs[k]) {
+      *index = extra;
+      return (cmp_kind_t)k;
+    }
+    extra -= runs[k];
+  }
+  return CMP_KINDS;
+}
+
 /* ---- mel ------------------------------------------------------------------------------------------- */
 
 static void mel_usage(FILE *out) {
@@ -340,8 +368,7 @@ static int bench_model(int argc, char **argv) {
   float *x = NULL, *mel = NULL;
   int32_t *ids = NULL, *arow = NULL, *pos = NULL, *slot = NULL, *table = NULL, *lrows = NULL, *q_start = NULL,
           *ctx = NULL;
-  double *t_ttft = NULL, *t_step = NULL, *t_eager = NULL, *t_nogemv = NULL, *t_nopdl = NULL, *t_gemvall = NULL,
-         *t_fp8cc = NULL, *t_nopipe = NULL, *t_loads8 = NULL;
+  double *t_ttft = NULL, *t_step = NULL, *t_cmp = NULL; /* t_cmp: each comparison's decode steps, n_out apiece */
   kv_seq_t *seqs = NULL;
   char dir[4096] = "";
   es_profile_t prof_first = {0}, prof_decode = {0}; /* --profile: the first token, the decode steps */
@@ -436,15 +463,8 @@ static int bench_model(int argc, char **argv) {
   seqs = calloc((size_t)B, sizeof(kv_seq_t));
   t_ttft = calloc((size_t)(warmup + repeats), sizeof(double));
   t_step = calloc((size_t)repeats * (size_t)n_out, sizeof(double));
-  t_eager = calloc((size_t)n_out, sizeof(double));
-  t_nogemv = calloc((size_t)n_out, sizeof(double));
-  t_nopdl = calloc((size_t)n_out, sizeof(double));
-  t_gemvall = calloc((size_t)n_out, sizeof(double));
-  t_fp8cc = calloc((size_t)n_out, sizeof(double));
-  t_nopipe = calloc((size_t)n_out, sizeof(double));
-  t_loads8 = calloc((size_t)n_out, sizeof(double));
-  if (!ids || !arow || !pos || !slot || !table || !lrows || !q_start || !ctx || !seqs || !t_ttft || !t_step ||
-      !t_eager || !t_nogemv || !t_nopdl || !t_gemvall || !t_fp8cc || !t_nopipe || !t_loads8) {
+  t_cmp = calloc((size_t)CMP_KINDS * (size_t)n_out, sizeof(double));
+  if (!ids || !arow || !pos || !slot || !table || !lrows || !q_start || !ctx || !seqs || !t_ttft || !t_step || !t_cmp) {
     es_fail(&err, ES_ENOMEM, "out of memory");
     goto done;
   }
@@ -483,7 +503,8 @@ static int bench_model(int argc, char **argv) {
   int cmp_flash = 0; /* runs: both flash kernels on the device, the fast attention path */
   const char *flash_name = "none", *flash_alt_name = "none"; /* no flash kernels off CUDA */
 #ifdef ES_HAVE_CUDA_BACKEND
-  if (strncmp(es_backend_name(bm.be), "cuda", 4) == 0) {
+  const int is_cuda = strncmp(es_backend_name(bm.be), "cuda", 4) == 0;
+  if (is_cuda) {
     flash_name = "mma";
     flash_alt_name = "wgmma";
   }
@@ -492,15 +513,14 @@ static int bench_model(int argc, char **argv) {
               !ro.kv_fp8; /* over an fp8 KV cache the paged prefill always takes the mma kernel */
   cmp_flash *= 3;
   const cuda_flash_t flash_alt = cuda_backend_flash(bm.be) == CUDA_FLASH_MMA ? CUDA_FLASH_WGMMA : CUDA_FLASH_MMA;
-  if (flash_alt == CUDA_FLASH_MMA && strncmp(es_backend_name(bm.be), "cuda", 4) == 0) {
+  if (flash_alt == CUDA_FLASH_MMA && is_cuda) {
     flash_name = "wgmma";
     flash_alt_name = "mma";
   }
 #endif
   double flash_ttft_ms = 0, t_flash[3] = {0, 0, 0};
-  int n_step = 0, n_eager = 0, n_nogemv = 0, n_nopdl = 0, n_gemvall = 0, n_fp8cc = 0, n_nopipe = 0, n_loads8 = 0;
+  int n_step = 0, n_cmp[CMP_KINDS] = {0};
 #ifdef ES_HAVE_CUDA_BACKEND
-  const int is_cuda = strncmp(es_backend_name(bm.be), "cuda", 4) == 0;
   timed_settings_t timed_cfg; /* taken when the first comparison run begins */
   memset(&timed_cfg, 0, sizeof timed_cfg);
 #endif
@@ -526,22 +546,19 @@ static int bench_model(int argc, char **argv) {
                es_backend_act_dtype(bm.be) == ES_DT_BF16 && (gemv_mode != 0 || ro.quantization == RT_QUANT_FP8);
 #endif
   /* --profile: one last run op by op (graphs off: a replay would be one record), GEMV as in the timed runs */
-  const int extra_runs =
-      cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash + cmp_gemv_all + cmp_fp8 + cmp_pipe + cmp_loads8 + profile;
+  const int cmp_runs[CMP_KINDS] = {[CMP_EAGER] = cmp_graphs, [CMP_NOGEMV] = cmp_gemv,       [CMP_NOPDL] = cmp_pdl,
+                                   [CMP_FLASH] = cmp_flash,  [CMP_GEMV_ALL] = cmp_gemv_all, [CMP_FP8CC] = cmp_fp8,
+                                   [CMP_NOPIPE] = cmp_pipe,  [CMP_LOADS8] = cmp_loads8,     [CMP_PROFILE] = profile};
+  int extra_runs = 0;
+  for (int k = 0; k < CMP_KINDS; k++) extra_runs += cmp_runs[k];
   qa_graph_stats_t gs; /* of the warm-up and timed runs (taken before the first extra run) */
   for (int run = 0; run < warmup + repeats + extra_runs; run++) {
     const int extra = run - (warmup + repeats); /* < 0: a warm-up or timed run */
-    const int eager_run = cmp_graphs && extra == 0, nogemv_run = cmp_gemv && extra == cmp_graphs;
-    const int nopdl_run = cmp_pdl && extra == cmp_graphs + cmp_gemv;
-    const int flash_i = extra - (cmp_graphs + cmp_gemv + cmp_pdl); /* which of the other kernel's runs */
-    const int flash_run = cmp_flash && flash_i >= 0 && flash_i < cmp_flash;
-    const int gemv_all_run = cmp_gemv_all && extra == cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash;
-    const int fp8_run = cmp_fp8 && extra == cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash + cmp_gemv_all;
-    const int pipe_run = cmp_pipe && extra == cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash + cmp_gemv_all + cmp_fp8;
-    const int loads8_run =
-        cmp_loads8 && extra == cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash + cmp_gemv_all + cmp_fp8 + cmp_pipe;
-    const int prof_run = profile && extra == cmp_graphs + cmp_gemv + cmp_pdl + cmp_flash + cmp_gemv_all + cmp_fp8 +
-                                                 cmp_pipe + cmp_loads8;
+    int flash_i;                                /* which of the other flash kernel's runs */
+    const cmp_kind_t cmp = cmp_of_run(cmp_runs, extra, &flash_i);
+    const int eager_run = cmp == CMP_EAGER, nogemv_run = cmp == CMP_NOGEMV, nopdl_run = cmp == CMP_NOPDL;
+    const int flash_run = cmp == CMP_FLASH, gemv_all_run = cmp == CMP_GEMV_ALL, fp8_run = cmp == CMP_FP8CC;
+    const int pipe_run = cmp == CMP_NOPIPE, loads8_run = cmp == CMP_LOADS8, prof_run = cmp == CMP_PROFILE;
     const int timed = run >= warmup && extra < 0;
     if (extra == 0) qa_model_graph_stats(bm.m, &gs); /* the warm-up and timed runs' steps, not the comparisons' */
 #ifdef ES_HAVE_CUDA_BACKEND
@@ -626,13 +643,8 @@ static int bench_model(int argc, char **argv) {
           next_ids(bm.be, ldev, B, k + 1, tokens_dev, next, &err))
         goto done;
       if (timed) t_step[n_step++] = es_now_s() - s0;
-      if (eager_run) t_eager[n_eager++] = es_now_s() - s0;
-      if (nogemv_run) t_nogemv[n_nogemv++] = es_now_s() - s0;
-      if (nopdl_run) t_nopdl[n_nopdl++] = es_now_s() - s0;
-      if (gemv_all_run) t_gemvall[n_gemvall++] = es_now_s() - s0;
-      if (fp8_run) t_fp8cc[n_fp8cc++] = es_now_s() - s0;
-      if (pipe_run) t_nopipe[n_nopipe++] = es_now_s() - s0;
-      if (loads8_run) t_loads8[n_loads8++] = es_now_s() - s0;
+      if (cmp != CMP_KINDS && cmp != CMP_FLASH && cmp != CMP_PROFILE) /* one run each: n_out steps */
+        t_cmp[(size_t)cmp * (size_t)n_out + (size_t)n_cmp[cmp]++] = es_now_s() - s0;
     }
     if (prof_run && es_backend_profile_stop(bm.be, &prof_decode, &err)) goto done;
     for (int b = 0; b < B; b++) kv_seq_release(bm.kv, &seqs[b]);
@@ -668,32 +680,31 @@ static int bench_model(int argc, char **argv) {
          limit_ms, mbytes / 1e9, bw / 1e9);
   printf("  decode at %.1f%% of the weight-streaming limit\n", step_ms > 0 ? 100.0 * limit_ms / step_ms : 0.0);
   if (!extra_runs) qa_model_graph_stats(bm.m, &gs);
-  double eager_ms = n_eager ? 1e3 * median(t_eager, n_eager) : 0;
-  if (n_eager)
+  double cmp_ms[CMP_KINDS]; /* each comparison's median decode step (0: not run) */
+  for (int k = 0; k < CMP_KINDS; k++)
+    cmp_ms[k] = n_cmp[k] ? 1e3 * median(t_cmp + (size_t)k * (size_t)n_out, n_cmp[k]) : 0;
+  const double eager_ms = cmp_ms[CMP_EAGER], nogemv_ms = cmp_ms[CMP_NOGEMV], nopdl_ms = cmp_ms[CMP_NOPDL];
+  const double gemvall_ms = cmp_ms[CMP_GEMV_ALL], fp8cc_ms = cmp_ms[CMP_FP8CC], nopipe_ms = cmp_ms[CMP_NOPIPE];
+  const double loads8_ms = cmp_ms[CMP_LOADS8];
+  if (n_cmp[CMP_EAGER])
     printf("  decode step without graphs (batch %d)         %10.3f ms  (graphs: %.2fx faster)\n", B, eager_ms,
            eager_ms / step_ms);
-  double nogemv_ms = n_nogemv ? 1e3 * median(t_nogemv, n_nogemv) : 0;
-  if (n_nogemv)
+  if (n_cmp[CMP_NOGEMV])
     printf("  decode step, cuBLASLt for every GEMM          %10.3f ms  (the GEMV: %.2fx faster)\n", nogemv_ms,
            nogemv_ms / step_ms);
-  double nopdl_ms = n_nopdl ? 1e3 * median(t_nopdl, n_nopdl) : 0;
-  if (n_nopdl)
+  if (n_cmp[CMP_NOPDL])
     printf("  decode step, programmatic dependent launch off %9.3f ms  (PDL: %.2fx faster)\n", nopdl_ms,
            nopdl_ms / step_ms);
-  double gemvall_ms = n_gemvall ? 1e3 * median(t_gemvall, n_gemvall) : 0;
-  if (n_gemvall)
+  if (n_cmp[CMP_GEMV_ALL])
     printf("  decode step, GEMV for every shape it takes    %10.3f ms  (%.2fx the default's)\n", gemvall_ms,
            gemvall_ms / step_ms);
-  double fp8cc_ms = n_fp8cc ? 1e3 * median(t_fp8cc, n_fp8cc) : 0;
-  if (n_fp8cc)
+  if (n_cmp[CMP_FP8CC])
     printf("  decode step, fp8 without the tensor-core GEMV %10.3f ms  (the tensor-core GEMV: %.2fx faster)\n",
            fp8cc_ms, fp8cc_ms / step_ms);
-  double nopipe_ms = n_nopipe ? 1e3 * median(t_nopipe, n_nopipe) : 0;
-  if (n_nopipe)
+  if (n_cmp[CMP_NOPIPE])
     printf("  decode step, GEMVs not pipelined              %10.3f ms  (pipelined: %.2fx faster)\n", nopipe_ms,
            nopipe_ms / step_ms);
-  double loads8_ms = n_loads8 ? 1e3 * median(t_loads8, n_loads8) : 0;
-  if (n_loads8)
+  if (n_cmp[CMP_LOADS8])
     printf("  decode step, GEMVs with 8 loads in flight     %10.3f ms  (%.2fx the default's)\n", loads8_ms,
            loads8_ms / step_ms);
   if (flash_ttft_ms > 0)
@@ -752,13 +763,7 @@ done:
   free(ctx);
   free(t_ttft);
   free(t_step);
-  free(t_eager);
-  free(t_nogemv);
-  free(t_nopdl);
-  free(t_gemvall);
-  free(t_fp8cc);
-  free(t_nopipe);
-  free(t_loads8);
+  free(t_cmp);
   es_profile_free(&prof_first);
   es_profile_free(&prof_decode);
   return rc;

@@ -363,32 +363,22 @@ print(f"| time to first token, the {ours.get('flash_kernel_alt') or 'other'} fla
       f"{ours.get('flash_kernel', 'n/a')} (ms, median of 2 after a warm-up) | {f(o_tw)} | {f(r_t)} | — | {ratio(r_t, o_tw)} | — |")
 print(f"| decode, batch 1 (ms/token) | {f(o_d, '{:.3f}')} | {f(r_d, '{:.3f}')} | {f(lim, '{:.3f}')} | "
       f"{ratio(r_d, o_d)} | {ratio(lim, o_d)} |")
-o_ng = ours.get("decode_ms_per_step_no_graphs")
-print(f"| decode, batch 1, CUDA graphs off (ms/token) | {f(o_ng, '{:.3f}')} | — | {f(lim, '{:.3f}')} | "
-      f"{ratio(r_d, o_ng)} | {ratio(lim, o_ng)} |")
-o_nv = ours.get("decode_ms_per_step_no_gemv")
-print(f"| decode, batch 1, cuBLASLt only (GEMV off) (ms/token) | {f(o_nv, '{:.3f}')} | — | {f(lim, '{:.3f}')} | "
-      f"{ratio(r_d, o_nv)} | {ratio(lim, o_nv)} |")
-o_np = ours.get("decode_ms_per_step_no_pdl")
-print(f"| decode, batch 1, programmatic dependent launch off (ms/token) | {f(o_np, '{:.3f}')} | — | {f(lim, '{:.3f}')} | "
-      f"{ratio(r_d, o_np)} | {ratio(lim, o_np)} |")
+def decode_row(label, v, limit):  # one decode row: ours, no transformers figure, against a weight limit
+    print(f"| decode, batch 1{label} (ms/token) | {f(v, '{:.3f}')} | — | {f(limit, '{:.3f}')} | "
+          f"{ratio(r_d, v)} | {ratio(limit, v)} |")
+o_ng, o_nv, o_np = (ours.get(k) for k in ("decode_ms_per_step_no_graphs", "decode_ms_per_step_no_gemv",
+                                          "decode_ms_per_step_no_pdl"))
+decode_row(", CUDA graphs off", o_ng, lim)
+decode_row(", cuBLASLt only (GEMV off)", o_nv, lim)
+decode_row(", programmatic dependent launch off", o_np, lim)
 fp8, det = last_json("bench-fp8.log"), last_json("bench-deterministic.log")
 f_d, f_lim, d_d = fp8.get("decode_ms_per_step"), fp8.get("limit_ms_per_step"), det.get("decode_ms_per_step")
-print(f"| decode, batch 1, fp8 weights (ms/token) | {f(f_d, '{:.3f}')} | — | {f(f_lim, '{:.3f}')} | "
-      f"{ratio(r_d, f_d)} | {ratio(f_lim, f_d)} |")
-o_pp = ours.get("decode_ms_per_step_no_gemv_pipe")
-print(f"| decode, batch 1, GEMVs not pipelined (ms/token) | {f(o_pp, '{:.3f}')} | — | {f(lim, '{:.3f}')} | "
-      f"{ratio(r_d, o_pp)} | {ratio(lim, o_pp)} |")
-f_pp = fp8.get("decode_ms_per_step_no_gemv_pipe")
-print(f"| decode, batch 1, fp8 weights, GEMVs not pipelined (ms/token) | {f(f_pp, '{:.3f}')} | — | "
-      f"{f(f_lim, '{:.3f}')} | {ratio(r_d, f_pp)} | {ratio(f_lim, f_pp)} |")
-o_l8, f_l8 = ours.get("decode_ms_per_step_gemv_loads8"), fp8.get("decode_ms_per_step_gemv_loads8")
-print(f"| decode, batch 1, GEMVs with 8 loads in flight (ms/token) | {f(o_l8, '{:.3f}')} | — | {f(lim, '{:.3f}')} | "
-      f"{ratio(r_d, o_l8)} | {ratio(lim, o_l8)} |")
-print(f"| decode, batch 1, fp8 weights, GEMV with 8 loads in flight (ms/token) | {f(f_l8, '{:.3f}')} | — | "
-      f"{f(f_lim, '{:.3f}')} | {ratio(r_d, f_l8)} | {ratio(f_lim, f_l8)} |")
-print(f"| decode, batch 1, --deterministic (ms/token) | {f(d_d, '{:.3f}')} | — | {f(lim, '{:.3f}')} | "
-      f"{ratio(r_d, d_d)} | {ratio(lim, d_d)} |")
+decode_row(", fp8 weights", f_d, f_lim)
+decode_row(", GEMVs not pipelined", ours.get("decode_ms_per_step_no_gemv_pipe"), lim)
+decode_row(", fp8 weights, GEMVs not pipelined", fp8.get("decode_ms_per_step_no_gemv_pipe"), f_lim)
+decode_row(", GEMVs with 8 loads in flight", ours.get("decode_ms_per_step_gemv_loads8"), lim)
+decode_row(", fp8 weights, GEMV with 8 loads in flight", fp8.get("decode_ms_per_step_gemv_loads8"), f_lim)
+decode_row(", --deterministic", d_d, lim)
 print(f"| time to first token, --deterministic (ms) | {f(det.get('ttft_ms'))} | {f(r_t)} | — | "
       f"{ratio(r_t, det.get('ttft_ms'))} | — |")
 print()
