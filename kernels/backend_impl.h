@@ -74,6 +74,12 @@ typedef struct {
   int (*prof_mark)(es_backend_t *be, int mark, es_error_t *err);               /* queue mark on the device */
   int (*prof_ms)(es_backend_t *be, int a, int b, double *ms, es_error_t *err); /* after both ran (syncs) */
   void (*prof_free)(es_backend_t *be);
+  /* ---- fused ops: NULL where the backend has none (backend.c runs the parts) ---- */
+  /* es_op_linear_silu_mul (backend.h) in one fused call, where linear_silu_mul_ok says the backend fuses it now;
+   * elsewhere backend.c runs es_op_linear and es_op_silu_mul */
+  int (*linear_silu_mul_ok)(const es_backend_t *be, const void *x, int64_t ldx, const es_weight_t *w, int64_t M);
+  int (*linear_silu_mul)(es_backend_t *be, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w,
+                         int64_t M, es_error_t *err);
 } es_backend_ops_t;
 
 typedef struct es_prof_state es_prof_state_t; /* backend_profile.c */

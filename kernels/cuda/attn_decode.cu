@@ -18,7 +18,13 @@
 // exactly once. Each lane group keeps its own softmax state (m, l, o[8] for its 8 columns) with q in registers;
 // at the end the states merge — across the groups of a warp by shuffles, across the 4 warps in shared memory, in
 // a fixed order — with attn_math.h's merge. A row with one split writes its output directly; otherwise each
-// split writes its unnormalised (o, m, l) to cb->attn_part and dec_combine_kernel merges the splits in order.
+// split writes its unnormalised (o, m, l) to cb->attn_part and the splits are merged in order (dec_combine_row):
+// by default (CUDA_FUSE_COMBINE) in this kernel, by the row's last split block to finish — each split block
+// fences its stores and counts itself in cb->attn_arrivals[(x, head)]; the one that brings the count to the row's
+// split count merges them and zeroes the counter for the next launch — otherwise by dec_combine_kernel, a second
+// launch. The same merge, so the same bits; the fused form saves a launch per layer (32 of a 7B decode step).
+// (ptxas -v, sm_90: the fp8-cache variant keeps its 96 registers — 5 blocks per SM — and spills one 4-byte value
+// for the fused tail: one store and two loads per thread, against its kilobytes of cache loads.)
 // All arithmetic is fp32 on bf16 inputs (no intermediate rounding); the output is rounded once.
 //
 // fp8 KV cache (FP8 = true; backend.h): a key is read as D one-byte codes plus its K and V scales, so each lane
@@ -83,16 +89,33 @@ template <> struct dec_load_t<true> {
   float ks, vs;
 };
 
+// Row i, head h: merges the row's n_used partial states (part index base .. base + n_used − 1) in split order
+// and writes the normalised output; thread t takes columns t, t + blockDim.x, ... The partial states come from
+// other blocks of this launch or the one before: read through L2 (__ldcg), never a stale L1 line.
+__device__ __forceinline__ void dec_combine_row(bf16 *out, const float *part_o, const float *part_ml, int64_t base,
+                                                int n_used, int64_t i, int H, int h, int D) {
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float M = -INFINITY, L = 0.0f, O = 0.0f;
+    for (int sp = 0; sp < n_used; sp++) {
+      float wa, wb;
+      M = attn_merge_max(M, __ldcg(part_ml + 2 * (base + sp)), &wa, &wb);
+      L = fmaf(__ldcg(part_ml + 2 * (base + sp) + 1), wb, L * wa); // explicit fma: one rounding order wherever inlined
+      O = fmaf(__ldcg(part_o + (base + sp) * D + d), wb, O * wa);
+    }
+    out[(i * H + h) * D + d] = __float2bfloat16_rn(O * attn_inv_l(L));
+  }
+}
+
 // Grid (n_x, H, n_splits), block x as dec_locate. out (n_tokens, H, D) bf16; part_o (n_x, H, n_splits, D) and
 // part_ml (n_x, H, n_splits, 2) fp32 (written only for rows with more than one split); q (n_tokens, ldq) bf16;
 // kv (L, n_blocks, 2, H, 16, D) bf16, or FP8: e4m3 codes with kv_scale (L, n_blocks, 2, H, 16); the batch arrays
-// on the device.
+// on the device. arrivals (n_x, H), zero at launch, or NULL: the splits are merged by dec_combine_kernel.
 template <int D, bool FP8>
 __global__ void __launch_bounds__(DEC_THREADS)
     dec_split_kernel(bf16 *out, float *part_o, float *part_ml, const bf16 *q, int64_t ldq, const void *kv,
                      const float *kv_scale, int layer, int n_blocks, int H, float sl, const int32_t *q_start,
                      const int32_t *ctx_len, const int32_t *block_table, int max_blocks, const int32_t *chunk_dev,
-                     int n_splits, int64_t row0, int n_seqs) {
+                     int n_splits, int64_t row0, int n_seqs, int32_t *arrivals) {
   constexpr int U = FP8 ? DEC_U8 : DEC_U;
   constexpr int G = D / 8, KPW = 32 / G, STEP = DEC_WARPS * KPW * U;
   __shared__ float sm_o[DEC_WARPS][D];
@@ -229,6 +252,21 @@ __global__ void __launch_bounds__(DEC_THREADS)
       }
     }
   }
+  if (n_used == 1 || !arrivals) return; // block-uniform
+  // The row's last split block to finish merges them all (threadFenceReduction's pattern). The (row, head) pair is
+  // read from blockIdx again: kept live through the loop above, it made the fp8 kernel spill.
+  const int64_t pair = (int64_t)blockIdx.x * H + blockIdx.y;
+  __shared__ int sm_last;
+  __threadfence(); // each thread's part stores are visible device-wide before the block counts itself
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    sm_last = atomicAdd(arrivals + pair, 1) == n_used - 1;
+    if (sm_last) arrivals[pair] = 0; // every split has arrived and none touches it again in this launch
+  }
+  __syncthreads();
+  if (!sm_last) return;
+  __threadfence(); // the other blocks' stores, fenced before their arrivals, are read after ours (through L2)
+  dec_combine_row(out, part_o, part_ml, pair * n_splits, n_used, i, H, (int)blockIdx.y, D);
 }
 
 // Grid (n_x, H), block x as dec_locate: merges the splits of rows that have more than one, in split order.
@@ -242,17 +280,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
   const int chunk = *chunk_dev;
   const int n_used = attn_split_count(attn_causal_keys(ctx_len[s], q_len, qi), chunk);
   if (n_used <= 1) return; // written by dec_split_kernel
-  const int64_t base = ((int64_t)slot * H + h) * n_splits, i = q0 + qi;
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float M = -INFINITY, L = 0.0f, O = 0.0f;
-    for (int sp = 0; sp < n_used; sp++) {
-      float wa, wb;
-      M = attn_merge_max(M, part_ml[2 * (base + sp)], &wa, &wb);
-      L = L * wa + part_ml[2 * (base + sp) + 1] * wb;
-      O = O * wa + part_o[(base + sp) * D + d] * wb;
-    }
-    out[(i * H + h) * D + d] = __float2bfloat16_rn(O * attn_inv_l(L));
-  }
+  dec_combine_row(out, part_o, part_ml, ((int64_t)slot * H + h) * n_splits, n_used, q0 + qi, H, h, D);
 }
 
 // One launch of n_x blocks in x (slot mode: row0 = -1, n_x = n_seqs · ATTN_DECODE_MAX_Q; row mode: rows
@@ -265,18 +293,24 @@ static int dec_launch(cuda_backend_t *cb, int layer, void *out, const void *q, i
   float *part_o = p.n_splits > 1 ? cb->attn_part : NULL;
   float *part_ml = p.n_splits > 1 ? part_o + n_x * H * p.n_splits * D : NULL;
   dim3 grid((unsigned)n_x, (unsigned)H, (unsigned)p.n_splits);
+  // merged in the split kernel (CUDA_FUSE_COMBINE) where the arrival counters cover the launch's (row, head) pairs
+  // (attn_arrival_slots: always, for launches the scratch holds)
+  const bool fuse = p.n_splits > 1 && (cb->fusions & CUDA_FUSE_COMBINE) && cb->attn_arrivals &&
+                    n_x * (int64_t)H <= cb->attn_arrivals_n;
+  int32_t *arrivals = fuse ? cb->attn_arrivals : NULL;
   if (be->opts.kv_fp8)
     cuda_launch(cb, dec_split_kernel<D, true>, grid, dim3(DEC_THREADS), 0, (bf16 *)out, part_o, part_ml,
                 (const bf16 *)q, ldq, (const void *)cb->kv, (const float *)cb->kv_scale, layer, be->kv_blocks, H, sl,
                 cb->d_q_start, cb->d_ctx_len, cb->d_block_table, be->batch.max_blocks, cb->d_dec_chunk, p.n_splits,
-                row0, be->batch.n_seqs);
+                row0, be->batch.n_seqs, arrivals);
   else
     cuda_launch(cb, dec_split_kernel<D, false>, grid, dim3(DEC_THREADS), 0, (bf16 *)out, part_o, part_ml,
                 (const bf16 *)q, ldq, (const void *)cb->kv, (const float *)NULL, layer, be->kv_blocks, H, sl,
                 cb->d_q_start, cb->d_ctx_len, cb->d_block_table, be->batch.max_blocks, cb->d_dec_chunk, p.n_splits,
-                row0, be->batch.n_seqs);
+                row0, be->batch.n_seqs, arrivals);
   ES_CUDA_LAUNCHED(err);
-  if (p.n_splits > 1) {
+  if (fuse) cb->combine_fused++;
+  if (p.n_splits > 1 && !fuse) {
     cuda_launch(cb, dec_combine_kernel, dim3((unsigned)n_x, (unsigned)H), dim3(DEC_THREADS), 0, (bf16 *)out, part_o,
                 part_ml, H, D, cb->d_q_start, cb->d_ctx_len, cb->d_dec_chunk, p.n_splits, row0, be->batch.n_seqs);
     ES_CUDA_LAUNCHED(err);

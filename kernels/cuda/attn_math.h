@@ -149,6 +149,13 @@ ATTN_HD int64_t attn_det_rows_per_launch(int64_t rows, size_t part_bytes, int H,
   return fit < rows ? fit : rows;
 }
 
+/* (row, head) pairs the split-KV decode kernel's arrival counters must cover (its in-kernel combine, attn_decode.cu):
+ * the most one launch can have among launches with two or more splits, each (row, head) writing n_splits · (D + 2)
+ * floats of partial state into a scratch of part_bytes. 0 for D < 1. */
+ATTN_HD int64_t attn_arrival_slots(size_t part_bytes, int D) {
+  return D < 1 ? 0 : (int64_t)(part_bytes / (2 * (size_t)(D + 2) * sizeof(float)));
+}
+
 /* ---- rows, positions, causal limits ------------------------------------------------------------------- */
 
 /* The sequence s with q_start[s] <= row < q_start[s + 1] (q_start ascending, n_seqs >= 1). */

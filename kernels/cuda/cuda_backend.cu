@@ -302,6 +302,16 @@ static int cuda_kv_init(es_backend_t *be, es_error_t *err) {
   size_t part = attn_fast_part_bytes(&be->opts, be->kv_heads, be->kv_head_dim); // split-KV decode scratch
   if (part && (rc = dev_alloc(cb, part, "the attention split scratch", (void **)&cb->attn_part, err))) return rc;
   cb->attn_part_bytes = part;
+  // the split-KV decode kernel's arrival counters (attn_decode.cu, CUDA_FUSE_COMBINE): zero, and zeroed again by
+  // the kernel after each use
+  const int64_t arrivals = part ? attn_arrival_slots(part, be->kv_head_dim) : 0;
+  if (arrivals > 0) {
+    if ((rc = dev_alloc(cb, (size_t)arrivals * sizeof(int32_t), "the attention arrival counters",
+                        (void **)&cb->attn_arrivals, err)))
+      return rc;
+    ES_CUDA_TRY(err, cudaMemsetAsync(cb->attn_arrivals, 0, (size_t)arrivals * sizeof(int32_t), cb->stream));
+    cb->attn_arrivals_n = arrivals;
+  }
   if (be->opts.deterministic) cb->attn_det_chunk = attn_fast_det_chunk(&be->opts, be->kv_heads, be->kv_head_dim);
   ES_CUDA_TRY(err, cudaMemsetAsync(cb->kv, 0, bytes, cb->stream));
   ES_CUDA_TRY(err, cudaStreamSynchronize(cb->stream));
@@ -448,6 +458,8 @@ static const es_backend_ops_t cuda_ops = {
     cuda_prof_mark,
     cuda_prof_ms,
     cuda_prof_free,
+    cuda_op_linear_silu_mul_ok,
+    cuda_op_linear_silu_mul,
 };
 
 static int create_resources(cuda_backend_t *cb, es_error_t *err) {
@@ -502,6 +514,12 @@ extern "C" int es_backend_create_cuda(const es_backend_opts_t *opts, es_backend_
   const char *fm = getenv("EARSHOT_FP8_MMA"); // 0 / 1 / 2: the tensor-core fp8 GEMV's mode (cuda_hooks.h)
   if (fm && *fm && strcmp(fm, "0") != 0 && strcmp(fm, "1") != 0 && strcmp(fm, "2") != 0)
     return es_fail(err, ES_EINVAL, "cuda backend: EARSHOT_FP8_MMA=%.40s: expected 0, 1 or 2", fm);
+  const char *fu = getenv("EARSHOT_FUSE"); // a CUDA_FUSE_* mask, 0 to 3 (cuda_hooks.h); unset: every fusion
+  if (fu && *fu && !(fu[0] >= '0' && fu[0] <= '3' && fu[1] == '\0'))
+    return es_fail(err, ES_EINVAL,
+                   "cuda backend: EARSHOT_FUSE=%.40s: expected a mask from 0 to 3 (1: the gate|up GEMV applies "
+                   "SiLU·mul, 2: the decode attention merges its splits itself)",
+                   fu);
   cuda_backend_t *cb = (cuda_backend_t *)calloc(1, sizeof *cb);
   if (!cb) return es_fail(err, ES_ENOMEM, "cuda backend: out of memory");
   es_backend_t *be = &cb->base;
@@ -520,6 +538,7 @@ extern "C" int es_backend_create_cuda(const es_backend_opts_t *opts, es_backend_
     const char *gp = getenv("EARSHOT_GEMV_PIPE"); // "0": the GEMVs without software pipelining (cuda_gemv.h)
     cb->gemv_pipe_off = gp && strcmp(gp, "0") == 0;
     cb->fp8_mma = fm && *fm ? fm[0] - '0' : 1;
+    cb->fusions = fu && *fu ? fu[0] - '0' : CUDA_FUSE_ALL;
     const char *pd = getenv("EARSHOT_PDL");  // "0": every kernel launched normally (cuda_common.cuh, cuda_launch)
     cb->pdl = !(pd && strcmp(pd, "0") == 0); // and only if the probe below passes
   }
@@ -597,4 +616,25 @@ extern "C" int cuda_backend_copy_bandwidth(es_backend_t *be, size_t bytes, int r
 
 extern "C" int cuda_backend_det_attn_chunk(const es_backend_t *be) {
   return ((const cuda_backend_t *)be)->attn_det_chunk;
+}
+
+extern "C" int cuda_backend_set_fusions(es_backend_t *be, int mask, es_error_t *err) {
+  cuda_backend_t *cb = cuda_hook_backend(be, "fusions", err);
+  if (!cb) return ES_EINVAL;
+  if (mask < 0 || mask > CUDA_FUSE_ALL)
+    return es_fail(err, ES_EINVAL, "fusions: mask %d (0 to %d: CUDA_FUSE_GLU | CUDA_FUSE_COMBINE)", mask, CUDA_FUSE_ALL);
+  int rc = cuda_hook_change(cb, "fusions", cb->fusions != mask, err);
+  if (rc) return rc;
+  cb->fusions = mask;
+  return ES_OK;
+}
+
+extern "C" int cuda_backend_fusions(const es_backend_t *be) {
+  return strcmp(be->ops->kind, "cuda") == 0 ? ((const cuda_backend_t *)be)->fusions : 0;
+}
+
+extern "C" void cuda_backend_fused_calls(const es_backend_t *be, int64_t *glu, int64_t *combine) {
+  const int cuda = strcmp(be->ops->kind, "cuda") == 0;
+  *glu = cuda ? ((const cuda_backend_t *)be)->glu_calls : 0;
+  *combine = cuda ? ((const cuda_backend_t *)be)->combine_fused : 0;
 }

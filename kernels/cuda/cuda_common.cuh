@@ -28,6 +28,13 @@ template <> __device__ __forceinline__ bf16 from_f<bf16>(float x) { return __flo
 // x rounded to T (round to nearest even) and widened back to fp32.
 template <typename T> __device__ __forceinline__ float rnd(float x) { return to_f(from_f<T>(x)); }
 
+// SiLU·mul of one element as transformers computes act_fn(gate) * up in the compute dtype T: round(silu(g)) · u with
+// silu(g) = g / (1 + e^−g), g and u already in T; the caller rounds the product (from_f<T>). One definition for
+// cuda_ops.cu's SiLU·mul and the GEMVs' fused gate|up epilogue, so both give the same bits.
+template <typename T> __device__ __forceinline__ float silu_mul_value(float g, float u) {
+  return rnd<T>(g / (1.0f + expf(-g))) * u;
+}
+
 // The exact-erf GELU of torch's nn.functional.gelu (backend.h ES_ACT_GELU), in fp32.
 __device__ __forceinline__ float gelu_erf(float v) { return v * 0.5f * (1.0f + erff(v * 0.70710678118654752440f)); }
 

@@ -72,41 +72,60 @@ __device__ __forceinline__ void fp8_load_w(uint4 *qv, const uint8_t *wr, int64_t
 // accumulated (compile-time, so acc stays in registers). VEC: K % 16 == 0, w and x rows 16-byte aligned; U
 // 16-byte weight loads per lane in flight (cuda_fp8_gemv_loads); PIPE: the next round's loads issued before this
 // round's arithmetic (cuda_gemv_pipe). Every U and PIPE give the same bits.
-template <typename T, int MT, bool VEC, int U, bool PIPE>
+// GLU (VEC only; es_op_linear_silu_mul): w is (2N, K), gate rows then up rows; the warp of output n streams rows
+// n and n + N (U / 2 loads of each per round), shares each x load and conversion between them, and its epilogue
+// writes y[m, n] = silu(g) · u from g and u rounded as the plain epilogue rounds them (no bias) — the bits of this
+// kernel into (M, 2N) followed by cuda_ops.cu's SiLU·mul (silu_mul_value).
+template <typename T, int MT, bool VEC, int U, bool PIPE, bool GLU>
 __global__ void __launch_bounds__(FP8_WARPS * 32)
     fp8_gemv_kernel(T *y, int64_t ldy, const T *x, int64_t ldx, const uint8_t *w, const float *scale, const T *bias,
                     int M, int64_t N, int64_t K, int act, int accumulate) {
+  constexpr int R = GLU ? 2 : 1, UR = U / R; // weight rows per warp, loads per row and round
+  static_assert(UR >= 1 && UR * R == U && (VEC || !GLU), "GLU: the vector path, U split evenly between the rows");
   int lane = threadIdx.x & 31;
   int64_t n = (int64_t)blockIdx.x * FP8_WARPS + (threadIdx.x >> 5);
-  const uint8_t *wr = w + (n < N ? n : 0) * K;
+  const uint8_t *wr[R];
+#pragma unroll
+  for (int r = 0; r < R; r++) wr[r] = w + ((n < N ? n : 0) + r * N) * K;
   const int64_t chunks = VEC ? K / 16 : 0;
-  uint4 qv[U];
+  uint4 qv[R][UR];
   // The first round of weight loads before pdl_begin: the codes are never written during a step, so under PDL
   // they stream while the kernel before this one finishes (cuda_common.cuh, pdl_launch_next).
-  if (VEC && n < N) fp8_load_w<U, false>(qv, wr, lane, chunks);
+  if (VEC && n < N) {
+#pragma unroll
+    for (int r = 0; r < R; r++) fp8_load_w<UR, false>(qv[r], wr[r], lane, chunks);
+  }
   pdl_begin();        // before x is read or y written: launched with cuda_launch
   if (n >= N) return; // a whole warp leaves; nothing below synchronises the block
-  float acc[MT];
+  float acc[R][MT];
 #pragma unroll
-  for (int m = 0; m < MT; m++) acc[m] = 0.0f;
+  for (int r = 0; r < R; r++)
+#pragma unroll
+    for (int m = 0; m < MT; m++) acc[r][m] = 0.0f;
   if (VEC) {
-    for (int64_t c0 = lane; c0 < chunks; c0 += 32 * U) {
-      uint4 qn[PIPE ? U : 1];
-      if constexpr (PIPE)
-        fp8_load_w<U, true>(qn, wr, c0 + 32 * U, chunks); // the next round streams during this one's arithmetic
-      else if (c0 != lane)
-        fp8_load_w<U, true>(qv, wr, c0, chunks); // all U loads first; chunks still added in order
+    for (int64_t c0 = lane; c0 < chunks; c0 += 32 * UR) {
+      uint4 qn[R][PIPE ? UR : 1];
 #pragma unroll
-      for (int u = 0; u < U; u++) {
+      for (int r = 0; r < R; r++) {
+        if constexpr (PIPE)
+          fp8_load_w<UR, true>(qn[r], wr[r], c0 + 32 * UR, chunks); // streams during this round's arithmetic
+        else if (c0 != lane)
+          fp8_load_w<UR, true>(qv[r], wr[r], c0, chunks); // all loads of the round first; chunks still in order
+      }
+#pragma unroll
+      for (int u = 0; u < UR; u++) {
         const int64_t c = c0 + 32 * u;
         if (c < chunks) {
-          uint32_t h2[8];
-          fp8x16_to_f16x2(qv[u], h2); // code order; exact values (sm_89+) or values / 256
-          float wf[16];
+          float wf[R][16];
 #pragma unroll
-          for (int p = 0; p < 8; p++) {
-            const float2 f = f16x2_bits_to_f32(h2[p]);
-            wf[2 * p] = f.x, wf[2 * p + 1] = f.y;
+          for (int r = 0; r < R; r++) {
+            uint32_t h2[8];
+            fp8x16_to_f16x2(qv[r][u], h2); // code order; exact values (sm_89+) or values / 256
+#pragma unroll
+            for (int p = 0; p < 8; p++) {
+              const float2 f = f16x2_bits_to_f32(h2[p]);
+              wf[r][2 * p] = f.x, wf[r][2 * p + 1] = f.y;
+            }
           }
 #pragma unroll
           for (int m = 0; m < MT; m++) {
@@ -114,37 +133,52 @@ __global__ void __launch_bounds__(FP8_WARPS * 32)
               float xf[16];
               load16(x + m * ldx + c * 16, xf);
 #pragma unroll
-              for (int i = 0; i < 16; i++) acc[m] = fmaf(xf[i], wf[i], acc[m]);
+              for (int r = 0; r < R; r++)
+#pragma unroll
+                for (int i = 0; i < 16; i++) acc[r][m] = fmaf(xf[i], wf[r][i], acc[r][m]);
             }
           }
         }
       }
       if constexpr (PIPE) {
 #pragma unroll
-        for (int u = 0; u < U; u++) qv[u] = qn[u];
+        for (int r = 0; r < R; r++)
+#pragma unroll
+          for (int u = 0; u < UR; u++) qv[r][u] = qn[r][u];
       }
     }
   } else {
     for (int64_t k = lane; k < K; k += 32) {
-      float wv = fp8x2_div256((uint32_t)wr[k]).x;
+      float wv = fp8x2_div256((uint32_t)wr[0][k]).x;
 #pragma unroll
       for (int m = 0; m < MT; m++)
-        if (m < M) acc[m] = fmaf(to_f(x[m * ldx + k]), wv, acc[m]);
+        if (m < M) acc[0][m] = fmaf(to_f(x[m * ldx + k]), wv, acc[0][m]);
     }
   }
   // the software decode's 1/256 folded back: a power of two, so the sum is the hardware path's / 256 exactly and
   // both give the same bits
-  float s = scale[n] * (VEC && FP8_HW_CVT ? 1.0f : 256.0f);
-  float b = bias ? to_f(bias[n]) : 0.0f;
+  const float f = VEC && FP8_HW_CVT ? 1.0f : 256.0f;
+  if constexpr (GLU) {
+    const float sg = scale[n] * f, su = scale[n + N] * f;
 #pragma unroll
-  for (int m = 0; m < MT; m++) {
-    float v = warp_sum(acc[m]); // every lane gets the same fixed-order sum
-    if (m < M && lane == m) {
-      v = rnd<T>(v * s + b);
-      if (act == ES_ACT_GELU) v = rnd<T>(gelu_erf(v));
-      T *yp = y + (int64_t)m * ldy + n;
-      if (accumulate) v = to_f(*yp) + v;
-      *yp = from_f<T>(v);
+    for (int m = 0; m < MT; m++) {
+      const float g = warp_sum(acc[0][m]), v = warp_sum(acc[1][m]);
+      if (m < M && lane == m) // the plain epilogue's rounding of each (no bias: + 0, as it adds), then SiLU·mul
+        y[(int64_t)m * ldy + n] = from_f<T>(silu_mul_value<T>(rnd<T>(g * sg + 0.0f), rnd<T>(v * su + 0.0f)));
+    }
+  } else {
+    float s = scale[n] * f;
+    float b = bias ? to_f(bias[n]) : 0.0f;
+#pragma unroll
+    for (int m = 0; m < MT; m++) {
+      float v = warp_sum(acc[0][m]); // every lane gets the same fixed-order sum
+      if (m < M && lane == m) {
+        v = rnd<T>(v * s + b);
+        if (act == ES_ACT_GELU) v = rnd<T>(gelu_erf(v));
+        T *yp = y + (int64_t)m * ldy + n;
+        if (accumulate) v = to_f(*yp) + v;
+        *yp = from_f<T>(v);
+      }
     }
   }
 }
@@ -157,13 +191,13 @@ static void launch_gemv_u(cuda_backend_t *cb, bool vec, void *y, int64_t ldy, co
   const T *bp = bias ? (const T *)bias->data : NULL;
   constexpr bool PIPE_OK = U <= 8; // 16 loads pipelined spill at 8 rows (ptxas -v); 16 is a bench setting
   if (vec && cuda_gemv_pipe(cb))
-    cuda_launch(cb, fp8_gemv_kernel<T, MT, true, U, PIPE_OK>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y, ldy,
+    cuda_launch(cb, fp8_gemv_kernel<T, MT, true, U, PIPE_OK, false>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y, ldy,
                 (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate);
   else if (vec)
-    cuda_launch(cb, fp8_gemv_kernel<T, MT, true, U, false>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y, ldy,
+    cuda_launch(cb, fp8_gemv_kernel<T, MT, true, U, false, false>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y, ldy,
                 (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate);
   else
-    cuda_launch(cb, fp8_gemv_kernel<T, MT, false, 1, false>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y, ldy,
+    cuda_launch(cb, fp8_gemv_kernel<T, MT, false, 1, false, false>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y, ldy,
                 (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate);
 }
 
@@ -204,6 +238,50 @@ extern "C" int cuda_fp8_gemv(cuda_backend_t *cb, void *y, int64_t ldy, const voi
   if ((w->n0 + FP8_WARPS - 1) / FP8_WARPS > 0x7fffffff)
     return es_fail(err, ES_EUNSUPPORTED, "%s: fp8 weight with %lld rows", cb->base.name, (long long)w->n0);
   return CUDA_DISPATCH(cb, gemv, cb, y, ldy, x, ldx, w, bias, M, act, accumulate, err);
+}
+
+// ---- the gate|up linear with SiLU·mul in its epilogue (es_op_linear_silu_mul at one row) ----------------------
+
+template <typename T, int U>
+static void launch_glu_u(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w) {
+  const int64_t N = w->n0 / 2, K = w->n1;
+  const unsigned grid = (unsigned)((N + FP8_WARPS - 1) / FP8_WARPS);
+  constexpr bool PIPE_OK = U <= 8; // as launch_gemv_u
+  if (cuda_gemv_pipe(cb))
+    cuda_launch(cb, fp8_gemv_kernel<T, 1, true, U, PIPE_OK, true>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y, ldy,
+                (const T *)x, ldx, (const uint8_t *)w->data, w->scale, (const T *)NULL, 1, N, K, (int)ES_ACT_NONE, 0);
+  else
+    cuda_launch(cb, fp8_gemv_kernel<T, 1, true, U, false, true>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y, ldy,
+                (const T *)x, ldx, (const uint8_t *)w->data, w->scale, (const T *)NULL, 1, N, K, (int)ES_ACT_NONE, 0);
+}
+
+template <typename T>
+static int glu(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w,
+               es_error_t *err) {
+  switch (cuda_fp8_gemv_loads(cb)) {
+  case 4: launch_glu_u<T, 4>(cb, y, ldy, x, ldx, w); break;
+  case 16: launch_glu_u<T, 16>(cb, y, ldy, x, ldx, w); break;
+  default: launch_glu_u<T, 8>(cb, y, ldy, x, ldx, w); break;
+  }
+  ES_CUDA_LAUNCHED(err);
+  return ES_OK;
+}
+
+extern "C" int cuda_fp8_glu_ok(const cuda_backend_t *cb, const void *x, int64_t ldx, const es_weight_t *w, int64_t M) {
+  const size_t e = cuda_act_size(cb);
+  return (cb->fusions & CUDA_FUSE_GLU) && M == 1 && !cb->base.opts.deterministic && w->dtype == ES_DT_FP8E4M3 &&
+         !cuda_fp8_mma_ok(cb, x, ldx, w, M) && w->n0 % 2 == 0 && w->n1 % 16 == 0 && (uintptr_t)w->data % 16 == 0 &&
+         (uintptr_t)x % 16 == 0 && ((size_t)ldx * e) % 16 == 0 && (w->n0 / 2 + FP8_WARPS - 1) / FP8_WARPS <= 0x7fffffff;
+}
+
+extern "C" int cuda_fp8_glu(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w,
+                            int64_t M, es_error_t *err) {
+  if (!cuda_fp8_glu_ok(cb, x, ldx, w, M))
+    return es_fail(err, ES_EINTERNAL, "%s: fused fp8 gate|up GEMV called outside its conditions (M %lld, K %lld)",
+                   cb->base.name, (long long)M, (long long)w->n1);
+  int rc = CUDA_DISPATCH(cb, glu, cb, y, ldy, x, ldx, w, err);
+  if (rc == ES_OK) cb->glu_calls++;
+  return rc;
 }
 
 // ---- dequantise into the scratch, for the GEMM path --------------------------------------------------------

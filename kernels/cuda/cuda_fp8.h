@@ -52,6 +52,14 @@ int cuda_fp8_mma(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_
 int cuda_fp8_gemv(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w,
                   const es_weight_t *bias, int64_t M, es_act_t act, int accumulate, es_error_t *err);
 
+/* es_op_linear_silu_mul with an fp8 gate|up weight (2N, K) at one row in one kernel: y[0, n] = silu(g) · u, g and
+ * u rows n and n + N of the product, where the fusion is on (cb->fusions, CUDA_FUSE_GLU), outside deterministic mode,
+ * where this GEMV would take the linear (one row: the tensor-core GEMV does not; cuda_fp8_mma_ok) and K % 16 == 0
+ * with 16-byte aligned rows. The same bits as cuda_fp8_gemv into (1, 2N) and cuda_ops' SiLU·mul. */
+int cuda_fp8_glu_ok(const cuda_backend_t *cb, const void *x, int64_t ldx, const es_weight_t *w, int64_t M);
+int cuda_fp8_glu(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w, int64_t M,
+                 es_error_t *err);
+
 /* cb->fp8_scratch[n, k] = decode(w[n, k]) · scale[n] in the compute dtype (rounded to nearest even in bf16). */
 int cuda_fp8_dequant(cuda_backend_t *cb, const es_weight_t *w, es_error_t *err);
 

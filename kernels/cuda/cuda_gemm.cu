@@ -399,6 +399,22 @@ extern "C" int cuda_op_linear(es_backend_t *be, void *y, int64_t ldy, const void
   return gemm(cb, y, ldy, be->act_dtype, x, ldx, w->data, N, K, bias ? bias->data : NULL, M, act, accumulate, err);
 }
 
+extern "C" int cuda_op_linear_silu_mul_ok(const es_backend_t *be, const void *x, int64_t ldx, const es_weight_t *w,
+                                          int64_t M) {
+  const cuda_backend_t *cb = (const cuda_backend_t *)be;
+  if (w->dtype == ES_DT_FP8E4M3) return cuda_fp8_glu_ok(cb, x, ldx, w, M);
+  return w->dtype == be->act_dtype && cuda_gemv_glu_ok(cb, x, ldx, w->data, w->n0, w->n1, M);
+}
+
+extern "C" int cuda_op_linear_silu_mul(es_backend_t *be, void *y, int64_t ldy, const void *x, int64_t ldx,
+                                       const es_weight_t *w, int64_t M, es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  if (w->dtype == ES_DT_FP8E4M3) return cuda_fp8_glu(cb, y, ldy, x, ldx, w, M, err);
+  return cuda_gemv_glu(cb, y, ldy, x, ldx, w->data, w->n0, w->n1, M, err);
+}
+
 extern "C" int cuda_op_logits(es_backend_t *be, float *logits, const void *x, const es_weight_t *w, int64_t M,
                               es_error_t *err) {
   cuda_backend_t *cb = cuda_be(be);

@@ -13,6 +13,11 @@ extern "C" {
 
 int cuda_op_linear(es_backend_t *be, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w,
                    const es_weight_t *bias, int64_t M, es_act_t act, int accumulate, es_error_t *err);
+/* es_op_linear_silu_mul where it runs as one kernel (backend_impl.h): the gate|up GEMV with SiLU·mul in its epilogue
+ * at one row, bf16 (cuda_gemv.h: cuda_gemv_glu) or fp8 weights (cuda_fp8.h: cuda_fp8_glu). */
+int cuda_op_linear_silu_mul_ok(const es_backend_t *be, const void *x, int64_t ldx, const es_weight_t *w, int64_t M);
+int cuda_op_linear_silu_mul(es_backend_t *be, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w,
+                            int64_t M, es_error_t *err);
 int cuda_op_conv1d(es_backend_t *be, void *y, const void *x, const es_weight_t *w, const es_weight_t *bias, int64_t B,
                    int64_t T_in, int64_t C_in, int kernel, int stride, int pad, es_act_t act, es_error_t *err);
 int cuda_op_logits(es_backend_t *be, float *logits, const void *x, const es_weight_t *w, int64_t M, es_error_t *err);

@@ -43,73 +43,102 @@ __device__ __forceinline__ void gemv_load_w(uint4 *wv, const bf16 *w, int64_t n,
 // U: 16-byte weight loads each lane issues before it uses the first (loads in flight); PIPE: the next round of U
 // is issued before this round's arithmetic (2·U in flight while it runs; cuda_gemv_pipe). The lane still adds its
 // chunks j, j + 32, ... in increasing order, so every U and PIPE give the same bits.
-template <typename TO, int MT, int U, bool PIPE>
+// GLU (es_op_linear_silu_mul): w is (2N, K), gate rows then up rows; the warp of output n streams rows n and
+// n + N (U / 2 loads of each per round: the same loads in flight), shares each x load between them, and its
+// epilogue writes y[m, n] = silu(g) · u from g and u rounded as the plain epilogue (no bias) rounds them — the
+// bits of this kernel into (M, 2N) followed by cuda_ops.cu's SiLU·mul (silu_mul_value).
+template <typename TO, int MT, int U, bool PIPE, bool GLU>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
     bf16_gemv_kernel(TO *y, int64_t ldy, const bf16 *x, int64_t ldx, const bf16 *w, const bf16 *bias, int M, int64_t N,
                      int64_t K, int act, int accumulate) {
+  constexpr int R = GLU ? 2 : 1, UR = U / R; // weight rows per warp, loads per row and round
+  static_assert(UR >= 1 && UR * R == U, "the loads of a round split evenly between the rows");
   const int lane = threadIdx.x & 31;
   const int64_t n = gemv_row(blockIdx.x, threadIdx.x >> 5);
   const int64_t chunks = K / GEMV_CHUNK;
-  uint4 wv[U];
+  uint4 wv[R][UR];
   // The first round of weight loads before pdl_begin: weights are never written during a step, so under PDL
   // they stream while the kernel before this one finishes (cuda_common.cuh, pdl_launch_next).
-  if (n < N) gemv_load_w<U, false>(wv, w, n, K, lane, chunks);
+  if (n < N) {
+#pragma unroll
+    for (int r = 0; r < R; r++) gemv_load_w<UR, false>(wv[r], w, n + r * N, K, lane, chunks);
+  }
   pdl_begin();        // before x is read or y written: launched with cuda_launch
   if (n >= N) return; // a whole warp leaves; nothing below synchronises the block
-  float acc[MT];
+  float acc[R][MT];
 #pragma unroll
-  for (int m = 0; m < MT; m++) acc[m] = 0.0f;
-  for (int64_t c0 = lane; c0 < chunks; c0 += 32 * U) {
-    uint4 wn[PIPE ? U : 1];
-    if constexpr (PIPE)
-      gemv_load_w<U, true>(wn, w, n, K, c0 + 32 * U, chunks); // the next round streams during this one's FMAs
-    else if (c0 != lane)
-      gemv_load_w<U, true>(wv, w, n, K, c0, chunks); // all U loads first
+  for (int r = 0; r < R; r++)
 #pragma unroll
-    for (int u = 0; u < U; u++) {
+    for (int m = 0; m < MT; m++) acc[r][m] = 0.0f;
+  for (int64_t c0 = lane; c0 < chunks; c0 += 32 * UR) {
+    uint4 wn[R][PIPE ? UR : 1];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      if constexpr (PIPE)
+        gemv_load_w<UR, true>(wn[r], w, n + r * N, K, c0 + 32 * UR, chunks); // streams during this round's FMAs
+      else if (c0 != lane)
+        gemv_load_w<UR, true>(wv[r], w, n + r * N, K, c0, chunks); // all loads of the round first
+    }
+#pragma unroll
+    for (int u = 0; u < UR; u++) {
       const int64_t c = c0 + 32 * u;
       if (c < chunks) {
-        float wf[8];
-        bf16x8_to_f32(wv[u], wf);
+        float wf[R][8];
+#pragma unroll
+        for (int r = 0; r < R; r++) bf16x8_to_f32(wv[r][u], wf[r]);
 #pragma unroll
         for (int m = 0; m < MT; m++) {
           if (m < M) {
             float xf[8];
             bf16x8_to_f32(*reinterpret_cast<const uint4 *>(x + gemv_x_off(m, ldx, c)), xf);
 #pragma unroll
-            for (int i = 0; i < 8; i++) acc[m] = fmaf(xf[i], wf[i], acc[m]);
+            for (int r = 0; r < R; r++)
+#pragma unroll
+              for (int i = 0; i < 8; i++) acc[r][m] = fmaf(xf[i], wf[r][i], acc[r][m]);
           }
         }
       }
     }
     if constexpr (PIPE) {
 #pragma unroll
-      for (int u = 0; u < U; u++) wv[u] = wn[u];
+      for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int u = 0; u < UR; u++) wv[r][u] = wn[r][u];
     }
   }
-  const float b = bias ? to_f(bias[n]) : 0.0f;
+  if constexpr (GLU) {
 #pragma unroll
-  for (int m = 0; m < MT; m++) {
-    float v = warp_sum(acc[m]); // every lane gets the same fixed-order sum
-    if (m < M && lane == m) {
-      v = rnd<TO>(v + b);
-      if (act == ES_ACT_GELU) v = rnd<TO>(gelu_erf(v));
-      TO *yp = y + (int64_t)m * ldy + n;
-      if (accumulate) v = to_f(*yp) + v;
-      *yp = from_f<TO>(v);
+    for (int m = 0; m < MT; m++) {
+      const float g = warp_sum(acc[0][m]), v = warp_sum(acc[1][m]);
+      if (m < M && lane == m) // the plain epilogue's rounding of each (no bias: + 0, as it adds), then SiLU·mul
+        y[(int64_t)m * ldy + n] = from_f<TO>(silu_mul_value<TO>(rnd<TO>(g + 0.0f), rnd<TO>(v + 0.0f)));
+    }
+  } else {
+    const float b = bias ? to_f(bias[n]) : 0.0f;
+#pragma unroll
+    for (int m = 0; m < MT; m++) {
+      float v = warp_sum(acc[0][m]); // every lane gets the same fixed-order sum
+      if (m < M && lane == m) {
+        v = rnd<TO>(v + b);
+        if (act == ES_ACT_GELU) v = rnd<TO>(gelu_erf(v));
+        TO *yp = y + (int64_t)m * ldy + n;
+        if (accumulate) v = to_f(*yp) + v;
+        *yp = from_f<TO>(v);
+      }
     }
   }
 }
 
-template <typename TO, int MT, int U>
+// N: output columns (GLU: half the weight's rows).
+template <typename TO, int MT, int U, bool GLU = false>
 static void launch_u(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const void *w, int64_t N,
                      int64_t K, const void *bias, int M, int act, int accumulate) {
   const unsigned grid = (unsigned)gemv_grid(N);
   if (cuda_gemv_pipe(cb))
-    cuda_launch(cb, bf16_gemv_kernel<TO, MT, U, true>, dim3(grid), dim3(GEMV_WARPS * 32), 0, (TO *)y, ldy,
+    cuda_launch(cb, bf16_gemv_kernel<TO, MT, U, true, GLU>, dim3(grid), dim3(GEMV_WARPS * 32), 0, (TO *)y, ldy,
                 (const bf16 *)x, ldx, (const bf16 *)w, (const bf16 *)bias, M, N, K, act, accumulate);
   else
-    cuda_launch(cb, bf16_gemv_kernel<TO, MT, U, false>, dim3(grid), dim3(GEMV_WARPS * 32), 0, (TO *)y, ldy,
+    cuda_launch(cb, bf16_gemv_kernel<TO, MT, U, false, GLU>, dim3(grid), dim3(GEMV_WARPS * 32), 0, (TO *)y, ldy,
                 (const bf16 *)x, ldx, (const bf16 *)w, (const bf16 *)bias, M, N, K, act, accumulate);
 }
 
@@ -155,6 +184,29 @@ extern "C" int cuda_gemv(cuda_backend_t *cb, void *y, int64_t ldy, es_dtype_t ou
     dispatch<bf16>(cb, y, ldy, x, ldx, w, N, K, bias, (int)M, (int)act, accumulate);
   ES_CUDA_LAUNCHED(err);
   cb->gemv_calls++;
+  return ES_OK;
+}
+
+extern "C" int cuda_gemv_glu_ok(const cuda_backend_t *cb, const void *x, int64_t ldx, const void *w, int64_t N2,
+                                int64_t K, int64_t M) {
+  return (cb->fusions & CUDA_FUSE_GLU) && M == 1 && N2 % 2 == 0 && cb->base.act_dtype == ES_DT_BF16 &&
+         cuda_gemv_ok(cb, ES_DT_BF16, x, ldx, w, N2, K, M);
+}
+
+extern "C" int cuda_gemv_glu(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const void *w,
+                             int64_t N2, int64_t K, int64_t M, es_error_t *err) {
+  if (!cuda_gemv_glu_ok(cb, x, ldx, w, N2, K, M))
+    return es_fail(err, ES_EINTERNAL, "%s: fused gate|up GEMV called outside its conditions (M %lld, K %lld)",
+                   cb->base.name, (long long)M, (long long)K);
+  const int64_t N = N2 / 2;
+  switch (cuda_gemv_loads(cb)) {
+  case 4: launch_u<bf16, 1, 4, true>(cb, y, ldy, x, ldx, w, N, K, NULL, 1, ES_ACT_NONE, 0); break;
+  case 16: launch_u<bf16, 1, 16, true>(cb, y, ldy, x, ldx, w, N, K, NULL, 1, ES_ACT_NONE, 0); break;
+  default: launch_u<bf16, 1, 8, true>(cb, y, ldy, x, ldx, w, N, K, NULL, 1, ES_ACT_NONE, 0); break;
+  }
+  ES_CUDA_LAUNCHED(err);
+  cb->gemv_calls++;
+  cb->glu_calls++;
   return ES_OK;
 }
 

@@ -50,6 +50,15 @@ int cuda_gemv(cuda_backend_t *cb, void *y, int64_t ldy, es_dtype_t out_dt, const
               const void *w, int64_t N, int64_t K, const void *bias, int64_t M, es_act_t act, int accumulate,
               es_error_t *err);
 
+/* es_op_linear_silu_mul at one row in one kernel (cuda_gemm.cu: cuda_op_linear_silu_mul): y[0, n] = silu(g) · u
+ * with g, u rows n and n + N of the (2N = N2, K) gate|up weight, where the fusion is on (cb->fusions, CUDA_FUSE_GLU)
+ * and cuda_gemv_ok takes that linear at M = 1. The same bits as the GEMV into (1, 2N) and cuda_ops' SiLU·mul, and
+ * also counted in cuda_backend_gemv_calls. */
+int cuda_gemv_glu_ok(const cuda_backend_t *cb, const void *x, int64_t ldx, const void *w, int64_t N2, int64_t K,
+                     int64_t M);
+int cuda_gemv_glu(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const void *w, int64_t N2,
+                  int64_t K, int64_t M, es_error_t *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -198,7 +198,7 @@ template <typename T> __global__ void silu_mul_kernel(T *y, const T *gate, const
   GRID_STRIDE(i, M * N) {
     int64_t m = i / N, n = i % N;
     float g = to_f(gate[m * ld + n]);
-    y[i] = from_f<T>(rnd<T>(g / (1.0f + expf(-g))) * to_f(up[m * ld + n]));
+    y[i] = from_f<T>(silu_mul_value<T>(g, to_f(up[m * ld + n])));
   }
 }
 
@@ -214,7 +214,7 @@ __global__ void silu_mul_vec_kernel(T *y, const T *gate, const T *up, int64_t ld
     load16_f(gate + m * ld + j, g);
     load16_f(up + m * ld + j, u);
 #pragma unroll
-    for (int e = 0; e < V; e++) o[e] = rnd<T>(g[e] / (1.0f + expf(-g[e]))) * u[e];
+    for (int e = 0; e < V; e++) o[e] = silu_mul_value<T>(g[e], u[e]);
     store16_f(y + m * N + j, o);
   }
 }
