@@ -5,9 +5,10 @@
  * Paged (decoder): a mixed step — decodes and small chunks (split-KV decode kernel) beside full prefills and
  * chunks over a cached prefix (flash prefill kernel) — with contexts 1 .. 8192, lengths off and on the 16-key
  * block and 64-key tile boundaries, single-token sequences, block tables in shuffled order; and a decode-only
- * step of 16 contexts under the split heuristic and forced split counts 1, 3, 7, 128. Dense (encoder): key
- * padding (valid_len < T, down to 1), lengths not multiples of the 128-row tile, T = 1, the full 30 s shape
- * (T = 1500, 20 heads) against the simple kernel, an unaligned stride that must fall back to the simple kernel.
+ * step of 16 contexts under the split heuristic and forced split counts 1, 3, 7, 128, each with the splits merged
+ * in the split kernel (CUDA_FUSE_COMBINE, the default) and by the separate combine kernel, bit for bit. Dense
+ * (encoder): key padding (valid_len < T, down to 1), lengths not multiples of the 128-row tile, T = 1, the full 30 s
+ * shape (T = 1500, 20 heads) against the simple kernel, an unaligned stride that must fall back to the simple kernel.
  *
  * Three input patterns, each chosen to expose a different mistake:
  *   random    q in [-2, 2], k, v in [-1, 1]: the arithmetic (also compared with the simple kernel);
@@ -231,8 +232,24 @@ static void paged_case(pair_t *p, const char *label, int n_seqs, const int32_t *
   for (int k = 0; k < n_splits; k++) {
     snprintf(what, sizeof what, "paged %s (%s) H=%d D=%d splits=%d: fast vs cpu", label, PAT_NAME[pattern], H, D,
              splits[k]);
+    int64_t glu, comb0, comb1;
+    cuda_backend_fused_calls(p->gpu, &glu, &comb0);
     float *got = gpu_paged(p, bt, CUDA_ATTN_FAST, splits[k], what);
+    cuda_backend_fused_calls(p->gpu, &glu, &comb1);
     compare(what, got, ref, n, atol, rtol);
+    /* rows split several ways (forced splits > 1 always split the longer contexts of these steps) are merged by
+     * the split kernel's last block (CUDA_FUSE_COMBINE, the default); with the fusion off by a second kernel:
+     * the same merge, the same bits */
+    T_CHECK(splits[k] == 1  ? comb1 == comb0
+            : splits[k] > 1 ? comb1 > comb0
+                            : 1,
+            "%s: %lld decode launches merged their splits themselves", what, (long long)(comb1 - comb0));
+    T_CHECK(cuda_backend_set_fusions(p->gpu, CUDA_FUSE_GLU, &err) == 0, "fusions: %s", err.msg);
+    float *sep = gpu_paged(p, bt, CUDA_ATTN_FAST, splits[k], what);
+    T_CHECK(cuda_backend_set_fusions(p->gpu, CUDA_FUSE_ALL, &err) == 0, "fusions: %s", err.msg);
+    T_CHECK(memcmp(got, sep, sizeof(float) * (size_t)n) == 0,
+            "%s: the splits merged in the split kernel differ from the combine kernel's merge", what);
+    free(sep);
     free(got);
   }
   if (pattern == PAT_RANDOM) {

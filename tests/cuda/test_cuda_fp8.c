@@ -193,6 +193,83 @@ done:
   kt_weight_free(&w);
 }
 
+/* es_op_linear_silu_mul with an fp8 gate|up weight [2N, K]: against the CPU (the GEMMs' tolerance), and on the GPU with
+ * the fusion on (CUDA_FUSE_GLU: at one row, K % 16 == 0, the CUDA-core GEMV applies SiLU·mul in its epilogue) bit for
+ * bit against it off (the GEMV into gu, then the SiLU·mul kernel), under each loads-in-flight and pipelining
+ * setting; the fused calls counted. ldx = K + 16, ldy = N + 3. */
+static void test_linear_silu_mul(es_backend_t *cpu, es_backend_t *gpu, es_dtype_t dt, int64_t M, int64_t K, int64_t N) {
+#ifdef ES_HAVE_CUDA_BACKEND
+  es_error_t err;
+  const int64_t ldx = K + 16, ldy = N + 3, ldgu = 2 * N + 1;
+  kt_weight_t w = kt_weight(ES_DT_BF16, 2 * N, K, -0.4f, 0.4f);
+  es_weight_t wc, wg;
+  if (upload_fp8(cpu, &w, &wc) || upload_fp8(gpu, &w, &wg)) {
+    kt_weight_free(&w);
+    return;
+  }
+  float *x = malloc(sizeof(float) * (size_t)(M * ldx));
+  kt_fill(x, M * ldx, -1, 1);
+  round_to(dt, x, M * ldx);
+  void *xc = kt_act(cpu, x, M * ldx), *xg = kt_act(gpu, x, M * ldx), *yc = kt_act(cpu, NULL, M * ldy),
+       *yg = kt_act(gpu, NULL, M * ldy), *guc = kt_act(cpu, NULL, M * ldgu), *gug = kt_act(gpu, NULL, M * ldgu);
+  char what[160];
+  snprintf(what, sizeof what, "[%s] fp8 linear_silu_mul M=%lld K=%lld N=%lld", es_dtype_name(dt), (long long)M,
+           (long long)K, (long long)N);
+  T_CHECK(es_op_linear_silu_mul(cpu, yc, ldy, guc, ldgu, xc, ldx, &wc, M, &err) == 0, "%s: %s", what, err.msg);
+  float *ref = kt_read(cpu, yc, M * ldy), *plain = NULL;
+  /* where the fused kernel takes the call: one row the tensor-core GEMV leaves to the CUDA-core one, K % 16 == 0 */
+  const int fusable = M == 1 && K % 16 == 0 && !cuda_fp8_mma_ok((const cuda_backend_t *)gpu, xg, ldx, &wg, M);
+  for (int fused = 0; fused < 2; fused++) {
+    T_CHECK(cuda_backend_set_fusions(gpu, fused ? CUDA_FUSE_ALL : 0, &err) == 0, "fusions: %s", err.msg);
+    int64_t glu0, glu1, comb;
+    cuda_backend_fused_calls(gpu, &glu0, &comb);
+    T_CHECK(es_op_linear_silu_mul(gpu, yg, ldy, gug, ldgu, xg, ldx, &wg, M, &err) == 0, "%s: %s", what, err.msg);
+    cuda_backend_fused_calls(gpu, &glu1, &comb);
+    T_CHECK(glu1 - glu0 == (fused && fusable), "%s fusion %s: %lld fused calls, expected %d", what,
+            fused ? "on" : "off", (long long)(glu1 - glu0), fused && fusable);
+    float *got = kt_read(gpu, yg, M * ldy);
+    double *r = malloc(sizeof(double) * (size_t)(M * N));
+    float *g = malloc(sizeof(float) * (size_t)(M * N));
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t n = 0; n < N; n++) {
+        r[m * N + n] = ref[m * ldy + n];
+        g[m * N + n] = got[m * ldy + n];
+      }
+    char w2[220];
+    snprintf(w2, sizeof w2, "%s fusion %s vs cpu", what, fused ? "on" : "off");
+    kt_close(w2, g, r, NULL, M * N, atol_for(dt), rtol_for(dt));
+    if (!fused) {
+      plain = got;
+    } else {
+      for (int64_t m = 0; m < M; m++)
+        T_CHECK(memcmp(plain + m * ldy, got + m * ldy, sizeof(float) * (size_t)N) == 0,
+                "%s: row %lld fused differs from the GEMV + SiLU·mul", what, (long long)m);
+      free(got);
+    }
+    free(r);
+    free(g);
+  }
+  static const int loads[] = {4, 16, 8, 4, 0};
+  for (int i = 0; i < 5 && fusable; i++) {
+    const int piped = i != 3;
+    T_CHECK(cuda_backend_set_gemv_loads(gpu, loads[i], &err) == 0, "set_gemv_loads: %s", err.msg);
+    T_CHECK(cuda_backend_set_gemv_pipe(gpu, piped, &err) == 0, "set_gemv_pipe: %s", err.msg);
+    T_CHECK(es_op_linear_silu_mul(gpu, yg, ldy, gug, ldgu, xg, ldx, &wg, M, &err) == 0, "%s: %s", what, err.msg);
+    float *got = kt_read(gpu, yg, M * ldy);
+    T_CHECK(memcmp(plain, got, sizeof(float) * (size_t)N) == 0,
+            "%s: fused with %d loads in flight (%s) differs from the GEMV + SiLU·mul", what, loads[i],
+            piped ? "pipelined" : "not pipelined");
+    free(got);
+  }
+  free(plain);
+  free(ref);
+  free(x);
+  kt_weight_free(&w);
+#else
+  (void)cpu, (void)gpu, (void)dt, (void)M, (void)K, (void)N;
+#endif
+}
+
 int main(void) {
   int skip = t_need_gpu();
   if (skip) return skip;
@@ -240,6 +317,13 @@ int main(void) {
         test_linear(cpu, gpu, dt, 8, 4096, 48, 1, ES_ACT_NONE, 1, 1);  /* the 7B K, aligned stride */
         test_linear(cpu, gpu, dt, 100, 128, 64, 1, ES_ACT_GELU, 1, 1); /* ... and through the plain GEMM */
         test_gemv_invariance(gpu, dt, 8);
+        /* the gate|up linear with SiLU·mul: fused at one row (the 7B K, a lane-wrapping K, a single chunk), not at
+         * 3 rows nor at K % 16 != 0 */
+        test_linear_silu_mul(cpu, gpu, dt, 1, 4096, 37);
+        test_linear_silu_mul(cpu, gpu, dt, 1, 1040, 70);
+        test_linear_silu_mul(cpu, gpu, dt, 1, 16, 5);
+        test_linear_silu_mul(cpu, gpu, dt, 3, 1024, 20);
+        test_linear_silu_mul(cpu, gpu, dt, 1, 40, 9);
         if (mma == 1 && dt == ES_DT_BF16) {
           test_gemv_invariance(gpu, dt, 32); /* 4 n-tiles */
           test_gemv_invariance(gpu, dt, 40); /* two launches: 24 + 16 rows */

@@ -293,6 +293,85 @@ static void test_gemv_invariance(const duo_t *d) {
 #endif
 }
 
+/* es_op_linear_silu_mul, y = silu(g) · u from a gate|up weight [2N, K]: against the CPU (K_GEMM), and on the GPU with
+ * the fusion on (CUDA_FUSE_GLU: one GEMV whose epilogue applies SiLU·mul, at one row in bf16 where the GEMV takes the
+ * linear) bit for bit against it off (the GEMV into gu, then the SiLU·mul kernel) — also under every loads-in-flight
+ * and pipelining setting; the fused calls counted. ldx = K + 8 keeps the GEMV's loads aligned, ldy = N + 3. */
+static void test_linear_silu_mul(const duo_t *d, int64_t M, int64_t K, int64_t N) {
+#ifdef ES_HAVE_CUDA_BACKEND
+  es_error_t err;
+  const int64_t ldx = K + 8, ldy = N + 3, ldgu = 2 * N + 2;
+  kt_weight_t w = rand_weight(d, 2 * N, K, -0.5f, 0.5f);
+  es_weight_t dw[2];
+  upload2(d, &w, dw);
+  float *x = rand_act(d, M * ldx, -1, 1);
+  void *px[2], *py[2], *pgu[2];
+  put(d, x, M * ldx, px);
+  put(d, NULL, M * ldy, py);
+  put(d, NULL, M * ldgu, pgu);
+  char what[160];
+  snprintf(what, sizeof what, "linear_silu_mul M=%lld K=%lld N=%lld", (long long)M, (long long)K, (long long)N);
+  T_CHECK(es_op_linear_silu_mul(d->be[0], py[0], ldy, pgu[0], ldgu, px[0], ldx, &dw[0], M, &err) == 0, "%s: %s", what,
+          err.msg);
+  float *ref = kt_read(d->be[0], py[0], M * ldy), *plain = NULL;
+  const int fusable =
+      d->dt == ES_DT_BF16 && M == 1 && gemv_shape_ok(M, 2 * N, K, ldx, (uintptr_t)px[1], (uintptr_t)dw[1].data);
+  for (int fused = 0; fused < 2; fused++) {
+    T_CHECK(cuda_backend_set_fusions(d->be[1], fused ? CUDA_FUSE_ALL : CUDA_FUSE_COMBINE, &err) == 0, "fusions: %s",
+            err.msg);
+    int64_t glu0, glu1, comb;
+    cuda_backend_fused_calls(d->be[1], &glu0, &comb);
+    T_CHECK(es_op_linear_silu_mul(d->be[1], py[1], ldy, pgu[1], ldgu, px[1], ldx, &dw[1], M, &err) == 0, "%s: %s", what,
+            err.msg);
+    cuda_backend_fused_calls(d->be[1], &glu1, &comb);
+    T_CHECK(glu1 - glu0 == (fused && fusable), "[%s] %s fusion %s: %lld fused calls, expected %d", d->name, what,
+            fused ? "on" : "off", (long long)(glu1 - glu0), fused && fusable);
+    float *got = kt_read(d->be[1], py[1], M * ldy);
+    double *r = malloc(sizeof(double) * (size_t)(M * N));
+    float *g = malloc(sizeof(float) * (size_t)(M * N));
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t n = 0; n < N; n++) {
+        r[m * N + n] = ref[m * ldy + n];
+        g[m * N + n] = got[m * ldy + n];
+      }
+    char w2[220];
+    snprintf(w2, sizeof w2, "[%s] %s fusion %s vs cpu", d->name, what, fused ? "on" : "off");
+    kt_close(w2, g, r, NULL, M * N, tol_atol(d, K_GEMM), tol_rtol(d, K_GEMM));
+    if (!fused) {
+      plain = got;
+    } else {
+      for (int64_t m = 0; m < M; m++)
+        T_CHECK(memcmp(plain + m * ldy, got + m * ldy, sizeof(float) * (size_t)N) == 0,
+                "[%s] %s: row %lld fused differs from the GEMV + SiLU·mul", d->name, what, (long long)m);
+      free(got);
+    }
+    free(r);
+    free(g);
+  }
+  /* the schedule settings change nothing (a fused row keeps its chunk order) */
+  static const int loads[] = {4, 16, 8, 4, 0};
+  for (int i = 0; i < 5 && fusable; i++) {
+    const int piped = i != 3;
+    T_CHECK(cuda_backend_set_gemv_loads(d->be[1], loads[i], &err) == 0, "set_gemv_loads: %s", err.msg);
+    T_CHECK(cuda_backend_set_gemv_pipe(d->be[1], piped, &err) == 0, "set_gemv_pipe: %s", err.msg);
+    T_CHECK(es_op_linear_silu_mul(d->be[1], py[1], ldy, pgu[1], ldgu, px[1], ldx, &dw[1], M, &err) == 0, "%s: %s", what,
+            err.msg);
+    float *got = kt_read(d->be[1], py[1], M * ldy);
+    T_CHECK(memcmp(plain, got, sizeof(float) * (size_t)N) == 0,
+            "[%s] %s: fused with %d loads in flight (%s) differs from the GEMV + SiLU·mul", d->name, what, loads[i],
+            piped ? "pipelined" : "not pipelined");
+    free(got);
+  }
+  T_CHECK(cuda_backend_fusions(d->be[1]) == CUDA_FUSE_ALL, "the default fusions are all of them");
+  free(plain);
+  free(ref);
+  free(x);
+  kt_weight_free(&w);
+#else
+  (void)d, (void)M, (void)K, (void)N;
+#endif
+}
+
 static void test_conv1d(const duo_t *d, int64_t B, int64_t T_in, int64_t C_in, int64_t C_out, int stride) {
   es_error_t err;
   int kernel = 3, pad = 1;
@@ -685,6 +764,13 @@ int main(void) {
       }
       test_plain_invariance(&d);
       test_gemv_invariance(&d);
+      /* the gate|up linear with SiLU·mul: one row (fused in bf16; K = 8 · odd > 256 so lanes wrap, a single
+       * chunk, N odd), several rows (never fused), and K % 8 != 0 (never the GEMV) */
+      test_linear_silu_mul(&d, 1, 296, 70);
+      test_linear_silu_mul(&d, 1, 2344, 33);
+      test_linear_silu_mul(&d, 1, 8, 5);
+      test_linear_silu_mul(&d, 3, 296, 70);
+      test_linear_silu_mul(&d, 1, 44, 9);
       test_logits(&d, 3, 64, 1001);
       test_logits(&d, 1, 40, 77);
       test_logits(&d, 2, 24, 33);

@@ -205,6 +205,16 @@ static void test_op_shapes(void) {
   EXPECT(es_op_add_rows(be, x, y, 8, 4, 3, E), ES_OK, "add_rows");
   EXPECT(es_op_avg_pool2(be, y, x, 1, 5, 3, E), ES_EINVAL, "avg_pool2 odd T");
   EXPECT(es_op_silu_mul(be, y, x, x, 3, 2, 4, E), ES_EINVAL, "silu_mul ld < N");
+  /* the gate|up linear with SiLU·mul: w (6, 4) is gate rows 0..2, up rows 3..5 */
+  void *gu = kt_act(be, NULL, 256);
+  EXPECT(es_op_linear_silu_mul(be, y, 3, gu, 6, x, 4, &w, 2, E), ES_OK, "linear_silu_mul");
+  EXPECT(es_op_linear_silu_mul(be, y, 3, gu, 6, x, 4, &w, 0, E), ES_EINVAL, "linear_silu_mul M 0");
+  EXPECT(es_op_linear_silu_mul(be, y, 2, gu, 6, x, 4, &w, 2, E), ES_EINVAL, "linear_silu_mul ldy < N");
+  EXPECT(es_op_linear_silu_mul(be, y, 3, gu, 5, x, 4, &w, 2, E), ES_EINVAL, "linear_silu_mul ldgu < 2N");
+  EXPECT(es_op_linear_silu_mul(be, y, 3, gu, 6, x, 3, &w, 2, E), ES_EINVAL, "linear_silu_mul ldx < K");
+  EXPECT(es_op_linear_silu_mul(be, y, 3, gu, 6, x, 4, &bias5, 2, E), ES_EINVAL, "linear_silu_mul an odd row count");
+  EXPECT(es_op_linear_silu_mul(be, x, 3, gu, 6, x, 4, &w, 2, E), ES_EINVAL, "linear_silu_mul y overlaps x");
+  EXPECT(es_op_linear_silu_mul(be, gu, 3, gu, 6, x, 4, &w, 2, E), ES_EINVAL, "linear_silu_mul y overlaps gu");
   int32_t valid[2] = {3, 5};
   EXPECT(es_op_attention_dense(be, y, x, 8, x, 8, x, 8, 2, 4, 2, 4, 0.5f, valid, E), ES_EINVAL, "dense valid_len > T");
   valid[1] = 0;

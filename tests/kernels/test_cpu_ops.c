@@ -107,6 +107,26 @@ static void test_small_ops(es_backend_t *be) {
     free(y);
     free(gu);
   }
+  /* linear_silu_mul: the gate|up product and SiLU·mul in one op give the two ops' bits (the CPU runs them) */
+  {
+    int64_t M = 3, K = 24, N = 11, ldgu = 2 * N;
+    kt_weight_t kw = kt_weight(ES_DT_BF16, 2 * N, K, -0.5f, 0.5f);
+    es_weight_t w = kt_upload(be, &kw);
+    float *x = malloc(sizeof(float) * (size_t)(M * K));
+    kt_fill(x, M * K, -1, 1);
+    void *dx = kt_act(be, x, M * K), *dgu = kt_act(be, NULL, M * ldgu), *dy = kt_act(be, NULL, M * N),
+         *dy2 = kt_act(be, NULL, M * N);
+    T_CHECK(es_op_linear_silu_mul(be, dy, N, dgu, ldgu, dx, K, &w, M, &err) == 0, "linear_silu_mul: %s", err.msg);
+    T_CHECK(es_op_linear(be, dgu, ldgu, dx, K, &w, NULL, M, ES_ACT_NONE, 0, &err) == 0 &&
+                es_op_silu_mul(be, dy2, dgu, (float *)dgu + N, ldgu, M, N, &err) == 0,
+            "linear, silu_mul: %s", err.msg);
+    float *y = kt_read(be, dy, M * N), *y2 = kt_read(be, dy2, M * N);
+    T_CHECK(memcmp(y, y2, sizeof(float) * (size_t)(M * N)) == 0, "linear_silu_mul != linear then silu_mul");
+    free(y);
+    free(y2);
+    free(x);
+    kt_weight_free(&kw);
+  }
   /* avg_pool2: B = 2, T = 6, C = 5 */
   {
     int64_t B = 2, T = 6, C = 5;
