@@ -727,8 +727,7 @@ static int decoder_forward(qa_model_t *m, int T, int n_audio, int n_logits, es_e
     else if (!(rc = es_op_linear(be, gate, I, m->x, E, &d->wg, NULL, T, ES_ACT_NONE, 0, err)) &&
              !(rc = es_op_linear(be, up, I, m->x, E, &d->wu, NULL, T, ES_ACT_NONE, 0, err)))
       rc = es_op_silu_mul(be, m->act, gate, up, ldgu, T, I, err);
-    if (rc || (rc = es_op_linear(be, m->o, E, m->act, I, &d->wd, NULL, T, ES_ACT_NONE, 0, err)))
-      goto layer_failed;
+    if (rc || (rc = es_op_linear(be, m->o, E, m->act, I, &d->wd, NULL, T, ES_ACT_NONE, 0, err))) goto layer_failed;
     add = m->o;
     continue;
   layer_failed:

@@ -622,7 +622,8 @@ extern "C" int cuda_backend_set_fusions(es_backend_t *be, int mask, es_error_t *
   cuda_backend_t *cb = cuda_hook_backend(be, "fusions", err);
   if (!cb) return ES_EINVAL;
   if (mask < 0 || mask > CUDA_FUSE_ALL)
-    return es_fail(err, ES_EINVAL, "fusions: mask %d (0 to %d: CUDA_FUSE_GLU | CUDA_FUSE_COMBINE)", mask, CUDA_FUSE_ALL);
+    return es_fail(err, ES_EINVAL, "fusions: mask %d (0 to %d: CUDA_FUSE_GLU | CUDA_FUSE_COMBINE)", mask,
+                   CUDA_FUSE_ALL);
   int rc = cuda_hook_change(cb, "fusions", cb->fusions != mask, err);
   if (rc) return rc;
   cb->fusions = mask;

@@ -156,11 +156,11 @@ typedef struct {
   int64_t fp8_mma_calls; /* linears run by the tensor-core fp8 GEMV, for tests (cuda_backend_fp8_mma_calls) */
 
   /* ---- decode-step fusions (cuda_hooks.h: cuda_backend_set_fusions) ---- */
-  int fusions;                   /* CUDA_FUSE_* mask: EARSHOT_FUSE at create, default CUDA_FUSE_ALL */
-  int64_t glu_calls;             /* es_op_linear_silu_mul calls run fused (bf16 and fp8 GEMVs) */
-  int64_t combine_fused;         /* split-KV decode launches whose last blocks merged the splits */
-  int32_t *attn_arrivals;        /* device [attn_arrivals_n], zero between launches: blocks of a (row, head) done */
-  int64_t attn_arrivals_n;       /* (row, head) pairs it counts (attn_math.h: attn_arrival_slots) */
+  int fusions;             /* CUDA_FUSE_* mask: EARSHOT_FUSE at create, default CUDA_FUSE_ALL */
+  int64_t glu_calls;       /* es_op_linear_silu_mul calls run fused (bf16 and fp8 GEMVs) */
+  int64_t combine_fused;   /* split-KV decode launches whose last blocks merged the splits */
+  int32_t *attn_arrivals;  /* device [attn_arrivals_n], zero between launches: blocks of a (row, head) done */
+  int64_t attn_arrivals_n; /* (row, head) pairs it counts (attn_math.h: attn_arrival_slots) */
 
   /* ---- op profiles (backend.h): timing events on the op stream, between profile_start and _stop ---- */
   cudaEvent_t *prof_ev;
