@@ -7,8 +7,9 @@
  * pipelined as by default, and with 4 loads also not: cuda_backend_set_gemv_pipe)
  * and through cuBLASLt (GEMV off, every M); fp8 weights (per-row scales) through the CUDA-core GEMV with 4, 8 or 16
  * loads in flight (M <= 8), the tensor-core GEMV (M 2 .. 64, cuda_backend_set_fp8_mma) and, past 8 rows with the
- * tensor-core GEMV off, dequantise + cuBLASLt. A decode step streams each weight once, so the figure of merit is the
- * weight bytes (plus activations) over the time, against the copy bandwidth (bytes read + written).
+ * tensor-core GEMV off, dequantise + cuBLASLt; and gate|up at one row as es_op_linear_silu_mul (bf16 and fp8: the
+ * GEMV with SiLU·mul in its epilogue, two weight rows per warp). A decode step streams each weight once, so the figure
+ * of merit is the weight bytes (plus activations) over the time, against the copy bandwidth (bytes read + written).
  * Each figure is the device time of --repeats calls timed with the op profile's events (backend.h), rotating over
  * enough copies of the weight that together they are several times the L2 cache, so the weights come from memory.
  * Random weights and inputs (never zeros: METHOD.md). A program, not a test (STYLE.md). Exit codes: 0 ok,
@@ -84,11 +85,14 @@ typedef struct {
   es_weight_t w[MAX_COPIES];
   int copies;
   void *x, *y;
+  void *act; /* gate|up only: silu(gate) · up, [MAX_M, N / 2] */
+  int glu;   /* time es_op_linear_silu_mul (gate|up with SiLU·mul) instead of the linear */
 } layer_t;
 
 /* Call r of the layer's op at M rows, on copy r of the weight (rotating). */
 static int call_op(layer_t *l, int64_t M, int r, es_error_t *err) {
   const es_weight_t *w = &l->w[r % l->copies];
+  if (l->glu) return es_op_linear_silu_mul(l->be, l->act, l->s->N / 2, l->y, l->s->N, l->x, l->s->K, w, M, err);
   return l->s->logits ? es_op_logits(l->be, l->y, l->x, w, M, err)
                       : es_op_linear(l->be, l->y, l->s->N, l->x, l->s->K, w, NULL, M, ES_ACT_NONE, 0, err);
 }
@@ -139,6 +143,7 @@ static int layer_open(es_backend_t *be, const shape_t *s, int fp8, layer_t *l, e
   if (!rc && !(rc = es_backend_alloc(be, sizeof(uint16_t) * (size_t)(MAX_M * s->K), &l->x, err)))
     rc = es_backend_write(be, l->x, xh, sizeof(uint16_t) * (size_t)(MAX_M * s->K), err);
   if (!rc) rc = es_backend_alloc(be, ysize * (size_t)(MAX_M * s->N), &l->y, err);
+  if (!rc && !strcmp(s->name, "gate_up")) rc = es_backend_alloc(be, ysize * (size_t)(MAX_M * s->N / 2), &l->act, err);
   free(h);
   free(xh);
   return rc;
@@ -198,12 +203,15 @@ int bench_linear(int argc, char **argv) {
         /* paths: GEMV with each loads-in-flight where the GEMV takes M (p 0..2, pipelined as by default), then
          * bf16: cuBLASLt (p 3); fp8: dequantise + cuBLASLt (p 3) past the CUDA-core GEMV's 8 rows, the tensor-core
          * GEMV (p 4) from 2 to 64 in one launch; the GEMV with 4 loads in flight not pipelined (p 5); the tensor-core
-         * GEMV in launches of at most 32 rows (p 6, its default) past 32 */
+         * GEMV in launches of at most 32 rows (p 6, its default) past 32; gate|up at one row as es_op_linear_silu_mul,
+         * the GEMV with SiLU·mul in its epilogue (p 7, all else as by default: CUDA_FUSE_GLU) */
         const int gemv_m = fp8 ? 8 : 4;
-        for (int p = 0; p < 7; p++) {
-          const int is_lt = p == 3, is_mma = p == 4 || p == 6, unpiped = p == 5;
+        for (int p = 0; p < 8; p++) {
+          const int is_lt = p == 3, is_mma = p == 4 || p == 6, unpiped = p == 5, glu = p == 7;
           int skip;
-          if (p == 6)
+          if (glu)
+            skip = !l.act || M != 1;
+          else if (p == 6)
             skip = !fp8 || M <= CUDA_FP8_MMA_DEFAULT_M || M > CUDA_FP8_MMA_MAX_M;
           else if (is_mma)
             skip = !fp8 || M > CUDA_FP8_MMA_MAX_M || M < CUDA_FP8_MMA_MIN_M;
@@ -213,23 +221,30 @@ int bench_linear(int argc, char **argv) {
             skip = M > gemv_m;
           if (skip) continue;
           int n_loads = loads[0]; /* unpiped: 4 */
-          if (is_lt || is_mma)
+          if (is_lt || is_mma || glu)
             n_loads = 0;
           else if (!unpiped)
             n_loads = loads[p];
-          if (cuda_backend_set_gemv(be, is_lt ? 0 : 2, &err) || cuda_backend_set_gemv_loads(be, n_loads, &err) ||
-              cuda_backend_set_gemv_pipe(be, !unpiped, &err) ||
+          l.glu = glu;
+          if (cuda_backend_set_gemv(be,
+                                    is_lt ? 0
+                                    : glu ? 1
+                                          : 2,
+                                    &err) ||
+              cuda_backend_set_gemv_loads(be, n_loads, &err) || cuda_backend_set_gemv_pipe(be, !unpiped, &err) ||
               cuda_backend_set_fp8_mma(be,
-                                       p == 6   ? 1
-                                       : is_mma ? 2
-                                                : 0,
+                                       p == 6 || glu ? 1
+                                       : is_mma      ? 2
+                                                     : 0,
                                        &err))
             goto done;
           double sec = 0;
           if (time_calls(&l, M, (int)repeats, &sec, &err)) goto done;
           row_t *r = &rows[n_rows++];
           snprintf(r->shape, sizeof r->shape, "%s %lldx%lld", s->name, (long long)s->N, (long long)s->K);
-          if (is_lt)
+          if (glu)
+            snprintf(r->path, sizeof r->path, "%s GEMV + SiLU·mul fused", fp8 ? "fp8" : "bf16");
+          else if (is_lt)
             snprintf(r->path, sizeof r->path, fp8 ? "fp8 dequant+cuBLASLt" : "bf16 cuBLASLt");
           else if (p == 6)
             snprintf(r->path, sizeof r->path, "fp8 tensor-core GEMV, 32-row launches");
@@ -242,13 +257,14 @@ int bench_linear(int argc, char **argv) {
           r->M = M;
           r->us = 1e6 * sec;
           double bytes = (double)s->N * s->K * (fp8 ? 1.0 : 2.0) + (fp8 ? 4.0 * s->N : 0) + 2.0 * M * s->K +
-                         (s->logits ? 4.0 : 2.0) * M * s->N;
+                         (s->logits ? 4.0 : 2.0) * M * s->N / (glu ? 2 : 1);
           r->bytes_per_s = sec > 0 ? bytes / sec : 0;
           printf("  %-22s M=%-3lld %-20s %9.2f us %7.0f GB/s = %.2f of copy\n", r->shape, (long long)M, r->path, r->us,
                  r->bytes_per_s / 1e9, bw > 0 ? r->bytes_per_s / bw : 0.0);
           fflush(stdout);
         }
       }
+      l.glu = 0;
       if (cuda_backend_set_gemv(be, 1, &err) || cuda_backend_set_gemv_loads(be, 0, &err) ||
           cuda_backend_set_gemv_pipe(be, 1, &err) || cuda_backend_set_fp8_mma(be, 1, &err))
         goto done;

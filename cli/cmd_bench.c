@@ -66,6 +66,8 @@ typedef enum {
   CMP_FP8CC,    /* fp8 without the tensor-core GEMV */
   CMP_NOPIPE,   /* the GEMVs not pipelined */
   CMP_LOADS8,   /* the GEMVs with 8 loads in flight */
+  CMP_NOGLU,    /* the gate|up GEMV without SiLU·mul in its epilogue (CUDA_FUSE_GLU off) */
+  CMP_NOCOMB,   /* the split-KV decode's splits merged by a second kernel (CUDA_FUSE_COMBINE off) */
   CMP_PROFILE,  /* op by op under the profiler */
   CMP_KINDS     /* none: a warm-up or timed run */
 } cmp_kind_t;
@@ -278,7 +280,7 @@ static double decoder_bytes(const model_config_t *c, es_dtype_t dt) {
 /* The CUDA settings `bench model`'s comparison runs change (one each), as the timed runs had them: each comparison
  * run puts them all back first, so it differs from the timed runs in its one setting only, whatever ran before it. */
 typedef struct {
-  int graphs, gemv, pdl, fp8_mma, gemv_pipe, gemv_loads;
+  int graphs, gemv, pdl, fp8_mma, gemv_pipe, gemv_loads, fusions;
   cuda_flash_t flash;
 } timed_settings_t;
 
@@ -290,13 +292,14 @@ static void timed_settings_get(const es_backend_t *be, timed_settings_t *s) {
   s->flash = cuda_backend_flash(be);
   s->gemv_pipe = cuda_backend_gemv_pipe(be);
   s->gemv_loads = cuda_backend_gemv_loads(be);
+  s->fusions = cuda_backend_fusions(be);
 }
 
 static int timed_settings_put(es_backend_t *be, const timed_settings_t *s, es_error_t *err) {
   return cuda_backend_set_graphs(be, s->graphs, err) || cuda_backend_set_gemv(be, s->gemv, err) ||
          cuda_backend_set_pdl(be, s->pdl, err) || cuda_backend_set_flash(be, s->flash, err) ||
          cuda_backend_set_fp8_mma(be, s->fp8_mma, err) || cuda_backend_set_gemv_pipe(be, s->gemv_pipe, err) ||
-         cuda_backend_set_gemv_loads(be, s->gemv_loads, err);
+         cuda_backend_set_gemv_loads(be, s->gemv_loads, err) || cuda_backend_set_fusions(be, s->fusions, err);
 }
 #endif
 
@@ -488,7 +491,7 @@ static int bench_model(int argc, char **argv) {
    * batch of 2 to 4, one run with it for every shape it takes (mode 2; at one row the default already has it
    * everywhere); with fp8 weights on the tensor-core GEMV, one run with the CUDA-core fp8 GEMV instead; at batch 1 with
    * the GEMVs pipelined, one run without (EARSHOT_GEMV_PIPE=0); at batch 1 with the GEMVs' default loads in flight, one
-   * run with 8. */
+   * run with 8; one run with each decode-step fusion off (CUDA_FUSE_GLU at batch 1, CUDA_FUSE_COMBINE). */
   const int cmp_graphs = es_backend_graphs_supported(bm.be);
   int cmp_gemv = 0;
 #ifdef ES_HAVE_CUDA_BACKEND
@@ -545,10 +548,21 @@ static int bench_model(int argc, char **argv) {
   cmp_loads8 = is_cuda && B == 1 && !ro.deterministic && cuda_backend_gemv_loads(bm.be) == 0 &&
                es_backend_act_dtype(bm.be) == ES_DT_BF16 && (gemv_mode != 0 || ro.quantization == RT_QUANT_FP8);
 #endif
+  /* the decode-step fusions (cuda_hooks.h), each on in the timed runs: one run with each off — the gate|up epilogue
+   * where it runs (one row), the in-kernel combine where the split-KV decode kernel runs (bf16, fast attention) */
+  int cmp_noglu = 0, cmp_nocomb = 0;
+#ifdef ES_HAVE_CUDA_BACKEND
+  const int fusions = cuda_backend_fusions(bm.be);
+  cmp_noglu = is_cuda && B == 1 && !ro.deterministic && (fusions & CUDA_FUSE_GLU) &&
+              (ro.quantization == RT_QUANT_FP8 || (gemv_mode != 0 && es_backend_act_dtype(bm.be) == ES_DT_BF16));
+  cmp_nocomb = is_cuda && (fusions & CUDA_FUSE_COMBINE) && cuda_backend_attention_path(bm.be) == CUDA_ATTN_FAST &&
+               es_backend_act_dtype(bm.be) == ES_DT_BF16;
+#endif
   /* --profile: one last run op by op (graphs off: a replay would be one record), GEMV as in the timed runs */
-  const int cmp_runs[CMP_KINDS] = {[CMP_EAGER] = cmp_graphs, [CMP_NOGEMV] = cmp_gemv,       [CMP_NOPDL] = cmp_pdl,
-                                   [CMP_FLASH] = cmp_flash,  [CMP_GEMV_ALL] = cmp_gemv_all, [CMP_FP8CC] = cmp_fp8,
-                                   [CMP_NOPIPE] = cmp_pipe,  [CMP_LOADS8] = cmp_loads8,     [CMP_PROFILE] = profile};
+  const int cmp_runs[CMP_KINDS] = {
+      [CMP_EAGER] = cmp_graphs,      [CMP_NOGEMV] = cmp_gemv,   [CMP_NOPDL] = cmp_pdl,   [CMP_FLASH] = cmp_flash,
+      [CMP_GEMV_ALL] = cmp_gemv_all, [CMP_FP8CC] = cmp_fp8,     [CMP_NOPIPE] = cmp_pipe, [CMP_LOADS8] = cmp_loads8,
+      [CMP_NOGLU] = cmp_noglu,       [CMP_NOCOMB] = cmp_nocomb, [CMP_PROFILE] = profile};
   int extra_runs = 0;
   for (int k = 0; k < CMP_KINDS; k++) extra_runs += cmp_runs[k];
   qa_graph_stats_t gs; /* of the warm-up and timed runs (taken before the first extra run) */
@@ -559,6 +573,7 @@ static int bench_model(int argc, char **argv) {
     const int eager_run = cmp == CMP_EAGER, nogemv_run = cmp == CMP_NOGEMV, nopdl_run = cmp == CMP_NOPDL;
     const int flash_run = cmp == CMP_FLASH, gemv_all_run = cmp == CMP_GEMV_ALL, fp8_run = cmp == CMP_FP8CC;
     const int pipe_run = cmp == CMP_NOPIPE, loads8_run = cmp == CMP_LOADS8, prof_run = cmp == CMP_PROFILE;
+    const int noglu_run = cmp == CMP_NOGLU, nocomb_run = cmp == CMP_NOCOMB;
     const int timed = run >= warmup && extra < 0;
     if (extra == 0) qa_model_graph_stats(bm.m, &gs); /* the warm-up and timed runs' steps, not the comparisons' */
 #ifdef ES_HAVE_CUDA_BACKEND
@@ -575,7 +590,9 @@ static int bench_model(int argc, char **argv) {
         (gemv_all_run && cuda_backend_set_gemv(bm.be, 2, &err)) ||
         (fp8_run && cuda_backend_set_fp8_mma(bm.be, 0, &err)) ||
         (pipe_run && cuda_backend_set_gemv_pipe(bm.be, 0, &err)) ||
-        (loads8_run && cuda_backend_set_gemv_loads(bm.be, 8, &err)))
+        (loads8_run && cuda_backend_set_gemv_loads(bm.be, 8, &err)) ||
+        (noglu_run && cuda_backend_set_fusions(bm.be, timed_cfg.fusions & ~CUDA_FUSE_GLU, &err)) ||
+        (nocomb_run && cuda_backend_set_fusions(bm.be, timed_cfg.fusions & ~CUDA_FUSE_COMBINE, &err)))
       goto done;
 #endif
     if (prof_run && es_backend_profile_start(bm.be, 4096, &err)) goto done;
@@ -658,6 +675,8 @@ static int bench_model(int argc, char **argv) {
             : fp8_run      ? " (fp8 without the tensor-core GEMV)"
             : pipe_run     ? " (GEMVs not pipelined)"
             : loads8_run   ? " (GEMVs with 8 loads in flight)"
+            : noglu_run    ? " (gate|up without the SiLU·mul epilogue)"
+            : nocomb_run   ? " (decode attention's splits merged by a second kernel)"
             : prof_run     ? " (profiled, op by op)"
                            : " (warm-up)",
             1e3 * ttft);
@@ -685,7 +704,7 @@ static int bench_model(int argc, char **argv) {
     cmp_ms[k] = n_cmp[k] ? 1e3 * median(t_cmp + (size_t)k * (size_t)n_out, n_cmp[k]) : 0;
   const double eager_ms = cmp_ms[CMP_EAGER], nogemv_ms = cmp_ms[CMP_NOGEMV], nopdl_ms = cmp_ms[CMP_NOPDL];
   const double gemvall_ms = cmp_ms[CMP_GEMV_ALL], fp8cc_ms = cmp_ms[CMP_FP8CC], nopipe_ms = cmp_ms[CMP_NOPIPE];
-  const double loads8_ms = cmp_ms[CMP_LOADS8];
+  const double loads8_ms = cmp_ms[CMP_LOADS8], noglu_ms = cmp_ms[CMP_NOGLU], nocomb_ms = cmp_ms[CMP_NOCOMB];
   if (n_cmp[CMP_EAGER])
     printf("  decode step without graphs (batch %d)         %10.3f ms  (graphs: %.2fx faster)\n", B, eager_ms,
            eager_ms / step_ms);
@@ -707,6 +726,12 @@ static int bench_model(int argc, char **argv) {
   if (n_cmp[CMP_LOADS8])
     printf("  decode step, GEMVs with 8 loads in flight     %10.3f ms  (%.2fx the default's)\n", loads8_ms,
            loads8_ms / step_ms);
+  if (n_cmp[CMP_NOGLU])
+    printf("  decode step, gate|up GEMV then SiLU·mul        %10.3f ms  (fused: %.2fx faster)\n", noglu_ms,
+           noglu_ms / step_ms);
+  if (n_cmp[CMP_NOCOMB])
+    printf("  decode step, attention combine as a kernel    %10.3f ms  (merged in the split kernel: %.2fx faster)\n",
+           nocomb_ms, nocomb_ms / step_ms);
   if (flash_ttft_ms > 0)
     printf("  time to first token, %-5s flash kernel       %10.2f ms  (median of 2 after a warm-up; %.2fx the %s "
            "kernel's)\n",
@@ -733,13 +758,15 @@ static int bench_model(int argc, char **argv) {
            "\"decode_ms_per_step_no_pdl\": %.4f, \"flash_kernel\": \"%s\", \"flash_kernel_alt\": \"%s\", "
            "\"ttft_ms_flash_alt\": %.4f, \"decode_ms_per_step_gemv_all\": %.4f, "
            "\"decode_ms_per_step_fp8_cuda_cores\": %.4f, \"decode_ms_per_step_no_gemv_pipe\": %.4f, "
-           "\"decode_ms_per_step_gemv_loads8\": %.4f, "
+           "\"decode_ms_per_step_gemv_loads8\": %.4f, \"decode_ms_per_step_no_glu_fusion\": %.4f, "
+           "\"decode_ms_per_step_no_combine_fusion\": %.4f, "
            "\"deterministic\": %s}\n",
            es_backend_name(bm.be), es_dtype_name(es_backend_act_dtype(bm.be)), rt_quantization_name(ro.quantization),
            ro.kv_fp8 ? "fp8" : "auto", ro.dummy_weights ? "true" : "false", B, seconds, N, P, n_out, warmup, repeats,
            load_s, ttft_ms, step_ms, B * 1e3 / step_ms, mbytes, bw, limit_ms, step_ms > 0 ? limit_ms / step_ms : 0.0,
            (long long)gs.replays, eager_ms, nogemv_ms, nopdl_ms, flash_name, cmp_flash ? flash_alt_name : "",
-           flash_ttft_ms, gemvall_ms, fp8cc_ms, nopipe_ms, loads8_ms, ro.deterministic ? "true" : "false");
+           flash_ttft_ms, gemvall_ms, fp8cc_ms, nopipe_ms, loads8_ms, noglu_ms, nocomb_ms,
+           ro.deterministic ? "true" : "false");
   rc = 0;
 done:
   if (rc) fprintf(stderr, "earshot bench model: %s\n", err.msg);

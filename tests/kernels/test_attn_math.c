@@ -370,6 +370,27 @@ static void test_det_split(void) {
           n_cases++;
         }
   T_CHECK(bad == 0, "rows per launch: %d of %d combinations wrong", bad, n_cases);
+
+  /* the arrival counters of the in-kernel combine cover every launch with >= 2 splits that the scratch holds:
+   * n_x (row or slot) x H pairs, each writing n_splits (D + 2) floats */
+  bad = 0;
+  n_cases = 0;
+  for (size_t pi = 0; pi < sizeof parts / sizeof *parts; pi++)
+    for (int D = 64; D <= 128; D += 64)
+      for (int H = 1; H <= 32; H += 31)
+        for (int ns_ = 2; ns_ <= 128; ns_ *= 4) {
+          const int64_t slots = attn_arrival_slots(parts[pi], D);
+          const size_t per_x = (size_t)H * (size_t)ns_ * (size_t)(D + 2) * sizeof(float);
+          const int64_t n_x = (int64_t)(parts[pi] / per_x); /* the most rows such a launch can have */
+          if (n_x * H > slots && bad++ < 5)
+            fprintf(stderr, "  arrivals part=%zu D=%d H=%d splits=%d: %lld pairs > %lld counters\n", parts[pi], D, H,
+                    ns_, (long long)(n_x * H), (long long)slots);
+          n_cases++;
+        }
+  T_CHECK(bad == 0, "arrival counters: %d of %d launches not covered", bad, n_cases);
+  T_CHECK(attn_arrival_slots((size_t)1 << 20, 0) == 0 && attn_arrival_slots(0, 128) == 0 &&
+              attn_arrival_slots(2 * 130 * 4 * 10, 128) == 10,
+          "arrival counters: the edge cases");
 }
 
 /* ---- paged addressing ------------------------------------------------------------------------------------------ */
