@@ -20,6 +20,7 @@
 #include "cuda_convert.h"
 #include "cuda_fp8.h"
 #include "cuda_gemm.h"
+#include "cuda_gemv.h"
 #include "cuda_ops.h"
 #include "cuda_sample.h"
 #include "es_gpu.h"
@@ -514,6 +515,9 @@ extern "C" int es_backend_create_cuda(const es_backend_opts_t *opts, es_backend_
   const char *fm = getenv("EARSHOT_FP8_MMA"); // 0 / 1 / 2: the tensor-core fp8 GEMV's mode (cuda_hooks.h)
   if (fm && *fm && strcmp(fm, "0") != 0 && strcmp(fm, "1") != 0 && strcmp(fm, "2") != 0)
     return es_fail(err, ES_EINVAL, "cuda backend: EARSHOT_FP8_MMA=%.40s: expected 0, 1 or 2", fm);
+  const char *gr = getenv("EARSHOT_GEMV_ROWS"); // 1 or 2 weight rows per warp of the GEMVs at one row (cuda_gemv.h)
+  if (gr && *gr && strcmp(gr, "1") != 0 && strcmp(gr, "2") != 0)
+    return es_fail(err, ES_EINVAL, "cuda backend: EARSHOT_GEMV_ROWS=%.40s: expected 1 or 2", gr);
   const char *fu = getenv("EARSHOT_FUSE"); // a CUDA_FUSE_* mask, 0 to 3 (cuda_hooks.h); unset: every fusion
   if (fu && *fu && !(fu[0] >= '0' && fu[0] <= '3' && fu[1] == '\0'))
     return es_fail(err, ES_EINVAL,
@@ -539,6 +543,7 @@ extern "C" int es_backend_create_cuda(const es_backend_opts_t *opts, es_backend_
     cb->gemv_pipe_off = gp && strcmp(gp, "0") == 0;
     cb->fp8_mma = fm && *fm ? fm[0] - '0' : 1;
     cb->fusions = fu && *fu ? fu[0] - '0' : CUDA_FUSE_ALL;
+    cb->gemv_rows = gr && *gr ? gr[0] - '0' : CUDA_GEMV_ROWS_DEFAULT;
     const char *pd = getenv("EARSHOT_PDL");  // "0": every kernel launched normally (cuda_common.cuh, cuda_launch)
     cb->pdl = !(pd && strcmp(pd, "0") == 0); // and only if the probe below passes
   }

@@ -147,6 +147,7 @@ typedef struct {
   int64_t gemv_calls; /* launches of the decode GEMV (cuda_gemv.cu), for tests: cuda_backend_gemv_calls */
   int gemv_loads;     /* loads in flight per lane of the GEMVs, 0 = each GEMV's default (cuda_gemv.h) */
   int gemv_pipe_off;  /* 1: the GEMVs without software pipelining (cuda_gemv.h: cuda_gemv_pipe) */
+  int gemv_rows;      /* weight rows per warp of the GEMVs at one row of x: 1 or 2 (cuda_gemv.h: cuda_gemv_rows) */
   int pdl;            /* launch the per-step kernels with programmatic dependent launch (cuda_common.cuh): sm_90
                          and later, unless EARSHOT_PDL=0 at create or cuda_backend_set_pdl */
   int pdl_ok;         /* the device passed cuda_pdl_probe at create: cuda_backend_set_pdl may turn it on */

@@ -30,6 +30,7 @@
 #include "cuda_gemv.h" // cuda_fp8_gemv_loads, cuda_gemv_pipe
 #include "fp8_cvt.cuh"
 #include "fp8_math.h"
+#include "gemv_math.h" // GEMV_ROWS_*: a warp's weight rows
 
 #define FP8_WARPS 4 // warps (output rows) per block
 static_assert(CUDA_FP8_GEMV_MAX_M <= 8, "gemv() below instantiates the kernel for at most 8 rows");
@@ -71,32 +72,36 @@ __device__ __forceinline__ void fp8_load_w(uint4 *qv, const uint8_t *wr, int64_t
 // or NULL. Block: FP8_WARPS warps, warp -> output row n = blockIdx.x · FP8_WARPS + warp. MT >= M rows are
 // accumulated (compile-time, so acc stays in registers). VEC: K % 16 == 0, w and x rows 16-byte aligned; U
 // 16-byte weight loads per lane in flight (cuda_fp8_gemv_loads); PIPE: the next round's loads issued before this
-// round's arithmetic (cuda_gemv_pipe). Every U and PIPE give the same bits.
-// GLU (VEC only; es_op_linear_silu_mul): w is (2N, K), gate rows then up rows; the warp of output n streams rows
-// n and n + N (U / 2 loads of each per round), shares each x load and conversion between them, and its epilogue
-// writes y[m, n] = silu(g) · u from g and u rounded as the plain epilogue rounds them (no bias) — the bits of this
-// kernel into (M, 2N) followed by cuda_ops.cu's SiLU·mul (silu_mul_value).
-template <typename T, int MT, bool VEC, int U, bool PIPE, bool GLU>
+// round's arithmetic (cuda_gemv_pipe). Every U, PIPE and ROWS give a row the same bits.
+// ROWS (VEC only for two rows; gemv_math.h: GEMV_ROWS_*): warp n < P streams row n, or rows n and n + P (U / 2 loads
+// of each per round) sharing each x load and conversion; GEMV_ROWS_GLU (es_op_linear_silu_mul: w = [gate; up], 2P
+// rows) writes y[m, n] = silu(g) · u from g and u rounded as the plain epilogue rounds them (no bias) — the bits of
+// this kernel into (M, 2P) followed by cuda_ops.cu's SiLU·mul (silu_mul_value).
+template <typename T, int MT, bool VEC, int U, bool PIPE, int ROWS>
 __global__ void __launch_bounds__(FP8_WARPS * 32)
     fp8_gemv_kernel(T *y, int64_t ldy, const T *x, int64_t ldx, const uint8_t *w, const float *scale, const T *bias,
-                    int M, int64_t N, int64_t K, int act, int accumulate) {
-  constexpr int R = GLU ? 2 : 1, UR = U / R; // weight rows per warp, loads per row and round
-  static_assert(UR >= 1 && UR * R == U && (VEC || !GLU), "GLU: the vector path, U split evenly between the rows");
+                    int M, int64_t N, int64_t K, int act, int accumulate, int64_t P) {
+  constexpr int R = ROWS == GEMV_ROWS_ONE ? 1 : 2, UR = U / R; // weight rows per warp, loads per row and round
+  static_assert(UR >= 1 && UR * R == U && (VEC || R == 1), "two rows: the vector path, U split evenly");
   int lane = threadIdx.x & 31;
   int64_t n = (int64_t)blockIdx.x * FP8_WARPS + (threadIdx.x >> 5);
+  int64_t row[R]; // a second row past N (two rows, N odd: the last warp) streams row n again, never stored
   const uint8_t *wr[R];
 #pragma unroll
-  for (int r = 0; r < R; r++) wr[r] = w + ((n < N ? n : 0) + r * N) * K;
+  for (int r = 0; r < R; r++) {
+    row[r] = gemv_warp_row(n < P ? n : 0, r, P, N);
+    wr[r] = w + row[r] * K;
+  }
   const int64_t chunks = VEC ? K / 16 : 0;
   uint4 qv[R][UR];
   // The first round of weight loads before pdl_begin: the codes are never written during a step, so under PDL
   // they stream while the kernel before this one finishes (cuda_common.cuh, pdl_launch_next).
-  if (VEC && n < N) {
+  if (VEC && n < P) {
 #pragma unroll
     for (int r = 0; r < R; r++) fp8_load_w<UR, false>(qv[r], wr[r], lane, chunks);
   }
   pdl_begin();        // before x is read or y written: launched with cuda_launch
-  if (n >= N) return; // a whole warp leaves; nothing below synchronises the block
+  if (n >= P) return; // a whole warp leaves; nothing below synchronises the block
   float acc[R][MT];
 #pragma unroll
   for (int r = 0; r < R; r++)
@@ -158,8 +163,8 @@ __global__ void __launch_bounds__(FP8_WARPS * 32)
   // the software decode's 1/256 folded back: a power of two, so the sum is the hardware path's / 256 exactly and
   // both give the same bits
   const float f = VEC && FP8_HW_CVT ? 1.0f : 256.0f;
-  if constexpr (GLU) {
-    const float sg = scale[n] * f, su = scale[n + N] * f;
+  if constexpr (ROWS == GEMV_ROWS_GLU) {
+    const float sg = scale[row[0]] * f, su = scale[row[1]] * f;
 #pragma unroll
     for (int m = 0; m < MT; m++) {
       const float g = warp_sum(acc[0][m]), v = warp_sum(acc[1][m]);
@@ -167,47 +172,52 @@ __global__ void __launch_bounds__(FP8_WARPS * 32)
         y[(int64_t)m * ldy + n] = from_f<T>(silu_mul_value<T>(rnd<T>(g * sg + 0.0f), rnd<T>(v * su + 0.0f)));
     }
   } else {
-    float s = scale[n] * f;
-    float b = bias ? to_f(bias[n]) : 0.0f;
 #pragma unroll
-    for (int m = 0; m < MT; m++) {
-      float v = warp_sum(acc[0][m]); // every lane gets the same fixed-order sum
-      if (m < M && lane == m) {
-        v = rnd<T>(v * s + b);
-        if (act == ES_ACT_GELU) v = rnd<T>(gelu_erf(v));
-        T *yp = y + (int64_t)m * ldy + n;
-        if (accumulate) v = to_f(*yp) + v;
-        *yp = from_f<T>(v);
+    for (int r = 0; r < R; r++) {
+      if (!gemv_warp_stores(n, r, P, N)) break; // warp-uniform
+      float s = scale[row[r]] * f;
+      float b = bias ? to_f(bias[row[r]]) : 0.0f;
+#pragma unroll
+      for (int m = 0; m < MT; m++) {
+        float v = warp_sum(acc[r][m]); // every lane gets the same fixed-order sum
+        if (m < M && lane == m) {
+          v = rnd<T>(v * s + b);
+          if (act == ES_ACT_GELU) v = rnd<T>(gelu_erf(v));
+          T *yp = y + (int64_t)m * ldy + row[r];
+          if (accumulate) v = to_f(*yp) + v;
+          *yp = from_f<T>(v);
+        }
       }
     }
   }
 }
 
-template <typename T, int MT, int U>
+// ROWS as fp8_gemv_kernel (two rows only with vec); N = the weight's rows.
+template <typename T, int MT, int U, int ROWS = GEMV_ROWS_ONE>
 static void launch_gemv_u(cuda_backend_t *cb, bool vec, void *y, int64_t ldy, const void *x, int64_t ldx,
                           const es_weight_t *w, const es_weight_t *bias, int M, int act, int accumulate) {
-  int64_t N = w->n0, K = w->n1;
-  unsigned grid = (unsigned)((N + FP8_WARPS - 1) / FP8_WARPS);
+  int64_t N = w->n0, K = w->n1, P = gemv_warps(N, ROWS);
+  unsigned grid = (unsigned)((P + FP8_WARPS - 1) / FP8_WARPS);
   const T *bp = bias ? (const T *)bias->data : NULL;
   constexpr bool PIPE_OK = U <= 8; // 16 loads pipelined spill at 8 rows (ptxas -v); 16 is a bench setting
   if (vec && cuda_gemv_pipe(cb))
-    cuda_launch(cb, fp8_gemv_kernel<T, MT, true, U, PIPE_OK, false>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y, ldy,
-                (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate);
+    cuda_launch(cb, fp8_gemv_kernel<T, MT, true, U, PIPE_OK, ROWS>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y, ldy,
+                (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate, P);
   else if (vec)
-    cuda_launch(cb, fp8_gemv_kernel<T, MT, true, U, false, false>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y, ldy,
-                (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate);
-  else
-    cuda_launch(cb, fp8_gemv_kernel<T, MT, false, 1, false, false>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y, ldy,
-                (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate);
+    cuda_launch(cb, fp8_gemv_kernel<T, MT, true, U, false, ROWS>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y, ldy,
+                (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate, P);
+  else if constexpr (ROWS == GEMV_ROWS_ONE)
+    cuda_launch(cb, fp8_gemv_kernel<T, MT, false, 1, false, GEMV_ROWS_ONE>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y,
+                ldy, (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate, P);
 }
 
-template <typename T, int MT>
+template <typename T, int MT, int ROWS = GEMV_ROWS_ONE>
 static void launch_gemv(cuda_backend_t *cb, bool vec, void *y, int64_t ldy, const void *x, int64_t ldx,
                         const es_weight_t *w, const es_weight_t *bias, int M, int act, int accumulate) {
   switch (cuda_fp8_gemv_loads(cb)) {
-  case 4: launch_gemv_u<T, MT, 4>(cb, vec, y, ldy, x, ldx, w, bias, M, act, accumulate); break;
-  case 16: launch_gemv_u<T, MT, 16>(cb, vec, y, ldy, x, ldx, w, bias, M, act, accumulate); break;
-  default: launch_gemv_u<T, MT, 8>(cb, vec, y, ldy, x, ldx, w, bias, M, act, accumulate); break;
+  case 4: launch_gemv_u<T, MT, 4, ROWS>(cb, vec, y, ldy, x, ldx, w, bias, M, act, accumulate); break;
+  case 16: launch_gemv_u<T, MT, 16, ROWS>(cb, vec, y, ldy, x, ldx, w, bias, M, act, accumulate); break;
+  default: launch_gemv_u<T, MT, 8, ROWS>(cb, vec, y, ldy, x, ldx, w, bias, M, act, accumulate); break;
   }
 }
 
@@ -218,7 +228,9 @@ static int gemv(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t
   bool vec = K % 16 == 0 && (uintptr_t)w->data % 16 == 0 && (uintptr_t)x % 16 == 0 &&
              (ldx * (int64_t)sizeof(T)) % 16 == 0;
   int m = (int)M, a = (int)act;
-  if (M <= 1)
+  if (M <= 1 && vec && cuda_gemv_rows(cb) == 2) // one row of x: two weight rows per warp share its loads
+    launch_gemv<T, 1, GEMV_ROWS_TWO>(cb, vec, y, ldy, x, ldx, w, bias, m, a, accumulate);
+  else if (M <= 1)
     launch_gemv<T, 1>(cb, vec, y, ldy, x, ldx, w, bias, m, a, accumulate);
   else if (M <= 2)
     launch_gemv<T, 2>(cb, vec, y, ldy, x, ldx, w, bias, m, a, accumulate);
@@ -242,27 +254,10 @@ extern "C" int cuda_fp8_gemv(cuda_backend_t *cb, void *y, int64_t ldy, const voi
 
 // ---- the gate|up linear with SiLU·mul in its epilogue (es_op_linear_silu_mul at one row) ----------------------
 
-template <typename T, int U>
-static void launch_glu_u(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w) {
-  const int64_t N = w->n0 / 2, K = w->n1;
-  const unsigned grid = (unsigned)((N + FP8_WARPS - 1) / FP8_WARPS);
-  constexpr bool PIPE_OK = U <= 8; // as launch_gemv_u
-  if (cuda_gemv_pipe(cb))
-    cuda_launch(cb, fp8_gemv_kernel<T, 1, true, U, PIPE_OK, true>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y, ldy,
-                (const T *)x, ldx, (const uint8_t *)w->data, w->scale, (const T *)NULL, 1, N, K, (int)ES_ACT_NONE, 0);
-  else
-    cuda_launch(cb, fp8_gemv_kernel<T, 1, true, U, false, true>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y, ldy,
-                (const T *)x, ldx, (const uint8_t *)w->data, w->scale, (const T *)NULL, 1, N, K, (int)ES_ACT_NONE, 0);
-}
-
 template <typename T>
 static int glu(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w,
                es_error_t *err) {
-  switch (cuda_fp8_gemv_loads(cb)) {
-  case 4: launch_glu_u<T, 4>(cb, y, ldy, x, ldx, w); break;
-  case 16: launch_glu_u<T, 16>(cb, y, ldy, x, ldx, w); break;
-  default: launch_glu_u<T, 8>(cb, y, ldy, x, ldx, w); break;
-  }
+  launch_gemv<T, 1, GEMV_ROWS_GLU>(cb, true, y, ldy, x, ldx, w, NULL, 1, (int)ES_ACT_NONE, 0);
   ES_CUDA_LAUNCHED(err);
   return ES_OK;
 }

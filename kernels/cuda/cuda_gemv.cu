@@ -39,32 +39,36 @@ __device__ __forceinline__ void gemv_load_w(uint4 *wv, const bf16 *w, int64_t n,
 
 // y (M, N) row stride ldy, TO = bf16 (linear) or float (logits); x (M, K) bf16 row stride ldx; w (N, K) bf16,
 // contiguous; bias (N) bf16 or NULL. K % 8 == 0 and x, w rows 16-byte aligned (cuda_gemv_ok). Block: GEMV_WARPS
-// warps, warp -> output row n = blockIdx.x · GEMV_WARPS + warp; MT >= M rows accumulated (compile-time).
-// U: 16-byte weight loads each lane issues before it uses the first (loads in flight); PIPE: the next round of U
-// is issued before this round's arithmetic (2·U in flight while it runs; cuda_gemv_pipe). The lane still adds its
-// chunks j, j + 32, ... in increasing order, so every U and PIPE give the same bits.
-// GLU (es_op_linear_silu_mul): w is (2N, K), gate rows then up rows; the warp of output n streams rows n and
-// n + N (U / 2 loads of each per round: the same loads in flight), shares each x load between them, and its
-// epilogue writes y[m, n] = silu(g) · u from g and u rounded as the plain epilogue (no bias) rounds them — the
-// bits of this kernel into (M, 2N) followed by cuda_ops.cu's SiLU·mul (silu_mul_value).
-template <typename TO, int MT, int U, bool PIPE, bool GLU>
+// warps, warp -> n = blockIdx.x · GEMV_WARPS + warp < P, its rows as ROWS says (gemv_math.h: GEMV_ROWS_*,
+// gemv_warps, gemv_warp_row); MT >= M rows of x accumulated (compile-time).
+// U: 16-byte weight loads each lane issues before it uses the first (loads in flight; with two weight rows U / 2 of
+// each); PIPE: the next round of U is issued before this round's arithmetic (2·U in flight while it runs;
+// cuda_gemv_pipe). The lane still adds its chunks j, j + 32, ... of a row in increasing order, so every U, PIPE and
+// ROWS give a row the same bits.
+// Two rows per warp share each x load and conversion (half the activation work per weight) and stream twice the
+// bytes per warp. GEMV_ROWS_GLU's epilogue writes silu(g) · u from g and u rounded as the plain epilogue (no bias)
+// rounds them — the bits of this kernel into (M, 2P) followed by cuda_ops.cu's SiLU·mul (silu_mul_value).
+template <typename TO, int MT, int U, bool PIPE, int ROWS>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
     bf16_gemv_kernel(TO *y, int64_t ldy, const bf16 *x, int64_t ldx, const bf16 *w, const bf16 *bias, int M, int64_t N,
-                     int64_t K, int act, int accumulate) {
-  constexpr int R = GLU ? 2 : 1, UR = U / R; // weight rows per warp, loads per row and round
+                     int64_t K, int act, int accumulate, int64_t P) {
+  constexpr int R = ROWS == GEMV_ROWS_ONE ? 1 : 2, UR = U / R; // weight rows per warp, loads per row and round
   static_assert(UR >= 1 && UR * R == U, "the loads of a round split evenly between the rows");
   const int lane = threadIdx.x & 31;
   const int64_t n = gemv_row(blockIdx.x, threadIdx.x >> 5);
   const int64_t chunks = K / GEMV_CHUNK;
+  int64_t row[R]; // a second row past N (GEMV_ROWS_TWO, N odd: the last warp) streams row n again, never stored
+#pragma unroll
+  for (int r = 0; r < R; r++) row[r] = gemv_warp_row(n, r, P, N);
   uint4 wv[R][UR];
   // The first round of weight loads before pdl_begin: weights are never written during a step, so under PDL
   // they stream while the kernel before this one finishes (cuda_common.cuh, pdl_launch_next).
-  if (n < N) {
+  if (n < P) {
 #pragma unroll
-    for (int r = 0; r < R; r++) gemv_load_w<UR, false>(wv[r], w, n + r * N, K, lane, chunks);
+    for (int r = 0; r < R; r++) gemv_load_w<UR, false>(wv[r], w, row[r], K, lane, chunks);
   }
   pdl_begin();        // before x is read or y written: launched with cuda_launch
-  if (n >= N) return; // a whole warp leaves; nothing below synchronises the block
+  if (n >= P) return; // a whole warp leaves; nothing below synchronises the block
   float acc[R][MT];
 #pragma unroll
   for (int r = 0; r < R; r++)
@@ -75,9 +79,9 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
 #pragma unroll
     for (int r = 0; r < R; r++) {
       if constexpr (PIPE)
-        gemv_load_w<UR, true>(wn[r], w, n + r * N, K, c0 + 32 * UR, chunks); // streams during this round's FMAs
+        gemv_load_w<UR, true>(wn[r], w, row[r], K, c0 + 32 * UR, chunks); // streams during this round's FMAs
       else if (c0 != lane)
-        gemv_load_w<UR, true>(wv[r], w, n + r * N, K, c0, chunks); // all loads of the round first
+        gemv_load_w<UR, true>(wv[r], w, row[r], K, c0, chunks); // all loads of the round first
     }
 #pragma unroll
     for (int u = 0; u < UR; u++) {
@@ -106,7 +110,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
         for (int u = 0; u < UR; u++) wv[r][u] = wn[r][u];
     }
   }
-  if constexpr (GLU) {
+  if constexpr (ROWS == GEMV_ROWS_GLU) {
 #pragma unroll
     for (int m = 0; m < MT; m++) {
       const float g = warp_sum(acc[0][m]), v = warp_sum(acc[1][m]);
@@ -114,48 +118,55 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
         y[(int64_t)m * ldy + n] = from_f<TO>(silu_mul_value<TO>(rnd<TO>(g + 0.0f), rnd<TO>(v + 0.0f)));
     }
   } else {
-    const float b = bias ? to_f(bias[n]) : 0.0f;
 #pragma unroll
-    for (int m = 0; m < MT; m++) {
-      float v = warp_sum(acc[0][m]); // every lane gets the same fixed-order sum
-      if (m < M && lane == m) {
-        v = rnd<TO>(v + b);
-        if (act == ES_ACT_GELU) v = rnd<TO>(gelu_erf(v));
-        TO *yp = y + (int64_t)m * ldy + n;
-        if (accumulate) v = to_f(*yp) + v;
-        *yp = from_f<TO>(v);
+    for (int r = 0; r < R; r++) {
+      if (!gemv_warp_stores(n, r, P, N)) break; // warp-uniform
+      const float b = bias ? to_f(bias[row[r]]) : 0.0f;
+#pragma unroll
+      for (int m = 0; m < MT; m++) {
+        float v = warp_sum(acc[r][m]); // every lane gets the same fixed-order sum
+        if (m < M && lane == m) {
+          v = rnd<TO>(v + b);
+          if (act == ES_ACT_GELU) v = rnd<TO>(gelu_erf(v));
+          TO *yp = y + (int64_t)m * ldy + row[r];
+          if (accumulate) v = to_f(*yp) + v;
+          *yp = from_f<TO>(v);
+        }
       }
     }
   }
 }
 
-// N: output columns (GLU: half the weight's rows).
-template <typename TO, int MT, int U, bool GLU = false>
+// N: the weight's rows; the warps' P as gemv_rows_t says.
+template <typename TO, int MT, int U, int ROWS = GEMV_ROWS_ONE>
 static void launch_u(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const void *w, int64_t N,
                      int64_t K, const void *bias, int M, int act, int accumulate) {
-  const unsigned grid = (unsigned)gemv_grid(N);
+  const int64_t P = gemv_warps(N, ROWS);
+  const unsigned grid = (unsigned)gemv_grid(P);
   if (cuda_gemv_pipe(cb))
-    cuda_launch(cb, bf16_gemv_kernel<TO, MT, U, true, GLU>, dim3(grid), dim3(GEMV_WARPS * 32), 0, (TO *)y, ldy,
-                (const bf16 *)x, ldx, (const bf16 *)w, (const bf16 *)bias, M, N, K, act, accumulate);
+    cuda_launch(cb, bf16_gemv_kernel<TO, MT, U, true, ROWS>, dim3(grid), dim3(GEMV_WARPS * 32), 0, (TO *)y, ldy,
+                (const bf16 *)x, ldx, (const bf16 *)w, (const bf16 *)bias, M, N, K, act, accumulate, P);
   else
-    cuda_launch(cb, bf16_gemv_kernel<TO, MT, U, false, GLU>, dim3(grid), dim3(GEMV_WARPS * 32), 0, (TO *)y, ldy,
-                (const bf16 *)x, ldx, (const bf16 *)w, (const bf16 *)bias, M, N, K, act, accumulate);
+    cuda_launch(cb, bf16_gemv_kernel<TO, MT, U, false, ROWS>, dim3(grid), dim3(GEMV_WARPS * 32), 0, (TO *)y, ldy,
+                (const bf16 *)x, ldx, (const bf16 *)w, (const bf16 *)bias, M, N, K, act, accumulate, P);
 }
 
-template <typename TO, int MT>
+template <typename TO, int MT, int ROWS = GEMV_ROWS_ONE>
 static void launch(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const void *w, int64_t N,
                    int64_t K, const void *bias, int M, int act, int accumulate) {
   switch (cuda_gemv_loads(cb)) {
-  case 4: launch_u<TO, MT, 4>(cb, y, ldy, x, ldx, w, N, K, bias, M, act, accumulate); break;
-  case 16: launch_u<TO, MT, 16>(cb, y, ldy, x, ldx, w, N, K, bias, M, act, accumulate); break;
-  default: launch_u<TO, MT, 8>(cb, y, ldy, x, ldx, w, N, K, bias, M, act, accumulate); break;
+  case 4: launch_u<TO, MT, 4, ROWS>(cb, y, ldy, x, ldx, w, N, K, bias, M, act, accumulate); break;
+  case 16: launch_u<TO, MT, 16, ROWS>(cb, y, ldy, x, ldx, w, N, K, bias, M, act, accumulate); break;
+  default: launch_u<TO, MT, 8, ROWS>(cb, y, ldy, x, ldx, w, N, K, bias, M, act, accumulate); break;
   }
 }
 
 template <typename TO>
 static void dispatch(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const void *w,
                      int64_t N, int64_t K, const void *bias, int M, int act, int accumulate) {
-  if (M <= 1)
+  if (M <= 1 && cuda_gemv_rows(cb) == 2) // one row of x: two weight rows per warp share its loads
+    launch<TO, 1, GEMV_ROWS_TWO>(cb, y, ldy, x, ldx, w, N, K, bias, M, act, accumulate);
+  else if (M <= 1)
     launch<TO, 1>(cb, y, ldy, x, ldx, w, N, K, bias, M, act, accumulate);
   else if (M <= 2)
     launch<TO, 2>(cb, y, ldy, x, ldx, w, N, K, bias, M, act, accumulate);
@@ -198,12 +209,7 @@ extern "C" int cuda_gemv_glu(cuda_backend_t *cb, void *y, int64_t ldy, const voi
   if (!cuda_gemv_glu_ok(cb, x, ldx, w, N2, K, M))
     return es_fail(err, ES_EINTERNAL, "%s: fused gate|up GEMV called outside its conditions (M %lld, K %lld)",
                    cb->base.name, (long long)M, (long long)K);
-  const int64_t N = N2 / 2;
-  switch (cuda_gemv_loads(cb)) {
-  case 4: launch_u<bf16, 1, 4, true>(cb, y, ldy, x, ldx, w, N, K, NULL, 1, ES_ACT_NONE, 0); break;
-  case 16: launch_u<bf16, 1, 16, true>(cb, y, ldy, x, ldx, w, N, K, NULL, 1, ES_ACT_NONE, 0); break;
-  default: launch_u<bf16, 1, 8, true>(cb, y, ldy, x, ldx, w, N, K, NULL, 1, ES_ACT_NONE, 0); break;
-  }
+  launch<bf16, 1, GEMV_ROWS_GLU>(cb, y, ldy, x, ldx, w, N2, K, NULL, 1, ES_ACT_NONE, 0);
   ES_CUDA_LAUNCHED(err);
   cb->gemv_calls++;
   cb->glu_calls++;
@@ -245,6 +251,20 @@ extern "C" int cuda_backend_set_gemv_pipe(es_backend_t *be, int on, es_error_t *
 
 extern "C" int cuda_backend_gemv_pipe(const es_backend_t *be) {
   return strcmp(be->ops->kind, "cuda") == 0 ? cuda_gemv_pipe((const cuda_backend_t *)be) : 0;
+}
+
+extern "C" int cuda_backend_set_gemv_rows(es_backend_t *be, int rows, es_error_t *err) {
+  cuda_backend_t *cb = cuda_hook_backend(be, "GEMV rows per warp", err);
+  if (!cb) return ES_EINVAL;
+  if (rows != 1 && rows != 2) return es_fail(err, ES_EINVAL, "GEMV weight rows per warp: %d (1 or 2)", rows);
+  int rc = cuda_hook_change(cb, "GEMV rows per warp", cuda_gemv_rows(cb) != rows, err);
+  if (rc) return rc;
+  cb->gemv_rows = rows;
+  return ES_OK;
+}
+
+extern "C" int cuda_backend_gemv_rows(const es_backend_t *be) {
+  return strcmp(be->ops->kind, "cuda") == 0 ? cuda_gemv_rows((const cuda_backend_t *)be) : 0;
 }
 
 extern "C" int cuda_backend_set_gemv(es_backend_t *be, int mode, es_error_t *err) {

@@ -41,6 +41,16 @@ static inline int cuda_gemv_pipe(const cuda_backend_t *cb) {
   return !cb->gemv_pipe_off;
 }
 
+/* Weight rows per warp of the bf16 and CUDA-core fp8 GEMVs at one row of x (gemv_math.h: GEMV_ROWS_ONE / _TWO): with
+ * two, each x load and its conversion serve two weight rows (half the activation work per weight — the fp8 GEMV
+ * issues ~4 instructions per weight byte) and a warp streams twice the bytes. The same bits either way. Not yet
+ * measured on a GPU (2026-11-28): 1 by default; EARSHOT_GEMV_ROWS=2 at create or cuda_backend_set_gemv_rows turn it
+ * on (`bench model` and `bench linear` time both). */
+#define CUDA_GEMV_ROWS_DEFAULT 1
+static inline int cuda_gemv_rows(const cuda_backend_t *cb) {
+  return cb->gemv_rows == 2 ? 2 : 1;
+}
+
 /* 1 when the GEMV takes y[M, N] = x[M, K] · w[N, K]ᵀ on this backend now (see the file comment for when not). */
 int cuda_gemv_ok(const cuda_backend_t *cb, es_dtype_t out_dt, const void *x, int64_t ldx, const void *w, int64_t N,
                  int64_t K, int64_t M);

@@ -98,6 +98,11 @@ int cuda_backend_gemv_loads(const es_backend_t *be);
 int cuda_backend_set_gemv_pipe(es_backend_t *be, int on, es_error_t *err);
 /* 1 when the GEMVs are pipelined (0 for another backend). */
 int cuda_backend_gemv_pipe(const es_backend_t *be);
+/* Weight rows per warp of the bf16 and fp8 GEMVs at one row of x: 1 (the default unless EARSHOT_GEMV_ROWS=2 at
+ * create) or 2 (each x load shared by two rows; cuda_gemv.h: cuda_gemv_rows); the same bits. Drops recorded step
+ * graphs. cuda_backend_gemv_rows: the setting (0 for another backend). */
+int cuda_backend_set_gemv_rows(es_backend_t *be, int rows, es_error_t *err);
+int cuda_backend_gemv_rows(const es_backend_t *be);
 /* How many GEMMs the decode GEMV has run on this backend (0 for another backend): tests check that the shapes
  * meant for it reach it. */
 int64_t cuda_backend_gemv_calls(const es_backend_t *be);

@@ -45,6 +45,29 @@ GEMV_HD int gemv_preferred(int64_t M, int64_t N, int64_t K) {
   return M == 1;
 }
 
+/* How a warp of the decode GEMVs (cuda_gemv.cu; cuda_fp8.cu's CUDA-core fp8 GEMV) chooses its weight rows:
+ *   GEMV_ROWS_ONE  warp n < N: row n;
+ *   GEMV_ROWS_TWO  warp n < P = ceil(N / 2): rows n and n + P, the second only where < N (a warp without one streams
+ *                  row n twice and stores it once), one x load and conversion for both;
+ *   GEMV_ROWS_GLU  (es_op_linear_silu_mul) w = [gate; up] of 2P rows: warp n < P: rows n and n + P, one output.
+ * A row's arithmetic is the same in every mode (its chunks in the same order), so its bits are too. */
+enum { GEMV_ROWS_ONE = 0, GEMV_ROWS_TWO = 1, GEMV_ROWS_GLU = 2 };
+
+/* The warps (P) a GEMV over a weight of N rows launches in mode `rows`. */
+GEMV_HD int64_t gemv_warps(int64_t N, int rows) {
+  return rows == GEMV_ROWS_ONE ? N : (N + 1) / 2;
+}
+
+/* Weight row r (0, or 1 in the two-row modes) of warp n < P: n + r·P, or n itself where that is past the N rows. */
+GEMV_HD int64_t gemv_warp_row(int64_t n, int r, int64_t P, int64_t N) {
+  return n + r * P < N ? n + r * P : n;
+}
+
+/* Whether warp n stores row r (the duplicate of row n in its place is not stored). */
+GEMV_HD int gemv_warp_stores(int64_t n, int r, int64_t P, int64_t N) {
+  return r == 0 || n + r * P < N;
+}
+
 /* Blocks for N rows. */
 GEMV_HD int64_t gemv_grid(int64_t N) { return (N + GEMV_WARPS - 1) / GEMV_WARPS; }
 

@@ -193,6 +193,56 @@ done:
   kt_weight_free(&w);
 }
 
+/* Two weight rows per warp in the CUDA-core fp8 GEMV at one row of x (cuda_backend_set_gemv_rows 2) give its outputs
+ * the one-row bits: bias + GELU and accumulate, N even and odd (the last warp without a second row), K % 16 == 0 (the
+ * vector path; other K keep one row per warp). */
+static void test_two_rows(es_backend_t *gpu, es_dtype_t dt) {
+#ifdef ES_HAVE_CUDA_BACKEND
+  es_error_t err;
+  static const int64_t NK[][2] = {{37, 4096}, {70, 1040}, {1, 16}, {9, 40}};
+  for (size_t c = 0; c < sizeof NK / sizeof *NK; c++) {
+    const int64_t N = NK[c][0], K = NK[c][1];
+    kt_weight_t w = kt_weight(ES_DT_BF16, N, K, -0.4f, 0.4f), b = kt_weight(dt, N, 1, -0.5f, 0.5f);
+    es_weight_t wg, bg = kt_upload(gpu, &b);
+    if (upload_fp8(gpu, &w, &wg)) {
+      kt_weight_free(&w);
+      kt_weight_free(&b);
+      continue;
+    }
+    float *x = malloc(sizeof(float) * (size_t)K), *y0 = malloc(sizeof(float) * (size_t)N);
+    kt_fill(x, K, -1, 1);
+    kt_fill(y0, N, -1, 1);
+    round_to(dt, x, K);
+    round_to(dt, y0, N);
+    void *xg = kt_act(gpu, x, K);
+    float *got[2][2];
+    for (int rows = 1; rows <= 2; rows++) {
+      T_CHECK(cuda_backend_set_gemv_rows(gpu, rows, &err) == 0, "set_gemv_rows: %s", err.msg);
+      void *dy = kt_act(gpu, NULL, N), *dacc = kt_act(gpu, y0, N);
+      T_CHECK(es_op_linear(gpu, dy, N, xg, K, &wg, &bg, 1, ES_ACT_GELU, 0, &err) == 0 &&
+                  es_op_linear(gpu, dacc, N, xg, K, &wg, NULL, 1, ES_ACT_NONE, 1, &err) == 0,
+              "linear: %s", err.msg);
+      got[rows - 1][0] = kt_read(gpu, dy, N);
+      got[rows - 1][1] = kt_read(gpu, dacc, N);
+    }
+    for (int k = 0; k < 2; k++) {
+      T_CHECK(memcmp(got[0][k], got[1][k], sizeof(float) * (size_t)N) == 0,
+              "[%s] fp8 GEMV N=%lld K=%lld %s: two rows per warp differ from one", es_dtype_name(dt), (long long)N,
+              (long long)K, k ? "accumulate" : "bias + GELU");
+      free(got[0][k]);
+      free(got[1][k]);
+    }
+    T_CHECK(cuda_backend_set_gemv_rows(gpu, 1, &err) == 0, "set_gemv_rows: %s", err.msg);
+    free(x);
+    free(y0);
+    kt_weight_free(&w);
+    kt_weight_free(&b);
+  }
+#else
+  (void)gpu, (void)dt;
+#endif
+}
+
 /* es_op_linear_silu_mul with an fp8 gate|up weight [2N, K]: against the CPU (the GEMMs' tolerance), and on the GPU with
  * the fusion on (CUDA_FUSE_GLU: at one row, K % 16 == 0, the CUDA-core GEMV applies SiLU·mul in its epilogue) bit for
  * bit against it off (the GEMV into gu, then the SiLU·mul kernel), under each loads-in-flight and pipelining
@@ -324,6 +374,7 @@ int main(void) {
         test_linear_silu_mul(cpu, gpu, dt, 1, 16, 5);
         test_linear_silu_mul(cpu, gpu, dt, 3, 1024, 20);
         test_linear_silu_mul(cpu, gpu, dt, 1, 40, 9);
+        test_two_rows(gpu, dt);
         if (mma == 1 && dt == ES_DT_BF16) {
           test_gemv_invariance(gpu, dt, 32); /* 4 n-tiles */
           test_gemv_invariance(gpu, dt, 40); /* two launches: 24 + 16 rows */

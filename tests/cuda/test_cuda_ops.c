@@ -293,6 +293,57 @@ static void test_gemv_invariance(const duo_t *d) {
 #endif
 }
 
+/* Two weight rows per warp at one row of x (cuda_backend_set_gemv_rows 2, x loads shared) give every output the
+ * one-row GEMV's bits: linears with bias + GELU and with accumulate (N even and odd: the last warp's second row
+ * absent), and the logits (fp32 out). bf16 mode (the GEMV's dtype). */
+static void test_gemv_two_rows(const duo_t *d) {
+#ifdef ES_HAVE_CUDA_BACKEND
+  if (d->dt != ES_DT_BF16) return;
+  es_error_t err;
+  static const int64_t NK[][2] = {{70, 296}, {69, 2344}, {1, 8}, {517, 64}};
+  for (size_t c = 0; c < sizeof NK / sizeof *NK; c++) {
+    const int64_t N = NK[c][0], K = NK[c][1];
+    kt_weight_t w = rand_weight(d, N, K, -0.5f, 0.5f), b = rand_weight(d, N, 1, -0.5f, 0.5f);
+    es_weight_t dw = kt_upload(d->be[1], &w), db = kt_upload(d->be[1], &b);
+    float *x = rand_act(d, K, -1, 1), *y0 = rand_act(d, N, -1, 1);
+    void *dx = kt_act(d->be[1], x, K);
+    float *got[2][3];
+    for (int rows = 1; rows <= 2; rows++) {
+      T_CHECK(cuda_backend_set_gemv_rows(d->be[1], rows, &err) == 0, "set_gemv_rows: %s", err.msg);
+      const int64_t before = cuda_backend_gemv_calls(d->be[1]);
+      void *dy = kt_act(d->be[1], NULL, N), *dacc = kt_act(d->be[1], y0, N), *dl = NULL;
+      T_CHECK(es_backend_alloc(d->be[1], sizeof(float) * (size_t)N, &dl, &err) == 0, "alloc: %s", err.msg);
+      T_CHECK(es_op_linear(d->be[1], dy, N, dx, K, &dw, &db, 1, ES_ACT_GELU, 0, &err) == 0 &&
+                  es_op_linear(d->be[1], dacc, N, dx, K, &dw, NULL, 1, ES_ACT_NONE, 1, &err) == 0 &&
+                  es_op_logits(d->be[1], dl, dx, &dw, 1, &err) == 0,
+              "linear/logits: %s", err.msg);
+      T_CHECK(cuda_backend_gemv_calls(d->be[1]) - before == 3, "[%s] two rows: %lld of 3 calls took the GEMV", d->name,
+              (long long)(cuda_backend_gemv_calls(d->be[1]) - before));
+      got[rows - 1][0] = kt_read(d->be[1], dy, N);
+      got[rows - 1][1] = kt_read(d->be[1], dacc, N);
+      got[rows - 1][2] = malloc(sizeof(float) * (size_t)N);
+      T_CHECK(es_backend_read(d->be[1], got[rows - 1][2], dl, sizeof(float) * (size_t)N, &err) == 0, "read: %s",
+              err.msg);
+    }
+    static const char *const what[3] = {"bias + GELU", "accumulate", "logits"};
+    for (int k = 0; k < 3; k++) {
+      T_CHECK(memcmp(got[0][k], got[1][k], sizeof(float) * (size_t)N) == 0,
+              "[%s] GEMV N=%lld K=%lld %s: two rows per warp differ from one", d->name, (long long)N, (long long)K,
+              what[k]);
+      free(got[0][k]);
+      free(got[1][k]);
+    }
+    T_CHECK(cuda_backend_set_gemv_rows(d->be[1], 1, &err) == 0, "set_gemv_rows: %s", err.msg);
+    free(x);
+    free(y0);
+    kt_weight_free(&w);
+    kt_weight_free(&b);
+  }
+#else
+  (void)d;
+#endif
+}
+
 /* es_op_linear_silu_mul, y = silu(g) · u from a gate|up weight [2N, K]: against the CPU (K_GEMM), and on the GPU with
  * the fusion on (CUDA_FUSE_GLU: one GEMV whose epilogue applies SiLU·mul, at one row in bf16 where the GEMV takes the
  * linear) bit for bit against it off (the GEMV into gu, then the SiLU·mul kernel) — also under every loads-in-flight
@@ -764,6 +815,7 @@ int main(void) {
       }
       test_plain_invariance(&d);
       test_gemv_invariance(&d);
+      test_gemv_two_rows(&d);
       /* the gate|up linear with SiLU·mul: one row (fused in bf16; K = 8 · odd > 256 so lanes wrap, a single
        * chunk, N odd), several rows (never fused), and K % 8 != 0 (never the GEMV) */
       test_linear_silu_mul(&d, 1, 296, 70);

@@ -6,6 +6,7 @@
  *   - for random accepted shapes, the launch (gemv_grid blocks of GEMV_WARPS warps, lane j taking chunks j,
  *     j + 32, ...) computes every output row exactly once from every chunk of its weight row exactly once, and
  *     every 16-byte load of w and of x's rows m < M is 16-byte aligned and inside the row it belongs to;
+ *   - a warp's weight rows in the one-row, two-row and gate|up modes (GEMV_ROWS_*) cover every row once;
  *   - the xor-shuffle lane reduction (cuda_common.cuh warp_sum) leaves the same bits in every lane, so the lane
  *     that stores row m's result needs no broadcast (emulated on 32 floats).
  */
@@ -93,8 +94,37 @@ static void test_lane_sum(void) {
   }
 }
 
+/* A warp's weight rows (GEMV_ROWS_ONE / _TWO / _GLU): over the gemv_warps(N) warps, every row 0 .. N - 1 is streamed
+ * and stored exactly once; a stored row is never a duplicate; in the GLU mode warp n's rows are n (gate) and n + P
+ * (up) of 2P rows. */
+static void test_warp_rows(void) {
+  int bad = 0, cases = 0;
+  for (int mode = GEMV_ROWS_ONE; mode <= GEMV_ROWS_GLU; mode++)
+    for (int64_t N = 1; N <= 75; N++) {
+      if (mode == GEMV_ROWS_GLU && N % 2) continue; /* [gate; up]: an even number of rows */
+      const int64_t P = gemv_warps(N, mode);
+      const int R = mode == GEMV_ROWS_ONE ? 1 : 2;
+      int *stored = calloc((size_t)N, sizeof(int));
+      int ok = P >= 1 && P <= N && (mode == GEMV_ROWS_ONE ? P == N : P == (N + 1) / 2);
+      for (int64_t n = 0; n < P; n++)
+        for (int r = 0; r < R; r++) {
+          const int64_t row = gemv_warp_row(n, r, P, N);
+          ok = ok && row >= 0 && row < N;
+          if (mode == GEMV_ROWS_GLU) ok = ok && row == n + r * P && gemv_warp_stores(n, r, P, N);
+          if (ok && gemv_warp_stores(n, r, P, N)) stored[row]++;
+          if (!gemv_warp_stores(n, r, P, N)) ok = ok && r == 1 && row == n; /* the duplicate is row n itself */
+        }
+      for (int64_t i = 0; i < N && mode != GEMV_ROWS_GLU; i++) ok = ok && stored[i] == 1;
+      if (!ok && bad++ < 5) fprintf(stderr, "  warp rows: mode %d N %lld wrong\n", mode, (long long)N);
+      cases++;
+      free(stored);
+    }
+  T_CHECK(bad == 0, "warp rows: %d of %d (mode, N) wrong", bad, cases);
+}
+
 int main(void) {
   test_shape_ok();
+  test_warp_rows();
   test_coverage();
   test_lane_sum();
   return t_finish();
