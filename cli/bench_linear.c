@@ -8,7 +8,8 @@
  * and through cuBLASLt (GEMV off, every M); fp8 weights (per-row scales) through the CUDA-core GEMV with 4, 8 or 16
  * loads in flight (M <= 8), the tensor-core GEMV (M 2 .. 64, cuda_backend_set_fp8_mma) and, past 8 rows with the
  * tensor-core GEMV off, dequantise + cuBLASLt; and gate|up at one row as es_op_linear_silu_mul (bf16 and fp8: the
- * GEMV with SiLU·mul in its epilogue, two weight rows per warp). A decode step streams each weight once, so the figure
+ * GEMV with SiLU·mul in its epilogue, two weight rows per warp), and every shape at one row through the GEMV with two
+ * weight rows per warp sharing each x load. A decode step streams each weight once, so the figure
  * of merit is the weight bytes (plus activations) over the time, against the copy bandwidth (bytes read + written).
  * Each figure is the device time of --repeats calls timed with the op profile's events (backend.h), rotating over
  * enough copies of the weight that together they are several times the L2 cache, so the weights come from memory.
@@ -204,13 +205,16 @@ int bench_linear(int argc, char **argv) {
          * bf16: cuBLASLt (p 3); fp8: dequantise + cuBLASLt (p 3) past the CUDA-core GEMV's 8 rows, the tensor-core
          * GEMV (p 4) from 2 to 64 in one launch; the GEMV with 4 loads in flight not pipelined (p 5); the tensor-core
          * GEMV in launches of at most 32 rows (p 6, its default) past 32; gate|up at one row as es_op_linear_silu_mul,
-         * the GEMV with SiLU·mul in its epilogue (p 7, all else as by default: CUDA_FUSE_GLU) */
+         * the GEMV with SiLU·mul in its epilogue (p 7, all else as by default: CUDA_FUSE_GLU); at one row the GEMV
+         * with two weight rows per warp (p 8, 4 loads in flight, pipelined) */
         const int gemv_m = fp8 ? 8 : 4;
-        for (int p = 0; p < 8; p++) {
-          const int is_lt = p == 3, is_mma = p == 4 || p == 6, unpiped = p == 5, glu = p == 7;
+        for (int p = 0; p < 9; p++) {
+          const int is_lt = p == 3, is_mma = p == 4 || p == 6, unpiped = p == 5, glu = p == 7, rows2 = p == 8;
           int skip;
           if (glu)
             skip = !l.act || M != 1;
+          else if (rows2)
+            skip = M != 1;
           else if (p == 6)
             skip = !fp8 || M <= CUDA_FP8_MMA_DEFAULT_M || M > CUDA_FP8_MMA_MAX_M;
           else if (is_mma)
@@ -221,7 +225,7 @@ int bench_linear(int argc, char **argv) {
             skip = M > gemv_m;
           if (skip) continue;
           int n_loads = loads[0]; /* unpiped: 4 */
-          if (is_lt || is_mma || glu)
+          if (is_lt || is_mma || glu || rows2)
             n_loads = 0;
           else if (!unpiped)
             n_loads = loads[p];
@@ -232,6 +236,7 @@ int bench_linear(int argc, char **argv) {
                                           : 2,
                                     &err) ||
               cuda_backend_set_gemv_loads(be, n_loads, &err) || cuda_backend_set_gemv_pipe(be, !unpiped, &err) ||
+              cuda_backend_set_gemv_rows(be, rows2 ? 2 : 1, &err) ||
               cuda_backend_set_fp8_mma(be,
                                        p == 6 || glu ? 1
                                        : is_mma      ? 2
@@ -244,6 +249,8 @@ int bench_linear(int argc, char **argv) {
           snprintf(r->shape, sizeof r->shape, "%s %lldx%lld", s->name, (long long)s->N, (long long)s->K);
           if (glu)
             snprintf(r->path, sizeof r->path, "%s GEMV + SiLU·mul fused", fp8 ? "fp8" : "bf16");
+          else if (rows2)
+            snprintf(r->path, sizeof r->path, "%s GEMV 2 rows per warp", fp8 ? "fp8" : "bf16");
           else if (is_lt)
             snprintf(r->path, sizeof r->path, fp8 ? "fp8 dequant+cuBLASLt" : "bf16 cuBLASLt");
           else if (p == 6)
@@ -266,7 +273,8 @@ int bench_linear(int argc, char **argv) {
       }
       l.glu = 0;
       if (cuda_backend_set_gemv(be, 1, &err) || cuda_backend_set_gemv_loads(be, 0, &err) ||
-          cuda_backend_set_gemv_pipe(be, 1, &err) || cuda_backend_set_fp8_mma(be, 1, &err))
+          cuda_backend_set_gemv_rows(be, 1, &err) || cuda_backend_set_gemv_pipe(be, 1, &err) ||
+          cuda_backend_set_fp8_mma(be, 1, &err))
         goto done;
       /* the weights stay until the backend goes (no free in backend.h); at most ~0.6 GB per shape */
     }

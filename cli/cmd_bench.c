@@ -68,6 +68,7 @@ typedef enum {
   CMP_LOADS8,   /* the GEMVs with 8 loads in flight */
   CMP_NOGLU,    /* the gate|up GEMV without SiLU·mul in its epilogue (CUDA_FUSE_GLU off) */
   CMP_NOCOMB,   /* the split-KV decode's splits merged by a second kernel (CUDA_FUSE_COMBINE off) */
+  CMP_ROWS2,    /* the GEMVs with two weight rows per warp (cuda_backend_set_gemv_rows) */
   CMP_PROFILE,  /* op by op under the profiler */
   CMP_KINDS     /* none: a warm-up or timed run */
 } cmp_kind_t;
@@ -280,7 +281,7 @@ static double decoder_bytes(const model_config_t *c, es_dtype_t dt) {
 /* The CUDA settings `bench model`'s comparison runs change (one each), as the timed runs had them: each comparison
  * run puts them all back first, so it differs from the timed runs in its one setting only, whatever ran before it. */
 typedef struct {
-  int graphs, gemv, pdl, fp8_mma, gemv_pipe, gemv_loads, fusions;
+  int graphs, gemv, pdl, fp8_mma, gemv_pipe, gemv_loads, fusions, gemv_rows;
   cuda_flash_t flash;
 } timed_settings_t;
 
@@ -293,13 +294,15 @@ static void timed_settings_get(const es_backend_t *be, timed_settings_t *s) {
   s->gemv_pipe = cuda_backend_gemv_pipe(be);
   s->gemv_loads = cuda_backend_gemv_loads(be);
   s->fusions = cuda_backend_fusions(be);
+  s->gemv_rows = cuda_backend_gemv_rows(be);
 }
 
 static int timed_settings_put(es_backend_t *be, const timed_settings_t *s, es_error_t *err) {
   return cuda_backend_set_graphs(be, s->graphs, err) || cuda_backend_set_gemv(be, s->gemv, err) ||
          cuda_backend_set_pdl(be, s->pdl, err) || cuda_backend_set_flash(be, s->flash, err) ||
          cuda_backend_set_fp8_mma(be, s->fp8_mma, err) || cuda_backend_set_gemv_pipe(be, s->gemv_pipe, err) ||
-         cuda_backend_set_gemv_loads(be, s->gemv_loads, err) || cuda_backend_set_fusions(be, s->fusions, err);
+         cuda_backend_set_gemv_loads(be, s->gemv_loads, err) || cuda_backend_set_fusions(be, s->fusions, err) ||
+         cuda_backend_set_gemv_rows(be, s->gemv_rows, err);
 }
 #endif
 
@@ -491,7 +494,8 @@ static int bench_model(int argc, char **argv) {
    * batch of 2 to 4, one run with it for every shape it takes (mode 2; at one row the default already has it
    * everywhere); with fp8 weights on the tensor-core GEMV, one run with the CUDA-core fp8 GEMV instead; at batch 1 with
    * the GEMVs pipelined, one run without (EARSHOT_GEMV_PIPE=0); at batch 1 with the GEMVs' default loads in flight, one
-   * run with 8; one run with each decode-step fusion off (CUDA_FUSE_GLU at batch 1, CUDA_FUSE_COMBINE). */
+   * run with 8; one run with each decode-step fusion off (CUDA_FUSE_GLU at batch 1, CUDA_FUSE_COMBINE); at batch 1,
+   * one run with two weight rows per warp in the GEMVs (cuda_backend_set_gemv_rows). */
   const int cmp_graphs = es_backend_graphs_supported(bm.be);
   int cmp_gemv = 0;
 #ifdef ES_HAVE_CUDA_BACKEND
@@ -558,11 +562,16 @@ static int bench_model(int argc, char **argv) {
   cmp_nocomb = is_cuda && (fusions & CUDA_FUSE_COMBINE) && cuda_backend_attention_path(bm.be) == CUDA_ATTN_FAST &&
                es_backend_act_dtype(bm.be) == ES_DT_BF16;
 #endif
+  int cmp_rows2 = 0; /* batch 1 (the GEMVs run its linears) with one weight row per warp: one run with two */
+#ifdef ES_HAVE_CUDA_BACKEND
+  cmp_rows2 = is_cuda && B == 1 && !ro.deterministic && cuda_backend_gemv_rows(bm.be) == 1 &&
+              es_backend_act_dtype(bm.be) == ES_DT_BF16 && (gemv_mode != 0 || ro.quantization == RT_QUANT_FP8);
+#endif
   /* --profile: one last run op by op (graphs off: a replay would be one record), GEMV as in the timed runs */
   const int cmp_runs[CMP_KINDS] = {
       [CMP_EAGER] = cmp_graphs,      [CMP_NOGEMV] = cmp_gemv,   [CMP_NOPDL] = cmp_pdl,   [CMP_FLASH] = cmp_flash,
       [CMP_GEMV_ALL] = cmp_gemv_all, [CMP_FP8CC] = cmp_fp8,     [CMP_NOPIPE] = cmp_pipe, [CMP_LOADS8] = cmp_loads8,
-      [CMP_NOGLU] = cmp_noglu,       [CMP_NOCOMB] = cmp_nocomb, [CMP_PROFILE] = profile};
+      [CMP_NOGLU] = cmp_noglu,       [CMP_NOCOMB] = cmp_nocomb, [CMP_ROWS2] = cmp_rows2, [CMP_PROFILE] = profile};
   int extra_runs = 0;
   for (int k = 0; k < CMP_KINDS; k++) extra_runs += cmp_runs[k];
   qa_graph_stats_t gs; /* of the warm-up and timed runs (taken before the first extra run) */
@@ -573,7 +582,7 @@ static int bench_model(int argc, char **argv) {
     const int eager_run = cmp == CMP_EAGER, nogemv_run = cmp == CMP_NOGEMV, nopdl_run = cmp == CMP_NOPDL;
     const int flash_run = cmp == CMP_FLASH, gemv_all_run = cmp == CMP_GEMV_ALL, fp8_run = cmp == CMP_FP8CC;
     const int pipe_run = cmp == CMP_NOPIPE, loads8_run = cmp == CMP_LOADS8, prof_run = cmp == CMP_PROFILE;
-    const int noglu_run = cmp == CMP_NOGLU, nocomb_run = cmp == CMP_NOCOMB;
+    const int noglu_run = cmp == CMP_NOGLU, nocomb_run = cmp == CMP_NOCOMB, rows2_run = cmp == CMP_ROWS2;
     const int timed = run >= warmup && extra < 0;
     if (extra == 0) qa_model_graph_stats(bm.m, &gs); /* the warm-up and timed runs' steps, not the comparisons' */
 #ifdef ES_HAVE_CUDA_BACKEND
@@ -592,7 +601,8 @@ static int bench_model(int argc, char **argv) {
         (pipe_run && cuda_backend_set_gemv_pipe(bm.be, 0, &err)) ||
         (loads8_run && cuda_backend_set_gemv_loads(bm.be, 8, &err)) ||
         (noglu_run && cuda_backend_set_fusions(bm.be, timed_cfg.fusions & ~CUDA_FUSE_GLU, &err)) ||
-        (nocomb_run && cuda_backend_set_fusions(bm.be, timed_cfg.fusions & ~CUDA_FUSE_COMBINE, &err)))
+        (nocomb_run && cuda_backend_set_fusions(bm.be, timed_cfg.fusions & ~CUDA_FUSE_COMBINE, &err)) ||
+        (rows2_run && cuda_backend_set_gemv_rows(bm.be, 2, &err)))
       goto done;
 #endif
     if (prof_run && es_backend_profile_start(bm.be, 4096, &err)) goto done;
@@ -677,6 +687,7 @@ static int bench_model(int argc, char **argv) {
             : loads8_run   ? " (GEMVs with 8 loads in flight)"
             : noglu_run    ? " (gate|up without the SiLU·mul epilogue)"
             : nocomb_run   ? " (decode attention's splits merged by a second kernel)"
+            : rows2_run    ? " (GEMVs with two weight rows per warp)"
             : prof_run     ? " (profiled, op by op)"
                            : " (warm-up)",
             1e3 * ttft);
@@ -705,6 +716,7 @@ static int bench_model(int argc, char **argv) {
   const double eager_ms = cmp_ms[CMP_EAGER], nogemv_ms = cmp_ms[CMP_NOGEMV], nopdl_ms = cmp_ms[CMP_NOPDL];
   const double gemvall_ms = cmp_ms[CMP_GEMV_ALL], fp8cc_ms = cmp_ms[CMP_FP8CC], nopipe_ms = cmp_ms[CMP_NOPIPE];
   const double loads8_ms = cmp_ms[CMP_LOADS8], noglu_ms = cmp_ms[CMP_NOGLU], nocomb_ms = cmp_ms[CMP_NOCOMB];
+  const double rows2_ms = cmp_ms[CMP_ROWS2];
   if (n_cmp[CMP_EAGER])
     printf("  decode step without graphs (batch %d)         %10.3f ms  (graphs: %.2fx faster)\n", B, eager_ms,
            eager_ms / step_ms);
@@ -732,6 +744,9 @@ static int bench_model(int argc, char **argv) {
   if (n_cmp[CMP_NOCOMB])
     printf("  decode step, attention combine as a kernel    %10.3f ms  (merged in the split kernel: %.2fx faster)\n",
            nocomb_ms, nocomb_ms / step_ms);
+  if (n_cmp[CMP_ROWS2])
+    printf("  decode step, GEMVs with two weight rows per warp %7.3f ms  (%.2fx the default's)\n", rows2_ms,
+           rows2_ms / step_ms);
   if (flash_ttft_ms > 0)
     printf("  time to first token, %-5s flash kernel       %10.2f ms  (median of 2 after a warm-up; %.2fx the %s "
            "kernel's)\n",
@@ -759,13 +774,13 @@ static int bench_model(int argc, char **argv) {
            "\"ttft_ms_flash_alt\": %.4f, \"decode_ms_per_step_gemv_all\": %.4f, "
            "\"decode_ms_per_step_fp8_cuda_cores\": %.4f, \"decode_ms_per_step_no_gemv_pipe\": %.4f, "
            "\"decode_ms_per_step_gemv_loads8\": %.4f, \"decode_ms_per_step_no_glu_fusion\": %.4f, "
-           "\"decode_ms_per_step_no_combine_fusion\": %.4f, "
+           "\"decode_ms_per_step_no_combine_fusion\": %.4f, \"decode_ms_per_step_gemv_rows2\": %.4f, "
            "\"deterministic\": %s}\n",
            es_backend_name(bm.be), es_dtype_name(es_backend_act_dtype(bm.be)), rt_quantization_name(ro.quantization),
            ro.kv_fp8 ? "fp8" : "auto", ro.dummy_weights ? "true" : "false", B, seconds, N, P, n_out, warmup, repeats,
            load_s, ttft_ms, step_ms, B * 1e3 / step_ms, mbytes, bw, limit_ms, step_ms > 0 ? limit_ms / step_ms : 0.0,
            (long long)gs.replays, eager_ms, nogemv_ms, nopdl_ms, flash_name, cmp_flash ? flash_alt_name : "",
-           flash_ttft_ms, gemvall_ms, fp8cc_ms, nopipe_ms, loads8_ms, noglu_ms, nocomb_ms,
+           flash_ttft_ms, gemvall_ms, fp8cc_ms, nopipe_ms, loads8_ms, noglu_ms, nocomb_ms, rows2_ms,
            ro.deterministic ? "true" : "false");
   rc = 0;
 done:

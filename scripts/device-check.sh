@@ -384,6 +384,8 @@ decode_row(", gate|up GEMV then a SiLU·mul kernel (fusion off)", o_ug, lim)
 decode_row(", fp8 weights, gate|up GEMV then a SiLU·mul kernel", f_ug, f_lim)
 decode_row(", attention splits merged by a second kernel (fusion off)", o_uc, lim)
 decode_row(", fp8 weights, attention splits merged by a second kernel", f_uc, f_lim)
+decode_row(", GEMVs with two weight rows per warp", ours.get("decode_ms_per_step_gemv_rows2"), lim)
+decode_row(", fp8 weights, GEMVs with two weight rows per warp", fp8.get("decode_ms_per_step_gemv_rows2"), f_lim)
 decode_row(", --deterministic", d_d, lim)
 print(f"| time to first token, --deterministic (ms) | {f(det.get('ttft_ms'))} | {f(r_t)} | — | "
       f"{ratio(r_t, det.get('ttft_ms'))} | — |")
