@@ -403,6 +403,29 @@ int es_op_linear_silu_mul(es_backend_t *be, void *y, int64_t ldy, void *gu, int6
   return es_op_silu_mul(be, y, gu, (char *)gu + (size_t)N * a, ldgu, M, N, err);
 }
 
+int es_op_linear_rms_norm(es_backend_t *be, void *y, void *residual, void *o, const void *x, int64_t ldx,
+                          const es_weight_t *w, const es_weight_t *norm_weight, int64_t M, float eps, es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  const int64_t N = w->n0, K = w->n1;
+  NEED(M >= 1 && ldx >= K && norm_weight->n0 == N,
+       "linear_rms_norm: M %lld, weight [%lld, %lld], ldx %lld, norm weight length %lld", (long long)M, (long long)N,
+       (long long)K, (long long)ldx, (long long)norm_weight->n0);
+  NO_FP8(norm_weight, "linear_rms_norm (norm weight)");
+  const size_t a = es_dtype_size(be->act_dtype);
+  const uintptr_t ob = (uintptr_t)o, oe = ob + (size_t)(M * N) * a, xb = (uintptr_t)x,
+                  xe = xb + (size_t)((M - 1) * ldx + K) * a, yb = (uintptr_t)y, ye = yb + (size_t)(M * N) * a,
+                  rb = (uintptr_t)residual, re = rb + (size_t)(M * N) * a;
+  NEED((oe <= xb || xe <= ob) && (oe <= yb || ye <= ob) && (oe <= rb || re <= ob),
+       "linear_rms_norm: o overlaps x, y or the residual");
+  if (be->ops->linear_rms_norm_ok && be->ops->linear_rms_norm_ok(be, y, residual, o, x, ldx, w, norm_weight, M))
+    PROFILED(be, be->ops->linear_rms_norm(be, y, residual, o, x, ldx, w, norm_weight, M, eps, err), "linear_rms_norm",
+             weight_bytes(w) + act_bytes(be, (double)M * (double)(K + 5 * N)), "M=%lld N=%lld K=%lld %s +norm",
+             (long long)M, (long long)N, (long long)K, es_dtype_name(w->dtype));
+  int rc = es_op_linear(be, o, N, x, ldx, w, NULL, M, ES_ACT_NONE, 0, err);
+  if (rc) return rc;
+  return es_op_rms_norm(be, y, residual, o, norm_weight, M, N, eps, err);
+}
+
 int es_op_avg_pool2(es_backend_t *be, void *y, const void *x, int64_t B, int64_t T, int64_t C, es_error_t *err) {
   CHECK_HEALTHY(be, err);
   NEED(B >= 1 && T >= 2 && T % 2 == 0 && C >= 1, "avg_pool2: T %lld must be even", (long long)T);

@@ -701,17 +701,20 @@ static int decoder_forward(qa_model_t *m, int T, int n_audio, int n_logits, es_e
         (rc = es_op_scatter_rows(be, m->h, m->arows, m->adst_dev, n_audio, E, err)))
       return rc;
   }
-  const void *add = NULL; /* the previous layer's MLP output, added to the residual by the next norm */
+  /* The first layer's input norm; every later norm runs with the linear before it (es_op_linear_rms_norm: o = the
+   * linear's output; residual h += o; x = norm(h)), which the backend may run as one kernel. */
+  const int L = c->num_hidden_layers;
+  if ((rc = es_op_rms_norm(be, m->x, m->h, NULL, L > 0 ? &m->dec[0].in_norm : &m->norm, T, E, eps, err))) return rc;
   /* with fused projections q, k, v are column slices of one [T, E + 2·KV] output, gate and up of one [T, 2I] */
   const size_t a = es_dtype_size(es_backend_act_dtype(be));
-  for (int l = 0; l < c->num_hidden_layers; l++) {
+  for (int l = 0; l < L; l++) {
     const dec_layer_t *d = &m->dec[l];
     const int fused = d->fused;
     const int64_t ldqkv = fused ? E + 2 * KVW : E, ldkv = fused ? ldqkv : KVW, ldgu = fused ? 2 * I : I;
     void *q = m->q, *k = fused ? (char *)m->q + (size_t)E * a : m->k,
          *v = fused ? (char *)m->q + (size_t)(E + KVW) * a : m->v;
     void *gate = m->gate, *up = fused ? (char *)m->gate + (size_t)I * a : m->up;
-    if ((rc = es_op_rms_norm(be, m->x, m->h, add, &d->in_norm, T, E, eps, err))) goto layer_failed;
+    const es_weight_t *next_norm = l + 1 < L ? &m->dec[l + 1].in_norm : &m->norm; /* after the MLP */
     if (fused)
       rc = es_op_linear(be, q, ldqkv, m->x, E, &d->wqkv, &d->bqkv, T, ES_ACT_NONE, 0, err);
     else if (!(rc = es_op_linear(be, q, E, m->x, E, &d->wq, &d->bq, T, ES_ACT_NONE, 0, err)) &&
@@ -719,21 +722,19 @@ static int decoder_forward(qa_model_t *m, int T, int n_audio, int n_logits, es_e
       rc = es_op_linear(be, v, KVW, m->x, E, &d->wv, &d->bv, T, ES_ACT_NONE, 0, err);
     if (rc || (rc = es_op_rope_kv_store(be, l, q, ldqkv, k, ldkv, v, ldkv, H, D, theta, err)) ||
         (rc = es_op_attention_paged(be, l, m->att, q, ldqkv, H, D, scale, err)) ||
-        (rc = es_op_linear(be, m->o, E, m->att, E, &d->wo, NULL, T, ES_ACT_NONE, 0, err)) ||
-        (rc = es_op_rms_norm(be, m->x, m->h, m->o, &d->post_norm, T, E, eps, err)))
+        (rc = es_op_linear_rms_norm(be, m->x, m->h, m->o, m->att, E, &d->wo, &d->post_norm, T, eps, err)))
       goto layer_failed;
     if (fused) /* one op: the backend may apply silu(gate) · up in the linear's epilogue (backend.h) */
       rc = es_op_linear_silu_mul(be, m->act, I, gate, ldgu, m->x, E, &d->wgu, T, err);
     else if (!(rc = es_op_linear(be, gate, I, m->x, E, &d->wg, NULL, T, ES_ACT_NONE, 0, err)) &&
              !(rc = es_op_linear(be, up, I, m->x, E, &d->wu, NULL, T, ES_ACT_NONE, 0, err)))
       rc = es_op_silu_mul(be, m->act, gate, up, ldgu, T, I, err);
-    if (rc || (rc = es_op_linear(be, m->o, E, m->act, I, &d->wd, NULL, T, ES_ACT_NONE, 0, err))) goto layer_failed;
-    add = m->o;
+    if (rc || (rc = es_op_linear_rms_norm(be, m->x, m->h, m->o, m->act, I, &d->wd, next_norm, T, eps, err)))
+      goto layer_failed;
     continue;
   layer_failed:
     return es_error_prefix(err, "decoder layer %d: ", l);
   }
-  if ((rc = es_op_rms_norm(be, m->x, m->h, add, &m->norm, T, E, eps, err))) return rc;
   if (n_logits > 0 && ((rc = es_op_gather_rows(be, m->xl, m->x, m->lrows_dev, n_logits, E, err)) ||
                        (rc = es_op_logits(be, m->logits_dev, m->xl, &m->lm_head, n_logits, err))))
     return rc;

@@ -461,6 +461,8 @@ static const es_backend_ops_t cuda_ops = {
     cuda_prof_free,
     cuda_op_linear_silu_mul_ok,
     cuda_op_linear_silu_mul,
+    cuda_op_linear_rms_norm_ok,
+    cuda_op_linear_rms_norm,
 };
 
 static int create_resources(cuda_backend_t *cb, es_error_t *err) {
@@ -479,6 +481,9 @@ static int create_resources(cuda_backend_t *cb, es_error_t *err) {
   for (int i = 0; i < 2; i++)
     if ((rc = dev_alloc(cb, CUDA_STAGE_BYTES, "staging buffers", &cb->stage_dev[i], err))) return rc;
   if ((rc = dev_alloc(cb, CUDA_IM2COL_BYTES, "the conv1d scratch", &cb->im2col, err))) return rc;
+  // the GEMVs' fused RMSNorm (CUDA_FUSE_NORM): one arrival counter, zero, and zeroed again by each launch's last block
+  if ((rc = dev_alloc(cb, sizeof(int32_t), "the RMSNorm arrival counter", (void **)&cb->norm_arrivals, err))) return rc;
+  ES_CUDA_TRY(err, cudaMemsetAsync(cb->norm_arrivals, 0, sizeof(int32_t), cb->stream));
   ES_CUBLAS_TRY(err, cublasLtCreate(&cb->lt));
   if ((rc = dev_alloc(cb, CUDA_LT_WORKSPACE, "the cuBLASLt workspace", &cb->lt_ws, err))) return rc;
   size_t n_batch = (o->max_seqs + 1) + o->max_seqs + 2 * o->max_tokens + o->max_seqs * o->max_blocks + 1;
@@ -519,10 +524,11 @@ extern "C" int es_backend_create_cuda(const es_backend_opts_t *opts, es_backend_
   if (gr && *gr && strcmp(gr, "1") != 0 && strcmp(gr, "2") != 0)
     return es_fail(err, ES_EINVAL, "cuda backend: EARSHOT_GEMV_ROWS=%.40s: expected 1 or 2", gr);
   const char *fu = getenv("EARSHOT_FUSE"); // a CUDA_FUSE_* mask, 0 to 3 (cuda_hooks.h); unset: every fusion
-  if (fu && *fu && !(fu[0] >= '0' && fu[0] <= '3' && fu[1] == '\0'))
+  if (fu && *fu && !(fu[0] >= '0' && fu[0] <= '7' && fu[1] == '\0'))
     return es_fail(err, ES_EINVAL,
-                   "cuda backend: EARSHOT_FUSE=%.40s: expected a mask from 0 to 3 (1: the gate|up GEMV applies "
-                   "SiLU·mul, 2: the decode attention merges its splits itself)",
+                   "cuda backend: EARSHOT_FUSE=%.40s: expected a mask from 0 to 7 (1: the gate|up GEMV applies "
+                   "SiLU·mul, 2: the decode attention merges its splits itself, 4: the GEMV before an RMSNorm "
+                   "applies it)",
                    fu);
   cuda_backend_t *cb = (cuda_backend_t *)calloc(1, sizeof *cb);
   if (!cb) return es_fail(err, ES_ENOMEM, "cuda backend: out of memory");
@@ -639,8 +645,9 @@ extern "C" int cuda_backend_fusions(const es_backend_t *be) {
   return strcmp(be->ops->kind, "cuda") == 0 ? ((const cuda_backend_t *)be)->fusions : 0;
 }
 
-extern "C" void cuda_backend_fused_calls(const es_backend_t *be, int64_t *glu, int64_t *combine) {
+extern "C" void cuda_backend_fused_calls(const es_backend_t *be, int64_t *glu, int64_t *combine, int64_t *norm) {
   const int cuda = strcmp(be->ops->kind, "cuda") == 0;
   *glu = cuda ? ((const cuda_backend_t *)be)->glu_calls : 0;
   *combine = cuda ? ((const cuda_backend_t *)be)->combine_fused : 0;
+  *norm = cuda ? ((const cuda_backend_t *)be)->norm_calls : 0;
 }

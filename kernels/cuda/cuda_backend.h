@@ -162,6 +162,8 @@ typedef struct {
   int64_t combine_fused;   /* split-KV decode launches whose last blocks merged the splits */
   int32_t *attn_arrivals;  /* device [attn_arrivals_n], zero between launches: blocks of a (row, head) done */
   int64_t attn_arrivals_n; /* (row, head) pairs it counts (attn_math.h: attn_arrival_slots) */
+  int32_t *norm_arrivals;  /* device [1], zero between launches: blocks of a GEMV with the fused RMSNorm done */
+  int64_t norm_calls;      /* es_op_linear_rms_norm calls run fused (bf16 and fp8 GEMVs) */
 
   /* ---- op profiles (backend.h): timing events on the op stream, between profile_start and _stop ---- */
   cudaEvent_t *prof_ev;

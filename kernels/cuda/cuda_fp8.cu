@@ -28,9 +28,11 @@
 #include "cuda_common.cuh"
 #include "cuda_fp8.h"
 #include "cuda_gemv.h" // cuda_fp8_gemv_loads, cuda_gemv_pipe
+#include "cuda_ops.h"  // cuda_rms_norm_vec_ok
 #include "fp8_cvt.cuh"
 #include "fp8_math.h"
 #include "gemv_math.h" // GEMV_ROWS_*: a warp's weight rows
+#include "rms_norm_row.cuh"
 
 #define FP8_WARPS 4 // warps (output rows) per block
 static_assert(CUDA_FP8_GEMV_MAX_M <= 8, "gemv() below instantiates the kernel for at most 8 rows");
@@ -77,10 +79,12 @@ __device__ __forceinline__ void fp8_load_w(uint4 *qv, const uint8_t *wr, int64_t
 // of each per round) sharing each x load and conversion; GEMV_ROWS_GLU (es_op_linear_silu_mul: w = [gate; up], 2P
 // rows) writes y[m, n] = silu(g) · u from g and u rounded as the plain epilogue rounds them (no bias) — the bits of
 // this kernel into (M, 2P) followed by cuda_ops.cu's SiLU·mul (silu_mul_value).
-template <typename T, int MT, bool VEC, int U, bool PIPE, int ROWS>
+// NORM (CUDA_FUSE_NORM, es_op_linear_rms_norm at one row; P a multiple of FP8_WARPS, so no warp leaves early): after
+// the stores, the last block to finish applies the RMSNorm with the residual add of y's row (rms_norm_row.cuh).
+template <typename T, int MT, bool VEC, int U, bool PIPE, int ROWS, bool NORM = false>
 __global__ void __launch_bounds__(FP8_WARPS * 32)
     fp8_gemv_kernel(T *y, int64_t ldy, const T *x, int64_t ldx, const uint8_t *w, const float *scale, const T *bias,
-                    int M, int64_t N, int64_t K, int act, int accumulate, int64_t P) {
+                    int M, int64_t N, int64_t K, int act, int accumulate, int64_t P, gemv_norm_t nrm) {
   constexpr int R = ROWS == GEMV_ROWS_ONE ? 1 : 2, UR = U / R; // weight rows per warp, loads per row and round
   static_assert(UR >= 1 && UR * R == U && (VEC || R == 1), "two rows: the vector path, U split evenly");
   int lane = threadIdx.x & 31;
@@ -190,34 +194,37 @@ __global__ void __launch_bounds__(FP8_WARPS * 32)
       }
     }
   }
+  if constexpr (NORM) gemv_norm_tail<T>(nrm, y, N);
 }
 
-// ROWS as fp8_gemv_kernel (two rows only with vec); N = the weight's rows.
-template <typename T, int MT, int U, int ROWS = GEMV_ROWS_ONE>
+// ROWS and NORM as fp8_gemv_kernel (two rows and NORM only with vec); N = the weight's rows.
+template <typename T, int MT, int U, int ROWS = GEMV_ROWS_ONE, bool NORM = false>
 static void launch_gemv_u(cuda_backend_t *cb, bool vec, void *y, int64_t ldy, const void *x, int64_t ldx,
-                          const es_weight_t *w, const es_weight_t *bias, int M, int act, int accumulate) {
+                          const es_weight_t *w, const es_weight_t *bias, int M, int act, int accumulate,
+                          gemv_norm_t nrm = gemv_norm_t{}) {
   int64_t N = w->n0, K = w->n1, P = gemv_warps(N, ROWS);
   unsigned grid = (unsigned)((P + FP8_WARPS - 1) / FP8_WARPS);
   const T *bp = bias ? (const T *)bias->data : NULL;
   constexpr bool PIPE_OK = U <= 8; // 16 loads pipelined spill at 8 rows (ptxas -v); 16 is a bench setting
   if (vec && cuda_gemv_pipe(cb))
-    cuda_launch(cb, fp8_gemv_kernel<T, MT, true, U, PIPE_OK, ROWS>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y, ldy,
-                (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate, P);
+    cuda_launch(cb, fp8_gemv_kernel<T, MT, true, U, PIPE_OK, ROWS, NORM>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y,
+                ldy, (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate, P, nrm);
   else if (vec)
-    cuda_launch(cb, fp8_gemv_kernel<T, MT, true, U, false, ROWS>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y, ldy,
-                (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate, P);
-  else if constexpr (ROWS == GEMV_ROWS_ONE)
+    cuda_launch(cb, fp8_gemv_kernel<T, MT, true, U, false, ROWS, NORM>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y,
+                ldy, (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate, P, nrm);
+  else if constexpr (ROWS == GEMV_ROWS_ONE && !NORM)
     cuda_launch(cb, fp8_gemv_kernel<T, MT, false, 1, false, GEMV_ROWS_ONE>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y,
-                ldy, (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate, P);
+                ldy, (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate, P, nrm);
 }
 
-template <typename T, int MT, int ROWS = GEMV_ROWS_ONE>
+template <typename T, int MT, int ROWS = GEMV_ROWS_ONE, bool NORM = false>
 static void launch_gemv(cuda_backend_t *cb, bool vec, void *y, int64_t ldy, const void *x, int64_t ldx,
-                        const es_weight_t *w, const es_weight_t *bias, int M, int act, int accumulate) {
+                        const es_weight_t *w, const es_weight_t *bias, int M, int act, int accumulate,
+                        gemv_norm_t nrm = gemv_norm_t{}) {
   switch (cuda_fp8_gemv_loads(cb)) {
-  case 4: launch_gemv_u<T, MT, 4, ROWS>(cb, vec, y, ldy, x, ldx, w, bias, M, act, accumulate); break;
-  case 16: launch_gemv_u<T, MT, 16, ROWS>(cb, vec, y, ldy, x, ldx, w, bias, M, act, accumulate); break;
-  default: launch_gemv_u<T, MT, 8, ROWS>(cb, vec, y, ldy, x, ldx, w, bias, M, act, accumulate); break;
+  case 4: launch_gemv_u<T, MT, 4, ROWS, NORM>(cb, vec, y, ldy, x, ldx, w, bias, M, act, accumulate, nrm); break;
+  case 16: launch_gemv_u<T, MT, 16, ROWS, NORM>(cb, vec, y, ldy, x, ldx, w, bias, M, act, accumulate, nrm); break;
+  default: launch_gemv_u<T, MT, 8, ROWS, NORM>(cb, vec, y, ldy, x, ldx, w, bias, M, act, accumulate, nrm); break;
   }
 }
 
@@ -276,6 +283,41 @@ extern "C" int cuda_fp8_glu(cuda_backend_t *cb, void *y, int64_t ldy, const void
                    cb->base.name, (long long)M, (long long)w->n1);
   int rc = CUDA_DISPATCH(cb, glu, cb, y, ldy, x, ldx, w, err);
   if (rc == ES_OK) cb->glu_calls++;
+  return rc;
+}
+
+// ---- the linear with the RMSNorm after it (es_op_linear_rms_norm at one row) --------------------------------------
+
+template <typename T>
+static int norm(cuda_backend_t *cb, void *y, void *residual, void *o, const void *x, int64_t ldx, const es_weight_t *w,
+                const es_weight_t *norm_w, float eps, es_error_t *err) {
+  const gemv_norm_t nrm = {y, residual, norm_w->data, eps, cb->norm_arrivals};
+  if (cuda_gemv_rows(cb) == 2)
+    launch_gemv<T, 1, GEMV_ROWS_TWO, true>(cb, true, o, w->n0, x, ldx, w, NULL, 1, (int)ES_ACT_NONE, 0, nrm);
+  else
+    launch_gemv<T, 1, GEMV_ROWS_ONE, true>(cb, true, o, w->n0, x, ldx, w, NULL, 1, (int)ES_ACT_NONE, 0, nrm);
+  ES_CUDA_LAUNCHED(err);
+  return ES_OK;
+}
+
+extern "C" int cuda_fp8_norm_ok(const cuda_backend_t *cb, const void *y, const void *residual, const void *o,
+                                const void *x, int64_t ldx, const es_weight_t *w, const es_weight_t *norm_w,
+                                int64_t M) {
+  const size_t e = cuda_act_size(cb);
+  const int64_t P = gemv_warps(w->n0, cuda_gemv_rows(cb) == 2 ? GEMV_ROWS_TWO : GEMV_ROWS_ONE);
+  return (cb->fusions & CUDA_FUSE_NORM) && cb->norm_arrivals && M == 1 && !cb->base.opts.deterministic &&
+         w->dtype == ES_DT_FP8E4M3 && !cuda_fp8_mma_ok(cb, x, ldx, w, M) && w->n1 % 16 == 0 &&
+         (uintptr_t)w->data % 16 == 0 && (uintptr_t)x % 16 == 0 && ((size_t)ldx * e) % 16 == 0 && P % FP8_WARPS == 0 &&
+         P / FP8_WARPS <= 0x7fffffff && cuda_rms_norm_vec_ok(cb->base.act_dtype, w->n0, y, residual, o, norm_w->data);
+}
+
+extern "C" int cuda_fp8_norm(cuda_backend_t *cb, void *y, void *residual, void *o, const void *x, int64_t ldx,
+                             const es_weight_t *w, const es_weight_t *norm_w, int64_t M, float eps, es_error_t *err) {
+  if (!cuda_fp8_norm_ok(cb, y, residual, o, x, ldx, w, norm_w, M))
+    return es_fail(err, ES_EINTERNAL, "%s: fp8 GEMV with the RMSNorm called outside its conditions (M %lld, N %lld)",
+                   cb->base.name, (long long)M, (long long)w->n0);
+  int rc = CUDA_DISPATCH(cb, norm, cb, y, residual, o, x, ldx, w, norm_w, eps, err);
+  if (rc == ES_OK) cb->norm_calls++;
   return rc;
 }
 

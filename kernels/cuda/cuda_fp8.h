@@ -60,6 +60,15 @@ int cuda_fp8_glu_ok(const cuda_backend_t *cb, const void *x, int64_t ldx, const 
 int cuda_fp8_glu(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w, int64_t M,
                  es_error_t *err);
 
+/* es_op_linear_rms_norm with an fp8 weight at one row in one kernel: o = x · wᵀ by this GEMV (where it would take the
+ * linear: one row, K % 16 == 0, aligned rows, outside deterministic mode), then its last block to finish applies the
+ * RMSNorm with the residual add as cuda_ops' RMSNorm does — the same bits — where the fusion is on (cb->fusions,
+ * CUDA_FUSE_NORM), the RMSNorm takes its one-pass kernel (cuda_rms_norm_vec_ok) and the grid has no idle warp. */
+int cuda_fp8_norm_ok(const cuda_backend_t *cb, const void *y, const void *residual, const void *o, const void *x,
+                     int64_t ldx, const es_weight_t *w, const es_weight_t *norm_w, int64_t M);
+int cuda_fp8_norm(cuda_backend_t *cb, void *y, void *residual, void *o, const void *x, int64_t ldx,
+                  const es_weight_t *w, const es_weight_t *norm_w, int64_t M, float eps, es_error_t *err);
+
 /* cb->fp8_scratch[n, k] = decode(w[n, k]) · scale[n] in the compute dtype (rounded to nearest even in bf16). */
 int cuda_fp8_dequant(cuda_backend_t *cb, const es_weight_t *w, es_error_t *err);
 

@@ -415,6 +415,26 @@ extern "C" int cuda_op_linear_silu_mul(es_backend_t *be, void *y, int64_t ldy, c
   return cuda_gemv_glu(cb, y, ldy, x, ldx, w->data, w->n0, w->n1, M, err);
 }
 
+extern "C" int cuda_op_linear_rms_norm_ok(const es_backend_t *be, const void *y, const void *residual, const void *o,
+                                          const void *x, int64_t ldx, const es_weight_t *w,
+                                          const es_weight_t *norm_weight, int64_t M) {
+  const cuda_backend_t *cb = (const cuda_backend_t *)be;
+  if (norm_weight->dtype != be->act_dtype) return 0;
+  if (w->dtype == ES_DT_FP8E4M3) return cuda_fp8_norm_ok(cb, y, residual, o, x, ldx, w, norm_weight, M);
+  return w->dtype == be->act_dtype &&
+         cuda_gemv_norm_ok(cb, y, residual, o, x, ldx, w->data, norm_weight->data, w->n0, w->n1, M);
+}
+
+extern "C" int cuda_op_linear_rms_norm(es_backend_t *be, void *y, void *residual, void *o, const void *x, int64_t ldx,
+                                       const es_weight_t *w, const es_weight_t *norm_weight, int64_t M, float eps,
+                                       es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  if (w->dtype == ES_DT_FP8E4M3) return cuda_fp8_norm(cb, y, residual, o, x, ldx, w, norm_weight, M, eps, err);
+  return cuda_gemv_norm(cb, y, residual, o, x, ldx, w->data, norm_weight->data, w->n0, w->n1, M, eps, err);
+}
+
 extern "C" int cuda_op_logits(es_backend_t *be, float *logits, const void *x, const es_weight_t *w, int64_t M,
                               es_error_t *err) {
   cuda_backend_t *cb = cuda_be(be);

@@ -19,7 +19,9 @@
 
 #include "cuda_common.cuh"
 #include "cuda_gemv.h"
+#include "cuda_ops.h"  // cuda_rms_norm_vec_ok
 #include "gemv_math.h" // the index math and the conditions, tested on the CPU (tests/kernels/test_gemv_math.c)
+#include "rms_norm_row.cuh"
 
 static_assert(GEMV_MAX_M == CUDA_GEMV_MAX_M, "gemv_math.h and cuda_gemv.h disagree on the largest M");
 
@@ -48,10 +50,12 @@ __device__ __forceinline__ void gemv_load_w(uint4 *wv, const bf16 *w, int64_t n,
 // Two rows per warp share each x load and conversion (half the activation work per weight) and stream twice the
 // bytes per warp. GEMV_ROWS_GLU's epilogue writes silu(g) · u from g and u rounded as the plain epilogue (no bias)
 // rounds them — the bits of this kernel into (M, 2P) followed by cuda_ops.cu's SiLU·mul (silu_mul_value).
-template <typename TO, int MT, int U, bool PIPE, int ROWS>
+// NORM (CUDA_FUSE_NORM, es_op_linear_rms_norm at one row; P a multiple of GEMV_WARPS, so no warp leaves early): after
+// the stores, the last block to finish applies the RMSNorm with the residual add of y's row (rms_norm_row.cuh).
+template <typename TO, int MT, int U, bool PIPE, int ROWS, bool NORM = false>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
     bf16_gemv_kernel(TO *y, int64_t ldy, const bf16 *x, int64_t ldx, const bf16 *w, const bf16 *bias, int M, int64_t N,
-                     int64_t K, int act, int accumulate, int64_t P) {
+                     int64_t K, int act, int accumulate, int64_t P, gemv_norm_t nrm) {
   constexpr int R = ROWS == GEMV_ROWS_ONE ? 1 : 2, UR = U / R; // weight rows per warp, loads per row and round
   static_assert(UR >= 1 && UR * R == U, "the loads of a round split evenly between the rows");
   const int lane = threadIdx.x & 31;
@@ -135,29 +139,30 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
       }
     }
   }
+  if constexpr (NORM) gemv_norm_tail<TO>(nrm, y, N);
 }
 
-// N: the weight's rows; the warps' P as gemv_rows_t says.
-template <typename TO, int MT, int U, int ROWS = GEMV_ROWS_ONE>
+// N: the weight's rows; the warps' P as gemv_math.h's GEMV_ROWS_* says; NORM: nrm as the kernel's.
+template <typename TO, int MT, int U, int ROWS = GEMV_ROWS_ONE, bool NORM = false>
 static void launch_u(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const void *w, int64_t N,
-                     int64_t K, const void *bias, int M, int act, int accumulate) {
+                     int64_t K, const void *bias, int M, int act, int accumulate, gemv_norm_t nrm = gemv_norm_t{}) {
   const int64_t P = gemv_warps(N, ROWS);
   const unsigned grid = (unsigned)gemv_grid(P);
   if (cuda_gemv_pipe(cb))
-    cuda_launch(cb, bf16_gemv_kernel<TO, MT, U, true, ROWS>, dim3(grid), dim3(GEMV_WARPS * 32), 0, (TO *)y, ldy,
-                (const bf16 *)x, ldx, (const bf16 *)w, (const bf16 *)bias, M, N, K, act, accumulate, P);
+    cuda_launch(cb, bf16_gemv_kernel<TO, MT, U, true, ROWS, NORM>, dim3(grid), dim3(GEMV_WARPS * 32), 0, (TO *)y, ldy,
+                (const bf16 *)x, ldx, (const bf16 *)w, (const bf16 *)bias, M, N, K, act, accumulate, P, nrm);
   else
-    cuda_launch(cb, bf16_gemv_kernel<TO, MT, U, false, ROWS>, dim3(grid), dim3(GEMV_WARPS * 32), 0, (TO *)y, ldy,
-                (const bf16 *)x, ldx, (const bf16 *)w, (const bf16 *)bias, M, N, K, act, accumulate, P);
+    cuda_launch(cb, bf16_gemv_kernel<TO, MT, U, false, ROWS, NORM>, dim3(grid), dim3(GEMV_WARPS * 32), 0, (TO *)y, ldy,
+                (const bf16 *)x, ldx, (const bf16 *)w, (const bf16 *)bias, M, N, K, act, accumulate, P, nrm);
 }
 
-template <typename TO, int MT, int ROWS = GEMV_ROWS_ONE>
+template <typename TO, int MT, int ROWS = GEMV_ROWS_ONE, bool NORM = false>
 static void launch(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const void *w, int64_t N,
-                   int64_t K, const void *bias, int M, int act, int accumulate) {
+                   int64_t K, const void *bias, int M, int act, int accumulate, gemv_norm_t nrm = gemv_norm_t{}) {
   switch (cuda_gemv_loads(cb)) {
-  case 4: launch_u<TO, MT, 4, ROWS>(cb, y, ldy, x, ldx, w, N, K, bias, M, act, accumulate); break;
-  case 16: launch_u<TO, MT, 16, ROWS>(cb, y, ldy, x, ldx, w, N, K, bias, M, act, accumulate); break;
-  default: launch_u<TO, MT, 8, ROWS>(cb, y, ldy, x, ldx, w, N, K, bias, M, act, accumulate); break;
+  case 4: launch_u<TO, MT, 4, ROWS, NORM>(cb, y, ldy, x, ldx, w, N, K, bias, M, act, accumulate, nrm); break;
+  case 16: launch_u<TO, MT, 16, ROWS, NORM>(cb, y, ldy, x, ldx, w, N, K, bias, M, act, accumulate, nrm); break;
+  default: launch_u<TO, MT, 8, ROWS, NORM>(cb, y, ldy, x, ldx, w, N, K, bias, M, act, accumulate, nrm); break;
   }
 }
 
@@ -251,6 +256,32 @@ extern "C" int cuda_backend_set_gemv_pipe(es_backend_t *be, int on, es_error_t *
 
 extern "C" int cuda_backend_gemv_pipe(const es_backend_t *be) {
   return strcmp(be->ops->kind, "cuda") == 0 ? cuda_gemv_pipe((const cuda_backend_t *)be) : 0;
+}
+
+extern "C" int cuda_gemv_norm_ok(const cuda_backend_t *cb, const void *y, const void *residual, const void *o,
+                                 const void *x, int64_t ldx, const void *w, const void *norm_w, int64_t N, int64_t K,
+                                 int64_t M) {
+  const int64_t P = gemv_warps(N, cuda_gemv_rows(cb) == 2 ? GEMV_ROWS_TWO : GEMV_ROWS_ONE);
+  return (cb->fusions & CUDA_FUSE_NORM) && cb->norm_arrivals && M == 1 && cb->base.act_dtype == ES_DT_BF16 &&
+         P % GEMV_WARPS == 0 && cuda_gemv_ok(cb, ES_DT_BF16, x, ldx, w, N, K, M) &&
+         cuda_rms_norm_vec_ok(ES_DT_BF16, N, y, residual, o, norm_w);
+}
+
+extern "C" int cuda_gemv_norm(cuda_backend_t *cb, void *y, void *residual, void *o, const void *x, int64_t ldx,
+                              const void *w, const void *norm_w, int64_t N, int64_t K, int64_t M, float eps,
+                              es_error_t *err) {
+  if (!cuda_gemv_norm_ok(cb, y, residual, o, x, ldx, w, norm_w, N, K, M))
+    return es_fail(err, ES_EINTERNAL, "%s: GEMV with the RMSNorm called outside its conditions (M %lld, N %lld)",
+                   cb->base.name, (long long)M, (long long)N);
+  const gemv_norm_t nrm = {y, residual, norm_w, eps, cb->norm_arrivals};
+  if (cuda_gemv_rows(cb) == 2)
+    launch<bf16, 1, GEMV_ROWS_TWO, true>(cb, o, N, x, ldx, w, N, K, NULL, 1, ES_ACT_NONE, 0, nrm);
+  else
+    launch<bf16, 1, GEMV_ROWS_ONE, true>(cb, o, N, x, ldx, w, N, K, NULL, 1, ES_ACT_NONE, 0, nrm);
+  ES_CUDA_LAUNCHED(err);
+  cb->gemv_calls++;
+  cb->norm_calls++;
+  return ES_OK;
 }
 
 extern "C" int cuda_backend_set_gemv_rows(es_backend_t *be, int rows, es_error_t *err) {

@@ -69,6 +69,16 @@ int cuda_gemv_glu_ok(const cuda_backend_t *cb, const void *x, int64_t ldx, const
 int cuda_gemv_glu(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const void *w, int64_t N2,
                   int64_t K, int64_t M, es_error_t *err);
 
+/* es_op_linear_rms_norm at one row in one kernel (cuda_gemm.cu: cuda_op_linear_rms_norm): o = x · wᵀ (the GEMV,
+ * N rows of K, written to o), then its last block to finish applies the RMSNorm with the residual add (y, residual,
+ * norm_w of N) as cuda_ops' RMSNorm does, the same bits — where the fusion is on (CUDA_FUSE_NORM), cuda_gemv_ok takes
+ * the linear at M = 1, the RMSNorm takes its one-pass kernel (cuda_rms_norm_vec_ok), and the grid has no idle warp.
+ * Also counted in cuda_backend_gemv_calls. */
+int cuda_gemv_norm_ok(const cuda_backend_t *cb, const void *y, const void *residual, const void *o, const void *x,
+                      int64_t ldx, const void *w, const void *norm_w, int64_t N, int64_t K, int64_t M);
+int cuda_gemv_norm(cuda_backend_t *cb, void *y, void *residual, void *o, const void *x, int64_t ldx, const void *w,
+                   const void *norm_w, int64_t N, int64_t K, int64_t M, float eps, es_error_t *err);
+
 #ifdef __cplusplus
 }
 #endif

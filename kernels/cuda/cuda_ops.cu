@@ -22,25 +22,10 @@
 #include "cuda_common.cuh"
 #include "cuda_ops.h"
 #include "fp8_math.h"
+#include "rms_norm_row.cuh"
 
 #define ROW_THREADS 256
 
-// 16-byte vectors of T (8 bf16 or 4 floats) as floats: the row kernels' loads, one per thread, all issued before
-// any result is needed (a row of 4096 in one round trip to memory instead of one per element).
-template <typename T> struct vec16 { static constexpr int N = 16 / (int)sizeof(T); };
-template <typename T> __device__ __forceinline__ void load16_f(const T *p, float *f) {
-  const uint4 u = *reinterpret_cast<const uint4 *>(p);
-  const T *e = reinterpret_cast<const T *>(&u);
-#pragma unroll
-  for (int i = 0; i < vec16<T>::N; i++) f[i] = to_f(e[i]);
-}
-template <typename T> __device__ __forceinline__ void store16_f(T *p, const float *f) {
-  uint4 u;
-  T *e = reinterpret_cast<T *>(&u);
-#pragma unroll
-  for (int i = 0; i < vec16<T>::N; i++) e[i] = from_f<T>(f[i]);
-  *reinterpret_cast<uint4 *>(p) = u;
-}
 static inline bool aligned16(const void *p) {
   return ((uintptr_t)p & 15u) == 0;
 }
@@ -108,9 +93,10 @@ __global__ void rms_norm_kernel(T *y, T *residual, const T *add, const T *w, int
 }
 
 // The same arithmetic in one pass for rows of at most 1024 16-byte vectors (C = 4096 in bf16: 512 threads): thread
-// t holds elements [t·N, t·N + N) of the row in registers from its three loads (residual, add, weight, issued
-// together) to its two stores. Decode runs it at M = 1, where the loop above waits on memory once per element
-// (measured 16.8 µs per call on an H200, 1.1 ms of a 6 ms decode step).
+// t holds vector t of the row in registers from its three loads (residual, add, weight, issued together) to its two
+// stores. Decode runs it at M = 1, where the loop above waits on memory once per element (measured 16.8 µs per call
+// on an H200, 1.1 ms of a 6 ms decode step). Its per-vector arithmetic and reduction order are rms_norm_row.cuh's,
+// which the GEMVs' fused tail (CUDA_FUSE_NORM) shares: the same bits.
 template <typename T>
 __global__ void __launch_bounds__(1024) rms_norm_vec_kernel(T *y, T *residual, const T *add, const T *w, int64_t C,
                                                             float eps) {
@@ -126,27 +112,30 @@ __global__ void __launch_bounds__(1024) rms_norm_vec_kernel(T *y, T *residual, c
     if (add) load16_f(add + off, a);
     load16_f(w + (int64_t)threadIdx.x * N, wv);
     if (add) {
-#pragma unroll
-      for (int i = 0; i < N; i++) h[i] = rnd<T>(h[i] + a[i]); // transformers: residual + hidden, model dtype
+      rms_add_vec<T>(h, a);
       store16_f(residual + off, h);
     }
-#pragma unroll
-    for (int i = 0; i < N; i++) ss += h[i] * h[i];
+    ss = rms_ss_vec<T>(h);
   }
-  const float inv = 1.0f / sqrtf(block_reduce(ss, red, 0) / (float)C + eps); // as the CPU reference
+  const float inv = rms_inv(block_reduce(ss, red, 0), C, eps);
   if (on) {
     float o[N];
-#pragma unroll
-    for (int i = 0; i < N; i++) o[i] = wv[i] * rnd<T>(h[i] * inv);
+    rms_out_vec<T>(o, wv, h, inv);
     store16_f(y + off, o);
   }
+}
+
+extern "C" int cuda_rms_norm_vec_ok(es_dtype_t dt, int64_t C, const void *y, const void *residual, const void *add,
+                                    const void *w) {
+  const int64_t N = 16 / (int64_t)es_dtype_size(dt);
+  return C % N == 0 && C / N <= 1024 && aligned16(y) && aligned16(residual) && (!add || aligned16(add)) && aligned16(w);
 }
 
 template <typename T>
 static int rms_norm(cuda_backend_t *cb, void *y, void *res, const void *add, const void *w, int64_t M, int64_t C,
                     float eps, es_error_t *err) {
   constexpr int N = vec16<T>::N;
-  if (C % N == 0 && C / N <= 1024 && aligned16(y) && aligned16(res) && (!add || aligned16(add)) && aligned16(w)) {
+  if (cuda_rms_norm_vec_ok(cb->base.act_dtype, C, y, res, add, w)) {
     const unsigned threads = (unsigned)((C / N + 31) / 32 * 32);
     cuda_launch(cb, rms_norm_vec_kernel<T>, dim3((unsigned)M), dim3(threads), 0, (T *)y, (T *)res, (const T *)add,
                 (const T *)w, C, eps);

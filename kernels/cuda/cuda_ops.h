@@ -15,6 +15,10 @@ int cuda_op_layer_norm(es_backend_t *be, void *y, const void *x, const es_weight
                        int64_t M, int64_t C, float eps, es_error_t *err);
 int cuda_op_rms_norm(es_backend_t *be, void *y, void *residual, const void *add, const es_weight_t *weight, int64_t M,
                      int64_t C, float eps, es_error_t *err);
+/* 1 when the RMSNorm of rows of C elements of dtype dt runs as one pass with one thread per 16-byte vector (C a
+ * multiple of the vector, at most 1024 vectors, every pointer 16-byte aligned; add may be NULL) — the arithmetic the
+ * GEMVs' fused RMSNorm tail (CUDA_FUSE_NORM) shares, so it fuses only there. */
+int cuda_rms_norm_vec_ok(es_dtype_t dt, int64_t C, const void *y, const void *residual, const void *add, const void *w);
 int cuda_op_add_rows(es_backend_t *be, void *x, const void *rows, int64_t M, int64_t T, int64_t C, es_error_t *err);
 int cuda_op_rope_kv_store(es_backend_t *be, int layer, void *q, int64_t ldq, void *k, int64_t ldk, const void *v,
                           int64_t ldv, int H, int D, float theta, es_error_t *err);

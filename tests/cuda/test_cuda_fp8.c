@@ -243,6 +243,73 @@ static void test_two_rows(es_backend_t *gpu, es_dtype_t dt) {
 #endif
 }
 
+/* es_op_linear_rms_norm with an fp8 weight at one row: against the CPU, and on the GPU with the fusion on
+ * (CUDA_FUSE_NORM: the CUDA-core GEMV's last block normalises) bit for bit against it off: y, residual and o, with
+ * one and two weight rows per warp; the fused calls counted. */
+static void test_linear_rms_norm(es_backend_t *cpu, es_backend_t *gpu, es_dtype_t dt, int64_t K, int64_t N) {
+#ifdef ES_HAVE_CUDA_BACKEND
+  es_error_t err;
+  kt_weight_t w = kt_weight(ES_DT_BF16, N, K, -0.4f, 0.4f), g = kt_weight(dt, N, 1, 0.5f, 1.5f);
+  es_weight_t wc, wg, gc = kt_upload(cpu, &g), gg = kt_upload(gpu, &g);
+  if (upload_fp8(cpu, &w, &wc) || upload_fp8(gpu, &w, &wg)) {
+    kt_weight_free(&w);
+    kt_weight_free(&g);
+    return;
+  }
+  float *x = malloc(sizeof(float) * (size_t)K), *h0 = malloc(sizeof(float) * (size_t)N);
+  kt_fill(x, K, -1, 1);
+  kt_fill(h0, N, -2, 2);
+  round_to(dt, x, K);
+  round_to(dt, h0, N);
+  char what[160];
+  snprintf(what, sizeof what, "[%s] fp8 linear_rms_norm K=%lld N=%lld", es_dtype_name(dt), (long long)K, (long long)N);
+  void *xc = kt_act(cpu, x, K), *xg = kt_act(gpu, x, K), *yc = kt_act(cpu, NULL, N), *rc_ = kt_act(cpu, h0, N),
+       *oc = kt_act(cpu, NULL, N);
+  T_CHECK(es_op_linear_rms_norm(cpu, yc, rc_, oc, xc, K, &wc, &gc, 1, 1e-6f, &err) == 0, "%s: %s", what, err.msg);
+  float *ref_y = kt_read(cpu, yc, N), *plain[3] = {NULL, NULL, NULL};
+  for (int run = 0; run < 3; run++) { /* unfused, fused, fused with two rows per warp */
+    const int fused = run > 0, rows = run == 2 ? 2 : 1;
+    T_CHECK(cuda_backend_set_fusions(gpu, fused ? CUDA_FUSE_ALL : CUDA_FUSE_ALL & ~CUDA_FUSE_NORM, &err) == 0 &&
+                cuda_backend_set_gemv_rows(gpu, rows, &err) == 0,
+            "settings: %s", err.msg);
+    void *yg = kt_act(gpu, NULL, N), *rg = kt_act(gpu, h0, N), *og = kt_act(gpu, NULL, N);
+    const int64_t P = rows == 2 ? (N + 1) / 2 : N, vec = dt == ES_DT_BF16 ? 8 : 4;
+    const int fusable = fused && K % 16 == 0 && N % vec == 0 && N / vec <= 1024 && P % 4 == 0;
+    int64_t glu, comb, n0, n1;
+    cuda_backend_fused_calls(gpu, &glu, &comb, &n0);
+    T_CHECK(es_op_linear_rms_norm(gpu, yg, rg, og, xg, K, &wg, &gg, 1, 1e-6f, &err) == 0, "%s: %s", what, err.msg);
+    cuda_backend_fused_calls(gpu, &glu, &comb, &n1);
+    T_CHECK(n1 - n0 == fusable, "%s run %d: %lld fused calls, expected %d", what, run, (long long)(n1 - n0), fusable);
+    float *got[3] = {kt_read(gpu, yg, N), kt_read(gpu, rg, N), kt_read(gpu, og, N)};
+    double *r = malloc(sizeof(double) * (size_t)N);
+    for (int64_t i = 0; i < N; i++) r[i] = ref_y[i];
+    char w2[220];
+    snprintf(w2, sizeof w2, "%s run %d: y vs cpu", what, run);
+    kt_close(w2, got[0], r, NULL, N, atol_for(dt), rtol_for(dt));
+    free(r);
+    static const char *const part[3] = {"y", "residual", "o"};
+    for (int k = 0; k < 3; k++) {
+      if (run == 0) {
+        plain[k] = got[k];
+        continue;
+      }
+      T_CHECK(memcmp(plain[k], got[k], sizeof(float) * (size_t)N) == 0,
+              "%s run %d: %s differs from the GEMV + RMSNorm kernels'", what, run, part[k]);
+      free(got[k]);
+    }
+  }
+  T_CHECK(cuda_backend_set_gemv_rows(gpu, 1, &err) == 0, "rows: %s", err.msg);
+  for (int k = 0; k < 3; k++) free(plain[k]);
+  free(ref_y);
+  free(x);
+  free(h0);
+  kt_weight_free(&w);
+  kt_weight_free(&g);
+#else
+  (void)cpu, (void)gpu, (void)dt, (void)K, (void)N;
+#endif
+}
+
 /* es_op_linear_silu_mul with an fp8 gate|up weight [2N, K]: against the CPU (the GEMMs' tolerance), and on the GPU with
  * the fusion on (CUDA_FUSE_GLU: at one row, K % 16 == 0, the CUDA-core GEMV applies SiLU·mul in its epilogue) bit for
  * bit against it off (the GEMV into gu, then the SiLU·mul kernel), under each loads-in-flight and pipelining
@@ -271,10 +338,10 @@ static void test_linear_silu_mul(es_backend_t *cpu, es_backend_t *gpu, es_dtype_
   const int fusable = M == 1 && K % 16 == 0 && !cuda_fp8_mma_ok((const cuda_backend_t *)gpu, xg, ldx, &wg, M);
   for (int fused = 0; fused < 2; fused++) {
     T_CHECK(cuda_backend_set_fusions(gpu, fused ? CUDA_FUSE_ALL : 0, &err) == 0, "fusions: %s", err.msg);
-    int64_t glu0, glu1, comb;
-    cuda_backend_fused_calls(gpu, &glu0, &comb);
+    int64_t glu0, glu1, comb, nrm_calls;
+    cuda_backend_fused_calls(gpu, &glu0, &comb, &nrm_calls);
     T_CHECK(es_op_linear_silu_mul(gpu, yg, ldy, gug, ldgu, xg, ldx, &wg, M, &err) == 0, "%s: %s", what, err.msg);
-    cuda_backend_fused_calls(gpu, &glu1, &comb);
+    cuda_backend_fused_calls(gpu, &glu1, &comb, &nrm_calls);
     T_CHECK(glu1 - glu0 == (fused && fusable), "%s fusion %s: %lld fused calls, expected %d", what,
             fused ? "on" : "off", (long long)(glu1 - glu0), fused && fusable);
     float *got = kt_read(gpu, yg, M * ldy);
@@ -375,6 +442,10 @@ int main(void) {
         test_linear_silu_mul(cpu, gpu, dt, 3, 1024, 20);
         test_linear_silu_mul(cpu, gpu, dt, 1, 40, 9);
         test_two_rows(gpu, dt);
+        test_linear_rms_norm(cpu, gpu, dt, 4096, 4096); /* the 7B o projection's row */
+        test_linear_rms_norm(cpu, gpu, dt, 1040, 16);
+        test_linear_rms_norm(cpu, gpu, dt, 48, 68); /* two rows per warp: 34 warps, not fused */
+        test_linear_rms_norm(cpu, gpu, dt, 40, 16); /* K % 16 != 0: never fused */
         if (mma == 1 && dt == ES_DT_BF16) {
           test_gemv_invariance(gpu, dt, 32); /* 4 n-tiles */
           test_gemv_invariance(gpu, dt, 40); /* two launches: 24 + 16 rows */

@@ -344,6 +344,76 @@ static void test_gemv_two_rows(const duo_t *d) {
 #endif
 }
 
+/* es_op_linear_rms_norm at one row — o = x · wᵀ; residual += o; y = RMSNorm(residual) — against the CPU, and on the
+ * GPU with the fusion on (CUDA_FUSE_NORM: the GEMV's last block normalises; bf16, where the GEMV takes the linear and
+ * its grid has no idle warp) bit for bit against it off (the GEMV, then the RMSNorm kernel): y, the residual and o,
+ * with one and two weight rows per warp; the fused calls counted. */
+static void test_linear_rms_norm(const duo_t *d, int64_t K, int64_t N) {
+#ifdef ES_HAVE_CUDA_BACKEND
+  es_error_t err;
+  kt_weight_t w = rand_weight(d, N, K, -0.5f, 0.5f), g = rand_weight(d, N, 1, 0.5f, 1.5f);
+  es_weight_t dw[2], dg[2];
+  upload2(d, &w, dw);
+  upload2(d, &g, dg);
+  float *x = rand_act(d, K, -1, 1), *h0 = rand_act(d, N, -2, 2);
+  void *px[2];
+  put(d, x, K, px);
+  char what[160];
+  snprintf(what, sizeof what, "linear_rms_norm K=%lld N=%lld", (long long)K, (long long)N);
+  void *y0 = kt_act(d->be[0], NULL, N), *r0 = kt_act(d->be[0], h0, N), *o0 = kt_act(d->be[0], NULL, N);
+  T_CHECK(es_op_linear_rms_norm(d->be[0], y0, r0, o0, px[0], K, &dw[0], &dg[0], 1, 1e-6f, &err) == 0, "%s: %s", what,
+          err.msg);
+  float *ref_y = kt_read(d->be[0], y0, N), *ref_r = kt_read(d->be[0], r0, N);
+  float *plain[3] = {NULL, NULL, NULL};
+  for (int run = 0; run < 3; run++) { /* unfused, fused, fused with two rows per warp */
+    const int fused = run > 0, rows = run == 2 ? 2 : 1;
+    T_CHECK(cuda_backend_set_fusions(d->be[1], fused ? CUDA_FUSE_ALL : CUDA_FUSE_ALL & ~CUDA_FUSE_NORM, &err) == 0 &&
+                cuda_backend_set_gemv_rows(d->be[1], rows, &err) == 0,
+            "settings: %s", err.msg);
+    void *y1 = kt_act(d->be[1], NULL, N), *r1 = kt_act(d->be[1], h0, N), *o1 = kt_act(d->be[1], NULL, N);
+    const int64_t P = rows == 2 ? (N + 1) / 2 : N;
+    const int fusable = fused && d->dt == ES_DT_BF16 && K % 8 == 0 && N % 8 == 0 && N / 8 <= 1024 && P % 4 == 0;
+    int64_t glu, comb, n0, n1;
+    cuda_backend_fused_calls(d->be[1], &glu, &comb, &n0);
+    T_CHECK(es_op_linear_rms_norm(d->be[1], y1, r1, o1, px[1], K, &dw[1], &dg[1], 1, 1e-6f, &err) == 0, "%s: %s", what,
+            err.msg);
+    cuda_backend_fused_calls(d->be[1], &glu, &comb, &n1);
+    T_CHECK(n1 - n0 == fusable, "[%s] %s run %d: %lld fused calls, expected %d", d->name, what, run,
+            (long long)(n1 - n0), fusable);
+    float *got[3] = {kt_read(d->be[1], y1, N), kt_read(d->be[1], r1, N), kt_read(d->be[1], o1, N)};
+    char w2[220];
+    snprintf(w2, sizeof w2, "[%s] %s run %d: y vs cpu", d->name, what, run);
+    double *r = malloc(sizeof(double) * (size_t)N);
+    for (int64_t i = 0; i < N; i++) r[i] = ref_y[i];
+    kt_close(w2, got[0], r, NULL, N, tol_atol(d, K_GEMM), tol_rtol(d, K_GEMM));
+    snprintf(w2, sizeof w2, "[%s] %s run %d: residual vs cpu", d->name, what, run);
+    for (int64_t i = 0; i < N; i++) r[i] = ref_r[i];
+    kt_close(w2, got[1], r, NULL, N, tol_atol(d, K_GEMM), tol_rtol(d, K_GEMM));
+    free(r);
+    static const char *const part[3] = {"y", "residual", "o"};
+    for (int k = 0; k < 3; k++) {
+      if (run == 0) {
+        plain[k] = got[k];
+        continue;
+      }
+      T_CHECK(memcmp(plain[k], got[k], sizeof(float) * (size_t)N) == 0,
+              "[%s] %s run %d: %s differs from the GEMV + RMSNorm kernels'", d->name, what, run, part[k]);
+      free(got[k]);
+    }
+  }
+  T_CHECK(cuda_backend_set_gemv_rows(d->be[1], 1, &err) == 0, "rows: %s", err.msg);
+  for (int k = 0; k < 3; k++) free(plain[k]);
+  free(ref_y);
+  free(ref_r);
+  free(x);
+  free(h0);
+  kt_weight_free(&w);
+  kt_weight_free(&g);
+#else
+  (void)d, (void)K, (void)N;
+#endif
+}
+
 /* es_op_linear_silu_mul, y = silu(g) · u from a gate|up weight [2N, K]: against the CPU (K_GEMM), and on the GPU with
  * the fusion on (CUDA_FUSE_GLU: one GEMV whose epilogue applies SiLU·mul, at one row in bf16 where the GEMV takes the
  * linear) bit for bit against it off (the GEMV into gu, then the SiLU·mul kernel) — also under every loads-in-flight
@@ -370,11 +440,11 @@ static void test_linear_silu_mul(const duo_t *d, int64_t M, int64_t K, int64_t N
   for (int fused = 0; fused < 2; fused++) {
     T_CHECK(cuda_backend_set_fusions(d->be[1], fused ? CUDA_FUSE_ALL : CUDA_FUSE_COMBINE, &err) == 0, "fusions: %s",
             err.msg);
-    int64_t glu0, glu1, comb;
-    cuda_backend_fused_calls(d->be[1], &glu0, &comb);
+    int64_t glu0, glu1, comb, nrm_calls;
+    cuda_backend_fused_calls(d->be[1], &glu0, &comb, &nrm_calls);
     T_CHECK(es_op_linear_silu_mul(d->be[1], py[1], ldy, pgu[1], ldgu, px[1], ldx, &dw[1], M, &err) == 0, "%s: %s", what,
             err.msg);
-    cuda_backend_fused_calls(d->be[1], &glu1, &comb);
+    cuda_backend_fused_calls(d->be[1], &glu1, &comb, &nrm_calls);
     T_CHECK(glu1 - glu0 == (fused && fusable), "[%s] %s fusion %s: %lld fused calls, expected %d", d->name, what,
             fused ? "on" : "off", (long long)(glu1 - glu0), fused && fusable);
     float *got = kt_read(d->be[1], py[1], M * ldy);
@@ -823,6 +893,12 @@ int main(void) {
       test_linear_silu_mul(&d, 1, 8, 5);
       test_linear_silu_mul(&d, 3, 296, 70);
       test_linear_silu_mul(&d, 1, 44, 9);
+      /* the linear with the RMSNorm after it: the 7B row (4096: 512 vectors, 4 per thread of the last block), two
+       * vectors, one, and N = 68 (two rows per warp: 34 warps, not a whole number of blocks: not fused) */
+      test_linear_rms_norm(&d, 296, 4096);
+      test_linear_rms_norm(&d, 2344, 16);
+      test_linear_rms_norm(&d, 8, 8);
+      test_linear_rms_norm(&d, 64, 68);
       test_logits(&d, 3, 64, 1001);
       test_logits(&d, 1, 40, 77);
       test_logits(&d, 2, 24, 33);

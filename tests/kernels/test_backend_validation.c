@@ -215,6 +215,17 @@ static void test_op_shapes(void) {
   EXPECT(es_op_linear_silu_mul(be, y, 3, gu, 6, x, 4, &bias5, 2, E), ES_EINVAL, "linear_silu_mul an odd row count");
   EXPECT(es_op_linear_silu_mul(be, x, 3, gu, 6, x, 4, &w, 2, E), ES_EINVAL, "linear_silu_mul y overlaps x");
   EXPECT(es_op_linear_silu_mul(be, gu, 3, gu, 6, x, 4, &w, 2, E), ES_EINVAL, "linear_silu_mul y overlaps gu");
+  /* the linear with the RMSNorm after it: w (6, 4), the norm weight of 6 (bias serves: a [6] vector) */
+  void *res = kt_act(be, NULL, 64), *lo = kt_act(be, NULL, 64);
+  EXPECT(es_op_linear_rms_norm(be, y, res, lo, x, 4, &w, &bias, 2, 1e-6f, E), ES_OK, "linear_rms_norm");
+  EXPECT(es_op_linear_rms_norm(be, y, res, lo, x, 4, &w, &bias, 0, 1e-6f, E), ES_EINVAL, "linear_rms_norm M 0");
+  EXPECT(es_op_linear_rms_norm(be, y, res, lo, x, 3, &w, &bias, 2, 1e-6f, E), ES_EINVAL, "linear_rms_norm ldx < K");
+  EXPECT(es_op_linear_rms_norm(be, y, res, lo, x, 4, &w, &bias5, 2, 1e-6f, E), ES_EINVAL,
+         "linear_rms_norm norm weight length != N");
+  EXPECT(es_op_linear_rms_norm(be, y, res, x, x, 4, &w, &bias, 2, 1e-6f, E), ES_EINVAL, "linear_rms_norm o overlaps x");
+  EXPECT(es_op_linear_rms_norm(be, y, res, y, x, 4, &w, &bias, 2, 1e-6f, E), ES_EINVAL, "linear_rms_norm o overlaps y");
+  EXPECT(es_op_linear_rms_norm(be, y, lo, lo, x, 4, &w, &bias, 2, 1e-6f, E), ES_EINVAL,
+         "linear_rms_norm o overlaps the residual");
   int32_t valid[2] = {3, 5};
   EXPECT(es_op_attention_dense(be, y, x, 8, x, 8, x, 8, 2, 4, 2, 4, 0.5f, valid, E), ES_EINVAL, "dense valid_len > T");
   valid[1] = 0;

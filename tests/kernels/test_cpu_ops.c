@@ -127,6 +127,32 @@ static void test_small_ops(es_backend_t *be) {
     free(x);
     kt_weight_free(&kw);
   }
+  /* linear_rms_norm: the linear, the residual add and the RMSNorm in one op give the two ops' bits */
+  {
+    int64_t M = 2, K = 24, N = 13;
+    kt_weight_t kw = kt_weight(ES_DT_BF16, N, K, -0.5f, 0.5f), kg = kt_weight(ES_DT_BF16, N, 1, 0.5f, 1.5f);
+    es_weight_t w = kt_upload(be, &kw), g = kt_upload(be, &kg);
+    float x[2 * 24], h[2 * 13];
+    kt_fill(x, M * K, -1, 1);
+    kt_fill(h, M * N, -2, 2);
+    void *dx = kt_act(be, x, M * K), *dy = kt_act(be, NULL, M * N), *dr = kt_act(be, h, M * N),
+         *dout = kt_act(be, NULL, M * N), *dy2 = kt_act(be, NULL, M * N), *dr2 = kt_act(be, h, M * N),
+         *dout2 = kt_act(be, NULL, M * N);
+    T_CHECK(es_op_linear_rms_norm(be, dy, dr, dout, dx, K, &w, &g, M, 1e-6f, &err) == 0, "linear_rms_norm: %s",
+            err.msg);
+    T_CHECK(es_op_linear(be, dout2, N, dx, K, &w, NULL, M, ES_ACT_NONE, 0, &err) == 0 &&
+                es_op_rms_norm(be, dy2, dr2, dout2, &g, M, N, 1e-6f, &err) == 0,
+            "linear, rms_norm: %s", err.msg);
+    void *a[3] = {dy, dr, dout}, *b[3] = {dy2, dr2, dout2};
+    for (int k = 0; k < 3; k++) {
+      float *p = kt_read(be, a[k], M * N), *q = kt_read(be, b[k], M * N);
+      T_CHECK(memcmp(p, q, sizeof(float) * (size_t)(M * N)) == 0, "linear_rms_norm != linear then rms_norm (%d)", k);
+      free(p);
+      free(q);
+    }
+    kt_weight_free(&kw);
+    kt_weight_free(&kg);
+  }
   /* avg_pool2: B = 2, T = 6, C = 5 */
   {
     int64_t B = 2, T = 6, C = 5;
