@@ -381,21 +381,20 @@ int es_op_silu_mul(es_backend_t *be, void *y, const void *gate, const void *up, 
            act_bytes(be, 3.0 * (double)M * (double)N), "M=%lld N=%lld", (long long)M, (long long)N);
 }
 
-int es_op_linear_silu_mul(es_backend_t *be, void *y, int64_t ldy, void *gu, int64_t ldgu, const void *x, int64_t ldx,
+int es_op_linear_silu_mul(es_backend_t *be, void *y, void *gu, int64_t ldgu, const void *x, int64_t ldx,
                           const es_weight_t *w, int64_t M, es_error_t *err) {
   CHECK_HEALTHY(be, err);
   const int64_t N = w->n0 / 2, K = w->n1;
-  NEED(M >= 1 && w->n0 >= 2 && w->n0 % 2 == 0 && ldx >= K && ldy >= N && ldgu >= 2 * N,
-       "linear_silu_mul: M %lld, weight [%lld, %lld] (an even number of rows: gate, then up), ldx %lld, ldy %lld, "
-       "ldgu %lld",
-       (long long)M, (long long)w->n0, (long long)K, (long long)ldx, (long long)ldy, (long long)ldgu);
+  NEED(M >= 1 && w->n0 >= 2 && w->n0 % 2 == 0 && ldx >= K && ldgu >= 2 * N,
+       "linear_silu_mul: M %lld, weight [%lld, %lld] (an even number of rows: gate, then up), ldx %lld, ldgu %lld",
+       (long long)M, (long long)w->n0, (long long)K, (long long)ldx, (long long)ldgu);
   const size_t a = es_dtype_size(be->act_dtype);
-  const uintptr_t yb = (uintptr_t)y, ye = yb + (size_t)((M - 1) * ldy + N) * a;
+  const uintptr_t yb = (uintptr_t)y, ye = yb + (size_t)(M * N) * a;
   const uintptr_t xb = (uintptr_t)x, xe = xb + (size_t)((M - 1) * ldx + K) * a;
   const uintptr_t gb = (uintptr_t)gu, ge = gb + (size_t)((M - 1) * ldgu + 2 * N) * a;
   NEED((ye <= xb || xe <= yb) && (ye <= gb || ge <= yb), "linear_silu_mul: y overlaps x or the gate|up scratch");
   if (be->ops->linear_silu_mul_ok && be->ops->linear_silu_mul_ok(be, x, ldx, w, M))
-    PROFILED(be, be->ops->linear_silu_mul(be, y, ldy, x, ldx, w, M, err), "linear_silu_mul",
+    PROFILED(be, be->ops->linear_silu_mul(be, y, x, ldx, w, M, err), "linear_silu_mul",
              weight_bytes(w) + act_bytes(be, (double)M * (double)(K + N)), "M=%lld N=%lld K=%lld %s", (long long)M,
              (long long)N, (long long)K, es_dtype_name(w->dtype));
   int rc = es_op_linear(be, gu, ldgu, x, ldx, w, NULL, M, ES_ACT_NONE, 0, err);

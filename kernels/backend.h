@@ -277,12 +277,13 @@ int es_op_silu_mul(es_backend_t *be, void *y, const void *gate, const void *up, 
                    es_error_t *err);
 
 /* The gated MLP's first half in one call: [g | u] = x[M, K] · w[2N, K]ᵀ (w: gate rows 0 .. N − 1, then up rows
- * N .. 2N − 1, as a fused gate|up weight; no bias), then y[M, N] = silu(g) · u — the same bits as es_op_linear into
- * gu followed by es_op_silu_mul(y, g, u, ldgu) (g and u rounded to the compute dtype before the product). gu[M, 2N]
- * (row stride ldgu >= 2N) is scratch the backend may leave unwritten: where it can, it applies silu(g) · u in the
- * linear's epilogue and never stores g or u (CUDA at one row: one kernel instead of two); otherwise the two ops
- * run (and are profiled) as themselves. y must not overlap x or gu. */
-int es_op_linear_silu_mul(es_backend_t *be, void *y, int64_t ldy, void *gu, int64_t ldgu, const void *x, int64_t ldx,
+ * N .. 2N − 1, as a fused gate|up weight; no bias), then y[M, N] (contiguous, as es_op_silu_mul writes it) =
+ * silu(g) · u — the same bits as es_op_linear into gu followed by es_op_silu_mul(y, g, u, ldgu) (g and u rounded to
+ * the compute dtype before the product). gu[M, 2N] (row stride ldgu >= 2N) is scratch the backend may leave
+ * unwritten: where it can, it applies silu(g) · u in the linear's epilogue and never stores g or u (CUDA at one
+ * row: one kernel instead of two); otherwise the two ops run (and are profiled) as themselves. y must not overlap x
+ * or gu. */
+int es_op_linear_silu_mul(es_backend_t *be, void *y, void *gu, int64_t ldgu, const void *x, int64_t ldx,
                           const es_weight_t *w, int64_t M, es_error_t *err);
 
 /* AvgPool1d(kernel 2, stride 2) over time: y[b, t, c] = (x[b, 2t, c] + x[b, 2t+1, c]) / 2,

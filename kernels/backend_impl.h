@@ -78,8 +78,8 @@ typedef struct {
   /* es_op_linear_silu_mul (backend.h) in one fused call, where linear_silu_mul_ok says the backend fuses it now;
    * elsewhere backend.c runs es_op_linear and es_op_silu_mul */
   int (*linear_silu_mul_ok)(const es_backend_t *be, const void *x, int64_t ldx, const es_weight_t *w, int64_t M);
-  int (*linear_silu_mul)(es_backend_t *be, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w,
-                         int64_t M, es_error_t *err);
+  int (*linear_silu_mul)(es_backend_t *be, void *y, const void *x, int64_t ldx, const es_weight_t *w, int64_t M,
+                         es_error_t *err);
   /* es_op_linear_rms_norm (backend.h) in one fused call where linear_rms_norm_ok says so; elsewhere backend.c runs
    * es_op_linear and es_op_rms_norm */
   int (*linear_rms_norm_ok)(const es_backend_t *be, const void *y, const void *residual, const void *o, const void *x,

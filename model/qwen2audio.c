@@ -725,7 +725,7 @@ static int decoder_forward(qa_model_t *m, int T, int n_audio, int n_logits, es_e
         (rc = es_op_linear_rms_norm(be, m->x, m->h, m->o, m->att, E, &d->wo, &d->post_norm, T, eps, err)))
       goto layer_failed;
     if (fused) /* one op: the backend may apply silu(gate) · up in the linear's epilogue (backend.h) */
-      rc = es_op_linear_silu_mul(be, m->act, I, gate, ldgu, m->x, E, &d->wgu, T, err);
+      rc = es_op_linear_silu_mul(be, m->act, gate, ldgu, m->x, E, &d->wgu, T, err);
     else if (!(rc = es_op_linear(be, gate, I, m->x, E, &d->wg, NULL, T, ES_ACT_NONE, 0, err)) &&
              !(rc = es_op_linear(be, up, I, m->x, E, &d->wu, NULL, T, ES_ACT_NONE, 0, err)))
       rc = es_op_silu_mul(be, m->act, gate, up, ldgu, T, I, err);

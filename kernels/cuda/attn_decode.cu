@@ -259,8 +259,10 @@ __global__ void __launch_bounds__(DEC_THREADS)
   __shared__ int sm_last;
   __threadfence(); // each thread's part stores are visible device-wide before the block counts itself
   __syncthreads();
-  if (threadIdx.x == 0) {
-    sm_last = atomicAdd(arrivals + pair, 1) == n_used - 1;
+  if (threadIdx.x ==
+      0) { // the blocks that exist count: a grid narrower than n_used (never planned) leaves no counter set
+    const int arriving = n_used < (int)gridDim.z ? n_used : (int)gridDim.z;
+    sm_last = atomicAdd(arrivals + pair, 1) == arriving - 1;
     if (sm_last) arrivals[pair] = 0; // every split has arrived and none touches it again in this launch
   }
   __syncthreads();
@@ -284,7 +286,8 @@ __global__ void __launch_bounds__(DEC_THREADS)
 }
 
 // One launch of n_x blocks in x (slot mode: row0 = -1, n_x = n_seqs · ATTN_DECODE_MAX_Q; row mode: rows
-// row0 .. row0 + n_x − 1), then the combine when rows may have several splits.
+// row0 .. row0 + n_x − 1); where rows may have several splits, they are merged by the split kernel's last block
+// (CUDA_FUSE_COMBINE) or by a second launch, the combine kernel.
 template <int D>
 static int dec_launch(cuda_backend_t *cb, int layer, void *out, const void *q, int64_t ldq, int H, float sl,
                       attn_split_t p, int64_t row0, int64_t n_x, es_error_t *err) {

@@ -14,10 +14,11 @@
 //   takes at most CUDA_FP8_GEMV_MAX_M = 8 rows, and only what the tensor-core GEMV (cuda_fp8_mma.cu, bf16, the
 //   default) does not; past it the weight is dequantised to a bf16 copy and cuBLASLt runs the GEMM.
 //
-// The GEMV kernel (fp8_gemv_kernel): one warp per output row n; lane j takes the 16-weight chunks j, j + 32, ...
-// of the row (one 16-byte load each), decodes them two at a time through fp16 (sm_89 and later: one cvt
-// instruction, the exact value; sm_80: es_fp8x2_to_f16x2_bits, the value / 256, exact), and accumulates x·w in fp32
-// with FMA for all M rows; a fixed xor-shuffle tree sums the lanes, and lane m applies row m's epilogue:
+// The GEMV kernel (fp8_gemv_kernel): one warp per output row n (or per two rows: gemv_math.h GEMV_ROWS_*); lane j takes
+// the 16-weight chunks j, j + 32, ... of the row (one 16-byte load each), decodes them two at a time through fp16
+// (sm_89 and later: one cvt instruction, the exact value; sm_80: es_fp8x2_to_f16x2_bits, the value / 256, exact), and
+// accumulates x·w in fp32 with FMA for all M rows; a fixed xor-shuffle tree sums the lanes, and lane m applies row m's
+// epilogue:
 //   v = rnd(acc · (256 · scale[n]) + bias[n]);  GELU: v = rnd(gelu(v));  accumulate: y = y + v
 // (the plain GEMM kernel's rounding points, cuda_gemm.cu). A row's arithmetic depends only on K, never on M
 // or the other rows, so the kernel is batch-invariant for M <= CUDA_FP8_GEMV_MAX_M; past it cuBLASLt's rules

@@ -406,11 +406,12 @@ extern "C" int cuda_op_linear_silu_mul_ok(const es_backend_t *be, const void *x,
   return w->dtype == be->act_dtype && cuda_gemv_glu_ok(cb, x, ldx, w->data, w->n0, w->n1, M);
 }
 
-extern "C" int cuda_op_linear_silu_mul(es_backend_t *be, void *y, int64_t ldy, const void *x, int64_t ldx,
-                                       const es_weight_t *w, int64_t M, es_error_t *err) {
+extern "C" int cuda_op_linear_silu_mul(es_backend_t *be, void *y, const void *x, int64_t ldx, const es_weight_t *w,
+                                       int64_t M, es_error_t *err) {
   cuda_backend_t *cb = cuda_be(be);
   int rc = cuda_enter(cb, err);
   if (rc) return rc;
+  const int64_t ldy = w->n0 / 2; // y contiguous (backend.h)
   if (w->dtype == ES_DT_FP8E4M3) return cuda_fp8_glu(cb, y, ldy, x, ldx, w, M, err);
   return cuda_gemv_glu(cb, y, ldy, x, ldx, w->data, w->n0, w->n1, M, err);
 }

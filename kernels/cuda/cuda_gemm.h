@@ -16,8 +16,8 @@ int cuda_op_linear(es_backend_t *be, void *y, int64_t ldy, const void *x, int64_
 /* es_op_linear_silu_mul where it runs as one kernel (backend_impl.h): the gate|up GEMV with SiLU·mul in its epilogue
  * at one row, bf16 (cuda_gemv.h: cuda_gemv_glu) or fp8 weights (cuda_fp8.h: cuda_fp8_glu). */
 int cuda_op_linear_silu_mul_ok(const es_backend_t *be, const void *x, int64_t ldx, const es_weight_t *w, int64_t M);
-int cuda_op_linear_silu_mul(es_backend_t *be, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w,
-                            int64_t M, es_error_t *err);
+int cuda_op_linear_silu_mul(es_backend_t *be, void *y, const void *x, int64_t ldx, const es_weight_t *w, int64_t M,
+                            es_error_t *err);
 /* es_op_linear_rms_norm where it runs as one kernel (backend_impl.h): the GEMV whose last block applies the RMSNorm,
  * at one row, bf16 (cuda_gemv.h: cuda_gemv_norm) or fp8 weights (cuda_fp8.h: cuda_fp8_norm). */
 int cuda_op_linear_rms_norm_ok(const es_backend_t *be, const void *y, const void *residual, const void *o,

@@ -8,11 +8,11 @@
 // cuda_fp8.cu, which the review found correct). At M <= 4 the activations (<= 4 · K · 2 bytes per row of W) are
 // read from L1/L2 and cost far less than the weight row.
 //
-// Kernel: one warp per output row n; lane j takes the 8-weight chunks j, j + 32, ... of the row (one 16-byte
-// load each, U = cuda_gemv_loads() of them issued before the first is used), accumulates x·w in fp32 with FMA for all M
-// rows, then a fixed xor-shuffle tree sums the lanes and lane m applies row m's epilogue — the plain GEMM
-// kernel's rounding points (cuda_gemm.cu): v = rnd(acc + bias[n]); GELU: v = rnd(gelu(v)); accumulate:
-// y = y + v (in the output dtype's rounding). fp32 output (logits) is not rounded.
+// Kernel: one warp per output row n (or per two rows: gemv_math.h GEMV_ROWS_TWO / _GLU, below); lane j takes the
+// 8-weight chunks j, j + 32, ... of the row (one 16-byte load each, U = cuda_gemv_loads() of them issued before the
+// first is used), accumulates x·w in fp32 with FMA for all M rows, then a fixed xor-shuffle tree sums the lanes and
+// lane m applies row m's epilogue — the plain GEMM kernel's rounding points (cuda_gemm.cu): v = rnd(acc + bias[n]);
+// GELU: v = rnd(gelu(v)); accumulate: y = y + v (in the output dtype's rounding). fp32 output (logits) is not rounded.
 // Batch invariance: a row's arithmetic depends only on K, not on M, but the cuBLASLt path for larger M sums in
 // another order, so deterministic mode never takes this path (cuda_gemm.cu).
 #include <string.h>

@@ -1,4 +1,5 @@
-/* cuda_gemv: es_op_linear / es_op_logits at decode sizes (M <= CUDA_GEMV_MAX_M rows) with bf16 weights and
+/* cuda_gemv: es_op_linear / es_op_logits (and, fused at one row, es_op_linear_silu_mul and es_op_linear_rms_norm:
+ * below) at decode sizes (M <= CUDA_GEMV_MAX_M rows) with bf16 weights and
  * bf16 activations, as a weight-streaming GEMV instead of cuBLASLt (cuda_gemm.cu's gemm() takes it first when
  * cuda_gemv_ok): by default for every linear of one row (gemv_math.h, gemv_preferred: measured faster there in a decode
  * step); every shape it takes under cuda_backend_set_gemv(be, 2). Off in deterministic mode (cuBLASLt sums larger

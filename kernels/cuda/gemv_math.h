@@ -3,9 +3,9 @@
  * GPU exists.
  *
  * Layout: y[M, N] = x[M, K] · w[N, K]ᵀ, bf16 x (row stride ldx elements) and w (contiguous rows of K). One warp
- * per output row n; a row of w is K / 8 chunks of 8 bf16 (16 bytes, one uint4 load); lane j takes chunks
- * j, j + 32, ... The uint4 loads of w and of x rows are 16-byte aligned when x and w are and K, ldx are
- * multiples of 8 (gemv_shape_ok). Offsets are in elements, computed in 64-bit.
+ * per output row n (or two rows: GEMV_ROWS_* below, shared with the fp8 GEMV); a row of w is K / 8 chunks of 8 bf16 (16
+ * bytes, one uint4 load); lane j takes chunks j, j + 32, ... The uint4 loads of w and of x rows are 16-byte aligned
+ * when x and w are and K, ldx are multiples of 8 (gemv_shape_ok). Offsets are in elements, computed in 64-bit.
  *
  * Compiled by nvcc every function is __host__ __device__; compiled as C11 it is plain static inline. Pure
  * functions of their arguments: no state, thread-safe.

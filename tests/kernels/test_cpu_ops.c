@@ -116,7 +116,7 @@ static void test_small_ops(es_backend_t *be) {
     kt_fill(x, M * K, -1, 1);
     void *dx = kt_act(be, x, M * K), *dgu = kt_act(be, NULL, M * ldgu), *dy = kt_act(be, NULL, M * N),
          *dy2 = kt_act(be, NULL, M * N);
-    T_CHECK(es_op_linear_silu_mul(be, dy, N, dgu, ldgu, dx, K, &w, M, &err) == 0, "linear_silu_mul: %s", err.msg);
+    T_CHECK(es_op_linear_silu_mul(be, dy, dgu, ldgu, dx, K, &w, M, &err) == 0, "linear_silu_mul: %s", err.msg);
     T_CHECK(es_op_linear(be, dgu, ldgu, dx, K, &w, NULL, M, ES_ACT_NONE, 0, &err) == 0 &&
                 es_op_silu_mul(be, dy2, dgu, (float *)dgu + N, ldgu, M, N, &err) == 0,
             "linear, silu_mul: %s", err.msg);
