@@ -10,18 +10,22 @@
 #   2. configure with -DEARSHOT_DEVICE=ON (no FFmpeg, no libmicrohttpd, no OpenBLAS), CUDA for the card's own
 #      architecture, Release; build with JOBS (16) jobs;
 #   3. ctest -L cuda: every GPU test — the CUDA ops and the attention kernels against the CPU and the simple
-#      kernel (both flash kernels on Hopper: mma.sync and wgmma), sampling, fp8, graphs (replay == op by op), the
+#      kernel (both flash kernels on Hopper: mma.sync and wgmma), sampling, fp8, the decode-step fusions against
+#      their plain kernels bit for bit (test_cuda_fusions), graphs (replay == op by op), the
 #      deterministic mode's bit-identity, the golden cases on the GPU (float32, bfloat16 with the fast and the
-#      simple attention, the default flash kernel (wgmma on Hopper) and EARSHOT_FLASH=mma, fp8) and 32 concurrent
+#      simple attention, the default flash kernel (wgmma on Hopper) and EARSHOT_FLASH=mma, the fusions off, fp8,
+#      fp8 with two weight rows per warp) and 32 concurrent
 #      requests through the engine on the GPU (the CPU-only tests run in CI, not here: they cost device time);
 #   4. scripts/bench_transformers.py on the card (bf16, sdpa, the 7B model built on the device, init skipped),
 #      then `earshot bench attention --json` (encoder, prefill and decode attention against the copy bandwidth
 #      and bf16 GEMM rate measured in the same run, encoder and prefill with each flash kernel; at most 75 s), then `earshot bench linear --json` (the
 #      decoder's linears at M = 1 .. 64: bf16 GEMV with 4/8/16 loads in flight, cuBLASLt, the CUDA-core and the
-#      tensor-core fp8 GEMVs, fp8 dequantise + cuBLASLt; <= 90 s);
+#      tensor-core fp8 GEMVs, fp8 dequantise + cuBLASLt, two weight rows per warp, gate|up with SiLU·mul fused;
+#      <= 90 s);
 #   5. `earshot bench model --profile` at full size with the same shapes (--dummy-weights with
 #      tests/data/configs/qwen2-audio-7b.json, 30 s clip, batch 1, bf16): time to first token, decode
-#      ms/token (CUDA graphs on, and off in the same run), the weight-streaming limit, and the op profile of
+#      ms/token (CUDA graphs on, and off in the same run, and each decode-step fusion off, and two weight rows per
+#      warp in the GEMVs), the weight-streaming limit, and the op profile of
 #      the first token and of a decode step; the engine at 1, 8, 32, 64 concurrent requests (one wave each,
 #      128 output tokens: aggregate and steady-decode tokens/s), and 64 in flight for 3 waves of 256-token
 #      answers (a decode batch near 64), and `bench model --batch 64 --profile` (the decode step of 64 sequences,
@@ -44,7 +48,7 @@
 #   device tool's call ~30 s more; a budget under ~250 s leaves the
 #   later benchmarks out, the build and the tests still run), PYTHON (python3), BUILD_DIR (build/device),
 #   DEVICE_CHECK_ONLY=kernels: the quick loop for kernel work (~1 minute): builds only earshot and the kernel
-#   tests (test_cuda_ops, test_cuda_attention, test_cuda_fp8), runs those and `bench attention` / `bench linear`,
+#   tests (test_cuda_ops, test_cuda_attention, test_cuda_fp8, test_cuda_fusions), runs those and `bench attention` / `bench linear`,
 #   and skips transformers, the model, engine, fp8 and deterministic benchmarks (their rows are n/a);
 #   DEVICE_CHECK_NO_GPU=1: build and test without a GPU (the GPU tests skip, the benchmarks are n/a) — how the
 #   script is checked on a development machine; it also hides the system's copies of the three libraries by
@@ -66,7 +70,7 @@ case "$ONLY" in "" | kernels) ;; *)
   exit 2
   ;;
 esac
-KERNEL_TESTS=(test_cuda_ops test_cuda_attention test_cuda_fp8)
+KERNEL_TESTS=(test_cuda_ops test_cuda_attention test_cuda_fp8 test_cuda_fusions)
 # the model-level benchmarks run unless DEVICE_CHECK_ONLY narrows the run to the kernels
 MODEL_BENCH=1
 [ -n "$ONLY" ] && MODEL_BENCH=0
