@@ -193,6 +193,7 @@ int bench_linear(int argc, char **argv) {
          es_backend_name(be), bw / 1e9, repeats);
   static const int64_t Ms[] = {1, 2, 4, 8, 16, 32, 64};
   const int fusions0 = cuda_backend_fusions(be); /* as created (EARSHOT_FUSE); the fused gate|up path forces its own */
+  const int rows0 = cuda_backend_gemv_rows(be);  /* as created; each path sets its own (the labels say one or two) */
   static const int loads[] = {4, 8, 16};
   for (int fp8 = 0; fp8 < 2; fp8++)
     for (size_t si = 0; si < sizeof SHAPES / sizeof *SHAPES; si++) {
@@ -283,7 +284,7 @@ int bench_linear(int argc, char **argv) {
       }
       l.glu = 0;
       if (cuda_backend_set_gemv(be, 1, &err) || cuda_backend_set_gemv_loads(be, 0, &err) ||
-          cuda_backend_set_fusions(be, fusions0, &err) || cuda_backend_set_gemv_rows(be, 1, &err) ||
+          cuda_backend_set_fusions(be, fusions0, &err) || cuda_backend_set_gemv_rows(be, rows0, &err) ||
           cuda_backend_set_gemv_pipe(be, 1, &err) || cuda_backend_set_fp8_mma(be, 1, &err))
         goto done;
       /* the weights stay until the backend goes (no free in backend.h); at most ~0.6 GB per shape */

@@ -240,7 +240,7 @@ int es_op_rms_norm(es_backend_t *be, void *y, void *residual, const void *add, c
 
 /* A linear followed by the RMSNorm that adds its output to the residual, in one call:
  *   o[M, N] = x[M, K] · w[N, K]ᵀ (no bias);  then es_op_rms_norm(y, residual, o, norm_weight, M, N, eps)
- * with the same bits as those two calls (o is written either way; it must not overlap x, nor y or residual o).
+ * with the same bits as those two calls. o is written either way; it must not overlap x, y or the residual.
  * CUDA at one row runs both in one kernel (the linear's last block to finish normalises the row it completes). */
 int es_op_linear_rms_norm(es_backend_t *be, void *y, void *residual, void *o, const void *x, int64_t ldx,
                           const es_weight_t *w, const es_weight_t *norm_weight, int64_t M, float eps, es_error_t *err);

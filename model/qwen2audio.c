@@ -704,7 +704,8 @@ static int decoder_forward(qa_model_t *m, int T, int n_audio, int n_logits, es_e
   /* The first layer's input norm; every later norm runs with the linear before it (es_op_linear_rms_norm: o = the
    * linear's output; residual h += o; x = norm(h)), which the backend may run as one kernel. */
   const int L = c->num_hidden_layers;
-  if ((rc = es_op_rms_norm(be, m->x, m->h, NULL, L > 0 ? &m->dec[0].in_norm : &m->norm, T, E, eps, err))) return rc;
+  if ((rc = es_op_rms_norm(be, m->x, m->h, NULL, L > 0 ? &m->dec[0].in_norm : &m->norm, T, E, eps, err)))
+    return es_error_prefix(err, "decoder layer 0: ");
   /* with fused projections q, k, v are column slices of one [T, E + 2·KV] output, gate and up of one [T, 2I] */
   const size_t a = es_dtype_size(es_backend_act_dtype(be));
   for (int l = 0; l < L; l++) {

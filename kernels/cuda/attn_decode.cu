@@ -259,8 +259,8 @@ __global__ void __launch_bounds__(DEC_THREADS)
   __shared__ int sm_last;
   __threadfence(); // each thread's part stores are visible device-wide before the block counts itself
   __syncthreads();
-  if (threadIdx.x ==
-      0) { // the blocks that exist count: a grid narrower than n_used (never planned) leaves no counter set
+  if (threadIdx.x == 0) {
+    // the blocks that exist count: a grid narrower than n_used (never planned) leaves no counter set
     const int arriving = n_used < (int)gridDim.z ? n_used : (int)gridDim.z;
     sm_last = atomicAdd(arrivals + pair, 1) == arriving - 1;
     if (sm_last) arrivals[pair] = 0; // every split has arrived and none touches it again in this launch

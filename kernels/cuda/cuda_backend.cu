@@ -523,7 +523,7 @@ extern "C" int es_backend_create_cuda(const es_backend_opts_t *opts, es_backend_
   const char *gr = getenv("EARSHOT_GEMV_ROWS"); // 1 or 2 weight rows per warp of the GEMVs at one row (cuda_gemv.h)
   if (gr && *gr && strcmp(gr, "1") != 0 && strcmp(gr, "2") != 0)
     return es_fail(err, ES_EINVAL, "cuda backend: EARSHOT_GEMV_ROWS=%.40s: expected 1 or 2", gr);
-  const char *fu = getenv("EARSHOT_FUSE"); // a CUDA_FUSE_* mask, 0 to 3 (cuda_hooks.h); unset: every fusion
+  const char *fu = getenv("EARSHOT_FUSE"); // a CUDA_FUSE_* mask, 0 to 7 (cuda_hooks.h); unset: every fusion
   if (fu && *fu && !(fu[0] >= '0' && fu[0] <= '7' && fu[1] == '\0'))
     return es_fail(err, ES_EINVAL,
                    "cuda backend: EARSHOT_FUSE=%.40s: expected a mask from 0 to 7 (1: the gate|up GEMV applies "
@@ -633,8 +633,8 @@ extern "C" int cuda_backend_set_fusions(es_backend_t *be, int mask, es_error_t *
   cuda_backend_t *cb = cuda_hook_backend(be, "fusions", err);
   if (!cb) return ES_EINVAL;
   if (mask < 0 || mask > CUDA_FUSE_ALL)
-    return es_fail(err, ES_EINVAL, "fusions: mask %d (0 to %d: CUDA_FUSE_GLU | CUDA_FUSE_COMBINE)", mask,
-                   CUDA_FUSE_ALL);
+    return es_fail(err, ES_EINVAL, "fusions: mask %d (0 to %d: CUDA_FUSE_GLU | CUDA_FUSE_COMBINE | CUDA_FUSE_NORM)",
+                   mask, CUDA_FUSE_ALL);
   int rc = cuda_hook_change(cb, "fusions", cb->fusions != mask, err);
   if (rc) return rc;
   cb->fusions = mask;

@@ -198,7 +198,9 @@ __global__ void __launch_bounds__(FP8_WARPS * 32)
   if constexpr (NORM) gemv_norm_tail<T>(nrm, y, N);
 }
 
-// ROWS and NORM as fp8_gemv_kernel (two rows and NORM only with vec); N = the weight's rows.
+// ROWS and NORM as fp8_gemv_kernel; N = the weight's rows. The two-row, gate|up and NORM kernels exist only for the
+// vector path: they launch it whatever vec says — their entry points (gemv() below, cuda_fp8_glu, cuda_fp8_norm)
+// take them only where the vector conditions hold (checked there, so a launch is never silently skipped).
 template <typename T, int MT, int U, int ROWS = GEMV_ROWS_ONE, bool NORM = false>
 static void launch_gemv_u(cuda_backend_t *cb, bool vec, void *y, int64_t ldy, const void *x, int64_t ldx,
                           const es_weight_t *w, const es_weight_t *bias, int M, int act, int accumulate,
@@ -207,13 +209,14 @@ static void launch_gemv_u(cuda_backend_t *cb, bool vec, void *y, int64_t ldy, co
   unsigned grid = (unsigned)((P + FP8_WARPS - 1) / FP8_WARPS);
   const T *bp = bias ? (const T *)bias->data : NULL;
   constexpr bool PIPE_OK = U <= 8; // 16 loads pipelined spill at 8 rows (ptxas -v); 16 is a bench setting
-  if (vec && cuda_gemv_pipe(cb))
+  constexpr bool VEC_ONLY = ROWS != GEMV_ROWS_ONE || NORM;
+  if ((vec || VEC_ONLY) && cuda_gemv_pipe(cb))
     cuda_launch(cb, fp8_gemv_kernel<T, MT, true, U, PIPE_OK, ROWS, NORM>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y,
                 ldy, (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate, P, nrm);
-  else if (vec)
+  else if (vec || VEC_ONLY)
     cuda_launch(cb, fp8_gemv_kernel<T, MT, true, U, false, ROWS, NORM>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y,
                 ldy, (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate, P, nrm);
-  else if constexpr (ROWS == GEMV_ROWS_ONE && !NORM)
+  else if constexpr (!VEC_ONLY)
     cuda_launch(cb, fp8_gemv_kernel<T, MT, false, 1, false, GEMV_ROWS_ONE>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y,
                 ldy, (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate, P, nrm);
 }
