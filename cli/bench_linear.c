@@ -248,9 +248,9 @@ int bench_linear(int argc, char **argv) {
             goto done;
           double sec = 0;
           int64_t glu0, glu1, other;
-          cuda_backend_fused_calls(be, &glu0, &other, &other);
+          cuda_backend_fused_calls(be, &glu0, &other, &other, &other);
           if (time_calls(&l, M, (int)repeats, &sec, &err)) goto done;
-          cuda_backend_fused_calls(be, &glu1, &other, &other);
+          cuda_backend_fused_calls(be, &glu1, &other, &other, &other);
           if (glu && glu1 - glu0 < repeats) { /* a profile record per call only where it ran as one kernel */
             printf("  %-22s M=%-3lld gate|up + SiLU·mul: not fused on this backend, not timed\n", s->name,
                    (long long)M);

@@ -46,6 +46,7 @@ typedef enum {
   CMP_NOCOMB,   /* the split-KV decode's splits merged by a second kernel (CUDA_FUSE_COMBINE off) */
   CMP_ROWS2,    /* the GEMVs with two weight rows per warp (cuda_backend_set_gemv_rows) */
   CMP_NONORM,   /* the RMSNorms as their own kernel after the GEMV (CUDA_FUSE_NORM off) */
+  CMP_NOROPE,   /* RoPE + KV store as their own kernel after the q|k|v GEMV (CUDA_FUSE_ROPE off) */
   CMP_PROFILE,  /* op by op under the profiler */
   CMP_KINDS     /* none: a warm-up or timed run */
 } cmp_kind_t;
@@ -352,8 +353,9 @@ int bench_model(int argc, char **argv) {
    * batch of 2 to 4, one run with it for every shape it takes (mode 2; at one row the default already has it
    * everywhere); with fp8 weights on the tensor-core GEMV, one run with the CUDA-core fp8 GEMV instead; at batch 1 with
    * the GEMVs pipelined, one run without (EARSHOT_GEMV_PIPE=0); at batch 1 with the GEMVs' default loads in flight, one
-   * run with 8; one run with each decode-step fusion off (CUDA_FUSE_GLU and CUDA_FUSE_NORM at batch 1,
-   * CUDA_FUSE_COMBINE); at batch 1, one run with two weight rows per warp in the GEMVs (cuda_backend_set_gemv_rows). */
+   * run with 8; one run with each decode-step fusion off (CUDA_FUSE_GLU, CUDA_FUSE_NORM and CUDA_FUSE_ROPE
+   * at batch 1, CUDA_FUSE_COMBINE); at batch 1, one run with two weight rows per warp in the GEMVs
+   * (cuda_backend_set_gemv_rows). */
   const int cmp_graphs = es_backend_graphs_supported(bm.be);
   int cmp_gemv = 0;
 #ifdef ES_HAVE_CUDA_BACKEND
@@ -412,12 +414,14 @@ int bench_model(int argc, char **argv) {
 #endif
   /* the decode-step fusions (cuda_hooks.h), each on in the timed runs: one run with each off — the gate|up epilogue
    * where it runs (one row), the in-kernel combine where the split-KV decode kernel runs (bf16, fast attention) */
-  int cmp_noglu = 0, cmp_nocomb = 0, cmp_nonorm = 0;
+  int cmp_noglu = 0, cmp_nocomb = 0, cmp_nonorm = 0, cmp_norope = 0;
 #ifdef ES_HAVE_CUDA_BACKEND
   const int fusions = cuda_backend_fusions(bm.be);
   cmp_noglu = is_cuda && B == 1 && !ro.deterministic && (fusions & CUDA_FUSE_GLU) &&
               (ro.quantization == RT_QUANT_FP8 || (gemv_mode != 0 && es_backend_act_dtype(bm.be) == ES_DT_BF16));
   cmp_nonorm = is_cuda && B == 1 && !ro.deterministic && (fusions & CUDA_FUSE_NORM) &&
+               (ro.quantization == RT_QUANT_FP8 || (gemv_mode != 0 && es_backend_act_dtype(bm.be) == ES_DT_BF16));
+  cmp_norope = is_cuda && B == 1 && !ro.deterministic && !ro.kv_fp8 && (fusions & CUDA_FUSE_ROPE) &&
                (ro.quantization == RT_QUANT_FP8 || (gemv_mode != 0 && es_backend_act_dtype(bm.be) == ES_DT_BF16));
   cmp_nocomb = is_cuda && (fusions & CUDA_FUSE_COMBINE) && cuda_backend_attention_path(bm.be) == CUDA_ATTN_FAST &&
                es_backend_act_dtype(bm.be) == ES_DT_BF16;
@@ -432,7 +436,7 @@ int bench_model(int argc, char **argv) {
       [CMP_EAGER] = cmp_graphs,      [CMP_NOGEMV] = cmp_gemv,   [CMP_NOPDL] = cmp_pdl,   [CMP_FLASH] = cmp_flash,
       [CMP_GEMV_ALL] = cmp_gemv_all, [CMP_FP8CC] = cmp_fp8,     [CMP_NOPIPE] = cmp_pipe, [CMP_LOADS8] = cmp_loads8,
       [CMP_NOGLU] = cmp_noglu,       [CMP_NOCOMB] = cmp_nocomb, [CMP_ROWS2] = cmp_rows2, [CMP_NONORM] = cmp_nonorm,
-      [CMP_PROFILE] = profile};
+      [CMP_NOROPE] = cmp_norope,     [CMP_PROFILE] = profile};
   int extra_runs = 0;
   for (int k = 0; k < CMP_KINDS; k++) extra_runs += cmp_runs[k];
   qa_graph_stats_t gs; /* of the warm-up and timed runs (taken before the first extra run) */
@@ -444,7 +448,7 @@ int bench_model(int argc, char **argv) {
     const int flash_run = cmp == CMP_FLASH, gemv_all_run = cmp == CMP_GEMV_ALL, fp8_run = cmp == CMP_FP8CC;
     const int pipe_run = cmp == CMP_NOPIPE, loads8_run = cmp == CMP_LOADS8, prof_run = cmp == CMP_PROFILE;
     const int noglu_run = cmp == CMP_NOGLU, nocomb_run = cmp == CMP_NOCOMB, rows2_run = cmp == CMP_ROWS2;
-    const int nonorm_run = cmp == CMP_NONORM;
+    const int nonorm_run = cmp == CMP_NONORM, norope_run = cmp == CMP_NOROPE;
     const int timed = run >= warmup && extra < 0;
     if (extra == 0) qa_model_graph_stats(bm.m, &gs); /* the warm-up and timed runs' steps, not the comparisons' */
 #ifdef ES_HAVE_CUDA_BACKEND
@@ -465,7 +469,8 @@ int bench_model(int argc, char **argv) {
         (noglu_run && cuda_backend_set_fusions(bm.be, timed_cfg.fusions & ~CUDA_FUSE_GLU, &err)) ||
         (nocomb_run && cuda_backend_set_fusions(bm.be, timed_cfg.fusions & ~CUDA_FUSE_COMBINE, &err)) ||
         (rows2_run && cuda_backend_set_gemv_rows(bm.be, 2, &err)) ||
-        (nonorm_run && cuda_backend_set_fusions(bm.be, timed_cfg.fusions & ~CUDA_FUSE_NORM, &err)))
+        (nonorm_run && cuda_backend_set_fusions(bm.be, timed_cfg.fusions & ~CUDA_FUSE_NORM, &err)) ||
+        (norope_run && cuda_backend_set_fusions(bm.be, timed_cfg.fusions & ~CUDA_FUSE_ROPE, &err)))
       goto done;
 #endif
     if (prof_run && es_backend_profile_start(bm.be, 4096, &err)) goto done;
@@ -552,6 +557,7 @@ int bench_model(int argc, char **argv) {
             : nocomb_run   ? " (decode attention's splits merged by a second kernel)"
             : rows2_run    ? " (GEMVs with two weight rows per warp)"
             : nonorm_run   ? " (RMSNorms as their own kernel)"
+            : norope_run   ? " (RoPE + KV store as their own kernel)"
             : prof_run     ? " (profiled, op by op)"
                            : " (warm-up)",
             1e3 * ttft);
@@ -580,7 +586,7 @@ int bench_model(int argc, char **argv) {
   const double eager_ms = cmp_ms[CMP_EAGER], nogemv_ms = cmp_ms[CMP_NOGEMV], nopdl_ms = cmp_ms[CMP_NOPDL];
   const double gemvall_ms = cmp_ms[CMP_GEMV_ALL], fp8cc_ms = cmp_ms[CMP_FP8CC], nopipe_ms = cmp_ms[CMP_NOPIPE];
   const double loads8_ms = cmp_ms[CMP_LOADS8], noglu_ms = cmp_ms[CMP_NOGLU], nocomb_ms = cmp_ms[CMP_NOCOMB];
-  const double rows2_ms = cmp_ms[CMP_ROWS2], nonorm_ms = cmp_ms[CMP_NONORM];
+  const double rows2_ms = cmp_ms[CMP_ROWS2], nonorm_ms = cmp_ms[CMP_NONORM], norope_ms = cmp_ms[CMP_NOROPE];
   if (n_cmp[CMP_EAGER])
     printf("  decode step without graphs (batch %d)         %10.3f ms  (graphs: %.2fx faster)\n", B, eager_ms,
            eager_ms / step_ms);
@@ -611,6 +617,9 @@ int bench_model(int argc, char **argv) {
   if (n_cmp[CMP_NONORM])
     printf("  decode step, GEMV then an RMSNorm kernel       %10.3f ms  (fused: %.2fx faster)\n", nonorm_ms,
            nonorm_ms / step_ms);
+  if (n_cmp[CMP_NOROPE])
+    printf("  decode step, q|k|v GEMV then a RoPE kernel     %10.3f ms  (fused: %.2fx faster)\n", norope_ms,
+           norope_ms / step_ms);
   if (n_cmp[CMP_ROWS2])
     printf("  decode step, GEMVs with two weight rows per warp %7.3f ms  (%.2fx the default's)\n", rows2_ms,
            rows2_ms / step_ms);
@@ -642,14 +651,14 @@ int bench_model(int argc, char **argv) {
            "\"decode_ms_per_step_fp8_cuda_cores\": %.4f, \"decode_ms_per_step_no_gemv_pipe\": %.4f, "
            "\"decode_ms_per_step_gemv_loads8\": %.4f, \"decode_ms_per_step_no_glu_fusion\": %.4f, "
            "\"decode_ms_per_step_no_combine_fusion\": %.4f, \"decode_ms_per_step_gemv_rows2\": %.4f, "
-           "\"decode_ms_per_step_no_norm_fusion\": %.4f, "
+           "\"decode_ms_per_step_no_norm_fusion\": %.4f, \"decode_ms_per_step_no_rope_fusion\": %.4f, "
            "\"deterministic\": %s}\n",
            es_backend_name(bm.be), es_dtype_name(es_backend_act_dtype(bm.be)), rt_quantization_name(ro.quantization),
            ro.kv_fp8 ? "fp8" : "auto", ro.dummy_weights ? "true" : "false", B, seconds, N, P, n_out, warmup, repeats,
            load_s, ttft_ms, step_ms, B * 1e3 / step_ms, mbytes, bw, limit_ms, step_ms > 0 ? limit_ms / step_ms : 0.0,
            (long long)gs.replays, eager_ms, nogemv_ms, nopdl_ms, flash_name, cmp_flash ? flash_alt_name : "",
            flash_ttft_ms, gemvall_ms, fp8cc_ms, nopipe_ms, loads8_ms, noglu_ms, nocomb_ms, rows2_ms, nonorm_ms,
-           ro.deterministic ? "true" : "false");
+           norope_ms, ro.deterministic ? "true" : "false");
   rc = 0;
 done:
   if (rc) fprintf(stderr, "earshot bench model: %s\n", err.msg);

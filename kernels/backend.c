@@ -425,6 +425,31 @@ int es_op_linear_rms_norm(es_backend_t *be, void *y, void *residual, void *o, co
   return es_op_rms_norm(be, y, residual, o, norm_weight, M, N, eps, err);
 }
 
+int es_op_linear_rope_kv_store(es_backend_t *be, int layer, void *qkv, int64_t ldqkv, const void *x, int64_t ldx,
+                               const es_weight_t *w, const es_weight_t *bias, int H, int D, float theta,
+                               es_error_t *err) {
+  CHECK_HEALTHY(be, err);
+  NEED_STEP(be, "linear_rope_kv_store");
+  const int64_t HD = (int64_t)H * D, K = w->n1, T = be->batch.n_tokens;
+  NEED(H >= 1 && D >= 2 && w->n0 == 3 * HD && ldqkv >= 3 * HD && ldx >= K,
+       "linear_rope_kv_store: weight [%lld, %lld] for 3 x %d heads x %d, ldqkv %lld, ldx %lld", (long long)w->n0,
+       (long long)K, H, D, (long long)ldqkv, (long long)ldx);
+  if (be->ops->linear_rope_kv_store_ok && be->ops->linear_rope_kv_store_ok(be, x, ldx, w, bias, H, D)) {
+    NEED(layer >= 0 && layer < be->kv_layers && H == be->kv_heads && D == be->kv_head_dim && D % 2 == 0 &&
+             (!bias || (bias->n0 == w->n0 && bias->n1 == 1)),
+         "linear_rope_kv_store: layer %d, H %d, D %d do not match the KV cache, or the bias's shape", layer, H, D);
+    NO_FP8(bias, "linear_rope_kv_store (bias)");
+    PROFILED(be, be->ops->linear_rope_kv_store(be, layer, qkv, ldqkv, x, ldx, w, bias, H, D, theta, err),
+             "linear_rope_kv_store", weight_bytes(w) + act_bytes(be, (double)T * (double)(K + 5 * HD)),
+             "M=%lld N=%lld K=%lld %s +rope", (long long)T, (long long)w->n0, (long long)K, es_dtype_name(w->dtype));
+  }
+  const size_t a = es_dtype_size(be->act_dtype);
+  int rc = es_op_linear(be, qkv, ldqkv, x, ldx, w, bias, T, ES_ACT_NONE, 0, err);
+  if (rc) return rc;
+  return es_op_rope_kv_store(be, layer, qkv, ldqkv, (char *)qkv + (size_t)HD * a, ldqkv,
+                             (char *)qkv + (size_t)(2 * HD) * a, ldqkv, H, D, theta, err);
+}
+
 int es_op_avg_pool2(es_backend_t *be, void *y, const void *x, int64_t B, int64_t T, int64_t C, es_error_t *err) {
   CHECK_HEALTHY(be, err);
   NEED(B >= 1 && T >= 2 && T % 2 == 0 && C >= 1, "avg_pool2: T %lld must be even", (long long)T);

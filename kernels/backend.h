@@ -245,6 +245,14 @@ int es_op_rms_norm(es_backend_t *be, void *y, void *residual, const void *add, c
 int es_op_linear_rms_norm(es_backend_t *be, void *y, void *residual, void *o, const void *x, int64_t ldx,
                           const es_weight_t *w, const es_weight_t *norm_weight, int64_t M, float eps, es_error_t *err);
 
+/* The q|k|v linear followed by RoPE and the KV store, in one call: qkv[T, ldqkv] = x[T, K] · w[3·H·D, K]ᵀ + bias (w
+ * stacks the q, k and v projections; bias may be NULL), T = the step's tokens, then es_op_rope_kv_store(layer, q =
+ * qkv, k = qkv + H·D, v = qkv + 2·H·D, each of row stride ldqkv, H, D, theta) — the same bits as those two calls.
+ * CUDA at one token runs both in one kernel (each warp of the GEMV rotates one RoPE pair and stores k and v). */
+int es_op_linear_rope_kv_store(es_backend_t *be, int layer, void *qkv, int64_t ldqkv, const void *x, int64_t ldx,
+                               const es_weight_t *w, const es_weight_t *bias, int H, int D, float theta,
+                               es_error_t *err);
+
 /* x[M, C] += rows[T, C] broadcast over each of the B = M / T blocks of T rows (the encoder's stored
  * positional table added to every audio of a batch). */
 int es_op_add_rows(es_backend_t *be, void *x, const void *rows, int64_t M, int64_t T, int64_t C, es_error_t *err);

@@ -86,6 +86,13 @@ typedef struct {
                             int64_t ldx, const es_weight_t *w, const es_weight_t *norm_weight, int64_t M);
   int (*linear_rms_norm)(es_backend_t *be, void *y, void *residual, void *o, const void *x, int64_t ldx,
                          const es_weight_t *w, const es_weight_t *norm_weight, int64_t M, float eps, es_error_t *err);
+  /* es_op_linear_rope_kv_store (backend.h) in one fused call where linear_rope_kv_store_ok says so; elsewhere
+   * backend.c runs es_op_linear and es_op_rope_kv_store */
+  int (*linear_rope_kv_store_ok)(const es_backend_t *be, const void *x, int64_t ldx, const es_weight_t *w,
+                                 const es_weight_t *bias, int H, int D);
+  int (*linear_rope_kv_store)(es_backend_t *be, int layer, void *qkv, int64_t ldqkv, const void *x, int64_t ldx,
+                              const es_weight_t *w, const es_weight_t *bias, int H, int D, float theta,
+                              es_error_t *err);
 } es_backend_ops_t;
 
 typedef struct es_prof_state es_prof_state_t; /* backend_profile.c */

@@ -711,17 +711,20 @@ static int decoder_forward(qa_model_t *m, int T, int n_audio, int n_logits, es_e
   for (int l = 0; l < L; l++) {
     const dec_layer_t *d = &m->dec[l];
     const int fused = d->fused;
+    const int qkv_rope = fused && KVH == H && E == (int64_t)H * D; /* q|k|v stacked as es_op_linear_rope_kv_store's */
     const int64_t ldqkv = fused ? E + 2 * KVW : E, ldkv = fused ? ldqkv : KVW, ldgu = fused ? 2 * I : I;
     void *q = m->q, *k = fused ? (char *)m->q + (size_t)E * a : m->k,
          *v = fused ? (char *)m->q + (size_t)(E + KVW) * a : m->v;
     void *gate = m->gate, *up = fused ? (char *)m->gate + (size_t)I * a : m->up;
     const es_weight_t *next_norm = l + 1 < L ? &m->dec[l + 1].in_norm : &m->norm; /* after the MLP */
-    if (fused)
+    if (qkv_rope) /* one op: the backend may apply RoPE and store k, v in the linear's epilogue */
+      rc = es_op_linear_rope_kv_store(be, l, q, ldqkv, m->x, E, &d->wqkv, &d->bqkv, H, D, theta, err);
+    else if (fused)
       rc = es_op_linear(be, q, ldqkv, m->x, E, &d->wqkv, &d->bqkv, T, ES_ACT_NONE, 0, err);
     else if (!(rc = es_op_linear(be, q, E, m->x, E, &d->wq, &d->bq, T, ES_ACT_NONE, 0, err)) &&
              !(rc = es_op_linear(be, k, KVW, m->x, E, &d->wk, &d->bk, T, ES_ACT_NONE, 0, err)))
       rc = es_op_linear(be, v, KVW, m->x, E, &d->wv, &d->bv, T, ES_ACT_NONE, 0, err);
-    if (rc || (rc = es_op_rope_kv_store(be, l, q, ldqkv, k, ldkv, v, ldkv, H, D, theta, err)) ||
+    if (rc || (!qkv_rope && (rc = es_op_rope_kv_store(be, l, q, ldqkv, k, ldkv, v, ldkv, H, D, theta, err))) ||
         (rc = es_op_attention_paged(be, l, m->att, q, ldqkv, H, D, scale, err)) ||
         (rc = es_op_linear_rms_norm(be, m->x, m->h, m->o, m->att, E, &d->wo, &d->post_norm, T, eps, err)))
       goto layer_failed;

@@ -391,6 +391,9 @@ decode_row(", fp8 weights, attention splits merged by a second kernel", f_uc, f_
 o_un, f_un = ours.get("decode_ms_per_step_no_norm_fusion"), fp8.get("decode_ms_per_step_no_norm_fusion")
 decode_row(", GEMV then an RMSNorm kernel (fusion off)", o_un, lim)
 decode_row(", fp8 weights, GEMV then an RMSNorm kernel", f_un, f_lim)
+o_ur, f_ur = ours.get("decode_ms_per_step_no_rope_fusion"), fp8.get("decode_ms_per_step_no_rope_fusion")
+decode_row(", q|k|v GEMV then a RoPE + KV store kernel (fusion off)", o_ur, lim)
+decode_row(", fp8 weights, q|k|v GEMV then a RoPE + KV store kernel", f_ur, f_lim)
 decode_row(", GEMVs with two weight rows per warp", ours.get("decode_ms_per_step_gemv_rows2"), lim)
 decode_row(", fp8 weights, GEMVs with two weight rows per warp", fp8.get("decode_ms_per_step_gemv_rows2"), f_lim)
 decode_row(", --deterministic", d_d, lim)
@@ -400,8 +403,9 @@ print()
 print(f"targets: decode >= 0.80 of the limit (now {ratio(lim, o_d)}); time to first token <= 40 ms (now {f(o_t)}); "
       f"fp8 decode >= 1.6x bf16 (now {ratio(o_d, f_d)}); graphs save {ratio(o_ng, o_d)}; "
       f"the GEMV saves {ratio(o_nv, o_d)}; PDL saves {ratio(o_np, o_d)}; the fusions save {ratio(o_ug, o_d)} "
-      f"(gate|up + SiLU·mul; fp8 {ratio(f_ug, f_d)}), {ratio(o_uc, o_d)} (attention combine; fp8 {ratio(f_uc, f_d)}) "
-      f"and {ratio(o_un, o_d)} (GEMV + RMSNorm; fp8 {ratio(f_un, f_d)}); "
+      f"(gate|up + SiLU·mul; fp8 {ratio(f_ug, f_d)}), {ratio(o_uc, o_d)} (attention combine; fp8 {ratio(f_uc, f_d)}), "
+      f"{ratio(o_un, o_d)} (GEMV + RMSNorm; fp8 {ratio(f_un, f_d)}) and {ratio(o_ur, o_d)} (q|k|v GEMV + RoPE; fp8 "
+      f"{ratio(f_ur, f_d)}); "
       f"--deterministic costs {ratio(d_d, o_d)} in decode")
 def all_json(name, kind):
     try:

@@ -463,6 +463,8 @@ static const es_backend_ops_t cuda_ops = {
     cuda_op_linear_silu_mul,
     cuda_op_linear_rms_norm_ok,
     cuda_op_linear_rms_norm,
+    cuda_op_linear_rope_kv_store_ok,
+    cuda_op_linear_rope_kv_store,
 };
 
 static int create_resources(cuda_backend_t *cb, es_error_t *err) {
@@ -523,12 +525,14 @@ extern "C" int es_backend_create_cuda(const es_backend_opts_t *opts, es_backend_
   const char *gr = getenv("EARSHOT_GEMV_ROWS"); // 1 or 2 weight rows per warp of the GEMVs at one row (cuda_gemv.h)
   if (gr && *gr && strcmp(gr, "1") != 0 && strcmp(gr, "2") != 0)
     return es_fail(err, ES_EINVAL, "cuda backend: EARSHOT_GEMV_ROWS=%.40s: expected 1 or 2", gr);
-  const char *fu = getenv("EARSHOT_FUSE"); // a CUDA_FUSE_* mask, 0 to 7 (cuda_hooks.h); unset: every fusion
-  if (fu && *fu && !(fu[0] >= '0' && fu[0] <= '7' && fu[1] == '\0'))
+  const char *fu = getenv("EARSHOT_FUSE"); // a CUDA_FUSE_* mask, 0 to 15 (cuda_hooks.h); unset: every fusion
+  char *fu_end = NULL;
+  const long fu_mask = fu && *fu ? strtol(fu, &fu_end, 10) : (long)CUDA_FUSE_ALL;
+  if (fu && *fu && (*fu_end != '\0' || fu_mask < 0 || fu_mask > CUDA_FUSE_ALL))
     return es_fail(err, ES_EINVAL,
-                   "cuda backend: EARSHOT_FUSE=%.40s: expected a mask from 0 to 7 (1: the gate|up GEMV applies "
+                   "cuda backend: EARSHOT_FUSE=%.40s: expected a mask from 0 to 15 (1: the gate|up GEMV applies "
                    "SiLU·mul, 2: the decode attention merges its splits itself, 4: the GEMV before an RMSNorm "
-                   "applies it)",
+                   "applies it, 8: the q|k|v GEMV applies RoPE and stores the KV cache)",
                    fu);
   cuda_backend_t *cb = (cuda_backend_t *)calloc(1, sizeof *cb);
   if (!cb) return es_fail(err, ES_ENOMEM, "cuda backend: out of memory");
@@ -548,7 +552,7 @@ extern "C" int es_backend_create_cuda(const es_backend_opts_t *opts, es_backend_
     const char *gp = getenv("EARSHOT_GEMV_PIPE"); // "0": the GEMVs without software pipelining (cuda_gemv.h)
     cb->gemv_pipe_off = gp && strcmp(gp, "0") == 0;
     cb->fp8_mma = fm && *fm ? fm[0] - '0' : 1;
-    cb->fusions = fu && *fu ? fu[0] - '0' : CUDA_FUSE_ALL;
+    cb->fusions = (int)fu_mask;
     cb->gemv_rows = gr && *gr ? gr[0] - '0' : CUDA_GEMV_ROWS_DEFAULT;
     const char *pd = getenv("EARSHOT_PDL");  // "0": every kernel launched normally (cuda_common.cuh, cuda_launch)
     cb->pdl = !(pd && strcmp(pd, "0") == 0); // and only if the probe below passes
@@ -633,7 +637,8 @@ extern "C" int cuda_backend_set_fusions(es_backend_t *be, int mask, es_error_t *
   cuda_backend_t *cb = cuda_hook_backend(be, "fusions", err);
   if (!cb) return ES_EINVAL;
   if (mask < 0 || mask > CUDA_FUSE_ALL)
-    return es_fail(err, ES_EINVAL, "fusions: mask %d (0 to %d: CUDA_FUSE_GLU | CUDA_FUSE_COMBINE | CUDA_FUSE_NORM)",
+    return es_fail(err, ES_EINVAL,
+                   "fusions: mask %d (0 to %d: CUDA_FUSE_GLU | CUDA_FUSE_COMBINE | CUDA_FUSE_NORM | CUDA_FUSE_ROPE)",
                    mask, CUDA_FUSE_ALL);
   int rc = cuda_hook_change(cb, "fusions", cb->fusions != mask, err);
   if (rc) return rc;
@@ -645,9 +650,11 @@ extern "C" int cuda_backend_fusions(const es_backend_t *be) {
   return strcmp(be->ops->kind, "cuda") == 0 ? ((const cuda_backend_t *)be)->fusions : 0;
 }
 
-extern "C" void cuda_backend_fused_calls(const es_backend_t *be, int64_t *glu, int64_t *combine, int64_t *norm) {
+extern "C" void cuda_backend_fused_calls(const es_backend_t *be, int64_t *glu, int64_t *combine, int64_t *norm,
+                                         int64_t *rope) {
   const int cuda = strcmp(be->ops->kind, "cuda") == 0;
   *glu = cuda ? ((const cuda_backend_t *)be)->glu_calls : 0;
   *combine = cuda ? ((const cuda_backend_t *)be)->combine_fused : 0;
   *norm = cuda ? ((const cuda_backend_t *)be)->norm_calls : 0;
+  *rope = cuda ? ((const cuda_backend_t *)be)->rope_calls : 0;
 }

@@ -164,6 +164,7 @@ typedef struct {
   int64_t attn_arrivals_n; /* (row, head) pairs it counts (attn_math.h: attn_arrival_slots) */
   int32_t *norm_arrivals;  /* device [1], zero between launches: blocks of a GEMV with the fused RMSNorm done */
   int64_t norm_calls;      /* es_op_linear_rms_norm calls run fused (bf16 and fp8 GEMVs) */
+  int64_t rope_calls;      /* es_op_linear_rope_kv_store calls run fused (bf16 and fp8 GEMVs) */
 
   /* ---- op profiles (backend.h): timing events on the op stream, between profile_start and _stop ---- */
   cudaEvent_t *prof_ev;

@@ -34,6 +34,7 @@
 #include "fp8_math.h"
 #include "gemv_math.h" // GEMV_ROWS_*: a warp's weight rows
 #include "rms_norm_row.cuh"
+#include "rope_math.cuh"
 
 #define FP8_WARPS 4 // warps (output rows) per block
 static_assert(CUDA_FP8_GEMV_MAX_M <= 8, "gemv() below instantiates the kernel for at most 8 rows");
@@ -82,21 +83,28 @@ __device__ __forceinline__ void fp8_load_w(uint4 *qv, const uint8_t *wr, int64_t
 // this kernel into (M, 2P) followed by cuda_ops.cu's SiLU·mul (silu_mul_value).
 // NORM (CUDA_FUSE_NORM, es_op_linear_rms_norm at one row; P a multiple of FP8_WARPS, so no warp leaves early): after
 // the stores, the last block to finish applies the RMSNorm with the residual add of y's row (rms_norm_row.cuh).
+// GEMV_ROWS_ROPE (CUDA_FUSE_ROPE, es_op_linear_rope_kv_store at one row): w is [q; k; v], each warp a RoPE pair of
+// rows; the epilogue rotates q and k and stores k and v to the cache (rope_math.cuh, rope).
 template <typename T, int MT, bool VEC, int U, bool PIPE, int ROWS, bool NORM = false>
 __global__ void __launch_bounds__(FP8_WARPS * 32)
     fp8_gemv_kernel(T *y, int64_t ldy, const T *x, int64_t ldx, const uint8_t *w, const float *scale, const T *bias,
-                    int M, int64_t N, int64_t K, int act, int accumulate, int64_t P, gemv_norm_t nrm) {
+                    int M, int64_t N, int64_t K, int act, int accumulate, int64_t P, gemv_norm_t nrm,
+                    gemv_rope_t rope) {
   constexpr int R = ROWS == GEMV_ROWS_ONE ? 1 : 2, UR = U / R; // weight rows per warp, loads per row and round
   static_assert(UR >= 1 && UR * R == U && (VEC || R == 1), "two rows: the vector path, U split evenly");
   int lane = threadIdx.x & 31;
   int64_t n = (int64_t)blockIdx.x * FP8_WARPS + (threadIdx.x >> 5);
+  static_assert(ROWS != GEMV_ROWS_ROPE || MT == 1, "the RoPE epilogue is for one row of x");
   int64_t row[R]; // a second row past N (two rows, N odd: the last warp) streams row n again, never stored
+  int rsec = 0, rhead = 0, rf = 0; // GEMV_ROWS_ROPE: the pair's section, head and column
+  if constexpr (ROWS == GEMV_ROWS_ROPE)
+    gemv_rope_rows(n < P ? n : 0, N / 3, rope.D, &row[0], &row[R - 1], &rsec, &rhead, &rf);
+  else
+#pragma unroll
+    for (int r = 0; r < R; r++) row[r] = gemv_warp_row(n < P ? n : 0, r, P, N);
   const uint8_t *wr[R];
 #pragma unroll
-  for (int r = 0; r < R; r++) {
-    row[r] = gemv_warp_row(n < P ? n : 0, r, P, N);
-    wr[r] = w + row[r] * K;
-  }
+  for (int r = 0; r < R; r++) wr[r] = w + row[r] * K;
   const int64_t chunks = VEC ? K / 16 : 0;
   uint4 qv[R][UR];
   // The first round of weight loads before pdl_begin: the codes are never written during a step, so under PDL
@@ -176,6 +184,13 @@ __global__ void __launch_bounds__(FP8_WARPS * 32)
       if (m < M && lane == m) // the plain epilogue's rounding of each (no bias: + 0, as it adds), then SiLU·mul
         y[(int64_t)m * ldy + n] = from_f<T>(silu_mul_value<T>(rnd<T>(g * sg + 0.0f), rnd<T>(v * su + 0.0f)));
     }
+  } else if constexpr (ROWS == GEMV_ROWS_ROPE) {
+    const float a = warp_sum(acc[0][0]), b = warp_sum(acc[R - 1][0]);
+    if (lane == 0) { // the plain epilogue's rounding of each (scale, bias, no activation), then the rotation
+      const float sa = scale[row[0]] * f, sb = scale[row[R - 1]] * f;
+      const float ba = bias ? to_f(bias[row[0]]) : 0.0f, bb = bias ? to_f(bias[row[R - 1]]) : 0.0f;
+      rope_pair_store<T>(rope, y, row[0], row[R - 1], rsec, rhead, rf, rnd<T>(a * sa + ba), rnd<T>(b * sb + bb));
+    }
   } else {
 #pragma unroll
     for (int r = 0; r < R; r++) {
@@ -204,7 +219,7 @@ __global__ void __launch_bounds__(FP8_WARPS * 32)
 template <typename T, int MT, int U, int ROWS = GEMV_ROWS_ONE, bool NORM = false>
 static void launch_gemv_u(cuda_backend_t *cb, bool vec, void *y, int64_t ldy, const void *x, int64_t ldx,
                           const es_weight_t *w, const es_weight_t *bias, int M, int act, int accumulate,
-                          gemv_norm_t nrm = gemv_norm_t{}) {
+                          gemv_norm_t nrm = gemv_norm_t{}, gemv_rope_t rope = gemv_rope_t{}) {
   int64_t N = w->n0, K = w->n1, P = gemv_warps(N, ROWS);
   unsigned grid = (unsigned)((P + FP8_WARPS - 1) / FP8_WARPS);
   const T *bp = bias ? (const T *)bias->data : NULL;
@@ -212,23 +227,23 @@ static void launch_gemv_u(cuda_backend_t *cb, bool vec, void *y, int64_t ldy, co
   constexpr bool VEC_ONLY = ROWS != GEMV_ROWS_ONE || NORM;
   if ((vec || VEC_ONLY) && cuda_gemv_pipe(cb))
     cuda_launch(cb, fp8_gemv_kernel<T, MT, true, U, PIPE_OK, ROWS, NORM>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y,
-                ldy, (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate, P, nrm);
+                ldy, (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate, P, nrm, rope);
   else if (vec || VEC_ONLY)
     cuda_launch(cb, fp8_gemv_kernel<T, MT, true, U, false, ROWS, NORM>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y,
-                ldy, (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate, P, nrm);
+                ldy, (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate, P, nrm, rope);
   else if constexpr (!VEC_ONLY)
     cuda_launch(cb, fp8_gemv_kernel<T, MT, false, 1, false, GEMV_ROWS_ONE>, dim3(grid), dim3(FP8_WARPS * 32), 0, (T *)y,
-                ldy, (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate, P, nrm);
+                ldy, (const T *)x, ldx, (const uint8_t *)w->data, w->scale, bp, M, N, K, act, accumulate, P, nrm, rope);
 }
 
 template <typename T, int MT, int ROWS = GEMV_ROWS_ONE, bool NORM = false>
 static void launch_gemv(cuda_backend_t *cb, bool vec, void *y, int64_t ldy, const void *x, int64_t ldx,
                         const es_weight_t *w, const es_weight_t *bias, int M, int act, int accumulate,
-                        gemv_norm_t nrm = gemv_norm_t{}) {
+                        gemv_norm_t nrm = gemv_norm_t{}, gemv_rope_t rope = gemv_rope_t{}) {
   switch (cuda_fp8_gemv_loads(cb)) {
-  case 4: launch_gemv_u<T, MT, 4, ROWS, NORM>(cb, vec, y, ldy, x, ldx, w, bias, M, act, accumulate, nrm); break;
-  case 16: launch_gemv_u<T, MT, 16, ROWS, NORM>(cb, vec, y, ldy, x, ldx, w, bias, M, act, accumulate, nrm); break;
-  default: launch_gemv_u<T, MT, 8, ROWS, NORM>(cb, vec, y, ldy, x, ldx, w, bias, M, act, accumulate, nrm); break;
+  case 4: launch_gemv_u<T, MT, 4, ROWS, NORM>(cb, vec, y, ldy, x, ldx, w, bias, M, act, accumulate, nrm, rope); break;
+  case 16: launch_gemv_u<T, MT, 16, ROWS, NORM>(cb, vec, y, ldy, x, ldx, w, bias, M, act, accumulate, nrm, rope); break;
+  default: launch_gemv_u<T, MT, 8, ROWS, NORM>(cb, vec, y, ldy, x, ldx, w, bias, M, act, accumulate, nrm, rope); break;
   }
 }
 
@@ -322,6 +337,38 @@ extern "C" int cuda_fp8_norm(cuda_backend_t *cb, void *y, void *residual, void *
                    cb->base.name, (long long)M, (long long)w->n0);
   int rc = CUDA_DISPATCH(cb, norm, cb, y, residual, o, x, ldx, w, norm_w, eps, err);
   if (rc == ES_OK) cb->norm_calls++;
+  return rc;
+}
+
+// ---- the q|k|v linear with RoPE and the KV store after it (es_op_linear_rope_kv_store at one row) ---------------
+
+extern "C" int cuda_fp8_rope_ok(const cuda_backend_t *cb, const void *x, int64_t ldx, const es_weight_t *w, int64_t M,
+                                int H, int D) {
+  const es_backend_t *be = &cb->base;
+  const size_t e = cuda_act_size(cb);
+  return (cb->fusions & CUDA_FUSE_ROPE) && M == 1 && !be->opts.deterministic && !be->opts.kv_fp8 && cb->kv &&
+         be->in_step && be->batch.n_tokens == 1 && H == be->kv_heads && D == be->kv_head_dim && D % 2 == 0 &&
+         w->dtype == ES_DT_FP8E4M3 && w->n0 == 3 * (int64_t)H * D && !cuda_fp8_mma_ok(cb, x, ldx, w, M) &&
+         w->n1 % 16 == 0 && (uintptr_t)w->data % 16 == 0 && (uintptr_t)x % 16 == 0 && ((size_t)ldx * e) % 16 == 0 &&
+         (w->n0 / 2 + FP8_WARPS - 1) / FP8_WARPS <= 0x7fffffff;
+}
+
+template <typename T>
+static int rope(cuda_backend_t *cb, int layer, void *qkv, const void *x, int64_t ldx, const es_weight_t *w,
+                const es_weight_t *bias, int H, int D, float theta, es_error_t *err) {
+  const gemv_rope_t rp = {cb->d_positions, cb->d_slot, cb->kv, layer, cb->base.kv_blocks, H, D, theta};
+  launch_gemv<T, 1, GEMV_ROWS_ROPE>(cb, true, qkv, w->n0, x, ldx, w, bias, 1, (int)ES_ACT_NONE, 0, gemv_norm_t{}, rp);
+  ES_CUDA_LAUNCHED(err);
+  return ES_OK;
+}
+
+extern "C" int cuda_fp8_rope(cuda_backend_t *cb, int layer, void *qkv, const void *x, int64_t ldx, const es_weight_t *w,
+                             const es_weight_t *bias, int64_t M, int H, int D, float theta, es_error_t *err) {
+  if (!cuda_fp8_rope_ok(cb, x, ldx, w, M, H, D))
+    return es_fail(err, ES_EINTERNAL, "%s: fp8 q|k|v GEMV with RoPE called outside its conditions (M %lld)",
+                   cb->base.name, (long long)M);
+  int rc = CUDA_DISPATCH(cb, rope, cb, layer, qkv, x, ldx, w, bias, H, D, theta, err);
+  if (rc == ES_OK) cb->rope_calls++;
   return rc;
 }
 

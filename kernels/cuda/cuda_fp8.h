@@ -69,6 +69,15 @@ int cuda_fp8_norm_ok(const cuda_backend_t *cb, const void *y, const void *residu
 int cuda_fp8_norm(cuda_backend_t *cb, void *y, void *residual, void *o, const void *x, int64_t ldx,
                   const es_weight_t *w, const es_weight_t *norm_w, int64_t M, float eps, es_error_t *err);
 
+/* es_op_linear_rope_kv_store with an fp8 [q; k; v] weight (3·H·D rows) at one row in one kernel: the GEMV whose warps
+ * each take one RoPE pair of rows, rotate q and k and store k and v to the cache (rope_math.cuh), where the fusion is
+ * on (CUDA_FUSE_ROPE), this GEMV would take the linear (one row, K % 16 == 0, aligned, not deterministic), the cache
+ * is in the compute dtype and the step has one token. The same bits as cuda_fp8_gemv and cuda_ops' RoPE kernel. */
+int cuda_fp8_rope_ok(const cuda_backend_t *cb, const void *x, int64_t ldx, const es_weight_t *w, int64_t M, int H,
+                     int D);
+int cuda_fp8_rope(cuda_backend_t *cb, int layer, void *qkv, const void *x, int64_t ldx, const es_weight_t *w,
+                  const es_weight_t *bias, int64_t M, int H, int D, float theta, es_error_t *err);
+
 /* cb->fp8_scratch[n, k] = decode(w[n, k]) · scale[n] in the compute dtype (rounded to nearest even in bf16). */
 int cuda_fp8_dequant(cuda_backend_t *cb, const es_weight_t *w, es_error_t *err);
 

@@ -436,6 +436,27 @@ extern "C" int cuda_op_linear_rms_norm(es_backend_t *be, void *y, void *residual
   return cuda_gemv_norm(cb, y, residual, o, x, ldx, w->data, norm_weight->data, w->n0, w->n1, M, eps, err);
 }
 
+extern "C" int cuda_op_linear_rope_kv_store_ok(const es_backend_t *be, const void *x, int64_t ldx, const es_weight_t *w,
+                                               const es_weight_t *bias, int H, int D) {
+  const cuda_backend_t *cb = (const cuda_backend_t *)be;
+  if (bias && bias->dtype != be->act_dtype) return 0;
+  if (w->dtype == ES_DT_FP8E4M3) return cuda_fp8_rope_ok(cb, x, ldx, w, be->batch.n_tokens, H, D);
+  return w->dtype == be->act_dtype &&
+         cuda_gemv_rope_ok(cb, x, ldx, w->data, bias ? bias->data : NULL, w->n0, w->n1, be->batch.n_tokens, H, D);
+}
+
+extern "C" int cuda_op_linear_rope_kv_store(es_backend_t *be, int layer, void *qkv, int64_t ldqkv, const void *x,
+                                            int64_t ldx, const es_weight_t *w, const es_weight_t *bias, int H, int D,
+                                            float theta, es_error_t *err) {
+  cuda_backend_t *cb = cuda_be(be);
+  int rc = cuda_enter(cb, err);
+  if (rc) return rc;
+  (void)ldqkv; // one token: its row of q|k|v only
+  const int64_t M = be->batch.n_tokens;
+  if (w->dtype == ES_DT_FP8E4M3) return cuda_fp8_rope(cb, layer, qkv, x, ldx, w, bias, M, H, D, theta, err);
+  return cuda_gemv_rope(cb, layer, qkv, x, ldx, w->data, bias ? bias->data : NULL, w->n0, w->n1, M, H, D, theta, err);
+}
+
 extern "C" int cuda_op_logits(es_backend_t *be, float *logits, const void *x, const es_weight_t *w, int64_t M,
                               es_error_t *err) {
   cuda_backend_t *cb = cuda_be(be);

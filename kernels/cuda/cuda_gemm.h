@@ -26,6 +26,13 @@ int cuda_op_linear_rms_norm_ok(const es_backend_t *be, const void *y, const void
 int cuda_op_linear_rms_norm(es_backend_t *be, void *y, void *residual, void *o, const void *x, int64_t ldx,
                             const es_weight_t *w, const es_weight_t *norm_weight, int64_t M, float eps,
                             es_error_t *err);
+/* es_op_linear_rope_kv_store where it runs as one kernel (backend_impl.h): the q|k|v GEMV whose warps apply RoPE and
+ * store the KV cache, at one token, bf16 (cuda_gemv.h: cuda_gemv_rope) or fp8 weights (cuda_fp8.h: cuda_fp8_rope). */
+int cuda_op_linear_rope_kv_store_ok(const es_backend_t *be, const void *x, int64_t ldx, const es_weight_t *w,
+                                    const es_weight_t *bias, int H, int D);
+int cuda_op_linear_rope_kv_store(es_backend_t *be, int layer, void *qkv, int64_t ldqkv, const void *x, int64_t ldx,
+                                 const es_weight_t *w, const es_weight_t *bias, int H, int D, float theta,
+                                 es_error_t *err);
 int cuda_op_conv1d(es_backend_t *be, void *y, const void *x, const es_weight_t *w, const es_weight_t *bias, int64_t B,
                    int64_t T_in, int64_t C_in, int kernel, int stride, int pad, es_act_t act, es_error_t *err);
 int cuda_op_logits(es_backend_t *be, float *logits, const void *x, const es_weight_t *w, int64_t M, es_error_t *err);

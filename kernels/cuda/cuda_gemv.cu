@@ -22,6 +22,7 @@
 #include "cuda_ops.h"  // cuda_rms_norm_vec_ok
 #include "gemv_math.h" // the index math and the conditions, tested on the CPU (tests/kernels/test_gemv_math.c)
 #include "rms_norm_row.cuh"
+#include "rope_math.cuh"
 
 static_assert(GEMV_MAX_M == CUDA_GEMV_MAX_M, "gemv_math.h and cuda_gemv.h disagree on the largest M");
 
@@ -52,18 +53,25 @@ __device__ __forceinline__ void gemv_load_w(uint4 *wv, const bf16 *w, int64_t n,
 // rounds them — the bits of this kernel into (M, 2P) followed by cuda_ops.cu's SiLU·mul (silu_mul_value).
 // NORM (CUDA_FUSE_NORM, es_op_linear_rms_norm at one row; P a multiple of GEMV_WARPS, so no warp leaves early): after
 // the stores, the last block to finish applies the RMSNorm with the residual add of y's row (rms_norm_row.cuh).
+// GEMV_ROWS_ROPE (CUDA_FUSE_ROPE, es_op_linear_rope_kv_store at one row, TO = bf16): w is [q; k; v], each warp a
+// RoPE pair of rows; the epilogue rotates q and k and stores k and v to the cache (rope_math.cuh, rope).
 template <typename TO, int MT, int U, bool PIPE, int ROWS, bool NORM = false>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
     bf16_gemv_kernel(TO *y, int64_t ldy, const bf16 *x, int64_t ldx, const bf16 *w, const bf16 *bias, int M, int64_t N,
-                     int64_t K, int act, int accumulate, int64_t P, gemv_norm_t nrm) {
+                     int64_t K, int act, int accumulate, int64_t P, gemv_norm_t nrm, gemv_rope_t rope) {
   constexpr int R = ROWS == GEMV_ROWS_ONE ? 1 : 2, UR = U / R; // weight rows per warp, loads per row and round
   static_assert(UR >= 1 && UR * R == U, "the loads of a round split evenly between the rows");
+  static_assert(ROWS != GEMV_ROWS_ROPE || MT == 1, "the RoPE epilogue is for one row of x");
   const int lane = threadIdx.x & 31;
   const int64_t n = gemv_row(blockIdx.x, threadIdx.x >> 5);
   const int64_t chunks = K / GEMV_CHUNK;
   int64_t row[R]; // a second row past N (GEMV_ROWS_TWO, N odd: the last warp) streams row n again, never stored
+  int rsec = 0, rhead = 0, rf = 0; // GEMV_ROWS_ROPE: the pair's section, head and column
+  if constexpr (ROWS == GEMV_ROWS_ROPE)
+    gemv_rope_rows(n < P ? n : 0, N / 3, rope.D, &row[0], &row[R - 1], &rsec, &rhead, &rf);
+  else
 #pragma unroll
-  for (int r = 0; r < R; r++) row[r] = gemv_warp_row(n, r, P, N);
+    for (int r = 0; r < R; r++) row[r] = gemv_warp_row(n, r, P, N);
   uint4 wv[R][UR];
   // The first round of weight loads before pdl_begin: weights are never written during a step, so under PDL
   // they stream while the kernel before this one finishes (cuda_common.cuh, pdl_launch_next).
@@ -121,6 +129,12 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
       if (m < M && lane == m) // the plain epilogue's rounding of each (no bias: + 0, as it adds), then SiLU·mul
         y[(int64_t)m * ldy + n] = from_f<TO>(silu_mul_value<TO>(rnd<TO>(g + 0.0f), rnd<TO>(v + 0.0f)));
     }
+  } else if constexpr (ROWS == GEMV_ROWS_ROPE) {
+    const float a = warp_sum(acc[0][0]), b = warp_sum(acc[R - 1][0]);
+    if (lane == 0) { // the plain epilogue's rounding of each (bias added, no activation), then the rotation
+      const float ba = bias ? to_f(bias[row[0]]) : 0.0f, bb = bias ? to_f(bias[row[R - 1]]) : 0.0f;
+      rope_pair_store<TO>(rope, y, row[0], row[R - 1], rsec, rhead, rf, rnd<TO>(a + ba), rnd<TO>(b + bb));
+    }
   } else {
 #pragma unroll
     for (int r = 0; r < R; r++) {
@@ -145,24 +159,26 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
 // N: the weight's rows; the warps' P as gemv_math.h's GEMV_ROWS_* says; NORM: nrm as the kernel's.
 template <typename TO, int MT, int U, int ROWS = GEMV_ROWS_ONE, bool NORM = false>
 static void launch_u(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const void *w, int64_t N,
-                     int64_t K, const void *bias, int M, int act, int accumulate, gemv_norm_t nrm = gemv_norm_t{}) {
+                     int64_t K, const void *bias, int M, int act, int accumulate, gemv_norm_t nrm = gemv_norm_t{},
+                     gemv_rope_t rope = gemv_rope_t{}) {
   const int64_t P = gemv_warps(N, ROWS);
   const unsigned grid = (unsigned)gemv_grid(P);
   if (cuda_gemv_pipe(cb))
     cuda_launch(cb, bf16_gemv_kernel<TO, MT, U, true, ROWS, NORM>, dim3(grid), dim3(GEMV_WARPS * 32), 0, (TO *)y, ldy,
-                (const bf16 *)x, ldx, (const bf16 *)w, (const bf16 *)bias, M, N, K, act, accumulate, P, nrm);
+                (const bf16 *)x, ldx, (const bf16 *)w, (const bf16 *)bias, M, N, K, act, accumulate, P, nrm, rope);
   else
     cuda_launch(cb, bf16_gemv_kernel<TO, MT, U, false, ROWS, NORM>, dim3(grid), dim3(GEMV_WARPS * 32), 0, (TO *)y, ldy,
-                (const bf16 *)x, ldx, (const bf16 *)w, (const bf16 *)bias, M, N, K, act, accumulate, P, nrm);
+                (const bf16 *)x, ldx, (const bf16 *)w, (const bf16 *)bias, M, N, K, act, accumulate, P, nrm, rope);
 }
 
 template <typename TO, int MT, int ROWS = GEMV_ROWS_ONE, bool NORM = false>
 static void launch(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const void *w, int64_t N,
-                   int64_t K, const void *bias, int M, int act, int accumulate, gemv_norm_t nrm = gemv_norm_t{}) {
+                   int64_t K, const void *bias, int M, int act, int accumulate, gemv_norm_t nrm = gemv_norm_t{},
+                   gemv_rope_t rope = gemv_rope_t{}) {
   switch (cuda_gemv_loads(cb)) {
-  case 4: launch_u<TO, MT, 4, ROWS, NORM>(cb, y, ldy, x, ldx, w, N, K, bias, M, act, accumulate, nrm); break;
-  case 16: launch_u<TO, MT, 16, ROWS, NORM>(cb, y, ldy, x, ldx, w, N, K, bias, M, act, accumulate, nrm); break;
-  default: launch_u<TO, MT, 8, ROWS, NORM>(cb, y, ldy, x, ldx, w, N, K, bias, M, act, accumulate, nrm); break;
+  case 4: launch_u<TO, MT, 4, ROWS, NORM>(cb, y, ldy, x, ldx, w, N, K, bias, M, act, accumulate, nrm, rope); break;
+  case 16: launch_u<TO, MT, 16, ROWS, NORM>(cb, y, ldy, x, ldx, w, N, K, bias, M, act, accumulate, nrm, rope); break;
+  default: launch_u<TO, MT, 8, ROWS, NORM>(cb, y, ldy, x, ldx, w, N, K, bias, M, act, accumulate, nrm, rope); break;
   }
 }
 
@@ -281,6 +297,29 @@ extern "C" int cuda_gemv_norm(cuda_backend_t *cb, void *y, void *residual, void 
   ES_CUDA_LAUNCHED(err);
   cb->gemv_calls++;
   cb->norm_calls++;
+  return ES_OK;
+}
+
+extern "C" int cuda_gemv_rope_ok(const cuda_backend_t *cb, const void *x, int64_t ldx, const void *w, const void *bias,
+                                 int64_t N, int64_t K, int64_t M, int H, int D) {
+  (void)bias;
+  const es_backend_t *be = &cb->base;
+  return (cb->fusions & CUDA_FUSE_ROPE) && M == 1 && be->act_dtype == ES_DT_BF16 && !be->opts.kv_fp8 && cb->kv &&
+         be->in_step && be->batch.n_tokens == 1 && H == be->kv_heads && D == be->kv_head_dim && D % 2 == 0 &&
+         N == 3 * (int64_t)H * D && cuda_gemv_ok(cb, ES_DT_BF16, x, ldx, w, N, K, M);
+}
+
+extern "C" int cuda_gemv_rope(cuda_backend_t *cb, int layer, void *qkv, const void *x, int64_t ldx, const void *w,
+                              const void *bias, int64_t N, int64_t K, int64_t M, int H, int D, float theta,
+                              es_error_t *err) {
+  if (!cuda_gemv_rope_ok(cb, x, ldx, w, bias, N, K, M, H, D))
+    return es_fail(err, ES_EINTERNAL, "%s: q|k|v GEMV with RoPE called outside its conditions (M %lld, N %lld)",
+                   cb->base.name, (long long)M, (long long)N);
+  const gemv_rope_t rope = {cb->d_positions, cb->d_slot, cb->kv, layer, cb->base.kv_blocks, H, D, theta};
+  launch<bf16, 1, GEMV_ROWS_ROPE>(cb, qkv, N, x, ldx, w, N, K, bias, 1, ES_ACT_NONE, 0, gemv_norm_t{}, rope);
+  ES_CUDA_LAUNCHED(err);
+  cb->gemv_calls++;
+  cb->rope_calls++;
   return ES_OK;
 }
 

@@ -80,6 +80,16 @@ int cuda_gemv_norm_ok(const cuda_backend_t *cb, const void *y, const void *resid
 int cuda_gemv_norm(cuda_backend_t *cb, void *y, void *residual, void *o, const void *x, int64_t ldx, const void *w,
                    const void *norm_w, int64_t N, int64_t K, int64_t M, float eps, es_error_t *err);
 
+/* es_op_linear_rope_kv_store at one row in one kernel (cuda_gemm.cu): the GEMV over the [q; k; v] weight (N = 3·H·D
+ * rows of K) whose warps each take one RoPE pair of rows, rotate q and k and store k and v to the cache at the step's
+ * slot (rope_math.cuh) — where the fusion is on (CUDA_FUSE_ROPE), cuda_gemv_ok takes the linear at M = 1, the step has
+ * one token and the cache is bf16. The same bits as the GEMV and cuda_ops' RoPE kernel. Counted in
+ * cuda_backend_gemv_calls. */
+int cuda_gemv_rope_ok(const cuda_backend_t *cb, const void *x, int64_t ldx, const void *w, const void *bias, int64_t N,
+                      int64_t K, int64_t M, int H, int D);
+int cuda_gemv_rope(cuda_backend_t *cb, int layer, void *qkv, const void *x, int64_t ldx, const void *w,
+                   const void *bias, int64_t N, int64_t K, int64_t M, int H, int D, float theta, es_error_t *err);
+
 #ifdef __cplusplus
 }
 #endif

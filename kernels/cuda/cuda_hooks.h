@@ -112,16 +112,18 @@ int64_t cuda_backend_gemv_calls(const es_backend_t *be);
  * fp8: cuda_fp8.h) instead of the GEMV and the SiLU·mul kernel; CUDA_FUSE_COMBINE: the split-KV decode attention's
  * last block of a row merges the row's splits (attn_decode.cu) instead of a second kernel; CUDA_FUSE_NORM:
  * es_op_linear_rms_norm at one row in one GEMV whose last block applies the RMSNorm with the residual add
- * (rms_norm_row.cuh) instead of the GEMV and the RMSNorm kernel. The same bits either way.
+ * (rms_norm_row.cuh) instead of the GEMV and the RMSNorm kernel; CUDA_FUSE_ROPE: es_op_linear_rope_kv_store at one
+ * token in one q|k|v GEMV whose warps each rotate one RoPE pair and store k and v to a bf16 cache (rope_math.cuh)
+ * instead of the GEMV and the RoPE + KV store kernel. The same bits either way.
  * cuda_backend_set_fusions drops recorded step graphs; cuda_backend_fusions: the mask (0 for another backend). For
  * tests and `bench model`'s comparison runs. */
-enum { CUDA_FUSE_GLU = 1, CUDA_FUSE_COMBINE = 2, CUDA_FUSE_NORM = 4, CUDA_FUSE_ALL = 7 };
+enum { CUDA_FUSE_GLU = 1, CUDA_FUSE_COMBINE = 2, CUDA_FUSE_NORM = 4, CUDA_FUSE_ROPE = 8, CUDA_FUSE_ALL = 15 };
 int cuda_backend_set_fusions(es_backend_t *be, int mask, es_error_t *err);
 int cuda_backend_fusions(const es_backend_t *be);
 /* Calls fused by CUDA_FUSE_GLU, launches of the split-KV decode kernel that merged their rows' splits themselves
- * (CUDA_FUSE_COMBINE), and calls fused by CUDA_FUSE_NORM, since create (0 for another backend): tests check that the
- * fusions ran. */
-void cuda_backend_fused_calls(const es_backend_t *be, int64_t *glu, int64_t *combine, int64_t *norm);
+ * (CUDA_FUSE_COMBINE), calls fused by CUDA_FUSE_NORM and by CUDA_FUSE_ROPE, since create (0 for another backend):
+ * tests check that the fusions ran. */
+void cuda_backend_fused_calls(const es_backend_t *be, int64_t *glu, int64_t *combine, int64_t *norm, int64_t *rope);
 
 /* The KV pool (es_backend_kv_init), a device pointer in the compute dtype, layout as backend.h; NULL before
  * kv_init. Tests fill it with es_backend_write_act. */

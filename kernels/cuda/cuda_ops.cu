@@ -23,6 +23,7 @@
 #include "cuda_ops.h"
 #include "fp8_math.h"
 #include "rms_norm_row.cuh"
+#include "rope_math.cuh"
 
 #define ROW_THREADS 256
 
@@ -336,10 +337,8 @@ extern "C" int cuda_op_scatter_rows(es_backend_t *be, void *y, const void *x, co
 }
 
 // ---- RoPE (half-split, SPEC §4) and the KV store ------------------------------------------------------------
-// As transformers computes it: inv_freq[i] = 1 / theta^(2i/D) (fp32 exponent, the power rounded to fp32, the
-// fp32 reciprocal — as the CPU reference, with the power taken in double), freq = (float)pos · inv_freq[i] in
-// fp32, cos/sin of that fp32 value (taken in double and rounded: as close to correctly rounded as the CPU's
-// libm), then rounded to the model dtype before use.
+// The arithmetic (cos/sin, the rotation and its rounding points) is rope_math.cuh's, shared with the q|k|v GEMVs'
+// fused epilogue (CUDA_FUSE_ROPE).
 
 // Block (token i, group of ROPE_HEADS heads); thread (f, y) rotates pair (f, f + D/2) of head
 // blockIdx.y · ROPE_HEADS + y, of q and of k, and stores k and v at the token's cache slot. q (n_tokens, ldq),
@@ -371,27 +370,14 @@ __global__ void rope_kv_kernel(T *q, int64_t ldq, T *k, int64_t ldk, const T *v,
     ka = to_f(kh[f]), kb = to_f(kh[f + half]);
     va = vh[f], vb = vh[f + half];
   }
-  if (threadIdx.y == 0) {
-    const float pos = (float)positions[i];
-    const float e = (float)(2 * f) / (float)D;
-    const float inv = 1.0f / (float)pow((double)theta, (double)e);
-    const float ang = pos * inv;
-    double sn, cn;
-    sincos((double)ang, &sn, &cn);
-    cs[f] = rnd<T>((float)cn);
-    cs[half + f] = rnd<T>((float)sn);
-  }
+  if (threadIdx.y == 0) rope_cos_sin<T>(positions[i], f, D, theta, &cs[f], &cs[half + f]); // rope_math.cuh
   __syncthreads();
   if (!FP8 && !on) return; // FP8: every thread reaches the barrier of the maxima below
   const float c = cs[f], sn = cs[half + f];
-  // out[f] = a·cos − b·sin; out[f + half] = b·cos + a·sin, each product and the sum rounded (bf16 eager)
-  // (__fmul_rn/__fadd_rn: no contraction into FMA, so fp32 mode does the CPU reference's IEEE operations)
-  if (on) {
-    qh[f] = from_f<T>(__fadd_rn(rnd<T>(__fmul_rn(qa, c)), rnd<T>(-__fmul_rn(qb, sn))));
-    qh[f + half] = from_f<T>(__fadd_rn(rnd<T>(__fmul_rn(qb, c)), rnd<T>(__fmul_rn(qa, sn))));
-  }
-  const T k0 = from_f<T>(__fadd_rn(rnd<T>(__fmul_rn(ka, c)), rnd<T>(-__fmul_rn(kb, sn))));
-  const T k1 = from_f<T>(__fadd_rn(rnd<T>(__fmul_rn(kb, c)), rnd<T>(__fmul_rn(ka, sn))));
+  // out[f] = a·cos − b·sin; out[f + half] = b·cos + a·sin, each product and the sum rounded (rope_math.cuh)
+  if (on) rope_rotate<T>(qa, qb, c, sn, &qh[f], &qh[f + half]);
+  T k0, k1;
+  rope_rotate<T>(ka, kb, c, sn, &k0, &k1);
   if (on) {
     kh[f] = k0;
     kh[f + half] = k1;

@@ -49,9 +49,22 @@ GEMV_HD int gemv_preferred(int64_t M, int64_t N, int64_t K) {
  *   GEMV_ROWS_ONE  warp n < N: row n;
  *   GEMV_ROWS_TWO  warp n < P = ceil(N / 2): rows n and n + P, the second only where < N (a warp without one streams
  *                  row n twice and stores it once), one x load and conversion for both;
- *   GEMV_ROWS_GLU  (es_op_linear_silu_mul) w = [gate; up] of 2P rows: warp n < P: rows n and n + P, one output.
+ *   GEMV_ROWS_GLU  (es_op_linear_silu_mul) w = [gate; up] of 2P rows: warp n < P: rows n and n + P, one output;
+ *   GEMV_ROWS_ROPE (es_op_linear_rope_kv_store) w = [q; k; v], 3 sections of heads of D rows: warp n < P = N / 2 takes
+ *                  the two rows one RoPE rotation pairs, f and f + D / 2 of a head (gemv_rope_rows).
  * A row's arithmetic is the same in every mode (its chunks in the same order), so its bits are too. */
-enum { GEMV_ROWS_ONE = 0, GEMV_ROWS_TWO = 1, GEMV_ROWS_GLU = 2 };
+enum { GEMV_ROWS_ONE = 0, GEMV_ROWS_TWO = 1, GEMV_ROWS_GLU = 2, GEMV_ROWS_ROPE = 3 };
+
+/* GEMV_ROWS_ROPE: warp n's rows *r0 (column f < D / 2 of its head) and *r1 = *r0 + D / 2, for stacked sections of HD
+ * = heads · D rows each (D even); *section: 0 q, 1 k, 2 v; *head and *f: where the pair sits in its section. */
+GEMV_HD void gemv_rope_rows(int64_t n, int64_t HD, int D, int64_t *r0, int64_t *r1, int *section, int *head, int *f) {
+  const int64_t half = D / 2, per_section = HD / 2, j = n % per_section;
+  *section = (int)(n / per_section);
+  *head = (int)(j / half);
+  *f = (int)(j % half);
+  *r0 = *section * HD + (int64_t)*head * D + *f;
+  *r1 = *r0 + half;
+}
 
 /* The warps (P) a GEMV over a weight of N rows launches in mode `rows`. */
 GEMV_HD int64_t gemv_warps(int64_t N, int rows) {

@@ -233,10 +233,10 @@ static void paged_case(pair_t *p, const char *label, int n_seqs, const int32_t *
     snprintf(what, sizeof what, "paged %s (%s) H=%d D=%d splits=%d: fast vs cpu", label, PAT_NAME[pattern], H, D,
              splits[k]);
     const int fusions = cuda_backend_fusions(p->gpu); /* the default unless EARSHOT_FUSE says otherwise */
-    int64_t glu, comb0, comb1, nrm_calls;
-    cuda_backend_fused_calls(p->gpu, &glu, &comb0, &nrm_calls);
+    int64_t glu, comb0, comb1, nrm_calls, rope_calls;
+    cuda_backend_fused_calls(p->gpu, &glu, &comb0, &nrm_calls, &rope_calls);
     float *got = gpu_paged(p, bt, CUDA_ATTN_FAST, splits[k], what);
-    cuda_backend_fused_calls(p->gpu, &glu, &comb1, &nrm_calls);
+    cuda_backend_fused_calls(p->gpu, &glu, &comb1, &nrm_calls, &rope_calls);
     compare(what, got, ref, n, atol, rtol);
     /* rows split several ways (forced splits > 1 always split the longer contexts of these steps) are merged by
      * the split kernel's last block (CUDA_FUSE_COMBINE, on by default); with the fusion off by a second kernel:

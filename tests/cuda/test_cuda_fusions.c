@@ -7,6 +7,9 @@
  *   - es_op_linear_rms_norm: CUDA_FUSE_NORM on (the GEMV's last block adds the row to the residual and normalises it)
  *     and off (the GEMV, then the RMSNorm kernel) — y, the residual and o — with one and two weight rows per warp;
  *     the 7B row (4096 wide: 512 vectors, 4 per thread of the last block), a grid with idle warps (never fused);
+ *   - es_op_linear_rope_kv_store: CUDA_FUSE_ROPE on (each warp of the q|k|v GEMV rotates one RoPE pair and stores
+ *     k and v to the cache) and off (the GEMV, then the RoPE + KV store kernel) — the q|k|v row and the whole KV
+ *     pool, poisoned before every run — under every loads-in-flight and pipelining setting, at positions 0 and 77;
  *   - two weight rows per warp (cuda_backend_set_gemv_rows 2): linears with bias + GELU and with accumulate, N even
  *     and odd (the last warp without a second row), and (bf16 weights) the logits.
  * Each case checks, through cuda_backend_fused_calls, that the fused kernel ran exactly where it should. Every
@@ -87,11 +90,11 @@ static int gemv_takes(const pair_t *p, int64_t K) {
 }
 
 static int64_t fused_count(es_backend_t *gpu, int which) {
-  int64_t c[3];
-  cuda_backend_fused_calls(gpu, &c[0], &c[1], &c[2]);
+  int64_t c[4];
+  cuda_backend_fused_calls(gpu, &c[0], &c[1], &c[2], &c[3]);
   return c[which];
 }
-enum { F_GLU, F_COMBINE, F_NORM };
+enum { F_GLU, F_COMBINE, F_NORM, F_ROPE };
 
 /* got[0 .. n) against the CPU's ref[0 .. n). */
 static void vs_cpu(const pair_t *p, const char *what, const float *got, const float *ref, int64_t n) {
@@ -250,12 +253,89 @@ static void test_two_rows(const pair_t *p, int64_t K, int64_t N) {
   kt_weight_free(&b);
 }
 
+/* ---- the q|k|v linear with RoPE and the KV store ------------------------------------------------------------- */
+
+#define ROPE_LAYERS 2
+#define ROPE_BLOCKS 8
+#define ROPE_LAYER 1
+
+/* One decode token at position pos (its cache slot in block 5 of a shuffled table) through es_op_linear_rope_kv_store:
+ * the q|k|v row against the CPU, and with CUDA_FUSE_ROPE on (the GEMV's warps rotate the pairs and store k and v) bit
+ * for bit against it off (the GEMV, then the RoPE + KV store kernel) — the q|k|v row and the whole KV pool (poisoned
+ * with NaN before every run) — under every loads-in-flight and pipelining setting. The pair's pool: H heads of D. */
+static void test_rope(const pair_t *p, int H, int D, int64_t K, int32_t pos) {
+  es_error_t err;
+  const settings_t saved = settings_get(p->gpu);
+  const int64_t HD = (int64_t)H * D, N = 3 * HD, ld = N + 8;
+  const float theta = 1e6f;
+  int32_t table[ROPE_BLOCKS] = {5, 2, 7, 1, 3, 6, 4, 0}, q_start[2], ctx[1], pos_a[1], slot[1];
+  const int32_t q_len = 1, ctx_len = pos + 1;
+  es_batch_t b;
+  kt_batch_rows(&b, q_start, ctx, pos_a, slot, table, ROPE_BLOCKS, 1, &q_len, &ctx_len);
+  kt_weight_t w = rand_weight(p, N, K, -0.4f, 0.4f),
+              bias = kt_weight(p->dt == ES_DT_BF16 ? ES_DT_BF16 : ES_DT_F32, N, 1, -0.5f, 0.5f);
+  es_weight_t wc = upload_w(p, p->cpu, &w), wg = upload_w(p, p->gpu, &w), bc = kt_upload(p->cpu, &bias),
+              bg = kt_upload(p->gpu, &bias);
+  float *x = rand_vals(p, K, -1, 1);
+  void *xc = kt_act(p->cpu, x, K), *xg = kt_act(p->gpu, x, K), *qc = kt_act(p->cpu, NULL, ld);
+  const size_t pool_n = (size_t)ROPE_LAYERS * ROPE_BLOCKS * 2 * (size_t)HD * ES_KV_BLOCK;
+  float *poison = malloc(sizeof(float) * pool_n);
+  kt_poison(poison, (int64_t)pool_n);
+  char what[200];
+  snprintf(what, sizeof what, "[%s] linear_rope_kv_store H=%d D=%d K=%lld pos=%d", p->name, H, D, (long long)K, pos);
+  T_CHECK(es_backend_begin_step(p->cpu, &b, &err) == 0 && es_backend_begin_step(p->gpu, &b, &err) == 0,
+          "begin_step: %s", err.msg);
+  T_CHECK(es_op_linear_rope_kv_store(p->cpu, ROPE_LAYER, qc, ld, xc, K, &wc, &bc, H, D, theta, &err) == 0, "%s: %s",
+          what, err.msg);
+  float *ref = kt_read(p->cpu, qc, N), *plain_q = NULL, *plain_pool = NULL;
+  const int fusable = (saved.fusions & CUDA_FUSE_ROPE) && gemv_takes(p, K);
+  static const int loads[] = {4, 16, 8, 4, 0}, piped[] = {1, 1, 1, 0, 1};
+  for (int run = 0; run < 7; run++) { /* 0: unfused; 1: fused; 2..6: fused under each loads / pipelining setting */
+    settings_t s = saved;
+    if (run == 0) s.fusions &= ~CUDA_FUSE_ROPE;
+    if (run >= 2) s.loads = loads[run - 2], s.pipe = piped[run - 2];
+    settings_put(p->gpu, s);
+    T_CHECK(es_backend_write_act(p->gpu, cuda_backend_kv_pool(p->gpu), poison, pool_n, &err) == 0, "pool: %s", err.msg);
+    void *qg = kt_act(p->gpu, NULL, ld);
+    const int64_t f0 = fused_count(p->gpu, F_ROPE);
+    T_CHECK(es_op_linear_rope_kv_store(p->gpu, ROPE_LAYER, qg, ld, xg, K, &wg, &bg, H, D, theta, &err) == 0, "%s: %s",
+            what, err.msg);
+    const int64_t fused = fused_count(p->gpu, F_ROPE) - f0, want = run > 0 && fusable;
+    T_CHECK(fused == want, "%s run %d: %lld fused calls, expected %lld", what, run, (long long)fused, (long long)want);
+    float *got = kt_read(p->gpu, qg, N), *pool = kt_read(p->gpu, cuda_backend_kv_pool(p->gpu), (int64_t)pool_n);
+    char w2[240];
+    snprintf(w2, sizeof w2, "%s run %d: q|k|v vs cpu", what, run);
+    vs_cpu(p, w2, got, ref, N);
+    if (run == 0) {
+      plain_q = got;
+      plain_pool = pool;
+      continue;
+    }
+    T_CHECK(memcmp(plain_q, got, sizeof(float) * (size_t)N) == 0,
+            "%s run %d: the q|k|v row differs from the GEMV + RoPE kernels'", what, run);
+    T_CHECK(memcmp(plain_pool, pool, sizeof(float) * pool_n) == 0,
+            "%s run %d: the KV cache differs from the GEMV + RoPE kernels' (NaN where a store is missing)", what, run);
+    free(got);
+    free(pool);
+  }
+  T_CHECK(es_backend_end_step(p->cpu, &err) == 0 && es_backend_end_step(p->gpu, &err) == 0, "end_step: %s", err.msg);
+  settings_put(p->gpu, saved);
+  free(plain_q);
+  free(plain_pool);
+  free(poison);
+  free(ref);
+  free(x);
+  kt_weight_free(&w);
+  kt_weight_free(&bias);
+}
+
 static int pair_open(pair_t *p, es_dtype_t dt, int fp8) {
   memset(p, 0, sizeof *p);
   p->dt = dt;
   p->fp8 = fp8;
   snprintf(p->name, sizeof p->name, "%s, %s weights", es_dtype_name(dt), fp8 ? "fp8" : "compute-dtype");
-  es_backend_opts_t o = {.compute_dtype = ES_DT_F32, .n_threads = 2, .max_tokens = 64, .max_seqs = 4, .max_blocks = 4};
+  es_backend_opts_t o = {
+      .compute_dtype = ES_DT_F32, .n_threads = 2, .max_tokens = 64, .max_seqs = 4, .max_blocks = ROPE_BLOCKS};
   es_error_t err;
   int rc = es_backend_create_cpu(&o, &p->cpu, &err);
   T_CHECK(rc == 0, "cpu backend: %s", err.msg);
@@ -295,6 +375,24 @@ int main(void) {
       }
       es_backend_free(p.gpu);
       es_backend_free(p.cpu);
+      /* RoPE + KV store: a fresh pair per cache geometry (a backend sizes its pool once): the 7B layer's shape
+       * (32 heads of 128, K = 4096), small heads of 64, and a K the vector fp8 GEMV does not take */
+      static const int geo[3][3] = {{32, 128, 4096}, {3, 64, 1040}, {2, 128, 40}};
+      for (int g = 0; g < 3; g++) {
+        if (pair_open(&p, modes[mi], fp8) == 0) {
+          es_error_t err;
+          int rc = 0;
+          for (int i = 0; i < 2 && !rc; i++)
+            rc = es_backend_kv_init(i ? p.gpu : p.cpu, ROPE_LAYERS, ROPE_BLOCKS, geo[g][0], geo[g][1], &err);
+          T_CHECK(rc == 0, "kv_init: %s", err.msg);
+          if (!rc) {
+            test_rope(&p, geo[g][0], geo[g][1], geo[g][2], 0);
+            test_rope(&p, geo[g][0], geo[g][1], geo[g][2], 77);
+          }
+        }
+        es_backend_free(p.gpu);
+        es_backend_free(p.cpu);
+      }
     }
   return t_finish();
 }

@@ -122,9 +122,37 @@ static void test_warp_rows(void) {
   T_CHECK(bad == 0, "warp rows: %d of %d (mode, N) wrong", bad, cases);
 }
 
+/* GEMV_ROWS_ROPE: over N / 2 warps every row of the 3 sections is taken exactly once, as the pair (f, f + D/2) of its
+ * head, in the section (q, k, v) it belongs to. */
+static void test_rope_rows(void) {
+  int bad = 0, cases = 0;
+  static const int heads[] = {1, 2, 3, 32}, dims[] = {2, 8, 64, 128};
+  for (int hi = 0; hi < 4; hi++)
+    for (int di = 0; di < 4; di++) {
+      const int H = heads[hi], D = dims[di];
+      const int64_t HD = (int64_t)H * D, N = 3 * HD;
+      int *seen = calloc((size_t)N, sizeof(int));
+      int ok = 1;
+      for (int64_t n = 0; n < N / 2; n++) {
+        int64_t r0, r1;
+        int sec, h, f;
+        gemv_rope_rows(n, HD, D, &r0, &r1, &sec, &h, &f);
+        ok = ok && r0 >= 0 && r1 < N && r1 == r0 + D / 2 && f >= 0 && f < D / 2 && h >= 0 && h < H && sec >= 0 &&
+             sec < 3 && r0 == sec * HD + (int64_t)h * D + f;
+        if (ok) seen[r0]++, seen[r1]++;
+      }
+      for (int64_t i = 0; i < N; i++) ok = ok && seen[i] == 1;
+      if (!ok && bad++ < 5) fprintf(stderr, "  rope rows: H %d D %d wrong\n", H, D);
+      cases++;
+      free(seen);
+    }
+  T_CHECK(bad == 0, "rope rows: %d of %d (H, D) wrong", bad, cases);
+}
+
 int main(void) {
   test_shape_ok();
   test_warp_rows();
+  test_rope_rows();
   test_coverage();
   test_lane_sum();
   return t_finish();
