@@ -434,16 +434,21 @@ int es_op_linear_rope_kv_store(es_backend_t *be, int layer, void *qkv, int64_t l
   NEED(H >= 1 && D >= 2 && w->n0 == 3 * HD && ldqkv >= 3 * HD && ldx >= K,
        "linear_rope_kv_store: weight [%lld, %lld] for 3 x %d heads x %d, ldqkv %lld, ldx %lld", (long long)w->n0,
        (long long)K, H, D, (long long)ldqkv, (long long)ldx);
+  NEED(theta > 1.0f, "linear_rope_kv_store: theta %g must be > 1", (double)theta);
+  const size_t a = es_dtype_size(be->act_dtype);
+  const uintptr_t qb = (uintptr_t)qkv, qe = qb + (size_t)((T - 1) * ldqkv + 3 * HD) * a, xb = (uintptr_t)x,
+                  xe = xb + (size_t)((T - 1) * ldx + K) * a;
+  NEED(T < 1 || qe <= xb || xe <= qb, "linear_rope_kv_store: qkv overlaps x (in-place is not supported)");
   if (be->ops->linear_rope_kv_store_ok && be->ops->linear_rope_kv_store_ok(be, x, ldx, w, bias, H, D)) {
     NEED(layer >= 0 && layer < be->kv_layers && H == be->kv_heads && D == be->kv_head_dim && D % 2 == 0 &&
              (!bias || (bias->n0 == w->n0 && bias->n1 == 1)),
          "linear_rope_kv_store: layer %d, H %d, D %d do not match the KV cache, or the bias's shape", layer, H, D);
     NO_FP8(bias, "linear_rope_kv_store (bias)");
     PROFILED(be, be->ops->linear_rope_kv_store(be, layer, qkv, ldqkv, x, ldx, w, bias, H, D, theta, err),
-             "linear_rope_kv_store", weight_bytes(w) + act_bytes(be, (double)T * (double)(K + 5 * HD)),
+             "linear_rope_kv_store",
+             weight_bytes(w) + (bias ? weight_bytes(bias) : 0) + act_bytes(be, (double)T * (double)(K + 5 * HD)),
              "M=%lld N=%lld K=%lld %s +rope", (long long)T, (long long)w->n0, (long long)K, es_dtype_name(w->dtype));
   }
-  const size_t a = es_dtype_size(be->act_dtype);
   int rc = es_op_linear(be, qkv, ldqkv, x, ldx, w, bias, T, ES_ACT_NONE, 0, err);
   if (rc) return rc;
   return es_op_rope_kv_store(be, layer, qkv, ldqkv, (char *)qkv + (size_t)HD * a, ldqkv,

@@ -439,7 +439,7 @@ extern "C" int cuda_op_linear_rms_norm(es_backend_t *be, void *y, void *residual
 extern "C" int cuda_op_linear_rope_kv_store_ok(const es_backend_t *be, const void *x, int64_t ldx, const es_weight_t *w,
                                                const es_weight_t *bias, int H, int D) {
   const cuda_backend_t *cb = (const cuda_backend_t *)be;
-  if (bias && bias->dtype != be->act_dtype) return 0;
+  if ((bias && bias->dtype != be->act_dtype) || D > 512) return 0; // D > 512: the RoPE kernel refuses it too
   if (w->dtype == ES_DT_FP8E4M3) return cuda_fp8_rope_ok(cb, x, ldx, w, be->batch.n_tokens, H, D);
   return w->dtype == be->act_dtype &&
          cuda_gemv_rope_ok(cb, x, ldx, w->data, bias ? bias->data : NULL, w->n0, w->n1, be->batch.n_tokens, H, D);

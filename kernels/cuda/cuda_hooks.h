@@ -113,8 +113,8 @@ int64_t cuda_backend_gemv_calls(const es_backend_t *be);
  * last block of a row merges the row's splits (attn_decode.cu) instead of a second kernel; CUDA_FUSE_NORM:
  * es_op_linear_rms_norm at one row in one GEMV whose last block applies the RMSNorm with the residual add
  * (rms_norm_row.cuh) instead of the GEMV and the RMSNorm kernel; CUDA_FUSE_ROPE: es_op_linear_rope_kv_store at one
- * token in one q|k|v GEMV whose warps each rotate one RoPE pair and store k and v to a bf16 cache (rope_math.cuh)
- * instead of the GEMV and the RoPE + KV store kernel. The same bits either way.
+ * token in one q|k|v GEMV whose warps each rotate one RoPE pair and store k and v to a cache in the compute dtype
+ * (rope_math.cuh) instead of the GEMV and the RoPE + KV store kernel. The same bits either way.
  * cuda_backend_set_fusions drops recorded step graphs; cuda_backend_fusions: the mask (0 for another backend). For
  * tests and `bench model`'s comparison runs. */
 enum { CUDA_FUSE_GLU = 1, CUDA_FUSE_COMBINE = 2, CUDA_FUSE_NORM = 4, CUDA_FUSE_ROPE = 8, CUDA_FUSE_ALL = 15 };

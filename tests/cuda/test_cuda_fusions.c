@@ -22,6 +22,7 @@
 #include "es_gpu.h"
 #include "gpu_skip.h"
 #ifdef ES_HAVE_CUDA_BACKEND
+#include "cuda/attn_math.h" // attn_kv_offset: where the cache row of the token sits
 #include "cuda/cuda_hooks.h"
 #endif
 
@@ -259,16 +260,17 @@ static void test_two_rows(const pair_t *p, int64_t K, int64_t N) {
 #define ROPE_BLOCKS 8
 #define ROPE_LAYER 1
 
-/* One decode token at position pos (its cache slot in block 5 of a shuffled table) through es_op_linear_rope_kv_store:
+/* One decode token at position pos (its cache slot in table[pos / 16] of a shuffled table) through
+ * es_op_linear_rope_kv_store (bias NULL or not):
  * the q|k|v row against the CPU, and with CUDA_FUSE_ROPE on (the GEMV's warps rotate the pairs and store k and v) bit
  * for bit against it off (the GEMV, then the RoPE + KV store kernel) — the q|k|v row and the whole KV pool (poisoned
  * with NaN before every run) — under every loads-in-flight and pipelining setting. The pair's pool: H heads of D. */
-static void test_rope(const pair_t *p, int H, int D, int64_t K, int32_t pos) {
+static void test_rope(const pair_t *p, int H, int D, int64_t K, int32_t pos, int with_bias) {
   es_error_t err;
   const settings_t saved = settings_get(p->gpu);
   const int64_t HD = (int64_t)H * D, N = 3 * HD, ld = N + 8;
   const float theta = 1e6f;
-  int32_t table[ROPE_BLOCKS] = {5, 2, 7, 1, 3, 6, 4, 0}, q_start[2], ctx[1], pos_a[1], slot[1];
+  int32_t table[ROPE_BLOCKS] = {5, 2, 7, 1, 3, 6, 4, 5}, q_start[2], ctx[1], pos_a[1], slot[1];
   const int32_t q_len = 1, ctx_len = pos + 1;
   es_batch_t b;
   kt_batch_rows(&b, q_start, ctx, pos_a, slot, table, ROPE_BLOCKS, 1, &q_len, &ctx_len);
@@ -285,8 +287,9 @@ static void test_rope(const pair_t *p, int H, int D, int64_t K, int32_t pos) {
   snprintf(what, sizeof what, "[%s] linear_rope_kv_store H=%d D=%d K=%lld pos=%d", p->name, H, D, (long long)K, pos);
   T_CHECK(es_backend_begin_step(p->cpu, &b, &err) == 0 && es_backend_begin_step(p->gpu, &b, &err) == 0,
           "begin_step: %s", err.msg);
-  T_CHECK(es_op_linear_rope_kv_store(p->cpu, ROPE_LAYER, qc, ld, xc, K, &wc, &bc, H, D, theta, &err) == 0, "%s: %s",
-          what, err.msg);
+  T_CHECK(es_op_linear_rope_kv_store(p->cpu, ROPE_LAYER, qc, ld, xc, K, &wc, with_bias ? &bc : NULL, H, D, theta,
+                                     &err) == 0,
+          "%s: %s", what, err.msg);
   float *ref = kt_read(p->cpu, qc, N), *plain_q = NULL, *plain_pool = NULL;
   const int fusable = (saved.fusions & CUDA_FUSE_ROPE) && gemv_takes(p, K);
   static const int loads[] = {4, 16, 8, 4, 0}, piped[] = {1, 1, 1, 0, 1};
@@ -298,14 +301,31 @@ static void test_rope(const pair_t *p, int H, int D, int64_t K, int32_t pos) {
     T_CHECK(es_backend_write_act(p->gpu, cuda_backend_kv_pool(p->gpu), poison, pool_n, &err) == 0, "pool: %s", err.msg);
     void *qg = kt_act(p->gpu, NULL, ld);
     const int64_t f0 = fused_count(p->gpu, F_ROPE);
-    T_CHECK(es_op_linear_rope_kv_store(p->gpu, ROPE_LAYER, qg, ld, xg, K, &wg, &bg, H, D, theta, &err) == 0, "%s: %s",
-            what, err.msg);
+    T_CHECK(es_op_linear_rope_kv_store(p->gpu, ROPE_LAYER, qg, ld, xg, K, &wg, with_bias ? &bg : NULL, H, D, theta,
+                                       &err) == 0,
+            "%s: %s", what, err.msg);
     const int64_t fused = fused_count(p->gpu, F_ROPE) - f0, want = run > 0 && fusable;
     T_CHECK(fused == want, "%s run %d: %lld fused calls, expected %lld", what, run, (long long)fused, (long long)want);
     float *got = kt_read(p->gpu, qg, N), *pool = kt_read(p->gpu, cuda_backend_kv_pool(p->gpu), (int64_t)pool_n);
     char w2[240];
     snprintf(w2, sizeof w2, "%s run %d: q|k|v vs cpu", what, run);
     vs_cpu(p, w2, got, ref, N);
+    /* independently of the other path: the token's k (rotated) and v rows of layer ROPE_LAYER at its slot hold the
+     * q|k|v row's k and v sections, and nothing else of the pool was written */
+    int64_t stored = 0, wrong = 0;
+    for (size_t i = 0; i < pool_n; i++) stored += pool[i] == pool[i];
+    for (int kv = 0; kv < 2; kv++)
+      for (int h = 0; h < H; h++)
+        for (int d = 0; d < D; d++) {
+          const float want_v = got[(1 + kv) * HD + (int64_t)h * D + d];
+          const float have =
+              pool[attn_kv_offset(ROPE_LAYER, ROPE_BLOCKS, slot[0] / ES_KV_BLOCK, kv, H, h, D, slot[0] % ES_KV_BLOCK) +
+                   d];
+          wrong += memcmp(&want_v, &have, sizeof have) != 0;
+        }
+    T_CHECK(stored == 2 * HD && wrong == 0,
+            "%s run %d: %lld pool values stored (expected %lld), %lld not the k / v row", what, run, (long long)stored,
+            (long long)(2 * HD), (long long)wrong);
     if (run == 0) {
       plain_q = got;
       plain_pool = pool;
@@ -386,8 +406,8 @@ int main(void) {
             rc = es_backend_kv_init(i ? p.gpu : p.cpu, ROPE_LAYERS, ROPE_BLOCKS, geo[g][0], geo[g][1], &err);
           T_CHECK(rc == 0, "kv_init: %s", err.msg);
           if (!rc) {
-            test_rope(&p, geo[g][0], geo[g][1], geo[g][2], 0);
-            test_rope(&p, geo[g][0], geo[g][1], geo[g][2], 77);
+            test_rope(&p, geo[g][0], geo[g][1], geo[g][2], 0, 1);
+            test_rope(&p, geo[g][0], geo[g][1], geo[g][2], 77, g != 1); /* and once without a bias */
           }
         }
         es_backend_free(p.gpu);

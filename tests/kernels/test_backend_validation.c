@@ -111,6 +111,15 @@ static void test_steps(void) {
   EXPECT(es_op_rope_kv_store(be, 0, dx, 48, (float *)dx + 16, 48, (float *)dx + 32, 48, 2, 8, 1e4f, E), ES_EINVAL,
          "rope outside a step");
   EXPECT(es_op_attention_paged(be, 0, buf, dx, 48, 2, 8, 0.3f, E), ES_EINVAL, "attention outside a step");
+  /* the q|k|v linear with RoPE and the KV store: 3 sections of 2 heads x 8 (48 rows), K = 8 */
+  static float wq[48 * 8];
+  for (int i = 0; i < 48 * 8; i++) wq[i] = 0.01f * (float)(i % 7);
+  es_weight_t wqkv, w47;
+  EXPECT(es_backend_upload_weight(be, wq, ES_DT_F32, 48, 8, &wqkv, E), ES_OK, "q|k|v weight");
+  EXPECT(es_backend_upload_weight(be, wq, ES_DT_F32, 47, 8, &w47, E), ES_OK, "a weight of 47 rows");
+  void *qkv = kt_act(be, NULL, 4 * 56), *xin = kt_act(be, NULL, 4 * 8);
+  EXPECT(es_op_linear_rope_kv_store(be, 0, qkv, 56, xin, 8, &wqkv, NULL, 2, 8, 1e4f, E), ES_EINVAL,
+         "linear_rope_kv_store outside a step");
   EXPECT(es_backend_end_step(be, E), ES_EINTERNAL, "end_step without begin_step");
 
   EXPECT(es_backend_begin_step(be, &b, E), ES_OK, "begin_step");
@@ -129,6 +138,17 @@ static void test_steps(void) {
   EXPECT(es_op_rope_kv_store(be, 0, dx, 8, (float *)dx + 16, 48, (float *)dx + 32, 48, 2, 8, 1e4f, E), ES_EINVAL,
          "rope with ldq < H·D");
   EXPECT(es_op_rope_kv_store(be, 0, dx, 48, (float *)dx + 16, 48, (float *)dx + 32, 48, 2, 8, 1e4f, E), ES_OK, "rope");
+  EXPECT(es_op_linear_rope_kv_store(be, 0, qkv, 56, xin, 8, &wqkv, NULL, 2, 8, 1e4f, E), ES_OK, "linear_rope_kv_store");
+  EXPECT(es_op_linear_rope_kv_store(be, 0, qkv, 56, xin, 8, &w47, NULL, 2, 8, 1e4f, E), ES_EINVAL,
+         "linear_rope_kv_store with 47 weight rows");
+  EXPECT(es_op_linear_rope_kv_store(be, 0, qkv, 56, xin, 8, &wqkv, NULL, 2, 8, 1.0f, E), ES_EINVAL,
+         "linear_rope_kv_store with theta 1");
+  EXPECT(es_op_linear_rope_kv_store(be, 0, qkv, 40, xin, 8, &wqkv, NULL, 2, 8, 1e4f, E), ES_EINVAL,
+         "linear_rope_kv_store with ldqkv < 3·H·D");
+  EXPECT(es_op_linear_rope_kv_store(be, 2, qkv, 56, xin, 8, &wqkv, NULL, 2, 8, 1e4f, E), ES_EINVAL,
+         "linear_rope_kv_store on layer 2 of 2");
+  EXPECT(es_op_linear_rope_kv_store(be, 0, xin, 56, xin, 8, &wqkv, NULL, 2, 8, 1e4f, E), ES_EINVAL,
+         "linear_rope_kv_store in place");
   EXPECT(es_op_attention_paged(be, 0, buf, dx, 48, 2, 7, 0.3f, E), ES_EINVAL, "attention with D 7, cache has 8");
   EXPECT(es_op_attention_paged(be, 0, buf, dx, 48, 2, 8, 0.3f, E), ES_OK, "attention");
   /* step graphs: the CPU has none, and says so */
