@@ -32,9 +32,9 @@
 #include "cuda_ops.h"  // cuda_rms_norm_vec_ok
 #include "fp8_cvt.cuh"
 #include "fp8_math.h"
+#include "gemv_epilogue.cuh"
 #include "gemv_math.h" // GEMV_ROWS_*: a warp's weight rows
 #include "rms_norm_row.cuh"
-#include "rope_math.cuh"
 
 #define FP8_WARPS 4 // warps (output rows) per block
 static_assert(CUDA_FP8_GEMV_MAX_M <= 8, "gemv() below instantiates the kernel for at most 8 rows");
@@ -96,12 +96,7 @@ __global__ void __launch_bounds__(FP8_WARPS * 32)
   int64_t n = (int64_t)blockIdx.x * FP8_WARPS + (threadIdx.x >> 5);
   static_assert(ROWS != GEMV_ROWS_ROPE || MT == 1, "the RoPE epilogue is for one row of x");
   int64_t row[R]; // a second row past N (two rows, N odd: the last warp) streams row n again, never stored
-  int rsec = 0, rhead = 0, rf = 0; // GEMV_ROWS_ROPE: the pair's section, head and column
-  if constexpr (ROWS == GEMV_ROWS_ROPE)
-    gemv_rope_rows(n < P ? n : 0, N / 3, rope.D, &row[0], &row[R - 1], &rsec, &rhead, &rf);
-  else
-#pragma unroll
-    for (int r = 0; r < R; r++) row[r] = gemv_warp_row(n < P ? n : 0, r, P, N);
+  const gemv_pair_t pr = gemv_rows<ROWS, R>(n, P, N, rope.D, row);
   const uint8_t *wr[R];
 #pragma unroll
   for (int r = 0; r < R; r++) wr[r] = w + row[r] * K;
@@ -176,40 +171,11 @@ __global__ void __launch_bounds__(FP8_WARPS * 32)
   // the software decode's 1/256 folded back: a power of two, so the sum is the hardware path's / 256 exactly and
   // both give the same bits
   const float f = VEC && FP8_HW_CVT ? 1.0f : 256.0f;
-  if constexpr (ROWS == GEMV_ROWS_GLU) {
-    const float sg = scale[row[0]] * f, su = scale[row[1]] * f;
-#pragma unroll
-    for (int m = 0; m < MT; m++) {
-      const float g = warp_sum(acc[0][m]), v = warp_sum(acc[1][m]);
-      if (m < M && lane == m) // the plain epilogue's rounding of each (no bias: + 0, as it adds), then SiLU·mul
-        y[(int64_t)m * ldy + n] = from_f<T>(silu_mul_value<T>(rnd<T>(g * sg + 0.0f), rnd<T>(v * su + 0.0f)));
-    }
-  } else if constexpr (ROWS == GEMV_ROWS_ROPE) {
-    const float a = warp_sum(acc[0][0]), b = warp_sum(acc[R - 1][0]);
-    if (lane == 0) { // the plain epilogue's rounding of each (scale, bias, no activation), then the rotation
-      const float sa = scale[row[0]] * f, sb = scale[row[R - 1]] * f;
-      const float ba = bias ? to_f(bias[row[0]]) : 0.0f, bb = bias ? to_f(bias[row[R - 1]]) : 0.0f;
-      rope_pair_store<T>(rope, y, row[0], row[R - 1], rsec, rhead, rf, rnd<T>(a * sa + ba), rnd<T>(b * sb + bb));
-    }
-  } else {
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-      if (!gemv_warp_stores(n, r, P, N)) break; // warp-uniform
-      float s = scale[row[r]] * f;
-      float b = bias ? to_f(bias[row[r]]) : 0.0f;
-#pragma unroll
-      for (int m = 0; m < MT; m++) {
-        float v = warp_sum(acc[r][m]); // every lane gets the same fixed-order sum
-        if (m < M && lane == m) {
-          v = rnd<T>(v * s + b);
-          if (act == ES_ACT_GELU) v = rnd<T>(gelu_erf(v));
-          T *yp = y + (int64_t)m * ldy + row[r];
-          if (accumulate) v = to_f(*yp) + v;
-          *yp = from_f<T>(v);
-        }
-      }
-    }
-  }
+  // a row's output: rnd(sum · scale + bias), the plain GEMM kernel's rounding
+  const auto value = [scale, f, bias](float sum, int64_t r) {
+    return rnd<T>(sum * (scale[r] * f) + (bias ? to_f(bias[r]) : 0.0f));
+  };
+  gemv_epilogue<T, MT, R, ROWS>(acc, value, row, pr, n, P, N, y, ldy, M, act, accumulate, rope);
   if constexpr (NORM) gemv_norm_tail<T>(nrm, y, N);
 }
 
@@ -247,12 +213,24 @@ static void launch_gemv(cuda_backend_t *cb, bool vec, void *y, int64_t ldy, cons
   }
 }
 
+// The vector path's conditions (16-byte loads of codes and of x rows): K % 16 == 0, w, x and the x rows aligned.
+static bool fp8_vec_ok(const void *x, int64_t ldx, size_t x_elem, const es_weight_t *w) {
+  return w->n1 % 16 == 0 && (uintptr_t)w->data % 16 == 0 && (uintptr_t)x % 16 == 0 && ((size_t)ldx * x_elem) % 16 == 0;
+}
+
+// 1 when this GEMV's vector path takes the linear of one row of x, as cuda_op_linear would route it (not the
+// tensor-core GEMV, not deterministic mode) with warps of `rows_per_warp` weight rows: what each fused one-row
+// variant (gate|up, RMSNorm, RoPE) builds on.
+static bool fp8_takes_one_row(const cuda_backend_t *cb, const void *x, int64_t ldx, const es_weight_t *w, int64_t M,
+                              int rows_per_warp) {
+  return M == 1 && !cb->base.opts.deterministic && w->dtype == ES_DT_FP8E4M3 && !cuda_fp8_mma_ok(cb, x, ldx, w, M) &&
+         fp8_vec_ok(x, ldx, cuda_act_size(cb), w) && (w->n0 / rows_per_warp + FP8_WARPS - 1) / FP8_WARPS <= 0x7fffffff;
+}
+
 template <typename T>
 static int gemv(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w,
                 const es_weight_t *bias, int64_t M, es_act_t act, int accumulate, es_error_t *err) {
-  int64_t K = w->n1;
-  bool vec = K % 16 == 0 && (uintptr_t)w->data % 16 == 0 && (uintptr_t)x % 16 == 0 &&
-             (ldx * (int64_t)sizeof(T)) % 16 == 0;
+  const bool vec = fp8_vec_ok(x, ldx, sizeof(T), w);
   int m = (int)M, a = (int)act;
   if (M <= 1 && vec && cuda_gemv_rows(cb) == 2) // one row of x: two weight rows per warp share its loads
     launch_gemv<T, 1, GEMV_ROWS_TWO>(cb, vec, y, ldy, x, ldx, w, bias, m, a, accumulate);
@@ -289,10 +267,7 @@ static int glu(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t 
 }
 
 extern "C" int cuda_fp8_glu_ok(const cuda_backend_t *cb, const void *x, int64_t ldx, const es_weight_t *w, int64_t M) {
-  const size_t e = cuda_act_size(cb);
-  return (cb->fusions & CUDA_FUSE_GLU) && M == 1 && !cb->base.opts.deterministic && w->dtype == ES_DT_FP8E4M3 &&
-         !cuda_fp8_mma_ok(cb, x, ldx, w, M) && w->n0 % 2 == 0 && w->n1 % 16 == 0 && (uintptr_t)w->data % 16 == 0 &&
-         (uintptr_t)x % 16 == 0 && ((size_t)ldx * e) % 16 == 0 && (w->n0 / 2 + FP8_WARPS - 1) / FP8_WARPS <= 0x7fffffff;
+  return (cb->fusions & CUDA_FUSE_GLU) && w->n0 % 2 == 0 && fp8_takes_one_row(cb, x, ldx, w, M, 2);
 }
 
 extern "C" int cuda_fp8_glu(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const es_weight_t *w,
@@ -322,12 +297,8 @@ static int norm(cuda_backend_t *cb, void *y, void *residual, void *o, const void
 extern "C" int cuda_fp8_norm_ok(const cuda_backend_t *cb, const void *y, const void *residual, const void *o,
                                 const void *x, int64_t ldx, const es_weight_t *w, const es_weight_t *norm_w,
                                 int64_t M) {
-  const size_t e = cuda_act_size(cb);
-  const int64_t P = gemv_warps(w->n0, cuda_gemv_rows(cb) == 2 ? GEMV_ROWS_TWO : GEMV_ROWS_ONE);
-  return (cb->fusions & CUDA_FUSE_NORM) && cb->norm_arrivals && M == 1 && !cb->base.opts.deterministic &&
-         w->dtype == ES_DT_FP8E4M3 && !cuda_fp8_mma_ok(cb, x, ldx, w, M) && w->n1 % 16 == 0 &&
-         (uintptr_t)w->data % 16 == 0 && (uintptr_t)x % 16 == 0 && ((size_t)ldx * e) % 16 == 0 && P % FP8_WARPS == 0 &&
-         P / FP8_WARPS <= 0x7fffffff && cuda_rms_norm_vec_ok(cb->base.act_dtype, w->n0, y, residual, o, norm_w->data);
+  return cuda_gemv_norm_fusable(cb, y, residual, o, norm_w->data, w->n0, M, FP8_WARPS) &&
+         fp8_takes_one_row(cb, x, ldx, w, M, cuda_gemv_rows(cb));
 }
 
 extern "C" int cuda_fp8_norm(cuda_backend_t *cb, void *y, void *residual, void *o, const void *x, int64_t ldx,
@@ -344,13 +315,7 @@ extern "C" int cuda_fp8_norm(cuda_backend_t *cb, void *y, void *residual, void *
 
 extern "C" int cuda_fp8_rope_ok(const cuda_backend_t *cb, const void *x, int64_t ldx, const es_weight_t *w, int64_t M,
                                 int H, int D) {
-  const es_backend_t *be = &cb->base;
-  const size_t e = cuda_act_size(cb);
-  return (cb->fusions & CUDA_FUSE_ROPE) && M == 1 && !be->opts.deterministic && !be->opts.kv_fp8 && cb->kv &&
-         be->in_step && be->batch.n_tokens == 1 && H == be->kv_heads && D == be->kv_head_dim && D % 2 == 0 &&
-         w->dtype == ES_DT_FP8E4M3 && w->n0 == 3 * (int64_t)H * D && !cuda_fp8_mma_ok(cb, x, ldx, w, M) &&
-         w->n1 % 16 == 0 && (uintptr_t)w->data % 16 == 0 && (uintptr_t)x % 16 == 0 && ((size_t)ldx * e) % 16 == 0 &&
-         (w->n0 / 2 + FP8_WARPS - 1) / FP8_WARPS <= 0x7fffffff;
+  return cuda_gemv_rope_fusable(cb, w->n0, M, H, D) && fp8_takes_one_row(cb, x, ldx, w, M, 2);
 }
 
 template <typename T>

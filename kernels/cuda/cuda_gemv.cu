@@ -19,10 +19,10 @@
 
 #include "cuda_common.cuh"
 #include "cuda_gemv.h"
-#include "cuda_ops.h"  // cuda_rms_norm_vec_ok
+#include "cuda_ops.h" // cuda_rms_norm_vec_ok
+#include "gemv_epilogue.cuh"
 #include "gemv_math.h" // the index math and the conditions, tested on the CPU (tests/kernels/test_gemv_math.c)
 #include "rms_norm_row.cuh"
-#include "rope_math.cuh"
 
 static_assert(GEMV_MAX_M == CUDA_GEMV_MAX_M, "gemv_math.h and cuda_gemv.h disagree on the largest M");
 
@@ -66,12 +66,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
   const int64_t n = gemv_row(blockIdx.x, threadIdx.x >> 5);
   const int64_t chunks = K / GEMV_CHUNK;
   int64_t row[R]; // a second row past N (GEMV_ROWS_TWO, N odd: the last warp) streams row n again, never stored
-  int rsec = 0, rhead = 0, rf = 0; // GEMV_ROWS_ROPE: the pair's section, head and column
-  if constexpr (ROWS == GEMV_ROWS_ROPE)
-    gemv_rope_rows(n < P ? n : 0, N / 3, rope.D, &row[0], &row[R - 1], &rsec, &rhead, &rf);
-  else
-#pragma unroll
-    for (int r = 0; r < R; r++) row[r] = gemv_warp_row(n, r, P, N);
+  const gemv_pair_t pr = gemv_rows<ROWS, R>(n, P, N, rope.D, row);
   uint4 wv[R][UR];
   // The first round of weight loads before pdl_begin: weights are never written during a step, so under PDL
   // they stream while the kernel before this one finishes (cuda_common.cuh, pdl_launch_next).
@@ -122,37 +117,9 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
         for (int u = 0; u < UR; u++) wv[r][u] = wn[r][u];
     }
   }
-  if constexpr (ROWS == GEMV_ROWS_GLU) {
-#pragma unroll
-    for (int m = 0; m < MT; m++) {
-      const float g = warp_sum(acc[0][m]), v = warp_sum(acc[1][m]);
-      if (m < M && lane == m) // the plain epilogue's rounding of each (no bias: + 0, as it adds), then SiLU·mul
-        y[(int64_t)m * ldy + n] = from_f<TO>(silu_mul_value<TO>(rnd<TO>(g + 0.0f), rnd<TO>(v + 0.0f)));
-    }
-  } else if constexpr (ROWS == GEMV_ROWS_ROPE) {
-    const float a = warp_sum(acc[0][0]), b = warp_sum(acc[R - 1][0]);
-    if (lane == 0) { // the plain epilogue's rounding of each (bias added, no activation), then the rotation
-      const float ba = bias ? to_f(bias[row[0]]) : 0.0f, bb = bias ? to_f(bias[row[R - 1]]) : 0.0f;
-      rope_pair_store<TO>(rope, y, row[0], row[R - 1], rsec, rhead, rf, rnd<TO>(a + ba), rnd<TO>(b + bb));
-    }
-  } else {
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-      if (!gemv_warp_stores(n, r, P, N)) break; // warp-uniform
-      const float b = bias ? to_f(bias[row[r]]) : 0.0f;
-#pragma unroll
-      for (int m = 0; m < MT; m++) {
-        float v = warp_sum(acc[r][m]); // every lane gets the same fixed-order sum
-        if (m < M && lane == m) {
-          v = rnd<TO>(v + b);
-          if (act == ES_ACT_GELU) v = rnd<TO>(gelu_erf(v));
-          TO *yp = y + (int64_t)m * ldy + row[r];
-          if (accumulate) v = to_f(*yp) + v;
-          *yp = from_f<TO>(v);
-        }
-      }
-    }
-  }
+  // a row's output: rnd(sum + bias), the plain GEMM kernel's rounding
+  const auto value = [bias](float sum, int64_t r) { return rnd<TO>(sum + (bias ? to_f(bias[r]) : 0.0f)); };
+  gemv_epilogue<TO, MT, R, ROWS>(acc, value, row, pr, n, P, N, y, ldy, M, act, accumulate, rope);
   if constexpr (NORM) gemv_norm_tail<TO>(nrm, y, N);
 }
 
@@ -274,13 +241,24 @@ extern "C" int cuda_backend_gemv_pipe(const es_backend_t *be) {
   return strcmp(be->ops->kind, "cuda") == 0 ? cuda_gemv_pipe((const cuda_backend_t *)be) : 0;
 }
 
+extern "C" int cuda_gemv_norm_fusable(const cuda_backend_t *cb, const void *y, const void *residual, const void *o,
+                                      const void *norm_w, int64_t N, int64_t M, int warps_per_block) {
+  const int64_t P = gemv_warps(N, cuda_gemv_rows(cb) == 2 ? GEMV_ROWS_TWO : GEMV_ROWS_ONE);
+  return (cb->fusions & CUDA_FUSE_NORM) && cb->norm_arrivals && M == 1 && P % warps_per_block == 0 &&
+         cuda_rms_norm_vec_ok(cb->base.act_dtype, N, y, residual, o, norm_w);
+}
+
+extern "C" int cuda_gemv_rope_fusable(const cuda_backend_t *cb, int64_t N, int64_t M, int H, int D) {
+  const es_backend_t *be = &cb->base;
+  return (cb->fusions & CUDA_FUSE_ROPE) && M == 1 && !be->opts.kv_fp8 && cb->kv && be->in_step &&
+         be->batch.n_tokens == 1 && H == be->kv_heads && D == be->kv_head_dim && D % 2 == 0 && N == 3 * (int64_t)H * D;
+}
+
 extern "C" int cuda_gemv_norm_ok(const cuda_backend_t *cb, const void *y, const void *residual, const void *o,
                                  const void *x, int64_t ldx, const void *w, const void *norm_w, int64_t N, int64_t K,
                                  int64_t M) {
-  const int64_t P = gemv_warps(N, cuda_gemv_rows(cb) == 2 ? GEMV_ROWS_TWO : GEMV_ROWS_ONE);
-  return (cb->fusions & CUDA_FUSE_NORM) && cb->norm_arrivals && M == 1 && cb->base.act_dtype == ES_DT_BF16 &&
-         P % GEMV_WARPS == 0 && cuda_gemv_ok(cb, ES_DT_BF16, x, ldx, w, N, K, M) &&
-         cuda_rms_norm_vec_ok(ES_DT_BF16, N, y, residual, o, norm_w);
+  return cuda_gemv_norm_fusable(cb, y, residual, o, norm_w, N, M, GEMV_WARPS) && cb->base.act_dtype == ES_DT_BF16 &&
+         cuda_gemv_ok(cb, ES_DT_BF16, x, ldx, w, N, K, M);
 }
 
 extern "C" int cuda_gemv_norm(cuda_backend_t *cb, void *y, void *residual, void *o, const void *x, int64_t ldx,
@@ -303,10 +281,8 @@ extern "C" int cuda_gemv_norm(cuda_backend_t *cb, void *y, void *residual, void 
 extern "C" int cuda_gemv_rope_ok(const cuda_backend_t *cb, const void *x, int64_t ldx, const void *w, const void *bias,
                                  int64_t N, int64_t K, int64_t M, int H, int D) {
   (void)bias;
-  const es_backend_t *be = &cb->base;
-  return (cb->fusions & CUDA_FUSE_ROPE) && M == 1 && be->act_dtype == ES_DT_BF16 && !be->opts.kv_fp8 && cb->kv &&
-         be->in_step && be->batch.n_tokens == 1 && H == be->kv_heads && D == be->kv_head_dim && D % 2 == 0 &&
-         N == 3 * (int64_t)H * D && cuda_gemv_ok(cb, ES_DT_BF16, x, ldx, w, N, K, M);
+  return cuda_gemv_rope_fusable(cb, N, M, H, D) && cb->base.act_dtype == ES_DT_BF16 &&
+         cuda_gemv_ok(cb, ES_DT_BF16, x, ldx, w, N, K, M);
 }
 
 extern "C" int cuda_gemv_rope(cuda_backend_t *cb, int layer, void *qkv, const void *x, int64_t ldx, const void *w,

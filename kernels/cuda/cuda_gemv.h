@@ -70,6 +70,17 @@ int cuda_gemv_glu_ok(const cuda_backend_t *cb, const void *x, int64_t ldx, const
 int cuda_gemv_glu(cuda_backend_t *cb, void *y, int64_t ldy, const void *x, int64_t ldx, const void *w, int64_t N2,
                   int64_t K, int64_t M, es_error_t *err);
 
+/* What the fused RMSNorm tail (CUDA_FUSE_NORM) and the fused RoPE epilogue (CUDA_FUSE_ROPE) need of the fusion
+ * setting, the step and the buffers, whichever GEMV (this one or cuda_fp8.h's) carries them:
+ *   norm: the fusion on, its arrival counter, one row, a grid of P warps (the rows setting) that fills its blocks of
+ *         warps_per_block (no warp leaves before the tail's barriers), and the RMSNorm's one-pass kernel
+ *         (cuda_rms_norm_vec_ok) for rows of N;
+ *   rope: the fusion on, one row, a step of one token, a KV cache in the compute dtype of H heads of D (D even), and
+ *         N = 3·H·D stacked q|k|v rows. */
+int cuda_gemv_norm_fusable(const cuda_backend_t *cb, const void *y, const void *residual, const void *o,
+                           const void *norm_w, int64_t N, int64_t M, int warps_per_block);
+int cuda_gemv_rope_fusable(const cuda_backend_t *cb, int64_t N, int64_t M, int H, int D);
+
 /* es_op_linear_rms_norm at one row in one kernel (cuda_gemm.cu: cuda_op_linear_rms_norm): o = x · wᵀ (the GEMV,
  * N rows of K, written to o), then its last block to finish applies the RMSNorm with the residual add (y, residual,
  * norm_w of N) as cuda_ops' RMSNorm does, the same bits — where the fusion is on (CUDA_FUSE_NORM), cuda_gemv_ok takes
