@@ -44,12 +44,31 @@ typedef enum {
   CMP_LOADS8,   /* the GEMVs with 8 loads in flight */
   CMP_NOGLU,    /* the gate|up GEMV without SiLU·mul in its epilogue (CUDA_FUSE_GLU off) */
   CMP_NOCOMB,   /* the split-KV decode's splits merged by a second kernel (CUDA_FUSE_COMBINE off) */
-  CMP_ROWS2,    /* the GEMVs with two weight rows per warp (cuda_backend_set_gemv_rows) */
   CMP_NONORM,   /* the RMSNorms as their own kernel after the GEMV (CUDA_FUSE_NORM off) */
   CMP_NOROPE,   /* RoPE + KV store as their own kernel after the q|k|v GEMV (CUDA_FUSE_ROPE off) */
+  CMP_ROWS2,    /* the GEMVs with two weight rows per warp (cuda_backend_set_gemv_rows) */
   CMP_PROFILE,  /* op by op under the profiler */
   CMP_KINDS     /* none: a warm-up or timed run */
 } cmp_kind_t;
+
+/* The summary line of each comparison that times decode steps: what it changed, and how its median step compares —
+ * "(faster: Nx faster)" where it turned off what `faster` names, else "(Nx the default's)". */
+static const struct {
+  const char *label, *faster;
+} CMP_LINE[CMP_KINDS] = {
+    [CMP_EAGER] = {"decode step without graphs", "graphs"},
+    [CMP_NOGEMV] = {"decode step, cuBLASLt for every GEMM", "the GEMV"},
+    [CMP_NOPDL] = {"decode step, programmatic dependent launch off", "PDL"},
+    [CMP_GEMV_ALL] = {"decode step, GEMV for every shape it takes", NULL},
+    [CMP_FP8CC] = {"decode step, fp8 without the tensor-core GEMV", "the tensor-core GEMV"},
+    [CMP_NOPIPE] = {"decode step, GEMVs not pipelined", "pipelined"},
+    [CMP_LOADS8] = {"decode step, GEMVs with 8 loads in flight", NULL},
+    [CMP_NOGLU] = {"decode step, gate|up GEMV then SiLU·mul", "fused"},
+    [CMP_NOCOMB] = {"decode step, attention combine as a kernel", "merged in the split kernel"},
+    [CMP_NONORM] = {"decode step, GEMV then an RMSNorm kernel", "fused"},
+    [CMP_NOROPE] = {"decode step, q|k|v GEMV then a RoPE kernel", "fused"},
+    [CMP_ROWS2] = {"decode step, GEMVs with two weight rows per warp", NULL},
+};
 
 /* The comparison that run `extra` (counted from the first run after the timed ones; < 0: not a comparison) is,
  * given how many runs each kind has; *index: its place among that kind's runs. */
@@ -587,42 +606,19 @@ int bench_model(int argc, char **argv) {
   const double gemvall_ms = cmp_ms[CMP_GEMV_ALL], fp8cc_ms = cmp_ms[CMP_FP8CC], nopipe_ms = cmp_ms[CMP_NOPIPE];
   const double loads8_ms = cmp_ms[CMP_LOADS8], noglu_ms = cmp_ms[CMP_NOGLU], nocomb_ms = cmp_ms[CMP_NOCOMB];
   const double rows2_ms = cmp_ms[CMP_ROWS2], nonorm_ms = cmp_ms[CMP_NONORM], norope_ms = cmp_ms[CMP_NOROPE];
-  if (n_cmp[CMP_EAGER])
-    printf("  decode step without graphs (batch %d)         %10.3f ms  (graphs: %.2fx faster)\n", B, eager_ms,
-           eager_ms / step_ms);
-  if (n_cmp[CMP_NOGEMV])
-    printf("  decode step, cuBLASLt for every GEMM          %10.3f ms  (the GEMV: %.2fx faster)\n", nogemv_ms,
-           nogemv_ms / step_ms);
-  if (n_cmp[CMP_NOPDL])
-    printf("  decode step, programmatic dependent launch off %9.3f ms  (PDL: %.2fx faster)\n", nopdl_ms,
-           nopdl_ms / step_ms);
-  if (n_cmp[CMP_GEMV_ALL])
-    printf("  decode step, GEMV for every shape it takes    %10.3f ms  (%.2fx the default's)\n", gemvall_ms,
-           gemvall_ms / step_ms);
-  if (n_cmp[CMP_FP8CC])
-    printf("  decode step, fp8 without the tensor-core GEMV %10.3f ms  (the tensor-core GEMV: %.2fx faster)\n",
-           fp8cc_ms, fp8cc_ms / step_ms);
-  if (n_cmp[CMP_NOPIPE])
-    printf("  decode step, GEMVs not pipelined              %10.3f ms  (pipelined: %.2fx faster)\n", nopipe_ms,
-           nopipe_ms / step_ms);
-  if (n_cmp[CMP_LOADS8])
-    printf("  decode step, GEMVs with 8 loads in flight     %10.3f ms  (%.2fx the default's)\n", loads8_ms,
-           loads8_ms / step_ms);
-  if (n_cmp[CMP_NOGLU])
-    printf("  decode step, gate|up GEMV then SiLU·mul        %10.3f ms  (fused: %.2fx faster)\n", noglu_ms,
-           noglu_ms / step_ms);
-  if (n_cmp[CMP_NOCOMB])
-    printf("  decode step, attention combine as a kernel    %10.3f ms  (merged in the split kernel: %.2fx faster)\n",
-           nocomb_ms, nocomb_ms / step_ms);
-  if (n_cmp[CMP_NONORM])
-    printf("  decode step, GEMV then an RMSNorm kernel       %10.3f ms  (fused: %.2fx faster)\n", nonorm_ms,
-           nonorm_ms / step_ms);
-  if (n_cmp[CMP_NOROPE])
-    printf("  decode step, q|k|v GEMV then a RoPE kernel     %10.3f ms  (fused: %.2fx faster)\n", norope_ms,
-           norope_ms / step_ms);
-  if (n_cmp[CMP_ROWS2])
-    printf("  decode step, GEMVs with two weight rows per warp %7.3f ms  (%.2fx the default's)\n", rows2_ms,
-           rows2_ms / step_ms);
+  for (int k = 0; k < CMP_KINDS; k++) { /* a line per decode-step comparison that ran, in run order */
+    if (!CMP_LINE[k].label || !n_cmp[k]) continue;
+    char label[96];
+    if (k == CMP_EAGER)
+      snprintf(label, sizeof label, "%s (batch %d)", CMP_LINE[k].label, B);
+    else
+      snprintf(label, sizeof label, "%s", CMP_LINE[k].label);
+    const int width = 56 - (int)strlen(label) > 8 ? 56 - (int)strlen(label) : 8; /* the ms column */
+    if (CMP_LINE[k].faster)
+      printf("  %s%*.3f ms  (%s: %.2fx faster)\n", label, width, cmp_ms[k], CMP_LINE[k].faster, cmp_ms[k] / step_ms);
+    else
+      printf("  %s%*.3f ms  (%.2fx the default's)\n", label, width, cmp_ms[k], cmp_ms[k] / step_ms);
+  }
   if (flash_ttft_ms > 0)
     printf("  time to first token, %-5s flash kernel       %10.2f ms  (median of 2 after a warm-up; %.2fx the %s "
            "kernel's)\n",
